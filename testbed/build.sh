@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Builds every binary the testbed runs from the Go module proxy, once per
+# version, into a cache outside the repository:
+#   ${COVERAGE_EXPORTER_CACHE:-~/.cache/coverage-exporter}/<what>/<version>/
+# A finished build leaves a ".done" stamp; a second call is a no-op.
+# Usage: testbed/build.sh [all|kubernetes|etcd|kwok|prometheus3|prometheus2]
+set -euo pipefail
+
+. "$(dirname "$0")/versions.env"
+
+CACHE="${COVERAGE_EXPORTER_CACHE:-$HOME/.cache/coverage-exporter}"
+export GOWORK=off GOFLAGS=-buildvcs=false CGO_ENABLED=0
+# Two cores: more parallel compiles only add memory pressure.
+export GOMAXPROCS="${GOMAXPROCS:-2}"
+
+log() { printf '%s build: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+# wrapper_build WHAT VERSION MODULE MODVERSION LDFLAGS EXTRA_GOMOD PKG...
+# Why a wrapper module: `go install pkg@version` refuses modules whose go.mod
+# has replace directives (Kubernetes, etcd, Prometheus 2.x all have some).
+# A throwaway main module that requires the target and restates the needed
+# replaces builds the same code.
+wrapper_build() {
+  local what=$1 version=$2 module=$3 modversion=$4 ldflags=$5 extra=$6
+  shift 6
+  local out="$CACHE/$what/$version"
+  if [[ -f "$out/.done" ]]; then
+    log "$what $version cached in $out"
+    return
+  fi
+  local work="$CACHE/$what/$version.src"
+  rm -rf "$work" && mkdir -p "$work" "$out"
+  log "$what $version: building ${*} (this takes a while on a cold cache)"
+  local start=$SECONDS
+  {
+    echo "module coverage-exporter.local/build/$what"
+    echo
+    echo "go $(go env GOVERSION | sed 's/^go//; s/\.[0-9]*$//').0"
+    echo
+    echo "require $module $modversion"
+    echo
+    printf '%s\n' "$extra"
+  } >"$work/go.mod"
+  {
+    echo "//go:build tools"
+    echo
+    echo "package tools"
+    echo
+    echo "import ("
+    for pkg in "$@"; do echo "	_ \"$pkg\""; done
+    echo ")"
+  } >"$work/tools.go"
+  (cd "$work" && go mod tidy >/dev/null 2>&1 || go mod tidy)
+  for pkg in "$@"; do
+    (cd "$work" && go build -trimpath -ldflags "-s -w $ldflags" -o "$out/$(basename "$pkg")" "$pkg")
+  done
+  touch "$out/.done"
+  rm -rf "$work"
+  log "$what $version built in $((SECONDS - start)) s"
+}
+
+build_kubernetes() {
+  local v=$KUBERNETES_VERSION
+  local staging_v="v0.${v#v1.}"
+  local gomod
+  gomod=$(go mod download -json "k8s.io/kubernetes@$v" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+  # Every staging module is required at v0.0.0 and replaced by a local path
+  # upstream; pin each one to the published tag of the same release.
+  local replaces
+  replaces=$(awk '$2 == "v0.0.0" && $1 ~ /^k8s\.io\// {print $1}' "$gomod" | sort -u |
+    awk -v sv="$staging_v" 'BEGIN{print "replace ("} {printf "\t%s => %s %s\n", $1, $1, sv} END{print ")"}')
+  local minor=${v#v1.}; minor=${minor%%.*}
+  local ld="-X k8s.io/component-base/version.gitVersion=$v -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean"
+  wrapper_build kubernetes "$v" k8s.io/kubernetes "$v" "$ld" "$replaces" \
+    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager
+}
+
+build_etcd() {
+  local v=$ETCD_VERSION
+  # The server's main package lives at the module root; install it as "etcd".
+  wrapper_build etcd "$v" go.etcd.io/etcd/server/v3 "$v" "" "" go.etcd.io/etcd/server/v3
+  [[ -e "$CACHE/etcd/$v/etcd" ]] || ln -sf v3 "$CACHE/etcd/$v/etcd"
+}
+
+build_kwok() {
+  local v=$KWOK_VERSION out="$CACHE/kwok/$KWOK_VERSION"
+  if [[ -f "$out/.done" ]]; then log "kwok $v cached in $out"; return; fi
+  mkdir -p "$out"
+  log "kwok $v: go install"
+  local start=$SECONDS
+  GOBIN="$out" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$v"
+  touch "$out/.done"
+  log "kwok $v built in $((SECONDS - start)) s"
+}
+
+prometheus_ld() {
+  local mod=github.com/prometheus/common/version
+  echo "-X $mod.Version=$1 -X $mod.Revision=module-proxy -X $mod.Branch=release -X $mod.BuildUser=coverage-exporter -X $mod.BuildDate=19700101-00:00:00"
+}
+
+build_prometheus3() {
+  wrapper_build prometheus "$PROMETHEUS3_VERSION" github.com/prometheus/prometheus "$PROMETHEUS3_MODULE" \
+    "$(prometheus_ld "$PROMETHEUS3_VERSION")" "" github.com/prometheus/prometheus/cmd/prometheus
+}
+
+build_prometheus2() {
+  # 2.53's go.mod replaces klog with a go-kit shim and excludes broken
+  # versions; a wrapper must restate both or it resolves different code.
+  local extra
+  extra=$'replace (\n\tk8s.io/klog => github.com/simonpasquier/klog-gokit v0.3.0\n\tk8s.io/klog/v2 => github.com/simonpasquier/klog-gokit/v3 v3.3.0\n)\n\nexclude github.com/linode/linodego v1.0.0\n\nexclude (\n\tgithub.com/grpc-ecosystem/grpc-gateway v1.14.7\n\tgoogle.golang.org/api v0.30.0\n)'
+  wrapper_build prometheus "$PROMETHEUS2_VERSION" github.com/prometheus/prometheus "$PROMETHEUS2_MODULE" \
+    "$(prometheus_ld "$PROMETHEUS2_VERSION")" "$extra" github.com/prometheus/prometheus/cmd/prometheus
+}
+
+main() {
+  local target=${1:-all}
+  case $target in
+    all)
+      build_etcd; build_kwok; build_prometheus3; build_prometheus2; build_kubernetes ;;
+    kubernetes|etcd|kwok|prometheus3|prometheus2) "build_$target" ;;
+    *) echo "usage: $0 [all|kubernetes|etcd|kwok|prometheus3|prometheus2]" >&2; exit 2 ;;
+  esac
+}
+
+main "$@"
