@@ -1,0 +1,334 @@
+"""The comparison logic on realistic plain data."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from coverage_exporter.model.coverage import MissingTarget
+from coverage_exporter.model.objects import (
+    ClusterSnapshot,
+    EndpointAddress,
+    Endpoints,
+    EndpointSlice,
+    Pod,
+    PrometheusSnapshot,
+    Service,
+    SliceEndpoint,
+    Target,
+)
+from coverage_exporter.model.report import build_report
+from coverage_exporter.model.scope import Scope, parse_label_selector, parse_service_key
+from tests.unit import clusters
+
+NE = ("monitoring", "node-exporter")
+KUBELET = ("kube-system", "kubelet")
+
+
+def dropped_by_truncation(count: int) -> list[str]:
+    """Independent truth: the nodes whose IPs sort last as strings."""
+    by_ip = sorted(range(count), key=clusters.node_ip)
+    return sorted(clusters.node_name(i) for i in by_ip[clusters.MAX_CAPACITY :])
+
+
+def report_for(snapshot: ClusterSnapshot, *prometheus: PrometheusSnapshot, **kw):
+    return build_report(Scope(**kw), snapshot, list(prometheus))
+
+
+def only(report, key):
+    (svc,) = [s for s in report.services if s.key == key]
+    return svc
+
+
+def test_truncated_daemonset_service_names_the_dropped_nodes() -> None:
+    cluster = clusters.node_exporter(1200)
+    prom = PrometheusSnapshot(
+        "prom",
+        [
+            *clusters.endpoints_targets(cluster, "ne-endpoints", *NE),
+            *clusters.slice_targets(cluster, "ne-slices", *NE),
+        ],
+    )
+    svc = only(report_for(cluster, prom), NE)
+
+    assert (svc.source, svc.expected) == ("daemonset", 1200)
+    assert svc.endpoints is not None
+    assert (svc.endpoints.ready, svc.endpoints.not_ready) == (1000, 0)
+    assert svc.endpoints.truncated is True
+    assert svc.endpoints.skip_mirror is None
+    assert [m.node for m in svc.endpoints.missing] == dropped_by_truncation(1200)
+    assert svc.slices.missing == ()
+    assert svc.slices.endpoints == {("endpointslice-controller.k8s.io", True): 1200}
+    assert svc.slices.mirroring_skipped is None
+
+    pools = {p.scrape_pool: p for p in svc.pools}
+    assert pools["ne-endpoints"].role == "endpoints"
+    assert [m.node for m in pools["ne-endpoints"].missing] == dropped_by_truncation(1200)
+    assert pools["ne-endpoints"].ratio == pytest.approx(1000 / 1200)
+    assert pools["ne-slices"].missing == () and pools["ne-slices"].ratio == 1.0
+    assert svc.target_counts == {
+        ("prom", "ne-endpoints", "endpoints", "down"): 1000,
+        ("prom", "ne-slices", "endpointslice", "up"): 1200,
+    }
+
+
+def test_under_capacity_has_no_gap() -> None:
+    cluster = clusters.node_exporter(900)
+    prom = PrometheusSnapshot("prom", clusters.endpoints_targets(cluster, "ne", *NE))
+    report = report_for(cluster, prom)
+    svc = only(report, NE)
+    assert svc.endpoints is not None and not svc.endpoints.truncated
+    assert svc.endpoints.missing == () and svc.pools[0].missing == ()
+    assert not report.has_gaps
+
+
+def test_mirrored_kubelet_slices_are_capped() -> None:
+    cluster = clusters.kubelet(1200)
+    prom = PrometheusSnapshot("prom", clusters.slice_targets(cluster, "kubelet", *KUBELET))
+    svc = only(report_for(cluster, prom), KUBELET)
+    assert (svc.source, svc.expected) == ("nodes", 1200)
+    assert svc.endpoints is not None and svc.endpoints.missing == ()
+    assert svc.endpoints.skip_mirror is False and not svc.endpoints.truncated
+    assert svc.slices.mirroring_skipped == 200
+    assert len(svc.slices.missing) == 200
+    assert svc.slices.missing[0] == MissingTarget(node=clusters.node_name(1000))
+    assert len(svc.pools[0].missing) == 200
+
+
+def test_skip_mirror_kubelet_with_operator_slices_is_complete() -> None:
+    cluster = clusters.kubelet(1200, skip_mirror=True)
+    svc = only(report_for(cluster, services=frozenset({KUBELET})), KUBELET)
+    assert svc.endpoints is not None and svc.endpoints.skip_mirror is True
+    assert svc.slices.mirroring_skipped is None
+    assert svc.slices.endpoints == {("prometheus-operator", True): 1200}
+    assert svc.slices.missing == ()
+    assert svc.pools == []
+
+
+def test_dual_stack_slices_are_not_counted_twice() -> None:
+    cluster = clusters.node_exporter(300)
+    v4 = list(cluster.endpointslices[NE])
+    v6 = [
+        dataclasses.replace(
+            s,
+            name=s.name + "-v6",
+            address_type="IPv6",
+            endpoints=tuple(
+                dataclasses.replace(e, address=f"fd00::{i:x}") for i, e in enumerate(s.endpoints)
+            ),
+        )
+        for s in v4
+    ]
+    cluster.endpointslices = {NE: v4 + v6}
+    svc = only(report_for(cluster, services=frozenset({NE})), NE)
+    assert svc.slices.endpoints == {("endpointslice-controller.k8s.io", True): 300}
+    assert svc.slices.missing == ()
+
+
+def deployment_cluster() -> ClusterSnapshot:
+    """A pod-backed Service: 3 pods, one terminating, one not ready."""
+    ns, name = "shop", "api"
+    nodes = clusters.nodes(3)
+    pods = [
+        Pod(ns, "api-a", "node-0000", "10.244.0.1", "ReplicaSet", "api-1"),
+        Pod(ns, "api-b", "node-0001", "10.244.0.2", "ReplicaSet", "api-1"),
+        Pod(ns, "api-c", "node-0002", "10.244.0.3", "ReplicaSet", "api-1", terminating=True),
+    ]
+    endpoints = Endpoints(
+        ns,
+        name,
+        ready=(EndpointAddress("10.244.0.1", "node-0000", "Pod", "api-a"),),
+        not_ready=(EndpointAddress("10.244.0.2", "node-0001", "Pod", "api-b"),),
+        subset_sizes=(2,),
+    )
+    slices = [
+        EndpointSlice(
+            ns,
+            "api-x",
+            name,
+            "endpointslice-controller.k8s.io",
+            "IPv4",
+            (
+                SliceEndpoint("10.244.0.1", "node-0000", "Pod", "api-a"),
+                SliceEndpoint(
+                    "10.244.0.2", "node-0001", "Pod", "api-b", ready=False, serving=False
+                ),
+                SliceEndpoint(
+                    "10.244.0.3",
+                    "node-0002",
+                    "Pod",
+                    "api-c",
+                    ready=False,
+                    serving=True,
+                    terminating=True,
+                ),
+            ),
+        )
+    ]
+    return ClusterSnapshot(
+        nodes=nodes,
+        services={(ns, name): Service(ns, name, {"app": "api"})},
+        endpoints={(ns, name): endpoints},
+        endpointslices={(ns, name): slices},
+        pods={(ns, name): pods},
+    )
+
+
+def test_pod_backed_service_ignores_terminating_pods_and_counts_not_ready() -> None:
+    cluster = deployment_cluster()
+    target = Target(
+        "api", "up", "endpoints", "shop", "api", "node-0000", "Pod", "api-a", "api-a", "10.244.0.1"
+    )
+    svc = only(report_for(cluster, PrometheusSnapshot("p", [target])), ("shop", "api"))
+    assert (svc.source, svc.expected) == ("pods", 2)
+    assert svc.endpoints is not None
+    assert (svc.endpoints.ready, svc.endpoints.not_ready, svc.endpoints.missing) == (1, 1, ())
+    assert svc.slices.endpoints == {
+        ("endpointslice-controller.k8s.io", True): 1,
+        ("endpointslice-controller.k8s.io", False): 2,
+    }
+    assert svc.slices.terminating == {"endpointslice-controller.k8s.io": 1}
+    assert svc.pools[0].missing == (MissingTarget(node="node-0001", pod="api-b"),)
+
+
+def split_shards(targets: list[Target], shards: int) -> list[PrometheusSnapshot]:
+    """Each shard keeps hashmod(__address__) == its number; a stable stand-in."""
+    return [
+        PrometheusSnapshot(f"shard-{n}", [t for t in targets if hash(t.address_host) % shards == n])
+        for n in range(shards)
+    ]
+
+
+def test_shards_are_a_union() -> None:
+    cluster = clusters.node_exporter(1200)
+    targets = clusters.slice_targets(cluster, "ne", *NE)
+    shards = split_shards(targets, 2)
+    assert all(0 < len(s.targets) < 1200 for s in shards)
+    svc = only(report_for(cluster, *shards), NE)
+    assert svc.pools[0].missing == ()
+    assert sum(svc.target_counts.values()) == 1200
+    assert {k[0] for k in svc.target_counts} == {"shard-0", "shard-1"}
+
+
+def test_a_missing_shard_leaves_a_gap() -> None:
+    cluster = clusters.node_exporter(1200)
+    shards = split_shards(clusters.slice_targets(cluster, "ne", *NE), 2)
+    svc = only(report_for(cluster, shards[0]), NE)
+    assert len(svc.pools[0].missing) == 1200 - len(shards[0].targets)
+
+
+def test_ha_replicas_count_once() -> None:
+    cluster = clusters.node_exporter(1200)
+    targets = clusters.endpoints_targets(cluster, "ne", *NE)
+    replicas = [PrometheusSnapshot("replica-a", targets), PrometheusSnapshot("replica-b", targets)]
+    svc = only(report_for(cluster, *replicas), NE)
+    (pool,) = svc.pools
+    assert (pool.discovered, len(pool.missing)) == (1000, 200)
+    assert svc.target_counts[("replica-a", "ne", "endpoints", "down")] == 1000
+    assert svc.target_counts[("replica-b", "ne", "endpoints", "down")] == 1000
+
+
+def test_thanos_view_with_duplicates_counts_each_node_once() -> None:
+    cluster = clusters.node_exporter(1200)
+    targets = clusters.endpoints_targets(cluster, "ne", *NE)
+    svc = only(report_for(cluster, PrometheusSnapshot("thanos", targets + targets)), NE)
+    assert svc.pools[0].discovered == 1000
+    assert svc.target_counts[("thanos", "ne", "endpoints", "down")] == 2000
+
+
+def test_second_job_with_another_role_does_not_hide_a_gap() -> None:
+    cluster = clusters.node_exporter(1200)
+    prom = PrometheusSnapshot(
+        "p",
+        [
+            *clusters.endpoints_targets(cluster, "a", *NE),
+            *clusters.slice_targets(cluster, "b", *NE),
+        ],
+    )
+    report = report_for(cluster, prom)
+    pools = {p.scrape_pool: len(p.missing) for p in only(report, NE).pools}
+    assert pools == {"a": 200, "b": 0}
+    assert report.has_gaps
+
+
+def test_targets_without_node_labels_are_matched_by_address() -> None:
+    cluster = clusters.kubelet(50, skip_mirror=True)
+    bare = [
+        dataclasses.replace(t, node_name=None, target_kind=None, target_name=None)
+        for t in clusters.slice_targets(cluster, "kubelet", *KUBELET)
+    ]
+    svc = only(report_for(cluster, PrometheusSnapshot("p", bare[:40])), KUBELET)
+    assert svc.pools[0].discovered == 40
+    assert [m.node for m in svc.pools[0].missing] == [clusters.node_name(i) for i in range(40, 50)]
+
+
+def test_selector_less_service_without_node_addresses_is_unresolved() -> None:
+    ns, name = "default", "external-db"
+    cluster = ClusterSnapshot(
+        nodes=clusters.nodes(2),
+        services={(ns, name): Service(ns, name, None)},
+        endpoints={(ns, name): Endpoints(ns, name, (EndpointAddress("192.0.2.1"),), (), (1,))},
+    )
+    report = report_for(cluster, services=frozenset({(ns, name)}))
+    assert report.services == [] and report.unresolved == ["default/external-db"]
+
+
+def test_a_service_without_endpoints_object_misses_everything() -> None:
+    cluster = clusters.node_exporter(10)
+    cluster.endpoints = {}
+    cluster.endpointslices = {}
+    report = report_for(cluster, services=frozenset({NE}))
+    svc = only(report, NE)
+    assert svc.endpoints is None and len(svc.slices.missing) == 10
+    assert report.has_gaps
+
+
+def test_scope_takes_discovered_truncated_and_explicit_services_and_filters() -> None:
+    truncated = clusters.node_exporter(1200)
+    kubelet = clusters.kubelet(1200)
+    extra = Service("other", "svc", {"a": "b"}, {"team": "x"})
+    cluster = ClusterSnapshot(
+        nodes=truncated.nodes,
+        services={**truncated.services, **kubelet.services, extra.key: extra},
+        endpoints={**truncated.endpoints, **kubelet.endpoints},
+        endpointslices={**truncated.endpointslices, **kubelet.endpointslices},
+        pods=truncated.pods,
+        daemonsets=truncated.daemonsets,
+    )
+    nothing_scraped = report_for(cluster)
+    assert [s.key for s in nothing_scraped.services] == [NE]  # over capacity, unscraped
+
+    prom = PrometheusSnapshot("p", clusters.slice_targets(kubelet, "kubelet", *KUBELET))
+    both = report_for(cluster, prom)
+    assert [s.key for s in both.services] == [KUBELET, NE]
+    narrowed = report_for(cluster, prom, namespaces=frozenset({"kube-system"}))
+    assert [s.key for s in narrowed.services] == [KUBELET]
+
+    explicit = report_for(
+        cluster, services=frozenset({extra.key}), label_selector=parse_label_selector("team=x")
+    )
+    # The label filter drops node-exporter; svc selects no pods: expected 0.
+    assert [(s.key, s.source, s.expected) for s in explicit.services] == [(extra.key, "pods", 0)]
+    assert not explicit.has_gaps
+
+
+@pytest.mark.parametrize(
+    ("text", "labels", "matches"),
+    [
+        ("team=x", {"team": "x"}, True),
+        ("team=x", {"team": "y"}, False),
+        ("team!=x", {}, True),
+        ("team", {"team": ""}, True),
+        ("!team", {"team": "x"}, False),
+        ("a=b, c==d", {"a": "b", "c": "d"}, True),
+    ],
+)
+def test_label_selector(text: str, labels: dict[str, str], matches: bool) -> None:
+    assert all(r.matches(labels) for r in parse_label_selector(text)) is matches
+
+
+@pytest.mark.parametrize("bad", ["noslash", "/x", "x/", "a/b/c"])
+def test_service_key_rejects_malformed(bad: str) -> None:
+    with pytest.raises(ValueError, match="NAMESPACE/NAME"):
+        parse_service_key(bad)
