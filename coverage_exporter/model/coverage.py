@@ -155,7 +155,8 @@ def expected_targets(
     service: Service, snapshot: ClusterSnapshot, endpoints: Endpoints | None
 ) -> Expected | None:
     """The targets that should exist, or None when nothing says what they
-    are (a selector-less Service whose addresses are not Nodes)."""
+    are (a selector-less Service whose addresses are not Nodes, or a Service
+    whose pods are not listed yet)."""
     if service.selector is None:
         addresses = endpoints.ready + endpoints.not_ready if endpoints else ()
         if not any(a.target_kind == "Node" for a in addresses):
@@ -163,7 +164,10 @@ def expected_targets(
         keys = {name: MissingTarget(node=name) for name in snapshot.nodes}
         return Expected(SOURCE_NODES, len(keys), keys)
 
-    pods = snapshot.pods.get(service.key, ())
+    pods = snapshot.pods.get(service.key)
+    if pods is None:
+        # Pods not listed yet: an empty expected set would read as "no gap".
+        return None
     daemonset = _owning_daemonset(service, pods, snapshot)
     if daemonset is not None:
         # Every node that runs a pod of the DaemonSet is expected; the count

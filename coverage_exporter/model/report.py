@@ -58,7 +58,12 @@ def build_report(
             service, cluster, grouped.get(service.key, ()), node_by_ip, prometheus_known
         )
         if coverage is None:
-            unresolved.append(f"{service.namespace}/{service.name}")
+            reason = (
+                "selector-less, and its addresses are not Nodes"
+                if service.selector is None
+                else "its pods are not listed yet"
+            )
+            unresolved.append(f"{service.namespace}/{service.name}: {reason}")
         else:
             services.append(coverage)
     ready = sum(1 for n in cluster.nodes.values() if n.ready)

@@ -271,7 +271,18 @@ def test_selector_less_service_without_node_addresses_is_unresolved() -> None:
         endpoints={(ns, name): Endpoints(ns, name, (EndpointAddress("192.0.2.1"),), (), (1,))},
     )
     report = report_for(cluster, services=frozenset({(ns, name)}))
-    assert report.services == [] and report.unresolved == ["default/external-db"]
+    assert report.services == []
+    assert report.unresolved == [
+        "default/external-db: selector-less, and its addresses are not Nodes"
+    ]
+
+
+def test_service_whose_pods_are_not_listed_yet_is_withheld_not_zero() -> None:
+    cluster = clusters.node_exporter(10)
+    cluster.pods = {}
+    report = report_for(cluster, services=frozenset({NE}))
+    assert report.services == []
+    assert report.unresolved == ["monitoring/node-exporter: its pods are not listed yet"]
 
 
 def test_a_service_without_endpoints_object_misses_everything() -> None:
@@ -305,6 +316,7 @@ def test_scope_takes_discovered_truncated_and_explicit_services_and_filters() ->
     narrowed = report_for(cluster, prom, namespaces=frozenset({"kube-system"}))
     assert [s.key for s in narrowed.services] == [KUBELET]
 
+    cluster.pods = {**cluster.pods, extra.key: []}
     explicit = report_for(
         cluster, services=frozenset({extra.key}), label_selector=parse_label_selector("team=x")
     )

@@ -1,0 +1,207 @@
+"""Wires sources, collector and output together for `serve` and `audit`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from coverage_exporter.collector import Collector
+from coverage_exporter.exposition.audit import render_json, render_table
+from coverage_exporter.exposition.metrics import ExporterState, render
+from coverage_exporter.http import ExporterView, make_app, parse_listen_address
+from coverage_exporter.model.scope import Scope, parse_label_selector, parse_service_key
+from coverage_exporter.sources.health import SourceError
+from coverage_exporter.sources.kubernetes import KubernetesSource
+from coverage_exporter.sources.prometheus import (
+    PrometheusEndpoint,
+    PrometheusSource,
+    parse_prometheus_url,
+)
+
+log = logging.getLogger("coverage_exporter")
+
+EXIT_FULL_COVERAGE = 0
+EXIT_GAPS = 1
+EXIT_NOT_COLLECTED = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    kubeconfig: str | None
+    context: str | None
+    prometheus: tuple[PrometheusEndpoint, ...]
+    scope: Scope
+    missing_info_limit: int
+    kubernetes_sync_timeout: float
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Settings:
+        """Raises ValueError with a message fit for the user."""
+        endpoints = []
+        for spec in args.prometheus_url or ():
+            name, url = parse_prometheus_url(spec)
+            endpoints.append(
+                PrometheusEndpoint(
+                    url=url,
+                    name=name,
+                    bearer_token_file=args.prometheus_bearer_token_file,
+                    basic_auth_user=args.prometheus_basic_auth_user,
+                    basic_auth_password_file=args.prometheus_basic_auth_password_file,
+                    ca_file=args.prometheus_ca_file,
+                    cert_file=args.prometheus_cert_file,
+                    key_file=args.prometheus_key_file,
+                    insecure_skip_verify=args.prometheus_insecure_skip_verify,
+                    timeout_seconds=args.prometheus_timeout,
+                )
+            )
+        names = [e.name for e in endpoints]
+        if len(set(names)) != len(names):
+            raise ValueError(f"--prometheus-url names must be unique, got {names}")
+        if args.missing_node_info_limit < 0:
+            raise ValueError("--missing-node-info-limit must be 0 or more")
+        scope = Scope(
+            services=frozenset(parse_service_key(s) for s in args.service or ()),
+            namespaces=frozenset(args.namespace or ()),
+            label_selector=parse_label_selector(args.service_selector or ""),
+        )
+        return cls(
+            kubeconfig=args.kubeconfig,
+            context=args.context,
+            prometheus=tuple(endpoints),
+            scope=scope,
+            missing_info_limit=args.missing_node_info_limit,
+            kubernetes_sync_timeout=args.kubernetes_sync_timeout,
+        )
+
+
+class Sources:
+    """The Kubernetes source and one source per Prometheus, opened together."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.kubernetes = KubernetesSource(kubeconfig=settings.kubeconfig, context=settings.context)
+        self.prometheus = [PrometheusSource(e) for e in settings.prometheus]
+
+    async def close(self) -> None:
+        await self.kubernetes.stop()
+        for p in self.prometheus:
+            await p.close()
+
+
+async def _audit(settings: Settings, output: str) -> int:
+    sources = Sources(settings)
+    try:
+        await sources.kubernetes.start()
+        if not await sources.kubernetes.wait_synced(settings.kubernetes_sync_timeout):
+            log.error("kubernetes: not every resource could be listed")
+        collector = Collector(
+            sources.kubernetes,
+            sources.prometheus,
+            settings.scope,
+            settings.missing_info_limit,
+            settings.kubernetes_sync_timeout,
+        )
+        result = await collector.run_cycle()
+    except SourceError as err:
+        print(f"coverage-exporter: {err}", file=sys.stderr)
+        return EXIT_NOT_COLLECTED
+    finally:
+        await sources.close()
+    health = [sources.kubernetes.health, *(p.health for p in sources.prometheus)]
+    if output == "json":
+        sys.stdout.write(render_json(result.report, health))
+    elif output == "prometheus":
+        sys.stdout.buffer.write(result.exposition)
+    else:
+        sys.stdout.write(render_table(result.report, health))
+    sys.stdout.flush()
+    if not result.complete or result.report is None:
+        return EXIT_NOT_COLLECTED
+    return EXIT_GAPS if result.report.has_gaps else EXIT_FULL_COVERAGE
+
+
+def audit(settings: Settings, output: str) -> int:
+    return asyncio.run(_audit(settings, output))
+
+
+async def _serve(
+    settings: Settings, listen_address: str, interval: float, full_refresh: float
+) -> int:
+    host, port = parse_listen_address(listen_address)
+    sources = Sources(settings)
+    collector = Collector(
+        sources.kubernetes,
+        sources.prometheus,
+        settings.scope,
+        settings.missing_info_limit,
+        settings.kubernetes_sync_timeout,
+        full_refresh_seconds=full_refresh,
+    )
+    health = [sources.kubernetes.health, *(p.health for p in sources.prometheus)]
+    view = ExporterView(
+        lambda: render(
+            ExporterState(
+                report=None, sources=health, missing_info_limit=settings.missing_info_limit
+            )
+        )
+    )
+    runner = web.AppRunner(make_app(view), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    log.info("serving on %s; collecting every %.0fs", listen_address, interval)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await sources.kubernetes.start()
+        view.status = "waiting for the first list of the cluster"
+        await _wait_or_stop(sources.kubernetes.wait_synced(settings.kubernetes_sync_timeout), stop)
+        while not stop.is_set():
+            started = time.monotonic()
+            result = await collector.run_cycle()
+            view.exposition = result.exposition
+            if result.report is not None:
+                view.ready = True
+                view.status = "last cycle " + (
+                    "complete"
+                    if result.complete
+                    else "incomplete: a source is down (see source_up)"
+                )
+            else:
+                view.status = "Kubernetes has not been listed yet (see source_up)"
+            remaining = interval - (time.monotonic() - started)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), max(0.0, remaining))
+    except SourceError as err:
+        log.error("%s", err)
+        return 1
+    finally:
+        await sources.close()
+        await runner.cleanup()
+    log.info("stopped")
+    return 0
+
+
+async def _wait_or_stop(awaitable: object, stop: asyncio.Event) -> None:
+    work = asyncio.ensure_future(awaitable)  # type: ignore[arg-type]
+    stopper = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({work, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    for task in (work, stopper):
+        task.cancel()
+
+
+def serve(settings: Settings, listen_address: str, interval: float, full_refresh: float) -> int:
+    try:
+        return asyncio.run(_serve(settings, listen_address, interval, full_refresh))
+    except ValueError as err:
+        print(f"coverage-exporter: {err}", file=sys.stderr)
+        return 2

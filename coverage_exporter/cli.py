@@ -1,0 +1,185 @@
+"""Command line: `coverage-exporter serve` and `coverage-exporter audit`.
+
+Every flag can also be set from the environment, `--web.listen-address`
+as COVERAGE_EXPORTER_WEB_LISTEN_ADDRESS and so on; repeatable flags take a
+comma-separated list there. A flag on the command line wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import sys
+from collections.abc import Sequence
+
+from coverage_exporter import __version__
+
+ENV_PREFIX = "COVERAGE_EXPORTER_"
+
+
+def env_name(flag: str) -> str:
+    return ENV_PREFIX + re.sub(r"[^A-Za-z0-9]+", "_", flag.lstrip("-")).upper()
+
+
+class _EnvParser:
+    """Adds flags whose defaults come from the environment."""
+
+    def __init__(self, parser: argparse.ArgumentParser) -> None:
+        self.parser = parser
+
+    def add(self, flag: str, help: str, default: object = None, **kw: object) -> None:
+        env = env_name(flag)
+        raw = os.environ.get(env)
+        action = kw.get("action")
+        if raw is not None:
+            if action == "append":
+                default = [v.strip() for v in raw.split(",") if v.strip()]
+            elif action == "store_true":
+                default = raw.strip().lower() in ("1", "true", "yes", "on")
+            else:
+                default = raw
+        shown = f" (default: {default})" if default not in (None, [], False) else ""
+        self.parser.add_argument(
+            flag,
+            default=default,
+            help=f"{help}{shown} [env {env}]",
+            **kw,  # type: ignore[arg-type]
+        )
+
+
+def _common(p: _EnvParser) -> None:
+    p.add(
+        "--kubeconfig",
+        "kubeconfig file; default: in-cluster service account, "
+        "then $KUBECONFIG, then ~/.kube/config",
+    )
+    p.add("--context", "kubeconfig context to use")
+    p.add(
+        "--prometheus-url",
+        "Prometheus or Thanos Query to compare, as URL or NAME=URL; repeat for shards and replicas",
+        action="append",
+        metavar="[NAME=]URL",
+    )
+    p.add(
+        "--prometheus-bearer-token-file",
+        "file holding a bearer token for Prometheus (re-read every cycle)",
+    )
+    p.add("--prometheus-basic-auth-user", "basic auth user for Prometheus")
+    p.add("--prometheus-basic-auth-password-file", "file holding the basic auth password")
+    p.add("--prometheus-ca-file", "CA bundle to verify Prometheus's TLS certificate")
+    p.add("--prometheus-cert-file", "client certificate for Prometheus (mTLS)")
+    p.add("--prometheus-key-file", "client key for Prometheus (mTLS)")
+    p.add(
+        "--prometheus-insecure-skip-verify",
+        "do not verify Prometheus's TLS certificate",
+        action="store_true",
+        default=False,
+    )
+    p.add(
+        "--prometheus-timeout",
+        "seconds one request to Prometheus may take",
+        default="120",
+        type=float,
+    )
+    p.add(
+        "--service",
+        "Service to compare in any case, NAMESPACE/NAME; repeatable",
+        action="append",
+        metavar="NAMESPACE/NAME",
+    )
+    p.add("--namespace", "only compare Services in this namespace; repeatable", action="append")
+    p.add(
+        "--service-selector",
+        "only compare Services whose labels match, as kubectl takes it: a=b,c!=d,e,!f",
+    )
+    p.add(
+        "--missing-node-info-limit",
+        "cap on scrape_coverage_missing_node_info series",
+        default="1000",
+        type=int,
+    )
+    p.add(
+        "--kubernetes-sync-timeout",
+        "seconds to wait for the first full list of the cluster",
+        default="300",
+        type=float,
+    )
+    p.add("--log-level", "debug, info, warning or error", default="info")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="coverage-exporter",
+        description="Find the nodes Prometheus does not scrape in large Kubernetes clusters.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = _EnvParser(
+        commands.add_parser(
+            "serve", help="run the exporter: collect every --interval, serve /metrics"
+        )
+    )
+    _common(serve)
+    serve.add(
+        "--web.listen-address",
+        "address to serve /metrics on",
+        default=":9842",
+        dest="listen_address",
+    )
+    serve.add("--interval", "seconds between collection cycles", default="60", type=float)
+    serve.add(
+        "--prometheus-full-refresh-interval",
+        "seconds between full re-reads of every "
+        "scrape pool; in between only pools whose target count changed are read",
+        default="600",
+        type=float,
+    )
+
+    audit = _EnvParser(
+        commands.add_parser(
+            "audit",
+            help="collect once, print the findings; exit 0 full coverage, 1 gaps found, "
+            "2 could not collect",
+        )
+    )
+    _common(audit)
+    audit.add(
+        "--output",
+        "table (for people), json, or prometheus (exposition text)",
+        default="table",
+        choices=["table", "json", "prometheus"],
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = getattr(logging, str(args.log_level).upper(), None)
+    if not isinstance(level, int):
+        print(f"coverage-exporter: unknown --log-level {args.log_level!r}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # Imported here so that --help and --version stay fast.
+    from coverage_exporter import app
+
+    try:
+        settings = app.Settings.from_args(args)
+    except ValueError as err:
+        print(f"coverage-exporter: {err}", file=sys.stderr)
+        return 2
+    if args.command == "serve":
+        return app.serve(
+            settings, args.listen_address, args.interval, args.prometheus_full_refresh_interval
+        )
+    return app.audit(settings, args.output)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
