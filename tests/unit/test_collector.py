@@ -1,0 +1,161 @@
+"""The cycle's orchestration on plain data: failed sources keep their last
+good data, and a Prometheus is re-read only as much as needed."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from coverage_exporter.collector import Collector
+from coverage_exporter.model.objects import ClusterSnapshot, PrometheusSnapshot, Service
+from coverage_exporter.model.scope import Scope
+from coverage_exporter.sources.health import SourceError, SourceHealth
+from tests.unit import clusters
+
+NE = ("monitoring", "node-exporter")
+
+
+class StaticCluster:
+    def __init__(self, snapshot: ClusterSnapshot, synced: bool = True) -> None:
+        self.health = SourceHealth("kubernetes", up=synced)
+        self._snapshot = snapshot
+        self.synced = synced
+        self.scope: list[Service] = []
+
+    def snapshot(self) -> ClusterSnapshot:
+        return self._snapshot
+
+    def set_pod_scope(self, services: Sequence[Service]) -> None:
+        self.scope = list(services)
+
+    async def ensure_pods_synced(self, timeout: float) -> bool:  # noqa: ASYNC109
+        return True
+
+    def is_synced(self) -> bool:
+        return self.synced
+
+
+class ScriptedPrometheus:
+    """Answers from a list of snapshots; an exception in the list is raised."""
+
+    def __init__(
+        self,
+        name: str,
+        answers: list[PrometheusSnapshot | Exception],
+        counts: list[dict[str, int] | None] | None = None,
+    ) -> None:
+        self.health = SourceHealth("prometheus", name)
+        self._answers = answers
+        self._counts = counts or []
+        self.collect_calls: list[Collection[str] | None] = []
+        self._active: dict[str, int] = {}
+
+    @property
+    def pool_active_counts(self) -> Mapping[str, int]:
+        return self._active
+
+    async def collect(self, pools_to_refresh: Collection[str] | None = None) -> PrometheusSnapshot:
+        self.collect_calls.append(pools_to_refresh)
+        answer = self._answers.pop(0)
+        if isinstance(answer, Exception):
+            self.health.mark(False, 0.1, str(answer))
+            raise answer
+        self.health.mark(True, 0.1)
+        self._active = {}
+        for t in answer.targets:
+            self._active[t.scrape_pool] = self._active.get(t.scrape_pool, 0) + 1
+        return answer
+
+    async def pool_target_counts(self) -> dict[str, int] | None:
+        return self._counts.pop(0) if self._counts else None
+
+
+def samples(exposition: bytes, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    for family in text_string_to_metric_families(exposition.decode()):
+        if family.name == name:
+            return {tuple(sorted(s.labels.items())): s.value for s in family.samples}
+    return {}
+
+
+def prometheus_missing(exposition: bytes) -> list[float]:
+    return list(samples(exposition, "scrape_coverage_prometheus_missing_targets").values())
+
+
+async def test_a_failing_prometheus_keeps_its_last_good_targets_not_zero() -> None:
+    cluster = clusters.node_exporter(1200)
+    good = PrometheusSnapshot("p", clusters.endpoints_targets(cluster, "ne", *NE))
+    prom = ScriptedPrometheus("p", [good, SourceError("HTTP 503 from p")])
+    collector = Collector(StaticCluster(cluster), [prom], Scope())
+
+    first = await collector.run_cycle()
+    assert first.complete and prometheus_missing(first.exposition) == [200.0]
+
+    second = await collector.run_cycle()
+    assert not second.complete
+    assert prometheus_missing(second.exposition) == [200.0]
+    up = samples(second.exposition, "scrape_coverage_source_up")
+    assert up[(("prometheus", "p"), ("source", "prometheus"))] == 0.0
+    assert samples(second.exposition, "scrape_coverage_prometheus_targets") == samples(
+        first.exposition, "scrape_coverage_prometheus_targets"
+    )
+
+
+async def test_a_prometheus_that_never_answered_publishes_no_pool_figures() -> None:
+    cluster = clusters.node_exporter(1200)
+    prom = ScriptedPrometheus("p", [SourceError("connection refused")])
+    result = await Collector(StaticCluster(cluster), [prom], Scope(frozenset({NE}))).run_cycle()
+    assert not result.complete
+    assert prometheus_missing(result.exposition) == []
+    assert samples(result.exposition, "scrape_coverage_ratio") == {}
+    # The Kubernetes stages are still known and published.
+    missing = samples(result.exposition, "scrape_coverage_missing_targets")
+    assert (
+        missing[(("namespace", "monitoring"), ("service", "node-exporter"), ("stage", "endpoints"))]
+        == 200.0
+    )
+
+
+async def test_unsynced_kubernetes_publishes_no_coverage_at_all() -> None:
+    prom = ScriptedPrometheus("p", [PrometheusSnapshot("p", [])])
+    collector = Collector(StaticCluster(ClusterSnapshot(), synced=False), [prom], Scope())
+    result = await collector.run_cycle()
+    assert result.report is None and not result.complete
+    assert samples(result.exposition, "scrape_coverage_missing_targets") == {}
+    assert samples(result.exposition, "scrape_coverage_cycles")[()] == 1.0
+
+
+async def test_pod_scope_follows_the_services_prometheus_discovers() -> None:
+    cluster = clusters.node_exporter(10)
+    kube = StaticCluster(cluster)
+    prom = ScriptedPrometheus(
+        "p", [PrometheusSnapshot("p", clusters.slice_targets(cluster, "ne", *NE))]
+    )
+    await Collector(kube, [prom], Scope()).run_cycle()
+    assert [s.key for s in kube.scope] == [NE]
+
+
+async def test_unchanged_counts_skip_the_target_lists() -> None:
+    cluster = clusters.node_exporter(1200)
+    targets = clusters.endpoints_targets(cluster, "ne", *NE)
+    snapshot = PrometheusSnapshot("p", targets)
+    prom = ScriptedPrometheus(
+        "p", [snapshot, snapshot], counts=[{"ne": 1000}, {"ne": 1000, "other": 5}]
+    )
+    collector = Collector(StaticCluster(cluster), [prom], Scope(), full_refresh_seconds=3600)
+    await collector.run_cycle()
+    second = await collector.run_cycle()
+    assert prom.collect_calls == [None]
+    assert second.complete and prometheus_missing(second.exposition) == [200.0]
+    await collector.run_cycle()
+    assert prom.collect_calls == [None, {"other"}]
+
+
+async def test_unavailable_counts_mean_a_full_read_every_cycle() -> None:
+    cluster = clusters.node_exporter(10)
+    snapshot = PrometheusSnapshot("p", [])
+    prom = ScriptedPrometheus("p", [snapshot, snapshot])
+    collector = Collector(StaticCluster(cluster), [prom], Scope(), full_refresh_seconds=3600)
+    await collector.run_cycle()
+    await collector.run_cycle()
+    assert prom.collect_calls == [None, None]
