@@ -12,9 +12,13 @@ from collections.abc import Callable
 
 from aiohttp import web
 from prometheus_client import REGISTRY, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from coverage_exporter import __version__
+
+# The classic text format, which is what generate_latest() writes; newer
+# client libraries default the header to 1.0.0, which Prometheus 2.x does
+# not know.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 LANDING = """<!doctype html>
 <html><head><title>coverage-exporter</title></head>
@@ -50,7 +54,7 @@ class ExporterView:
 
 def make_app(view: ExporterView) -> web.Application:
     async def metrics(_: web.Request) -> web.Response:
-        return web.Response(body=view.metrics(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=view.metrics(), headers={"Content-Type": CONTENT_TYPE})
 
     async def healthy(_: web.Request) -> web.Response:
         return web.Response(text="coverage-exporter is healthy.\n")

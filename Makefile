@@ -1,0 +1,20 @@
+# The two commands a newcomer runs (see README.md), and their helpers.
+.PHONY: demo test down setup lint golden dashboards rules bench
+
+demo:  ## set up, start the local 1,200-node testbed, run the exporter, print the audit
+	bash scripts/demo.sh
+
+test:  ## set up and run the whole test suite (what CI runs)
+	bash scripts/test.sh
+
+down:  ## stop the demo: exporter and testbed
+	bash scripts/demo.sh down
+
+setup:
+	bash scripts/setup.sh
+
+lint:
+	.venv/bin/ruff check .
+
+golden:  ## accept changed exposition golden files
+	UPDATE_GOLDEN=1 .venv/bin/pytest -q tests/unit/test_exposition.py

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (.ci/run calls exactly this through
+# `make test`): setup, lint, then every test, end-to-end ones included.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup.sh
+.venv/bin/ruff check .
+.venv/bin/ruff format --check coverage_exporter
+set +e
+.venv/bin/pytest -ra "$@"
+rc=$?
+set -e
+if [[ $rc -eq 5 ]]; then
+  # pytest's "no tests collected" is a broken suite for us, not a pass.
+  echo "test.sh: pytest collected no tests" >&2
+  exit 1
+fi
+exit $rc

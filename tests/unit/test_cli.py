@@ -1,0 +1,79 @@
+"""Flags, their environment variables and the errors a user sees."""
+
+from __future__ import annotations
+
+import pytest
+
+from coverage_exporter import cli
+from coverage_exporter.app import Settings
+
+
+def test_env_names_follow_the_flags() -> None:
+    assert cli.env_name("--web.listen-address") == "COVERAGE_EXPORTER_WEB_LISTEN_ADDRESS"
+    assert cli.env_name("--prometheus-url") == "COVERAGE_EXPORTER_PROMETHEUS_URL"
+
+
+def test_environment_sets_defaults_and_flags_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "COVERAGE_EXPORTER_PROMETHEUS_URL", "a=http://127.0.0.1:1, http://127.0.0.1:2"
+    )
+    monkeypatch.setenv("COVERAGE_EXPORTER_INTERVAL", "15")
+    monkeypatch.setenv("COVERAGE_EXPORTER_PROMETHEUS_INSECURE_SKIP_VERIFY", "true")
+    args = cli.build_parser().parse_args(["serve", "--interval", "30"])
+    assert args.interval == 30.0
+    assert args.prometheus_insecure_skip_verify is True
+    settings = Settings.from_args(args)
+    assert [(p.name, p.url) for p in settings.prometheus] == [
+        ("a", "http://127.0.0.1:1"),
+        ("127.0.0.1:2", "http://127.0.0.1:2"),
+    ]
+    assert settings.prometheus[0].insecure_skip_verify is True
+
+
+def test_scope_flags() -> None:
+    args = cli.build_parser().parse_args(
+        [
+            "audit",
+            "--service",
+            "monitoring/node-exporter",
+            "--namespace",
+            "monitoring",
+            "--service-selector",
+            "team=infra",
+        ]
+    )
+    scope = Settings.from_args(args).scope
+    assert scope.services == frozenset({("monitoring", "node-exporter")})
+    assert scope.namespaces == frozenset({"monitoring"})
+    assert [r.key for r in scope.label_selector] == ["team"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["audit", "--service", "no-slash"], "NAMESPACE/NAME"),
+        (["audit", "--prometheus-url", "ftp://x"], "http"),
+        (
+            [
+                "audit",
+                "--prometheus-url",
+                "a=http://127.0.0.1:1",
+                "--prometheus-url",
+                "a=http://127.0.0.1:2",
+            ],
+            "unique",
+        ),
+        (["audit", "--log-level", "loud"], "log-level"),
+    ],
+)
+def test_bad_input_exits_2_with_a_message(argv, message, capsys) -> None:
+    assert cli.main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_audit_without_any_kubeconfig_cannot_collect(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    assert cli.main(["audit"]) == 2
+    assert "kube" in capsys.readouterr().err.lower()
