@@ -73,8 +73,9 @@ class TargetPoller:
         else:
             changed = await self._changed_pools()
             if changed is not None and not changed:
-                start = time.monotonic()
-                self.source.health.mark(True, time.monotonic() - start)
+                # The count check answered, so the source is up; its
+                # targets are the ones read last time.
+                self.source.health.mark(True, time.monotonic() - now)
                 return self._last
             snapshot = await self.source.collect(pools_to_refresh=changed)
             if changed is None:
@@ -124,7 +125,7 @@ class Collector:
         try:
             snapshot = await poller.poll()
         except SourceError as err:
-            health.mark(False, health.duration_seconds, str(err))
+            # The source marked its own health; only the last good data is ours.
             log.warning("prometheus %s: %s", health.prometheus, err)
             return False
         self._last_good[health.prometheus] = snapshot

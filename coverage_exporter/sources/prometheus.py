@@ -1,0 +1,604 @@
+"""The active targets of one Prometheus (or Thanos Query), as `Target`s.
+
+Why the requests look the way they do: the full `/api/v1/targets` answer
+reaches hundreds of MB in large clusters (prometheus #6186, #6269), mostly
+dropped targets. So this source asks `/api/v1/scrape_pools` (v2.42+) and
+then `/api/v1/targets?state=active&scrapePool=<pool>` per pool, a few pools
+at a time. Thanos Query and older Prometheus answer 404 to scrape_pools and
+accept only `state`: there the one unfiltered (but active-only) list is read.
+
+Why the parsing looks the way it does: a 100k-target answer decoded into
+dicts costs >1 GB. msgspec decodes straight into Structs that name only the
+labels read below; every other label is skipped without being built.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import ssl
+import sys
+import time
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from typing import NoReturn
+from urllib.parse import urlsplit
+
+import aiohttp
+import msgspec
+
+from coverage_exporter.model.objects import (
+    ROLE_ENDPOINTS,
+    ROLE_ENDPOINTSLICE,
+    PrometheusSnapshot,
+    Target,
+)
+from coverage_exporter.sources import httpclient
+from coverage_exporter.sources.health import SOURCE_PROMETHEUS, SourceError, SourceHealth
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_SECONDS = 60.0
+DEFAULT_CONCURRENCY = 4
+
+ROLE_POD = "pod"
+ROLE_NODE = "node"
+ROLE_SERVICE = "service"
+ROLE_INGRESS = "ingress"
+ROLE_OTHER = "other"
+
+SCRAPE_POOLS_PATH = "/api/v1/scrape_pools"
+TARGETS_PATH = "/api/v1/targets"
+METRICS_PATH = "/metrics"
+
+
+# --- configuration ---------------------------------------------------------
+
+
+@dataclass
+class PrometheusEndpoint:
+    """Where one Prometheus is and how to talk to it."""
+
+    url: str
+    name: str = ""
+    """Value of the `prometheus` label; defaults to the URL's host:port."""
+    bearer_token_file: str | None = None
+    basic_auth_user: str | None = None
+    basic_auth_password_file: str | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    insecure_skip_verify: bool = False
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
+    """Per request, body included: a big target list takes a while to send."""
+
+    def __post_init__(self) -> None:
+        self.url = _check_url(self.url)
+        if not self.name:
+            self.name = default_name(self.url)
+        if self.bearer_token_file and self.basic_auth_user is not None:
+            raise ValueError(f"{self.name}: bearer token and basic auth are mutually exclusive")
+        if self.timeout_seconds <= 0:
+            raise ValueError(f"{self.name}: timeout_seconds must be positive")
+
+
+def _check_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http(s) URL: {url!r}")
+    # A trailing slash would double up with the API paths appended later;
+    # a path prefix (--web.route-prefix) is kept.
+    return url.rstrip("/")
+
+
+def default_name(url: str) -> str:
+    """host:port of a URL, with the scheme's default port if none is given."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{host}:{port}"
+
+
+def parse_prometheus_url(spec: str) -> tuple[str, str]:
+    """`NAME=URL` or `URL` (as given to --prometheus-url) -> (name, url)."""
+    head, sep, tail = spec.partition("=")
+    # A URL may carry '=' in its query; only a prefix without '://' is a name.
+    if sep and "://" not in head:
+        name, url = head.strip(), tail.strip()
+        if not name:
+            raise ValueError(f"empty name in {spec!r}")
+    else:
+        name, url = "", spec.strip()
+    url = _check_url(url)
+    return (name or default_name(url), url)
+
+
+# --- wire format -------------------------------------------------------------
+# Only what is read below. gc=False: these hold only strings, and skipping GC
+# tracking for 100k objects makes decoding noticeably cheaper.
+
+
+def _label(name: str) -> str | None:
+    return msgspec.field(name=name, default=None)
+
+
+class _DiscoveredLabels(msgspec.Struct, gc=False):
+    address: str | None = _label("__address__")
+    namespace: str | None = _label("__meta_kubernetes_namespace")
+    service: str | None = _label("__meta_kubernetes_service_name")
+    endpoints_name: str | None = _label("__meta_kubernetes_endpoints_name")
+    endpointslice_name: str | None = _label("__meta_kubernetes_endpointslice_name")
+    pod_name: str | None = _label("__meta_kubernetes_pod_name")
+    node_name: str | None = _label("__meta_kubernetes_node_name")
+    ingress_name: str | None = _label("__meta_kubernetes_ingress_name")
+    endpoint_node_name: str | None = _label("__meta_kubernetes_endpoint_node_name")
+    slice_node_name: str | None = _label("__meta_kubernetes_endpointslice_endpoint_node_name")
+    pod_node_name: str | None = _label("__meta_kubernetes_pod_node_name")
+    endpoint_target_kind: str | None = _label("__meta_kubernetes_endpoint_address_target_kind")
+    endpoint_target_name: str | None = _label("__meta_kubernetes_endpoint_address_target_name")
+    slice_target_kind: str | None = _label("__meta_kubernetes_endpointslice_address_target_kind")
+    slice_target_name: str | None = _label("__meta_kubernetes_endpointslice_address_target_name")
+
+
+class _ActiveTarget(msgspec.Struct, gc=False):
+    discovered: _DiscoveredLabels | None = msgspec.field(name="discoveredLabels", default=None)
+    scrape_pool: str | None = msgspec.field(name="scrapePool", default=None)
+    health: str | None = None
+
+
+class _TargetsData(msgspec.Struct, gc=False):
+    # Required, but null allowed: Go writes a nil slice as null, and a
+    # response without the key at all is broken, not empty.
+    active: list[_ActiveTarget] | None = msgspec.field(name="activeTargets")
+
+
+class _TargetsResponse(msgspec.Struct, gc=False):
+    status: str
+    data: _TargetsData | None = None
+    error_type: str = msgspec.field(name="errorType", default="")
+    error: str = ""
+
+
+class _ScrapePoolsData(msgspec.Struct):
+    pools: list[str] | None = msgspec.field(name="scrapePools")
+
+
+class _ScrapePoolsResponse(msgspec.Struct):
+    status: str
+    data: _ScrapePoolsData | None = None
+    error_type: str = msgspec.field(name="errorType", default="")
+    error: str = ""
+
+
+class _ErrorResponse(msgspec.Struct):
+    error_type: str = msgspec.field(name="errorType", default="")
+    error: str = ""
+
+
+_TARGETS_DECODER = msgspec.json.Decoder(_TargetsResponse)
+_SCRAPE_POOLS_DECODER = msgspec.json.Decoder(_ScrapePoolsResponse)
+_ERROR_DECODER = msgspec.json.Decoder(_ErrorResponse)
+
+
+# --- parsing -----------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class PoolTargets:
+    targets: list[Target] = field(default_factory=list)
+    active: int = 0
+    """Every active target Prometheus reported for the pool, kept or not:
+    the number `prometheus_target_scrape_pool_targets` is compared with."""
+
+
+def _intern(value: str | None) -> str | None:
+    # The same pool, namespace, node and health strings repeat on every
+    # target; without interning each decoded target holds its own copies.
+    return None if value is None else sys.intern(value)
+
+
+def address_host(address: str) -> str:
+    """Host part of `host:port`, `[v6]:port`, `[v6]`, a bare host or a bare v6."""
+    if address.startswith("["):
+        end = address.find("]")
+        return address[1:end] if end > 0 else address
+    if address.count(":") == 1:
+        return address.partition(":")[0]
+    return address
+
+
+def discovery_role(labels: _DiscoveredLabels) -> str:
+    # Order matters: endpoints(lice) targets also carry pod and node labels
+    # (pod-backed addresses, attach_metadata), pod targets carry node labels.
+    if labels.endpointslice_name is not None:
+        return ROLE_ENDPOINTSLICE
+    if labels.endpoints_name is not None:
+        return ROLE_ENDPOINTS
+    if labels.pod_name is not None:
+        return ROLE_POD
+    if labels.node_name is not None:
+        return ROLE_NODE
+    if labels.service is not None:
+        return ROLE_SERVICE
+    if labels.ingress_name is not None:
+        return ROLE_INGRESS
+    return ROLE_OTHER
+
+
+def _to_target(
+    labels: _DiscoveredLabels, address: str, health: str | None, pool: str
+) -> Target | None:
+    """None for targets that cannot be matched to a Service."""
+    # Coverage is computed per Service, so a target without namespace and
+    # Service name (pod, node, static roles) can never count for anything:
+    # dropping it here keeps 100k-node clusters' kubelet/cAdvisor pools of
+    # role node out of memory.
+    if not labels.namespace or not labels.service:
+        return None
+    return Target(
+        scrape_pool=pool,
+        health=sys.intern(health or "unknown"),
+        role=discovery_role(labels),
+        namespace=_intern(labels.namespace),
+        service=_intern(labels.service),
+        node_name=_intern(
+            labels.endpoint_node_name or labels.slice_node_name or labels.pod_node_name
+        ),
+        target_kind=_intern(labels.endpoint_target_kind or labels.slice_target_kind),
+        target_name=_intern(labels.endpoint_target_name or labels.slice_target_name),
+        pod_name=_intern(labels.pod_name),
+        address_host=sys.intern(address_host(address)),
+    )
+
+
+def _decode_targets(body: bytes) -> list[_ActiveTarget]:
+    try:
+        response = _TARGETS_DECODER.decode(body)
+    except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
+        raise SourceError(f"undecodable response: {exc}") from None
+    if response.status != "success":
+        raise SourceError(f"status {response.status!r}: {response.error_type}: {response.error}")
+    if response.data is None:
+        raise SourceError("status 'success' without data")
+    return response.data.active or []
+
+
+def parse_targets(body: bytes, only_pool: str | None = None) -> dict[str, PoolTargets]:
+    """Active targets grouped by scrape pool.
+
+    only_pool: the pool that was asked for. Its targets are kept even when
+    the server leaves scrapePool out; targets of other pools (a server that
+    ignored the filter) are left out rather than counted twice.
+    Malformed targets are skipped and logged; if every target is malformed
+    the response is broken and SourceError is raised.
+    """
+    raw_targets = _decode_targets(body)
+    pools: dict[str, PoolTargets] = {}
+    if only_pool is not None:
+        pools[sys.intern(only_pool)] = PoolTargets()
+    malformed = foreign = 0
+    for raw in raw_targets:
+        labels, pool = raw.discovered, raw.scrape_pool or only_pool
+        if labels is None or labels.address is None or pool is None:
+            malformed += 1
+            continue
+        if only_pool is not None and pool != only_pool:
+            foreign += 1
+            continue
+        # The pool's one string object is what every Target of it holds.
+        pool = sys.intern(pool)
+        result = pools.get(pool)
+        if result is None:
+            result = pools[pool] = PoolTargets()
+        result.active += 1
+        target = _to_target(labels, labels.address, raw.health, pool)
+        if target is not None:
+            result.targets.append(target)
+    _report_skipped(len(raw_targets), malformed, foreign, only_pool)
+    return pools
+
+
+def _report_skipped(total: int, malformed: int, foreign: int, pool: str | None) -> None:
+    if malformed and malformed == total:
+        raise SourceError(f"all {total} active targets malformed (no discoveredLabels/__address__)")
+    if malformed:
+        log.warning("skipped %d of %d malformed active targets (pool %s)", malformed, total, pool)
+    if foreign:
+        log.warning(
+            "skipped %d targets of other pools in the answer for pool %s: "
+            "the server seems to ignore the scrapePool parameter",
+            foreign,
+            pool,
+        )
+
+
+def parse_scrape_pools(body: bytes) -> list[str]:
+    try:
+        response = _SCRAPE_POOLS_DECODER.decode(body)
+    except msgspec.DecodeError as exc:
+        raise SourceError(f"undecodable response: {exc}") from None
+    if response.status != "success":
+        raise SourceError(f"status {response.status!r}: {response.error_type}: {response.error}")
+    if response.data is None:
+        raise SourceError("status 'success' without data")
+    return response.data.pools or []
+
+
+_POOL_TARGETS_PREFIX = "prometheus_target_scrape_pool_targets{"
+_LABEL_RE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+_UNESCAPE = {"\\\\": "\\", '\\"': '"', "\\n": "\n"}
+
+
+def parse_pool_target_counts(text: str) -> dict[str, int] | None:
+    """`prometheus_target_scrape_pool_targets{scrape_job=...}` per pool from
+    Prometheus's own /metrics text; None when the metric is not there at all
+    (Thanos Query, or not a Prometheus)."""
+    counts: dict[str, int] | None = None
+    for line in text.splitlines():
+        if not line.startswith(_POOL_TARGETS_PREFIX):
+            continue
+        labels_end = line.rfind("}")
+        fields = line[labels_end + 1 :].split()
+        labels = dict(_LABEL_RE.findall(line, len(_POOL_TARGETS_PREFIX), labels_end))
+        job = labels.get("scrape_job")
+        if job is None or not fields:
+            continue
+        try:
+            value = float(fields[0])
+        except ValueError:
+            continue
+        if counts is None:
+            counts = {}
+        counts[re.sub(r"\\.", lambda m: _UNESCAPE.get(m[0], m[0]), job)] = int(value)
+    return counts
+
+
+def _error_detail(body: bytes) -> str:
+    """What an HTTP error answer says, short enough for a log line."""
+    try:
+        parsed = _ERROR_DECODER.decode(body)
+    except msgspec.DecodeError:
+        parsed = None
+    if parsed is not None and parsed.error:
+        return f"{parsed.error_type}: {parsed.error}"
+    return body[:200].decode("utf-8", "replace").strip()
+
+
+# --- the source ----------------------------------------------------------------
+
+
+class PrometheusSource:
+    """Collects the active targets of one Prometheus.
+
+    Keeps the last result per scrape pool so that a caller who knows which
+    pools changed (see `pool_target_counts`) can refresh only those.
+    """
+
+    def __init__(
+        self,
+        endpoint: PrometheusEndpoint,
+        *,
+        health: SourceHealth | None = None,
+        session: aiohttp.ClientSession | None = None,
+        concurrency: int = DEFAULT_CONCURRENCY,
+    ) -> None:
+        self.endpoint = endpoint
+        self.health = health or SourceHealth(SOURCE_PROMETHEUS, prometheus=endpoint.name)
+        self._session = session
+        self._owns_session = session is None
+        self._concurrency = concurrency
+        self._ssl: ssl.SSLContext = httpclient.ssl_context(
+            ca_file=endpoint.ca_file,
+            cert_file=endpoint.cert_file,
+            key_file=endpoint.key_file,
+            insecure_skip_verify=endpoint.insecure_skip_verify,
+        )
+        self._timeout = aiohttp.ClientTimeout(total=endpoint.timeout_seconds)
+        self._pools: dict[str, PoolTargets] = {}
+        self._fallback = False
+
+    async def __aenter__(self) -> PrometheusSource:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def uses_fallback(self) -> bool:
+        """True while the server lacks /api/v1/scrape_pools (Thanos, < v2.42)."""
+        return self._fallback
+
+    @property
+    def pool_active_counts(self) -> Mapping[str, int]:
+        """Active targets per pool as of the last successful collection."""
+        return {pool: result.active for pool, result in self._pools.items()}
+
+    async def collect(self, pools_to_refresh: Collection[str] | None = None) -> PrometheusSnapshot:
+        """All active targets, with every pool fetched anew, or only the pools
+        in `pools_to_refresh` (plus pools not seen before) while the others
+        are taken from the previous collection. Without scrape_pools support
+        every collection is a full one. Raises SourceError; on failure the
+        kept per-pool results are left as they were."""
+        started = time.monotonic()
+        try:
+            pools = await self._collect(pools_to_refresh)
+        except SourceError as exc:
+            self.health.mark(False, time.monotonic() - started, str(exc))
+            raise
+        self._pools = pools
+        self.health.mark(True, time.monotonic() - started)
+        targets = [t for result in pools.values() for t in result.targets]
+        return PrometheusSnapshot(name=self.endpoint.name, targets=targets)
+
+    async def pool_target_counts(self) -> dict[str, int] | None:
+        """Active targets per pool from Prometheus's own /metrics: a cheap way
+        to notice that a pool changed size. Equal counts do not prove equal
+        targets (a node replaced by another), so callers should still do a
+        full collection now and then. None when unavailable; only failures
+        other than a 404 count as errors."""
+        try:
+            status, body = await self._request(METRICS_PATH, None, self._auth_headers())
+            if status == 404:
+                return None
+            if status != 200:
+                self._fail(f"GET {METRICS_PATH}: HTTP {status}: {_error_detail(body)}")
+        except SourceError as exc:
+            log.warning("%s", exc)
+            return None
+        return parse_pool_target_counts(body.decode("utf-8", "replace"))
+
+    async def _collect(self, pools_to_refresh: Collection[str] | None) -> dict[str, PoolTargets]:
+        headers = self._auth_headers()
+        pools = await self._scrape_pools(headers)
+        if pools is None:
+            return await self._fetch_all(headers)
+        wanted = [
+            pool
+            for pool in pools
+            if pools_to_refresh is None or pool in pools_to_refresh or pool not in self._pools
+        ]
+        fetched = await self._fetch_pools(wanted, headers)
+        # Pools gone from scrape_pools are dropped with the old mapping.
+        return {pool: fetched[pool] if pool in fetched else self._pools[pool] for pool in pools}
+
+    async def _scrape_pools(self, headers: Mapping[str, str]) -> list[str] | None:
+        """The pool names, or None if the server does not know the endpoint.
+
+        Asked at every collection, even in fallback: the 404 costs one tiny
+        request, and an upgraded Prometheus is picked up without a restart.
+        """
+        status, body = await self._request(SCRAPE_POOLS_PATH, None, headers)
+        if status == 404:
+            if not self._fallback:
+                log.info(
+                    "%s: %s answers 404 (Thanos Query or Prometheus < 2.42): "
+                    "reading the unfiltered active target list instead",
+                    self.endpoint.name,
+                    SCRAPE_POOLS_PATH,
+                )
+            self._fallback = True
+            return None
+        if status != 200:
+            self._fail(f"GET {SCRAPE_POOLS_PATH}: HTTP {status}: {_error_detail(body)}")
+        if self._fallback:
+            log.info("%s: %s is available again", self.endpoint.name, SCRAPE_POOLS_PATH)
+            self._fallback = False
+        try:
+            return list(dict.fromkeys(parse_scrape_pools(body)))
+        except SourceError as exc:
+            self._fail(f"GET {SCRAPE_POOLS_PATH}: {exc}")
+
+    async def _fetch_all(self, headers: Mapping[str, str]) -> dict[str, PoolTargets]:
+        # Thanos accepts only `state`; state=active at least spares us the
+        # dropped targets, which dominate the full answer.
+        params = {"state": "active"}
+        body = await self._get(TARGETS_PATH, params, headers)
+        return await self._parse(body, None, _describe(TARGETS_PATH, params))
+
+    async def _fetch_pools(
+        self, pools: list[str], headers: Mapping[str, str]
+    ) -> dict[str, PoolTargets]:
+        limit = asyncio.Semaphore(self._concurrency)
+
+        async def fetch(pool: str) -> PoolTargets:
+            async with limit:
+                params = {"state": "active", "scrapePool": pool}
+                body = await self._get(TARGETS_PATH, params, headers)
+                parsed = await self._parse(body, pool, _describe(TARGETS_PATH, params))
+                return parsed[pool]
+
+        try:
+            # TaskGroup: the first failure cancels the other fetches.
+            async with asyncio.TaskGroup() as group:
+                tasks = {pool: group.create_task(fetch(pool)) for pool in pools}
+        except ExceptionGroup as errors:
+            raise _first_source_error(errors) from None
+        return {pool: task.result() for pool, task in tasks.items()}
+
+    async def _parse(self, body: bytes, pool: str | None, what: str) -> dict[str, PoolTargets]:
+        # Off the event loop: decoding a big pool takes a fraction of a
+        # second, during which /metrics of the exporter would not answer.
+        try:
+            return await asyncio.to_thread(parse_targets, body, pool)
+        except SourceError as exc:
+            self._fail(f"{what}: {exc}")
+
+    def _auth_headers(self) -> dict[str, str]:
+        ep = self.endpoint
+        try:
+            return httpclient.auth_headers(
+                bearer_token_file=ep.bearer_token_file,
+                basic_auth_user=ep.basic_auth_user,
+                basic_auth_password_file=ep.basic_auth_password_file,
+            )
+        except SourceError as exc:
+            raise SourceError(f"prometheus {ep.name}: {exc}") from None
+
+    def _session_for_requests(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = httpclient.new_session(connection_limit=self._concurrency + 1)
+        return self._session
+
+    async def _get(
+        self, path: str, params: Mapping[str, str] | None, headers: Mapping[str, str]
+    ) -> bytes:
+        """The body of a 200 answer; any other answer is a SourceError."""
+        status, body = await self._request(path, params, headers)
+        if status != 200:
+            self._fail(f"{_describe(path, params)}: HTTP {status}: {_error_detail(body)}")
+        return body
+
+    async def _request(
+        self, path: str, params: Mapping[str, str] | None, headers: Mapping[str, str]
+    ) -> tuple[int, bytes]:
+        """Status and body; transport failures are SourceErrors."""
+        try:
+            async with self._session_for_requests().get(
+                self.endpoint.url + path,
+                params=params,
+                headers=headers,
+                ssl=self._ssl,
+                timeout=self._timeout,
+            ) as resp:
+                body = await resp.read()
+        except TimeoutError:
+            self.health.record_request(0)
+            limit = self.endpoint.timeout_seconds
+            self._fail(f"{_describe(path, params)}: timed out after {limit:g}s")
+        except aiohttp.ClientError as exc:
+            self.health.record_request(0)
+            self._fail(f"{_describe(path, params)}: {type(exc).__name__}: {exc}")
+        self.health.record_request(len(body))
+        return resp.status, body
+
+    def _fail(self, message: str) -> NoReturn:
+        message = f"prometheus {self.endpoint.name}: {message}"
+        self.health.record_error(message)
+        raise SourceError(message)
+
+
+def _describe(path: str, params: Mapping[str, str] | None) -> str:
+    query = "&".join(f"{key}={value}" for key, value in (params or {}).items())
+    return f"GET {path}?{query}" if query else f"GET {path}"
+
+
+def _first_source_error(errors: BaseExceptionGroup) -> BaseException:
+    for exc in _leaves(errors):
+        if isinstance(exc, SourceError):
+            return exc
+    return errors
+
+
+def _leaves(errors: BaseExceptionGroup) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in errors.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
