@@ -1,0 +1,301 @@
+"""Build the coverage-exporter Grafana dashboard with grafana-foundation-sdk.
+
+    python -m dashboards.generate           # rewrite dashboards/coverage-exporter.json
+    python -m dashboards.generate --check   # exit 1 when the JSON is out of date
+
+`panel_queries()` hands every panel's PromQL to tests that run it against a
+real Prometheus.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from grafana_foundation_sdk.builders import bargauge, common, dashboard, stat, table, timeseries
+from grafana_foundation_sdk.builders.prometheus import Dataquery
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models.common import LegendDisplayMode, LegendPlacement
+from grafana_foundation_sdk.models.dashboard import (
+    DataSourceRef,
+    DataTransformerConfig,
+    VariableRefresh,
+    VariableSort,
+)
+from grafana_foundation_sdk.models.prometheus import PromQueryFormat
+
+from dashboards import queries as q
+
+DASHBOARD_FILE = Path(__file__).resolve().parent / "coverage-exporter.json"
+UID = "coverage-exporter"
+DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
+# What a test substitutes for the dashboard's variables to get plain PromQL.
+VARIABLE_VALUES = {
+    "$namespace": ".*",
+    "$service": ".*",
+    "$__rate_interval": "5m",
+    "${datasource}": "prometheus",
+}
+
+
+@dataclass(frozen=True)
+class Query:
+    expr: str
+    legend: str = ""
+    column: str = ""
+    """Column title in a table; table queries are instant."""
+
+
+def _targets(queries: list[Query], instant: bool) -> list[Dataquery]:
+    out = []
+    for i, query in enumerate(queries):
+        target = Dataquery().expr(query.expr).ref_id(chr(ord("A") + i)).datasource(DATASOURCE)
+        if instant:
+            target = target.instant().format(PromQueryFormat.TABLE)
+        else:
+            target = target.range().legend_format(query.legend or "__auto")
+        out.append(target)
+    return out
+
+
+def _last_value() -> common.ReduceDataOptions:
+    return common.ReduceDataOptions().calcs(["lastNotNull"]).values(False)
+
+
+def _ts(title: str, desc: str, queries: list[Query], unit: str = "short", w: int = 12):
+    legend = (
+        common.VizLegendOptions().display_mode(LegendDisplayMode.TABLE)
+        .placement(LegendPlacement.BOTTOM).show_legend(True).calcs(["lastNotNull", "max"])
+    )
+    panel = timeseries.Panel().title(title).description(desc).unit(unit).min(0).legend(legend)
+    return panel.targets(_targets(queries, False)).datasource(DATASOURCE).span(w).height(8)
+
+
+def _stat(title: str, desc: str, expr: str, unit: str = "short"):
+    panel = stat.Panel().title(title).description(desc).unit(unit).reduce_options(_last_value())
+    return panel.targets(_targets([Query(expr)], False)).datasource(DATASOURCE).span(4).height(4)
+
+
+def _table(title: str, desc: str, queries: list[Query], w: int = 24, h: int = 9):
+    # One instant query per column, merged on their labels into one row per key.
+    rename = {f"Value #{chr(ord('A') + i)}": qu.column for i, qu in enumerate(queries)}
+    if len(queries) == 1:  # Grafana suffixes the query's refId only when there are several
+        rename = {"Value": queries[0].column}
+    organize = {"excludeByName": {"Time": True}, "renameByName": rename}
+    panel = table.Panel().title(title).description(desc).show_header(True)
+    panel = panel.targets(_targets(queries, True))
+    panel = panel.with_transformation(DataTransformerConfig(id_val="merge", options={}))
+    panel = panel.with_transformation(DataTransformerConfig(id_val="organize", options=organize))
+    return panel.datasource(DATASOURCE).span(w).height(h)
+
+
+def _rows() -> list[tuple[str, list]]:
+    funnel = [
+        Query(q.expected(), "expected", "Expected"),
+        Query(q.present_at_stage("endpoints"), "in Endpoints", "In Endpoints"),
+        Query(q.present_at_stage("endpointslices"), "in EndpointSlices", "In EndpointSlices"),
+        Query(q.discovered_by_worst_pool(), "discovered by Prometheus", "Discovered by Prometheus"),
+    ]
+    return [
+        ("Overview", [
+            _stat("Services in scope", "Services checked in the last cycle.",
+                  "max(scrape_coverage_services)"),
+            _stat("Nodes", "Nodes in the cluster.",
+                  "sum(max by (ready) (scrape_coverage_nodes))"),
+            _stat("Targets missing from Prometheus",
+                  "Expected targets no Prometheus discovers, over the selected Services.",
+                  q.MISSING_TOTAL),
+            _stat("Truncated Endpoints read with role endpoints",
+                  "Services whose truncated Endpoints a Prometheus reads with role endpoints.",
+                  q.TRUNCATED_READ),
+            _stat("Lowest scrape pool coverage", "Worst scrape pool, share of expected found.",
+                  q.LOWEST_COVERAGE, "percentunit"),
+            _stat("Exporter targets up", "coverage-exporter targets Prometheus scrapes.",
+                  q.EXPORTER_UP),
+        ]),
+        ("Coverage funnel", [
+            _table("Coverage funnel per Service",
+                   "Expected targets found at each stage; the Prometheus column is the "
+                   "least complete scrape pool of the Service.", funnel),
+            _ts("Coverage funnel over time", "The funnel summed over the selected Services.",
+                [Query(f"sum({x.expr})", x.legend) for x in funnel]),
+            _ts("Targets missing from Prometheus",
+                "Expected targets no Prometheus discovered, per scrape pool.",
+                [Query(f"{q.POOL_MISSING}{{{q.SEL}}}",
+                       "{{namespace}}/{{service}} {{scrape_pool}} ({{role}})")]),
+            _ts("Targets missing per Kubernetes stage",
+                "Expected targets absent from the Endpoints object or the EndpointSlices.",
+                [Query(f"{q.STAGE_MISSING}{{{q.SEL}}}", "{{namespace}}/{{service}} {{stage}}")]),
+            _table("Missing targets",
+                   "One row per missing target, up to the exporter's --missing-node-info-limit.",
+                   [Query("max by (namespace, service, stage, scrape_pool, node, pod) "
+                          f"(scrape_coverage_missing_node_info{{{q.SEL}}})", column="Missing")],
+                   w=12),
+        ]),
+        ("Endpoints at scale", [
+            _table("Truncated Endpoints",
+                   "Endpoints objects the endpoints controller cut to 1000 addresses.",
+                   [Query(q.truncated_only(f"{q.ENDPOINTS_ADDRESSES}{{{q.SEL}}}"),
+                          column="Addresses in Endpoints"),
+                    Query(q.truncated_only(q.expected()), column="Expected"),
+                    Query(q.truncated_only(f'sum by (namespace, service) ({q.STAGE_MISSING}'
+                                           f'{{{q.SEL}, stage="endpoints"}})'),
+                          column="Missing from Endpoints")], w=12),
+            _table("Scrape pools using role endpoints at scale",
+                   f"Pools that read a Service's Endpoints (role endpoints) holding more than "
+                   f"{q.AT_SCALE_ADDRESSES} addresses: they lose targets at 1000.",
+                   [Query(q.endpoints_role_pools_at_scale(f"{q.ENDPOINTS_ADDRESSES}{{{q.SEL}}}"),
+                          column="Addresses in Endpoints"),
+                    Query(q.endpoints_role_pools_at_scale(
+                        f"{q.ENDPOINTS_CAPACITY} - {q.ENDPOINTS_ADDRESSES}{{{q.SEL}}}"),
+                          column="Headroom to 1000")],
+                   w=12),
+            _ts("Endpoints addresses against the 1000 limit",
+                "The 20 largest Endpoints objects of the selected Services.",
+                [Query(f"topk(20, {q.ENDPOINTS_ADDRESSES}{{{q.SEL}}})",
+                       "{{namespace}}/{{service}}"),
+                 Query(q.CAPACITY, "limit")]),
+            _table("EndpointSlice mirroring of selector-less Endpoints",
+                   "Addresses the mirroring controller left out (it mirrors at most 1000 "
+                   "per subset), and whether the Endpoints carries skip-mirror.",
+                   [Query(q.selector_less_only(f"{q.ENDPOINTS_ADDRESSES}{{{q.SEL}}}"),
+                          column="Addresses in Endpoints"),
+                    Query(q.selector_less_only(f"{q.SLICE_ENDPOINTS}{{{q.SEL}}}"),
+                          column="Endpoints in slices"),
+                    Query("max by (namespace, service) "
+                          f"(scrape_coverage_endpointslice_mirroring_skipped{{{q.SEL}}})",
+                          column="Not mirrored"),
+                    Query("max by (namespace, service) "
+                          f"(scrape_coverage_endpoints_skip_mirror{{{q.SEL}}})",
+                          column="skip-mirror")], w=12),
+        ]),
+        ("Per Prometheus", [
+            _ts("Targets discovered per Prometheus",
+                "Active targets each Prometheus discovered from the selected Services.",
+                [Query(f"sum by (prometheus, scrape_pool, role) ({q.POOL_TARGETS}{{{q.SEL}}})",
+                       "{{prometheus}} {{scrape_pool}} ({{role}})")]),
+            _ts("Target health per Prometheus", "Discovered targets by scrape health.",
+                [Query("sum by (prometheus, health) (max by (namespace, service, prometheus, "
+                       "scrape_pool, role, health) "
+                       f"(scrape_coverage_prometheus_targets{{{q.SEL}}}))",
+                       "{{prometheus}} {{health}}")]),
+            _table("Coverage per scrape pool",
+                   "Share of the expected targets each scrape pool discovered.",
+                   [Query("min by (namespace, service, scrape_pool, role) "
+                          f"(scrape_coverage_ratio{{{q.SEL}}})", column="Coverage"),
+                    Query(f"{q.POOL_MISSING}{{{q.SEL}}}", column="Missing")]),
+        ]),
+        ("Exporter health", [
+            _ts("Source up", "1 when the source's last collection succeeded.",
+                [Query(q.per_source("scrape_coverage_source_up"), "{{source}} {{prometheus}}")],
+                w=8),
+            _ts("Collection duration", "Time the last collection of each source and cycle took.",
+                [Query(q.per_source("scrape_coverage_source_duration_seconds"),
+                       "{{source}} {{prometheus}}"),
+                 Query("max(scrape_coverage_cycle_duration_seconds)", "cycle")], "s", w=8),
+            _ts("Time since last success", "Age of the data the exporter computes from.",
+                [Query("time() - "
+                       + q.per_source("scrape_coverage_source_last_success_timestamp_seconds"),
+                       "{{source}} {{prometheus}}"),
+                 Query("time() - max(scrape_coverage_last_cycle_timestamp_seconds)",
+                       "last cycle")], "s", w=8),
+            _ts("Source errors and requests", "Failed and total requests to each source.",
+                [Query(q.source_rate("scrape_coverage_source_errors_total"),
+                       "errors {{source}} {{prometheus}}"),
+                 Query(q.source_rate("scrape_coverage_source_requests_total"),
+                       "requests {{source}} {{prometheus}}")], "reqps", w=8),
+            _ts("Response bytes", "Bytes read from each source.",
+                [Query(q.source_rate("scrape_coverage_source_response_bytes_total"),
+                       "{{source}} {{prometheus}}")], "Bps", w=8),
+            bargauge.Panel().title("Missing-target rows").description(
+                "Rows of scrape_coverage_missing_node_info left out by the cap.")
+            .reduce_options(_last_value())
+            .targets(_targets([Query("max(scrape_coverage_missing_node_info_omitted)", "omitted"),
+                               Query("max(scrape_coverage_missing_node_info_limit)", "limit")],
+                              False)).datasource(DATASOURCE).span(8).height(8),
+        ]),
+    ]
+
+
+def _variables() -> list:
+    datasource = dashboard.DatasourceVariable("datasource").label("Data source").type("prometheus")
+    out = [datasource]
+    for name, query in (
+        ("namespace", "label_values(scrape_coverage_expected_targets, namespace)"),
+        ("service",
+         'label_values(scrape_coverage_expected_targets{namespace=~"$namespace"}, service)'),
+    ):
+        out.append(
+            dashboard.QueryVariable(name).label(name.capitalize()).query(query)
+            .datasource(DATASOURCE).refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
+            .sort(VariableSort.ALPHABETICAL_ASC).multi(True).include_all(True).all_value(".*")
+        )
+    return out
+
+
+def build() -> dashboard.Dashboard:
+    board = (
+        dashboard.Dashboard("Scrape coverage")
+        .uid(UID)
+        .description("Nodes and pods Prometheus does not scrape: Endpoints truncation, "
+                     "EndpointSlice mirroring caps, per scrape pool coverage.")
+        .tags(["coverage-exporter", "prometheus", "kubernetes"])
+        .time("now-6h", "now")
+        .refresh("1m")
+        .variables(_variables())
+    )
+    panel_id = 0
+    for title, panels in _rows():
+        panel_id += 1
+        board = board.with_row(dashboard.Row(title).id(panel_id))
+        for panel in panels:
+            panel_id += 1
+            board = board.with_panel(panel.id(panel_id))
+    return board
+
+
+def render() -> str:
+    return JSONEncoder(sort_keys=True, indent=2).encode(build().build()) + "\n"
+
+
+def panel_queries(substitute: bool = False) -> list[tuple[str, str]]:
+    """(panel title, PromQL) for every query of every panel.
+
+    With `substitute`, dashboard variables are replaced by VARIABLE_VALUES so
+    the expressions run as they are against a Prometheus.
+    """
+    out = []
+    for _, panels in _rows():
+        for panel in panels:
+            built = panel.build()
+            for target in built.targets or []:
+                expr = substitute_variables(target.expr) if substitute else target.expr
+                out.append((built.title, expr))
+    return out
+
+
+def substitute_variables(expr: str) -> str:
+    return re.sub(
+        "|".join(re.escape(k) for k in VARIABLE_VALUES), lambda m: VARIABLE_VALUES[m[0]], expr
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="fail if the JSON is stale")
+    args = parser.parse_args(argv)
+    content = render()
+    if args.check:
+        if not DASHBOARD_FILE.exists() or DASHBOARD_FILE.read_text() != content:
+            print("out of date, run python -m dashboards.generate", file=sys.stderr)
+            return 1
+        return 0
+    DASHBOARD_FILE.write_text(content)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

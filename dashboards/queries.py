@@ -1,0 +1,86 @@
+"""The PromQL behind every dashboard panel, kept apart from the layout.
+
+Recorded series come from alerts/rules.py, so the dashboard and the alerts
+count the same way. `$namespace` and `$service` are the dashboard's
+variables; `SEL` filters on both.
+"""
+
+from __future__ import annotations
+
+from alerts.rules import (
+    DEFAULT_EXPORTER_SELECTOR,
+    ENDPOINTS_ADDRESSES,
+    ENDPOINTS_CAPACITY,
+    ENDPOINTS_TRUNCATED,
+    EXPECTED,
+    POOL_MISSING,
+    POOL_MISSING_RATIO,
+    POOL_TARGETS,
+    SLICE_ENDPOINTS,
+    STAGE_MISSING,
+)
+
+SEL = 'namespace=~"$namespace", service=~"$service"'
+# An Endpoints object this full is worth watching before it reaches the cap.
+AT_SCALE_ADDRESSES = 500
+
+
+def expected() -> str:
+    return f"{EXPECTED}{{{SEL}}}"
+
+
+def present_at_stage(stage: str) -> str:
+    """Expected targets found at a Kubernetes stage (expected minus missing)."""
+    return (
+        f"{expected()}\n- on (namespace, service)\n"
+        f'{STAGE_MISSING}{{{SEL}, stage="{stage}"}}'
+    )
+
+
+def discovered_by_worst_pool() -> str:
+    """Expected targets discovered by the Service's least complete scrape pool."""
+    return (
+        f"{expected()}\n- on (namespace, service)\n"
+        f"max by (namespace, service) ({POOL_MISSING}{{{SEL}}})"
+    )
+
+
+def truncated_only(expr: str) -> str:
+    return f"{expr}\nand on (namespace, service) ({ENDPOINTS_TRUNCATED}{{{SEL}}} == 1)"
+
+
+def endpoints_role_pools_at_scale(value: str) -> str:
+    """`value` per (Prometheus, pool) using role endpoints for a large Endpoints."""
+    return (
+        f"{value}\n+ on (namespace, service) group_right ()\n"
+        f'(0 * {POOL_TARGETS}{{{SEL}, role="endpoints"}})\n'
+        f"and on (namespace, service) ({ENDPOINTS_ADDRESSES} > {AT_SCALE_ADDRESSES})"
+    )
+
+
+def selector_less_only(expr: str) -> str:
+    # skip_mirror is exported for selector-less Services only.
+    return (
+        f"{expr}\nand on (namespace, service)\n"
+        f"max by (namespace, service) (scrape_coverage_endpoints_skip_mirror{{{SEL}}})"
+    )
+
+
+def per_source(metric: str) -> str:
+    return f"max by (source, prometheus) ({metric})"
+
+
+def source_rate(counter: str) -> str:
+    return f"sum by (source, prometheus) (rate({counter}[$__rate_interval]))"
+
+
+EXPORTER_UP = f"sum(up{{{DEFAULT_EXPORTER_SELECTOR}}})"
+MISSING_TOTAL = f"sum({POOL_MISSING}{{{SEL}}}) or vector(0)"
+TRUNCATED_READ = (
+    f"count(\n  {ENDPOINTS_TRUNCATED}{{{SEL}}} == 1\n"
+    f'  and on (namespace, service) {POOL_TARGETS}{{{SEL}, role="endpoints"}} > 0\n'
+    ") or vector(0)"
+)
+LOWEST_COVERAGE = f"min(1 - {POOL_MISSING_RATIO}{{{SEL}}})"
+CAPACITY = f"vector({ENDPOINTS_CAPACITY})"
+__all__ = ["ENDPOINTS_ADDRESSES", "ENDPOINTS_CAPACITY", "SLICE_ENDPOINTS", "STAGE_MISSING"]
