@@ -31,7 +31,7 @@ class ClusterSource(Protocol):
 
     def set_pod_scope(self, services: Sequence[Service]) -> None: ...
 
-    async def ensure_pods_synced(self, timeout: float) -> bool: ...  # noqa: ASYNC109
+    async def ensure_pods_synced(self, timeout: float) -> None: ...  # noqa: ASYNC109
 
     def is_synced(self) -> bool: ...
 
@@ -142,9 +142,13 @@ class Collector:
         cluster = self._cluster.snapshot()
         discovered = targets_by_service(prometheus).keys()
         self._cluster.set_pod_scope(services_in_scope(self._scope, cluster, discovered))
-        # Laggards are logged by the source; their Services are compared
-        # with the pods known so far and caught up next cycle.
-        await self._cluster.ensure_pods_synced(self._pod_sync_timeout)
+        try:
+            await self._cluster.ensure_pods_synced(self._pod_sync_timeout)
+        except SourceError as err:
+            # Services whose pods are not listed yet are withheld this cycle
+            # (the model never guesses an empty expected set); next cycle
+            # catches up.
+            log.warning("kubernetes: %s", err)
         self._cluster.health.duration_seconds = time.monotonic() - start
         return self._cluster.snapshot()
 

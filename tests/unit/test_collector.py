@@ -29,8 +29,8 @@ class StaticCluster:
     def set_pod_scope(self, services: Sequence[Service]) -> None:
         self.scope = list(services)
 
-    async def ensure_pods_synced(self, timeout: float) -> bool:  # noqa: ASYNC109
-        return True
+    async def ensure_pods_synced(self, timeout: float) -> None:  # noqa: ASYNC109
+        return None
 
     def is_synced(self) -> bool:
         return self.synced

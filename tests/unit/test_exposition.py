@@ -32,8 +32,17 @@ def merged(*snapshots: ClusterSnapshot) -> ClusterSnapshot:
 
 def sources(prometheus_up: bool) -> list[SourceHealth]:
     kube = SourceHealth("kubernetes", "", True, "", 0.25, 1764130000.0, 0, 12, 345678)
-    prom = SourceHealth("prometheus", "prom-a", prometheus_up, "" if prometheus_up else "HTTP 503",
-                        1.5, 1764129000.0, 0 if prometheus_up else 3, 7, 123456)
+    prom = SourceHealth(
+        "prometheus",
+        "prom-a",
+        prometheus_up,
+        "" if prometheus_up else "HTTP 503",
+        1.5,
+        1764129000.0,
+        0 if prometheus_up else 3,
+        7,
+        123456,
+    )
     return [kube, prom]
 
 
@@ -48,13 +57,22 @@ def truncated_cluster_state(limit: int) -> ExporterState:
     ne = clusters.node_exporter(1003)
     kubelet = clusters.kubelet(1003)
     cluster = merged(ne, kubelet)
-    prom = PrometheusSnapshot("prom-a", [
-        *clusters.endpoints_targets(ne, "serviceMonitor/monitoring/node-exporter/0", *NE),
-        *clusters.slice_targets(kubelet, "serviceMonitor/monitoring/kubelet/0", *KUBELET),
-    ])
+    prom = PrometheusSnapshot(
+        "prom-a",
+        [
+            *clusters.endpoints_targets(ne, "serviceMonitor/monitoring/node-exporter/0", *NE),
+            *clusters.slice_targets(kubelet, "serviceMonitor/monitoring/kubelet/0", *KUBELET),
+        ],
+    )
     report = build_report(Scope(), cluster, [prom])
-    return ExporterState(report, sources(True), missing_info_limit=limit, cycles_total=3,
-                         cycle_duration_seconds=0.5, last_cycle_timestamp=1764130001.0)
+    return ExporterState(
+        report,
+        sources(True),
+        missing_info_limit=limit,
+        cycles_total=3,
+        cycle_duration_seconds=0.5,
+        last_cycle_timestamp=1764130001.0,
+    )
 
 
 def test_truncated_cluster_exposition_matches_golden() -> None:

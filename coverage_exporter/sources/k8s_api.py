@@ -1,0 +1,168 @@
+"""The HTTP side of the Kubernetes source: one aiohttp session, plain GETs
+for LIST pages and streamed GETs for WATCHes.
+
+Every request is counted in the shared SourceHealth (requests, bytes after
+decompression, errors). API `Warning` headers (the v1 Endpoints deprecation
+arrives on every Endpoints request) are logged once per distinct text.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+
+import aiohttp
+
+from coverage_exporter.sources.health import SourceHealth
+from coverage_exporter.sources.k8s_parse import decode_status
+from coverage_exporter.sources.kubeconfig import KubeAuth
+
+log = logging.getLogger("coverage_exporter.kubernetes")
+
+USER_AGENT = "coverage-exporter/0.1"
+
+
+class ApiError(Exception):
+    """The apiserver answered with an error status (or a watch ERROR event)."""
+
+    def __init__(self, code: int, message: str, reason: str = "") -> None:
+        super().__init__(f"HTTP {code} {reason}: {message}".replace(" :", ":"))
+        self.code = code
+        self.reason = reason
+        self.message = message
+
+
+class GoneError(ApiError):
+    """410: the resourceVersion or continue token is too old; relist."""
+
+
+def api_error(code: int, body: bytes | memoryview) -> ApiError:
+    status = decode_status(body)
+    message = (status.message if status else None) or bytes(body[:200]).decode(errors="replace")
+    reason = (status.reason if status else None) or ""
+    code = (status.code if status and status.code else None) or code
+    cls = GoneError if code == 410 else ApiError
+    return cls(code, message, reason)
+
+
+class ApiClient:
+    def __init__(
+        self,
+        auth: KubeAuth,
+        health: SourceHealth,
+        *,
+        request_timeout_seconds: float = 60.0,
+    ) -> None:
+        self._auth = auth
+        self._health = health
+        self._request_timeout = request_timeout_seconds
+        self._session: aiohttp.ClientSession | None = None
+        self._warnings_seen: set[str] = set()
+
+    async def open(self) -> None:
+        if self._session is None:
+            # limit=0: every watch holds one HTTP/1.1 connection for minutes;
+            # aiohttp's default pool of 100 would block the 101st reflector.
+            connector = aiohttp.TCPConnector(ssl=self._auth.ssl, limit=0)
+            # trust_env stays False: proxies come from the kubeconfig only.
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                headers={"Accept": "application/json", "User-Agent": USER_AGENT},
+            )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _headers(self) -> dict[str, str]:
+        token = await self._auth.authorization()
+        return {"Authorization": token} if token else {}
+
+    def _request_kwargs(self) -> dict[str, object]:
+        kwargs: dict[str, object] = {}
+        if self._auth.server_hostname:
+            kwargs["server_hostname"] = self._auth.server_hostname
+        if self._auth.proxy:
+            kwargs["proxy"] = self._auth.proxy
+        return kwargs
+
+    def _note_warnings(self, response: aiohttp.ClientResponse) -> None:
+        for warning in response.headers.getall("Warning", ()):
+            if warning not in self._warnings_seen:
+                self._warnings_seen.add(warning)
+                log.warning("kubernetes API warning on %s: %s", response.url.path, warning)
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("ApiClient used before open()")
+        return self._session
+
+    async def get(self, path: str, params: Mapping[str, str]) -> bytes:
+        """GET and return the body; ApiError/GoneError on error statuses."""
+        timeout = aiohttp.ClientTimeout(total=self._request_timeout)
+        self._health.requests_total += 1
+        async with self.session.get(
+            self._auth.host + path,
+            params=params,
+            headers=await self._headers(),
+            timeout=timeout,
+            **self._request_kwargs(),  # type: ignore[arg-type]
+        ) as response:
+            self._note_warnings(response)
+            body = await response.read()
+            self._health.response_bytes_total += len(body)
+            if response.status != 200:
+                raise api_error(response.status, body)
+            return body
+
+    @asynccontextmanager
+    async def stream_lines(
+        self, path: str, params: Mapping[str, str], read_timeout_seconds: float
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        """Open a streaming GET (a watch) and yield an iterator over its lines.
+
+        sock_read bounds silence on the stream: the server sends at least a
+        bookmark or closes the watch at timeoutSeconds, so longer silence
+        means a dead connection.
+        """
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=self._request_timeout, sock_read=read_timeout_seconds
+        )
+        self._health.requests_total += 1
+        async with self.session.get(
+            self._auth.host + path,
+            params=params,
+            headers=await self._headers(),
+            timeout=timeout,
+            **self._request_kwargs(),  # type: ignore[arg-type]
+        ) as response:
+            self._note_warnings(response)
+            if response.status != 200:
+                body = await response.read()
+                self._health.response_bytes_total += len(body)
+                raise api_error(response.status, body)
+            yield self._lines(response)
+
+    async def _lines(self, response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+        # Own framing instead of StreamReader.readline(): aiohttp refuses
+        # lines above its buffer high-water mark (128 KiB), and one watch
+        # event of a 1000-address Endpoints is larger than that.
+        buffer = bytearray()
+        scanned = 0
+        async for chunk in response.content.iter_any():
+            self._health.response_bytes_total += len(chunk)
+            buffer += chunk
+            start = 0
+            while (end := buffer.find(b"\n", scanned)) >= 0:
+                line = bytes(buffer[start:end])
+                start = scanned = end + 1
+                if line.strip():
+                    yield line
+            if start:
+                del buffer[:start]
+            scanned = len(buffer)
+        if buffer.strip():
+            yield bytes(buffer)

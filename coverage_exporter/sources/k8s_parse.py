@@ -1,0 +1,464 @@
+"""Raw Kubernetes API JSON -> the slim objects of `model.objects`.
+
+msgspec decodes into Structs that declare only the fields read here; every
+other field (managedFields, images, spec.template, ...) is skipped by the
+decoder without building Python objects, which is what keeps a 100k-node
+list affordable. Every field is optional: what the API omits becomes None,
+and an object that cannot be decoded or lacks its name raises ParseError so
+the caller skips that one object instead of losing the whole list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+from coverage_exporter.model.objects import (
+    MANAGED_BY_LABEL,
+    OVER_CAPACITY_ANNOTATION,
+    SERVICE_NAME_LABEL,
+    SKIP_MIRROR_LABEL,
+    DaemonSet,
+    EndpointAddress,
+    Endpoints,
+    EndpointSlice,
+    Node,
+    Pod,
+    Service,
+    ServiceKey,
+    SliceEndpoint,
+)
+
+K = TypeVar("K")
+T = TypeVar("T")
+
+Buffer = bytes | bytearray | memoryview | msgspec.Raw
+
+
+class ParseError(ValueError):
+    """One object could not be turned into its slim type."""
+
+
+# --- envelopes: lists, watch events, Status --------------------------------
+
+
+class ListMeta(msgspec.Struct, rename="camel"):
+    resource_version: str | None = None
+    continue_: str | None = msgspec.field(default=None, name="continue")
+
+
+class ObjectList(msgspec.Struct):
+    """A LIST page; items stay raw so one bad item is skipped, not fatal."""
+
+    metadata: ListMeta | None = None
+    items: list[msgspec.Raw] | None = None
+
+
+class WatchEvent(msgspec.Struct):
+    type: str
+    # Raw cannot be part of a union: an absent object is an empty Raw.
+    object: msgspec.Raw = msgspec.Raw()
+
+
+class Status(msgspec.Struct):
+    """metav1.Status: the body of API errors and of watch ERROR events."""
+
+    status: str | None = None
+    message: str | None = None
+    reason: str | None = None
+    code: int | None = None
+
+
+_list_decoder = msgspec.json.Decoder(ObjectList)
+_event_decoder = msgspec.json.Decoder(WatchEvent)
+_status_decoder = msgspec.json.Decoder(Status)
+
+
+def decode_list(data: Buffer) -> ObjectList:
+    try:
+        return _list_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise ParseError(f"bad list response: {exc}") from exc
+
+
+def decode_event(data: Buffer) -> WatchEvent:
+    try:
+        return _event_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise ParseError(f"bad watch event: {exc}") from exc
+
+
+def decode_status(data: Buffer) -> Status | None:
+    """The Status in an error body or ERROR event; None if it is not one."""
+    try:
+        return _status_decoder.decode(data)
+    except msgspec.DecodeError:
+        return None
+
+
+# --- the metadata every object has -----------------------------------------
+
+
+class Meta(msgspec.Struct, rename="camel"):
+    name: str | None = None
+    namespace: str | None = None
+    resource_version: str | None = None
+
+
+class OwnerReference(msgspec.Struct):
+    kind: str | None = None
+    name: str | None = None
+    controller: bool | None = None
+
+
+class _MetaOnly(msgspec.Struct):
+    metadata: Meta | None = None
+
+
+_meta_decoder = msgspec.json.Decoder(_MetaOnly)
+
+
+def decode_meta(data: Buffer) -> Meta | None:
+    """Name, namespace and resourceVersion only: for DELETED events,
+    BOOKMARKs and objects whose full decode failed."""
+    try:
+        return _meta_decoder.decode(data).metadata
+    except msgspec.DecodeError:
+        return None
+
+
+def _name(meta: Meta | None) -> str:
+    if meta is None or not meta.name:
+        raise ParseError("object without metadata.name")
+    return meta.name
+
+
+def _ns(meta: Meta | None) -> str:
+    return (meta.namespace if meta else None) or ""
+
+
+def namespaced_key(meta: Meta) -> ServiceKey:
+    return (_ns(meta), _name(meta))
+
+
+def cluster_key(meta: Meta) -> str:
+    return _name(meta)
+
+
+# --- Node --------------------------------------------------------------------
+
+
+class _NodeAddress(msgspec.Struct):
+    type: str | None = None
+    address: str | None = None
+
+
+class _Condition(msgspec.Struct):
+    type: str | None = None
+    status: str | None = None
+
+
+class _NodeStatus(msgspec.Struct):
+    addresses: list[_NodeAddress] | None = None
+    conditions: list[_Condition] | None = None
+
+
+class RawNode(msgspec.Struct):
+    metadata: Meta | None = None
+    status: _NodeStatus | None = None
+
+
+_NODE_ADDRESS_TYPES = frozenset({"InternalIP", "ExternalIP"})
+
+
+def node_from_raw(raw: RawNode) -> Node:
+    status = raw.status or _NodeStatus()
+    return Node(
+        name=_name(raw.metadata),
+        addresses=tuple(
+            a.address for a in status.addresses or () if a.type in _NODE_ADDRESS_TYPES and a.address
+        ),
+        ready=any(c.type == "Ready" and c.status == "True" for c in status.conditions or ()),
+    )
+
+
+# --- Service -------------------------------------------------------------------
+
+
+class _ServiceMeta(Meta, rename="camel"):
+    labels: dict[str, str] | None = None
+
+
+class _ServiceSpec(msgspec.Struct):
+    selector: dict[str, str] | None = None
+
+
+class RawService(msgspec.Struct):
+    metadata: _ServiceMeta | None = None
+    spec: _ServiceSpec | None = None
+
+
+def service_from_raw(raw: RawService) -> Service:
+    meta = raw.metadata
+    return Service(
+        namespace=_ns(meta),
+        name=_name(meta),
+        # An empty selector selects nothing for a Service: same as none.
+        selector=(raw.spec.selector if raw.spec else None) or None,
+        labels=(meta.labels if meta else None) or {},
+    )
+
+
+# --- Endpoints (v1) -------------------------------------------------------------
+
+
+class _ObjectReference(msgspec.Struct):
+    kind: str | None = None
+    name: str | None = None
+
+
+class _EndpointAddress(msgspec.Struct, rename="camel"):
+    ip: str | None = None
+    node_name: str | None = None
+    target_ref: _ObjectReference | None = None
+
+
+class _Subset(msgspec.Struct, rename="camel"):
+    addresses: list[_EndpointAddress] | None = None
+    not_ready_addresses: list[_EndpointAddress] | None = None
+
+
+class _LabelledMeta(Meta, rename="camel"):
+    labels: dict[str, str] | None = None
+    annotations: dict[str, str] | None = None
+
+
+class RawEndpoints(msgspec.Struct):
+    metadata: _LabelledMeta | None = None
+    subsets: list[_Subset] | None = None
+
+
+def _address(raw: _EndpointAddress) -> EndpointAddress:
+    if not raw.ip:
+        raise ParseError("endpoint address without ip")
+    ref = raw.target_ref
+    return EndpointAddress(
+        ip=raw.ip,
+        node_name=raw.node_name,
+        target_kind=ref.kind if ref else None,
+        target_name=ref.name if ref else None,
+    )
+
+
+def endpoints_from_raw(raw: RawEndpoints) -> Endpoints:
+    meta = raw.metadata
+    ready: list[EndpointAddress] = []
+    not_ready: list[EndpointAddress] = []
+    sizes: list[int] = []
+    for subset in raw.subsets or ():
+        sub_ready = subset.addresses or ()
+        sub_not_ready = subset.not_ready_addresses or ()
+        ready.extend(_address(a) for a in sub_ready)
+        not_ready.extend(_address(a) for a in sub_not_ready)
+        sizes.append(len(sub_ready) + len(sub_not_ready))
+    labels = (meta.labels if meta else None) or {}
+    annotations = (meta.annotations if meta else None) or {}
+    return Endpoints(
+        namespace=_ns(meta),
+        name=_name(meta),
+        ready=tuple(ready),
+        not_ready=tuple(not_ready),
+        subset_sizes=tuple(sizes),
+        over_capacity=annotations.get(OVER_CAPACITY_ANNOTATION),
+        skip_mirror=labels.get(SKIP_MIRROR_LABEL) == "true",
+    )
+
+
+# --- EndpointSlice (discovery.k8s.io/v1) ----------------------------------------
+
+
+class _SliceConditions(msgspec.Struct):
+    ready: bool | None = None
+    serving: bool | None = None
+    terminating: bool | None = None
+
+
+class _SliceEndpoint(msgspec.Struct, rename="camel"):
+    addresses: list[str] | None = None
+    conditions: _SliceConditions | None = None
+    node_name: str | None = None
+    target_ref: _ObjectReference | None = None
+
+
+class RawEndpointSlice(msgspec.Struct, rename="camel"):
+    metadata: _ServiceMeta | None = None
+    address_type: str | None = None
+    # "endpoints": null is what the API sends for an empty slice.
+    endpoints: list[_SliceEndpoint] | None = None
+
+
+def _slice_endpoint(raw: _SliceEndpoint) -> SliceEndpoint:
+    if not raw.addresses:
+        raise ParseError("slice endpoint without addresses")
+    cond = raw.conditions or _SliceConditions()
+    # API semantics: nil ready means ready; nil serving defers to ready;
+    # nil terminating means not terminating.
+    ready = True if cond.ready is None else cond.ready
+    ref = raw.target_ref
+    return SliceEndpoint(
+        address=raw.addresses[0],
+        node_name=raw.node_name,
+        target_kind=ref.kind if ref else None,
+        target_name=ref.name if ref else None,
+        ready=ready,
+        serving=ready if cond.serving is None else cond.serving,
+        terminating=bool(cond.terminating),
+    )
+
+
+def endpointslice_from_raw(raw: RawEndpointSlice) -> EndpointSlice:
+    meta = raw.metadata
+    labels = (meta.labels if meta else None) or {}
+    if not raw.address_type:
+        raise ParseError("endpointslice without addressType")
+    return EndpointSlice(
+        namespace=_ns(meta),
+        name=_name(meta),
+        service_name=labels.get(SERVICE_NAME_LABEL, ""),
+        managed_by=labels.get(MANAGED_BY_LABEL, ""),
+        address_type=raw.address_type,
+        endpoints=tuple(_slice_endpoint(e) for e in raw.endpoints or ()),
+    )
+
+
+# --- Pod ---------------------------------------------------------------------------
+
+
+class _PodMeta(Meta, rename="camel"):
+    deletion_timestamp: str | None = None
+    owner_references: list[OwnerReference] | None = None
+
+
+class _PodSpec(msgspec.Struct, rename="camel"):
+    node_name: str | None = None
+
+
+class _PodStatus(msgspec.Struct, rename="camel"):
+    pod_ip: str | None = msgspec.field(default=None, name="podIP")
+
+
+class RawPod(msgspec.Struct):
+    metadata: _PodMeta | None = None
+    spec: _PodSpec | None = None
+    status: _PodStatus | None = None
+
+
+def pod_from_raw(raw: RawPod) -> Pod:
+    meta = raw.metadata
+    owner = next(
+        (o for o in (meta.owner_references if meta else None) or () if o.controller),
+        None,
+    )
+    return Pod(
+        namespace=_ns(meta),
+        name=_name(meta),
+        node_name=(raw.spec.node_name if raw.spec else None) or None,
+        ip=(raw.status.pod_ip if raw.status else None) or None,
+        owner_kind=owner.kind if owner else None,
+        owner_name=owner.name if owner else None,
+        terminating=bool(meta and meta.deletion_timestamp),
+    )
+
+
+# --- DaemonSet (apps/v1) -----------------------------------------------------------
+
+
+class _DaemonSetStatus(msgspec.Struct, rename="camel"):
+    desired_number_scheduled: int | None = None
+
+
+class RawDaemonSet(msgspec.Struct):
+    metadata: Meta | None = None
+    status: _DaemonSetStatus | None = None
+
+
+def daemonset_from_raw(raw: RawDaemonSet) -> DaemonSet:
+    meta = raw.metadata
+    return DaemonSet(
+        namespace=_ns(meta),
+        name=_name(meta),
+        desired_number_scheduled=(raw.status.desired_number_scheduled if raw.status else 0) or 0,
+    )
+
+
+# --- per-kind parsers ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed(Generic[K, T]):
+    key: K
+    obj: T
+    resource_version: str | None
+
+
+class ObjectParser(Generic[K, T]):
+    """Decodes one raw object of one kind into (cache key, slim object)."""
+
+    def __init__(
+        self,
+        kind: str,
+        raw_type: type[Any],
+        convert: Callable[[Any], T],
+        key: Callable[[Meta], K],
+    ) -> None:
+        self.kind = kind
+        self._decoder = msgspec.json.Decoder(raw_type)
+        self._convert = convert
+        self._key = key
+
+    def parse(self, data: Buffer) -> Parsed[K, T]:
+        try:
+            raw = self._decoder.decode(data)
+        except msgspec.DecodeError as exc:
+            raise ParseError(f"{self.kind}: {exc}") from exc
+        if raw.metadata is None:
+            raise ParseError(f"{self.kind}: object without metadata")
+        try:
+            obj = self._convert(raw)
+        except ParseError as exc:
+            raise ParseError(f"{self.kind} {_describe(raw.metadata)}: {exc}") from exc
+        return Parsed(self._key(raw.metadata), obj, raw.metadata.resource_version)
+
+    def identify(self, data: Buffer) -> tuple[K | None, str | None]:
+        """Key and resourceVersion without the full decode (DELETED events,
+        objects that failed to parse). (None, None) if even that fails."""
+        meta = decode_meta(data)
+        if meta is None:
+            return None, None
+        try:
+            return self._key(meta), meta.resource_version
+        except ParseError:
+            return None, meta.resource_version
+
+
+def _describe(meta: Meta) -> str:
+    return f"{meta.namespace}/{meta.name}" if meta.namespace else str(meta.name)
+
+
+NODES: ObjectParser[str, Node] = ObjectParser("Node", RawNode, node_from_raw, cluster_key)
+SERVICES: ObjectParser[ServiceKey, Service] = ObjectParser(
+    "Service", RawService, service_from_raw, namespaced_key
+)
+ENDPOINTS: ObjectParser[ServiceKey, Endpoints] = ObjectParser(
+    "Endpoints", RawEndpoints, endpoints_from_raw, namespaced_key
+)
+ENDPOINTSLICES: ObjectParser[ServiceKey, EndpointSlice] = ObjectParser(
+    "EndpointSlice", RawEndpointSlice, endpointslice_from_raw, namespaced_key
+)
+PODS: ObjectParser[ServiceKey, Pod] = ObjectParser("Pod", RawPod, pod_from_raw, namespaced_key)
+DAEMONSETS: ObjectParser[ServiceKey, DaemonSet] = ObjectParser(
+    "DaemonSet", RawDaemonSet, daemonset_from_raw, namespaced_key
+)

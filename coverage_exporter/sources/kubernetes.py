@@ -1,0 +1,290 @@
+"""The Kubernetes data source: list+watch caches of the objects the coverage
+model compares, and a cheap ClusterSnapshot of them on demand.
+
+Cluster-wide reflectors run for nodes, services, endpoints, endpointslices
+and daemonsets. Pods are watched only for the Services in scope
+(`set_pod_scope`), one namespaced reflector per distinct (namespace,
+selector): watching every pod of a 100k-node cluster is what this avoids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from kubernetes.client import Configuration
+
+from coverage_exporter.model.objects import (
+    ClusterSnapshot,
+    DaemonSet,
+    Endpoints,
+    EndpointSlice,
+    Node,
+    Pod,
+    Service,
+    ServiceKey,
+)
+from coverage_exporter.sources import k8s_parse
+from coverage_exporter.sources.health import SOURCE_KUBERNETES, SourceError, SourceHealth
+from coverage_exporter.sources.k8s_api import ApiClient
+from coverage_exporter.sources.kubeconfig import KubeAuth, load_configuration
+from coverage_exporter.sources.reflector import Reflector
+
+log = logging.getLogger("coverage_exporter.kubernetes")
+
+NODES_PATH = "/api/v1/nodes"
+SERVICES_PATH = "/api/v1/services"
+ENDPOINTS_PATH = "/api/v1/endpoints"
+ENDPOINTSLICES_PATH = "/apis/discovery.k8s.io/v1/endpointslices"
+DAEMONSETS_PATH = "/apis/apps/v1/daemonsets"
+
+PodScopeKey = tuple[str, str]
+"""(namespace, label selector string): Services with equal selectors in one
+namespace share one pod reflector."""
+
+
+def label_selector(selector: Mapping[str, str]) -> str:
+    """A Service selector as a labelSelector query (sorted: a stable key)."""
+    return ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+
+
+def over_capacity_services(snapshot: ClusterSnapshot) -> list[ServiceKey]:
+    """Services whose Endpoints the controller truncated (annotation set)."""
+    return sorted(key for key, ep in snapshot.endpoints.items() if ep.over_capacity)
+
+
+class KubernetesSource:
+    def __init__(
+        self,
+        configuration: Configuration | None = None,
+        *,
+        kubeconfig: str | None = None,
+        context: str | None = None,
+        in_cluster: bool | None = None,
+        page_size: int = 500,
+        watch_timeout_seconds: int = 300,
+        request_timeout_seconds: float = 60.0,
+    ) -> None:
+        """configuration: an already loaded client Configuration (tests);
+        otherwise it is loaded at start() from kubeconfig/context/in_cluster
+        (see kubeconfig.load_configuration)."""
+        self.health = SourceHealth(source=SOURCE_KUBERNETES)
+        self._configuration = configuration
+        self._config_args = (kubeconfig, context, in_cluster)
+        self._reflector_args: dict[str, Any] = {
+            "page_size": page_size,
+            "watch_timeout_seconds": watch_timeout_seconds,
+        }
+        self._request_timeout = request_timeout_seconds
+        self._api: ApiClient | None = None
+        self.nodes: Reflector[str, Node] | None = None
+        self.services: Reflector[ServiceKey, Service] | None = None
+        self.endpoints: Reflector[ServiceKey, Endpoints] | None = None
+        self.endpointslices: Reflector[ServiceKey, EndpointSlice] | None = None
+        self.daemonsets: Reflector[ServiceKey, DaemonSet] | None = None
+        self._pod_reflectors: dict[PodScopeKey, Reflector[ServiceKey, Pod]] = {}
+        self._pod_scope: dict[ServiceKey, PodScopeKey] = {}
+        # Derived views reused while the reflector's generation is unchanged.
+        self._memo: dict[str, tuple[tuple[int, int], Any]] = {}
+        self._stopping: set[asyncio.Task[None]] = set()
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load the configuration and start the cluster-wide reflectors.
+        Raises SourceError when no usable configuration is found."""
+        if self._api is not None:
+            return
+        if self._configuration is None:
+            # May run an exec credential plugin: keep it off the event loop.
+            self._configuration = await asyncio.to_thread(load_configuration, *self._config_args)
+        try:
+            auth = KubeAuth.from_configuration(self._configuration)
+        except (OSError, ValueError) as exc:
+            raise SourceError(f"kubernetes TLS settings not usable: {exc}") from exc
+        self._api = ApiClient(auth, self.health, request_timeout_seconds=self._request_timeout)
+        await self._api.open()
+        self.nodes = self._reflector(NODES_PATH, k8s_parse.NODES, "nodes")
+        self.services = self._reflector(SERVICES_PATH, k8s_parse.SERVICES, "services")
+        self.endpoints = self._reflector(ENDPOINTS_PATH, k8s_parse.ENDPOINTS, "endpoints")
+        self.endpointslices = self._reflector(
+            ENDPOINTSLICES_PATH, k8s_parse.ENDPOINTSLICES, "endpointslices"
+        )
+        self.daemonsets = self._reflector(DAEMONSETS_PATH, k8s_parse.DAEMONSETS, "daemonsets")
+        for reflector in self._cluster_reflectors():
+            reflector.start()
+        log.info("kubernetes: watching %s", ", ".join(r.name for r in self._cluster_reflectors()))
+
+    async def stop(self) -> None:
+        reflectors = [*self._cluster_reflectors(), *self._pod_reflectors.values()]
+        await asyncio.gather(*(r.stop() for r in reflectors), *self._stopping)
+        self._pod_reflectors.clear()
+        self._pod_scope.clear()
+        if self._api is not None:
+            await self._api.close()
+            self._api = None
+        self.health.up = False
+
+    def _reflector(self, path: str, parser: Any, name: str, **params: str) -> Reflector[Any, Any]:
+        assert self._api is not None
+        return Reflector(
+            self._api,
+            path,
+            parser,
+            self.health,
+            name=name,
+            params=params,
+            on_state_change=self._refresh_health,
+            **self._reflector_args,
+        )
+
+    def _cluster_reflectors(self) -> list[Reflector[Any, Any]]:
+        return [
+            r
+            for r in (
+                self.nodes,
+                self.services,
+                self.endpoints,
+                self.endpointslices,
+                self.daemonsets,
+            )
+            if r is not None
+        ]
+
+    def reflectors(self) -> list[Reflector[Any, Any]]:
+        """Every running reflector (for logs, metrics and tests)."""
+        return [*self._cluster_reflectors(), *self._pod_reflectors.values()]
+
+    # --- sync ---------------------------------------------------------------------
+
+    def is_synced(self) -> bool:
+        """Every cluster-wide reflector has completed its first LIST."""
+        reflectors = self._cluster_reflectors()
+        return bool(reflectors) and all(r.synced for r in reflectors)
+
+    async def wait_synced(self, timeout: float) -> bool:  # noqa: ASYNC109
+        """True once every reflector has completed its first LIST; False on
+        timeout, with the laggards and their last error logged and in
+        health.last_error. The reflectors keep trying either way."""
+        if self._api is None:
+            raise RuntimeError("wait_synced() before start()")
+        try:
+            await self._wait(self.reflectors(), timeout)
+        except SourceError as exc:
+            log.warning("kubernetes: %s", exc)
+            self.health.last_error = str(exc)
+            return False
+        return True
+
+    async def ensure_pods_synced(self, timeout: float) -> None:  # noqa: ASYNC109
+        """Wait for the pod reflectors of the current scope; SourceError
+        naming the laggards on timeout (the collector logs it and goes on:
+        unsynced scopes are simply absent from snapshot().pods)."""
+        await self._wait(list(self._pod_reflectors.values()), timeout)
+
+    async def _wait(self, reflectors: Sequence[Reflector[Any, Any]], seconds: float) -> None:
+        results = await asyncio.gather(*(r.wait_synced(seconds) for r in reflectors))
+        laggards = [
+            f"{r.name} ({r.last_error or 'no answer yet'})"
+            for r, ok in zip(reflectors, results, strict=True)
+            if not ok
+        ]
+        if laggards:
+            raise SourceError(f"not synced after {seconds:.0f}s: {', '.join(laggards)}")
+
+    def _refresh_health(self) -> None:
+        reflectors = self.reflectors()
+        up = bool(reflectors) and all(r.synced and r.healthy for r in reflectors)
+        if up and not self.health.up:
+            self.health.last_success_timestamp = time.time()
+            self.health.last_error = ""
+        self.health.up = up
+
+    # --- pod scope ------------------------------------------------------------------
+
+    def set_pod_scope(self, services: Iterable[Service]) -> None:
+        """Watch the pods selected by these Services, and stop watching pods
+        for Services no longer given. Services without a selector have no
+        pods to watch and are ignored. New reflectors start syncing in the
+        background: await ensure_pods_synced() before relying on them."""
+        if self._api is None:
+            raise RuntimeError("set_pod_scope() before start()")
+        scope: dict[ServiceKey, PodScopeKey] = {}
+        for service in services:
+            if service.selector:
+                scope[service.key] = (service.namespace, label_selector(service.selector))
+        wanted = set(scope.values())
+        for key in set(self._pod_reflectors) - wanted:
+            reflector = self._pod_reflectors.pop(key)
+            self._memo.pop(f"pods {key}", None)
+            log.info("kubernetes: %s left scope", reflector.name)
+            # Stopping only cancels a task; no need to make the caller await.
+            task = asyncio.get_running_loop().create_task(reflector.stop())
+            self._stopping.add(task)
+            task.add_done_callback(self._stopping.discard)
+        for key in wanted - set(self._pod_reflectors):
+            namespace, selector = key
+            reflector = self._reflector(
+                f"/api/v1/namespaces/{namespace}/pods",
+                k8s_parse.PODS,
+                f"pods {namespace} {selector}",
+                labelSelector=selector,
+            )
+            self._pod_reflectors[key] = reflector
+            reflector.start()
+        self._pod_scope = scope
+        self._refresh_health()
+
+    # --- snapshot ---------------------------------------------------------------------
+
+    def snapshot(self) -> ClusterSnapshot:
+        """What the caches hold now. Cheap: a derived view is rebuilt only
+        when its reflector changed since the previous snapshot. The mappings
+        returned are never mutated afterwards; do not mutate them either.
+        Pods appear only for Services whose pod reflector has synced, so an
+        empty list means "no pods", never "not known yet"."""
+        self._refresh_health()
+        pods: dict[ServiceKey, Sequence[Pod]] = {}
+        for service_key, scope_key in self._pod_scope.items():
+            reflector = self._pod_reflectors.get(scope_key)
+            if reflector is not None and reflector.synced:
+                pods[service_key] = self._view(
+                    f"pods {scope_key}", reflector, lambda c: tuple(c.values())
+                )
+        return ClusterSnapshot(
+            nodes=self._view("nodes", self.nodes, dict),
+            services=self._view("services", self.services, dict),
+            endpoints=self._view("endpoints", self.endpoints, dict),
+            endpointslices=self._view("endpointslices", self.endpointslices, _group_slices),
+            pods=pods,
+            daemonsets=self._view("daemonsets", self.daemonsets, dict),
+        )
+
+    def _view(
+        self,
+        name: str,
+        reflector: Reflector[Any, Any] | None,
+        build: Callable[[Mapping[Any, Any]], Any],
+    ) -> Any:
+        if reflector is None:
+            return build({})
+        memo = self._memo.get(name)
+        # id() guards against a new reflector reusing a name (pod scopes).
+        stamp = (id(reflector), reflector.generation)
+        if memo is not None and memo[0] == stamp:
+            return memo[1]
+        view = build(reflector.cache)
+        self._memo[name] = (stamp, view)
+        return view
+
+
+def _group_slices(cache: Mapping[Any, EndpointSlice]) -> dict[ServiceKey, list[EndpointSlice]]:
+    grouped: dict[ServiceKey, list[EndpointSlice]] = {}
+    for endpoint_slice in cache.values():
+        if endpoint_slice.service_name:  # slices not owned by a Service: not ours
+            key = (endpoint_slice.namespace, endpoint_slice.service_name)
+            grouped.setdefault(key, []).append(endpoint_slice)
+    return grouped

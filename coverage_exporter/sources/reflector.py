@@ -1,0 +1,345 @@
+"""A generic list+watch cache of one Kubernetes resource, after client-go's
+Reflector.
+
+LIST (paginated) once, then WATCH from the list's resourceVersion forever,
+resuming each new watch from the last resourceVersion seen (bookmarks
+included). Only a 410 Gone (expired resourceVersion or continue token) makes
+it LIST again, so in steady state the apiserver sees nothing but watches.
+
+The cache is replaced in one assignment after a complete LIST: readers see
+the old complete cache or the new complete one, never a half-filled one.
+Connection errors keep the cache, mark the reflector unhealthy and retry
+with capped exponential backoff and jitter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from typing import Generic, TypeVar
+
+import aiohttp
+
+from coverage_exporter.sources.health import SourceHealth
+from coverage_exporter.sources.k8s_api import ApiClient, ApiError, GoneError
+from coverage_exporter.sources.k8s_parse import (
+    ObjectParser,
+    ParseError,
+    decode_event,
+    decode_list,
+    decode_meta,
+    decode_status,
+)
+
+log = logging.getLogger("coverage_exporter.kubernetes")
+
+K = TypeVar("K")
+T = TypeVar("T")
+
+# A LIST whose continue token expires this many times in a row is too slow
+# for the compaction window; back off instead of hammering etcd.
+_MAX_LIST_RESTARTS = 3
+# Bad objects logged one by one per LIST; the rest only counted.
+_MAX_LOGGED_BAD_OBJECTS = 10
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "connection lost mid-response"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return str(exc) or type(exc).__name__
+
+
+class _ContinueExpired(Exception):
+    """410 on a LIST page after the first: only this LIST must restart."""
+
+
+class Backoff:
+    """Capped exponential backoff with jitter (each delay in [d/2, d])."""
+
+    def __init__(self, base: float = 0.5, cap: float = 30.0) -> None:
+        self.base = base
+        self.cap = cap
+        self.attempt = 0
+
+    def next(self) -> float:
+        delay = min(self.cap, self.base * 2**self.attempt)
+        self.attempt += 1
+        return random.uniform(delay / 2, delay)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class Reflector(Generic[K, T]):
+    def __init__(
+        self,
+        api: ApiClient,
+        path: str,
+        parser: ObjectParser[K, T],
+        health: SourceHealth,
+        *,
+        name: str | None = None,
+        params: Mapping[str, str] | None = None,
+        page_size: int = 500,
+        watch_timeout_seconds: int = 300,
+        backoff: Backoff | None = None,
+        on_state_change: Callable[[], None] | None = None,
+    ) -> None:
+        self.api = api
+        self.path = path
+        self.parser = parser
+        self.name = name or path
+        self._health = health
+        self._params = dict(params or {})
+        self._page_size = page_size
+        self._watch_timeout = watch_timeout_seconds
+        self._backoff = backoff or Backoff()
+        self._on_state_change = on_state_change
+        self._cache: dict[K, T] = {}
+        self._synced = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.resource_version: str | None = None
+        self.healthy = False
+        self.last_error = ""
+        self.generation = 0
+        """Bumped on every cache change: lets readers reuse derived views."""
+        self.lists_total = 0
+        self.watches_total = 0
+        self.last_list_pages = 0
+        self._failing_since = 0.0
+
+    # --- public --------------------------------------------------------------
+
+    @property
+    def cache(self) -> Mapping[K, T]:
+        """The current cache. Watch events mutate it in place; copy it (or
+        check `generation`) if you need a stable view."""
+        return self._cache
+
+    @property
+    def synced(self) -> bool:
+        return self._synced.is_set()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"reflector {self.name}")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            # wait(), not await task: a cancellation of the caller must still
+            # propagate, only the task's own CancelledError is expected.
+            await asyncio.wait([task])
+
+    async def wait_synced(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109
+        try:
+            await asyncio.wait_for(self._synced.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    # --- loop ------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                if self.resource_version is None:
+                    await self._list()
+                started = time.monotonic()
+                await self._watch()
+                # The server closed the watch (timeoutSeconds): resume at once,
+                # unless it keeps closing immediately (a misbehaving proxy).
+                if time.monotonic() - started > 1.0:
+                    self._backoff.reset()
+                else:
+                    await asyncio.sleep(self._backoff.next())
+            except GoneError as exc:
+                if self.resource_version is None:
+                    # 410 on a fresh LIST: relisting at once would spin.
+                    await self._failed(str(exc))
+                else:
+                    log.info("%s: %s; relisting", self.name, exc)
+                    self.resource_version = None
+            except asyncio.CancelledError:
+                raise
+            except (ApiError, ParseError, aiohttp.ClientError, TimeoutError, OSError) as exc:
+                await self._failed(_describe(exc))
+            except Exception as exc:
+                # Never let one reflector die silently: log, back off, retry.
+                log.exception("%s: unexpected error", self.name)
+                await self._failed(f"{type(exc).__name__}: {exc}")
+
+    async def _failed(self, message: str) -> None:
+        delay = self._backoff.next()
+        # The first failure of a kind is a warning; its repeats during a long
+        # outage would only flood the log (every reflector retries).
+        level = logging.DEBUG if message == self.last_error else logging.WARNING
+        log.log(
+            level,
+            "%s: %s; keeping %d cached objects, retry in %.1fs",
+            self.name,
+            message,
+            len(self._cache),
+            delay,
+        )
+        self._health.record_error(f"{self.name}: {message}")
+        if not self.last_error:
+            self._failing_since = time.monotonic()
+        self.last_error = message
+        self._set_healthy(False)
+        await asyncio.sleep(delay)
+
+    def _set_healthy(self, healthy: bool) -> None:
+        if healthy != self.healthy:
+            self.healthy = healthy
+            if healthy and self.last_error:
+                log.info(
+                    "%s: recovered after %.1fs of errors",
+                    self.name,
+                    time.monotonic() - self._failing_since,
+                )
+            if healthy:
+                self.last_error = ""
+            if self._on_state_change:
+                self._on_state_change()
+
+    # --- LIST --------------------------------------------------------------------
+
+    async def _list(self) -> None:
+        started = time.monotonic()
+        for _attempt in range(_MAX_LIST_RESTARTS):
+            try:
+                items, resource_version, pages, bad = await self._list_pages()
+                break
+            except _ContinueExpired as exc:
+                log.warning(
+                    "%s: continue token expired mid-list (%s); restarting list", self.name, exc
+                )
+        else:
+            raise ApiError(410, f"list restarted {_MAX_LIST_RESTARTS} times on expired continue")
+        # The one-assignment swap: readers never see a partial list.
+        self._cache = items
+        self.resource_version = resource_version
+        self.generation += 1
+        self.lists_total += 1
+        self.last_list_pages = pages
+        log.info(
+            "%s: listed %d objects in %d pages (%d skipped) in %.2fs, resourceVersion %s",
+            self.name,
+            len(items),
+            pages,
+            bad,
+            time.monotonic() - started,
+            resource_version,
+        )
+        first = not self.synced
+        self._synced.set()
+        self._set_healthy(True)
+        if first and self._on_state_change:
+            self._on_state_change()
+
+    async def _list_pages(self) -> tuple[dict[K, T], str | None, int, int]:
+        items: dict[K, T] = {}
+        continue_token: str | None = None
+        resource_version: str | None = None
+        pages = bad = 0
+        while True:
+            params = {**self._params, "limit": str(self._page_size)}
+            if continue_token:
+                params["continue"] = continue_token
+            try:
+                body = await self.api.get(self.path, params)
+            except GoneError as exc:
+                if continue_token is None:
+                    raise
+                raise _ContinueExpired(exc.message) from exc
+            page = decode_list(body)
+            pages += 1
+            for raw in page.items or ():
+                try:
+                    parsed = self.parser.parse(raw)
+                except ParseError as exc:
+                    bad += 1
+                    if bad <= _MAX_LOGGED_BAD_OBJECTS:
+                        log.warning("%s: skipping bad object: %s", self.name, exc)
+                    continue
+                items[parsed.key] = parsed.obj
+            meta = page.metadata
+            # Every page of one paginated LIST carries the same snapshot RV.
+            resource_version = (meta.resource_version if meta else None) or resource_version
+            continue_token = meta.continue_ if meta else None
+            if not continue_token:
+                return items, resource_version, pages, bad
+
+    # --- WATCH -------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        # Random spread like client-go, so hundreds of watches do not all
+        # reconnect in the same second.
+        timeout = int(self._watch_timeout * random.uniform(1.0, 2.0))
+        params = {
+            **self._params,
+            "watch": "true",
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(timeout),
+        }
+        if self.resource_version:
+            params["resourceVersion"] = self.resource_version
+        self.watches_total += 1
+        async with self.api.stream_lines(self.path, params, timeout + 30.0) as lines:
+            log.debug("%s: watching from resourceVersion %s", self.name, self.resource_version)
+            self._set_healthy(True)
+            async for line in lines:
+                self._handle_event(line)
+
+    def _handle_event(self, line: bytes) -> None:
+        # A line that is not an event means the stream framing is broken:
+        # the ParseError propagates, and the watch resumes from the last RV.
+        event = decode_event(line)
+        data = event.object
+        if not len(data):
+            raise ParseError(f"watch event {event.type} without object")
+        kind = event.type
+        if kind == "BOOKMARK":
+            meta = decode_meta(data)
+            if meta and meta.resource_version:
+                self.resource_version = meta.resource_version
+            return
+        if kind == "ERROR":
+            status = decode_status(data)
+            code = (status.code if status else None) or 500
+            message = (status.message if status else None) or "watch error"
+            reason = (status.reason if status else None) or ""
+            raise (GoneError if code == 410 else ApiError)(code, message, reason)
+        if kind == "DELETED":
+            key, rv = self.parser.identify(data)
+            if key is not None and self._cache.pop(key, None) is not None:
+                self.generation += 1
+        elif kind in ("ADDED", "MODIFIED"):
+            try:
+                parsed = self.parser.parse(data)
+            except ParseError as exc:
+                # Its previous state is no longer true: drop it, keep going.
+                key, rv = self.parser.identify(data)
+                log.warning("%s: skipping bad object in %s event: %s", self.name, kind, exc)
+                if key is not None and self._cache.pop(key, None) is not None:
+                    self.generation += 1
+            else:
+                key, rv = parsed.key, parsed.resource_version
+                # Most MODIFIED events (node heartbeats, status churn) leave
+                # the slim object unchanged: keep the generation, so snapshot
+                # views stay cached.
+                if self._cache.get(key) != parsed.obj:
+                    self._cache[key] = parsed.obj
+                    self.generation += 1
+        else:
+            log.warning("%s: ignoring watch event of unknown type %r", self.name, kind)
+            return
+        if rv:
+            self.resource_version = rv
