@@ -61,6 +61,8 @@ wrapper_build() {
 
 build_kubernetes() {
   local v=$KUBERNETES_VERSION
+  # Checked here too: the go.mod lookup below would otherwise run on every call.
+  if [[ -f "$CACHE/kubernetes/$v/.done" ]]; then log "kubernetes $v cached in $CACHE/kubernetes/$v"; return; fi
   local staging_v="v0.${v#v1.}"
   local gomod
   gomod=$(go mod download -json "k8s.io/kubernetes@$v" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')

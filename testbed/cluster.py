@@ -1,0 +1,470 @@
+"""The testbed's processes: etcd, kube-apiserver, kube-controller-manager,
+kwok, Alertmanager with a webhook receiver, and Prometheus 2.53 and/or 3.x.
+
+Everything binds 127.0.0.1 on free ports. Ports, pids and the admin token live
+in ``<state_dir>/state.json`` so a later process (``testbed env``, ``down``, a
+test) can find and stop what an earlier one started.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import shutil
+import ssl
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from testbed import certs, procs
+from testbed import prometheus as promcfg
+
+REPO = Path(__file__).resolve().parent.parent
+TESTBED = REPO / "testbed"
+DEFAULT_STATE_DIR = TESTBED / "state"
+DEFAULT_EXPORTER_ADDRESS = "127.0.0.1:9842"
+# Scrapes of simulated targets go through this proxy, where nothing listens
+# (port 1 is privileged and unused), so they fail without leaving loopback.
+DEFAULT_SCRAPE_PROXY = "http://127.0.0.1:1"
+PROMETHEUS_VERSIONS = ("3", "2")
+# Start order; stop runs in reverse.
+CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kwok")
+MONITORING = ("webhook", "alertmanager", "prometheus-3", "prometheus-2")
+SERVICE_CIDR = "10.96.0.0/16"
+# Pod IPs for non-hostNetwork pods; kwok's default /24 runs out at 254.
+POD_CIDR = "10.128.0.0/10"
+
+
+def state_dir_default() -> Path:
+    return Path(os.environ.get("TESTBED_STATE_DIR") or DEFAULT_STATE_DIR)
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for line in (TESTBED / "versions.env").read_text().splitlines():
+        if "=" in line and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            out[key.strip()] = value.strip()
+    return out
+
+
+@dataclass(frozen=True)
+class Binaries:
+    etcd: Path
+    kube_apiserver: Path
+    kube_controller_manager: Path
+    kwok: Path
+    prometheus: dict[str, Path]  # "2" | "3" -> binary
+    alertmanager: Path
+
+
+def find_binaries(prometheus: Sequence[str] = PROMETHEUS_VERSIONS) -> Binaries:
+    """Binaries built by testbed/build.sh; raises (never skips) when one is missing."""
+    v = _versions()
+    cache = Path(
+        os.environ.get("COVERAGE_EXPORTER_CACHE") or Path.home() / ".cache/coverage-exporter"
+    )
+    k8s = cache / "kubernetes" / v["KUBERNETES_VERSION"]
+    am = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager") or ""
+    prom_dirs = {"3": v["PROMETHEUS3_VERSION"], "2": v["PROMETHEUS2_VERSION"]}
+    b = Binaries(
+        etcd=cache / "etcd" / v["ETCD_VERSION"] / "etcd",
+        kube_apiserver=k8s / "kube-apiserver",
+        kube_controller_manager=k8s / "kube-controller-manager",
+        kwok=cache / "kwok" / v["KWOK_VERSION"] / "kwok",
+        prometheus={p: cache / "prometheus" / prom_dirs[p] / "prometheus" for p in prometheus},
+        alertmanager=Path(am),
+    )
+    paths = [b.etcd, b.kube_apiserver, b.kube_controller_manager, b.kwok, *b.prometheus.values()]
+    missing = [str(p) for p in paths if not (p.is_file() and os.access(p, os.X_OK))]
+    if not am:
+        missing.append("prometheus-alertmanager (apt-get install prometheus-alertmanager)")
+    if missing:
+        raise FileNotFoundError(
+            "testbed binaries missing (run testbed/install-deps.sh): " + ", ".join(missing)
+        )
+    return b
+
+
+class Cluster:
+    """One testbed. ``up()`` starts everything; ``start``/``stop`` act on one
+    component by name (see CONTROL_PLANE and MONITORING)."""
+
+    def __init__(
+        self,
+        state_dir: Path | str | None = None,
+        *,
+        prometheus: Sequence[str] = PROMETHEUS_VERSIONS,
+        rule_files: Sequence[Path | str] = (),
+        exporter_address: str = DEFAULT_EXPORTER_ADDRESS,
+        scrape_proxy: str = DEFAULT_SCRAPE_PROXY,
+        target_interval: str = "15s",
+    ) -> None:
+        self.state_dir = Path(state_dir) if state_dir else state_dir_default()
+        self.state_dir = self.state_dir.resolve()
+        self._state: dict[str, Any] = {
+            "prometheus": [p for p in PROMETHEUS_VERSIONS if p in prometheus],
+            "rule_files": [str(Path(p).resolve()) for p in rule_files],
+            "exporter_address": exporter_address,
+            "scrape_proxy": scrape_proxy,
+            "target_interval": target_interval,
+            "ports": {},
+            "pids": {},
+        }
+        if not self._state["prometheus"]:
+            raise ValueError(f"prometheus must name some of {PROMETHEUS_VERSIONS}")
+
+    # ---- persistent state -------------------------------------------------
+
+    @classmethod
+    def load(cls, state_dir: Path | str | None = None) -> Cluster:
+        """The testbed an earlier process started; FileNotFoundError if none."""
+        c = cls(state_dir)
+        c._state = json.loads((c.state_dir / "state.json").read_text())
+        return c
+
+    def _save(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_dir / "state.json.tmp"
+        tmp.write_text(json.dumps(self._state, indent=2))
+        tmp.replace(self.state_dir / "state.json")
+
+    @property
+    def components(self) -> list[str]:
+        mon = [m for m in MONITORING if not m.startswith("prometheus-")]
+        mon += [f"prometheus-{v}" for v in self._state["prometheus"]]
+        return [*CONTROL_PLANE, *mon]
+
+    # ---- addresses and files -----------------------------------------------
+
+    def _port(self, name: str) -> int:
+        return int(self._state["ports"][name])
+
+    @property
+    def pki(self) -> Path:
+        return self.state_dir / "pki"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.pki / "ca.crt"
+
+    @property
+    def token_file(self) -> Path:
+        return self.state_dir / "token"
+
+    @property
+    def token(self) -> str:
+        return self.token_file.read_text().strip()
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.state_dir / "kubeconfig"
+
+    @property
+    def api_url(self) -> str:
+        return f"https://127.0.0.1:{self._port('kube-apiserver')}"
+
+    @property
+    def prometheus_urls(self) -> dict[str, str]:
+        """Component name ("prometheus-3", "prometheus-2") -> base URL."""
+        return {
+            f"prometheus-{v}": f"http://127.0.0.1:{self._port(f'prometheus-{v}')}"
+            for v in self._state["prometheus"]
+        }
+
+    @property
+    def alertmanager_url(self) -> str:
+        return f"http://127.0.0.1:{self._port('alertmanager')}"
+
+    @property
+    def webhook_log(self) -> Path:
+        return self.state_dir / "webhook.jsonl"
+
+    @property
+    def exporter_address(self) -> str:
+        return self._state["exporter_address"]
+
+    @property
+    def scrape_proxy(self) -> str:
+        return self._state["scrape_proxy"]
+
+    def log_file(self, name: str) -> Path:
+        return self.state_dir / "logs" / f"{name}.log"
+
+    def env(self) -> dict[str, str]:
+        """What tests and the exporter need, as environment variables."""
+        env = {
+            "TESTBED_STATE_DIR": str(self.state_dir),
+            "KUBECONFIG": str(self.kubeconfig),
+            "KUBE_API_URL": self.api_url,
+            "KUBE_TOKEN_FILE": str(self.token_file),
+            "KUBE_CA_FILE": str(self.ca_file),
+            "PROMETHEUS_URLS": ",".join(self.prometheus_urls.values()),
+            "ALERTMANAGER_URL": self.alertmanager_url,
+            "WEBHOOK_LOG": str(self.webhook_log),
+            "EXPORTER_ADDRESS": self.exporter_address,
+            "SCRAPE_PROXY": self.scrape_proxy,
+        }
+        for name, url in self.prometheus_urls.items():
+            env[name.upper().replace("-", "_") + "_URL"] = url
+        return env
+
+    def write_kubeconfig(self, path: Path | None = None, *, insecure: bool = False) -> Path:
+        """Admin kubeconfig (bearer token; CA data, or insecure-skip-tls-verify)."""
+        path = path or self.kubeconfig
+        cluster: dict[str, Any] = {"server": self.api_url}
+        if insecure:
+            cluster["insecure-skip-tls-verify"] = True
+        else:
+            cluster["certificate-authority-data"] = base64.b64encode(
+                self.ca_file.read_bytes()).decode()
+        cfg = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "testbed", "cluster": cluster}],
+            "users": [{"name": "admin", "user": {"token": self.token}}],
+            "contexts": [{"name": "testbed", "context": {"cluster": "testbed", "user": "admin"}}],
+            "current-context": "testbed",
+        }
+        promcfg.write_yaml(path, cfg)
+        path.chmod(0o600)
+        return path
+
+    # ---- lifecycle ----------------------------------------------------------
+
+    def is_running(self, name: str) -> bool:
+        p = self._state["pids"].get(name)
+        return bool(p) and procs.pid_alive(p["pid"], p["exe"])
+
+    def pid(self, name: str) -> int | None:
+        p = self._state["pids"].get(name)
+        return p["pid"] if p and self.is_running(name) else None
+
+    def running(self) -> list[str]:
+        return [n for n in self.components if self.is_running(n)]
+
+    def non_loopback_peers(self) -> dict[str, set[str]]:
+        """Component -> TCP peers outside 127.0.0.0/8 (must stay empty)."""
+        out = {}
+        for name in self.running():
+            pid = self.pid(name)
+            bad = {p for p in procs.socket_peers(pid) if not procs.is_loopback(p)} if pid else set()
+            if bad:
+                out[name] = bad
+        return out
+
+    def up(self, timeout: float = 120) -> None:
+        """Starts every component not already running, in dependency order."""
+        self._binaries = find_binaries(self._state["prometheus"])
+        proxy_port = int(self.scrape_proxy.rsplit(":", 1)[1])
+        if not procs.port_refuses(proxy_port):
+            raise RuntimeError(f"something listens on the scrape proxy {self.scrape_proxy}")
+        self._prepare()
+        for name in self.components:
+            if not self.is_running(name):
+                self.start(name, timeout=timeout)
+
+    def _prepare(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        names = [*self.components, "etcd-peer", "kube-controller-manager", "kwok"]
+        needed = [n for n in dict.fromkeys(names) if n not in self._state["ports"]]
+        for n, port in zip(needed, procs.free_ports(len(needed)), strict=True):
+            self._state["ports"][n] = port
+        certs.ensure_pki(self.pki)
+        if not self.token_file.exists():
+            self.token_file.write_text(secrets.token_hex(24) + "\n")
+            self.token_file.chmod(0o600)
+        (self.state_dir / "tokens.csv").write_text(f"{self.token},admin,admin,system:masters\n")
+        self._save()
+        self.write_kubeconfig()
+        self.write_configs()
+
+    def write_configs(
+        self, rule_files: Sequence[Path | str] | None = None, exporter_address: str | None = None,
+    ) -> None:
+        """(Re)writes the Alertmanager and Prometheus configs; call
+        ``reload_prometheus()`` afterwards if Prometheus runs."""
+        if rule_files is not None:
+            self._state["rule_files"] = [str(Path(p).resolve()) for p in rule_files]
+        if exporter_address is not None:
+            self._state["exporter_address"] = exporter_address
+        self._save()
+        webhook = f"http://127.0.0.1:{self._port('webhook')}/"
+        promcfg.write_yaml(self.state_dir / "alertmanager" / "alertmanager.yml",
+                           promcfg.render_alertmanager(webhook))
+        for v in self._state["prometheus"]:
+            cfg = promcfg.render_prometheus(
+                api_server=self.api_url,
+                token_file=self.token_file,
+                ca_file=self.ca_file,
+                alertmanager=f"127.0.0.1:{self._port('alertmanager')}",
+                exporter_address=self.exporter_address,
+                rule_files=self._state["rule_files"],
+                proxy_url=self.scrape_proxy,
+                target_interval=self._state.get("target_interval", "15s"),
+            )
+            promcfg.write_yaml(self.state_dir / f"prometheus-{v}" / "prometheus.yml", cfg)
+
+    def reload_prometheus(
+        self, rule_files: Sequence[Path | str] | None = None, exporter_address: str | None = None,
+    ) -> None:
+        """Rewrites the configs and asks every running Prometheus to reload."""
+        self.write_configs(rule_files, exporter_address)
+        for name, url in self.prometheus_urls.items():
+            if self.is_running(name):
+                status = procs.http_post(f"{url}/-/reload")
+                if status != 200:
+                    log = procs.tail(self.log_file(name))
+                    raise RuntimeError(f"{name} reload failed ({status}): {log}")
+
+    def start(self, name: str, timeout: float = 120) -> None:
+        """Starts one component (same port as before) and waits until ready."""
+        if name not in self.components:
+            raise KeyError(name)
+        if self.is_running(name):
+            return
+        if not hasattr(self, "_binaries"):
+            self._binaries = find_binaries(self._state["prometheus"])
+        argv = self._argv(name)
+        proc = procs.spawn(argv, self.log_file(name), cwd=self.state_dir)
+        self._state["pids"][name] = {"pid": proc.pid, "exe": argv[0]}
+        self._save()
+        try:
+            procs.wait_for(lambda: self._ready(name), name, timeout,
+                           alive=lambda: proc.poll() is None)
+        except (RuntimeError, TimeoutError) as e:
+            log = self.log_file(name)
+            raise RuntimeError(f"{e}; log {log}:\n{procs.tail(log)}") from e
+
+    def stop(self, name: str, *, force: bool = False, timeout: float = 10) -> None:
+        """Stops one component by its recorded pid: SIGTERM, SIGKILL after
+        timeout (kube-apiserver stops listening at once but takes ~20 s to
+        exit), or SIGKILL at once if force."""
+        p = self._state["pids"].get(name)
+        if p:
+            procs.terminate(p["pid"], p["exe"], timeout=timeout, force=force)
+            self._state["pids"].pop(name, None)
+            self._save()
+
+    def restart(self, name: str, timeout: float = 120) -> None:
+        self.stop(name)
+        self.start(name, timeout=timeout)
+
+    def down(self, *, remove_state: bool = True) -> None:
+        for name in reversed([*CONTROL_PLANE, *MONITORING]):
+            self.stop(name)
+        if remove_state:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    def wait_ready(self, name: str, timeout: float = 60) -> None:
+        procs.wait_for(lambda: self._ready(name), name, timeout)
+
+    # ---- per-component details --------------------------------------------
+
+    def _argv(self, name: str) -> list[str]:
+        b, s, port = self._binaries, self.state_dir, self._port
+        if name == "etcd":
+            client, peer = f"http://127.0.0.1:{port('etcd')}", f"http://127.0.0.1:{port('etcd-peer')}"
+            return [
+                str(b.etcd), "--name=testbed", f"--data-dir={s / 'etcd'}",
+                f"--listen-client-urls={client}", f"--advertise-client-urls={client}",
+                f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster=testbed={peer}", "--unsafe-no-fsync", "--log-level=warn",
+            ]
+        if name == "kube-apiserver":
+            return [
+                str(b.kube_apiserver),
+                f"--etcd-servers=http://127.0.0.1:{port('etcd')}",
+                "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+                f"--secure-port={port('kube-apiserver')}",
+                f"--cert-dir={s / 'apiserver-certs'}",
+                f"--tls-cert-file={self.pki / 'apiserver.crt'}",
+                f"--tls-private-key-file={self.pki / 'apiserver.key'}",
+                f"--token-auth-file={s / 'tokens.csv'}",
+                "--authorization-mode=RBAC",
+                f"--service-account-issuer=https://127.0.0.1:{port('kube-apiserver')}",
+                f"--service-account-key-file={self.pki / 'sa.pub'}",
+                f"--service-account-signing-key-file={self.pki / 'sa.key'}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--disable-admission-plugins=ServiceAccount",
+                "--allow-privileged=true",
+                # The default reconciler keeps failing to write 127.0.0.1 into
+                # default/kubernetes Endpoints (loopback is rejected).
+                "--endpoint-reconciler-type=none",
+                "--profiling=false",
+                "--v=1",
+            ]
+        if name == "kube-controller-manager":
+            return [
+                str(b.kube_controller_manager),
+                f"--kubeconfig={self.kubeconfig}",
+                "--leader-elect=false",
+                "--controllers=endpoints-controller,endpointslice-controller,"
+                "endpointslice-mirroring-controller,namespace-controller",
+                "--bind-address=127.0.0.1", f"--secure-port={port('kube-controller-manager')}",
+                f"--cert-dir={s / 'kcm-certs'}",
+                # Defaults stated on purpose: they are what the scenario tests.
+                "--max-endpoints-per-slice=100",
+                "--mirroring-max-endpoints-per-subset=1000",
+                "--kube-api-qps=100", "--kube-api-burst=200",
+                "--profiling=false",
+                "--v=1",
+            ]
+        if name == "kwok":
+            return [
+                str(b.kwok),
+                f"--kubeconfig={self.kubeconfig}",
+                f"--config={TESTBED / 'kwok-stages.yaml'}",
+                "--manage-all-nodes=true",
+                f"--cidr={POD_CIDR}",
+                f"--server-address=127.0.0.1:{port('kwok')}",
+                # Leases renew every duration/4; nothing here reads them.
+                "--node-lease-duration-seconds=3600",
+            ]
+        if name == "webhook":
+            return [sys.executable, str(TESTBED / "webhook.py"),
+                    f"--port={port('webhook')}", f"--out={self.webhook_log}"]
+        if name == "alertmanager":
+            d = s / "alertmanager"
+            return [
+                str(b.alertmanager), f"--config.file={d / 'alertmanager.yml'}",
+                f"--storage.path={d / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port('alertmanager')}",
+                f"--web.external-url=http://127.0.0.1:{port('alertmanager')}",
+                "--cluster.listen-address=",
+            ]
+        if name.startswith("prometheus-"):
+            v = name.removeprefix("prometheus-")
+            d = s / name
+            return [
+                str(b.prometheus[v]), f"--config.file={d / 'prometheus.yml'}",
+                f"--storage.tsdb.path={d / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port(name)}",
+                f"--web.external-url=http://127.0.0.1:{port(name)}",
+                "--web.enable-lifecycle",
+                "--storage.tsdb.retention.time=1d",
+            ]
+        raise KeyError(name)
+
+    def _ready(self, name: str) -> bool:
+        port = self._port(name)
+        if name == "etcd":
+            status, body = procs.http_get(f"http://127.0.0.1:{port}/health")
+            return status == 200 and b"true" in body
+        if name == "kube-apiserver":
+            ctx = ssl.create_default_context(cafile=str(self.ca_file))
+            status, _ = procs.http_get(f"{self.api_url}/readyz", token=self.token, ctx=ctx)
+            return status == 200
+        if name in ("kube-controller-manager", "kwok"):
+            scheme = "https" if name == "kube-controller-manager" else "http"
+            url = f"{scheme}://127.0.0.1:{port}/healthz"
+            status, _ = procs.http_get(url, ctx=procs.insecure_ctx())
+            return status == 200
+        if name == "webhook":
+            return procs.http_get(f"http://127.0.0.1:{port}/")[0] == 200
+        return procs.http_get(f"http://127.0.0.1:{port}/-/ready")[0] == 200
+

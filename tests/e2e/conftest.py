@@ -1,0 +1,88 @@
+"""Session fixtures for the e2e tests: one testbed (real kube-apiserver,
+controllers, kwok, Prometheus 2.53 and 3.x, Alertmanager) with the 1200-node
+scenario, shared by every module in tests/e2e.
+
+The tests never skip on their own: missing binaries make the fixture fail.
+Set COVERAGE_EXPORTER_SKIP_E2E=1 to skip them all. TESTBED_REUSE=1 uses a
+testbed already started with ``testbed/testbed up`` (state dir from
+TESTBED_STATE_DIR or testbed/state) and leaves it running.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from testbed import scenarios
+from testbed.cluster import REPO, Cluster, state_dir_default
+from testbed.kube import Kube
+
+NODES = scenarios.DEFAULT_NODES
+_HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    skip = os.environ.get("COVERAGE_EXPORTER_SKIP_E2E", "") not in ("", "0")
+    for item in items:
+        if _HERE in item.path.parents:
+            item.add_marker(pytest.mark.e2e)
+            if skip:
+                item.add_marker(pytest.mark.skip(reason="COVERAGE_EXPORTER_SKIP_E2E is set"))
+
+
+def rule_files() -> list[Path]:
+    """TESTBED_RULE_FILES (os.pathsep-separated, may be empty), else every
+    top-level alerts/*.y*ml that holds rule groups."""
+    env = os.environ.get("TESTBED_RULE_FILES")
+    if env is not None:
+        return [Path(p) for p in env.split(os.pathsep) if p]
+    out = []
+    for p in sorted((REPO / "alerts").glob("*.y*ml")):
+        doc = yaml.safe_load(p.read_text())
+        if isinstance(doc, dict) and "groups" in doc:
+            out.append(p)
+    return out
+
+
+@pytest.fixture(scope="session")
+def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """The running testbed with the 1200-node scenario applied."""
+    if os.environ.get("TESTBED_REUSE", "") not in ("", "0"):
+        cluster = Cluster.load(state_dir_default())
+        cluster.up()  # starts whatever is not running
+        kube = Kube(cluster.kubeconfig)
+        scenarios.apply(kube, NODES)
+        kube.close()
+        yield cluster
+        return
+    cluster = Cluster(
+        tmp_path_factory.mktemp("testbed"),
+        prometheus=("3", "2"),
+        rule_files=rule_files(),
+    )
+    try:
+        cluster.up()
+        kube = Kube(cluster.kubeconfig)
+        scenarios.apply(kube, NODES)
+        kube.close()
+        yield cluster
+    finally:
+        cluster.down(remove_state=False)  # keep logs for a failed run
+
+
+@pytest.fixture(scope="session")
+def kube(testbed: Cluster) -> Iterator[Kube]:
+    """Plain-JSON Kubernetes client for the testbed (see testbed.kube)."""
+    k = Kube(testbed.kubeconfig)
+    yield k
+    k.close()
+
+
+@pytest.fixture(scope="session")
+def prometheus_urls(testbed: Cluster) -> dict[str, str]:
+    """"prometheus-3" / "prometheus-2" -> base URL."""
+    return testbed.prometheus_urls
