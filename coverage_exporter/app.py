@@ -9,7 +9,7 @@ import logging
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from aiohttp import web
 
@@ -109,12 +109,16 @@ async def _audit(settings: Settings, output: str) -> int:
             settings.kubernetes_sync_timeout,
         )
         result = await collector.run_cycle()
+        # Copies: closing the sources marks them down.
+        health = [
+            replace(sources.kubernetes.health),
+            *(replace(p.health) for p in sources.prometheus),
+        ]
     except SourceError as err:
         print(f"coverage-exporter: {err}", file=sys.stderr)
         return EXIT_NOT_COLLECTED
     finally:
         await sources.close()
-    health = [sources.kubernetes.health, *(p.health for p in sources.prometheus)]
     if output == "json":
         sys.stdout.write(render_json(result.report, health))
     elif output == "prometheus":

@@ -198,7 +198,9 @@ class KubernetesSource:
     def _refresh_health(self) -> None:
         reflectors = self.reflectors()
         up = bool(reflectors) and all(r.synced and r.healthy for r in reflectors)
-        if up and not self.health.up:
+        if up:
+            # Watch-driven: while every watch is healthy the cache is current,
+            # so "last success" is now, not when the source last came up.
             self.health.last_success_timestamp = time.time()
             self.health.last_error = ""
         self.health.up = up
