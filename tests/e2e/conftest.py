@@ -20,6 +20,7 @@ import yaml
 from testbed import scenarios
 from testbed.cluster import REPO, Cluster, state_dir_default
 from testbed.kube import Kube
+from testbed.procs import free_ports
 
 NODES = scenarios.DEFAULT_NODES
 _HERE = Path(__file__).parent
@@ -63,6 +64,8 @@ def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         tmp_path_factory.mktemp("testbed"),
         prometheus=("3", "2"),
         rule_files=rule_files(),
+        # Not the default 9842: a running demo must not collide with the tests.
+        exporter_address=f"127.0.0.1:{free_ports(1)[0]}",
     )
     try:
         cluster.up()
@@ -84,5 +87,5 @@ def kube(testbed: Cluster) -> Iterator[Kube]:
 
 @pytest.fixture(scope="session")
 def prometheus_urls(testbed: Cluster) -> dict[str, str]:
-    """"prometheus-3" / "prometheus-2" -> base URL."""
+    """ "prometheus-3" / "prometheus-2" -> base URL."""
     return testbed.prometheus_urls
