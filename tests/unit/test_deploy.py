@@ -1,0 +1,49 @@
+"""The shipped manifests grant exactly what the Kubernetes source reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from coverage_exporter.sources import kubernetes
+
+DEPLOY = Path(__file__).parent.parent.parent / "deploy" / "kubernetes.yaml"
+
+
+def resource_of(path: str) -> tuple[str, str]:
+    """(API group, resource) of a collection path like /apis/apps/v1/daemonsets."""
+    parts = path.strip("/").split("/")
+    return ("", parts[-1]) if parts[0] == "api" else (parts[1], parts[-1])
+
+
+def test_cluster_role_grants_list_and_watch_on_every_watched_resource() -> None:
+    docs = list(yaml.safe_load_all(DEPLOY.read_text()))
+    (role,) = [d for d in docs if d["kind"] == "ClusterRole"]
+    granted = {
+        (group, resource): set(rule["verbs"])
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    }
+    paths = [
+        kubernetes.NODES_PATH,
+        kubernetes.SERVICES_PATH,
+        kubernetes.ENDPOINTS_PATH,
+        kubernetes.ENDPOINTSLICES_PATH,
+        kubernetes.DAEMONSETS_PATH,
+        "/api/v1/pods",
+    ]
+    needed = {resource_of(p) for p in paths}
+    assert set(granted) == needed
+    assert all(verbs == {"list", "watch"} for verbs in granted.values())
+
+
+def test_exporter_is_scraped_with_honor_labels_and_probed() -> None:
+    docs = {d["kind"]: d for d in yaml.safe_load_all(DEPLOY.read_text())}
+    (endpoint,) = docs["ServiceMonitor"]["spec"]["endpoints"]
+    assert endpoint["honorLabels"] is True
+    (container,) = docs["Deployment"]["spec"]["template"]["spec"]["containers"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/-/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/-/healthy"
+    assert docs["Deployment"]["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"]
