@@ -254,16 +254,109 @@ def _to_target(
     )
 
 
-def _decode_targets(body: bytes) -> list[_ActiveTarget]:
-    try:
-        response = _TARGETS_DECODER.decode(body)
-    except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
-        raise SourceError(f"undecodable response: {exc}") from None
+def _check_envelope(response: _TargetsResponse) -> list[_ActiveTarget]:
     if response.status != "success":
         raise SourceError(f"status {response.status!r}: {response.error_type}: {response.error}")
     if response.data is None:
         raise SourceError("status 'success' without data")
     return response.data.active or []
+
+
+_LIST_DECODER = msgspec.json.Decoder(list[_ActiveTarget])
+STREAM_PIECE_BYTES = 4 << 20
+_ARRAY_START = b'"activeTargets":['
+# Prometheus writes every target as {"discoveredLabels":...,"labels":...}.
+# An unescaped quote cannot occur inside a JSON string, so this byte
+# sequence only ever stands between two targets of the array.
+_TARGET_SEPARATOR = b',{"discoveredLabels":'
+
+
+class TargetStream:
+    """Decodes an /api/v1/targets answer while it arrives.
+
+    A pool of 100k targets is ~500 MB of JSON; holding it whole, four pools
+    at a time, was most of the exporter's memory at scale. The array is cut
+    between targets into pieces of about `piece_bytes`, each decoded on its
+    own and dropped, so memory stays at one piece per request. The envelope
+    (status, error, the last targets) is decoded whole at the end; an answer
+    whose layout does not split this way (pretty-printed, other key order)
+    is simply buffered whole, as before.
+    """
+
+    def __init__(self, only_pool: str | None = None, piece_bytes: int = 4 << 20) -> None:
+        self._only_pool = only_pool
+        self._piece_bytes = piece_bytes
+        self._buffer = bytearray()
+        self._head: bytes | None = None
+        """The envelope up to and including '[', once seen."""
+        self._splitting = True
+        self.pools: dict[str, PoolTargets] = {}
+        if only_pool is not None:
+            self.pools[sys.intern(only_pool)] = PoolTargets()
+        self._total = self._malformed = self._foreign = 0
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held but not decoded yet."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+        if self._head is None:
+            at = self._buffer.find(_ARRAY_START)
+            if at < 0:
+                return
+            cut = at + len(_ARRAY_START)
+            self._head = bytes(self._buffer[:cut])
+            del self._buffer[:cut]
+        if self._splitting and len(self._buffer) >= self._piece_bytes:
+            self._decode_piece()
+
+    def _decode_piece(self) -> None:
+        cut = self._buffer.rfind(_TARGET_SEPARATOR)
+        if cut <= 0:
+            return
+        try:
+            targets = _LIST_DECODER.decode(b"[" + self._buffer[:cut] + b"]")
+        except msgspec.DecodeError:
+            # Not a plain run of targets (the array ended inside the piece):
+            # keep the rest whole; finish() decodes it with the envelope.
+            self._splitting = False
+            return
+        del self._buffer[: cut + 1]
+        self._add(targets)
+
+    def finish(self) -> dict[str, PoolTargets]:
+        """The targets by pool; SourceError for a broken or failed answer."""
+        document = self._buffer if self._head is None else self._head + self._buffer
+        try:
+            response = _TARGETS_DECODER.decode(document)
+        except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
+            raise SourceError(f"undecodable response: {exc}") from None
+        self._add(_check_envelope(response))
+        _report_skipped(self._total, self._malformed, self._foreign, self._only_pool)
+        return self.pools
+
+    def _add(self, raw_targets: list[_ActiveTarget]) -> None:
+        only_pool = self._only_pool
+        self._total += len(raw_targets)
+        for raw in raw_targets:
+            labels, pool = raw.discovered, raw.scrape_pool or only_pool
+            if labels is None or labels.address is None or pool is None:
+                self._malformed += 1
+                continue
+            if only_pool is not None and pool != only_pool:
+                self._foreign += 1
+                continue
+            # The pool's one string object is what every Target of it holds.
+            pool = sys.intern(pool)
+            result = self.pools.get(pool)
+            if result is None:
+                result = self.pools[pool] = PoolTargets()
+            result.active += 1
+            target = _to_target(labels, labels.address, raw.health, pool)
+            if target is not None:
+                result.targets.append(target)
 
 
 def parse_targets(body: bytes, only_pool: str | None = None) -> dict[str, PoolTargets]:
@@ -275,30 +368,9 @@ def parse_targets(body: bytes, only_pool: str | None = None) -> dict[str, PoolTa
     Malformed targets are skipped and logged; if every target is malformed
     the response is broken and SourceError is raised.
     """
-    raw_targets = _decode_targets(body)
-    pools: dict[str, PoolTargets] = {}
-    if only_pool is not None:
-        pools[sys.intern(only_pool)] = PoolTargets()
-    malformed = foreign = 0
-    for raw in raw_targets:
-        labels, pool = raw.discovered, raw.scrape_pool or only_pool
-        if labels is None or labels.address is None or pool is None:
-            malformed += 1
-            continue
-        if only_pool is not None and pool != only_pool:
-            foreign += 1
-            continue
-        # The pool's one string object is what every Target of it holds.
-        pool = sys.intern(pool)
-        result = pools.get(pool)
-        if result is None:
-            result = pools[pool] = PoolTargets()
-        result.active += 1
-        target = _to_target(labels, labels.address, raw.health, pool)
-        if target is not None:
-            result.targets.append(target)
-    _report_skipped(len(raw_targets), malformed, foreign, only_pool)
-    return pools
+    stream = TargetStream(only_pool)
+    stream.feed(body)
+    return stream.finish()
 
 
 def _report_skipped(total: int, malformed: int, foreign: int, pool: str | None) -> None:
@@ -499,9 +571,7 @@ class PrometheusSource:
     async def _fetch_all(self, headers: Mapping[str, str]) -> dict[str, PoolTargets]:
         # Thanos accepts only `state`; state=active at least spares us the
         # dropped targets, which dominate the full answer.
-        params = {"state": "active"}
-        body = await self._get(TARGETS_PATH, params, headers)
-        return await self._parse(body, None, _describe(TARGETS_PATH, params))
+        return await self._stream_targets({"state": "active"}, None, headers)
 
     async def _fetch_pools(
         self, pools: list[str], headers: Mapping[str, str]
@@ -511,9 +581,7 @@ class PrometheusSource:
         async def fetch(pool: str) -> PoolTargets:
             async with limit:
                 params = {"state": "active", "scrapePool": pool}
-                body = await self._get(TARGETS_PATH, params, headers)
-                parsed = await self._parse(body, pool, _describe(TARGETS_PATH, params))
-                return parsed[pool]
+                return (await self._stream_targets(params, pool, headers))[pool]
 
         try:
             # TaskGroup: the first failure cancels the other fetches.
@@ -523,11 +591,47 @@ class PrometheusSource:
             raise _first_source_error(errors) from None
         return {pool: task.result() for pool, task in tasks.items()}
 
-    async def _parse(self, body: bytes, pool: str | None, what: str) -> dict[str, PoolTargets]:
-        # Off the event loop: decoding a big pool takes a fraction of a
-        # second, during which /metrics of the exporter would not answer.
+    async def _stream_targets(
+        self, params: Mapping[str, str], pool: str | None, headers: Mapping[str, str]
+    ) -> dict[str, PoolTargets]:
+        """GET /api/v1/targets, decoded piece by piece as the body arrives
+        (see TargetStream). Decoding runs in a worker thread so that the
+        exporter's /metrics keeps answering during a big pool."""
+        what = _describe(TARGETS_PATH, params)
+        stream = TargetStream(pool, piece_bytes=STREAM_PIECE_BYTES)
+        received = 0
         try:
-            return await asyncio.to_thread(parse_targets, body, pool)
+            async with self._session_for_requests().get(
+                self.endpoint.url + TARGETS_PATH,
+                params=params,
+                headers=headers,
+                ssl=self._ssl,
+                timeout=self._timeout,
+            ) as resp:
+                if resp.status != 200:
+                    body = await resp.read()
+                    received = len(body)
+                    self._fail(f"{what}: HTTP {resp.status}: {_error_detail(body)}")
+                pending = bytearray()
+                async for chunk in resp.content.iter_chunked(1 << 20):
+                    received += len(chunk)
+                    pending += chunk
+                    if len(pending) >= STREAM_PIECE_BYTES:
+                        await asyncio.to_thread(stream.feed, bytes(pending))
+                        pending.clear()
+                await asyncio.to_thread(stream.feed, bytes(pending))
+        except TimeoutError:
+            self.health.record_request(received)
+            self._fail(f"{what}: timed out after {self.endpoint.timeout_seconds:g}s")
+        except aiohttp.ClientError as exc:
+            self.health.record_request(received)
+            self._fail(f"{what}: {type(exc).__name__}: {exc}")
+        except SourceError:
+            self.health.record_request(received)
+            raise
+        self.health.record_request(received)
+        try:
+            return await asyncio.to_thread(stream.finish)
         except SourceError as exc:
             self._fail(f"{what}: {exc}")
 
@@ -546,15 +650,6 @@ class PrometheusSource:
         if self._session is None:
             self._session = httpclient.new_session(connection_limit=self._concurrency + 1)
         return self._session
-
-    async def _get(
-        self, path: str, params: Mapping[str, str] | None, headers: Mapping[str, str]
-    ) -> bytes:
-        """The body of a 200 answer; any other answer is a SourceError."""
-        status, body = await self._request(path, params, headers)
-        if status != 200:
-            self._fail(f"{_describe(path, params)}: HTTP {status}: {_error_detail(body)}")
-        return body
 
     async def _request(
         self, path: str, params: Mapping[str, str] | None, headers: Mapping[str, str]

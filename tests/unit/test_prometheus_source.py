@@ -26,6 +26,7 @@ from coverage_exporter.sources.health import SourceError
 from coverage_exporter.sources.prometheus import (
     PrometheusEndpoint,
     PrometheusSource,
+    TargetStream,
     address_host,
     default_name,
     parse_pool_target_counts,
@@ -694,3 +695,81 @@ async def test_tls_verified_against_ca_file(self_signed: tuple[Path, Path]) -> N
             assert len((await source.collect()).targets) == 6
     finally:
         await srv.close()
+
+
+# --- decoding while the body arrives ------------------------------------------
+
+
+def compact_answer(targets: list[dict], dropped: list[dict] | None = None) -> bytes:
+    """As Prometheus writes it: compact JSON, discoveredLabels first."""
+    data: dict = {"activeTargets": targets}
+    if dropped is not None:
+        data["droppedTargets"] = dropped
+    return json.dumps({"status": "success", "data": data}, separators=(",", ":")).encode()
+
+
+def many_targets(count: int, pool: str = "p") -> list[dict]:
+    return [
+        raw_target(
+            pool,
+            __address__=f"10.1.{i // 250}.{i % 250}:9100",
+            __meta_kubernetes_service_name="svc",
+            __meta_kubernetes_endpointslice_name=f"svc-{i // 100}",
+            __meta_kubernetes_endpointslice_endpoint_node_name=f"node-{i}",
+        )
+        for i in range(count)
+    ]
+
+
+def stream_in_chunks(body: bytes, chunk: int, piece: int, pool: str | None = None):
+    stream = TargetStream(pool, piece_bytes=piece)
+    peak = 0
+    for at in range(0, len(body), chunk):
+        stream.feed(body[at : at + chunk])
+        peak = max(peak, stream.buffered)
+    return stream.finish(), peak
+
+
+def summary(pools: dict) -> dict:
+    return {
+        p: (r.active, [(t.node_name, t.address_host) for t in r.targets]) for p, r in pools.items()
+    }
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 4096])
+def test_streamed_decode_equals_whole_decode(chunk: int) -> None:
+    body = (FIXTURES / "v3_targets_node_exporter.json").read_bytes()
+    whole = parse_targets(body, "serviceMonitor/monitoring/node-exporter/0")
+    streamed, _ = stream_in_chunks(
+        body, chunk, piece=64, pool="serviceMonitor/monitoring/node-exporter/0"
+    )
+    assert summary(streamed) == summary(whole) and whole
+
+
+def test_streamed_decode_holds_one_piece_not_the_body() -> None:
+    body = compact_answer(many_targets(10000))
+    pools, peak = stream_in_chunks(body, chunk=64 << 10, piece=256 << 10, pool="p")
+    assert pools["p"].active == 10000 and len(pools["p"].targets) == 10000
+    assert [t.node_name for t in pools["p"].targets[:2]] == ["node-0", "node-1"]
+    assert len(body) > 2_000_000 and peak < 400 << 10
+
+
+def test_streamed_decode_survives_dropped_targets_after_the_array() -> None:
+    """A server that ignores state=active: the piece that spans the end of
+    the array cannot be split; the rest is decoded whole, nothing lost."""
+    body = compact_answer(many_targets(300), dropped=many_targets(300, pool="other"))
+    pools, _ = stream_in_chunks(body, chunk=1000, piece=2000, pool="p")
+    assert pools["p"].active == 300
+
+
+def test_streamed_error_answer_is_a_source_error() -> None:
+    stream = TargetStream("p", piece_bytes=16)
+    stream.feed(b'{"status":"error","errorType":"bad_data","error":"x"}')
+    with pytest.raises(SourceError, match="bad_data"):
+        stream.finish()
+
+
+def test_streamed_body_cut_short_is_a_source_error() -> None:
+    body = compact_answer(many_targets(200))
+    with pytest.raises(SourceError, match="undecodable"):
+        stream_in_chunks(body[: len(body) // 2], chunk=500, piece=1000, pool="p")
