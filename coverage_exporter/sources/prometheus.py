@@ -20,7 +20,7 @@ import re
 import ssl
 import sys
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import NoReturn
 from urllib.parse import urlsplit
@@ -597,39 +597,20 @@ class PrometheusSource:
         """GET /api/v1/targets, decoded piece by piece as the body arrives
         (see TargetStream). Decoding runs in a worker thread so that the
         exporter's /metrics keeps answering during a big pool."""
-        what = _describe(TARGETS_PATH, params)
         stream = TargetStream(pool, piece_bytes=STREAM_PIECE_BYTES)
-        received = 0
-        try:
-            async with self._session_for_requests().get(
-                self.endpoint.url + TARGETS_PATH,
-                params=params,
-                headers=headers,
-                ssl=self._ssl,
-                timeout=self._timeout,
-            ) as resp:
-                if resp.status != 200:
-                    body = await resp.read()
-                    received = len(body)
-                    self._fail(f"{what}: HTTP {resp.status}: {_error_detail(body)}")
-                pending = bytearray()
-                async for chunk in resp.content.iter_chunked(1 << 20):
-                    received += len(chunk)
-                    pending += chunk
-                    if len(pending) >= STREAM_PIECE_BYTES:
-                        await asyncio.to_thread(stream.feed, bytes(pending))
-                        pending.clear()
+        pending = bytearray()
+
+        async def sink(chunk: bytes) -> None:
+            pending.extend(chunk)
+            if len(pending) >= STREAM_PIECE_BYTES:
                 await asyncio.to_thread(stream.feed, bytes(pending))
-        except TimeoutError:
-            self.health.record_request(received)
-            self._fail(f"{what}: timed out after {self.endpoint.timeout_seconds:g}s")
-        except aiohttp.ClientError as exc:
-            self.health.record_request(received)
-            self._fail(f"{what}: {type(exc).__name__}: {exc}")
-        except SourceError:
-            self.health.record_request(received)
-            raise
-        self.health.record_request(received)
+                pending.clear()
+
+        what = _describe(TARGETS_PATH, params)
+        status, body = await self._request(TARGETS_PATH, params, headers, sink)
+        if status != 200:
+            self._fail(f"{what}: HTTP {status}: {_error_detail(body)}")
+        await asyncio.to_thread(stream.feed, bytes(pending))
         try:
             return await asyncio.to_thread(stream.finish)
         except SourceError as exc:
@@ -652,9 +633,15 @@ class PrometheusSource:
         return self._session
 
     async def _request(
-        self, path: str, params: Mapping[str, str] | None, headers: Mapping[str, str]
+        self,
+        path: str,
+        params: Mapping[str, str] | None,
+        headers: Mapping[str, str],
+        sink: Callable[[bytes], Awaitable[None]] | None = None,
     ) -> tuple[int, bytes]:
-        """Status and body; transport failures are SourceErrors."""
+        """Status and body; transport failures are SourceErrors. With a
+        sink, a 200 body goes to it chunk by chunk and b"" is returned."""
+        received = 0
         try:
             async with self._session_for_requests().get(
                 self.endpoint.url + path,
@@ -663,15 +650,22 @@ class PrometheusSource:
                 ssl=self._ssl,
                 timeout=self._timeout,
             ) as resp:
-                body = await resp.read()
+                if sink is None or resp.status != 200:
+                    body = await resp.read()
+                    received = len(body)
+                else:
+                    body = b""
+                    async for chunk in resp.content.iter_chunked(1 << 20):
+                        received += len(chunk)
+                        await sink(chunk)
         except TimeoutError:
-            self.health.record_request(0)
+            self.health.record_request(received)
             limit = self.endpoint.timeout_seconds
             self._fail(f"{_describe(path, params)}: timed out after {limit:g}s")
         except aiohttp.ClientError as exc:
-            self.health.record_request(0)
+            self.health.record_request(received)
             self._fail(f"{_describe(path, params)}: {type(exc).__name__}: {exc}")
-        self.health.record_request(len(body))
+        self.health.record_request(received)
         return resp.status, body
 
     def _fail(self, message: str) -> NoReturn:
