@@ -18,7 +18,7 @@ from coverage_exporter.exposition.audit import render_json, render_table
 from coverage_exporter.exposition.metrics import ExporterState, render
 from coverage_exporter.http import ExporterView, make_app, parse_listen_address
 from coverage_exporter.model.scope import Scope, parse_label_selector, parse_service_key
-from coverage_exporter.sources.health import SourceError
+from coverage_exporter.sources.health import SourceError, SourceHealth
 from coverage_exporter.sources.kubernetes import KubernetesSource
 from coverage_exporter.sources.prometheus import (
     PrometheusEndpoint,
@@ -85,9 +85,21 @@ class Settings:
 class Sources:
     """The Kubernetes source and one source per Prometheus, opened together."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, full_refresh_seconds: float = 0.0) -> None:
         self.kubernetes = KubernetesSource(kubeconfig=settings.kubeconfig, context=settings.context)
         self.prometheus = [PrometheusSource(e) for e in settings.prometheus]
+        self.collector = Collector(
+            self.kubernetes,
+            self.prometheus,
+            settings.scope,
+            settings.missing_info_limit,
+            settings.kubernetes_sync_timeout,
+            full_refresh_seconds=full_refresh_seconds,
+        )
+
+    @property
+    def health(self) -> list[SourceHealth]:
+        return [self.kubernetes.health, *(p.health for p in self.prometheus)]
 
     async def close(self) -> None:
         await self.kubernetes.stop()
@@ -101,19 +113,9 @@ async def _audit(settings: Settings, output: str) -> int:
         await sources.kubernetes.start()
         if not await sources.kubernetes.wait_synced(settings.kubernetes_sync_timeout):
             log.error("kubernetes: not every resource could be listed")
-        collector = Collector(
-            sources.kubernetes,
-            sources.prometheus,
-            settings.scope,
-            settings.missing_info_limit,
-            settings.kubernetes_sync_timeout,
-        )
-        result = await collector.run_cycle()
+        result = await sources.collector.run_cycle()
         # Copies: closing the sources marks them down.
-        health = [
-            replace(sources.kubernetes.health),
-            *(replace(p.health) for p in sources.prometheus),
-        ]
+        health = [replace(h) for h in sources.health]
     except SourceError as err:
         print(f"coverage-exporter: {err}", file=sys.stderr)
         return EXIT_NOT_COLLECTED
@@ -139,16 +141,8 @@ async def _serve(
     settings: Settings, listen_address: str, interval: float, full_refresh: float
 ) -> int:
     host, port = parse_listen_address(listen_address)
-    sources = Sources(settings)
-    collector = Collector(
-        sources.kubernetes,
-        sources.prometheus,
-        settings.scope,
-        settings.missing_info_limit,
-        settings.kubernetes_sync_timeout,
-        full_refresh_seconds=full_refresh,
-    )
-    health = [sources.kubernetes.health, *(p.health for p in sources.prometheus)]
+    sources = Sources(settings, full_refresh_seconds=full_refresh)
+    health = sources.health
     view = ExporterView(
         lambda: render(
             ExporterState(
@@ -171,7 +165,7 @@ async def _serve(
         await _wait_or_stop(sources.kubernetes.wait_synced(settings.kubernetes_sync_timeout), stop)
         while not stop.is_set():
             started = time.monotonic()
-            result = await collector.run_cycle()
+            result = await sources.collector.run_cycle()
             view.exposition = result.exposition
             if result.report is not None:
                 view.ready = True
