@@ -42,15 +42,17 @@ class ExporterState:
     cycles_total: int = 0
     cycle_duration_seconds: float = 0.0
     last_cycle_timestamp: float = 0.0
-    missing_info: list[Sample] = field(default_factory=list)
-    missing_info_omitted: int = 0
+    _missing: tuple[list[Sample], int] | None = field(default=None, init=False, repr=False)
 
-    def __post_init__(self) -> None:
-        if self.report is not None and not self.missing_info:
-            everything = all_missing(self.report)
+    def missing_info(self) -> tuple[list[Sample], int]:
+        """The capped missing_node_info series and how many the cap cut;
+        computed once, and only when the coverage families are rendered."""
+        if self._missing is None:
+            everything = all_missing(self.report) if self.report is not None else []
             kept = everything[: max(0, self.missing_info_limit)]
-            self.missing_info = [((*key, m.node, m.pod), 1.0) for key, m in kept]
-            self.missing_info_omitted = len(everything) - len(kept)
+            samples: list[Sample] = [((*key, m.node, m.pod), 1.0) for key, m in kept]
+            self._missing = (samples, len(everything) - len(kept))
+        return self._missing
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +176,7 @@ def _constant(
 SERVICE = ("namespace", "service")
 SOURCE = ("source", "prometheus")
 
-METRICS: tuple[MetricSpec, ...] = (
+COVERAGE_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec(
         "expected_targets",
         "gauge",
@@ -257,12 +259,32 @@ METRICS: tuple[MetricSpec, ...] = (
         "gauge",
         "One series per missing target (capped by --missing-node-info-limit).",
         (*SERVICE, "stage", "scrape_pool", "node", "pod"),
-        lambda s: s.missing_info,
+        lambda s: s.missing_info()[0],
     ),
     MetricSpec(
         "nodes", "gauge", "Nodes in the cluster by their Ready condition.", ("ready",), _nodes
     ),
     MetricSpec("services", "gauge", "Services in scope in the last cycle.", (), _service_count),
+    MetricSpec(
+        "missing_node_info_limit",
+        "gauge",
+        "Cap on scrape_coverage_missing_node_info series.",
+        (),
+        _constant(lambda s: s.missing_info_limit),
+    ),
+    MetricSpec(
+        "missing_node_info_omitted",
+        "gauge",
+        "Missing targets left out of scrape_coverage_missing_node_info by the cap.",
+        (),
+        _constant(lambda s: s.missing_info()[1]),
+    ),
+)
+
+# Families that depend on the sources' state and the cycle, rendered every
+# cycle; the ones above depend only on the report and are rendered when it
+# changes.
+EXPORTER_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec(
         "source_up",
         "gauge",
@@ -306,20 +328,6 @@ METRICS: tuple[MetricSpec, ...] = (
         _source(lambda h: h.response_bytes_total),
     ),
     MetricSpec(
-        "missing_node_info_limit",
-        "gauge",
-        "Cap on scrape_coverage_missing_node_info series.",
-        (),
-        _constant(lambda s: s.missing_info_limit),
-    ),
-    MetricSpec(
-        "missing_node_info_omitted",
-        "gauge",
-        "Missing targets left out of scrape_coverage_missing_node_info by the cap.",
-        (),
-        _constant(lambda s: s.missing_info_omitted),
-    ),
-    MetricSpec(
         "cycle_duration_seconds",
         "gauge",
         "Time the last collection cycle took.",
@@ -344,6 +352,8 @@ METRICS: tuple[MetricSpec, ...] = (
         lambda s: [((__version__,), 1.0)],
     ),
 )
+
+METRICS = COVERAGE_METRICS + EXPORTER_METRICS
 
 
 def exported_names() -> list[str]:
@@ -374,11 +384,12 @@ def all_missing(report: CoverageReport) -> list[tuple[tuple[str, ...], MissingTa
 
 
 class _StateCollector(Collector):
-    def __init__(self, state: ExporterState) -> None:
+    def __init__(self, state: ExporterState, specs: Sequence[MetricSpec]) -> None:
         self._state = state
+        self._specs = specs
 
     def collect(self) -> Iterator[Metric]:
-        for spec in METRICS:
+        for spec in self._specs:
             family_type = CounterMetricFamily if spec.kind == "counter" else GaugeMetricFamily
             family = family_type(PREFIX + spec.name, spec.help, labels=spec.labels)
             for labels, value in spec.samples(self._state):
@@ -386,8 +397,22 @@ class _StateCollector(Collector):
             yield family
 
 
-def render(state: ExporterState) -> bytes:
-    """The exposition text of one state, in the classic text format."""
+def _render(state: ExporterState, specs: Sequence[MetricSpec]) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_StateCollector(state))
+    registry.register(_StateCollector(state, specs))
     return generate_latest(registry)
+
+
+def render_coverage(state: ExporterState) -> bytes:
+    """The families computed from the report alone (and the series cap)."""
+    return _render(state, COVERAGE_METRICS)
+
+
+def render_exporter(state: ExporterState) -> bytes:
+    """The families about the sources and the cycle."""
+    return _render(state, EXPORTER_METRICS)
+
+
+def render(state: ExporterState) -> bytes:
+    """The whole exposition text of one state, in the classic text format."""
+    return render_coverage(state) + render_exporter(state)

@@ -159,3 +159,19 @@ async def test_unavailable_counts_mean_a_full_read_every_cycle() -> None:
     await collector.run_cycle()
     await collector.run_cycle()
     assert prom.collect_calls == [None, None]
+
+
+async def test_unchanged_sources_reuse_the_report_and_a_change_recomputes_it() -> None:
+    cluster = clusters.node_exporter(1200)
+    endpoints_only = PrometheusSnapshot("p", clusters.endpoints_targets(cluster, "ne", *NE))
+    fixed = PrometheusSnapshot("p", clusters.slice_targets(cluster, "ne", *NE))
+    prom = ScriptedPrometheus("p", [endpoints_only, endpoints_only, fixed])
+    collector = Collector(StaticCluster(cluster), [prom], Scope())
+    first = await collector.run_cycle()
+    second = await collector.run_cycle()
+    assert second.report is first.report
+    assert samples(second.exposition, "scrape_coverage_cycles")[()] == 2.0
+    third = await collector.run_cycle()
+    assert third.report is not first.report
+    assert prometheus_missing(first.exposition) == [200.0]
+    assert prometheus_missing(third.exposition) == [0.0]
