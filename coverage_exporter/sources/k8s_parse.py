@@ -10,6 +10,7 @@ the caller skips that one object instead of losing the whole list.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -130,6 +131,15 @@ def decode_meta(data: Buffer) -> Meta | None:
         return None
 
 
+def _i(value: str | None) -> str | None:
+    """sys.intern for what repeats across objects (node names and IPs,
+    namespaces, owners, kinds): at 100k nodes a node's name stands in its
+    Node, its pods, Endpoints addresses, slice endpoints and targets, and
+    without interning each is its own string (~170 MB in all). Prometheus
+    targets are interned the same way, so they share these very objects."""
+    return None if value is None else sys.intern(value)
+
+
 def _name(meta: Meta | None) -> str:
     if meta is None or not meta.name:
         raise ParseError("object without metadata.name")
@@ -137,7 +147,7 @@ def _name(meta: Meta | None) -> str:
 
 
 def _ns(meta: Meta | None) -> str:
-    return (meta.namespace if meta else None) or ""
+    return sys.intern((meta.namespace if meta else None) or "")
 
 
 def namespaced_key(meta: Meta) -> ServiceKey:
@@ -177,9 +187,11 @@ _NODE_ADDRESS_TYPES = frozenset({"InternalIP", "ExternalIP"})
 def node_from_raw(raw: RawNode) -> Node:
     status = raw.status or _NodeStatus()
     return Node(
-        name=_name(raw.metadata),
+        name=sys.intern(_name(raw.metadata)),
         addresses=tuple(
-            a.address for a in status.addresses or () if a.type in _NODE_ADDRESS_TYPES and a.address
+            sys.intern(a.address)
+            for a in status.addresses or ()
+            if a.type in _NODE_ADDRESS_TYPES and a.address
         ),
         ready=any(c.type == "Ready" and c.status == "True" for c in status.conditions or ()),
     )
@@ -246,10 +258,10 @@ def _address(raw: _EndpointAddress) -> EndpointAddress:
         raise ParseError("endpoint address without ip")
     ref = raw.target_ref
     return EndpointAddress(
-        ip=raw.ip,
-        node_name=raw.node_name,
-        target_kind=ref.kind if ref else None,
-        target_name=ref.name if ref else None,
+        ip=sys.intern(raw.ip),
+        node_name=_i(raw.node_name),
+        target_kind=_i(ref.kind) if ref else None,
+        target_name=_i(ref.name) if ref else None,
     )
 
 
@@ -309,10 +321,10 @@ def _slice_endpoint(raw: _SliceEndpoint) -> SliceEndpoint:
     ready = True if cond.ready is None else cond.ready
     ref = raw.target_ref
     return SliceEndpoint(
-        address=raw.addresses[0],
-        node_name=raw.node_name,
-        target_kind=ref.kind if ref else None,
-        target_name=ref.name if ref else None,
+        address=sys.intern(raw.addresses[0]),
+        node_name=_i(raw.node_name),
+        target_kind=_i(ref.kind) if ref else None,
+        target_name=_i(ref.name) if ref else None,
         ready=ready,
         serving=ready if cond.serving is None else cond.serving,
         terminating=bool(cond.terminating),
@@ -327,9 +339,9 @@ def endpointslice_from_raw(raw: RawEndpointSlice) -> EndpointSlice:
     return EndpointSlice(
         namespace=_ns(meta),
         name=_name(meta),
-        service_name=labels.get(SERVICE_NAME_LABEL, ""),
-        managed_by=labels.get(MANAGED_BY_LABEL, ""),
-        address_type=raw.address_type,
+        service_name=sys.intern(labels.get(SERVICE_NAME_LABEL, "")),
+        managed_by=sys.intern(labels.get(MANAGED_BY_LABEL, "")),
+        address_type=sys.intern(raw.address_type),
         endpoints=tuple(_slice_endpoint(e) for e in raw.endpoints or ()),
     )
 
@@ -365,10 +377,10 @@ def pod_from_raw(raw: RawPod) -> Pod:
     return Pod(
         namespace=_ns(meta),
         name=_name(meta),
-        node_name=(raw.spec.node_name if raw.spec else None) or None,
-        ip=(raw.status.pod_ip if raw.status else None) or None,
-        owner_kind=owner.kind if owner else None,
-        owner_name=owner.name if owner else None,
+        node_name=_i((raw.spec.node_name if raw.spec else None) or None),
+        ip=_i((raw.status.pod_ip if raw.status else None) or None),
+        owner_kind=_i(owner.kind) if owner else None,
+        owner_name=_i(owner.name) if owner else None,
         terminating=bool(meta and meta.deletion_timestamp),
     )
 
@@ -404,6 +416,16 @@ class Parsed(Generic[K, T]):
     resource_version: str | None
 
 
+@dataclass(slots=True)
+class Page(Generic[K, T]):
+    """One LIST page: the objects that parsed, the list metadata, and one
+    message per object that did not."""
+
+    items: list[Parsed[K, T]]
+    metadata: ListMeta | None
+    errors: list[str]
+
+
 class ObjectParser(Generic[K, T]):
     """Decodes one raw object of one kind into (cache key, slim object)."""
 
@@ -416,14 +438,50 @@ class ObjectParser(Generic[K, T]):
     ) -> None:
         self.kind = kind
         self._decoder = msgspec.json.Decoder(raw_type)
+        page_type = msgspec.defstruct(
+            f"{kind}List",
+            [("metadata", ListMeta | None, None), ("items", list[raw_type] | None, None)],  # type: ignore[valid-type]
+        )
+        self._page_decoder = msgspec.json.Decoder(page_type)
         self._convert = convert
         self._key = key
+
+    def parse_page(self, data: Buffer) -> Page[K, T]:
+        """A whole LIST page in one typed pass. If one item does not fit its
+        type, the page is decoded again item by item so that only that item
+        is lost (the rare path; the common one never decodes twice)."""
+        try:
+            page = self._page_decoder.decode(data)
+        except msgspec.ValidationError:
+            return self._parse_page_per_item(data)
+        except msgspec.DecodeError as exc:
+            raise ParseError(f"bad list response: {exc}") from exc
+        out = Page[K, T]([], page.metadata, [])
+        for raw in page.items or ():
+            try:
+                out.items.append(self._from_raw(raw))
+            except ParseError as exc:
+                out.errors.append(str(exc))
+        return out
+
+    def _parse_page_per_item(self, data: Buffer) -> Page[K, T]:
+        page = decode_list(data)
+        out = Page[K, T]([], page.metadata, [])
+        for item in page.items or ():
+            try:
+                out.items.append(self.parse(item))
+            except ParseError as exc:
+                out.errors.append(str(exc))
+        return out
 
     def parse(self, data: Buffer) -> Parsed[K, T]:
         try:
             raw = self._decoder.decode(data)
         except msgspec.DecodeError as exc:
             raise ParseError(f"{self.kind}: {exc}") from exc
+        return self._from_raw(raw)
+
+    def _from_raw(self, raw: Any) -> Parsed[K, T]:
         if raw.metadata is None:
             raise ParseError(f"{self.kind}: object without metadata")
         try:

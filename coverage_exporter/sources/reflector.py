@@ -29,7 +29,6 @@ from coverage_exporter.sources.k8s_parse import (
     ObjectParser,
     ParseError,
     decode_event,
-    decode_list,
     decode_meta,
     decode_status,
 )
@@ -259,16 +258,14 @@ class Reflector(Generic[K, T]):
                 if continue_token is None:
                     raise
                 raise _ContinueExpired(exc.message) from exc
-            page = decode_list(body)
+            page = self.parser.parse_page(body)
+            del body  # the page's bytes are the big transient: free them now
             pages += 1
-            for raw in page.items or ():
-                try:
-                    parsed = self.parser.parse(raw)
-                except ParseError as exc:
-                    bad += 1
-                    if bad <= _MAX_LOGGED_BAD_OBJECTS:
-                        log.warning("%s: skipping bad object: %s", self.name, exc)
-                    continue
+            for error in page.errors:
+                bad += 1
+                if bad <= _MAX_LOGGED_BAD_OBJECTS:
+                    log.warning("%s: skipping bad object: %s", self.name, error)
+            for parsed in page.items:
                 items[parsed.key] = parsed.obj
             meta = page.metadata
             # Every page of one paginated LIST carries the same snapshot RV.

@@ -315,3 +315,46 @@ def test_watch_event_and_status() -> None:
     assert status is not None and (status.code, status.reason) == (410, "Expired")
     with pytest.raises(ParseError):
         k8s_parse.decode_event(b'{"object":{}}')
+
+
+def node_list(*items: Any) -> bytes:
+    return json.dumps(
+        {
+            "kind": "NodeList",
+            "metadata": {"resourceVersion": "42", "continue": "abc"},
+            "items": list(items),
+        }
+    ).encode()
+
+
+def test_page_decodes_every_item_in_one_typed_pass() -> None:
+    node = json.loads((FIXTURES / "node.json").read_text())
+    other = {**node, "metadata": {**node["metadata"], "name": "node-b"}}
+    page = k8s_parse.NODES.parse_page(node_list(node, other))
+    assert [p.key for p in page.items] == [node["metadata"]["name"], "node-b"]
+    assert page.metadata is not None and page.metadata.continue_ == "abc"
+    assert page.errors == []
+
+
+def test_page_with_one_ill_typed_item_loses_only_that_item() -> None:
+    node = json.loads((FIXTURES / "node.json").read_text())
+    bad = {**node, "metadata": {"name": 7}}
+    nameless = {**node, "metadata": {}}
+    page = k8s_parse.NODES.parse_page(node_list(node, bad, nameless))
+    assert [p.key for p in page.items] == [node["metadata"]["name"]]
+    assert len(page.errors) == 2
+    assert page.metadata is not None and page.metadata.resource_version == "42"
+
+
+def test_page_strings_that_repeat_across_objects_are_shared() -> None:
+    pod = json.loads((FIXTURES / "pod_terminating.json").read_text())
+    twin = {**pod, "metadata": {**pod["metadata"], "name": "twin"}}
+    body = json.dumps({"items": [pod, twin]}).encode()
+    a, b = (p.obj for p in k8s_parse.PODS.parse_page(body).items)
+    assert a.node_name == b.node_name and a.node_name is b.node_name
+    assert a.namespace is b.namespace
+
+
+def test_page_that_is_not_json_is_a_parse_error() -> None:
+    with pytest.raises(ParseError, match="bad list response"):
+        k8s_parse.NODES.parse_page(b'{"items": [')
