@@ -48,10 +48,8 @@ class ExporterState:
         """The capped missing_node_info series and how many the cap cut;
         computed once, and only when the coverage families are rendered."""
         if self._missing is None:
-            everything = all_missing(self.report) if self.report is not None else []
-            kept = everything[: max(0, self.missing_info_limit)]
-            samples: list[Sample] = [((*key, m.node, m.pod), 1.0) for key, m in kept]
-            self._missing = (samples, len(everything) - len(kept))
+            report = self.report
+            self._missing = capped_missing(report, self.missing_info_limit) if report else ([], 0)
         return self._missing
 
 
@@ -366,21 +364,36 @@ def exported_names() -> list[str]:
 _STAGE_ORDER = {STAGE_PROMETHEUS: 0, STAGE_ENDPOINTS: 1, STAGE_ENDPOINTSLICES: 2}
 
 
-def all_missing(report: CoverageReport) -> list[tuple[tuple[str, ...], MissingTarget]]:
-    """(namespace, service, stage, scrape_pool) and target, Prometheus stage
-    first, then in a stable order."""
-    out: list[tuple[tuple[str, ...], MissingTarget]] = []
+def _stages(
+    report: CoverageReport,
+) -> list[tuple[tuple[str, str, str, str], Sequence[MissingTarget]]]:
+    """Every stage's missing list with its (namespace, service, stage,
+    scrape_pool), the Prometheus stage first, then in a stable order."""
+    out: list[tuple[tuple[str, str, str, str], Sequence[MissingTarget]]] = []
     for s in report.services:
-        stages: list[tuple[str, str, Sequence[MissingTarget]]] = []
         if s.endpoints is not None:
-            stages.append((STAGE_ENDPOINTS, "", s.endpoints.missing))
-        stages.append((STAGE_ENDPOINTSLICES, "", s.slices.missing))
+            out.append(((s.namespace, s.service, STAGE_ENDPOINTS, ""), s.endpoints.missing))
+        out.append(((s.namespace, s.service, STAGE_ENDPOINTSLICES, ""), s.slices.missing))
         if s.prometheus_known:
-            stages.extend((STAGE_PROMETHEUS, p.scrape_pool, p.missing) for p in s.pools)
-        for stage, pool, missing in stages:
-            out.extend(((s.namespace, s.service, stage, pool), m) for m in missing)
+            out.extend(
+                ((s.namespace, s.service, STAGE_PROMETHEUS, p.scrape_pool), p.missing)
+                for p in s.pools
+            )
     out.sort(key=lambda item: _STAGE_ORDER[item[0][2]])  # stable: keeps the rest in order
     return out
+
+
+def capped_missing(report: CoverageReport, limit: int) -> tuple[list[Sample], int]:
+    """The first `limit` missing targets as samples, and how many the cap
+    cut. Walks the stages' lists without copying them: a cut at 100k nodes
+    is hundreds of thousands of missing entries, of which 1000 are shown."""
+    samples: list[Sample] = []
+    cut = 0
+    for key, missing in _stages(report):
+        room = max(0, limit - len(samples))
+        samples.extend(((*key, m.node, m.pod), 1.0) for m in missing[:room])
+        cut += max(0, len(missing) - room)
+    return samples, cut
 
 
 class _StateCollector(Collector):

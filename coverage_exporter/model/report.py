@@ -3,7 +3,7 @@ cluster-wide counts, computed from the sources' snapshots."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from coverage_exporter.model.coverage import (
@@ -12,7 +12,12 @@ from coverage_exporter.model.coverage import (
     service_coverage,
     targets_by_service,
 )
-from coverage_exporter.model.objects import ClusterSnapshot, PrometheusSnapshot
+from coverage_exporter.model.objects import (
+    ClusterSnapshot,
+    PrometheusSnapshot,
+    ServiceKey,
+    Target,
+)
 from coverage_exporter.model.scope import Scope, services_in_scope
 
 
@@ -45,11 +50,14 @@ def build_report(
     cluster: ClusterSnapshot,
     prometheus: Sequence[PrometheusSnapshot],
     prometheus_known: bool = True,
+    grouped: Mapping[ServiceKey, Sequence[tuple[str, Target]]] | None = None,
 ) -> CoverageReport:
     """`prometheus` holds the last good snapshot of every Prometheus that
     ever answered; `prometheus_known` is False when none ever did, so that
-    pool figures are withheld instead of reported as zero coverage."""
-    grouped = targets_by_service(prometheus)
+    pool figures are withheld instead of reported as zero coverage.
+    `grouped` is targets_by_service(prometheus), for a caller that has it."""
+    if grouped is None:
+        grouped = targets_by_service(prometheus)
     node_by_ip = node_index(cluster)
     services: list[ServiceCoverage] = []
     unresolved: list[str] = []

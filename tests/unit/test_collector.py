@@ -175,3 +175,18 @@ async def test_unchanged_sources_reuse_the_report_and_a_change_recomputes_it() -
     assert third.report is not first.report
     assert prometheus_missing(first.exposition) == [200.0]
     assert prometheus_missing(third.exposition) == [0.0]
+
+
+async def test_pods_of_truncated_services_are_listed_while_prometheus_is_read() -> None:
+    cluster = clusters.node_exporter(1200)
+    kube = StaticCluster(cluster)
+    seen_during_collect: list[list[tuple[str, str]]] = []
+
+    class Watching(ScriptedPrometheus):
+        async def collect(self, pools_to_refresh=None):
+            seen_during_collect.append([s.key for s in kube.scope])
+            return await super().collect(pools_to_refresh)
+
+    prom = Watching("p", [PrometheusSnapshot("p", [])])
+    await Collector(kube, [prom], Scope()).run_cycle()
+    assert seen_during_collect == [[NE]]
