@@ -100,22 +100,32 @@ class ApiClient:
             raise RuntimeError("ApiClient used before open()")
         return self._session
 
-    async def get(self, path: str, params: Mapping[str, str]) -> bytes:
-        """GET and return the body; ApiError/GoneError on error statuses."""
-        timeout = aiohttp.ClientTimeout(total=self._request_timeout)
+    @asynccontextmanager
+    async def _open(
+        self, path: str, params: Mapping[str, str], limits: aiohttp.ClientTimeout
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """A GET whose status is 200; ApiError/GoneError otherwise."""
         self._health.requests_total += 1
         async with self.session.get(
             self._auth.host + path,
             params=params,
             headers=await self._headers(),
-            timeout=timeout,
+            timeout=limits,
             **self._request_kwargs(),  # type: ignore[arg-type]
         ) as response:
             self._note_warnings(response)
+            if response.status != 200:
+                body = await response.read()
+                self._health.response_bytes_total += len(body)
+                raise api_error(response.status, body)
+            yield response
+
+    async def get(self, path: str, params: Mapping[str, str]) -> bytes:
+        """GET and return the body; ApiError/GoneError on error statuses."""
+        timeout = aiohttp.ClientTimeout(total=self._request_timeout)
+        async with self._open(path, params, timeout) as response:
             body = await response.read()
             self._health.response_bytes_total += len(body)
-            if response.status != 200:
-                raise api_error(response.status, body)
             return body
 
     @asynccontextmanager
@@ -131,19 +141,7 @@ class ApiClient:
         timeout = aiohttp.ClientTimeout(
             total=None, connect=self._request_timeout, sock_read=read_timeout_seconds
         )
-        self._health.requests_total += 1
-        async with self.session.get(
-            self._auth.host + path,
-            params=params,
-            headers=await self._headers(),
-            timeout=timeout,
-            **self._request_kwargs(),  # type: ignore[arg-type]
-        ) as response:
-            self._note_warnings(response)
-            if response.status != 200:
-                body = await response.read()
-                self._health.response_bytes_total += len(body)
-                raise api_error(response.status, body)
+        async with self._open(path, params, timeout) as response:
             yield self._lines(response)
 
     async def _lines(self, response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
