@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from kubernetes import config as k8s_config
 from kubernetes.client import Configuration
 
+from coverage_exporter.sources import httpclient
 from coverage_exporter.sources.health import SourceError
 
 log = logging.getLogger("coverage_exporter.kubernetes")
@@ -78,19 +79,16 @@ def load_configuration(
 
 
 def ssl_context(configuration: Configuration) -> ssl.SSLContext | bool:
-    """SSL settings for aiohttp: False disables verification (kubeconfig
-    insecure-skip-tls-verify), a context carries CA and client certificate."""
+    """SSL settings for aiohttp from a kubeconfig: CA, client certificate,
+    and insecure-skip-tls-verify. Raises SourceError for unusable files."""
     if not configuration.host.startswith("https"):
         return True  # plain http: aiohttp ignores it
-    if not configuration.verify_ssl:
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    else:
-        context = ssl.create_default_context(cafile=configuration.ssl_ca_cert or None)
-    if configuration.cert_file:
-        context.load_cert_chain(configuration.cert_file, configuration.key_file or None)
-    return context
+    return httpclient.ssl_context(
+        ca_file=configuration.ssl_ca_cert or None,
+        cert_file=configuration.cert_file or None,
+        key_file=configuration.key_file or None,
+        insecure_skip_verify=not configuration.verify_ssl,
+    )
 
 
 @dataclass

@@ -51,11 +51,6 @@ def label_selector(selector: Mapping[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
 
 
-def over_capacity_services(snapshot: ClusterSnapshot) -> list[ServiceKey]:
-    """Services whose Endpoints the controller truncated (annotation set)."""
-    return sorted(key for key, ep in snapshot.endpoints.items() if ep.over_capacity)
-
-
 class KubernetesSource:
     def __init__(
         self,
@@ -103,7 +98,7 @@ class KubernetesSource:
             self._configuration = await asyncio.to_thread(load_configuration, *self._config_args)
         try:
             auth = KubeAuth.from_configuration(self._configuration)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, SourceError) as exc:
             raise SourceError(f"kubernetes TLS settings not usable: {exc}") from exc
         self._api = ApiClient(auth, self.health, request_timeout_seconds=self._request_timeout)
         await self._api.open()
