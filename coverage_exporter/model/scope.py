@@ -74,12 +74,18 @@ class Scope:
         return all(r.matches(service.labels) for r in self.label_selector)
 
 
+def over_capacity_services(snapshot: ClusterSnapshot) -> list[ServiceKey]:
+    """Services whose Endpoints carry the over-capacity annotation, whatever
+    its value ("truncated"; "warning" on v1.21)."""
+    return sorted(k for k, e in snapshot.endpoints.items() if e.over_capacity is not None)
+
+
 def services_in_scope(
     scope: Scope, snapshot: ClusterSnapshot, discovered: Iterable[ServiceKey]
 ) -> list[Service]:
     """Services to compare, sorted; keys without a Service object are left
     out (nothing says what they should hold)."""
     keys = set(scope.services) | set(discovered)
-    keys |= {k for k, e in snapshot.endpoints.items() if e.over_capacity is not None}
+    keys.update(over_capacity_services(snapshot))
     services = (snapshot.services.get(k) for k in keys)
     return sorted((s for s in services if s and scope.admits(s)), key=lambda s: s.key)

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from coverage_exporter.sources.kubernetes import KubernetesSource, over_capacity_services
+from coverage_exporter.model.scope import over_capacity_services
+from coverage_exporter.sources.kubernetes import KubernetesSource
 from testbed.cluster import Cluster, find_binaries
 from testbed.kube import Kube
 
