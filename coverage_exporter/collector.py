@@ -162,7 +162,6 @@ class Collector:
         self._pod_sync_timeout = pod_sync_timeout
         self._last_good: dict[str, PrometheusSnapshot] = {}
         self.cycles_total = 0
-        self.last: CycleResult | None = None
         self._memo: tuple[_Inputs, CoverageReport | None, bytes] | None = None
         self._grouped: (
             tuple[tuple[PrometheusSnapshot, ...], dict[ServiceKey, list[tuple[str, Target]]]] | None
@@ -271,5 +270,4 @@ class Collector:
         )
         exposition = coverage + render_exporter(state)
         complete = all(answered) and self._cluster.health.up and report is not None
-        self.last = CycleResult(report, exposition, complete)
-        return self.last
+        return CycleResult(report, exposition, complete)
