@@ -42,33 +42,14 @@ def main(argv=None) -> int:
         bench_run.write_kubeconfig(kubeconfig, fake.base)
         # warm the fake server's caches first (not profiled)
         subprocess.run(
-            [
-                *bench_run.exporter_cmd(),
-                "audit",
-                "--kubeconfig",
-                str(kubeconfig),
-                "--prometheus-url",
-                fake.base,
-                "--output",
-                "json",
-            ],
+            [*bench_run.exporter_cmd(), *bench_run.audit_args(kubeconfig, fake.base)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             timeout=900,
             cwd=bench_run.REPO,
         )
         start_idx = fake.requests_log(10**12)[0]
-        cli = [
-            "-m",
-            "coverage_exporter.cli",
-            "audit",
-            "--kubeconfig",
-            str(kubeconfig),
-            "--prometheus-url",
-            fake.base,
-            "--output",
-            "json",
-        ]
+        cli = ["-m", "coverage_exporter.cli", *bench_run.audit_args(kubeconfig, fake.base)]
         if args.no_pyinstrument:
             cmd = [bench_run.PY, *cli]
         else:

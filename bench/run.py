@@ -55,6 +55,11 @@ def exporter_cmd() -> list[str]:
     return [PY, "-m", "coverage_exporter.cli"]
 
 
+def audit_args(kubeconfig: Path, base: str) -> list[str]:
+    """`audit` against the fake API, JSON out: what every harness runs."""
+    return ["audit", "--kubeconfig", str(kubeconfig), "--prometheus-url", base, "--output", "json"]
+
+
 def http_get(url: str, timeout: float = 30.0) -> tuple[int, bytes]:
     assert url.startswith("http://127."), url
     req = urllib.request.Request(url, headers={"Accept-Encoding": "identity"})
@@ -468,16 +473,7 @@ def main(argv=None) -> int:
             log("exporter audit (one collection)")
             with open(workdir / "audit.json", "w") as so, open(workdir / "audit.log", "w") as se:
                 a = measured(
-                    [
-                        *exporter_cmd(),
-                        "audit",
-                        "--kubeconfig",
-                        str(kubeconfig),
-                        "--prometheus-url",
-                        fake.base,
-                        "--output",
-                        "json",
-                    ],
+                    [*exporter_cmd(), *audit_args(kubeconfig, fake.base)],
                     args.first_cycle_timeout,
                     stdout=so,
                     stderr=se,
