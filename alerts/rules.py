@@ -80,17 +80,19 @@ class Thresholds:
 # first, so two exporter replicas never double a count.
 EXPECTED = "namespace_service:scrape_coverage_expected_targets:max"
 STAGE_MISSING = "namespace_service_stage:scrape_coverage_missing_targets:max"
-POOL_MISSING = "namespace_service_scrape_pool:scrape_coverage_prometheus_missing_targets:max"
-POOL_MISSING_RATIO = (
-    "namespace_service_scrape_pool:scrape_coverage_prometheus_missing_targets:ratio"
+GAP = "namespace_service_stage_scrape_pool_replica:scrape_coverage_gap_targets:max"
+GAP_RATIO = "namespace_service_stage_scrape_pool_replica:scrape_coverage_gap_targets:ratio"
+POOL_UNKNOWN = (
+    "namespace_service_scrape_pool_replica:scrape_coverage_prometheus_unknown_targets:max"
 )
-POOL_TARGETS = "namespace_service_prometheus_scrape_pool:scrape_coverage_prometheus_targets:sum"
+POOL_TARGETS = "namespace_service_server_scrape_pool:scrape_coverage_prometheus_targets:sum"
 ENDPOINTS_ADDRESSES = "namespace_service:scrape_coverage_endpoints_addresses:sum"
 ENDPOINTS_TRUNCATED = "namespace_service:scrape_coverage_endpoints_truncated:max"
 SLICE_ENDPOINTS = "namespace_service:scrape_coverage_endpointslice_endpoints:sum"
 
-POOL_LABELS = "namespace, service, scrape_pool, role"
-PROM_POOL_LABELS = "namespace, service, prometheus, scrape_pool, role"
+GAP_LABELS = "namespace, service, stage, scrape_pool, role, scraper, scraper_replica"
+UNKNOWN_LABELS = "namespace, service, scrape_pool, role, scraper, scraper_replica"
+PROM_POOL_LABELS = "namespace, service, server, scrape_pool, role"
 
 
 def recording_rules() -> list[dict]:
@@ -100,14 +102,15 @@ def recording_rules() -> list[dict]:
             STAGE_MISSING,
             "max by (namespace, service, stage) (scrape_coverage_missing_targets)",
         ),
-        _record(
-            POOL_MISSING,
-            f"max by ({POOL_LABELS}) (scrape_coverage_prometheus_missing_targets)",
-        ),
+        # The one definition of a gap (coverage_exporter/model/gaps.py).
+        _record(GAP, f"max by ({GAP_LABELS}) (scrape_coverage_gap_targets)"),
         # clamp_min keeps a Service with no expected targets at 0, not NaN.
         _record(
-            POOL_MISSING_RATIO,
-            f"{POOL_MISSING}\n/ on (namespace, service) group_left ()\nclamp_min({EXPECTED}, 1)",
+            GAP_RATIO,
+            f"{GAP}\n/ on (namespace, service) group_left ()\nclamp_min({EXPECTED}, 1)",
+        ),
+        _record(
+            POOL_UNKNOWN, f"max by ({UNKNOWN_LABELS}) (scrape_coverage_prometheus_unknown_targets)"
         ),
         _record(
             POOL_TARGETS,
@@ -135,62 +138,81 @@ def recording_rules() -> list[dict]:
 def coverage_alerts(t: Timing, th: Thresholds) -> list[dict]:
     endpoints_role = f'({POOL_TARGETS}{{role="endpoints"}} > 0)'
     svc = "{{ $labels.namespace }}/{{ $labels.service }}"
-    pool = "scrape pool {{ $labels.scrape_pool }} (role {{ $labels.role }})"
-    pool_args = "$labels.namespace $labels.service $labels.scrape_pool $labels.role"
+    pool = (
+        "scrape pool {{ $labels.scrape_pool }} (role {{ $labels.role }}) of "
+        "{{ $labels.scraper }} replica {{ $labels.scraper_replica }}"
+    )
+    gap_args = (
+        "$labels.namespace $labels.service $labels.stage $labels.scrape_pool $labels.role "
+        "$labels.scraper $labels.scraper_replica"
+    )
     svc_args = "$labels.namespace $labels.service"
-    pool_fmt = POOL_MISSING + "{namespace=%q,service=%q,scrape_pool=%q,role=%q}"
+    gap_fmt = (
+        GAP + "{namespace=%q,service=%q,stage=%q,scrape_pool=%q,role=%q,scraper=%q,"
+        "scraper_replica=%q}"
+    )
     svc_fmt = EXPECTED + "{namespace=%q,service=%q}"
     horizon = th.forecast_horizon_days
     return [
         _alert(
             "ScrapeCoverageEndpointsTruncated",
-            f"({ENDPOINTS_TRUNCATED} == 1)\n"
-            "* on (namespace, service) group_right ()\n"
-            f"{endpoints_role}",
+            f'({GAP}{{stage="endpoints"}} > 0)\n'
+            f"and on (namespace, service) ({ENDPOINTS_TRUNCATED} == 1)",
             t.truncated_for,
             "warning",
             "Truncated Endpoints hide targets from a Prometheus using role endpoints.",
             f"The Endpoints object of Service {svc} is over capacity "
             "(annotation endpoints.kubernetes.io/over-capacity): the endpoints controller "
-            f"keeps {ENDPOINTS_CAPACITY} addresses and drops the rest. "
-            "Prometheus {{ $labels.prometheus }} discovers it with role endpoints in "
-            "scrape pool {{ $labels.scrape_pool }} and finds {{ $value }} targets"
-            + _with_query(svc_fmt, svc_args, " of the VALUE expected")
-            + ".",
+            f"keeps {ENDPOINTS_CAPACITY} addresses and drops the rest, and a scrape pool reads "
+            "it with role endpoints: {{ $value }} expected targets"
+            + _with_query(svc_fmt, svc_args, " (of VALUE)")
+            + " are missing from it.",
         ),
         _alert(
             "ScrapeCoverageTargetsMissing",
-            f"{POOL_MISSING} > 0",
+            f'{GAP}{{stage="prometheus"}} > 0',
             t.missing_warning_for,
             "warning",
-            "Prometheus does not discover every expected target of a Service.",
+            "A Prometheus replica does not discover every expected target of a Service.",
             "{{ $value }} expected targets"
             + _with_query(svc_fmt, svc_args, " (of VALUE)")
-            + f" of Service {svc} are not discovered by any Prometheus in {pool}, "
-            "so they are not scraped.",
+            + f" of Service {svc} are not discovered by {pool}, so that replica does not "
+            "scrape them and its alerts cannot see them.",
         ),
         _alert(
             "ScrapeCoverageTargetsMissing",
-            f"{POOL_MISSING_RATIO} > {th.critical_missing_share}",
+            f'{GAP_RATIO}{{stage="prometheus"}} > {th.critical_missing_share}',
             t.missing_critical_for,
             "critical",
-            "Prometheus misses a large share of a Service's expected targets.",
+            "A Prometheus replica misses a large share of a Service's expected targets.",
             "{{ $value | humanizePercentage }} of the expected targets of Service "
             + svc
-            + _with_query(pool_fmt, pool_args, " (VALUE")
+            + _with_query(gap_fmt, gap_args, " (VALUE")
             + _with_query(svc_fmt, svc_args, " of VALUE)")
-            + f" are not discovered by any Prometheus in {pool}, so they are not scraped.",
+            + f" are not discovered by {pool}, so that replica does not scrape them.",
         ),
         _alert(
             "ScrapeCoverageEndpointSliceMirroringCapped",
-            "max by (namespace, service) (scrape_coverage_endpointslice_mirroring_skipped) > 0",
+            f'({GAP}{{stage="endpointslices"}} > 0)\n'
+            "and on (namespace, service)\n"
+            "(max by (namespace, service) (scrape_coverage_endpointslice_mirroring_skipped) > 0)",
             t.mirroring_for,
             "warning",
-            "EndpointSlice mirroring left addresses of a selector-less Endpoints out.",
-            f"{{{{ $value }}}} addresses of the selector-less Endpoints {svc} are in no "
+            "EndpointSlice mirroring left out addresses that a Prometheus reads.",
+            f"{{{{ $value }}}} expected targets of the selector-less Service {svc} are in no "
             "EndpointSlice: the mirroring controller copies at most "
-            f"{ENDPOINTS_CAPACITY} addresses per subset. A Prometheus that discovers "
-            "this Service with role endpointslice misses those targets.",
+            f"{ENDPOINTS_CAPACITY} addresses per subset, and a scrape pool reads the slices "
+            "with role endpointslice, so it misses them.",
+        ),
+        _alert(
+            "ScrapeCoverageUnknown",
+            "max by (scraper, scraper_replica) (scrape_coverage_replica_coverage_known) == 0",
+            t.source_down_for,
+            "warning",
+            "The scrape coverage of a Prometheus replica cannot be told.",
+            "A shard of {{ $labels.scraper }} replica {{ $labels.scraper_replica }} has not "
+            "answered coverage-exporter recently: what that replica scrapes is unknown, and "
+            "no ScrapeCoverageTargetsMissing alert can fire for it.",
         ),
         _alert(
             "ScrapeCoverageEndpointsNearCapacity",
@@ -227,8 +249,8 @@ def coverage_alerts(t: Timing, th: Thresholds) -> list[dict]:
 
 def exporter_alerts(t: Timing, selector: str) -> list[dict]:
     source = (
-        "{{ $labels.source }}{{ if $labels.prometheus }} "
-        "({{ $labels.prometheus }}){{ end }}"
+        "{{ $labels.source }}{{ if $labels.server }} "
+        "({{ $labels.server }}){{ end }}"
     )
     return [
         _alert(
@@ -262,7 +284,8 @@ def exporter_alerts(t: Timing, selector: str) -> list[dict]:
             "coverage-exporter cannot collect from one of its sources.",
             f"coverage-exporter {{{{ $labels.instance }}}} fails to collect from {source}; "
             "its last success was {{ $value | humanizeDuration }} ago. Coverage is "
-            "computed from that source's last good data until it answers again.",
+            "computed from that source's last good data for up to --prometheus-stale-after, "
+            "then reported as unknown.",
         ),
         _alert(
             "ScrapeCoverageExporterStale",

@@ -16,7 +16,9 @@ from aiohttp import web
 from coverage_exporter.collector import Collector
 from coverage_exporter.exposition.audit import render_json, render_table
 from coverage_exporter.exposition.metrics import ExporterState, render
+from coverage_exporter.fleet_file import load_fleet_file
 from coverage_exporter.http import ExporterView, make_app, parse_listen_address
+from coverage_exporter.model.report import CoverageReport
 from coverage_exporter.model.scope import Scope, parse_label_selector, parse_service_key
 from coverage_exporter.sources.health import SourceError, SourceHealth
 from coverage_exporter.sources.kubernetes import KubernetesSource
@@ -41,6 +43,7 @@ class Settings:
     scope: Scope
     missing_info_limit: int
     kubernetes_sync_timeout: float
+    stale_after_seconds: float = 300.0
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
@@ -62,11 +65,14 @@ class Settings:
                     timeout_seconds=args.prometheus_timeout,
                 )
             )
+        if args.prometheus_fleet_file:
+            endpoints.extend(load_fleet_file(args.prometheus_fleet_file, args.prometheus_timeout))
         names = [e.name for e in endpoints]
-        if len(set(names)) != len(names):
-            raise ValueError(f"--prometheus-url names must be unique, got {names}")
-        if args.missing_node_info_limit < 0:
-            raise ValueError("--missing-node-info-limit must be 0 or more")
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"Prometheus server names must be unique: {', '.join(duplicates)}")
+        if args.missing_target_series_limit < 0:
+            raise ValueError("--missing-target-series-limit must be 0 or more")
         scope = Scope(
             services=frozenset(parse_service_key(s) for s in args.service or ()),
             namespaces=frozenset(args.namespace or ()),
@@ -77,8 +83,9 @@ class Settings:
             context=args.context,
             prometheus=tuple(endpoints),
             scope=scope,
-            missing_info_limit=args.missing_node_info_limit,
+            missing_info_limit=args.missing_target_series_limit,
             kubernetes_sync_timeout=args.kubernetes_sync_timeout,
+            stale_after_seconds=args.prometheus_stale_after,
         )
 
 
@@ -95,6 +102,7 @@ class Sources:
             settings.missing_info_limit,
             settings.kubernetes_sync_timeout,
             full_refresh_seconds=full_refresh_seconds,
+            stale_after_seconds=settings.stale_after_seconds,
         )
 
     @property
@@ -107,12 +115,37 @@ class Sources:
             await p.close()
 
 
+# How long `audit` waits on an apiserver that answers every list with an
+# error before giving up: a few retries' worth, not the sync timeout meant
+# for large clusters that list slowly.
+AUDIT_FAIL_FAST_SECONDS = 5.0
+
+
+async def _wait_for_cluster(sources: Sources, timeout: float) -> None:  # noqa: ASYNC109
+    """Until every resource is listed; SourceError early when the apiserver
+    refuses (connection refused, 401, 403) for AUDIT_FAIL_FAST_SECONDS
+    without a single list having succeeded."""
+    kubernetes = sources.kubernetes
+    health = kubernetes.health
+    deadline = time.monotonic() + timeout
+    first_error: float | None = None
+    while time.monotonic() < deadline:
+        if kubernetes.is_synced():
+            return
+        nothing_listed = not any(r.synced for r in kubernetes.reflectors())
+        if health.errors_total and nothing_listed:
+            first_error = first_error or time.monotonic()
+            if time.monotonic() - first_error >= AUDIT_FAIL_FAST_SECONDS:
+                raise SourceError(f"kubernetes: cannot list the cluster: {health.last_error}")
+        await asyncio.sleep(0.2)
+    log.error("kubernetes: not every resource could be listed within %gs", timeout)
+
+
 async def _audit(settings: Settings, output: str) -> int:
     sources = Sources(settings)
     try:
         await sources.kubernetes.start()
-        if not await sources.kubernetes.wait_synced(settings.kubernetes_sync_timeout):
-            log.error("kubernetes: not every resource could be listed")
+        await _wait_for_cluster(sources, settings.kubernetes_sync_timeout)
         result = await sources.collector.run_cycle()
         # Copies: closing the sources marks them down.
         health = [replace(h) for h in sources.health]
@@ -122,15 +155,27 @@ async def _audit(settings: Settings, output: str) -> int:
     finally:
         await sources.close()
     if output == "json":
-        sys.stdout.write(render_json(result.report, health))
+        sys.stdout.write(render_json(result.report, health, result.complete))
     elif output == "prometheus":
         sys.stdout.buffer.write(result.exposition)
     else:
-        sys.stdout.write(render_table(result.report, health))
+        sys.stdout.write(render_table(result.report, health, result.complete))
     sys.stdout.flush()
-    if not result.complete or result.report is None:
+    return exit_code(result.report, result.complete)
+
+
+def exit_code(report: CoverageReport | None, complete: bool) -> int:
+    """1 for any gap (a gap seen in the data that did answer is real);
+    otherwise 2 when something could not be judged: a source down, a
+    replica's coverage unknown, or no Service compared at all; 0 only for
+    full coverage of at least one Service."""
+    if report is None:
         return EXIT_NOT_COLLECTED
-    return EXIT_GAPS if result.report.has_gaps else EXIT_FULL_COVERAGE
+    if report.has_gaps:
+        return EXIT_GAPS
+    if not complete or not report.services or report.unknown_pools:
+        return EXIT_NOT_COLLECTED
+    return EXIT_FULL_COVERAGE
 
 
 def audit(settings: Settings, output: str) -> int:

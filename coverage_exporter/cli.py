@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import math
 import os
 import re
 import sys
@@ -50,6 +51,18 @@ class _EnvParser:
         )
 
 
+def positive_seconds(text: str) -> float:
+    """A duration flag: a finite number of seconds above zero. 0 would
+    busy-loop the collection against Prometheus; inf or nan never times out."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds above 0, got {text}")
+    return value
+
+
 def _common(p: _EnvParser) -> None:
     p.add(
         "--kubeconfig",
@@ -82,7 +95,19 @@ def _common(p: _EnvParser) -> None:
         "--prometheus-timeout",
         "seconds one request to Prometheus may take",
         default="120",
-        type=float,
+        type=positive_seconds,
+    )
+    p.add(
+        "--prometheus-fleet-file",
+        "YAML file listing Prometheus servers, each with its own credentials, TLS and "
+        "optionally its shard/replica (see docs/prometheus-fleet.md); adds to --prometheus-url",
+    )
+    p.add(
+        "--prometheus-stale-after",
+        "seconds a Prometheus that stopped answering still covers its targets with its last "
+        "good answer; after that its share is reported as unknown",
+        default="300",
+        type=positive_seconds,
     )
     p.add(
         "--service",
@@ -96,8 +121,9 @@ def _common(p: _EnvParser) -> None:
         "only compare Services whose labels match, as kubectl takes it: a=b,c!=d,e,!f",
     )
     p.add(
-        "--missing-node-info-limit",
-        "cap on scrape_coverage_missing_node_info series",
+        "--missing-target-series-limit",
+        "cap on scrape_coverage_missing_target series, shared fairly between Services, stages "
+        "and scrape pools",
         default="1000",
         type=int,
     )
@@ -105,7 +131,7 @@ def _common(p: _EnvParser) -> None:
         "--kubernetes-sync-timeout",
         "seconds to wait for the first full list of the cluster",
         default="300",
-        type=float,
+        type=positive_seconds,
     )
     p.add("--log-level", "debug, info, warning or error", default="info")
 
@@ -130,13 +156,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=":9842",
         dest="listen_address",
     )
-    serve.add("--interval", "seconds between collection cycles", default="60", type=float)
+    serve.add(
+        "--interval", "seconds between collection cycles", default="60", type=positive_seconds
+    )
     serve.add(
         "--prometheus-full-refresh-interval",
         "seconds between full re-reads of every "
         "scrape pool; in between only pools whose target count changed are read",
         default="600",
-        type=float,
+        type=positive_seconds,
     )
 
     audit = _EnvParser(

@@ -18,16 +18,25 @@ from typing import Protocol
 
 from coverage_exporter.exposition.metrics import ExporterState, render_coverage, render_exporter
 from coverage_exporter.model.coverage import targets_by_service
+from coverage_exporter.model.fleet import ServerState
 from coverage_exporter.model.objects import (
     ClusterSnapshot,
     PrometheusSnapshot,
+    ServerIdentity,
     Service,
     ServiceKey,
     Target,
 )
 from coverage_exporter.model.report import CoverageReport, build_report
 from coverage_exporter.model.scope import Scope, services_in_scope
+from coverage_exporter.model.topology import identify
 from coverage_exporter.sources.health import SourceError, SourceHealth
+from coverage_exporter.sources.prometheus_config import LoadedConfig
+
+DEFAULT_STALE_AFTER_SECONDS = 300.0
+"""How long a Prometheus that stopped answering still covers its targets
+with its last good answer: long enough for a restart or a reload, short
+enough that a shard down for hours stops "covering" anything."""
 
 log = logging.getLogger("coverage_exporter.collector")
 
@@ -59,6 +68,8 @@ class TargetSource(Protocol):
     @property
     def pool_active_counts(self) -> Mapping[str, int]: ...
 
+    async def read_config(self) -> LoadedConfig | None: ...
+
     async def collect(
         self, pools_to_refresh: Collection[str] | None = None
     ) -> PrometheusSnapshot: ...
@@ -80,11 +91,18 @@ class TargetPoller:
         self._full_refresh_seconds = full_refresh_seconds
         self._last_full = float("-inf")
         self._last: PrometheusSnapshot | None = None
+        self._config: LoadedConfig | None = None
 
     async def poll(self) -> PrometheusSnapshot:
         """Raises SourceError; the caller keeps the last good snapshot."""
         now = time.monotonic()
-        if self._last is None or now - self._last_full >= self._full_refresh_seconds:
+        # Read every cycle: a reload (the role switch of the migration) must
+        # show in the very next comparison, and the configuration is small
+        # next to one target list.
+        config = await self.source.read_config()
+        reloaded = config != self._config
+        self._config = config
+        if self._last is None or reloaded or now - self._last_full >= self._full_refresh_seconds:
             snapshot = await self.source.collect()
             self._last_full = now
         else:
@@ -117,10 +135,11 @@ class _Inputs:
 
     cluster: ClusterSnapshot | None
     prometheus: tuple[PrometheusSnapshot, ...]
-    prometheus_known: bool
+    servers: tuple[ServerState, ...]
+    remembered: tuple[tuple[str, int], ...]
 
     def same_as(self, other: _Inputs) -> bool:
-        if self.prometheus_known != other.prometheus_known:
+        if self.servers != other.servers or self.remembered != other.remembered:
             return False
         if len(self.prometheus) != len(other.prometheus) or any(
             a is not b for a, b in zip(self.prometheus, other.prometheus, strict=True)
@@ -154,9 +173,15 @@ class Collector:
         missing_info_limit: int = 1000,
         pod_sync_timeout: float = 60.0,
         full_refresh_seconds: float = 0.0,
+        stale_after_seconds: float = DEFAULT_STALE_AFTER_SECONDS,
     ) -> None:
         self._cluster = cluster
         self._prometheus = [TargetPoller(p, full_refresh_seconds) for p in prometheus]
+        self._stale_after = stale_after_seconds
+        self._last_success: dict[str, float] = {}
+        """Monotonic time of each server's last good answer."""
+        self._remembered: dict[str, dict[ServiceKey, dict[str, str]]] = {}
+        self._remembered_version: dict[str, int] = {}
         self._scope = scope
         self._missing_info_limit = missing_info_limit
         self._pod_sync_timeout = pod_sync_timeout
@@ -173,10 +198,60 @@ class Collector:
             snapshot = await poller.poll()
         except SourceError as err:
             # The source marked its own health; only the last good data is ours.
-            log.warning("prometheus %s: %s", health.prometheus, err)
+            log.warning("%s", err)
             return False
         self._last_good[health.prometheus] = snapshot
+        self._last_success[health.prometheus] = time.monotonic()
         return True
+
+    def _server_states(self) -> tuple[ServerState, ...]:
+        """Every configured server, known or not, with its place in the
+        fleet as its last good answer told it."""
+        now = time.monotonic()
+        out = []
+        for poller in self._prometheus:
+            name = poller.source.health.prometheus
+            last = self._last_good.get(name)
+            identity = last.server_identity if last else _declared_identity(poller.source, name)
+            since = self._last_success.get(name)
+            known = since is not None and now - since <= self._stale_after
+            out.append(ServerState(name, identity, known))
+        return tuple(out)
+
+    def _remember(
+        self,
+        grouped: Mapping[ServiceKey, Sequence[tuple[str, Target]]],
+        servers: Sequence[ServerState],
+    ) -> None:
+        """Which pools discovered which Service, kept while the pool stays
+        configured, so that a pool whose targets vanish (a selector typo)
+        keeps being compared instead of falling silent."""
+        known = {s.name for s in servers if s.known}
+        configured = {
+            name: _configured_pools(snap) for name, snap in self._last_good.items() if name in known
+        }
+        for key, items in grouped.items():
+            for server, t in items:
+                if server not in known:
+                    continue
+                listed = configured.get(server)
+                if listed is not None and t.scrape_pool not in listed:
+                    continue
+                pools = self._remembered.setdefault(server, {}).setdefault(key, {})
+                if pools.get(t.scrape_pool) != t.role:
+                    pools[t.scrape_pool] = t.role
+                    self._bump(server)
+        for server, services in self._remembered.items():
+            listed = configured.get(server)
+            if listed is None:
+                continue
+            for pools in services.values():
+                for pool in [p for p in pools if p not in listed]:
+                    del pools[pool]
+                    self._bump(server)
+
+    def _bump(self, server: str) -> None:
+        self._remembered_version[server] = self._remembered_version.get(server, 0) + 1
 
     def _scope_pods(self, cluster: ClusterSnapshot, discovered: Iterable[ServiceKey]) -> None:
         self._cluster.set_pod_scope(services_in_scope(self._scope, cluster, discovered))
@@ -221,21 +296,23 @@ class Collector:
         cluster: ClusterSnapshot | None,
         prometheus: list[PrometheusSnapshot],
         grouped: dict[ServiceKey, list[tuple[str, Target]]],
+        servers: tuple[ServerState, ...],
     ) -> tuple[CoverageReport | None, bytes]:
         """The report and its rendered families, reused while no source
         changed: in the steady state of a large cluster most cycles see the
         very same caches and target lists, and comparing 100k nodes again
         would cost seconds of CPU for nothing."""
-        known = bool(self._last_good) or not self._prometheus
-        inputs = _Inputs(cluster, tuple(prometheus), known)
+        remembered = tuple(sorted(self._remembered_version.items()))
+        inputs = _Inputs(cluster, tuple(prometheus), servers, remembered)
         if self._memo is not None and self._memo[0].same_as(inputs):
             return self._memo[1], self._memo[2]
         report = None
         if cluster is not None:
             # CPU-bound (up to seconds at 100k nodes): off the event loop so
             # that /metrics and the watches keep flowing.
+            memory = {k: {s: dict(p) for s, p in v.items()} for k, v in self._remembered.items()}
             report = await asyncio.to_thread(
-                build_report, self._scope, cluster, prometheus, known, grouped
+                build_report, self._scope, cluster, prometheus, servers, grouped, memory
             )
         limit = self._missing_info_limit
         coverage = await asyncio.to_thread(
@@ -257,8 +334,10 @@ class Collector:
         answered = await asyncio.gather(*(self._collect_prometheus(p) for p in self._prometheus))
         prometheus = list(self._last_good.values())
         grouped = await self._targets_by_service(prometheus)
+        servers = self._server_states()
+        self._remember(grouped, servers)
         cluster = await self._cluster_snapshot(grouped)
-        report, coverage = await self._compare(cluster, prometheus, grouped)
+        report, coverage = await self._compare(cluster, prometheus, grouped, servers)
         self.cycles_total += 1
         state = ExporterState(
             report=report,
@@ -269,5 +348,26 @@ class Collector:
             last_cycle_timestamp=time.time(),
         )
         exposition = coverage + render_exporter(state)
-        complete = all(answered) and self._cluster.health.up and report is not None
+        complete = (
+            all(answered)
+            and self._cluster.health.up
+            and report is not None
+            and all(s.known for s in servers)
+        )
         return CycleResult(report, exposition, complete)
+
+
+def _declared_identity(source: TargetSource, name: str) -> ServerIdentity:
+    """A server that never answered: where the user declared it, else alone."""
+    endpoint = getattr(source, "endpoint", None)
+    declared = getattr(endpoint, "declared", None)
+    return identify(name, {}, (), declared)
+
+
+def _configured_pools(snap: PrometheusSnapshot) -> set[str] | None:
+    """The pools the server runs, when it says so (configuration or the
+    scrape_pools API); None for servers that only show pools with targets
+    (Thanos Query), where forgetting vanished pools cannot be done safely."""
+    if snap.jobs is not None:
+        return {j.name for j in snap.jobs}
+    return set(snap.pools) if snap.pools_listed else None

@@ -106,8 +106,11 @@ def _rows() -> list[tuple[str, list]]:
             _stat("Nodes", "Nodes in the cluster.",
                   "sum(max by (ready) (scrape_coverage_nodes))"),
             _stat("Targets missing from Prometheus",
-                  "Expected targets no Prometheus discovers, over the selected Services.",
+                  "Expected targets the worst replica of each scrape pool does not discover.",
                   q.MISSING_TOTAL),
+            _stat("Targets of unknown coverage",
+                  "Expected targets whose coverage cannot be told: a shard has not answered.",
+                  q.UNKNOWN_TOTAL),
             _stat("Truncated Endpoints read with role endpoints",
                   "Services whose truncated Endpoints a Prometheus reads with role endpoints.",
                   q.TRUNCATED_READ),
@@ -123,16 +126,19 @@ def _rows() -> list[tuple[str, list]]:
             _ts("Coverage funnel over time", "The funnel summed over the selected Services.",
                 [Query(f"sum({x.expr})", x.legend) for x in funnel]),
             _ts("Targets missing from Prometheus",
-                "Expected targets no Prometheus discovered, per scrape pool.",
-                [Query(f"{q.POOL_MISSING}{{{q.SEL}}}",
-                       "{{namespace}}/{{service}} {{scrape_pool}} ({{role}})")]),
+                "Expected targets each replica's scrape pool does not discover.",
+                [Query(q.POOL_GAP,
+                       "{{namespace}}/{{service}} {{scrape_pool}} ({{role}}) "
+                       "{{scraper_replica}}")]),
             _ts("Targets missing per Kubernetes stage",
                 "Expected targets absent from the Endpoints object or the EndpointSlices.",
                 [Query(f"{q.STAGE_MISSING}{{{q.SEL}}}", "{{namespace}}/{{service}} {{stage}}")]),
             _table("Missing targets",
-                   "One row per missing target, up to the exporter's --missing-node-info-limit.",
-                   [Query("max by (namespace, service, stage, scrape_pool, node, pod) "
-                          f"(scrape_coverage_missing_node_info{{{q.SEL}}})", column="Missing")],
+                   "One row per missing target, up to the exporter's "
+                   "--missing-target-series-limit.",
+                   [Query("max by (namespace, service, stage, scrape_pool, scraper_replica, "
+                          f"node, pod) (scrape_coverage_missing_target{{{q.SEL}}})",
+                          column="Missing")],
                    w=12),
         ]),
         ("Endpoints at scale", [
@@ -175,46 +181,50 @@ def _rows() -> list[tuple[str, list]]:
         ("Per Prometheus", [
             _ts("Targets discovered per Prometheus",
                 "Active targets each Prometheus discovered from the selected Services.",
-                [Query(f"sum by (prometheus, scrape_pool, role) ({q.POOL_TARGETS}{{{q.SEL}}})",
-                       "{{prometheus}} {{scrape_pool}} ({{role}})")]),
+                [Query(f"sum by (server, scrape_pool, role) ({q.POOL_TARGETS}{{{q.SEL}}})",
+                       "{{server}} {{scrape_pool}} ({{role}})")]),
             _ts("Target health per Prometheus", "Discovered targets by scrape health.",
-                [Query("sum by (prometheus, health) (max by (namespace, service, prometheus, "
+                [Query("sum by (server, health) (max by (namespace, service, server, "
                        "scrape_pool, role, health) "
                        f"(scrape_coverage_prometheus_targets{{{q.SEL}}}))",
-                       "{{prometheus}} {{health}}")]),
-            _table("Coverage per scrape pool",
-                   "Share of the expected targets each scrape pool discovered.",
-                   [Query("min by (namespace, service, scrape_pool, role) "
-                          f"(scrape_coverage_ratio{{{q.SEL}}})", column="Coverage"),
-                    Query(f"{q.POOL_MISSING}{{{q.SEL}}}", column="Missing")]),
+                       "{{server}} {{health}}")]),
+            _table("Coverage per replica and scrape pool",
+                   "Share of the expected targets each replica's scrape pool discovered.",
+                   [Query(f"1 - {q.GAP_RATIO}{{{q.SEL}, stage=\"prometheus\"}}",
+                          column="Coverage"),
+                    Query(q.POOL_GAP, column="Missing")]),
         ]),
         ("Exporter health", [
             _ts("Source up", "1 when the source's last collection succeeded.",
-                [Query(q.per_source("scrape_coverage_source_up"), "{{source}} {{prometheus}}")],
+                [Query(q.per_source("scrape_coverage_source_up"), "{{source}} {{server}}")],
                 w=8),
             _ts("Collection duration", "Time the last collection of each source and cycle took.",
                 [Query(q.per_source("scrape_coverage_source_duration_seconds"),
-                       "{{source}} {{prometheus}}"),
+                       "{{source}} {{server}}"),
                  Query("max(scrape_coverage_cycle_duration_seconds)", "cycle")], "s", w=8),
             _ts("Time since last success", "Age of the data the exporter computes from.",
                 [Query("time() - "
                        + q.per_source("scrape_coverage_source_last_success_timestamp_seconds"),
-                       "{{source}} {{prometheus}}"),
+                       "{{source}} {{server}}"),
                  Query("time() - max(scrape_coverage_last_cycle_timestamp_seconds)",
                        "last cycle")], "s", w=8),
             _ts("Source errors and requests", "Failed and total requests to each source.",
                 [Query(q.source_rate("scrape_coverage_source_errors_total"),
-                       "errors {{source}} {{prometheus}}"),
+                       "errors {{source}} {{server}}"),
                  Query(q.source_rate("scrape_coverage_source_requests_total"),
-                       "requests {{source}} {{prometheus}}")], "reqps", w=8),
+                       "requests {{source}} {{server}}")], "reqps", w=8),
             _ts("Response bytes", "Bytes read from each source.",
                 [Query(q.source_rate("scrape_coverage_source_response_bytes_total"),
-                       "{{source}} {{prometheus}}")], "Bps", w=8),
+                       "{{source}} {{server}}")], "Bps", w=8),
             bargauge.Panel().title("Missing-target rows").description(
-                "Rows of scrape_coverage_missing_node_info left out by the cap.")
+                "Rows of scrape_coverage_missing_target left out by the cap.")
             .reduce_options(_last_value())
-            .targets(_targets([Query("max(scrape_coverage_missing_node_info_omitted)", "omitted"),
-                               Query("max(scrape_coverage_missing_node_info_limit)", "limit")],
+            .targets(_targets([Query("sum(max by (namespace, service, stage, scrape_pool, "
+                                     "scraper, scraper_replica) "
+                                     "(scrape_coverage_missing_target_series_omitted))",
+                                     "omitted"),
+                               Query("max(scrape_coverage_missing_target_series_limit)",
+                                     "limit")],
                               False)).datasource(DATASOURCE).span(8).height(8),
         ]),
     ]

@@ -13,9 +13,10 @@ from alerts.rules import (
     ENDPOINTS_CAPACITY,
     ENDPOINTS_TRUNCATED,
     EXPECTED,
-    POOL_MISSING,
-    POOL_MISSING_RATIO,
+    GAP,
+    GAP_RATIO,
     POOL_TARGETS,
+    POOL_UNKNOWN,
     SLICE_ENDPOINTS,
     STAGE_MISSING,
 )
@@ -37,11 +38,14 @@ def present_at_stage(stage: str) -> str:
     )
 
 
+POOL_GAP = f'{GAP}{{{SEL}, stage="prometheus"}}'
+
+
 def discovered_by_worst_pool() -> str:
-    """Expected targets discovered by the Service's least complete scrape pool."""
+    """Expected targets discovered by the Service's least complete replica pool."""
     return (
         f"{expected()}\n- on (namespace, service)\n"
-        f"max by (namespace, service) ({POOL_MISSING}{{{SEL}}})"
+        f"max by (namespace, service) ({POOL_GAP})"
     )
 
 
@@ -75,12 +79,16 @@ def source_rate(counter: str) -> str:
 
 
 EXPORTER_UP = f"sum(up{{{DEFAULT_EXPORTER_SELECTOR}}})"
-MISSING_TOTAL = f"sum({POOL_MISSING}{{{SEL}}}) or vector(0)"
+# The worst replica per (Service, pool): replicas each miss their own.
+MISSING_TOTAL = (
+    f"sum(max by (namespace, service, scrape_pool, role) ({POOL_GAP})) or vector(0)"
+)
 TRUNCATED_READ = (
     f"count(\n  {ENDPOINTS_TRUNCATED}{{{SEL}}} == 1\n"
-    f'  and on (namespace, service) {POOL_TARGETS}{{{SEL}, role="endpoints"}} > 0\n'
+    f'  and on (namespace, service) {GAP}{{{SEL}, stage="endpoints"}}\n'
     ") or vector(0)"
 )
-LOWEST_COVERAGE = f"min(1 - {POOL_MISSING_RATIO}{{{SEL}}})"
+LOWEST_COVERAGE = f'min(1 - {GAP_RATIO}{{{SEL}, stage="prometheus"}})'
+UNKNOWN_TOTAL = f"sum({POOL_UNKNOWN}{{{SEL}}}) or vector(0)"
 CAPACITY = f"vector({ENDPOINTS_CAPACITY})"
 __all__ = ["ENDPOINTS_ADDRESSES", "ENDPOINTS_CAPACITY", "SLICE_ENDPOINTS", "STAGE_MISSING"]

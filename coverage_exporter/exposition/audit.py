@@ -1,5 +1,6 @@
 """The `audit` command's output for people (a table and findings in words)
-and for programs (JSON)."""
+and for programs (JSON). Both read the gaps from `model.gaps`, the one
+definition the exit code and the metrics use too."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from collections.abc import Sequence
 import msgspec
 
 from coverage_exporter.model.coverage import MissingTarget, PoolCoverage, ServiceCoverage
-from coverage_exporter.model.objects import ROLE_ENDPOINTS
+from coverage_exporter.model.gaps import service_gaps
+from coverage_exporter.model.objects import ROLE_ENDPOINTS, ROLE_ENDPOINTSLICE
 from coverage_exporter.model.report import CoverageReport
 from coverage_exporter.sources.health import SourceHealth
 
@@ -16,10 +18,17 @@ RUNBOOKS = "docs/runbooks"
 NAMES_SHOWN = 5
 
 
-def _names(missing: Sequence[MissingTarget]) -> str:
+def runbook(name: str) -> str:
+    return f"{RUNBOOKS}/{name}.md"
+
+
+def _names(missing: Sequence[MissingTarget], unnamed: int = 0) -> str:
     shown = ", ".join(m.pod or m.node for m in missing[:NAMES_SHOWN])
     more = len(missing) - NAMES_SHOWN
-    return shown + (f" and {more} more" if more > 0 else "")
+    out = shown + (f" and {more} more" if more > 0 else "")
+    if unnamed:
+        out += (" and " if out else "") + f"{unnamed} without a name (no pod yet)"
+    return out
 
 
 def _endpoints_cell(s: ServiceCoverage) -> str:
@@ -33,17 +42,20 @@ def _slices_cell(s: ServiceCoverage) -> str:
     return str(sum(s.slices.endpoints.values()))
 
 
+def _replica_name(p: PoolCoverage) -> str:
+    return p.replica if p.replica == p.scraper else f"{p.scraper}/{p.replica}"
+
+
 def _pool_cell(p: PoolCoverage) -> str:
-    return f"{p.scrape_pool} ({p.role}) {p.discovered}"
+    found = str(p.discovered) if p.known else f"{p.discovered}+{p.unknown} unknown"
+    return f"{_replica_name(p)} {p.scrape_pool} ({p.role}) {found}"
 
 
 def _rows(report: CoverageReport) -> list[list[str]]:
-    rows = [["SERVICE", "SOURCE", "EXPECTED", "ENDPOINTS", "SLICES", "PROMETHEUS", "MISSING"]]
+    rows = [["SERVICE", "SOURCE", "EXPECTED", "ENDPOINTS", "SLICES", "PROMETHEUS", "GAP"]]
     for s in report.services:
-        pools = [_pool_cell(p) for p in s.pools] or (["-"] if s.prometheus_known else ["unknown"])
-        worst = max((len(p.missing) for p in s.pools), default=0)
-        k8s_missing = len(s.endpoints.missing) if s.endpoints else s.expected
-        missing = max(worst, k8s_missing, len(s.slices.missing))
+        pools = [_pool_cell(p) for p in s.pools] or ["-"]
+        gap = max((g.missing for g in service_gaps(s)), default=0)
         for i, pool in enumerate(pools):
             first = i == 0
             rows.append(
@@ -54,65 +66,119 @@ def _rows(report: CoverageReport) -> list[list[str]]:
                     _endpoints_cell(s) if first else "",
                     _slices_cell(s) if first else "",
                     pool,
-                    str(missing) if first else "",
+                    str(gap) if first else "",
                 ]
             )
     return rows
 
 
 def findings(s: ServiceCoverage) -> list[str]:
-    """What is wrong with one Service, in words, with what to do."""
+    """What is wrong with one Service, in words, with what to do. Lines
+    that describe a gap say so; the rest are findings that lose nothing
+    today (no pool reads the stage)."""
     name = f"{s.namespace}/{s.service}"
     out = []
+    reads_endpoints = s.reads(ROLE_ENDPOINTS)
+    reads_slices = s.reads(ROLE_ENDPOINTSLICE)
     if s.endpoints is None:
-        out.append(f"{name}: has no Endpoints object; {s.expected} expected targets.")
+        if reads_endpoints:
+            out.append(
+                f"{name}: has no Endpoints object, yet a scrape pool reads it with role "
+                f"endpoints; {s.expected} expected targets are lost."
+            )
     elif s.endpoints.truncated:
+        lost = (
+            "a scrape pool reads it with role endpoints"
+            if reads_endpoints
+            else "no scrape pool reads it with role endpoints, so nothing is lost"
+        )
         out.append(
             f"{name}: Endpoints truncated to {s.endpoints.ready + s.endpoints.not_ready} of "
             f"{s.expected} expected (annotation endpoints.kubernetes.io/over-capacity); "
-            f"{len(s.endpoints.missing)} missing: {_names(s.endpoints.missing)}."
+            f"{s.endpoints_missing_count()} missing: "
+            f"{_names(s.endpoints.missing, s.unnamed)}; {lost}."
+        )
+    elif s.endpoints_missing_count() and s.endpoints.skip_mirror is not None:
+        state = "read with role endpoints" if reads_endpoints else "read by no scrape pool"
+        out.append(
+            f"{name}: the Endpoints object misses {s.endpoints_missing_count()} expected "
+            f"targets ({_names(s.endpoints.missing, s.unnamed)}): it is stale (its owner no "
+            f"longer writes it, e.g. --kubelet-endpoints=false) and {state}."
         )
     if s.slices.mirroring_skipped:
+        lost = (
+            "a scrape pool reads the slices with role endpointslice and misses them"
+            if reads_slices
+            else "no scrape pool reads the slices yet; switching to role endpointslice "
+            "now would lose them"
+        )
         out.append(
             f"{name}: the EndpointSlice mirroring controller left {s.slices.mirroring_skipped} "
-            "addresses out of its slices (it mirrors at most 1000 per subset). Let the owner "
-            "write its own slices and label the Endpoints endpointslice.kubernetes.io/skip-mirror"
-            f"=true ({RUNBOOKS}/ScrapeCoverageEndpointSliceMirroringCapped.md)."
+            f"addresses out of its slices (it mirrors at most 1000 per subset); {lost}. Let "
+            "the owner write its own slices (Prometheus Operator: --kubelet-endpointslice=true)"
+            f" ({runbook('ScrapeCoverageEndpointSliceMirroringCapped')})."
         )
     for p in s.pools:
-        if not p.missing:
+        if not p.known:
+            out.append(
+                f"{name}: {_replica_name(p)} scrape pool {p.scrape_pool!r} (role {p.role}): "
+                f"coverage unknown for {p.unknown} of {s.expected}: a shard of the replica has "
+                f"not answered recently ({runbook('ScrapeCoverageSourceDown')})."
+            )
             continue
-        advice = (
-            f" Role endpoints reads the truncated Endpoints object: migrate this job to role "
-            f"endpointslice ({RUNBOOKS}/ScrapeCoverageEndpointsTruncated.md)."
-            if p.role == ROLE_ENDPOINTS and s.endpoints is not None and s.endpoints.truncated
-            else ""
-        )
+        if not p.missing_count:
+            continue
+        advice = ""
+        if p.role == ROLE_ENDPOINTS and s.endpoints is not None and s.endpoints.truncated:
+            advice = (
+                " Role endpoints reads the truncated Endpoints object: migrate this job to role "
+                f"endpointslice ({runbook('ScrapeCoverageEndpointsTruncated')})."
+            )
+        elif p.discovered == 0:
+            advice = (
+                " It discovers none of them: check its service discovery (RBAC for "
+                "endpointslices after a role switch, selectors, port names) "
+                f"({runbook('ScrapeCoverageTargetsMissing')})."
+            )
         out.append(
-            f"{name}: scrape pool {p.scrape_pool!r} (role {p.role}) misses {len(p.missing)} of "
-            f"{s.expected}: {_names(p.missing)}.{advice}"
+            f"{name}: {_replica_name(p)} scrape pool {p.scrape_pool!r} (role {p.role}) misses "
+            f"{p.missing_count} of {s.expected}: {_names(p.missing or (), p.unnamed)}.{advice}"
         )
     return out
 
 
-def render_table(report: CoverageReport | None, sources: Sequence[SourceHealth]) -> str:
-    lines = [
-        f"source {h.source}{' ' + h.prometheus if h.prometheus else ''}: "
-        + ("up" if h.up else f"DOWN ({h.last_error or 'no answer'})")
-        for h in sources
-    ]
+def _source_line(h: SourceHealth) -> str:
+    who = f"source {h.source}{' ' + h.prometheus if h.prometheus else ''}"
+    return f"{who}: " + ("up" if h.up else f"DOWN ({h.last_error or 'no answer'})")
+
+
+def verdict(report: CoverageReport | None, complete: bool) -> str:
     if report is None:
-        return "\n".join([*lines, "no coverage: Kubernetes could not be read"]) + "\n"
+        return "no coverage: Kubernetes could not be read"
+    if report.has_gaps:
+        return "gaps found"
+    if not report.services:
+        return "no Service compared: nothing to judge (check --service, --namespace, the scope)"
+    if report.unknown_pools or not complete:
+        return "coverage unknown: a source did not answer (no gap seen in what did)"
+    return "full coverage"
+
+
+def render_table(
+    report: CoverageReport | None, sources: Sequence[SourceHealth], complete: bool = True
+) -> str:
+    lines = [_source_line(h) for h in sources]
+    if report is None:
+        return "\n".join([*lines, verdict(None, complete)]) + "\n"
     rows = _rows(report)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     table = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     words = [f for s in report.services for f in findings(s)]
     words += [
-        f"{name}: cannot tell what it should hold (selector-less, not Nodes)"
-        for name in report.unresolved
+        f"{u.namespace}/{u.service}: cannot tell what it should hold ({u.reason})"
+        for u in report.unresolved
     ]
-    verdict = "gaps found" if report.has_gaps else "full coverage"
-    return "\n".join([*lines, "", *table, "", *words, verdict]) + "\n"
+    return "\n".join([*lines, "", *table, "", *words, verdict(report, complete)]) + "\n"
 
 
 def _missing_list(missing: Sequence[MissingTarget]) -> list[dict[str, str]]:
@@ -127,6 +193,7 @@ def service_json(s: ServiceCoverage) -> dict[str, object]:
             "not_ready": s.endpoints.not_ready,
             "truncated": s.endpoints.truncated,
             "skip_mirror": s.endpoints.skip_mirror,
+            "missing_count": s.endpoints_missing_count(),
             "missing": _missing_list(s.endpoints.missing),
         }
     return {
@@ -134,6 +201,7 @@ def service_json(s: ServiceCoverage) -> dict[str, object]:
         "service": s.service,
         "source": s.source,
         "expected": s.expected,
+        "expected_unnamed": s.unnamed,
         "endpoints": endpoints,
         "endpointslices": {
             "endpoints": [
@@ -142,38 +210,78 @@ def service_json(s: ServiceCoverage) -> dict[str, object]:
             ],
             "terminating": dict(sorted(s.slices.terminating.items())),
             "mirroring_skipped": s.slices.mirroring_skipped,
+            "missing_count": s.slices_missing_count(),
             "missing": _missing_list(s.slices.missing),
         },
-        "prometheus": None
-        if not s.prometheus_known
-        else {
+        "prometheus": {
             "targets": [
-                {"prometheus": pr, "scrape_pool": pool, "role": role, "health": h, "count": c}
-                for (pr, pool, role, h), c in sorted(s.target_counts.items())
+                {"server": sv, "scrape_pool": pool, "role": role, "health": h, "count": c}
+                for (sv, pool, role, h), c in sorted(s.target_counts.items())
             ],
             "pools": [
                 {
                     "scrape_pool": p.scrape_pool,
                     "role": p.role,
+                    "scraper": p.scraper,
+                    "replica": p.replica,
+                    "meant": p.meant,
+                    "known": p.known,
                     "discovered": p.discovered,
-                    "ratio": p.ratio,
-                    "missing": _missing_list(p.missing),
+                    "unknown": p.unknown,
+                    "missing_count": p.missing_count,
+                    "missing": None if p.missing is None else _missing_list(p.missing),
                 }
                 for p in s.pools
             ],
         },
+        "gaps": [
+            {
+                "stage": g.stage,
+                "role": g.role,
+                "scrape_pool": g.scrape_pool,
+                "scraper": g.scraper,
+                "replica": g.replica,
+                "missing": g.missing,
+            }
+            for g in service_gaps(s)
+        ],
         "findings": findings(s),
     }
 
 
-def render_json(report: CoverageReport | None, sources: Sequence[SourceHealth]) -> str:
+def render_json(
+    report: CoverageReport | None, sources: Sequence[SourceHealth], complete: bool = True
+) -> str:
+    fleet = report.fleet if report is not None else None
+    complete = complete and report is not None and all(h.up for h in sources)
     document = {
         "sources": [
-            {"source": h.source, "prometheus": h.prometheus, "up": h.up, "error": h.last_error}
+            {"source": h.source, "server": h.prometheus, "up": h.up, "error": h.last_error}
             for h in sources
         ],
-        "complete": report is not None and all(h.up for h in sources),
+        "replicas": []
+        if fleet is None
+        else [
+            {
+                "scraper": r.scraper,
+                "replica": r.replica,
+                "shards": r.shards,
+                "known": r.known,
+                "servers": [
+                    {
+                        "server": sv.name,
+                        "shard": sv.identity.shard,
+                        "topology": sv.identity.how,
+                        "known": sv.known,
+                    }
+                    for sv in r.servers
+                ],
+            }
+            for _, r in sorted(fleet.replicas.items())
+        ],
+        "complete": complete,
         "gaps": None if report is None else report.has_gaps,
+        "verdict": verdict(report, complete),
         "nodes": None
         if report is None
         else {
@@ -181,7 +289,12 @@ def render_json(report: CoverageReport | None, sources: Sequence[SourceHealth]) 
             "not_ready": report.nodes_not_ready,
         },
         "services": [] if report is None else [service_json(s) for s in report.services],
-        "unresolved": [] if report is None else list(report.unresolved),
+        "unresolved": []
+        if report is None
+        else [
+            {"namespace": u.namespace, "service": u.service, "reason": u.reason}
+            for u in report.unresolved
+        ],
     }
     # msgspec, not json.dumps: at 100k nodes the document lists every
     # missing node (~600k entries) and json.dumps(indent=2) takes seconds.

@@ -21,8 +21,10 @@ from coverage_exporter.model.coverage import (
     STAGE_ENDPOINTSLICES,
     STAGE_PROMETHEUS,
     MissingTarget,
+    PoolCoverage,
     ServiceCoverage,
 )
+from coverage_exporter.model.gaps import stage_losses
 from coverage_exporter.model.report import CoverageReport
 from coverage_exporter.sources.health import SourceHealth
 
@@ -42,14 +44,14 @@ class ExporterState:
     cycles_total: int = 0
     cycle_duration_seconds: float = 0.0
     last_cycle_timestamp: float = 0.0
-    _missing: tuple[list[Sample], int] | None = field(default=None, init=False, repr=False)
+    _missing: tuple[list[Sample], list[Sample]] | None = field(default=None, init=False, repr=False)
 
-    def missing_info(self) -> tuple[list[Sample], int]:
-        """The capped missing_node_info series and how many the cap cut;
+    def missing_series(self) -> tuple[list[Sample], list[Sample]]:
+        """The capped missing_target series and the omitted count per group;
         computed once, and only when the coverage families are rendered."""
         if self._missing is None:
             report = self.report
-            self._missing = capped_missing(report, self.missing_info_limit) if report else ([], 0)
+            self._missing = capped_missing(report, self.missing_info_limit) if report else ([], [])
         return self._missing
 
 
@@ -115,32 +117,71 @@ def _mirroring_skipped(state: ExporterState) -> Iterator[Sample]:
 
 def _missing_targets(state: ExporterState) -> Iterator[Sample]:
     for s in _services(state):
-        # No Endpoints object at all: every expected target is missing there.
-        endpoints_missing = len(s.endpoints.missing) if s.endpoints else s.expected
-        yield (s.namespace, s.service, STAGE_ENDPOINTS), endpoints_missing
-        yield (s.namespace, s.service, STAGE_ENDPOINTSLICES), len(s.slices.missing)
+        yield (s.namespace, s.service, STAGE_ENDPOINTS), s.endpoints_missing_count()
+        yield (s.namespace, s.service, STAGE_ENDPOINTSLICES), s.slices_missing_count()
+
+
+def _expected_unnamed(state: ExporterState) -> Iterator[Sample]:
+    for s in _services(state):
+        yield (s.namespace, s.service), s.unnamed
 
 
 def _prometheus_targets(state: ExporterState) -> Iterator[Sample]:
     for s in _services(state):
-        if not s.prometheus_known:
-            continue
-        for (prometheus, pool, role, health), count in sorted(s.target_counts.items()):
-            yield (s.namespace, s.service, prometheus, pool, role, health), count
+        for (server, pool, role, health), count in sorted(s.target_counts.items()):
+            yield (s.namespace, s.service, server, pool, role, health), count
+
+
+def _pool_labels(s: ServiceCoverage, p: PoolCoverage) -> tuple[str, ...]:
+    return (s.namespace, s.service, p.scrape_pool, p.role, p.scraper, p.replica)
 
 
 def _prometheus_missing(state: ExporterState) -> Iterator[Sample]:
     for s in _services(state):
-        if s.prometheus_known:
-            for p in s.pools:
-                yield (s.namespace, s.service, p.scrape_pool, p.role), len(p.missing)
+        for p in s.pools:
+            if p.missing_count is not None:
+                yield _pool_labels(s, p), p.missing_count
 
 
-def _ratio(state: ExporterState) -> Iterator[Sample]:
+def _prometheus_unknown(state: ExporterState) -> Iterator[Sample]:
     for s in _services(state):
-        if s.prometheus_known:
-            for p in s.pools:
-                yield (s.namespace, s.service, p.scrape_pool, p.role), p.ratio
+        for p in s.pools:
+            if not p.known:
+                yield _pool_labels(s, p), p.unknown
+
+
+def _gap_targets(state: ExporterState) -> Iterator[Sample]:
+    for s in _services(state):
+        for g in stage_losses(s):
+            yield g.labels, g.missing
+
+
+def _unresolved(state: ExporterState) -> Iterator[Sample]:
+    if state.report is not None:
+        for u in state.report.unresolved:
+            yield (u.namespace, u.service, u.reason), 1
+
+
+def _replica_known(state: ExporterState) -> Iterator[Sample]:
+    if state.report is not None:
+        for key, replica in sorted(state.report.fleet.replicas.items()):
+            yield key, float(replica.known)
+
+
+def _server_info(state: ExporterState) -> Iterator[Sample]:
+    if state.report is not None:
+        for replica in state.report.fleet.replicas.values():
+            for server in replica.servers:
+                ident = server.identity
+                labels = (
+                    server.name,
+                    replica.scraper,
+                    replica.replica,
+                    str(ident.shard),
+                    str(replica.shards),
+                    ident.how,
+                )
+                yield labels, 1
 
 
 def _nodes(state: ExporterState) -> Iterator[Sample]:
@@ -172,7 +213,8 @@ def _constant(
 
 
 SERVICE = ("namespace", "service")
-SOURCE = ("source", "prometheus")
+SOURCE = ("source", "server")
+POOL = (*SERVICE, "scrape_pool", "role", "scraper", "scraper_replica")
 
 COVERAGE_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec(
@@ -232,50 +274,92 @@ COVERAGE_METRICS: tuple[MetricSpec, ...] = (
         _missing_targets,
     ),
     MetricSpec(
+        "expected_unnamed_targets",
+        "gauge",
+        "Expected targets known only by count (a DaemonSet's nodes without a pod that its "
+        "placement rules do not name); missing at every stage.",
+        SERVICE,
+        _expected_unnamed,
+    ),
+    MetricSpec(
         "prometheus_targets",
         "gauge",
-        "Active targets one Prometheus discovered from the Service.",
-        (*SERVICE, "prometheus", "scrape_pool", "role", "health"),
+        "Active targets one Prometheus server discovered from the Service.",
+        (*SERVICE, "server", "scrape_pool", "role", "health"),
         _prometheus_targets,
     ),
     MetricSpec(
         "prometheus_missing_targets",
         "gauge",
-        "Expected targets that no Prometheus discovered in the scrape pool.",
-        (*SERVICE, "scrape_pool", "role"),
+        "Expected targets that one replica's scrape pool (the union of its shards) does not "
+        "discover; absent while the replica's coverage is unknown.",
+        POOL,
         _prometheus_missing,
     ),
     MetricSpec(
-        "ratio",
+        "prometheus_unknown_targets",
         "gauge",
-        "Expected targets discovered by the scrape pool, divided by the expected targets.",
-        (*SERVICE, "scrape_pool", "role"),
-        _ratio,
+        "Expected targets whose coverage by the replica's scrape pool cannot be told: a shard "
+        "has not answered within --prometheus-stale-after, or never.",
+        POOL,
+        _prometheus_unknown,
     ),
     MetricSpec(
-        "missing_node_info",
+        "gap_targets",
         "gauge",
-        "One series per missing target (capped by --missing-node-info-limit).",
-        (*SERVICE, "stage", "scrape_pool", "node", "pod"),
-        lambda s: s.missing_info()[0],
+        "Expected targets lost where it counts: by a replica's scrape pool, or by the "
+        "Kubernetes stage (Endpoints, EndpointSlices) that a pool of the matching role reads. "
+        "0 where nothing is lost.",
+        (*SERVICE, "stage", "scrape_pool", "role", "scraper", "scraper_replica"),
+        _gap_targets,
+    ),
+    MetricSpec(
+        "missing_target",
+        "gauge",
+        "1 per missing target, capped by --missing-target-series-limit shared fairly "
+        "between Services, stages and pools.",
+        (*SERVICE, "stage", "scrape_pool", "scraper", "scraper_replica", "node", "pod"),
+        lambda s: s.missing_series()[0],
+    ),
+    MetricSpec(
+        "missing_target_series_omitted",
+        "gauge",
+        "Missing targets of the Service, stage and pool left out of "
+        "scrape_coverage_missing_target by the cap.",
+        (*SERVICE, "stage", "scrape_pool", "scraper", "scraper_replica"),
+        lambda s: s.missing_series()[1],
+    ),
+    MetricSpec(
+        "service_unresolved",
+        "gauge",
+        "1 for an in-scope Service whose expected targets cannot be determined.",
+        (*SERVICE, "reason"),
+        _unresolved,
+    ),
+    MetricSpec(
+        "replica_coverage_known",
+        "gauge",
+        "1 when every shard of the Prometheus replica answered within --prometheus-stale-after.",
+        ("scraper", "scraper_replica"),
+        _replica_known,
+    ),
+    MetricSpec(
+        "server_info",
+        "gauge",
+        "1 per configured Prometheus server, with where it stands in its fleet.",
+        ("server", "scraper", "scraper_replica", "shard", "shards", "topology"),
+        _server_info,
     ),
     MetricSpec(
         "nodes", "gauge", "Nodes in the cluster by their Ready condition.", ("ready",), _nodes
     ),
     MetricSpec("services", "gauge", "Services in scope in the last cycle.", (), _service_count),
     MetricSpec(
-        "missing_node_info_limit",
+        "missing_target_series_limit",
         "gauge",
-        "Cap on scrape_coverage_missing_node_info series.",
+        "Cap on scrape_coverage_missing_target series.",
         (),
         _constant(lambda s: s.missing_info_limit),
-    ),
-    MetricSpec(
-        "missing_node_info_omitted",
-        "gauge",
-        "Missing targets left out of scrape_coverage_missing_node_info by the cap.",
-        (),
-        _constant(lambda s: s.missing_info()[1]),
     ),
 )
 
@@ -359,41 +443,54 @@ def exported_names() -> list[str]:
     return [PREFIX + m.name + ("_total" if m.kind == "counter" else "") for m in METRICS]
 
 
-# When the cap cuts, the Prometheus stage goes first: it is the blind spot
-# itself; the Kubernetes stages only explain it.
-_STAGE_ORDER = {STAGE_PROMETHEUS: 0, STAGE_ENDPOINTS: 1, STAGE_ENDPOINTSLICES: 2}
+MissingGroup = tuple[tuple[str, str, str, str, str, str], Sequence[MissingTarget]]
+"""(namespace, service, stage, scrape_pool, scraper, replica) and its missing list."""
 
 
-def _stages(
-    report: CoverageReport,
-) -> list[tuple[tuple[str, str, str, str], Sequence[MissingTarget]]]:
-    """Every stage's missing list with its (namespace, service, stage,
-    scrape_pool), the Prometheus stage first, then in a stable order."""
-    out: list[tuple[tuple[str, str, str, str], Sequence[MissingTarget]]] = []
+def _missing_groups(report: CoverageReport) -> list[MissingGroup]:
+    out: list[MissingGroup] = []
     for s in report.services:
         if s.endpoints is not None:
-            out.append(((s.namespace, s.service, STAGE_ENDPOINTS, ""), s.endpoints.missing))
-        out.append(((s.namespace, s.service, STAGE_ENDPOINTSLICES, ""), s.slices.missing))
-        if s.prometheus_known:
-            out.extend(
-                ((s.namespace, s.service, STAGE_PROMETHEUS, p.scrape_pool), p.missing)
-                for p in s.pools
+            out.append(((s.namespace, s.service, STAGE_ENDPOINTS, "", "", ""), s.endpoints.missing))
+        out.append(((s.namespace, s.service, STAGE_ENDPOINTSLICES, "", "", ""), s.slices.missing))
+        out.extend(
+            (
+                (s.namespace, s.service, STAGE_PROMETHEUS, p.scrape_pool, p.scraper, p.replica),
+                p.missing,
             )
-    out.sort(key=lambda item: _STAGE_ORDER[item[0][2]])  # stable: keeps the rest in order
-    return out
+            for p in s.pools
+            if p.missing is not None
+        )
+    return [g for g in out if g[1]]
 
 
-def capped_missing(report: CoverageReport, limit: int) -> tuple[list[Sample], int]:
-    """The first `limit` missing targets as samples, and how many the cap
-    cut. Walks the stages' lists without copying them: a cut at 100k nodes
-    is hundreds of thousands of missing entries, of which 1000 are shown."""
+def fair_shares(sizes: Sequence[int], limit: int) -> list[int]:
+    """How many of each group's items fit in `limit`, shared fairly: every
+    group gets an equal share, and what a small group leaves goes to the
+    others (water-filling). One 5,000-node kubelet pool cannot take every
+    series from the other Services."""
+    shares = [0] * len(sizes)
+    remaining = limit
+    order = sorted(range(len(sizes)), key=lambda i: sizes[i])
+    for n, i in enumerate(order):
+        fair = remaining // (len(order) - n)
+        shares[i] = min(sizes[i], fair)
+        remaining -= shares[i]
+    return shares
+
+
+def capped_missing(report: CoverageReport, limit: int) -> tuple[list[Sample], list[Sample]]:
+    """The missing-target series within the cap, and per group how many the
+    cap left out. Walks the stages' lists without copying them: a cut at
+    100k nodes is hundreds of thousands of missing entries."""
+    groups = _missing_groups(report)
+    shares = fair_shares([len(m) for _, m in groups], limit)
     samples: list[Sample] = []
-    cut = 0
-    for key, missing in _stages(report):
-        room = max(0, limit - len(samples))
-        samples.extend(((*key, m.node, m.pod), 1.0) for m in missing[:room])
-        cut += max(0, len(missing) - room)
-    return samples, cut
+    omitted: list[Sample] = []
+    for (key, missing), share in zip(groups, shares, strict=True):
+        samples.extend(((*key, m.node, m.pod), 1.0) for m in missing[:share])
+        omitted.append((key, len(missing) - share))
+    return samples, omitted
 
 
 class _StateCollector(Collector):

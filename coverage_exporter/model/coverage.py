@@ -13,14 +13,19 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from coverage_exporter.model.fleet import Fleet
 from coverage_exporter.model.objects import (
     MANAGED_BY_MIRRORING,
+    POD_PHASES_DONE,
     ROLE_ENDPOINTS,
     ROLE_ENDPOINTSLICE,
+    ROLE_UNKNOWN,
     SOURCE_DAEMONSET,
+    SOURCE_LISTED,
     SOURCE_NODES,
     SOURCE_PODS,
     ClusterSnapshot,
+    DaemonSet,
     EndpointAddress,
     Endpoints,
     EndpointSlice,
@@ -31,12 +36,13 @@ from coverage_exporter.model.objects import (
     SliceEndpoint,
     Target,
 )
+from coverage_exporter.model.scheduling import eligible_nodes
 
 STAGE_ENDPOINTS = "endpoints"
 STAGE_ENDPOINTSLICES = "endpointslices"
 STAGE_PROMETHEUS = "prometheus"
 
-DISCOVERY_ROLES = (ROLE_ENDPOINTS, ROLE_ENDPOINTSLICE)
+DISCOVERY_ROLES = (ROLE_ENDPOINTS, ROLE_ENDPOINTSLICE, ROLE_UNKNOWN)
 
 
 class MissingTarget(NamedTuple):
@@ -72,12 +78,33 @@ class SlicesStage:
 
 @dataclass(slots=True)
 class PoolCoverage:
+    """One scrape pool as one replica runs it (the union of its shards)."""
+
     scrape_pool: str
     role: str
+    scraper: str
+    replica: str
     discovered: int
-    """Expected targets that at least one Prometheus discovered in this pool."""
-    missing: tuple[MissingTarget, ...]
-    ratio: float
+    """Expected targets that a known shard of the replica discovered."""
+    missing: tuple[MissingTarget, ...] | None
+    """None while the replica's coverage is unknown (a shard expired or
+    never answered): what it would discover cannot be told apart from
+    what it misses."""
+    unknown: int = 0
+    """Expected targets whose coverage cannot be told (see `missing`)."""
+    unnamed: int = 0
+    """Expected targets without a name (see Expected.unnamed): missing too."""
+    meant: bool = False
+    """The server's configuration (or an earlier cycle) says this pool
+    should scrape the Service, whether or not it discovers anything."""
+
+    @property
+    def known(self) -> bool:
+        return self.missing is not None
+
+    @property
+    def missing_count(self) -> int | None:
+        return None if self.missing is None else len(self.missing) + self.unnamed
 
 
 @dataclass(slots=True)
@@ -90,14 +117,28 @@ class ServiceCoverage:
     """None when the Service has no Endpoints object."""
     slices: SlicesStage
     target_counts: Mapping[tuple[str, str, str, str], int] = field(default_factory=dict)
-    """Active targets by (prometheus, scrape_pool, role, health)."""
+    """Active targets by (server, scrape_pool, role, health)."""
     pools: Sequence[PoolCoverage] = ()
-    prometheus_known: bool = True
-    """False when no Prometheus has ever answered: pool figures are unknown."""
+    unnamed: int = 0
+    """Expected targets known by count only (see Expected.unnamed)."""
 
     @property
     def key(self) -> ServiceKey:
         return (self.namespace, self.service)
+
+    def endpoints_missing_count(self) -> int:
+        """Expected targets absent from the Endpoints object (all of them
+        when there is none)."""
+        if self.endpoints is None:
+            return self.expected
+        return len(self.endpoints.missing) + self.unnamed
+
+    def slices_missing_count(self) -> int:
+        return len(self.slices.missing) + self.unnamed
+
+    def reads(self, role: str) -> bool:
+        """Some scrape pool of that role reads this Service's objects."""
+        return any(p.role == role and (p.meant or p.discovered) for p in self.pools)
 
 
 @dataclass(slots=True)
@@ -106,24 +147,36 @@ class Expected:
     count: int
     keys: Mapping[str, str]
     """Identity -> node: node name -> itself for node-wide sources, pod
-    name -> the pod's node ("" if unscheduled) for SOURCE_PODS. Plain
-    strings: MissingTarget objects are made only for what is missing."""
+    name -> the pod's node ("" if unscheduled) for SOURCE_PODS, node name
+    or bare IP for SOURCE_LISTED. Plain strings: MissingTarget objects are
+    made only for what is missing."""
 
     @property
     def node_wide(self) -> bool:
         return self.source != SOURCE_PODS
 
+    @property
+    def unnamed(self) -> int:
+        """Expected targets known only by count: nodes a DaemonSet should
+        run on (desiredNumberScheduled) that neither a pod nor its
+        placement rules name. Missing from every later stage."""
+        return max(0, self.count - len(self.keys))
+
 
 class Resolver:
     """Maps what a stage carries (node names, target refs, bare IPs) to the
     identity used by the expected set. Labels that name a node win; a bare
-    IP is matched against the Nodes' (or selected pods') addresses."""
+    IP is matched against the Nodes' (or selected pods') addresses, and for
+    listed Endpoints stands for itself."""
 
-    def __init__(self, node_by_ip: Mapping[str, str], pods: Sequence[Pod]) -> None:
+    def __init__(
+        self, node_by_ip: Mapping[str, str], pods: Sequence[Pod], ip_fallback: bool = False
+    ) -> None:
         self._node_by_ip = node_by_ip
         # hostNetwork pods share the node's IP, so an IP cannot name a pod
         # reliably; it is only a last resort for pod-backed Services.
         self._pod_by_ip = {p.ip: p.name for p in pods if p.ip}
+        self._ip_fallback = ip_fallback
 
     def node(
         self, node_name: str | None, kind: str | None, name: str | None, ip: str
@@ -132,7 +185,10 @@ class Resolver:
             return node_name
         if kind == "Node" and name:
             return name
-        return self._node_by_ip.get(ip)
+        found = self._node_by_ip.get(ip)
+        if found is None and self._ip_fallback:
+            return ip
+        return found
 
     def pod(self, pod_name: str | None, kind: str | None, name: str | None, ip: str) -> str | None:
         if pod_name:
@@ -155,55 +211,106 @@ class Resolver:
         return self.pod(pod_name, kind, name, ip)
 
 
+def _live(pods: Sequence[Pod]) -> list[Pod]:
+    # Evicted and completed pods never run again; the DaemonSet replaces
+    # them, and a Service never routes to them.
+    return [p for p in pods if p.phase not in POD_PHASES_DONE]
+
+
 def expected_targets(
     service: Service, snapshot: ClusterSnapshot, endpoints: Endpoints | None
 ) -> Expected | None:
     """The targets that should exist, or None when nothing says what they
-    are (a selector-less Service whose addresses are not Nodes, or a Service
+    are (a selector-less Service with no addresses at all, or a Service
     whose pods are not listed yet)."""
     if service.selector is None:
-        addresses = endpoints.ready + endpoints.not_ready if endpoints else ()
-        if not any(a.target_kind == "Node" for a in addresses):
-            return None
-        keys = {name: name for name in snapshot.nodes}
-        return Expected(SOURCE_NODES, len(keys), keys)
+        return _selector_less_expected(service, snapshot, endpoints)
 
     pods = snapshot.pods.get(service.key)
     if pods is None:
         # Pods not listed yet: an empty expected set would read as "no gap".
         return None
-    daemonset = _owning_daemonset(service, pods, snapshot)
-    if daemonset is not None:
-        # Every node that runs a pod of the DaemonSet is expected; the count
-        # is the controller's own desiredNumberScheduled, which also covers
-        # nodes whose pod is not created yet.
-        keys = {
-            p.node_name: p.node_name
-            for p in pods
-            if p.node_name and p.owner_kind == "DaemonSet" and p.owner_name == daemonset[0]
-        }
-        return Expected(SOURCE_DAEMONSET, max(daemonset[1], len(keys)), keys)
+    live = _live(pods)
+    daemonsets = _owning_daemonsets(service, pods, snapshot)
+    if daemonsets:
+        return _daemonset_expected(daemonsets, live, snapshot)
 
     # Terminating pods are left out of Endpoints by design; expecting them
     # would report every rollout as a gap.
-    keys = {p.name: p.node_name or "" for p in pods if not p.terminating}
+    keys = {p.name: p.node_name or "" for p in live if not p.terminating}
     return Expected(SOURCE_PODS, len(keys), keys)
 
 
-def _owning_daemonset(
+def _selector_less_expected(
+    service: Service, snapshot: ClusterSnapshot, endpoints: Endpoints | None
+) -> Expected | None:
+    """Selector-less Services: the Operator's kubelet Service expects every
+    Node (its Endpoints may be frozen or gone after `--kubelet-endpoints=
+    false`; its slices still say it targets Nodes); hand-made Endpoints
+    (etcd, control plane) expect what they list."""
+    addresses: list[tuple[str | None, str | None, str | None, str]] = []
+    if endpoints is not None:
+        addresses.extend(
+            (a.node_name, a.target_kind, a.target_name, a.ip)
+            for a in endpoints.ready + endpoints.not_ready
+        )
+    for s in snapshot.endpointslices.get(service.key, ()):
+        addresses.extend(
+            (e.node_name, e.target_kind, e.target_name, e.address) for e in s.endpoints
+        )
+    if not addresses:
+        return None
+    node_targeted = any(kind == "Node" for _, kind, _, _ in addresses)
+    operator = service.operator_managed or (endpoints is not None and endpoints.operator_managed)
+    if node_targeted and operator:
+        keys = {name: name for name in snapshot.nodes}
+        return Expected(SOURCE_NODES, len(keys), keys)
+    resolver = Resolver(node_index(snapshot), (), ip_fallback=True)
+    listed: dict[str, str] = {}
+    for node_name, kind, name, ip in addresses:
+        ident = resolver.node(node_name, kind, name, ip)
+        if ident:
+            listed[ident] = ident
+    return Expected(SOURCE_LISTED, len(listed), listed)
+
+
+def _daemonset_expected(
+    daemonsets: Sequence[DaemonSet], live: Sequence[Pod], snapshot: ClusterSnapshot
+) -> Expected:
+    """Every node that runs, or should run, a pod of the DaemonSets (a
+    Linux and a Windows node-exporter behind one Service: all of them)."""
+    keys: dict[str, str] = {}
+    count = 0
+    for daemonset in daemonsets:
+        pod_nodes = {
+            p.node_name
+            for p in live
+            if p.node_name and p.owner_kind == "DaemonSet" and p.owner_name == daemonset.name
+        }
+        named = set(pod_nodes)
+        eligible = eligible_nodes(daemonset.placement, snapshot.nodes)
+        # Trusted only while it agrees with the controller's own count:
+        # a placement rule modelled wrong must not invent missing nodes.
+        if eligible is not None and len(named | eligible) <= daemonset.desired_number_scheduled:
+            named |= eligible
+        keys.update((n, n) for n in named)
+        count += max(daemonset.desired_number_scheduled, len(named))
+    return Expected(SOURCE_DAEMONSET, max(count, len(keys)), keys)
+
+
+def _owning_daemonsets(
     service: Service, pods: Sequence[Pod], snapshot: ClusterSnapshot
-) -> tuple[str, int] | None:
-    """(name, desiredNumberScheduled) of the DaemonSet owning most selected pods."""
+) -> list[DaemonSet]:
+    """The DaemonSets that own the selected pods, largest first."""
     owners: dict[str, int] = defaultdict(int)
     for p in pods:
         if p.owner_kind == "DaemonSet" and p.owner_name:
             owners[p.owner_name] += 1
-    if not owners:
-        return None
-    name = max(owners, key=lambda n: (owners[n], n))
-    daemonset = snapshot.daemonsets.get((service.namespace, name))
-    desired = daemonset.desired_number_scheduled if daemonset else owners[name]
-    return (name, desired)
+    out = []
+    for name in sorted(owners, key=lambda n: (-owners[n], n)):
+        daemonset = snapshot.daemonsets.get((service.namespace, name))
+        out.append(daemonset or DaemonSet(service.namespace, name, owners[name]))
+    return out
 
 
 def _missing(expected: Expected, present: Iterable[str | None]) -> tuple[MissingTarget, ...]:
@@ -298,19 +405,35 @@ def _mirroring_skipped(
     return max(0, sum(endpoints.subset_sizes) - mirrored)
 
 
-def prometheus_stage(
-    targets: Sequence[tuple[str, Target]], expected: Expected, resolver: Resolver
-) -> tuple[dict[tuple[str, str, str, str], int], list[PoolCoverage]]:
-    """Target counts per Prometheus and coverage per scrape pool.
+PoolKey = tuple[str, str]
+"""(scrape pool, role)."""
 
-    `targets` are (prometheus name, target) pairs of this Service. A pool
-    is covered by the union over every Prometheus that runs it: shards
-    each discover a share, HA replicas discover the same target twice."""
+
+def prometheus_stage(
+    targets: Sequence[tuple[str, Target]],
+    expected: Expected,
+    resolver: Resolver,
+    fleet: Fleet,
+    meant: Mapping[str, Mapping[str, str]] | None = None,
+) -> tuple[dict[tuple[str, str, str, str], int], list[PoolCoverage]]:
+    """Target counts per server and coverage per (replica, scrape pool).
+
+    `targets` are (server name, target) pairs of this Service; `meant` maps
+    a server to the pools (pool -> role) meant to scrape the Service, with
+    or without targets. The shards of one replica form a union; each
+    replica is judged on its own, since each evaluates the alerts itself."""
     counts: dict[tuple[str, str, str, str], int] = defaultdict(int)
-    found: dict[tuple[str, str], set[str | None]] = defaultdict(set)
-    for prometheus, t in targets:
-        counts[(prometheus, t.scrape_pool, t.role, t.health)] += 1
-        found[(t.scrape_pool, t.role)].add(
+    found: dict[tuple[str, str, str], set[str | None]] = defaultdict(set)
+    by_replica: dict[tuple[str, str], dict[PoolKey, bool]] = defaultdict(dict)
+    for server, t in targets:
+        replica = fleet.replica_of(server)
+        by_replica[replica.key].setdefault((t.scrape_pool, t.role), False)
+        if not fleet.server_known(server):
+            # Its last answer is too old to count or to show as current;
+            # the pool is still listed, with its coverage unknown.
+            continue
+        counts[(server, t.scrape_pool, t.role, t.health)] += 1
+        found[(server, t.scrape_pool, t.role)].add(
             resolver.identity(
                 expected.node_wide,
                 t.node_name,
@@ -320,13 +443,43 @@ def prometheus_stage(
                 t.pod_name,
             )
         )
-    pools = []
-    for (pool, role), present in sorted(found.items()):
-        missing = _missing(expected, present)
-        discovered = len(expected.keys) - len(missing)
-        ratio = min(1.0, discovered / expected.count) if expected.count else 1.0
-        pools.append(PoolCoverage(pool, role, discovered, missing, ratio))
-    return dict(counts), pools
+    for server, pools in (meant or {}).items():
+        replica = fleet.replica_of(server)
+        for pool, role in pools.items():
+            by_replica[replica.key][(pool, role)] = True
+
+    out = []
+    unnamed = expected.unnamed
+    for replica_key in sorted(by_replica):
+        replica = fleet.replicas[replica_key]
+        for (pool, role), is_meant in sorted(by_replica[replica_key].items()):
+            present: set[str | None] = set()
+            for server in replica.known_servers:
+                present |= found.get((server, pool, role), set())
+            present.discard(None)
+            if replica.known:
+                missing = _missing(expected, present)
+                discovered = len(expected.keys) - len(missing)
+                out.append(
+                    PoolCoverage(
+                        pool, role, *replica_key, discovered, missing, 0, unnamed, is_meant
+                    )
+                )
+            else:
+                discovered = len(present & expected.keys.keys())
+                out.append(
+                    PoolCoverage(
+                        pool,
+                        role,
+                        *replica_key,
+                        discovered,
+                        None,
+                        expected.count - discovered,
+                        unnamed,
+                        is_meant,
+                    )
+                )
+    return dict(counts), out
 
 
 def targets_by_service(
@@ -350,14 +503,18 @@ def service_coverage(
     snapshot: ClusterSnapshot,
     targets: Sequence[tuple[str, Target]],
     node_by_ip: Mapping[str, str],
-    prometheus_known: bool = True,
+    fleet: Fleet | None = None,
+    meant: Mapping[str, Mapping[str, str]] | None = None,
 ) -> ServiceCoverage | None:
     endpoints = snapshot.endpoints.get(service.key)
     expected = expected_targets(service, snapshot, endpoints)
     if expected is None:
         return None
-    resolver = Resolver(node_by_ip, snapshot.pods.get(service.key, ()))
-    counts, pools = prometheus_stage(targets, expected, resolver)
+    pods = _live(snapshot.pods.get(service.key, ()))
+    resolver = Resolver(node_by_ip, pods, ip_fallback=expected.source == SOURCE_LISTED)
+    counts, pools = prometheus_stage(
+        targets, expected, resolver, fleet or Fleet.of_names({n for n, _ in targets}), meant
+    )
     return ServiceCoverage(
         namespace=service.namespace,
         service=service.name,
@@ -369,5 +526,5 @@ def service_coverage(
         ),
         target_counts=counts,
         pools=pools,
-        prometheus_known=prometheus_known,
+        unnamed=expected.unnamed,
     )

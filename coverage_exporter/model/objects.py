@@ -24,16 +24,31 @@ ServiceKey = tuple[str, str]
 SOURCE_DAEMONSET = "daemonset"
 SOURCE_NODES = "nodes"
 SOURCE_PODS = "pods"
+SOURCE_LISTED = "listed"
+"""Hand-made (selector-less) Endpoints not written by the Prometheus
+Operator: the addresses they list are what is expected (etcd, control
+plane), not every Node."""
 
 # Prometheus kubernetes_sd roles that discover a Service's endpoints.
 ROLE_ENDPOINTS = "endpoints"
 ROLE_ENDPOINTSLICE = "endpointslice"
+ROLE_UNKNOWN = "unknown"
+"""A target that came without its discovered labels (vmagent)."""
 
 OVER_CAPACITY_ANNOTATION = "endpoints.kubernetes.io/over-capacity"
 SKIP_MIRROR_LABEL = "endpointslice.kubernetes.io/skip-mirror"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"
 MANAGED_BY_MIRRORING = "endpointslicemirroring-controller.k8s.io"
+MANAGED_BY_OPERATOR = "prometheus-operator"
+APP_MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+
+POD_PHASES_DONE = frozenset({"Failed", "Succeeded"})
+"""Pods in these phases never run again (evicted, completed): never expected."""
+
+
+Taint = tuple[str, str, str]
+"""(key, value, effect) of a Node taint."""
 
 
 @dataclass(slots=True)
@@ -42,6 +57,11 @@ class Node:
     addresses: tuple[str, ...]
     """status.addresses of type InternalIP and ExternalIP."""
     ready: bool
+    labels: Mapping[str, str] = field(default_factory=dict)
+    """Shared between Nodes with equal labels (see sources.k8s_parse): one
+    dict per distinct label set, not per Node."""
+    taints: tuple[Taint, ...] = ()
+    unschedulable: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,10 +71,18 @@ class Service:
     selector: Mapping[str, str] | None
     """None for selector-less Services (hand-made Endpoints)."""
     labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    port_names: tuple[str, ...] = ()
+    """spec.ports[].name: what the port keep rules of scrape jobs match."""
 
     @property
     def key(self) -> ServiceKey:
         return (self.namespace, self.name)
+
+    @property
+    def operator_managed(self) -> bool:
+        """Written by the Prometheus Operator's kubelet controller."""
+        return self.labels.get(APP_MANAGED_BY_LABEL) == MANAGED_BY_OPERATOR
 
 
 @dataclass(slots=True)
@@ -79,6 +107,8 @@ class Endpoints:
     """Value of the over-capacity annotation ("truncated"; "warning" on v1.21)."""
     skip_mirror: bool = False
     """Labelled endpointslice.kubernetes.io/skip-mirror=true."""
+    operator_managed: bool = False
+    """Labelled app.kubernetes.io/managed-by=prometheus-operator."""
 
     @property
     def key(self) -> ServiceKey:
@@ -118,6 +148,37 @@ class Pod:
     owner_kind: str | None = None
     owner_name: str | None = None
     terminating: bool = False
+    phase: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSelectorRequirement:
+    key: str
+    operator: str
+    """In, NotIn, Exists, DoesNotExist, Gt, Lt (nodeAffinity matchExpressions)."""
+    values: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Toleration:
+    key: str | None
+    operator: str
+    """Equal or Exists."""
+    value: str | None
+    effect: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PodPlacement:
+    """What decides the Nodes a DaemonSet's pods go to. `terms` are the
+    required node affinity's nodeSelectorTerms (ORed); None when the
+    template uses something not modelled here (matchFields on other
+    fields than metadata.name), and the Nodes can then only be counted."""
+
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    terms: tuple[tuple[NodeSelectorRequirement, ...], ...] | None = ()
+    tolerations: tuple[Toleration, ...] = ()
+    host_network: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +186,8 @@ class DaemonSet:
     namespace: str
     name: str
     desired_number_scheduled: int
+    placement: PodPlacement | None = None
+    """None when the object carried no pod template (old fixtures)."""
 
 
 @dataclass(slots=True)
@@ -160,9 +223,70 @@ class Target:
     """Host part of the discovered __address__."""
 
 
+@dataclass(frozen=True, slots=True)
+class RelabelRule:
+    """One relabel_configs entry, as Prometheus reads it (defaults filled)."""
+
+    action: str
+    source_labels: tuple[str, ...] = ()
+    separator: str = ";"
+    regex: str = "(.*)"
+    target_label: str = ""
+    replacement: str = "$1"
+    modulus: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ScrapeJob:
+    """A scrape job with Kubernetes service discovery of role endpoints or
+    endpointslice, from the Prometheus's loaded configuration."""
+
+    name: str
+    role: str
+    namespaces: tuple[str, ...] | None
+    """None: every namespace."""
+    relabel: tuple[RelabelRule, ...] = ()
+    service_label_selectors: tuple[str, ...] = ()
+    """label selectors of `selectors: [{role: service, label: ...}]`."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerIdentity:
+    """Where one Prometheus server stands in its fleet (model.topology)."""
+
+    scraper: str
+    """The logical Prometheus: shards and replicas of it share this name."""
+    replica: str
+    """The copy of the whole target set this server belongs to. Every
+    replica evaluates the alert rules itself, so each must cover every
+    expected target; only the shards of one replica form a union."""
+    shard: int = 0
+    shards: int = 1
+    how: str = "independent"
+    """How it was recognised: declared, operator, external_labels, hashmod, independent."""
+
+
 @dataclass(slots=True)
 class PrometheusSnapshot:
     """The active targets one Prometheus (or Thanos Query) reported."""
 
     name: str
     targets: Sequence[Target]
+    identity: ServerIdentity | None = None
+    """None: judged on its own (scraper and replica = name)."""
+    jobs: Sequence[ScrapeJob] | None = None
+    """None when the configuration could not be read (Thanos, vmagent):
+    then only the pools that discovered something are known."""
+    pools: Sequence[str] = ()
+    """Every scrape pool the server runs, targets or not."""
+    pools_listed: bool = True
+    """False when `pools` are only those with targets (no scrape_pools API:
+    Thanos Query, Prometheus < 2.42)."""
+    discovered_labels: bool = True
+    """False when the server sent no discoveredLabels (vmagent with
+    -promscrape.dropOriginalLabels): targets were matched by their final
+    labels, and their discovery role is unknown."""
+
+    @property
+    def server_identity(self) -> ServerIdentity:
+        return self.identity or ServerIdentity(scraper=self.name, replica=self.name)

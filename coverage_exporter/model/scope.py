@@ -8,6 +8,7 @@ capacity (truncated, whether or not anyone scrapes it yet). Explicit
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -18,39 +19,75 @@ from coverage_exporter.model.objects import ClusterSnapshot, Service, ServiceKey
 class LabelRequirement:
     key: str
     op: str
-    """"=", "!=", "exists" or "!exists"."""
-    value: str = ""
+    """"=", "!=", "in", "notin", "exists" or "!exists"."""
+    values: frozenset[str] = frozenset()
 
     def matches(self, labels: Mapping[str, str]) -> bool:
+        present = self.key in labels
+        value = labels.get(self.key)
         if self.op == "exists":
-            return self.key in labels
+            return present
         if self.op == "!exists":
-            return self.key not in labels
-        if self.op == "=":
-            return labels.get(self.key) == self.value
-        return labels.get(self.key) != self.value
+            return not present
+        if self.op in ("=", "in"):
+            return present and value in self.values
+        # "!=" and "notin" match objects without the label, as in Kubernetes.
+        return not present or value not in self.values
+
+
+_KEY = r"(?:[A-Za-z0-9.\-_]+/)?[A-Za-z0-9]([A-Za-z0-9._\-]*[A-Za-z0-9])?"
+_VALUE = r"(?:[A-Za-z0-9]([A-Za-z0-9._\-]*[A-Za-z0-9])?)?"
+_SET_RE = re.compile(rf"^({_KEY})\s+(in|notin)\s*\((.*)\)$")
+_EQ_RE = re.compile(rf"^({_KEY})\s*(==|=|!=)\s*({_VALUE})$")
+_EXISTS_RE = re.compile(rf"^(!?)\s*({_KEY})$")
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Split on commas outside parentheses: `a in (x,y),b` -> 2 parts."""
+    parts, depth, current = [], 0, []
+    for ch in text:
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    parts.append("".join(current))
+    return parts
 
 
 def parse_label_selector(text: str) -> tuple[LabelRequirement, ...]:
-    """Equality-based selectors as kubectl takes them: `a=b,c!=d,e,!f`."""
+    """A label selector as kubectl takes it: `a=b,c!=d,e,!f,g in (x,y),h notin (z)`.
+    Raises ValueError naming the part it cannot read: a selector that is
+    silently misread would empty the scope and report full coverage."""
     requirements = []
-    for raw in text.split(","):
+    for raw in _split_top_level(text):
         part = raw.strip()
         if not part:
             continue
-        if "!=" in part:
-            key, value = part.split("!=", 1)
-            requirements.append(LabelRequirement(key.strip(), "!=", value.strip()))
-        elif "=" in part:
-            key, value = part.split("==", 1) if "==" in part else part.split("=", 1)
-            requirements.append(LabelRequirement(key.strip(), "=", value.strip()))
-        elif part.startswith("!"):
-            requirements.append(LabelRequirement(part[1:].strip(), "!exists"))
-        else:
-            requirements.append(LabelRequirement(part, "exists"))
-    for r in requirements:
-        if not r.key:
-            raise ValueError(f"invalid label selector {text!r}: empty key")
+        m = _SET_RE.match(part)
+        if m:
+            values = frozenset(v.strip() for v in m.group(4).split(",") if v.strip())
+            if not values or not all(re.fullmatch(_VALUE, v) for v in values):
+                raise ValueError(f"label selector {text!r}: bad value list in {part!r}")
+            requirements.append(LabelRequirement(m.group(1), m.group(3), values))
+            continue
+        m = _EQ_RE.match(part)
+        if m:
+            op = "!=" if m.group(3) == "!=" else "="
+            requirements.append(LabelRequirement(m.group(1), op, frozenset({m.group(4)})))
+            continue
+        m = _EXISTS_RE.match(part)
+        if m:
+            requirements.append(LabelRequirement(m.group(2), "!exists" if m.group(1) else "exists"))
+            continue
+        raise ValueError(
+            f"label selector {text!r}: cannot read {part!r} "
+            "(expected key, !key, key=value, key!=value, key in (a,b) or key notin (a,b))"
+        )
     return tuple(requirements)
 
 

@@ -18,7 +18,9 @@ from typing import Any, Generic, TypeVar
 import msgspec
 
 from coverage_exporter.model.objects import (
+    APP_MANAGED_BY_LABEL,
     MANAGED_BY_LABEL,
+    MANAGED_BY_OPERATOR,
     OVER_CAPACITY_ANNOTATION,
     SERVICE_NAME_LABEL,
     SKIP_MIRROR_LABEL,
@@ -27,10 +29,13 @@ from coverage_exporter.model.objects import (
     Endpoints,
     EndpointSlice,
     Node,
+    NodeSelectorRequirement,
     Pod,
+    PodPlacement,
     Service,
     ServiceKey,
     SliceEndpoint,
+    Toleration,
 )
 
 K = TypeVar("K")
@@ -176,24 +181,76 @@ class _NodeStatus(msgspec.Struct):
     conditions: list[_Condition] | None = None
 
 
+class _NodeMeta(Meta, rename="camel"):
+    labels: dict[str, str] | None = None
+
+
+class _Taint(msgspec.Struct):
+    key: str | None = None
+    value: str | None = None
+    effect: str | None = None
+
+
+class _NodeSpec(msgspec.Struct):
+    taints: list[_Taint] | None = None
+    unschedulable: bool | None = None
+
+
 class RawNode(msgspec.Struct):
-    metadata: Meta | None = None
+    metadata: _NodeMeta | None = None
+    spec: _NodeSpec | None = None
     status: _NodeStatus | None = None
 
 
 _NODE_ADDRESS_TYPES = frozenset({"InternalIP", "ExternalIP"})
+_HOSTNAME_LABEL = "kubernetes.io/hostname"
+# Node label sets repeat across a cluster (zone, instance type, OS, pool)
+# once the per-node hostname is set aside: one shared dict per distinct
+# set, not one per Node (~1 KB each at 100k nodes). Bounded: a cluster
+# with more distinct sets than this simply stops sharing the rest.
+_LABEL_SETS: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
+_LABEL_SETS_MAX = 50_000
+_TAINT_SETS: dict[tuple[tuple[str, str, str], ...], tuple[tuple[str, str, str], ...]] = {}
+
+
+def _shared_labels(labels: dict[str, str] | None, name: str) -> dict[str, str]:
+    if not labels:
+        return {}
+    if labels.get(_HOSTNAME_LABEL) == name:
+        # The hostname label equals the name on almost every Node: leave it
+        # out of the shared set; model.scheduling reads it from the name.
+        labels = {k: v for k, v in labels.items() if k != _HOSTNAME_LABEL}
+    key = tuple(sorted(labels.items()))
+    shared = _LABEL_SETS.get(key)
+    if shared is None:
+        shared = {sys.intern(k): sys.intern(v) for k, v in key}
+        if len(_LABEL_SETS) < _LABEL_SETS_MAX:
+            _LABEL_SETS[key] = shared
+    return shared
+
+
+def _shared_taints(taints: list[_Taint] | None) -> tuple[tuple[str, str, str], ...]:
+    if not taints:
+        return ()
+    key = tuple((t.key or "", t.value or "", t.effect or "") for t in taints)
+    return _TAINT_SETS.setdefault(key, key) if len(_TAINT_SETS) < 10_000 else key
 
 
 def node_from_raw(raw: RawNode) -> Node:
     status = raw.status or _NodeStatus()
+    name = sys.intern(_name(raw.metadata))
+    spec = raw.spec or _NodeSpec()
     return Node(
-        name=sys.intern(_name(raw.metadata)),
+        name=name,
         addresses=tuple(
             sys.intern(a.address)
             for a in status.addresses or ()
             if a.type in _NODE_ADDRESS_TYPES and a.address
         ),
         ready=any(c.type == "Ready" and c.status == "True" for c in status.conditions or ()),
+        labels=_shared_labels(raw.metadata.labels if raw.metadata else None, name),
+        taints=_shared_taints(spec.taints),
+        unschedulable=bool(spec.unschedulable),
     )
 
 
@@ -204,23 +261,44 @@ class _ServiceMeta(Meta, rename="camel"):
     labels: dict[str, str] | None = None
 
 
+class _AnnotatedMeta(_ServiceMeta, rename="camel"):
+    annotations: dict[str, str] | None = None
+
+
+class _ServicePort(msgspec.Struct):
+    name: str | None = None
+
+
 class _ServiceSpec(msgspec.Struct):
     selector: dict[str, str] | None = None
+    ports: list[_ServicePort] | None = None
 
 
 class RawService(msgspec.Struct):
-    metadata: _ServiceMeta | None = None
+    metadata: _AnnotatedMeta | None = None
     spec: _ServiceSpec | None = None
+
+
+# Annotations kept on a Service: only those a scrape job's relabel rules
+# commonly read (prometheus.io/*); the rest (last-applied-configuration,
+# Helm's) can be large and are never compared.
+_KEPT_ANNOTATION_PREFIXES = ("prometheus.io/",)
 
 
 def service_from_raw(raw: RawService) -> Service:
     meta = raw.metadata
+    annotations = (meta.annotations if meta else None) or {}
+    spec = raw.spec or _ServiceSpec()
     return Service(
         namespace=_ns(meta),
         name=_name(meta),
         # An empty selector selects nothing for a Service: same as none.
-        selector=(raw.spec.selector if raw.spec else None) or None,
+        selector=spec.selector or None,
         labels=(meta.labels if meta else None) or {},
+        annotations={
+            k: v for k, v in annotations.items() if k.startswith(_KEPT_ANNOTATION_PREFIXES)
+        },
+        port_names=tuple(p.name for p in spec.ports or () if p.name),
     )
 
 
@@ -286,6 +364,7 @@ def endpoints_from_raw(raw: RawEndpoints) -> Endpoints:
         subset_sizes=tuple(sizes),
         over_capacity=annotations.get(OVER_CAPACITY_ANNOTATION),
         skip_mirror=labels.get(SKIP_MIRROR_LABEL) == "true",
+        operator_managed=labels.get(APP_MANAGED_BY_LABEL) == MANAGED_BY_OPERATOR,
     )
 
 
@@ -360,6 +439,7 @@ class _PodSpec(msgspec.Struct, rename="camel"):
 
 class _PodStatus(msgspec.Struct, rename="camel"):
     pod_ip: str | None = msgspec.field(default=None, name="podIP")
+    phase: str | None = None
 
 
 class RawPod(msgspec.Struct):
@@ -382,6 +462,7 @@ def pod_from_raw(raw: RawPod) -> Pod:
         owner_kind=_i(owner.kind) if owner else None,
         owner_name=_i(owner.name) if owner else None,
         terminating=bool(meta and meta.deletion_timestamp),
+        phase=_i(raw.status.phase if raw.status else None),
     )
 
 
@@ -392,17 +473,97 @@ class _DaemonSetStatus(msgspec.Struct, rename="camel"):
     desired_number_scheduled: int | None = None
 
 
+class _Requirement(msgspec.Struct):
+    key: str | None = None
+    operator: str | None = None
+    values: list[str] | None = None
+
+
+class _Term(msgspec.Struct, rename="camel"):
+    match_expressions: list[_Requirement] | None = None
+    match_fields: list[_Requirement] | None = None
+
+
+class _NodeSelector(msgspec.Struct, rename="camel"):
+    node_selector_terms: list[_Term] | None = None
+
+
+class _NodeAffinity(msgspec.Struct):
+    required: _NodeSelector | None = msgspec.field(
+        default=None, name="requiredDuringSchedulingIgnoredDuringExecution"
+    )
+
+
+class _Affinity(msgspec.Struct, rename="camel"):
+    node_affinity: _NodeAffinity | None = None
+
+
+class _Toleration(msgspec.Struct):
+    key: str | None = None
+    operator: str | None = None
+    value: str | None = None
+    effect: str | None = None
+
+
+class _TemplatePodSpec(msgspec.Struct, rename="camel"):
+    node_selector: dict[str, str] | None = None
+    affinity: _Affinity | None = None
+    tolerations: list[_Toleration] | None = None
+    host_network: bool | None = None
+
+
+class _PodTemplate(msgspec.Struct):
+    spec: _TemplatePodSpec | None = None
+
+
+class _DaemonSetSpec(msgspec.Struct):
+    template: _PodTemplate | None = None
+
+
 class RawDaemonSet(msgspec.Struct):
     metadata: Meta | None = None
+    spec: _DaemonSetSpec | None = None
     status: _DaemonSetStatus | None = None
+
+
+def _placement(spec: _TemplatePodSpec) -> PodPlacement:
+    terms: tuple[tuple[NodeSelectorRequirement, ...], ...] | None = ()
+    affinity = spec.affinity.node_affinity if spec.affinity else None
+    required = affinity.required if affinity else None
+    if required is not None:
+        out = []
+        for term in required.node_selector_terms or ():
+            fields = term.match_fields or ()
+            if any(f.key != "metadata.name" for f in fields):
+                terms = None  # not modelled: count only
+                break
+            out.append(
+                tuple(
+                    NodeSelectorRequirement(r.key or "", r.operator or "", tuple(r.values or ()))
+                    for r in (*(term.match_expressions or ()), *fields)
+                )
+            )
+        else:
+            terms = tuple(out)
+    return PodPlacement(
+        node_selector=spec.node_selector or {},
+        terms=terms,
+        tolerations=tuple(
+            Toleration(t.key, t.operator or "Equal", t.value, t.effect)
+            for t in spec.tolerations or ()
+        ),
+        host_network=bool(spec.host_network),
+    )
 
 
 def daemonset_from_raw(raw: RawDaemonSet) -> DaemonSet:
     meta = raw.metadata
+    template = raw.spec.template if raw.spec else None
     return DaemonSet(
         namespace=_ns(meta),
         name=_name(meta),
         desired_number_scheduled=(raw.status.desired_number_scheduled if raw.status else 0) or 0,
+        placement=_placement(template.spec) if template and template.spec else None,
     )
 
 

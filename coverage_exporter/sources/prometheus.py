@@ -31,11 +31,18 @@ import msgspec
 from coverage_exporter.model.objects import (
     ROLE_ENDPOINTS,
     ROLE_ENDPOINTSLICE,
+    ROLE_UNKNOWN,
     PrometheusSnapshot,
     Target,
 )
+from coverage_exporter.model.topology import Declared, identify
 from coverage_exporter.sources import httpclient
 from coverage_exporter.sources.health import SOURCE_PROMETHEUS, SourceError, SourceHealth
+from coverage_exporter.sources.prometheus_config import (
+    CONFIG_PATH,
+    LoadedConfig,
+    parse_config_response,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +79,8 @@ class PrometheusEndpoint:
     insecure_skip_verify: bool = False
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
     """Per request, body included: a big target list takes a while to send."""
+    declared: Declared = field(default_factory=Declared)
+    """Where the server stands in its fleet, as the user declared it."""
 
     def __post_init__(self) -> None:
         self.url = _check_url(self.url)
@@ -79,8 +88,8 @@ class PrometheusEndpoint:
             self.name = default_name(self.url)
         if self.bearer_token_file and self.basic_auth_user is not None:
             raise ValueError(f"{self.name}: bearer token and basic auth are mutually exclusive")
-        if self.timeout_seconds <= 0:
-            raise ValueError(f"{self.name}: timeout_seconds must be positive")
+        if not 0 < self.timeout_seconds < float("inf"):
+            raise ValueError(f"{self.name}: the timeout must be a positive number of seconds")
 
 
 def _check_url(url: str) -> str:
@@ -143,8 +152,21 @@ class _DiscoveredLabels(msgspec.Struct, gc=False):
     slice_target_name: str | None = _label("__meta_kubernetes_endpointslice_address_target_name")
 
 
+class _FinalLabels(msgspec.Struct, gc=False):
+    """The target's labels after relabeling: all that vmagent started with
+    -promscrape.dropOriginalLabels sends. The Operator's and VictoriaMetrics'
+    generated jobs put the Service's identity in these."""
+
+    instance: str | None = None
+    namespace: str | None = None
+    service: str | None = None
+    node: str | None = None
+    pod: str | None = None
+
+
 class _ActiveTarget(msgspec.Struct, gc=False):
     discovered: _DiscoveredLabels | None = msgspec.field(name="discoveredLabels", default=None)
+    labels: _FinalLabels | None = None
     scrape_pool: str | None = msgspec.field(name="scrapePool", default=None)
     health: str | None = None
 
@@ -160,6 +182,8 @@ class _TargetsResponse(msgspec.Struct, gc=False):
     data: _TargetsData | None = None
     error_type: str = msgspec.field(name="errorType", default="")
     error: str = ""
+    warnings: list[str] | None = None
+    """Thanos Query: set when a store did not answer (a partial answer)."""
 
 
 class _ScrapePoolsData(msgspec.Struct):
@@ -257,9 +281,33 @@ def _to_target(
 def _check_envelope(response: _TargetsResponse) -> list[_ActiveTarget]:
     if response.status != "success":
         raise SourceError(f"status {response.status!r}: {response.error_type}: {response.error}")
+    if response.warnings:
+        # Thanos Query with a store missing: the targets of that store are
+        # simply absent, which would read as lost targets.
+        raise SourceError(f"partial answer: {'; '.join(response.warnings)[:300]}")
     if response.data is None:
         raise SourceError("status 'success' without data")
     return response.data.active or []
+
+
+def _from_final_labels(labels: _FinalLabels, health: str | None, pool: str) -> Target | None:
+    """A target known only by its final labels (vmagent without original
+    labels): matched by namespace, service, node or pod and the instance's
+    host; its discovery role cannot be told."""
+    if not labels.namespace or not labels.service or not labels.instance:
+        return None
+    return Target(
+        scrape_pool=pool,
+        health=sys.intern(health or "unknown"),
+        role=ROLE_UNKNOWN,
+        namespace=_intern(labels.namespace),
+        service=_intern(labels.service),
+        node_name=_intern(labels.node),
+        target_kind=None,
+        target_name=None,
+        pod_name=_intern(labels.pod),
+        address_host=sys.intern(address_host(labels.instance)),
+    )
 
 
 _LIST_DECODER = msgspec.json.Decoder(list[_ActiveTarget])
@@ -294,6 +342,8 @@ class TargetStream:
         if only_pool is not None:
             self.pools[sys.intern(only_pool)] = PoolTargets()
         self._total = self._malformed = self._foreign = 0
+        self.final_labels_only = 0
+        """Targets matched by their final labels (no discoveredLabels)."""
 
     @property
     def buffered(self) -> int:
@@ -342,6 +392,9 @@ class TargetStream:
         self._total += len(raw_targets)
         for raw in raw_targets:
             labels, pool = raw.discovered, raw.scrape_pool or only_pool
+            if pool is not None and (labels is None or labels.address is None) and raw.labels:
+                self._add_final(raw, pool)
+                continue
             if labels is None or labels.address is None or pool is None:
                 self._malformed += 1
                 continue
@@ -357,6 +410,20 @@ class TargetStream:
             target = _to_target(labels, labels.address, raw.health, pool)
             if target is not None:
                 result.targets.append(target)
+
+    def _add_final(self, raw: _ActiveTarget, pool: str) -> None:
+        if self._only_pool is not None and pool != self._only_pool:
+            self._foreign += 1
+            return
+        pool = sys.intern(pool)
+        result = self.pools.get(pool)
+        if result is None:
+            result = self.pools[pool] = PoolTargets()
+        result.active += 1
+        self.final_labels_only += 1
+        target = _from_final_labels(raw.labels or _FinalLabels(), raw.health, pool)
+        if target is not None:
+            result.targets.append(target)
 
 
 def parse_targets(body: bytes, only_pool: str | None = None) -> dict[str, PoolTargets]:
@@ -471,6 +538,9 @@ class PrometheusSource:
         self._timeout = aiohttp.ClientTimeout(total=endpoint.timeout_seconds)
         self._pools: dict[str, PoolTargets] = {}
         self._fallback = False
+        self._config: LoadedConfig | None = None
+        self._config_read = False
+        self._final_labels_only = False
 
     async def __aenter__(self) -> PrometheusSource:
         return self
@@ -508,7 +578,46 @@ class PrometheusSource:
         self._pools = pools
         self.health.mark(True, time.monotonic() - started)
         targets = [t for result in pools.values() for t in result.targets]
-        return PrometheusSnapshot(name=self.endpoint.name, targets=targets)
+        config = self._config
+        return PrometheusSnapshot(
+            name=self.endpoint.name,
+            targets=targets,
+            identity=identify(
+                self.endpoint.name,
+                config.external_labels if config else {},
+                config.jobs if config else (),
+                self.endpoint.declared,
+            ),
+            jobs=config.jobs if config else None,
+            pools=tuple(pools),
+            pools_listed=not self._fallback,
+            discovered_labels=not self._final_labels_only,
+        )
+
+    async def read_config(self) -> LoadedConfig | None:
+        """The loaded configuration, read anew; None where the server does
+        not serve it (Thanos Query, vmagent, an API proxy that allows only
+        the targets). Raises SourceError on any other failure."""
+        status, body = await self._request(CONFIG_PATH, None, self._auth_headers())
+        if status in (401, 403, 404):
+            if not self._config_read:
+                log.info(
+                    "%s: %s answers HTTP %d: the pools meant to scrape each Service and the "
+                    "server's place among shards and replicas are taken from its targets only",
+                    self.endpoint.name,
+                    CONFIG_PATH,
+                    status,
+                )
+            self._config_read, self._config = True, None
+            return None
+        if status != 200:
+            self._fail(f"GET {CONFIG_PATH}: HTTP {status}: {_error_detail(body)}")
+        try:
+            config = await asyncio.to_thread(parse_config_response, body)
+        except SourceError as exc:
+            self._fail(f"GET {CONFIG_PATH}: {exc}")
+        self._config_read, self._config = True, config
+        return config
 
     async def pool_target_counts(self) -> dict[str, int] | None:
         """Active targets per pool from Prometheus's own /metrics: a cheap way
@@ -570,8 +679,11 @@ class PrometheusSource:
 
     async def _fetch_all(self, headers: Mapping[str, str]) -> dict[str, PoolTargets]:
         # Thanos accepts only `state`; state=active at least spares us the
-        # dropped targets, which dominate the full answer.
-        return await self._stream_targets({"state": "active"}, None, headers)
+        # dropped targets, which dominate the full answer. partial_response
+        # =false makes Thanos fail rather than silently leave out the
+        # targets of a store that did not answer; Prometheus ignores it.
+        params = {"state": "active", "partial_response": "false"}
+        return await self._stream_targets(params, None, headers)
 
     async def _fetch_pools(
         self, pools: list[str], headers: Mapping[str, str]
@@ -612,9 +724,18 @@ class PrometheusSource:
             self._fail(f"{what}: HTTP {status}: {_error_detail(body)}")
         await asyncio.to_thread(stream.feed, bytes(pending))
         try:
-            return await asyncio.to_thread(stream.finish)
+            result = await asyncio.to_thread(stream.finish)
         except SourceError as exc:
             self._fail(f"{what}: {exc}")
+        if stream.final_labels_only and not self._final_labels_only:
+            log.warning(
+                "%s: targets come without discoveredLabels (vmagent with "
+                "-promscrape.dropOriginalLabels?): matched by their namespace, service, node and "
+                "pod labels and instance; their discovery role is reported as unknown",
+                self.endpoint.name,
+            )
+        self._final_labels_only = self._final_labels_only or bool(stream.final_labels_only)
+        return result
 
     def _auth_headers(self) -> dict[str, str]:
         ep = self.endpoint

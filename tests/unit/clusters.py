@@ -19,6 +19,12 @@ from coverage_exporter.model.objects import (
 )
 
 MAX_CAPACITY = 1000
+# What the Prometheus Operator's kubelet controller puts on its Service.
+OPERATOR_LABELS = {
+    "k8s-app": "kubelet",
+    "app.kubernetes.io/name": "kubelet",
+    "app.kubernetes.io/managed-by": "prometheus-operator",
+}
 
 
 def node_name(i: int) -> str:
@@ -84,7 +90,9 @@ def kubelet(count: int, skip_mirror: bool = False) -> ClusterSnapshot:
     addresses = tuple(
         EndpointAddress(node_ip(i), node_name(i), "Node", node_name(i)) for i in range(count)
     )
-    endpoints = Endpoints(ns, name, addresses, (), (count,), skip_mirror=skip_mirror)
+    endpoints = Endpoints(
+        ns, name, addresses, (), (count,), skip_mirror=skip_mirror, operator_managed=True
+    )
     if skip_mirror:
         managed_by, size, mirrored = "prometheus-operator", 512, addresses
     else:
@@ -98,7 +106,7 @@ def kubelet(count: int, skip_mirror: bool = False) -> ClusterSnapshot:
     ]
     return ClusterSnapshot(
         nodes=nodes(count),
-        services={(ns, name): Service(ns, name, None)},
+        services={(ns, name): Service(ns, name, None, OPERATOR_LABELS)},
         endpoints={(ns, name): endpoints},
         endpointslices={(ns, name): slices},
     )

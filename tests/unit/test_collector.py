@@ -11,6 +11,7 @@ from coverage_exporter.collector import Collector
 from coverage_exporter.model.objects import ClusterSnapshot, PrometheusSnapshot, Service
 from coverage_exporter.model.scope import Scope
 from coverage_exporter.sources.health import SourceError, SourceHealth
+from coverage_exporter.sources.prometheus_config import LoadedConfig
 from tests.unit import clusters
 
 NE = ("monitoring", "node-exporter")
@@ -70,6 +71,16 @@ class ScriptedPrometheus:
     async def pool_target_counts(self) -> dict[str, int] | None:
         return self._counts.pop(0) if self._counts else None
 
+    async def read_config(self) -> LoadedConfig | None:
+        # The configuration is read first in every poll: a failing server
+        # fails there, as the real one would.
+        if self._answers and isinstance(self._answers[0], Exception):
+            self.health.mark(False, 0.1, str(self._answers[0]))
+            raise self._answers.pop(0)
+        return self.config
+
+    config: LoadedConfig | None = None
+
 
 def samples(exposition: bytes, name: str) -> dict[tuple[tuple[str, str], ...], float]:
     for family in text_string_to_metric_families(exposition.decode()):
@@ -95,7 +106,7 @@ async def test_a_failing_prometheus_keeps_its_last_good_targets_not_zero() -> No
     assert not second.complete
     assert prometheus_missing(second.exposition) == [200.0]
     up = samples(second.exposition, "scrape_coverage_source_up")
-    assert up[(("prometheus", "p"), ("source", "prometheus"))] == 0.0
+    assert up[(("server", "p"), ("source", "prometheus"))] == 0.0
     assert samples(second.exposition, "scrape_coverage_prometheus_targets") == samples(
         first.exposition, "scrape_coverage_prometheus_targets"
     )
@@ -107,7 +118,7 @@ async def test_a_prometheus_that_never_answered_publishes_no_pool_figures() -> N
     result = await Collector(StaticCluster(cluster), [prom], Scope(frozenset({NE}))).run_cycle()
     assert not result.complete
     assert prometheus_missing(result.exposition) == []
-    assert samples(result.exposition, "scrape_coverage_ratio") == {}
+    assert samples(result.exposition, "scrape_coverage_gap_targets") == {}
     # The Kubernetes stages are still known and published.
     missing = samples(result.exposition, "scrape_coverage_missing_targets")
     assert (
@@ -190,3 +201,56 @@ async def test_pods_of_truncated_services_are_listed_while_prometheus_is_read() 
     prom = Watching("p", [PrometheusSnapshot("p", [])])
     await Collector(kube, [prom], Scope()).run_cycle()
     assert seen_during_collect == [[NE]]
+
+
+async def test_a_prometheus_down_longer_than_stale_after_stops_covering() -> None:
+    """A shard down for hours must not keep covering its targets."""
+    import asyncio
+
+    cluster = clusters.node_exporter(1200)
+    good = PrometheusSnapshot("p", clusters.slice_targets(cluster, "ne", *NE))
+    prom = ScriptedPrometheus("p", [good, SourceError("refused"), SourceError("refused")])
+    collector = Collector(StaticCluster(cluster), [prom], Scope(), stale_after_seconds=0.2)
+    first = await collector.run_cycle()
+    assert prometheus_missing(first.exposition) == [0.0]
+    within = await collector.run_cycle()  # still within the bound: last good data
+    assert prometheus_missing(within.exposition) == [0.0] and not within.complete
+    await asyncio.sleep(0.3)
+    expired = await collector.run_cycle()
+    assert prometheus_missing(expired.exposition) == []
+    unknown = samples(expired.exposition, "scrape_coverage_prometheus_unknown_targets")
+    assert list(unknown.values()) == [1200.0]
+    assert samples(expired.exposition, "scrape_coverage_prometheus_targets") == {}
+    known = samples(expired.exposition, "scrape_coverage_replica_coverage_known")
+    assert known == {(("scraper", "p"), ("scraper_replica", "p")): 0.0}
+    assert expired.report is not None and not expired.report.has_gaps
+
+
+async def test_a_pool_whose_targets_vanish_during_a_run_reports_all_missing() -> None:
+    """A selector typo: the pool still runs but discovers nothing; its
+    earlier targets say which Service it was meant for."""
+    cluster = clusters.node_exporter(1200)
+    before = PrometheusSnapshot("p", clusters.slice_targets(cluster, "ne", *NE), pools=("ne",))
+    after = PrometheusSnapshot("p", [], pools=("ne",))
+    gone = PrometheusSnapshot("p", [], pools=())
+    prom = ScriptedPrometheus("p", [before, after, gone])
+    collector = Collector(StaticCluster(cluster), [prom], Scope())
+    first = await collector.run_cycle()
+    assert prometheus_missing(first.exposition) == [0.0]
+    second = await collector.run_cycle()
+    assert prometheus_missing(second.exposition) == [1200.0]
+    assert second.report is not None and second.report.has_gaps
+    # The job itself was removed: nothing is meant any more.
+    third = await collector.run_cycle()
+    assert prometheus_missing(third.exposition) == []
+
+
+async def test_a_reload_is_read_at_once_even_when_counts_did_not_move() -> None:
+    cluster = clusters.node_exporter(10)
+    snapshot = PrometheusSnapshot("p", [])
+    prom = ScriptedPrometheus("p", [snapshot, snapshot], counts=[{}, {}])
+    collector = Collector(StaticCluster(cluster), [prom], Scope(), full_refresh_seconds=3600)
+    await collector.run_cycle()
+    prom.config = LoadedConfig({}, ())
+    await collector.run_cycle()
+    assert prom.collect_calls == [None, None]

@@ -7,6 +7,8 @@ import dataclasses
 import pytest
 
 from coverage_exporter.model.coverage import MissingTarget
+from coverage_exporter.model.fleet import ServerState
+from coverage_exporter.model.gaps import service_gaps
 from coverage_exporter.model.objects import (
     ClusterSnapshot,
     EndpointAddress,
@@ -14,6 +16,8 @@ from coverage_exporter.model.objects import (
     EndpointSlice,
     Pod,
     PrometheusSnapshot,
+    ScrapeJob,
+    ServerIdentity,
     Service,
     SliceEndpoint,
     Target,
@@ -65,8 +69,10 @@ def test_truncated_daemonset_service_names_the_dropped_nodes() -> None:
     pools = {p.scrape_pool: p for p in svc.pools}
     assert pools["ne-endpoints"].role == "endpoints"
     assert [m.node for m in pools["ne-endpoints"].missing] == dropped_by_truncation(1200)
-    assert pools["ne-endpoints"].ratio == pytest.approx(1000 / 1200)
-    assert pools["ne-slices"].missing == () and pools["ne-slices"].ratio == 1.0
+    assert pools["ne-endpoints"].missing_count == 200
+    assert pools["ne-endpoints"].discovered == 1000
+    assert pools["ne-slices"].missing == () and pools["ne-slices"].missing_count == 0
+    assert {(p.scraper, p.replica) for p in svc.pools} == {("prom", "prom")}
     assert svc.target_counts == {
         ("prom", "ne-endpoints", "endpoints", "down"): 1000,
         ("prom", "ne-slices", "endpointslice", "up"): 1200,
@@ -192,41 +198,77 @@ def test_pod_backed_service_ignores_terminating_pods_and_counts_not_ready() -> N
     assert svc.pools[0].missing == (MissingTarget(node="node-0001", pod="api-b"),)
 
 
-def split_shards(targets: list[Target], shards: int) -> list[PrometheusSnapshot]:
+def split_shards(
+    targets: list[Target], shards: int, replica: str = "r0"
+) -> list[PrometheusSnapshot]:
     """Each shard keeps hashmod(__address__) == its number; a stable stand-in."""
     return [
-        PrometheusSnapshot(f"shard-{n}", [t for t in targets if hash(t.address_host) % shards == n])
+        PrometheusSnapshot(
+            f"{replica}-shard-{n}",
+            [t for t in targets if sum(map(ord, t.address_host)) % shards == n],
+            identity=ServerIdentity("k8s", replica, n, shards, "operator"),
+        )
         for n in range(shards)
     ]
 
 
-def test_shards_are_a_union() -> None:
+def test_shards_of_one_replica_are_a_union() -> None:
     cluster = clusters.node_exporter(1200)
     targets = clusters.slice_targets(cluster, "ne", *NE)
     shards = split_shards(targets, 2)
     assert all(0 < len(s.targets) < 1200 for s in shards)
     svc = only(report_for(cluster, *shards), NE)
-    assert svc.pools[0].missing == ()
+    (pool,) = svc.pools
+    assert (pool.scraper, pool.replica, pool.missing) == ("k8s", "r0", ())
     assert sum(svc.target_counts.values()) == 1200
-    assert {k[0] for k in svc.target_counts} == {"shard-0", "shard-1"}
+    assert {k[0] for k in svc.target_counts} == {"r0-shard-0", "r0-shard-1"}
 
 
-def test_a_missing_shard_leaves_a_gap() -> None:
+def test_a_shard_that_never_answered_makes_the_share_unknown_not_missing() -> None:
     cluster = clusters.node_exporter(1200)
     shards = split_shards(clusters.slice_targets(cluster, "ne", *NE), 2)
-    svc = only(report_for(cluster, shards[0]), NE)
-    assert len(svc.pools[0].missing) == 1200 - len(shards[0].targets)
+    servers = [
+        ServerState(shards[0].name, shards[0].identity, True),
+        ServerState("r0-shard-1", ServerIdentity("k8s", "r0", 1, 2, "declared"), False),
+    ]
+    report = build_report(Scope(), cluster, [shards[0]], servers)
+    (pool,) = only(report, NE).pools
+    assert not pool.known and pool.missing is None and pool.missing_count is None
+    assert pool.discovered == len(shards[0].targets)
+    assert pool.unknown == 1200 - len(shards[0].targets)
+    assert not report.has_gaps and report.unknown_pools == 1
 
 
-def test_ha_replicas_count_once() -> None:
+def test_each_ha_replica_is_judged_on_its_own() -> None:
+    """A replica that sees 500 of 900 is blind in its own alerts, whatever
+    the other replica sees: the union must not hide it."""
+    cluster = clusters.node_exporter(900)
+    targets = clusters.slice_targets(cluster, "ne", *NE)
+    a = split_shards(targets, 2, "prometheus-k8s-0")
+    b = split_shards(targets[:500], 2, "prometheus-k8s-1")
+    svc = only(report_for(cluster, *a, *b), NE)
+    pools = {p.replica: p for p in svc.pools}
+    assert pools["prometheus-k8s-0"].missing == ()
+    assert pools["prometheus-k8s-1"].missing_count == 400
+    assert [m.node for m in pools["prometheus-k8s-1"].missing] == sorted(
+        t.node_name for t in targets[500:]
+    )
+    (gap,) = service_gaps(svc)
+    assert (gap.stage, gap.replica, gap.missing) == ("prometheus", "prometheus-k8s-1", 400)
+
+
+def test_independent_servers_are_never_a_union() -> None:
+    """Two servers without topology (the demo's 3.16 and 2.53) each miss
+    200 and 300: each must say its own, never the union's 200 for both."""
     cluster = clusters.node_exporter(1200)
     targets = clusters.endpoints_targets(cluster, "ne", *NE)
-    replicas = [PrometheusSnapshot("replica-a", targets), PrometheusSnapshot("replica-b", targets)]
-    svc = only(report_for(cluster, *replicas), NE)
-    (pool,) = svc.pools
-    assert (pool.discovered, len(pool.missing)) == (1000, 200)
-    assert svc.target_counts[("replica-a", "ne", "endpoints", "down")] == 1000
-    assert svc.target_counts[("replica-b", "ne", "endpoints", "down")] == 1000
+    svc = only(
+        report_for(
+            cluster, PrometheusSnapshot("p3", targets), PrometheusSnapshot("p2", targets[:900])
+        ),
+        NE,
+    )
+    assert {p.replica: p.missing_count for p in svc.pools} == {"p3": 200, "p2": 300}
 
 
 def test_thanos_view_with_duplicates_counts_each_node_once() -> None:
@@ -263,7 +305,7 @@ def test_targets_without_node_labels_are_matched_by_address() -> None:
     assert [m.node for m in svc.pools[0].missing] == [clusters.node_name(i) for i in range(40, 50)]
 
 
-def test_selector_less_service_without_node_addresses_is_unresolved() -> None:
+def test_hand_made_endpoints_expect_what_they_list() -> None:
     ns, name = "default", "external-db"
     cluster = ClusterSnapshot(
         nodes=clusters.nodes(2),
@@ -271,10 +313,19 @@ def test_selector_less_service_without_node_addresses_is_unresolved() -> None:
         endpoints={(ns, name): Endpoints(ns, name, (EndpointAddress("192.0.2.1"),), (), (1,))},
     )
     report = report_for(cluster, services=frozenset({(ns, name)}))
+    svc = only(report, (ns, name))
+    assert (svc.source, svc.expected) == ("listed", 1)
+
+
+def test_selector_less_service_without_any_address_is_unresolved() -> None:
+    ns, name = "default", "nothing"
+    cluster = ClusterSnapshot(
+        nodes=clusters.nodes(2), services={(ns, name): Service(ns, name, None)}
+    )
+    report = report_for(cluster, services=frozenset({(ns, name)}))
     assert report.services == []
-    assert report.unresolved == [
-        "default/external-db: selector-less, and its addresses are not Nodes"
-    ]
+    assert [(u.namespace, u.service) for u in report.unresolved] == [(ns, name)]
+    assert "no addresses" in report.unresolved[0].reason
 
 
 def test_service_whose_pods_are_not_listed_yet_is_withheld_not_zero() -> None:
@@ -282,17 +333,22 @@ def test_service_whose_pods_are_not_listed_yet_is_withheld_not_zero() -> None:
     cluster.pods = {}
     report = report_for(cluster, services=frozenset({NE}))
     assert report.services == []
-    assert report.unresolved == ["monitoring/node-exporter: its pods are not listed yet"]
+    assert [u.reason for u in report.unresolved] == ["its pods are not listed yet"]
 
 
-def test_a_service_without_endpoints_object_misses_everything() -> None:
+def test_a_service_without_endpoints_object_is_a_gap_only_where_a_pool_reads_it() -> None:
     cluster = clusters.node_exporter(10)
     cluster.endpoints = {}
     cluster.endpointslices = {}
     report = report_for(cluster, services=frozenset({NE}))
     svc = only(report, NE)
     assert svc.endpoints is None and len(svc.slices.missing) == 10
-    assert report.has_gaps
+    assert not report.has_gaps  # nobody reads it: nothing is lost
+    job = ScrapeJob("ne", "endpoints", None)
+    prom = PrometheusSnapshot("p", [], jobs=[job], pools=("ne",))
+    report = report_for(cluster, prom, services=frozenset({NE}))
+    gaps = {(g.stage, g.missing) for g in report.gaps}
+    assert gaps == {("endpoints", 10), ("prometheus", 10)}
 
 
 def test_scope_takes_discovered_truncated_and_explicit_services_and_filters() -> None:

@@ -43,8 +43,9 @@ def test_panels_do_not_overlap(board: dict) -> None:
     for p in board["panels"]:
         g = p["gridPos"]
         assert g["x"] + g["w"] <= 24, p["title"]
-        cells = {(x, y) for x in range(g["x"], g["x"] + g["w"])
-                 for y in range(g["y"], g["y"] + g["h"])}
+        cells = {
+            (x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])
+        }
         assert not cells & taken, f"{p['title']} overlaps another panel"
         taken |= cells
 
@@ -96,7 +97,7 @@ def test_coverage_panels_follow_the_variables(board: dict) -> None:
         for target in p["targets"]:
             if target["expr"].startswith("vector("):
                 continue
-            assert '$namespace' in target["expr"] and '$service' in target["expr"], p["title"]
+            assert "$namespace" in target["expr"] and "$service" in target["expr"], p["title"]
 
 
 def test_table_columns_are_named(board: dict) -> None:

@@ -83,19 +83,29 @@ def test_before_kubernetes_answers_only_exporter_metrics_are_published() -> None
     text = render(ExporterState(None, sources(False))).decode()
     check_golden("no_kubernetes_yet.txt", text)
     assert "scrape_coverage_missing_targets{" not in text
-    assert 'scrape_coverage_source_up{prometheus="prom-a",source="prometheus"} 0.0' in text
+    assert 'scrape_coverage_source_up{server="prom-a",source="prometheus"} 0.0' in text
 
 
-def test_missing_info_cap_prefers_the_prometheus_stage_and_counts_what_it_cut() -> None:
+def test_missing_target_cap_is_shared_fairly_and_counts_what_it_cut() -> None:
     state = truncated_cluster_state(limit=4)
     families = {f.name: f for f in text_string_to_metric_families(render(state).decode())}
-    info = families["scrape_coverage_missing_node_info"].samples
-    assert len(info) == 4
-    assert {s.labels["stage"] for s in info} == {"prometheus"}
-    # 3 nodes missing in the node-exporter pool + 3 in its Endpoints,
-    # 3 in the kubelet mirrored slices and 3 in the kubelet pool: 12 in all.
-    omitted = families["scrape_coverage_missing_node_info_omitted"].samples[0].value
-    assert omitted == 12 - 4
+    series = families["scrape_coverage_missing_target"].samples
+    assert len(series) == 4
+    # 4 groups of 3 missing each (node-exporter pool and Endpoints, kubelet
+    # mirrored slices and pool): one series each, never 4 from one group.
+    groups = {(s.labels["service"], s.labels["stage"], s.labels["scrape_pool"]) for s in series}
+    assert len(groups) == 4
+    omitted = families["scrape_coverage_missing_target_series_omitted"].samples
+    assert sorted(s.value for s in omitted) == [2.0, 2.0, 2.0, 2.0]
+
+
+def test_fair_shares_give_small_groups_all_and_split_the_rest() -> None:
+    from coverage_exporter.exposition.metrics import fair_shares
+
+    assert fair_shares([4000, 4000, 4000, 4000, 3], 1000) == [249, 249, 249, 250, 3]
+    assert fair_shares([10, 20], 1000) == [10, 20]
+    assert fair_shares([5, 5], 0) == [0, 0]
+    assert sum(fair_shares([7, 900, 40, 1], 100)) == 100
 
 
 def test_exposition_parses_and_every_family_is_declared() -> None:

@@ -31,9 +31,16 @@ def test_node_keeps_internal_and_external_ip_and_ready() -> None:
     parsed = k8s_parse.NODES.parse(raw("node.json"))
     assert parsed.key == "ip-10-0-12-34.ec2.internal"
     assert parsed.resource_version == "4811022"
-    assert parsed.obj == Node(
-        name="ip-10-0-12-34.ec2.internal", addresses=("10.0.12.34", "3.91.22.7"), ready=True
+    node = parsed.obj
+    assert (node.name, node.addresses, node.ready) == (
+        "ip-10-0-12-34.ec2.internal",
+        ("10.0.12.34", "3.91.22.7"),
+        True,
     )
+    # Labels for DaemonSet placement; the per-node hostname label is left
+    # out of the shared set (model.scheduling reads the name instead).
+    assert node.labels["topology.kubernetes.io/zone"] == "us-east-1a"
+    assert "kubernetes.io/hostname" not in node.labels
 
 
 def test_node_many_images_is_small_after_parsing() -> None:
@@ -41,8 +48,13 @@ def test_node_many_images_is_small_after_parsing() -> None:
     assert len(json.loads(data)["status"]["images"]) == 60
     assert len(data) > 15_000
     node = k8s_parse.NODES.parse(data).obj
-    # Nothing but name, addresses and readiness survives.
-    assert node.__slots__ == ("name", "addresses", "ready")
+    # Nothing but name, addresses, readiness and what placement reads survives.
+    assert node.__slots__ == ("name", "addresses", "ready", "labels", "taints", "unschedulable")
+    # Nodes with equal labels share one dict, not one copy each.
+    twin = json.loads(data)
+    twin["metadata"]["name"] = "other"
+    twin["metadata"]["labels"]["kubernetes.io/hostname"] = "other"
+    assert k8s_parse.NODES.parse(json.dumps(twin).encode()).obj.labels is node.labels
 
 
 def test_node_not_ready_dual_stack() -> None:
@@ -212,6 +224,7 @@ def test_terminating_pod_with_daemonset_owner() -> None:
         owner_kind="DaemonSet",
         owner_name="kube-prometheus-stack-prometheus-node-exporter",
         terminating=True,
+        phase="Running",
     )
 
 
@@ -230,11 +243,13 @@ def test_pod_without_owner() -> None:
 
 
 def test_daemonsets() -> None:
-    assert k8s_parse.DAEMONSETS.parse(raw("daemonset.json")).obj == DaemonSet(
-        namespace="monitoring",
-        name="kube-prometheus-stack-prometheus-node-exporter",
-        desired_number_scheduled=1190,
+    daemonset = k8s_parse.DAEMONSETS.parse(raw("daemonset.json")).obj
+    assert (daemonset.namespace, daemonset.name, daemonset.desired_number_scheduled) == (
+        "monitoring",
+        "kube-prometheus-stack-prometheus-node-exporter",
+        1190,
     )
+    assert daemonset.placement is not None and daemonset.placement.host_network
     # A DaemonSet the controller has not reconciled yet has no desired count.
     assert k8s_parse.DAEMONSETS.parse(raw("daemonset_new.json")).obj.desired_number_scheduled == 0
 

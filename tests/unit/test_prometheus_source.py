@@ -368,7 +368,9 @@ async def test_thanos_falls_back_to_state_active_only(caplog) -> None:
             assert source.health.errors_total == 0
     finally:
         await srv.close()
-    assert server.target_requests() == [{"state": "active"}, {"state": "active"}]
+    # partial_response=false: Thanos fails instead of leaving out a store.
+    asked = {"state": "active", "partial_response": "false"}
+    assert server.target_requests() == [asked, asked]
     # Replicas repeat targets: all kept, dedupe is the model's job.
     assert len(first.targets) == len(second.targets) == 5
     ne = [t for t in first.targets if t.scrape_pool == NE_POOL]

@@ -1,0 +1,225 @@
+"""Which scrape pools are meant to scrape a Service, read from each
+Prometheus's own loaded configuration.
+
+Why the configuration and not what was discovered: a pool that discovers
+nothing (its ServiceAccount lacks `endpointslices` RBAC after the role
+switch, a reload that starts from nothing) has no targets to say which
+Service it was for, so a comparison driven by discovered targets alone
+goes silent exactly then. Why not the Operator's ServiceMonitors: they
+exist only where the Operator runs, and the generated configuration says
+the same thing for every setup, Operator or not.
+
+A job is meant to scrape a Service when its Kubernetes service discovery
+has role `endpoints` or `endpointslice` and covers the Service's namespace,
+and every relabel rule that depends only on the Service's own metadata
+(namespace, name, labels, annotations) keeps it. Rules on anything else
+(ports, addresses, pods, hashmod sharding) are not evaluated: a `keep` on
+a port that was renamed is one of the ways a pool loses every target, and
+must not make the Service look unscraped. A job with no Service-level rule
+at all (namespace-wide) is taken as meant for the Services that have a port
+its port rules keep, so that one catch-all job does not claim every
+Service of the cluster.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from functools import lru_cache
+
+from coverage_exporter.model.objects import RelabelRule, ScrapeJob, Service
+from coverage_exporter.model.scope import parse_label_selector
+
+_META = "__meta_kubernetes_"
+_SERVICE_LEVEL_PREFIXES = (
+    _META + "service_label_",
+    _META + "service_labelpresent_",
+    _META + "service_annotation_",
+    _META + "service_annotationpresent_",
+)
+_PORT_LABELS = frozenset(
+    {
+        _META + "endpoint_port_name",
+        _META + "endpointslice_port_name",
+        _META + "service_port_name",
+    }
+)
+_IDENTITY = frozenset({_META + "service_name", _META + "endpoints_name"})
+
+
+def sanitize(name: str) -> str:
+    """A Kubernetes label or annotation name as Prometheus puts it in a meta
+    label: every character outside [a-zA-Z0-9_] becomes '_'."""
+    return re.sub(r"[^a-zA-Z0-9_]", "_", name)
+
+
+def service_meta_labels(service: Service) -> dict[str, str]:
+    """The meta labels that role endpoints/endpointslice give every target
+    of the Service, as far as they depend on the Service alone."""
+    labels = {
+        _META + "namespace": service.namespace,
+        _META + "service_name": service.name,
+        _META + "endpoints_name": service.name,
+        _META + "endpointslice_label_kubernetes_io_service_name": service.name,
+        _META + "endpointslice_labelpresent_kubernetes_io_service_name": "true",
+    }
+    for key, value in service.labels.items():
+        labels[_META + "service_label_" + sanitize(key)] = value
+        labels[_META + "service_labelpresent_" + sanitize(key)] = "true"
+    for key, value in service.annotations.items():
+        labels[_META + "service_annotation_" + sanitize(key)] = value
+        labels[_META + "service_annotationpresent_" + sanitize(key)] = "true"
+    return labels
+
+
+def _service_level(label: str) -> bool:
+    return (
+        label == _META + "namespace"
+        or label in _IDENTITY
+        or label.startswith(_SERVICE_LEVEL_PREFIXES)
+    )
+
+
+@lru_cache(maxsize=4096)
+def _compiled(regex: str) -> re.Pattern[str] | None:
+    # Prometheus anchors every relabel regex. RE2 and Python's re agree on
+    # the syntax used in practice; a pattern Python cannot compile makes the
+    # rule unknown rather than failing the comparison.
+    try:
+        return re.compile(f"^(?:{regex})$")
+    except re.error:
+        return None
+
+
+def _expand(replacement: str, match: re.Match[str]) -> str:
+    """`$1`, `${1}` and `${name}` as Go's regexp.Expand fills them; an
+    unknown group is empty."""
+
+    def group(m: re.Match[str]) -> str:
+        ref = m.group(1) or m.group(2)
+        try:
+            return match.group(int(ref) if ref.isdigit() else ref) or ""
+        except (IndexError, KeyError):
+            return ""
+
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", group, replacement)
+
+
+class _Evaluation:
+    """The relabel rules of one job applied to one Service's meta labels.
+    Labels are either known (a string) or unknown (not in `known`); a rule
+    that reads an unknown label is skipped, and one that writes a label
+    from unknown input makes that label unknown."""
+
+    def __init__(self, labels: Mapping[str, str]) -> None:
+        self.known: dict[str, str] = dict(labels)
+        self.unknown: set[str] = set()
+        self.decided_by_service = False
+        self.port_rules: list[tuple[bool, re.Pattern[str]]] = []
+        """(keep?, regex) of the keep/drop rules on the port name."""
+
+    def value(self, sources: Sequence[str], separator: str) -> str | None:
+        parts = []
+        for label in sources:
+            if label in self.unknown:
+                return None
+            if label in self.known:
+                parts.append(self.known[label])
+            elif _service_level(label) or not label.startswith("__"):
+                # A service label that is absent is the empty string, as in
+                # Prometheus; so is a plain target label nobody set.
+                parts.append("")
+            else:
+                return None
+        return separator.join(parts)
+
+
+def job_selects(job: ScrapeJob, service: Service) -> bool:
+    """True when `job` is meant to scrape `service` (see the module doc)."""
+    if job.namespaces is not None and service.namespace not in job.namespaces:
+        return False
+    for selector in job.service_label_selectors:
+        try:
+            requirements = parse_label_selector(selector)
+        except ValueError:
+            continue
+        if not all(r.matches(service.labels) for r in requirements):
+            return False
+    ev = _Evaluation(service_meta_labels(service))
+    for rule in job.relabel:
+        outcome = _apply(rule, ev)
+        if outcome is False:
+            return False
+    if ev.decided_by_service or not ev.port_rules:
+        return True
+    # Namespace-wide job: meant for the Services with a port it keeps.
+    return any(
+        all((pattern.match(port) is not None) == keep for keep, pattern in ev.port_rules)
+        for port in service.port_names
+    )
+
+
+def _apply(rule: RelabelRule, ev: _Evaluation) -> bool | None:
+    """False when the rule drops the Service; None otherwise."""
+    action = rule.action.lower()
+    pattern = _compiled(rule.regex)
+    if action in ("keep", "drop"):
+        if len(rule.source_labels) == 1 and rule.source_labels[0] in _PORT_LABELS:
+            if pattern is not None:
+                ev.port_rules.append((action == "keep", pattern))
+            return None
+        value = ev.value(rule.source_labels, rule.separator)
+        if value is None or pattern is None:
+            return None
+        if any(s != _META + "namespace" for s in rule.source_labels):
+            ev.decided_by_service = True
+        matched = pattern.match(value) is not None
+        return False if matched != (action == "keep") else None
+    if action in ("keepequal", "dropequal"):
+        value = ev.value(rule.source_labels, rule.separator)
+        target = ev.value((rule.target_label,), rule.separator)
+        if value is None or target is None:
+            return None
+        ev.decided_by_service = True
+        return False if (value == target) != (action == "keepequal") else None
+    if action in ("replace", "lowercase", "uppercase"):
+        _write(rule, ev, pattern, action)
+    elif action == "hashmod":
+        ev.unknown.add(rule.target_label)
+        ev.known.pop(rule.target_label, None)
+    elif action == "labelmap" and pattern is not None:
+        for name, value in list(ev.known.items()):
+            m = pattern.match(name)
+            if m:
+                ev.known[_expand(rule.replacement, m)] = value
+    return None
+
+
+def _write(
+    rule: RelabelRule, ev: _Evaluation, pattern: re.Pattern[str] | None, action: str
+) -> None:
+    target = rule.target_label
+    value = ev.value(rule.source_labels, rule.separator)
+    if "$" in target:
+        # A target label named from the match: rare, and not tracked.
+        return
+    if value is None or pattern is None:
+        ev.unknown.add(target)
+        ev.known.pop(target, None)
+        return
+    if action == "lowercase":
+        ev.known[target] = value.lower()
+        return
+    if action == "uppercase":
+        ev.known[target] = value.upper()
+        return
+    m = pattern.match(value)
+    if m is None:
+        return
+    ev.known[target] = _expand(rule.replacement, m)
+    ev.unknown.discard(target)
+
+
+def pools_meant_for(service: Service, jobs: Iterable[ScrapeJob]) -> list[tuple[str, str]]:
+    """(scrape pool, role) of every job meant to scrape the Service."""
+    return [(job.name, job.role) for job in jobs if job_selects(job, service)]

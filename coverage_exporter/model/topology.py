@@ -1,0 +1,110 @@
+"""Which Prometheus servers are shards of one replica, and which are
+replicas of one another.
+
+Why it matters: every HA replica evaluates the alert rules itself, so a
+replica that misses targets is blind in its own alerts whatever the other
+replica sees. Only the shards of one replica split the targets between
+them. Judging a union of replicas hides a diverged one; judging shards one
+by one reports each as missing the other shards' share.
+
+Recognised, in this order (the first that applies wins, field by field):
+1. declared: `scraper`, `replica`, `shard`, `shards` in the fleet file;
+2. the Prometheus Operator's external labels `prometheus: <ns>/<name>` and
+   `prometheus_replica: <pod>`, where the pod name carries the shard:
+   `prometheus-<name>-<r>` for shard 0, `prometheus-<name>-shard-<i>-<r>`;
+3. Thanos and Mimir replica labels `replica` / `__replica__` (the other
+   external labels name the scraper);
+4. the hashmod `keep` rule in the loaded configuration (shard and shard
+   count; the Operator writes it into every job);
+5. otherwise the server is judged on its own.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from coverage_exporter.model.objects import RelabelRule, ScrapeJob, ServerIdentity
+
+OPERATOR_NAME_LABEL = "prometheus"
+OPERATOR_REPLICA_LABEL = "prometheus_replica"
+REPLICA_LABELS = ("replica", "__replica__")
+
+
+@dataclass(frozen=True, slots=True)
+class Declared:
+    """What the user said about a server in the fleet file; None: not said."""
+
+    scraper: str | None = None
+    replica: str | None = None
+    shard: int | None = None
+    shards: int | None = None
+
+
+def hashmod_shard(jobs: list[ScrapeJob] | tuple[ScrapeJob, ...]) -> tuple[int, int] | None:
+    """(shard, shards) from the sharding rules of the first job that has them:
+    a `hashmod` into a label, then a `keep` of that label equal to a number
+    (the Operator's `$(SHARD);|.+;.+` once the reloader has filled it in)."""
+    for job in jobs:
+        found = _job_shard(job.relabel)
+        if found is not None:
+            return found
+    return None
+
+
+def _job_shard(rules: tuple[RelabelRule, ...]) -> tuple[int, int] | None:
+    moduli: dict[str, int] = {}
+    for rule in rules:
+        action = rule.action.lower()
+        if action == "hashmod" and rule.modulus > 0:
+            moduli[rule.target_label] = rule.modulus
+        elif action == "keep" and rule.source_labels and rule.source_labels[0] in moduli:
+            m = re.match(r"^\(?(\d+)\)?(?:;|$)", rule.regex)
+            if m:
+                return int(m.group(1)), moduli[rule.source_labels[0]]
+    return None
+
+
+def identify(
+    name: str,
+    external_labels: Mapping[str, str],
+    jobs: list[ScrapeJob] | tuple[ScrapeJob, ...] = (),
+    declared: Declared | None = None,
+) -> ServerIdentity:
+    declared = declared or Declared()
+    scraper, replica, how = name, name, "independent"
+    shard_info = hashmod_shard(jobs)
+    shard, shards = shard_info if shard_info else (0, 1)
+    if shard_info:
+        how = "hashmod"
+    operator = external_labels.get(OPERATOR_NAME_LABEL)
+    pod = external_labels.get(OPERATOR_REPLICA_LABEL)
+    thanos = next((external_labels[k] for k in REPLICA_LABELS if k in external_labels), None)
+    if operator and pod:
+        scraper, how = operator, "operator"
+        cr_name = operator.rpartition("/")[2]
+        m = re.fullmatch(rf"prometheus-{re.escape(cr_name)}(?:-shard-(\d+))?-(\d+)", pod)
+        if m:
+            replica = f"prometheus-{cr_name}-{m.group(2)}"
+            if not shard_info:
+                shard = int(m.group(1) or 0)
+        else:
+            replica = pod
+    elif thanos is not None:
+        others = {k: v for k, v in external_labels.items() if k not in REPLICA_LABELS}
+        scraper = ",".join(f"{k}={v}" for k, v in sorted(others.items())) or name
+        replica, how = thanos, "external_labels"
+    elif shard_info:
+        # Shards without labels: the shards of one replica share the job set.
+        scraper = "jobs:" + ",".join(sorted(j.name for j in jobs))
+        replica = scraper
+    if declared.scraper is not None or declared.replica is not None:
+        how = "declared"
+    return ServerIdentity(
+        scraper=declared.scraper if declared.scraper is not None else scraper,
+        replica=declared.replica if declared.replica is not None else replica,
+        shard=declared.shard if declared.shard is not None else shard,
+        shards=declared.shards if declared.shards is not None else shards,
+        how=how,
+    )
