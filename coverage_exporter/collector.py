@@ -182,6 +182,7 @@ class Collector:
         """Monotonic time of each server's last good answer."""
         self._remembered: dict[str, dict[ServiceKey, dict[str, str]]] = {}
         self._remembered_version: dict[str, int] = {}
+        self._unresolved: set[tuple[str, str, str]] = set()
         self._scope = scope
         self._missing_info_limit = missing_info_limit
         self._pod_sync_timeout = pod_sync_timeout
@@ -250,6 +251,14 @@ class Collector:
                     del pools[pool]
                     self._bump(server)
 
+    def _log_unresolved(self, report: CoverageReport) -> None:
+        """One line when a Service becomes unresolvable (the series
+        scrape_coverage_service_unresolved says it every cycle)."""
+        now = {(u.namespace, u.service, u.reason) for u in report.unresolved}
+        for namespace, service, reason in sorted(now - self._unresolved):
+            log.warning("%s/%s: cannot tell what it should hold: %s", namespace, service, reason)
+        self._unresolved = now
+
     def _bump(self, server: str) -> None:
         self._remembered_version[server] = self._remembered_version.get(server, 0) + 1
 
@@ -314,6 +323,7 @@ class Collector:
             report = await asyncio.to_thread(
                 build_report, self._scope, cluster, prometheus, servers, grouped, memory
             )
+            self._log_unresolved(report)
         limit = self._missing_info_limit
         coverage = await asyncio.to_thread(
             render_coverage, ExporterState(report, missing_info_limit=limit)

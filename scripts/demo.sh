@@ -39,28 +39,42 @@ stop_exporter
   --web.listen-address "$EXPORTER_ADDRESS" --interval 15 >"$STATE/logs/coverage-exporter.log" 2>&1 &
 echo $! >"$PIDFILE"
 
-echo "waiting for Prometheus to discover the scenario and the exporter to be ready..." >&2
-.venv/bin/python - "$PROMETHEUS_3_URL" "$PROMETHEUS_2_URL" "$EXPORTER_ADDRESS" <<'PY'
+echo "waiting for both Prometheus servers to discover the whole scenario and the exporter to be ready..." >&2
+# The audit is printed only once discovery has settled: judged while one
+# server still discovers, it would report a gap that is only a delay.
+.venv/bin/python - "$NODES" "$PROMETHEUS_3_URL" "$PROMETHEUS_2_URL" "$EXPORTER_ADDRESS" <<'PY'
 import sys, time, urllib.request
+from testbed import scenarios as s
 from testbed.prometheus import active_targets
-*urls, exporter = sys.argv[1:]
-deadline = time.monotonic() + 180
-def ready() -> bool:
+n, *urls, exporter = sys.argv[1:]
+n = int(n)
+# What each pool discovers once the real controllers have done their work.
+want = {
+    "node-exporter-endpoints": n - len(s.endpoints_dropped_nodes(n)),
+    "node-exporter-endpointslice": n,
+    "kubelet-endpoints": n,
+    "kubelet-endpointslice": n - len(s.mirroring_dropped_nodes(n)),
+    "kubelet-skip-mirror-endpoints": n,
+    "kubelet-skip-mirror-endpointslice": n,
+}
+deadline = time.monotonic() + 300
+def settled() -> bool:
     try:
-        if any(not active_targets(u, "node-exporter-endpointslice") for u in urls):
-            return False
+        for u in urls:
+            if any(len(active_targets(u, pool)) != count for pool, count in want.items()):
+                return False
         with urllib.request.urlopen(f"http://{exporter}/-/ready", timeout=5) as r:
             return r.status == 200
-    except OSError:
+    except (OSError, RuntimeError):
         return False
-while not ready():
+while not settled():
     if time.monotonic() > deadline:
         sys.exit("timed out; see testbed/state/logs/")
     time.sleep(2)
 PY
 
 echo
-echo "== coverage-exporter audit (exit code 1 = gaps found) =="
+echo "== coverage-exporter audit (exit code 1 = gaps found; each server judged on its own) =="
 set +e
 .venv/bin/coverage-exporter audit --kubeconfig "$KUBECONFIG" "${prometheus_flags[@]}" --log-level error
 set -e
@@ -70,7 +84,7 @@ Look at:
   exporter metrics    http://$EXPORTER_ADDRESS/metrics
   Prometheus 3.16     $PROMETHEUS_3_URL/api/v1/targets?state=active&scrapePool=node-exporter-endpoints
                       $PROMETHEUS_3_URL/api/v1/rules   (ScrapeCoverageEndpointsTruncated goes pending, fires after 15m)
-  Prometheus 2.53     $PROMETHEUS_2_URL/api/v1/query?query=scrape_coverage_prometheus_missing_targets
+  Prometheus 2.53     $PROMETHEUS_2_URL/api/v1/query?query=scrape_coverage_gap_targets
   Alertmanager        $ALERTMANAGER_URL/api/v2/alerts
   kubeconfig          $KUBECONFIG
   logs                $STATE/logs/

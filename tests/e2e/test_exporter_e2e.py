@@ -240,20 +240,24 @@ def key(**labels: str) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(labels.items()))
 
 
-def test_serve_publishes_the_truth(exporter: Exporter) -> None:
-    eventually(
-        lambda: (
-            exporter.value(
-                "scrape_coverage_prometheus_missing_targets",
-                namespace="monitoring",
-                service="node-exporter",
-                scrape_pool="node-exporter-endpoints",
-                role="endpoints",
-            )
-            == 200
-        ),
-        "the node-exporter gap",
-    )
+def test_serve_publishes_the_truth(testbed: Cluster, exporter: Exporter) -> None:
+    # Two independent servers: each is its own replica, judged on its own.
+    for name in testbed.prometheus_urls:
+        eventually(
+            lambda name=name: (
+                exporter.value(
+                    "scrape_coverage_prometheus_missing_targets",
+                    namespace="monitoring",
+                    service="node-exporter",
+                    scrape_pool="node-exporter-endpoints",
+                    role="endpoints",
+                    scraper=name,
+                    scraper_replica=name,
+                )
+                == 200
+            ),
+            f"the node-exporter gap of {name}",
+        )
     m = exporter.samples()
     ne = {"namespace": "monitoring", "service": "node-exporter"}
     assert m["scrape_coverage_expected_targets"][key(**ne, source="daemonset")] == N
@@ -266,18 +270,31 @@ def test_serve_publishes_the_truth(exporter: Exporter) -> None:
         targets = key(
             **ne,
             health="down",
-            prometheus=name,
+            server=name,
             role="endpoints",
             scrape_pool="node-exporter-endpoints",
         )
         assert m["scrape_coverage_prometheus_targets"][targets] == 1000
-    info = [dict(k) for k in m["scrape_coverage_missing_node_info"]]
-    prometheus_stage = {
-        i["node"]
-        for i in info
-        if i["stage"] == "prometheus" and i["scrape_pool"] == "node-exporter-endpoints"
-    }
-    assert prometheus_stage == s.endpoints_dropped_nodes(N)
+    info = [dict(k) for k in m["scrape_coverage_missing_target"]]
+    for name in testbed.prometheus_urls:
+        prometheus_stage = {
+            i["node"]
+            for i in info
+            if i["stage"] == "prometheus"
+            and i["scrape_pool"] == "node-exporter-endpoints"
+            and i["scraper_replica"] == name
+        }
+        assert prometheus_stage == s.endpoints_dropped_nodes(N), name
+    gap = key(
+        namespace="monitoring",
+        service="node-exporter",
+        stage="endpoints",
+        scrape_pool="",
+        role="endpoints",
+        scraper="",
+        scraper_replica="",
+    )
+    assert m["scrape_coverage_gap_targets"][gap] == N - 1000
     assert m["scrape_coverage_nodes"][key(ready="true")] == N
 
 
@@ -338,16 +355,15 @@ def test_truncation_alert_reaches_alertmanager(testbed: Cluster, exporter: Expor
     labels = alerts[-1]["labels"]
     assert labels["namespace"] == "monitoring"
     assert labels["service"] == "node-exporter"
-    assert labels["scrape_pool"] == "node-exporter-endpoints"
+    assert labels["stage"] == "endpoints" and labels["role"] == "endpoints"
     assert labels["severity"] == "warning"
-    assert labels["prometheus"] in testbed.prometheus_urls
     assert "runbook_url" in alerts[-1]["annotations"]
     assert "ScrapeCoverageEndpointsTruncated.md" in alerts[-1]["annotations"]["runbook_url"]
 
 
 def test_apiserver_outage_is_reported_never_as_zero(testbed: Cluster, exporter: Exporter) -> None:
     gap = {"namespace": "monitoring", "service": "node-exporter", "stage": "endpoints"}
-    kube_up = {"source": "kubernetes", "prometheus": ""}
+    kube_up = {"source": "kubernetes", "server": ""}
     assert exporter.value("scrape_coverage_missing_targets", **gap) == N - 1000
     testbed.stop("kube-apiserver", force=True)
     try:
@@ -398,7 +414,8 @@ def test_fix_by_scaling_down_closes_every_gap_within_a_cycle(
     assert set(m["scrape_coverage_missing_targets"].values()) == {0}
     assert set(m["scrape_coverage_endpoints_truncated"].values()) == {0}
     assert set(m["scrape_coverage_endpointslice_mirroring_skipped"].values()) == {0}
-    assert "scrape_coverage_missing_node_info" not in m
+    assert "scrape_coverage_missing_target" not in m
+    assert set(m["scrape_coverage_gap_targets"].values()) == {0}
     ne = key(namespace="monitoring", service="node-exporter", source="daemonset")
     assert m["scrape_coverage_expected_targets"][ne] == SCALED
 

@@ -254,3 +254,22 @@ async def test_a_reload_is_read_at_once_even_when_counts_did_not_move() -> None:
     prom.config = LoadedConfig({}, ())
     await collector.run_cycle()
     assert prom.collect_calls == [None, None]
+
+
+async def test_an_unresolved_service_is_a_series_and_one_log_line(caplog) -> None:
+    cluster = clusters.node_exporter(10)
+    cluster.pods = {}
+    prom = ScriptedPrometheus("p", [PrometheusSnapshot("p", []), PrometheusSnapshot("p", [])])
+    collector = Collector(StaticCluster(cluster), [prom], Scope(frozenset({NE})))
+    first = await collector.run_cycle()
+    await collector.run_cycle()
+    unresolved = samples(first.exposition, "scrape_coverage_service_unresolved")
+    assert unresolved == {
+        (
+            ("namespace", "monitoring"),
+            ("reason", "its pods are not listed yet"),
+            ("service", "node-exporter"),
+        ): 1.0
+    }
+    lines = [r for r in caplog.records if "cannot tell what it should hold" in r.getMessage()]
+    assert len(lines) == 1

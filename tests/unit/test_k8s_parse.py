@@ -11,7 +11,6 @@ import pytest
 
 from coverage_exporter.model.objects import (
     MANAGED_BY_MIRRORING,
-    DaemonSet,
     EndpointAddress,
     Node,
     Pod,
