@@ -22,6 +22,7 @@ from coverage_exporter.model.report import CoverageReport
 from coverage_exporter.model.scope import Scope, parse_label_selector, parse_service_key
 from coverage_exporter.sources.health import SourceError, SourceHealth
 from coverage_exporter.sources.kubernetes import KubernetesSource
+from coverage_exporter.sources.operator import OperatorSource
 from coverage_exporter.sources.prometheus import (
     PrometheusEndpoint,
     PrometheusSource,
@@ -105,6 +106,14 @@ class Sources:
             stale_after_seconds=settings.stale_after_seconds,
         )
 
+    async def start(self) -> None:
+        """Start the Kubernetes source, then migration readiness on its API
+        client (off by itself where the Operator's CRDs are absent)."""
+        await self.kubernetes.start()
+        api = self.kubernetes.api
+        if api is not None:
+            self.collector.set_operator(OperatorSource(api))
+
     @property
     def health(self) -> list[SourceHealth]:
         return [self.kubernetes.health, *(p.health for p in self.prometheus)]
@@ -144,7 +153,7 @@ async def _wait_for_cluster(sources: Sources, timeout: float) -> None:  # noqa: 
 async def _audit(settings: Settings, output: str) -> int:
     sources = Sources(settings)
     try:
-        await sources.kubernetes.start()
+        await sources.start()
         await _wait_for_cluster(sources, settings.kubernetes_sync_timeout)
         result = await sources.collector.run_cycle()
         # Copies: closing the sources marks them down.
@@ -155,11 +164,11 @@ async def _audit(settings: Settings, output: str) -> int:
     finally:
         await sources.close()
     if output == "json":
-        sys.stdout.write(render_json(result.report, health, result.complete))
+        sys.stdout.write(render_json(result.report, health, result.complete, result.readiness))
     elif output == "prometheus":
         sys.stdout.buffer.write(result.exposition)
     else:
-        sys.stdout.write(render_table(result.report, health, result.complete))
+        sys.stdout.write(render_table(result.report, health, result.complete, result.readiness))
     sys.stdout.flush()
     return exit_code(result.report, result.complete)
 
@@ -205,7 +214,7 @@ async def _serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await sources.kubernetes.start()
+        await sources.start()
         view.status = "waiting for the first list of the cluster"
         await _wait_or_stop(sources.kubernetes.wait_synced(settings.kubernetes_sync_timeout), stop)
         while not stop.is_set():

@@ -63,6 +63,19 @@ def positive_seconds(text: str) -> float:
     return value
 
 
+def non_negative_seconds(text: str) -> float:
+    """A finite number of seconds, 0 allowed (0 = every cycle)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(
+            f"must be a finite number of seconds, 0 or more, got {text}"
+        )
+    return value
+
+
 def _common(p: _EnvParser) -> None:
     p.add(
         "--kubeconfig",
@@ -100,7 +113,7 @@ def _common(p: _EnvParser) -> None:
     p.add(
         "--prometheus-fleet-file",
         "YAML file listing Prometheus servers, each with its own credentials, TLS and "
-        "optionally its shard/replica (see docs/prometheus-fleet.md); adds to --prometheus-url",
+        "optionally its shard/replica (docs/prometheus-fleet.md); adds to --prometheus-url",
     )
     p.add(
         "--prometheus-stale-after",
@@ -162,9 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add(
         "--prometheus-full-refresh-interval",
         "seconds between full re-reads of every "
-        "scrape pool; in between only pools whose target count changed are read",
+        "scrape pool (0: every cycle); in between only pools whose target count changed are read",
         default="600",
-        type=positive_seconds,
+        type=non_negative_seconds,
     )
 
     audit = _EnvParser(

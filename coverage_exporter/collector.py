@@ -19,6 +19,7 @@ from typing import Protocol
 from coverage_exporter.exposition.metrics import ExporterState, render_coverage, render_exporter
 from coverage_exporter.model.coverage import targets_by_service
 from coverage_exporter.model.fleet import ServerState
+from coverage_exporter.model.growth import GrowthTracker
 from coverage_exporter.model.objects import (
     ClusterSnapshot,
     PrometheusSnapshot,
@@ -27,10 +28,12 @@ from coverage_exporter.model.objects import (
     ServiceKey,
     Target,
 )
+from coverage_exporter.model.readiness import Readiness, assess
 from coverage_exporter.model.report import CoverageReport, build_report
 from coverage_exporter.model.scope import Scope, services_in_scope
 from coverage_exporter.model.topology import identify
 from coverage_exporter.sources.health import SourceError, SourceHealth
+from coverage_exporter.sources.operator import OperatorSource
 from coverage_exporter.sources.prometheus_config import LoadedConfig
 
 DEFAULT_STALE_AFTER_SECONDS = 300.0
@@ -162,6 +165,9 @@ class CycleResult:
     exposition: bytes
     complete: bool
     """Every source answered in this cycle."""
+    readiness: Sequence[Readiness] = ()
+    """Migration readiness per Prometheus Operator CR; empty where the
+    Operator is absent."""
 
 
 class Collector:
@@ -183,6 +189,9 @@ class Collector:
         self._remembered: dict[str, dict[ServiceKey, dict[str, str]]] = {}
         self._remembered_version: dict[str, int] = {}
         self._unresolved: set[tuple[str, str, str]] = set()
+        self._operator: OperatorSource | None = None
+        self._growth = GrowthTracker()
+        self._readiness: list[Readiness] = []
         self._scope = scope
         self._missing_info_limit = missing_info_limit
         self._pod_sync_timeout = pod_sync_timeout
@@ -250,6 +259,38 @@ class Collector:
                 for pool in [p for p in pools if p not in listed]:
                     del pools[pool]
                     self._bump(server)
+
+    def set_operator(self, source: OperatorSource | None) -> None:
+        """Turn on migration readiness (sources.operator)."""
+        self._operator = source
+
+    async def _assess_migration(self, cluster: ClusterSnapshot | None) -> list[Readiness]:
+        if self._operator is None or cluster is None:
+            return []
+        try:
+            objects = await self._operator.collect()
+        except SourceError as err:
+            # Readiness is advice: keep the last, never fail the cycle.
+            log.warning("migration readiness: %s", err)
+            return self._readiness
+        if objects is None:
+            self._readiness = []
+            return []
+        counts = {k: sum(e.subset_sizes) for k, e in cluster.endpoints.items()}
+        self._growth.observe(time.time(), counts)
+        growth = self._growth.view(counts)
+        self._readiness = [
+            assess(
+                cr,
+                objects.monitors,
+                objects.namespace_labels,
+                cluster,
+                growth,
+                objects.endpointslice_rbac.get((cr.namespace, cr.service_account)),
+            )
+            for cr in objects.crs
+        ]
+        return self._readiness
 
     def _log_unresolved(self, report: CoverageReport) -> None:
         """One line when a Service becomes unresolvable (the series
@@ -348,6 +389,7 @@ class Collector:
         self._remember(grouped, servers)
         cluster = await self._cluster_snapshot(grouped)
         report, coverage = await self._compare(cluster, prometheus, grouped, servers)
+        readiness = await self._assess_migration(cluster)
         self.cycles_total += 1
         state = ExporterState(
             report=report,
@@ -356,6 +398,7 @@ class Collector:
             cycles_total=self.cycles_total,
             cycle_duration_seconds=time.monotonic() - start,
             last_cycle_timestamp=time.time(),
+            readiness=readiness,
         )
         exposition = coverage + render_exporter(state)
         complete = (
@@ -364,7 +407,7 @@ class Collector:
             and report is not None
             and all(s.known for s in servers)
         )
-        return CycleResult(report, exposition, complete)
+        return CycleResult(report, exposition, complete, readiness)
 
 
 def _declared_identity(source: TargetSource, name: str) -> ServerIdentity:

@@ -71,11 +71,11 @@ def selector_less_only(expr: str) -> str:
 
 
 def per_source(metric: str) -> str:
-    return f"max by (source, prometheus) ({metric})"
+    return f"max by (source, server) ({metric})"
 
 
 def source_rate(counter: str) -> str:
-    return f"sum by (source, prometheus) (rate({counter}[$__rate_interval]))"
+    return f"sum by (source, server) (rate({counter}[$__rate_interval]))"
 
 
 EXPORTER_UP = f"sum(up{{{DEFAULT_EXPORTER_SELECTOR}}})"

@@ -11,6 +11,7 @@ import msgspec
 from coverage_exporter.model.coverage import MissingTarget, PoolCoverage, ServiceCoverage
 from coverage_exporter.model.gaps import service_gaps
 from coverage_exporter.model.objects import ROLE_ENDPOINTS, ROLE_ENDPOINTSLICE
+from coverage_exporter.model.readiness import Readiness
 from coverage_exporter.model.report import CoverageReport
 from coverage_exporter.sources.health import SourceHealth
 
@@ -123,7 +124,7 @@ def findings(s: ServiceCoverage) -> list[str]:
             out.append(
                 f"{name}: {_replica_name(p)} scrape pool {p.scrape_pool!r} (role {p.role}): "
                 f"coverage unknown for {p.unknown} of {s.expected}: a shard of the replica has "
-                f"not answered recently ({runbook('ScrapeCoverageSourceDown')})."
+                f"not answered recently ({runbook('ScrapeCoverageUnknown')})."
             )
             continue
         if not p.missing_count:
@@ -164,8 +165,33 @@ def verdict(report: CoverageReport | None, complete: bool) -> str:
     return "full coverage"
 
 
+def migration_lines(readiness: Sequence[Readiness]) -> list[str]:
+    """One paragraph per Prometheus Operator CR: where it stands, next step."""
+    out = []
+    for r in readiness:
+        rbac = {True: "may", False: "may NOT", None: "unknown whether it may"}[r.endpointslice_rbac]
+        over = ", ".join(f"{ns}/{n}" for ns, n in r.over_capacity) or "none"
+        soon = ", ".join(f"{ns}/{n}" for ns, n in r.soon_over_capacity)
+        line = (
+            f"{r.cr.kind} {r.cr.namespace}/{r.cr.name}: role {r.role}; kubelet "
+            f"{r.kubelet_state}; ServiceAccount {r.cr.service_account} {rbac} list "
+            f"EndpointSlices; Services over 1000 addresses: {over}"
+            + (f"; soon: {soon}" if soon else "")
+            + f". Next step: {r.next_step}"
+            + (" (UNSAFE now)" if not r.safe_now else "")
+            + f": {r.advice}"
+        )
+        out.append(line)
+        if r.action:
+            out.append(f"  do: {r.action} ({runbook('migrate-to-endpointslice')})")
+    return out
+
+
 def render_table(
-    report: CoverageReport | None, sources: Sequence[SourceHealth], complete: bool = True
+    report: CoverageReport | None,
+    sources: Sequence[SourceHealth],
+    complete: bool = True,
+    readiness: Sequence[Readiness] = (),
 ) -> str:
     lines = [_source_line(h) for h in sources]
     if report is None:
@@ -178,7 +204,11 @@ def render_table(
         f"{u.namespace}/{u.service}: cannot tell what it should hold ({u.reason})"
         for u in report.unresolved
     ]
-    return "\n".join([*lines, "", *table, "", *words, verdict(report, complete)]) + "\n"
+    migration = migration_lines(readiness)
+    if migration:
+        migration = ["Prometheus Operator migration to EndpointSlice discovery:", *migration, ""]
+    body = [*lines, "", *table, "", *words, *migration, verdict(report, complete)]
+    return "\n".join(body) + "\n"
 
 
 def _missing_list(missing: Sequence[MissingTarget]) -> list[dict[str, str]]:
@@ -249,8 +279,29 @@ def service_json(s: ServiceCoverage) -> dict[str, object]:
     }
 
 
+def readiness_json(r: Readiness) -> dict[str, object]:
+    return {
+        "kind": r.cr.kind,
+        "namespace": r.cr.namespace,
+        "name": r.cr.name,
+        "service_discovery_role": r.role,
+        "service_account": r.cr.service_account,
+        "endpointslice_rbac": r.endpointslice_rbac,
+        "kubelet_state": r.kubelet_state,
+        "services_over_capacity": [f"{ns}/{n}" for ns, n in r.over_capacity],
+        "services_soon_over_capacity": [f"{ns}/{n}" for ns, n in r.soon_over_capacity],
+        "next_step": r.next_step,
+        "safe_now": r.safe_now,
+        "advice": r.advice,
+        "action": r.action,
+    }
+
+
 def render_json(
-    report: CoverageReport | None, sources: Sequence[SourceHealth], complete: bool = True
+    report: CoverageReport | None,
+    sources: Sequence[SourceHealth],
+    complete: bool = True,
+    readiness: Sequence[Readiness] = (),
 ) -> str:
     fleet = report.fleet if report is not None else None
     complete = complete and report is not None and all(h.up for h in sources)
@@ -289,6 +340,7 @@ def render_json(
             "not_ready": report.nodes_not_ready,
         },
         "services": [] if report is None else [service_json(s) for s in report.services],
+        "migration": [readiness_json(r) for r in readiness],
         "unresolved": []
         if report is None
         else [

@@ -25,6 +25,7 @@ from coverage_exporter.model.coverage import (
     ServiceCoverage,
 )
 from coverage_exporter.model.gaps import stage_losses
+from coverage_exporter.model.readiness import Readiness
 from coverage_exporter.model.report import CoverageReport
 from coverage_exporter.sources.health import SourceHealth
 
@@ -44,6 +45,7 @@ class ExporterState:
     cycles_total: int = 0
     cycle_duration_seconds: float = 0.0
     last_cycle_timestamp: float = 0.0
+    readiness: Sequence[Readiness] = ()
     _missing: tuple[list[Sample], list[Sample]] | None = field(default=None, init=False, repr=False)
 
     def missing_series(self) -> tuple[list[Sample], list[Sample]]:
@@ -195,6 +197,32 @@ def _service_count(state: ExporterState) -> Iterator[Sample]:
         yield (), len(state.report.services)
 
 
+def _cr(r: Readiness) -> tuple[str, str, str]:
+    return (r.cr.namespace, r.cr.name, r.cr.kind)
+
+
+def _migration_info(state: ExporterState) -> Iterator[Sample]:
+    for r in state.readiness:
+        yield (*_cr(r), r.role, r.kubelet_state, r.next_step), 1
+
+
+def _migration_safe(state: ExporterState) -> Iterator[Sample]:
+    for r in state.readiness:
+        yield _cr(r), float(r.safe_now)
+
+
+def _over_capacity(state: ExporterState) -> Iterator[Sample]:
+    for r in state.readiness:
+        yield (*_cr(r), "reached"), len(r.over_capacity)
+        yield (*_cr(r), "forecast"), len(r.soon_over_capacity)
+
+
+def _rbac(state: ExporterState) -> Iterator[Sample]:
+    for r in state.readiness:
+        if r.endpointslice_rbac is not None:
+            yield _cr(r), float(r.endpointslice_rbac)
+
+
 def _source(attr: Callable[[SourceHealth], float]) -> Callable[[ExporterState], Iterator[Sample]]:
     def samples(state: ExporterState) -> Iterator[Sample]:
         for h in state.sources:
@@ -215,6 +243,7 @@ def _constant(
 SERVICE = ("namespace", "service")
 SOURCE = ("source", "server")
 POOL = (*SERVICE, "scrape_pool", "role", "scraper", "scraper_replica")
+CR = ("namespace", "name", "kind")
 
 COVERAGE_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec(
@@ -425,6 +454,38 @@ EXPORTER_METRICS: tuple[MetricSpec, ...] = (
         "Unix time the last cycle completed.",
         (),
         _constant(lambda s: s.last_cycle_timestamp),
+    ),
+    MetricSpec(
+        "operator_migration_info",
+        "gauge",
+        "1 per Prometheus Operator Prometheus/PrometheusAgent: its discovery role, the state "
+        "of the kubelet Service, and the next safe migration step.",
+        (*CR, "service_discovery_role", "kubelet_state", "next_step"),
+        _migration_info,
+    ),
+    MetricSpec(
+        "operator_migration_safe",
+        "gauge",
+        "0 when the CR's discovery role loses targets (switched unsafely) or switching now "
+        "would (unsafe to switch); 1 otherwise.",
+        CR,
+        _migration_safe,
+    ),
+    MetricSpec(
+        "operator_services_over_capacity",
+        "gauge",
+        "Services of the CR's ServiceMonitors whose Endpoints reached 1000 addresses "
+        '(capacity="reached") or will within 4 days at their recent growth ("forecast").',
+        (*CR, "capacity"),
+        _over_capacity,
+    ),
+    MetricSpec(
+        "operator_endpointslice_rbac",
+        "gauge",
+        "1 when the CR's ServiceAccount may list and watch discovery.k8s.io EndpointSlices "
+        "(SubjectAccessReview); absent when it cannot be checked.",
+        CR,
+        _rbac,
     ),
     MetricSpec(
         "build_info",

@@ -128,6 +128,23 @@ class ApiClient:
             self._health.response_bytes_total += len(body)
             return body
 
+    async def post(self, path: str, body: bytes) -> bytes:
+        """POST a JSON body (a SubjectAccessReview); ApiError on error statuses."""
+        self._health.requests_total += 1
+        headers = {**(await self._headers()), "Content-Type": "application/json"}
+        async with self.session.post(
+            self._auth.host + path,
+            data=body,
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=self._request_timeout),
+            **self._request_kwargs(),  # type: ignore[arg-type]
+        ) as response:
+            data = await response.read()
+            self._health.response_bytes_total += len(data)
+            if response.status not in (200, 201):
+                raise api_error(response.status, data)
+            return data
+
     @asynccontextmanager
     async def stream_lines(
         self, path: str, params: Mapping[str, str], read_timeout_seconds: float

@@ -86,6 +86,11 @@ class KubernetesSource:
         self._memo: dict[str, tuple[tuple[int, int], Any]] = {}
         self._stopping: set[asyncio.Task[None]] = set()
 
+    @property
+    def api(self) -> ApiClient | None:
+        """The API client, once started: shared by sources.operator."""
+        return self._api
+
     # --- lifecycle -----------------------------------------------------------------
 
     async def start(self) -> None:

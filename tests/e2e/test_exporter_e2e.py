@@ -219,6 +219,10 @@ def exporter(
                 INTERVAL,
                 "--prometheus-full-refresh-interval",
                 "0",
+                # Room for every missing target of the scenario: 6 groups of
+                # 200 (two servers); the fair cap itself is unit-tested.
+                "--missing-target-series-limit",
+                "2000",
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -285,6 +289,7 @@ def test_serve_publishes_the_truth(testbed: Cluster, exporter: Exporter) -> None
             and i["scraper_replica"] == name
         }
         assert prometheus_stage == s.endpoints_dropped_nodes(N), name
+    assert set(m["scrape_coverage_missing_target_series_omitted"].values()) == {0}
     gap = key(
         namespace="monitoring",
         service="node-exporter",

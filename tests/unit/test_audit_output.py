@@ -37,8 +37,11 @@ def test_json_without_kubernetes_says_nothing_was_compared() -> None:
     doc = json.loads(render_json(None, down))
     assert doc == {
         "sources": [
-            {"source": "kubernetes", "prometheus": "", "up": False, "error": "connection refused"}
+            {"source": "kubernetes", "server": "", "up": False, "error": "connection refused"}
         ],
+        "replicas": [],
+        "verdict": "no coverage: Kubernetes could not be read",
+        "migration": [],
         "complete": False,
         "gaps": None,
         "nodes": None,

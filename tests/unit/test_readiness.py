@@ -1,0 +1,165 @@
+"""Migration readiness on plain data: each state of the safe path and the
+unsafe variants, and the Operator's objects as the API returns them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from coverage_exporter.model import readiness as r
+from coverage_exporter.model.growth import GrowthTracker
+from coverage_exporter.model.objects import ClusterSnapshot, Endpoints
+from coverage_exporter.sources.operator import parse_crs, parse_service_monitors
+from tests.unit import clusters
+
+KUBELET = ("kube-system", "kubelet")
+NE = ("monitoring", "node-exporter")
+
+CRS = json.dumps(
+    {
+        "items": [
+            {
+                "metadata": {"name": "k8s", "namespace": "monitoring"},
+                "spec": {
+                    "serviceMonitorSelector": {},
+                    "serviceAccountName": "prometheus-k8s",
+                    "shards": 2,
+                },
+            },
+            {
+                "metadata": {"name": "new", "namespace": "monitoring"},
+                "spec": {"serviceDiscoveryRole": "EndpointSlice"},
+            },
+        ]
+    }
+).encode()
+SMS = json.dumps(
+    {
+        "items": [
+            {
+                "metadata": {"name": "node-exporter", "namespace": "monitoring"},
+                "spec": {
+                    "selector": {"matchLabels": {"app": "node-exporter"}},
+                    "endpoints": [{"port": "metrics"}],
+                },
+            },
+            {
+                "metadata": {"name": "kubelet", "namespace": "monitoring"},
+                "spec": {
+                    "selector": {
+                        "matchExpressions": [
+                            {
+                                "key": "app.kubernetes.io/name",
+                                "operator": "In",
+                                "values": ["kubelet"],
+                            }
+                        ]
+                    },
+                    "namespaceSelector": {"matchNames": ["kube-system"]},
+                },
+            },
+        ]
+    }
+).encode()
+
+
+def cluster(nodes: int, kubelet_slices: str) -> ClusterSnapshot:
+    ne = clusters.node_exporter(nodes)
+    ne.services = {
+        NE: type(ne.services[NE])(*NE, {"app": "node-exporter"}, {"app": "node-exporter"})
+    }
+    kubelet = clusters.kubelet(nodes, skip_mirror=kubelet_slices != "mirrored")
+    if kubelet_slices == "frozen":
+        e = kubelet.endpoints[KUBELET]
+        kubelet.endpoints = {
+            KUBELET: Endpoints(*KUBELET, e.ready[:-5], (), (nodes - 5,), None, True, True)
+        }
+    out = ClusterSnapshot()
+    for field in ("nodes", "services", "endpoints", "endpointslices", "pods", "daemonsets"):
+        setattr(out, field, {**getattr(ne, field), **getattr(kubelet, field)})
+    return out
+
+
+def growth(c: ClusterSnapshot) -> dict:
+    return {k: r.ServiceGrowth(sum(e.subset_sizes), None) for k, e in c.endpoints.items()}
+
+
+def assess(c: ClusterSnapshot, rbac: bool | None = True, index: int = 0) -> r.Readiness:
+    crs = parse_crs(CRS, "Prometheus")
+    return r.assess(crs[index], parse_service_monitors(SMS), {}, c, growth(c), rbac)
+
+
+def test_operator_objects_parse_with_their_defaults() -> None:
+    k8s, new = parse_crs(CRS, "Prometheus")
+    assert (k8s.service_discovery_role, k8s.service_account) == ("Endpoints", "prometheus-k8s")
+    assert new.service_monitor_selector is None and new.service_account == "default"
+    ne, kubelet = parse_service_monitors(SMS)
+    assert ne.selector.matches({"app": "node-exporter"}) and not ne.selector.matches({})
+    assert kubelet.namespaces == ("kube-system",) and not kubelet.any_namespace
+
+
+def test_before_the_migration_the_next_step_is_dual_write_and_switching_is_unsafe() -> None:
+    c = cluster(1200, "mirrored")
+    got = assess(c)
+    assert got.kubelet_state == r.KUBELET_MIRRORED_CAPPED
+    assert got.over_capacity == (KUBELET, NE)
+    assert (got.next_step, got.safe_now) == (r.STEP_DUAL_WRITE, False)
+    assert "--kubelet-endpointslice=true" in got.action
+
+
+def test_after_dual_write_without_rbac_the_next_step_is_the_rbac() -> None:
+    got = assess(cluster(1200, "operator"), rbac=False)
+    assert (got.kubelet_state, got.next_step) == (r.KUBELET_OPERATOR_SLICES, r.STEP_GRANT_RBAC)
+    assert "endpointslices" in got.action
+
+
+def test_after_dual_write_with_rbac_the_next_step_is_the_exact_patch() -> None:
+    got = assess(cluster(1200, "operator"))
+    assert (got.next_step, got.safe_now) == (r.STEP_SWITCH_ROLE, False)
+    assert got.action == (
+        "kubectl -n monitoring patch prometheus k8s --type merge "
+        '-p \'{"spec":{"serviceDiscoveryRole":"EndpointSlice"}}\''
+    )
+
+
+def test_switched_before_the_operator_writes_slices_is_unsafe() -> None:
+    c = cluster(1200, "mirrored")
+    cr = parse_crs(CRS, "Prometheus")[0]
+    switched = r.PrometheusCR(
+        **{**{f: getattr(cr, f) for f in cr.__slots__}, "service_discovery_role": "EndpointSlice"}
+    )
+    got = r.assess(switched, parse_service_monitors(SMS), {}, c, growth(c), True)
+    assert (got.next_step, got.safe_now) == (r.STEP_DUAL_WRITE, False)
+    assert got.advice.startswith("switched unsafely")
+
+
+@pytest.mark.parametrize(
+    ("slices", "step"),
+    [("operator", r.STEP_ENDPOINTS_OFF), ("frozen", r.STEP_DONE)],
+)
+def test_after_the_switch_endpoints_off_then_done(slices: str, step: str) -> None:
+    c = cluster(1200, slices)
+    cr = parse_crs(CRS, "Prometheus")[0]
+    switched = r.PrometheusCR(
+        **{**{f: getattr(cr, f) for f in cr.__slots__}, "service_discovery_role": "EndpointSlice"}
+    )
+    got = r.assess(switched, parse_service_monitors(SMS), {}, c, growth(c), True)
+    assert (got.next_step, got.safe_now) == (step, True)
+
+
+def test_growth_forecasts_the_day_an_endpoints_object_reaches_1000() -> None:
+    tracker = GrowthTracker(window=6 * 3600, every=300)
+    for hour in range(6):
+        tracker.observe(hour * 3600.0, {NE: 900 + hour * 2})
+    (_, got) = next(iter(tracker.view({NE: 910}).items()))
+    # 10 addresses in 5 h: 48 a day, 90 to go: under 2 days.
+    assert got.days_to_capacity is not None and 1.5 < got.days_to_capacity < 2.0
+    assert r.days_to_capacity([(0, 900), (3600, 900)]) is None
+    # Small Endpoints are not tracked at all.
+    tracker.observe(0.0, {KUBELET: 10})
+    assert tracker.view({KUBELET: 10})[KUBELET].days_to_capacity is None
+
+
+def test_kubelet_state_without_the_operator_is_none() -> None:
+    assert r.kubelet_state(clusters.node_exporter(10)) == (r.KUBELET_NONE, None)
