@@ -193,6 +193,41 @@ def test_metric_name_parser_sees_through_promql() -> None:
     assert metric_names(expr) == {"scrape_coverage_cycles_total", "foo:bar:max", "up"}
 
 
+# Target labels Prometheus puts on the exporter's series; the rules drop them.
+_EXPORTER_TARGET_LABELS = {"job", "instance"}
+
+
+def _documented_labels() -> dict[str, set[str]]:
+    """Metric name -> its labels, from the exporter's tables in docs/metrics.md."""
+    labels: dict[str, set[str]] = {}
+    exporter = documented_metrics()["exporter"]
+    for line in (REPO / "docs" / "metrics.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        m = re.fullmatch(r"`([a-zA-Z_:][a-zA-Z0-9_:]*)`", cells[0])
+        if m and len(cells) >= 3 and m.group(1) in exporter:
+            labels[m.group(1)] = set(re.findall(r"`([a-zA-Z_][a-zA-Z0-9_]*)`", cells[2]))
+    return labels
+
+
+def test_rule_test_inputs_follow_the_metric_contract() -> None:
+    # Rule tests prove nothing if they feed series the exporter never serves.
+    documented = _documented_labels() | {"up": set()}
+    assert "scrape_coverage_gap_targets" in documented
+    seen = 0
+    for path in RULE_TESTS:
+        for test in yaml.safe_load(path.read_text())["tests"]:
+            for series in test.get("input_series", []):
+                m = re.fullmatch(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\{(.*)\}", series["series"])
+                assert m, f"{path.name}: {series['series']}"
+                name, body = m.groups()
+                assert name in documented, f"{path.name}: {name} is not in docs/metrics.md"
+                used = set(re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="', body))
+                unknown = used - documented[name] - _EXPORTER_TARGET_LABELS
+                assert unknown == set(), f"{path.name}: {name} has undocumented labels {unknown}"
+                seen += 1
+    assert seen > 50
+
+
 def test_runbook_links_resolve() -> None:
     pages = sorted(RUNBOOKS.glob("*.md"))
     assert len(pages) >= 10
