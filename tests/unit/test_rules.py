@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from alerts.rules import RUNBOOK_BASE_URL
 from tools.contract import (
     PROMETHEUS_BUILTINS,
     REPO,
+    check_expressions,
     documented_metrics,
     metric_names,
     promtool,
@@ -191,6 +193,79 @@ def test_metric_name_parser_sees_through_promql() -> None:
         "/ on (namespace) group_left () foo:bar:max > 0 and up == 0"
     )
     assert metric_names(expr) == {"scrape_coverage_cycles_total", "foo:bar:max", "up"}
+
+
+# Target labels Prometheus puts on the exporter's series; the rules drop them.
+_EXPORTER_TARGET_LABELS = {"job", "instance"}
+
+
+def _documented_labels(part: str = "exporter") -> dict[str, set[str]]:
+    """Metric name -> its labels, from the `part` tables of docs/metrics.md
+    ("exporter" or "recorded")."""
+    labels: dict[str, set[str]] = {}
+    names = documented_metrics()[part]
+    for line in (REPO / "docs" / "metrics.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        m = re.fullmatch(r"`([a-zA-Z_:][a-zA-Z0-9_:]*)`", cells[0])
+        if m and len(cells) >= 3 and m.group(1) in names:
+            labels[m.group(1)] = set(re.findall(r"`([a-zA-Z_][a-zA-Z0-9_]*)`", cells[2]))
+    return labels
+
+
+def test_rule_test_inputs_follow_the_metric_contract() -> None:
+    # Rule tests prove nothing if they feed series the exporter never serves.
+    documented = _documented_labels() | {"up": set()}
+    assert "scrape_coverage_gap_targets" in documented
+    seen = 0
+    for path in RULE_TESTS:
+        for test in yaml.safe_load(path.read_text())["tests"]:
+            for series in test.get("input_series", []):
+                m = re.fullmatch(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\{(.*)\}", series["series"])
+                assert m, f"{path.name}: {series['series']}"
+                name, body = m.groups()
+                assert name in documented, f"{path.name}: {name} is not in docs/metrics.md"
+                used = set(re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="', body))
+                unknown = used - documented[name] - _EXPORTER_TARGET_LABELS
+                assert unknown == set(), f"{path.name}: {name} has undocumented labels {unknown}"
+                seen += 1
+    assert seen > 50
+
+
+def _runbook_queries() -> list[tuple[str, str]]:
+    """(page, expression) for every line of the runbooks' promql blocks;
+    indented lines continue the one above, `# ...` is a comment."""
+    found = []
+    for page in sorted(RUNBOOKS.glob("*.md")):
+        for block in re.findall(r"```promql\n(.*?)```", page.read_text(), re.S):
+            exprs: list[str] = []
+            for line in textwrap.dedent(block).splitlines():
+                line = re.sub(r"\s+#.*$", "", line)
+                if not line.strip() or line.lstrip().startswith("#"):
+                    continue
+                if line.startswith(" ") and exprs:
+                    exprs[-1] += " " + line.strip()
+                else:
+                    exprs.append(line.strip())
+            found += [(page.name, e) for e in exprs]
+    return found
+
+
+def test_runbook_queries_follow_the_metric_contract(tmp_path: Path) -> None:
+    # A runbook query on a renamed metric or label returns nothing, which
+    # reads as "all clear" to the person on call.
+    documented = _documented_labels() | _documented_labels("recorded")
+    queries = _runbook_queries()
+    assert len(queries) > 20
+    for page, expr in queries:
+        for name, body in re.findall(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\{([^}]*)\}", expr):
+            if name.startswith("scrape_coverage_") or ":scrape_coverage_" in name:
+                assert name in documented, f"{page}: {name} is not in docs/metrics.md"
+                used = set(re.findall(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=|!=|=~|!~)", body))
+                assert used <= documented[name], f"{page}: {name} {used - documented[name]}"
+        names = {n for n in metric_names(expr) if "scrape_coverage_" in n}
+        assert names <= set(documented), f"{page}: {names - set(documented)}"
+    result = check_expressions([e for _, e in queries], tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_runbook_links_resolve() -> None:
