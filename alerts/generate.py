@@ -23,6 +23,7 @@ from alerts.rules import (
     Thresholds,
     coverage_alerts,
     exporter_alerts,
+    migration_alerts,
     recording_rules,
 )
 
@@ -49,6 +50,10 @@ def render_rules(
             {
                 "name": "coverage-exporter.coverage",
                 "rules": recording_rules() + coverage_alerts(timing, th),
+            },
+            {
+                "name": "coverage-exporter.migration",
+                "rules": migration_alerts(timing),
             },
             {
                 "name": "coverage-exporter.exporter",

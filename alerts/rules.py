@@ -247,6 +247,46 @@ def coverage_alerts(t: Timing, th: Thresholds) -> list[dict]:
     ]
 
 
+def migration_alerts(t: Timing) -> list[dict]:
+    """From the migration readiness of Prometheus Operator CRs
+    (coverage_exporter/model/readiness.py)."""
+    cr = "{{ $labels.kind }} {{ $labels.namespace }}/{{ $labels.name }}"
+    info = "scrape_coverage_operator_migration_info"
+    return [
+        _alert(
+            "ScrapeCoverageMigrationUnsafeToSwitch",
+            f"max by (namespace, name, kind) ({info}{{service_discovery_role=\"Endpoints\","
+            'next_step=~"dual-write|grant-endpointslice-rbac"})\n'
+            "and on (namespace, name, kind)\n"
+            "(max by (namespace, name, kind)"
+            " (scrape_coverage_operator_services_over_capacity) > 0)",
+            t.truncated_for,
+            "warning",
+            "Switching this Prometheus to EndpointSlice discovery now would lose targets.",
+            f"{cr} discovers with role Endpoints and scrapes Services at or near 1000 addresses, "
+            "so it needs role EndpointSlice; but switching now would lose targets: "
+            + _with_query(
+                info + "{namespace=%q,name=%q,kind=%q}",
+                "$labels.namespace $labels.name $labels.kind",
+                "the next safe step is {{ . | first | label \"next_step\" }}",
+            )
+            + " (the Operator's own kubelet slices, or EndpointSlice RBAC, come first).",
+        ),
+        _alert(
+            "ScrapeCoverageMigrationSwitchedUnsafely",
+            f'max by (namespace, name, kind) ({info}{{service_discovery_role="EndpointSlice"}})\n'
+            "and on (namespace, name, kind)\n"
+            "(max by (namespace, name, kind) (scrape_coverage_operator_migration_safe) == 0)",
+            t.missing_critical_for,
+            "critical",
+            "A Prometheus switched to EndpointSlice discovery loses targets.",
+            f"{cr} discovers with role EndpointSlice, but the kubelet Service has only the "
+            "mirroring controller's slices (capped at 1000) or its ServiceAccount may not list "
+            "EndpointSlices: its pools miss targets that role Endpoints found.",
+        ),
+    ]
+
+
 def exporter_alerts(t: Timing, selector: str) -> list[dict]:
     source = (
         "{{ $labels.source }}{{ if $labels.server }} "

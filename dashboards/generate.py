@@ -194,6 +194,23 @@ def _rows() -> list[tuple[str, list]]:
                           column="Coverage"),
                     Query(q.POOL_GAP, column="Missing")]),
         ]),
+        ("Prometheus Operator migration", [
+            _table("Migration readiness per Prometheus CR",
+                   "Where each Prometheus Operator CR stands on the safe path to EndpointSlice "
+                   "discovery, and its next safe step (coverage-exporter audit prints the exact "
+                   "patch or flag).",
+                   [Query("max by (namespace, name, kind, service_discovery_role, "
+                          "kubelet_state, next_step) (scrape_coverage_operator_migration_info)",
+                          column="Info"),
+                    Query("max by (namespace, name, kind) "
+                          "(scrape_coverage_operator_migration_safe)", column="Safe now"),
+                    Query("max by (namespace, name, kind) "
+                          '(scrape_coverage_operator_services_over_capacity{capacity="reached"})',
+                          column="Services over 1000"),
+                    Query("max by (namespace, name, kind) "
+                          "(scrape_coverage_operator_endpointslice_rbac)",
+                          column="EndpointSlice RBAC")], w=24),
+        ]),
         ("Exporter health", [
             _ts("Source up", "1 when the source's last collection succeeded.",
                 [Query(q.per_source("scrape_coverage_source_up"), "{{source}} {{server}}")],
