@@ -18,6 +18,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import aiohttp
 import msgspec
 
 from coverage_exporter.model.readiness import (
@@ -178,7 +179,17 @@ class OperatorSource:
             log.info(message, *args)
 
     async def collect(self) -> OperatorObjects | None:
-        """None while the feature is off (CRDs absent or unreadable)."""
+        """None while the feature is off (CRDs absent or unreadable);
+        SourceError for anything else that goes wrong, never another error:
+        readiness is advice and must not end a cycle."""
+        try:
+            return await self._collect()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise SourceError(f"prometheus operator objects: {type(exc).__name__}: {exc}") from None
+        except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
+            raise SourceError(f"prometheus operator objects: undecodable: {exc}") from None
+
+    async def _collect(self) -> OperatorObjects | None:
         try:
             crs = parse_crs(await self._api.get(PROMETHEUSES, {}), "Prometheus")
         except ApiError as exc:
