@@ -29,7 +29,7 @@ from coverage_exporter.model.objects import (
     Target,
 )
 from coverage_exporter.model.readiness import Readiness, assess
-from coverage_exporter.model.report import CoverageReport, build_report
+from coverage_exporter.model.report import CoverageReport, SelectionMemo, build_report
 from coverage_exporter.model.scope import Scope, services_in_scope
 from coverage_exporter.model.topology import identify
 from coverage_exporter.sources.health import SourceError, SourceHealth
@@ -191,6 +191,7 @@ class Collector:
         self._unresolved: set[tuple[str, str, str]] = set()
         self._operator: OperatorSource | None = None
         self._growth = GrowthTracker()
+        self._selection = SelectionMemo()
         self._readiness: list[Readiness] = []
         self._scope = scope
         self._missing_info_limit = missing_info_limit
@@ -362,7 +363,14 @@ class Collector:
             # that /metrics and the watches keep flowing.
             memory = {k: {s: dict(p) for s, p in v.items()} for k, v in self._remembered.items()}
             report = await asyncio.to_thread(
-                build_report, self._scope, cluster, prometheus, servers, grouped, memory
+                build_report,
+                self._scope,
+                cluster,
+                prometheus,
+                servers,
+                grouped,
+                memory,
+                self._selection,
             )
             self._log_unresolved(report)
         limit = self._missing_info_limit

@@ -72,6 +72,22 @@ def service_meta_labels(service: Service) -> dict[str, str]:
     return labels
 
 
+_META_CACHE: dict[int, tuple[Service, dict[str, str]]] = {}
+
+
+def _meta_labels(service: Service) -> Mapping[str, str]:
+    """service_meta_labels, built once per Service object (held, so that its
+    id is not reused while cached)."""
+    hit = _META_CACHE.get(id(service))
+    if hit is not None and hit[0] is service:
+        return hit[1]
+    if len(_META_CACHE) > 200_000:
+        _META_CACHE.clear()
+    labels = service_meta_labels(service)
+    _META_CACHE[id(service)] = (service, labels)
+    return labels
+
+
 def _service_level(label: str) -> bool:
     return (
         label == _META + "namespace"
@@ -105,6 +121,35 @@ def _expand(replacement: str, match: re.Match[str]) -> str:
     return re.sub(r"\$\{(\w+)\}|\$(\w+)", group, replacement)
 
 
+class _Overlay:
+    """The Service's meta labels under the labels the rules write: the base
+    is shared by every job evaluated against the Service, not copied."""
+
+    __slots__ = ("_base", "_own")
+
+    def __init__(self, base: Mapping[str, str]) -> None:
+        self._base = base
+        self._own: dict[str, str] = {}
+
+    def __getitem__(self, key: str) -> str:
+        own = self._own.get(key)
+        return own if own is not None else self._base[key]
+
+    def __setitem__(self, key: str, value: str) -> None:
+        self._own[key] = value
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._own or key in self._base
+
+    def pop(self, key: str, default: None = None) -> None:
+        # Only what the rules wrote can go; a base label made unknown is
+        # recorded in _Evaluation.unknown, which value() reads first.
+        self._own.pop(key, default)
+
+    def items(self) -> list[tuple[str, str]]:
+        return [*self._base.items(), *self._own.items()]
+
+
 class _Evaluation:
     """The relabel rules of one job applied to one Service's meta labels.
     Labels are either known (a string) or unknown (not in `known`); a rule
@@ -112,7 +157,7 @@ class _Evaluation:
     from unknown input makes that label unknown."""
 
     def __init__(self, labels: Mapping[str, str]) -> None:
-        self.known: dict[str, str] = dict(labels)
+        self.known: _Overlay = _Overlay(labels)
         self.unknown: set[str] = set()
         self.decided_by_service = False
         self.port_rules: list[tuple[bool, re.Pattern[str]]] = []
@@ -145,7 +190,7 @@ def job_selects(job: ScrapeJob, service: Service) -> bool:
             continue
         if not all(r.matches(service.labels) for r in requirements):
             return False
-    ev = _Evaluation(service_meta_labels(service))
+    ev = _Evaluation(_meta_labels(service))
     for rule in job.relabel:
         outcome = _apply(rule, ev)
         if outcome is False:
@@ -188,7 +233,7 @@ def _apply(rule: RelabelRule, ev: _Evaluation) -> bool | None:
         ev.unknown.add(rule.target_label)
         ev.known.pop(rule.target_label, None)
     elif action == "labelmap" and pattern is not None:
-        for name, value in list(ev.known.items()):
+        for name, value in ev.known.items():
             m = pattern.match(name)
             if m:
                 ev.known[_expand(rule.replacement, m)] = value

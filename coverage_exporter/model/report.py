@@ -19,6 +19,7 @@ from coverage_exporter.model.intent import job_selects
 from coverage_exporter.model.objects import (
     ClusterSnapshot,
     PrometheusSnapshot,
+    ScrapeJob,
     Service,
     ServiceKey,
     Target,
@@ -60,20 +61,46 @@ class CoverageReport:
         return sum(1 for s in self.services for p in s.pools if not p.known)
 
 
+class SelectionMemo:
+    """job_selects results kept between reports while neither the job nor
+    the Service object changed: the caches hand out the same objects while
+    nothing changed, and every Service times every job is too many regex
+    evaluations to redo each cycle in a large cluster. Keyed by identity,
+    holding the objects so that an id cannot be reused while cached."""
+
+    def __init__(self) -> None:
+        self._previous: dict[tuple[int, int], tuple[ScrapeJob, Service, bool]] = {}
+        self._current: dict[tuple[int, int], tuple[ScrapeJob, Service, bool]] = {}
+
+    def selects(self, job: ScrapeJob, service: Service) -> bool:
+        key = (id(job), id(service))
+        hit = self._current.get(key) or self._previous.get(key)
+        if hit is None or hit[0] is not job or hit[1] is not service:
+            hit = (job, service, job_selects(job, service))
+        self._current[key] = hit
+        return hit[2]
+
+    def rotate(self) -> None:
+        """After a report: forget what it did not use."""
+        self._previous, self._current = self._current, {}
+
+
 def meant_pools(
     service: Service,
     prometheus: Sequence[PrometheusSnapshot],
     remembered: Remembered,
+    memo: SelectionMemo | None = None,
 ) -> dict[str, dict[str, str]]:
     """server -> {pool: role} of the pools meant to scrape the Service: the
     jobs of its configuration that select it, and the pools that discovered
     it earlier and are still configured (the role then comes from the
     configuration when it has the job)."""
+    selects = memo.selects if memo is not None else job_selects
     out: dict[str, dict[str, str]] = defaultdict(dict)
     for snap in prometheus:
         jobs = {j.name: j for j in snap.jobs or ()}
         for name, job in jobs.items():
-            if job_selects(job, service):
+            if selects(job, service):
                 out[snap.name][name] = job.role
         for pool, role in remembered.get(snap.name, {}).get(service.key, {}).items():
             out[snap.name].setdefault(pool, jobs[pool].role if pool in jobs else role)
@@ -81,13 +108,34 @@ def meant_pools(
 
 
 def services_meant(
-    snapshot: ClusterSnapshot, prometheus: Sequence[PrometheusSnapshot]
+    snapshot: ClusterSnapshot,
+    prometheus: Sequence[PrometheusSnapshot],
+    memo: SelectionMemo | None = None,
 ) -> set[ServiceKey]:
     """Services some configured job is meant to scrape."""
-    jobs = [j for p in prometheus for j in p.jobs or ()]
+    jobs = {
+        (j.name, j.role, j.namespaces, j.relabel, j.service_label_selectors): j
+        for p in prometheus
+        for j in p.jobs or ()
+    }
     if not jobs:
         return set()
-    return {key for key, svc in snapshot.services.items() if any(job_selects(j, svc) for j in jobs)}
+    selects = memo.selects if memo is not None else job_selects
+    # Most jobs are confined to a few namespaces (an Operator job to its
+    # ServiceMonitor's): look only at the Services there.
+    by_namespace: dict[str, list[tuple[ServiceKey, Service]]] = defaultdict(list)
+    for key, svc in snapshot.services.items():
+        by_namespace[key[0]].append((key, svc))
+    every = list(snapshot.services.items())
+    out: set[ServiceKey] = set()
+    for job in jobs.values():
+        candidates = (
+            every
+            if job.namespaces is None
+            else [item for ns in job.namespaces for item in by_namespace.get(ns, ())]
+        )
+        out.update(key for key, svc in candidates if key not in out and selects(job, svc))
+    return out
 
 
 def build_report(
@@ -97,6 +145,7 @@ def build_report(
     servers: Sequence[ServerState] | None = None,
     grouped: Mapping[ServiceKey, Sequence[tuple[str, Target]]] | None = None,
     remembered: Remembered | None = None,
+    memo: SelectionMemo | None = None,
 ) -> CoverageReport:
     """`prometheus` holds the last good snapshot of every Prometheus that
     ever answered; `servers` says which are still known (answered within
@@ -112,7 +161,7 @@ def build_report(
     node_by_ip = node_index(cluster)
     services: list[ServiceCoverage] = []
     unresolved: list[Unresolved] = []
-    discovered = set(grouped) | services_meant(cluster, prometheus)
+    discovered = set(grouped) | services_meant(cluster, prometheus, memo)
     for server_pools in remembered.values():
         discovered.update(server_pools)
     for service in services_in_scope(scope, cluster, discovered):
@@ -122,7 +171,7 @@ def build_report(
             grouped.get(service.key, ()),
             node_by_ip,
             fleet,
-            meant_pools(service, prometheus, remembered),
+            meant_pools(service, prometheus, remembered, memo),
         )
         if coverage is None:
             reason = (
@@ -133,6 +182,8 @@ def build_report(
             unresolved.append(Unresolved(service.namespace, service.name, reason))
         else:
             services.append(coverage)
+    if memo is not None:
+        memo.rotate()
     ready = sum(1 for n in cluster.nodes.values() if n.ready)
     return CoverageReport(
         services=services,

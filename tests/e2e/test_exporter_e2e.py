@@ -328,11 +328,10 @@ def test_dashboard_queries_return_data(testbed: Cluster, exporter: Exporter) -> 
         "30 s of exporter samples in Prometheus",
         120,
     )
-    empty = [
-        (title, expr)
-        for title, expr in panel_queries(substitute=True)
-        if not prometheus_query(url, expr)
-    ]
+    # The migration row reads the Operator's objects, which this scenario
+    # has none of (the exporter then exports no scrape_coverage_operator_*).
+    queries = [(t, e) for t, e in panel_queries(substitute=True) if "_operator_" not in e]
+    empty = [(title, expr) for title, expr in queries if not prometheus_query(url, expr)]
     assert empty == []
 
 

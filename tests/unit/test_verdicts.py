@@ -561,3 +561,27 @@ def test_audit_against_a_refused_apiserver_fails_in_seconds(tmp_path: Path, caps
     assert cli.main(["audit", "--kubeconfig", str(kubeconfig)]) == 2
     err = capsys.readouterr().err
     assert "cannot list the cluster" in err and "Traceback" not in err
+
+
+def test_selection_memo_reuses_results_for_unchanged_objects(monkeypatch) -> None:
+    from coverage_exporter.model import report as report_module
+
+    calls: list[str] = []
+    real = report_module.job_selects
+
+    def counting(job, service):
+        calls.append(service.name)
+        return real(job, service)
+
+    monkeypatch.setattr(report_module, "job_selects", counting)
+    memo = report_module.SelectionMemo()
+    job = ScrapeJob("j", "endpoints", None, (keep([META + "service_name"], "a"),))
+    a, b = Service("n", "a", {"x": "y"}), Service("n", "b", {"x": "y"})
+    assert [memo.selects(job, s) for s in (a, b)] == [True, False]
+    memo.rotate()
+    assert [memo.selects(job, s) for s in (a, b)] == [True, False]
+    assert calls == ["a", "b"]
+    changed = Service("n", "a", {"x": "z"})
+    memo.rotate()
+    assert memo.selects(job, changed) is True
+    assert calls == ["a", "b", "a"]
