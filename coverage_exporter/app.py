@@ -45,6 +45,7 @@ class Settings:
     missing_info_limit: int
     kubernetes_sync_timeout: float
     stale_after_seconds: float = 300.0
+    operator_refresh_seconds: float = 300.0
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
@@ -87,6 +88,8 @@ class Settings:
             missing_info_limit=args.missing_target_series_limit,
             kubernetes_sync_timeout=args.kubernetes_sync_timeout,
             stale_after_seconds=args.prometheus_stale_after,
+            # serve only: audit reads the Operator's objects once anyway.
+            operator_refresh_seconds=getattr(args, "operator_refresh_interval", 300.0),
         )
 
 
@@ -94,6 +97,7 @@ class Sources:
     """The Kubernetes source and one source per Prometheus, opened together."""
 
     def __init__(self, settings: Settings, full_refresh_seconds: float = 0.0) -> None:
+        self._settings = settings
         self.kubernetes = KubernetesSource(kubeconfig=settings.kubeconfig, context=settings.context)
         self.prometheus = [PrometheusSource(e) for e in settings.prometheus]
         self.collector = Collector(
@@ -112,7 +116,9 @@ class Sources:
         await self.kubernetes.start()
         api = self.kubernetes.api
         if api is not None:
-            self.collector.set_operator(OperatorSource(api))
+            self.collector.set_operator(
+                OperatorSource(api, refresh_seconds=self._settings.operator_refresh_seconds)
+            )
 
     @property
     def health(self) -> list[SourceHealth]:

@@ -173,6 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--interval", "seconds between collection cycles", default="60", type=positive_seconds
     )
     serve.add(
+        "--operator-refresh-interval",
+        "seconds between reads of the Prometheus Operator's objects for migration readiness",
+        default="300",
+        type=positive_seconds,
+    )
+    serve.add(
         "--prometheus-full-refresh-interval",
         "seconds between full re-reads of every "
         "scrape pool (0: every cycle); in between only pools whose target count changed are read",

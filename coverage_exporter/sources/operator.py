@@ -15,6 +15,7 @@ skipped.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -31,6 +32,8 @@ from coverage_exporter.sources.health import SourceError
 from coverage_exporter.sources.k8s_api import ApiClient, ApiError
 
 log = logging.getLogger("coverage_exporter.operator")
+
+DEFAULT_REFRESH_SECONDS = 300.0
 
 PROMETHEUSES = "/apis/monitoring.coreos.com/v1/prometheuses"
 PROMETHEUS_AGENTS = "/apis/monitoring.coreos.com/v1alpha1/prometheusagents"
@@ -168,8 +171,11 @@ class OperatorSource:
     """Reads the Operator's objects once per cycle through the Kubernetes
     source's API client."""
 
-    def __init__(self, api: ApiClient) -> None:
+    def __init__(self, api: ApiClient, refresh_seconds: float = DEFAULT_REFRESH_SECONDS) -> None:
         self._api = api
+        self._refresh = refresh_seconds
+        self._read_at: float | None = None
+        self._cached: OperatorObjects | None = None
         self._state = ""
         """What was last logged about the feature being on or off."""
 
@@ -181,9 +187,17 @@ class OperatorSource:
     async def collect(self) -> OperatorObjects | None:
         """None while the feature is off (CRDs absent or unreadable);
         SourceError for anything else that goes wrong, never another error:
-        readiness is advice and must not end a cycle."""
+        readiness is advice and must not end a cycle. Read anew at most
+        every `refresh_seconds`: a steady cycle makes no Kubernetes request
+        (the rest of the cluster comes from watches), and these objects
+        change when people change them."""
+        now = time.monotonic()
+        if self._read_at is not None and now - self._read_at < self._refresh:
+            return self._cached
         try:
-            return await self._collect()
+            self._cached = await self._collect()
+            self._read_at = now
+            return self._cached
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise SourceError(f"prometheus operator objects: {type(exc).__name__}: {exc}") from None
         except msgspec.DecodeError as exc:  # ValidationError is a DecodeError

@@ -185,3 +185,22 @@ async def test_an_unreachable_apiserver_is_a_source_error_not_a_crash() -> None:
             await OperatorSource(api).collect()
     finally:
         await api.close()
+
+
+async def test_operator_objects_are_read_at_most_every_refresh_interval() -> None:
+    """A steady cycle makes no Kubernetes request: the Operator's objects
+    are read again only after refresh_seconds."""
+    from coverage_exporter.sources.k8s_api import ApiError
+    from coverage_exporter.sources.operator import OperatorSource
+
+    class Api:
+        calls = 0
+
+        async def get(self, path, params):
+            Api.calls += 1
+            raise ApiError(404, "the server could not find the requested resource")
+
+    source = OperatorSource(Api(), refresh_seconds=3600)  # type: ignore[arg-type]
+    assert await source.collect() is None
+    assert await source.collect() is None
+    assert Api.calls == 1
