@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 import time
@@ -15,6 +16,7 @@ from aiohttp import web
 
 from coverage_exporter.collector import Collector
 from coverage_exporter.exposition.audit import render_json, render_table
+from coverage_exporter.exposition.html import PageInfo, render_page
 from coverage_exporter.exposition.metrics import ExporterState, render
 from coverage_exporter.fleet_file import load_fleet_file
 from coverage_exporter.http import ExporterView, make_app, parse_listen_address
@@ -88,6 +90,35 @@ class Settings:
             kubernetes_sync_timeout=args.kubernetes_sync_timeout,
             stale_after_seconds=args.prometheus_stale_after,
         )
+
+
+def cluster_name(settings: Settings) -> str:
+    """What the report calls the cluster: the kubeconfig's cluster name (as
+    `kubectl config get-contexts` shows it), or "in-cluster"."""
+    from kubernetes import config as k8s_config
+
+    if settings.kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return "in-cluster"
+    try:
+        contexts, current = k8s_config.list_kube_config_contexts(settings.kubeconfig)
+    except (k8s_config.ConfigException, OSError):
+        return "unknown cluster"
+    if settings.context:
+        current = next((c for c in contexts if c["name"] == settings.context), current)
+    if not current:
+        return "unknown cluster"
+    cluster = current.get("context", {}).get("cluster") or current["name"]
+    return cluster if cluster == current["name"] else f"{cluster} (context {current['name']})"
+
+
+def page_info(settings: Settings, health: list[SourceHealth], cluster: str) -> PageInfo:
+    """The report's frame for a cycle that ended now."""
+    return PageInfo(
+        cluster=cluster,
+        collected_at=time.time(),
+        sources=health,
+        prometheus_urls={e.name: e.url for e in settings.prometheus},
+    )
 
 
 class Sources:
@@ -167,6 +198,9 @@ async def _audit(settings: Settings, output: str) -> int:
         sys.stdout.write(render_json(result.report, health, result.complete, result.readiness))
     elif output == "prometheus":
         sys.stdout.buffer.write(result.exposition)
+    elif output == "html":
+        info = page_info(settings, health, cluster_name(settings))
+        sys.stdout.buffer.write(render_page(result.report, info))
     else:
         sys.stdout.write(render_table(result.report, health, result.complete, result.readiness))
     sys.stdout.flush()
@@ -197,6 +231,7 @@ async def _serve(
     host, port = parse_listen_address(listen_address)
     sources = Sources(settings, full_refresh_seconds=full_refresh)
     health = sources.health
+    cluster = cluster_name(settings)
     view = ExporterView(
         lambda: render(
             ExporterState(
@@ -221,6 +256,10 @@ async def _serve(
             started = time.monotonic()
             result = await sources.collector.run_cycle()
             view.exposition = result.exposition
+            # Copies: the sources update their health in place during the next cycle.
+            view.publish_report(
+                result.report, page_info(settings, [replace(h) for h in health], cluster)
+            )
             if result.report is not None:
                 view.ready = True
                 view.status = "last cycle " + (
