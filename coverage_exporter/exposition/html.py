@@ -47,9 +47,13 @@ from coverage_exporter.sources.health import SOURCE_KUBERNETES, SourceHealth
 RUNBOOK_BASE_URL = "https://github.com/coverage-exporter/coverage-exporter/blob/main/docs/runbooks/"
 _RUNBOOK_REF = re.compile(r"docs/runbooks/([A-Za-z0-9_-]+\.md)")
 
-COLLAPSE_ABOVE = 2000
-"""A Service's missing-target table with more rows starts closed: the
-browser then lays it out only when opened (a 100k-row table costs seconds)."""
+CHUNK_ROWS = 500
+"""Rows per table of a Service's missing targets. Each chunk is a table of
+its own in a `content-visibility: auto` box, so the browser lays out only
+the chunks on screen: one 99k-row table takes Chromium ~3.5 s to lay out,
+and the whole page would wait for it."""
+ROW_PX = 21
+"""A row's height (report.css), for the size a chunk reserves unrendered."""
 
 LOST = "lost"
 """The text of a "lost at this stage" cell: a word, so that screen readers,
@@ -369,15 +373,24 @@ def _missing_table(i: int, v: ServiceView) -> tuple[str, int]:
         else:
             name = _e(m.node)
         rows.append(f"<tr><td>{name}{cells}\n")
+    thead = f"<thead><tr>{''.join(head)}</tr></thead>"
+    caption = (
+        f'<caption class="muted">Each target of {_e(v.name)} missing at some stage; '
+        "\u201clost\u201d marks the stages that miss it</caption>"
+    )
+    chunks = []
+    for start in range(0, len(rows), CHUNK_ROWS):
+        part = rows[start : start + CHUNK_ROWS]
+        chunks.append(
+            f'<div class="chunk" style="contain-intrinsic-size:auto {len(part) * ROW_PX + 40}px">'
+            f'<table class="missing">{caption if not start else ""}{thead}<tbody>\n'
+            f"{''.join(part)}</tbody></table></div>"
+        )
     where = ", ".join(f"{_e(st.pool or st.label)} {_n(len(st.missing or ()))}" for st in stages)
-    opened = " open" if len(union) <= COLLAPSE_ABOVE else ""
     table = (
-        f'<details class="missing" id="missing-{i}"{opened}><summary>{_e(v.name)}: '
+        f'<details class="missing" id="missing-{i}" open><summary>{_e(v.name)}: '
         f'<span class="count">{_n(len(union))} missing</span> '
-        f"<small>lost at: {where}</small></summary><div>"
-        f'<table class="missing"><caption class="muted">Each target of {_e(v.name)} '
-        "missing at some stage; \u201clost\u201d marks the stages that miss it</caption>"
-        f"<thead><tr>{''.join(head)}</tr></thead><tbody>\n{''.join(rows)}</tbody></table>"
+        f'<small>lost at: {where}</small></summary><div class="scroll">{"".join(chunks)}'
         "</div></details>"
     )
     return table, len(union)
@@ -617,6 +630,8 @@ def render_page(
     head = (
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        # An empty icon: otherwise a browser asks the server for /favicon.ico.
+        '<link rel="icon" href="data:,">'
         f'<meta http-equiv="Content-Security-Policy" content="{CONTENT_SECURITY_POLICY}">'
         f'<meta name="generator" content="coverage-exporter {_e(__version__)}">'
         f"<title>{_e(title)}</title><style>{CSS}</style></head><body>"
