@@ -361,7 +361,7 @@ def _missing_table(i: int, v: ServiceView) -> tuple[str, int]:
     lost, empty = "<td>" + LOST, "<td>"
     patterns: dict[tuple[bool, ...], str] = {}
     rows = []
-    # Minimal markup (optional end tags left out): at 100k nodes this is
+    # Minimal markup (optional </td> left out): at 100k nodes this is
     # ~300k rows, and every byte counts ~0.3 MB.
     for m in sorted(union):
         flags = tuple(m in s for s in sets)
@@ -372,7 +372,8 @@ def _missing_table(i: int, v: ServiceView) -> tuple[str, int]:
             name = f'{_e(m.pod)} <span class="muted">on {_e(m.node) or "no node"}</span>'
         else:
             name = _e(m.node)
-        rows.append(f"<tr><td>{name}{cells}\n")
+        # </tr> closes the last cell too: a newline inside it would be text.
+        rows.append(f"<tr><td>{name}{cells}</tr>\n")
     thead = f"<thead><tr>{''.join(head)}</tr></thead>"
     caption = (
         f'<caption class="muted">Each target of {_e(v.name)} missing at some stage; '

@@ -36,7 +36,7 @@
       var cells = ix.rows[r].cells;
       var flags = "";
       ix.names[r] = cells[0].textContent.toLowerCase();
-      for (var c = 1; c < cells.length; c++) flags += cells[c].firstChild ? "1" : "0";
+      for (var c = 1; c < cells.length; c++) flags += cells[c].textContent ? "1" : "0";
       ix.lost[r] = flags;
     }
     ix.visible = new Uint8Array(ix.rows.length).fill(1);
@@ -48,6 +48,7 @@
       if ((!kind || c.kind === kind) && (!want || c.pool === want)) allowed.push(i);
     });
     var anyStage = !kind && !want;
+    var match = new Uint8Array(ix.rows.length);
     var count = 0;
     for (var r = 0; r < ix.rows.length; r++) {
       var ok = !needle || ix.names[r].indexOf(needle) !== -1;
@@ -57,11 +58,15 @@
           if (ix.lost[r].charCodeAt(allowed[k]) === 49) { ok = true; break; }
         }
       }
-      if (ok) count++;
-      var v = ok ? 1 : 0;
-      if (ix.visible[r] !== v) { ix.visible[r] = v; ix.rows[r].hidden = !ok; }
+      if (ok) { match[r] = 1; count++; }
     }
+    // A chunk with no match is hidden whole; its rows are left as they are
+    // (and put right if it matches again): one toggle instead of hundreds.
     ix.table.parentNode.hidden = count === 0;
+    if (count === 0) return 0;
+    for (var i = 0; i < ix.rows.length; i++) {
+      if (ix.visible[i] !== match[i]) { ix.visible[i] = match[i]; ix.rows[i].hidden = !match[i]; }
+    }
     return count;
   }
 

@@ -101,6 +101,15 @@ def artifact(tmp_path: Path, name: str, data: bytes, capsys: pytest.CaptureFixtu
     return target / name
 
 
+async def full_screenshot(page: Page) -> bytes:
+    """The whole page, the missing-target chunks too: off screen the
+    browser skips rendering them (content-visibility: auto)."""
+    await page.evaluate(
+        "document.querySelectorAll('div.chunk').forEach(c => c.style.contentVisibility = 'visible')"
+    )
+    return await page.screenshot()
+
+
 def number(text: str) -> int:
     return int(text.replace(",", ""))
 
@@ -132,7 +141,9 @@ def assert_console_clean_and_nothing_fetched(page: Page, url: str) -> None:
     assert page.requested_urls() == [url]
 
 
-async def check_filter(page: Page, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+async def check_filter(
+    page: Page, name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     want = truth()
     needle = sorted(want[NE]["endpoints"])[0]
     # Rows per Service whose name contains the needle, from the truth.
@@ -146,7 +157,7 @@ async def check_filter(page: Page, tmp_path: Path, capsys: pytest.CaptureFixture
     )
     assert await page.evaluate(VISIBLE_ROWS) == expected
     assert expected >= 1
-    artifact(tmp_path, "filter.png", await page.screenshot(full_page=False), capsys)
+    artifact(tmp_path, f"{name}-filtered.png", await page.screenshot(full_page=False), capsys)
 
     async def select(stage: str, pool: str) -> int:
         await page.evaluate(
@@ -232,7 +243,7 @@ async def test_live_report_shows_the_exporters_numbers_and_every_missing_node(
         await page.navigate(url)
         shown = await page.evaluate(READ_PAGE)
         m = exporter.samples()
-        artifact(tmp_path, "live-report.png", await page.screenshot(), capsys)
+        artifact(tmp_path, "live-report.png", await full_screenshot(page), capsys)
 
         assert shown["verdict"].startswith("Gaps found")
         assert {(x["source"], x["prometheus"], x["status"]) for x in shown["sources"]} == {
@@ -275,7 +286,7 @@ async def test_live_report_shows_the_exporters_numbers_and_every_missing_node(
                 assert set(st["prometheus"]) == set(exporter_prometheus(exporter))
         assert_lists_the_truth(shown)
         assert shown["scripts"] == 1 and shown["filterShown"]
-        await check_filter(page, tmp_path, capsys)
+        await check_filter(page, "live-report", tmp_path, capsys)
         assert_console_clean_and_nothing_fetched(page, url)
 
 
@@ -332,13 +343,13 @@ async def test_report_file_lists_every_missing_node(
         page = await browser.new_page()
         await page.navigate(url)
         shown = await page.evaluate(READ_PAGE)
-        artifact(tmp_path, "static-report.png", await page.screenshot(), capsys)
+        artifact(tmp_path, "static-report.png", await full_screenshot(page), capsys)
         ne = {(st["stage"], st["pool"]): st for st in shown["services"][NE]}
         assert number(ne[("expected", "")]["holds"]) == N
         assert number(ne[("endpoints", "")]["holds"]) == s.ENDPOINTS_CAP
         assert number(ne[("endpoints", "")]["missing"]) == N - s.ENDPOINTS_CAP
         assert_lists_the_truth(shown)
-        await check_filter(page, tmp_path, capsys)
+        await check_filter(page, "static-report", tmp_path, capsys)
         assert_console_clean_and_nothing_fetched(page, url)
 
 
@@ -353,7 +364,7 @@ async def test_report_file_without_javascript_still_lists_everything(
         await page.send("Emulation.setScriptExecutionDisabled", value=False)
         # Our own evaluations run again; the page's script did not run.
         shown = await page.evaluate(READ_PAGE)
-        artifact(tmp_path, "static-report-nojs.png", await page.screenshot(), capsys)
+        artifact(tmp_path, "static-report-nojs.png", await full_screenshot(page), capsys)
         assert not shown["filterShown"]
         assert await page.evaluate("document.getElementById('nojs').checkVisibility()")
         assert_lists_the_truth(shown)
