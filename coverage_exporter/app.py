@@ -111,13 +111,16 @@ def cluster_name(settings: Settings) -> str:
     return cluster if cluster == current["name"] else f"{cluster} (context {current['name']})"
 
 
-def page_info(settings: Settings, health: list[SourceHealth], cluster: str) -> PageInfo:
+def page_info(
+    settings: Settings, health: list[SourceHealth], cluster: str, complete: bool
+) -> PageInfo:
     """The report's frame for a cycle that ended now."""
     return PageInfo(
         cluster=cluster,
         collected_at=time.time(),
         sources=health,
         prometheus_urls={e.name: e.url for e in settings.prometheus},
+        complete=complete,
     )
 
 
@@ -199,7 +202,7 @@ async def _audit(settings: Settings, output: str) -> int:
     elif output == "prometheus":
         sys.stdout.buffer.write(result.exposition)
     elif output == "html":
-        info = page_info(settings, health, cluster_name(settings))
+        info = page_info(settings, health, cluster_name(settings), result.complete)
         sys.stdout.buffer.write(render_page(result.report, info))
     else:
         sys.stdout.write(render_table(result.report, health, result.complete, result.readiness))
@@ -258,7 +261,8 @@ async def _serve(
             view.exposition = result.exposition
             # Copies: the sources update their health in place during the next cycle.
             view.publish_report(
-                result.report, page_info(settings, [replace(h) for h in health], cluster)
+                result.report,
+                page_info(settings, [replace(h) for h in health], cluster, result.complete),
             )
             if result.report is not None:
                 view.ready = True

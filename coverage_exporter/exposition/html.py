@@ -25,7 +25,7 @@ from importlib import resources
 from urllib.parse import urlsplit, urlunsplit
 
 from coverage_exporter import __version__
-from coverage_exporter.exposition.audit import findings
+from coverage_exporter.exposition.audit import findings, verdict
 from coverage_exporter.model.coverage import (
     STAGE_ENDPOINTS,
     STAGE_ENDPOINTSLICES,
@@ -33,7 +33,11 @@ from coverage_exporter.model.coverage import (
     MissingTarget,
     ServiceCoverage,
 )
+from coverage_exporter.model.fleet import Fleet
+from coverage_exporter.model.gaps import service_gaps
 from coverage_exporter.model.objects import (
+    ROLE_ENDPOINTS,
+    ROLE_ENDPOINTSLICE,
     SOURCE_DAEMONSET,
     SOURCE_NODES,
     SOURCE_PODS,
@@ -78,28 +82,40 @@ def _n(value: int) -> str:
 
 
 # --- the one place that reads the coverage model ------------------------------
-# Everything below this section renders StageView/ServiceView only, so a
-# change of the model (report.py, coverage.py) is adapted here.
+# Everything below this section renders the views only, so a change of the
+# model (report.py, coverage.py, gaps.py) is adapted here.
 
 
 @dataclass(frozen=True, slots=True)
 class StageView:
-    """One stage of a Service's funnel."""
+    """One stage of a Service's funnel: a Kubernetes object, or one scrape
+    pool as one replica runs it."""
 
     kind: str
     """STAGE_ENDPOINTS, STAGE_ENDPOINTSLICES or STAGE_PROMETHEUS."""
     label: str
-    holds: int | None
-    """What the stage holds (addresses, endpoints, discovered targets); None: unknown."""
+    holds: int
+    """What the stage holds: addresses, endpoints, discovered targets."""
     missing: Sequence[MissingTarget] | None
-    """Expected targets absent here; None: unknown (its source never answered)."""
+    """The expected targets absent here, by name; None: unknown."""
+    missing_count: int | None
+    """With those known by count only (unnamed, or no Endpoints object)."""
+    gap: bool
+    """The model counts this loss as a gap (model.gaps); else a finding."""
+    unknown: int = 0
+    """Expected targets whose coverage cannot be told (a shard not answering)."""
     pool: str = ""
     role: str = ""
+    scraper: str = ""
+    scraper_replica: str = ""
     alarm: str = ""
-    """A short tag that names what is wrong (TRUNCATED, MIRRORING CAPPED)."""
     notes: tuple[str, ...] = ()
-    per_prometheus: tuple[tuple[str, int, int], ...] = ()
-    """(prometheus, active targets, of which health down) for a pool stage."""
+    per_server: tuple[tuple[str, int, int], ...] = ()
+    """(server, active targets, of which health down) of the replica."""
+
+    @property
+    def replica(self) -> str:
+        return _replica_name(self.scraper, self.scraper_replica)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,105 +123,179 @@ class ServiceView:
     name: str
     source: str
     expected: int
+    unnamed: int
+    """Expected targets known by count only: missing everywhere, unlisted."""
     stages: tuple[StageView, ...]
     findings: tuple[str, ...]
     has_gap: bool
-    prometheus_known: bool
     node_wide: bool
 
 
-def _endpoints_stage(s: ServiceCoverage) -> StageView:
+@dataclass(frozen=True, slots=True)
+class ServerView:
+    """Where one Prometheus server stands in its fleet."""
+
+    replica: str
+    shard: str
+    topology: str
+    known: bool
+    """Answered recently enough to count (--prometheus-stale-after)."""
+
+
+def _replica_name(scraper: str, replica: str) -> str:
+    return replica if replica == scraper else f"{scraper}/{replica}"
+
+
+def _unread(s: ServiceCoverage, role: str, missing: int) -> tuple[str, ...]:
+    if missing and not s.reads(role):
+        return (f"no scrape pool reads it with role {role}: a finding, nothing lost today",)
+    return ()
+
+
+def _endpoints_stage(s: ServiceCoverage, gap_stages: set[str]) -> StageView:
     ep = s.endpoints
+    count = s.endpoints_missing_count()
+    gap = STAGE_ENDPOINTS in gap_stages
     if ep is None:
         return StageView(
-            STAGE_ENDPOINTS,
-            "Endpoints",
-            0,
-            # No Endpoints object: every expected target is missing there,
-            # as scrape_coverage_missing_targets{stage="endpoints"} says.
-            None,
-            alarm="NO ENDPOINTS OBJECT",
+            STAGE_ENDPOINTS, "Endpoints", 0, (), count, gap, alarm="NO ENDPOINTS OBJECT"
         )
-    notes = []
-    if ep.not_ready:
-        notes.append(f"{_n(ep.not_ready)} not ready")
+    notes = [f"{_n(ep.not_ready)} not ready"] if ep.not_ready else []
     if ep.skip_mirror:
         notes.append("labelled skip-mirror: the owner writes its own slices")
+    notes += _unread(s, ROLE_ENDPOINTS, count)
     return StageView(
         STAGE_ENDPOINTS,
         "Endpoints",
         ep.ready + ep.not_ready,
         ep.missing,
+        count,
+        gap,
         alarm="TRUNCATED" if ep.truncated else "",
         notes=tuple(notes),
     )
 
 
-def _slices_stage(s: ServiceCoverage) -> StageView:
+def _slices_stage(s: ServiceCoverage, gap_stages: set[str]) -> StageView:
     sl = s.slices
+    count = s.slices_missing_count()
     notes = [
-        f"{_n(count)} {'ready' if ready else 'not ready'} by {managed_by}"
-        for (managed_by, ready), count in sorted(sl.endpoints.items())
+        f"{_n(c)} {'ready' if ready else 'not ready'} by {managed_by}"
+        for (managed_by, ready), c in sorted(sl.endpoints.items())
     ]
     notes += [f"{_n(c)} terminating by {m}" for m, c in sorted(sl.terminating.items()) if c]
     if sl.mirroring_skipped:
         notes.append(f"mirroring left {_n(sl.mirroring_skipped)} addresses out")
+    notes += _unread(s, ROLE_ENDPOINTSLICE, count)
     return StageView(
         STAGE_ENDPOINTSLICES,
         "EndpointSlices",
         sum(sl.endpoints.values()),
         sl.missing,
+        count,
+        STAGE_ENDPOINTSLICES in gap_stages,
         alarm="MIRRORING CAPPED" if sl.mirroring_skipped else "",
         notes=tuple(notes),
     )
 
 
-def _pool_stages(s: ServiceCoverage) -> list[StageView]:
-    if not s.prometheus_known:
-        return [StageView(STAGE_PROMETHEUS, "Scrape pools", None, None)]
-    per: dict[tuple[str, str], dict[str, list[int]]] = {}
-    for (prometheus, pool, role, health), count in s.target_counts.items():
-        totals = per.setdefault((pool, role), {}).setdefault(prometheus, [0, 0])
+def _pool_stages(s: ServiceCoverage, fleet: Fleet) -> list[StageView]:
+    counts: dict[tuple[str, str, str], list[int]] = {}
+    for (server, pool, role, health), count in s.target_counts.items():
+        totals = counts.setdefault((server, pool, role), [0, 0])
         totals[0] += count
         if health == "down":
             totals[1] += count
-    return [
-        StageView(
-            STAGE_PROMETHEUS,
-            f"scrape pool {p.scrape_pool}",
-            p.discovered,
-            p.missing,
-            pool=p.scrape_pool,
-            role=p.role,
-            per_prometheus=tuple(
-                (name, t[0], t[1])
-                for name, t in sorted(per.get((p.scrape_pool, p.role), {}).items())
-            ),
+    out = []
+    for p in s.pools:
+        replica = fleet.replicas.get((p.scraper, p.replica))
+        servers = sorted(sv.name for sv in replica.servers) if replica else []
+        notes = [] if p.meant or p.discovered else ["not meant by the configuration"]
+        if not p.known:
+            notes.append(
+                f"coverage unknown for {_n(p.unknown)}: a shard of the replica has not "
+                "answered recently"
+            )
+        out.append(
+            StageView(
+                STAGE_PROMETHEUS,
+                f"scrape pool {p.scrape_pool}",
+                p.discovered,
+                p.missing,
+                p.missing_count,
+                bool(p.missing_count),
+                unknown=p.unknown,
+                pool=p.scrape_pool,
+                role=p.role,
+                scraper=p.scraper,
+                scraper_replica=p.replica,
+                notes=tuple(notes),
+                per_server=tuple(
+                    (name, *counts.get((name, p.scrape_pool, p.role), (0, 0)))  # type: ignore[misc]
+                    for name in servers
+                ),
+            )
         )
-        for p in s.pools
-    ]
+    return out
 
 
-def service_view(s: ServiceCoverage, has_gap: bool) -> ServiceView:
+def service_view(s: ServiceCoverage, fleet: Fleet) -> ServiceView:
+    gaps = service_gaps(s)
+    gap_stages = {g.stage for g in gaps if g.stage != STAGE_PROMETHEUS}
     return ServiceView(
         name=f"{s.namespace}/{s.service}",
         source=s.source,
         expected=s.expected,
-        stages=(_endpoints_stage(s), _slices_stage(s), *_pool_stages(s)),
+        unnamed=s.unnamed,
+        stages=(
+            _endpoints_stage(s, gap_stages),
+            _slices_stage(s, gap_stages),
+            *_pool_stages(s, fleet),
+        ),
         findings=tuple(findings(s)),
-        has_gap=has_gap,
-        prometheus_known=s.prometheus_known,
+        has_gap=bool(gaps),
         node_wide=s.source != SOURCE_PODS,
     )
 
 
-def _has_gap(s: ServiceCoverage) -> bool:
-    # The model's one definition of a gap, asked for one Service.
-    return CoverageReport(services=[s]).has_gaps
-
-
 def report_views(report: CoverageReport) -> list[ServiceView]:
-    return [service_view(s, _has_gap(s)) for s in report.services]
+    return [service_view(s, report.fleet) for s in report.services]
+
+
+def server_views(report: CoverageReport | None) -> dict[str, ServerView]:
+    if report is None:
+        return {}
+    return {
+        sv.name: ServerView(
+            replica=_replica_name(r.scraper, r.replica),
+            shard=f"{sv.identity.shard + 1} of {r.shards}" if r.shards > 1 else "",
+            topology=sv.identity.how,
+            known=sv.known,
+        )
+        for r in report.fleet.replicas.values()
+        for sv in r.servers
+    }
+
+
+def unresolved_lines(report: CoverageReport) -> list[str]:
+    return [
+        f"{u.namespace}/{u.service}: cannot tell which targets it should hold ({u.reason})"
+        for u in report.unresolved
+    ]
+
+
+def report_verdict(report: CoverageReport | None, complete: bool) -> tuple[str, str]:
+    """(kind, words): the audit's own verdict, and which of ok, gaps, unknown."""
+    words = verdict(report, complete)
+    if report is not None and report.has_gaps:
+        return "gaps", words
+    if report is not None and words == verdict(report, True) and report.services:
+        return ("ok" if not report.unknown_pools else "unknown"), words
+    return "unknown", words
+
+
+def node_counts(report: CoverageReport) -> tuple[int, int]:
+    return report.nodes_ready, report.nodes_not_ready
 
 
 # --- rendering -----------------------------------------------------------------
@@ -219,6 +309,8 @@ class PageInfo:
     collected_at: float
     sources: Sequence[SourceHealth] = ()
     prometheus_urls: Mapping[str, str] = field(default_factory=dict)
+    complete: bool = True
+    """Every source answered in this cycle."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,33 +320,36 @@ class ServicesPart:
     html: str
     services: int
     with_gaps: int
-    missing: int
-    """Distinct (Service, target) pairs lost at some stage."""
-    has_gaps: bool
-    prometheus_known: bool
-    unresolved: int
+    gap_targets: int
+    """Distinct (Service, target) pairs lost at a stage that is a gap."""
 
 
-def _missing_total(stage: StageView, expected: int) -> int | None:
-    if stage.missing is None:
-        return expected if stage.kind == STAGE_ENDPOINTS else None
-    return len(stage.missing)
-
-
-def _bar(present: int | None, expected: int) -> str:
-    if present is None:
-        return '<span class="bar unknown" title="unknown"></span>'
-    share = 100.0 if not expected else max(0.0, min(100.0, 100.0 * present / expected))
+def _bar(st: StageView | None, expected: int) -> str:
+    """Present (green), unknown (hatched) and lost (red) shares."""
+    if st is None or st.missing_count is None:
+        present = st.holds if st is not None else expected
+        unknown = st.unknown if st is not None else 0
+    else:
+        present, unknown = expected - st.missing_count, 0
+    if not expected:
+        return '<span class="bar"><span style="width:100%"></span></span>'
+    ok = max(0.0, min(100.0, 100.0 * present / expected))
+    unk = max(0.0, min(100.0 - ok, 100.0 * unknown / expected))
+    title = f"{ok:.1f}% present" + (f", {unk:.1f}% unknown" if unk else "")
     return (
-        f'<span class="bar" title="{share:.1f}% present">'
-        f'<span style="width:{share:.2f}%"></span></span>'
+        f'<span class="bar" title="{title}"><span style="width:{ok:.2f}%"></span>'
+        + (f'<span class="unk" style="width:{unk:.2f}%"></span>' if unk else "")
+        + "</span>"
     )
 
 
 def _stage_label(st: StageView) -> str:
-    if st.kind != STAGE_PROMETHEUS or not st.pool:
+    if st.kind != STAGE_PROMETHEUS:
         return _e(st.label)
-    return f"scrape pool <code>{_e(st.pool)}</code> <small>role {_e(st.role)}</small>"
+    return (
+        f"scrape pool <code>{_e(st.pool)}</code> <small>role {_e(st.role)} · replica "
+        f"{_e(st.replica)}</small>"
+    )
 
 
 def _funnel(v: ServiceView) -> str:
@@ -263,41 +358,43 @@ def _funnel(v: ServiceView) -> str:
         SOURCE_NODES: "every Node",
         SOURCE_PODS: "the selected pods",
     }.get(v.source, v.source)
+    if v.unnamed:
+        source += f"; {_n(v.unnamed)} known by count only (no pod yet)"
     rows = [
         '<tr data-stage="expected"><th scope="row">Expected</th>'
         f'<td class="n holds">{_n(v.expected)}</td><td class="n miss"></td>'
-        f'<td class="cov">{_bar(v.expected, v.expected)}</td><td>{_e(source)}</td></tr>'
+        f'<td class="cov">{_bar(None, v.expected)}</td><td>{_e(source)}</td></tr>'
     ]
     for st in v.stages:
-        missing = _missing_total(st, v.expected)
-        present = None if missing is None else v.expected - missing
         notes = [f'<span class="tag bad">{_e(st.alarm)}</span>'] if st.alarm else []
         notes += [_e(n) for n in st.notes]
         notes += [
-            f'<span data-prometheus="{_e(name)}">{_e(name)}: {_n(active)} targets'
+            f'<span data-server="{_e(name)}">{_e(name)}: {_n(active)} targets'
             + (f" ({_n(down)} down)" if down else "")
             + "</span>"
-            for name, active, down in st.per_prometheus
+            for name, active, down in st.per_server
         ]
-        if st.holds is None:
-            notes.append("unknown: no Prometheus has answered yet")
         attrs = f'data-stage="{_e(st.kind)}"'
         if st.pool:
-            attrs += f' data-pool="{_e(st.pool)}" data-role="{_e(st.role)}"'
-        gap = ' class="gap"' if missing else ""
-        miss_cell = (
-            '<td class="n miss">unknown</td>'
-            if missing is None
-            else f'<td class="n miss{" lostn" if missing else ""}">{_n(missing)}</td>'
-        )
+            attrs += (
+                f' data-pool="{_e(st.pool)}" data-role="{_e(st.role)}"'
+                f' data-scraper="{_e(st.scraper)}" data-scraper-replica="{_e(st.scraper_replica)}"'
+                f' data-replica="{_e(st.replica)}"'
+            )
+        css = "gap" if st.gap else ("finding" if st.missing_count else "")
+        if st.missing_count is None:
+            miss = '<td class="n miss">unknown</td>'
+        else:
+            lost = " lostn" if st.gap else ""
+            miss = f'<td class="n miss{lost}">{_n(st.missing_count)}</td>'
         rows.append(
-            f'<tr {attrs}{gap}><th scope="row">{_stage_label(st)}</th>'
-            f'<td class="n holds">{"unknown" if st.holds is None else _n(st.holds)}</td>'
-            f'{miss_cell}<td class="cov">{_bar(present, v.expected)}</td>'
+            f'<tr {attrs}{f" class={css}" if css else ""}><th scope="row">{_stage_label(st)}</th>'
+            f'<td class="n holds">{_n(st.holds)}</td>{miss}'
+            f'<td class="cov">{_bar(st, v.expected)}</td>'
             f"<td>{'<br>'.join(notes)}</td></tr>"
         )
     return (
-        f'<table class="funnel"><caption class="muted">Expected targets of {_e(v.name)}, '
+        f'<table class="funnel"><caption>Expected targets of {_e(v.name)}, '
         "and how many each stage holds and misses</caption><thead><tr>"
         '<th scope="col">Stage</th><th scope="col" class="n">Holds</th>'
         '<th scope="col" class="n">Missing</th><th scope="col">Expected targets present</th>'
@@ -317,47 +414,62 @@ def _runbook(page: str, text: str) -> str:
 
 
 def _next_steps(views: Sequence[ServiceView]) -> list[str]:
+    stages = [st for v in views for st in v.stages]
     steps = []
-    stages = [(v, st) for v in views for st in v.stages]
-    if any(st.kind == STAGE_ENDPOINTS and st.alarm for _, st in stages):
+    if any(st.kind == STAGE_ENDPOINTS and st.alarm and st.gap for st in stages):
         steps.append(
-            "Endpoints truncated at 1000 addresses: move every scrape job with role "
-            "<code>endpoints</code> to role <code>endpointslice</code>: "
+            "Endpoints truncated at 1000 addresses and read with role <code>endpoints</code>: "
+            "move those scrape jobs to role <code>endpointslice</code>: "
             + _runbook("migrate-to-endpointslice.md", "migrate-to-endpointslice")
             + ", "
             + _runbook("ScrapeCoverageEndpointsTruncated.md", "ScrapeCoverageEndpointsTruncated")
         )
-    if any(st.kind == STAGE_ENDPOINTSLICES and st.alarm for _, st in stages):
+    if any(st.kind == STAGE_ENDPOINTSLICES and st.alarm for st in stages):
         steps.append(
             "Mirrored EndpointSlices capped at 1000 per subset: have the owner of the "
-            "Endpoints write its own slices and label the Endpoints skip-mirror: "
+            "Endpoints write its own slices (Prometheus Operator: "
+            "<code>--kubelet-endpointslice=true</code>) before any job reads them: "
             + _runbook(
                 "ScrapeCoverageEndpointSliceMirroringCapped.md",
                 "ScrapeCoverageEndpointSliceMirroringCapped",
             )
         )
-    if any(st.kind == STAGE_PROMETHEUS and st.missing for _, st in stages):
+    if any(st.kind == STAGE_PROMETHEUS and st.gap for st in stages):
         steps.append(
-            "Scrape pools miss expected targets: find the stage that lost them in the "
-            "tables below: "
+            "Scrape pools miss expected targets: the tables below show at which stage each "
+            "was lost: "
             + _runbook("ScrapeCoverageTargetsMissing.md", "ScrapeCoverageTargetsMissing")
+        )
+    if any(st.kind == STAGE_PROMETHEUS and st.missing_count is None for st in stages):
+        steps.append(
+            "Some coverage is unknown: a Prometheus shard has not answered: "
+            + _runbook("ScrapeCoverageSourceDown.md", "ScrapeCoverageSourceDown")
         )
     return steps
 
 
-def _missing_table(i: int, v: ServiceView) -> tuple[str, int]:
-    """The table of every target this Service misses at some stage, one row
-    per target, one column per stage; ("", 0) when none is missing."""
+def _missing_table(i: int, v: ServiceView) -> tuple[str, int, int]:
+    """Every target this Service misses at some stage, one row per target,
+    one column per stage that names what it misses. Returns (html, rows,
+    targets lost at a stage that is a gap); ("", 0, 0) when none is named."""
     stages = [st for st in v.stages if st.missing]
     sets = [frozenset(st.missing or ()) for st in stages]
     union: set[MissingTarget] = set().union(*sets)
+    gap_union: set[MissingTarget] = set().union(
+        *(s for s, st in zip(sets, stages, strict=True) if st.gap)
+    )
+    gap_targets = len(gap_union) + (v.unnamed if v.has_gap else 0)
     if not union:
-        return "", 0
+        return "", 0, gap_targets
     head = [f'<th scope="col">{"Node" if v.node_wide else "Pod, on node"}</th>']
     for st in stages:
-        label = _e(st.label) if not st.pool else f"{_e(st.pool)}<br><small>{_e(st.role)}</small>"
-        pool = f' data-pool="{_e(st.pool)}"' if st.pool else ""
-        head.append(f'<th scope="col" data-kind="{_e(st.kind)}"{pool}>{label}</th>')
+        read = "" if st.gap else "<br><small>a finding: not read</small>"
+        if st.pool:
+            label = f"{_e(st.pool)}<br><small>{_e(st.role)} · {_e(st.replica)}</small>"
+            data = f' data-pool="{_e(st.pool)}" data-replica="{_e(st.replica)}"'
+        else:
+            label, data = _e(st.label) + read, ""
+        head.append(f'<th scope="col" data-kind="{_e(st.kind)}"{data}>{label}</th>')
     lost, empty = "<td>" + LOST, "<td>"
     patterns: dict[tuple[bool, ...], str] = {}
     rows = []
@@ -376,7 +488,7 @@ def _missing_table(i: int, v: ServiceView) -> tuple[str, int]:
         rows.append(f"<tr><td>{name}{cells}</tr>\n")
     thead = f"<thead><tr>{''.join(head)}</tr></thead>"
     caption = (
-        f'<caption class="muted">Each target of {_e(v.name)} missing at some stage; '
+        f"<caption>Each target of {_e(v.name)} missing at some stage; "
         "\u201clost\u201d marks the stages that miss it</caption>"
     )
     chunks = []
@@ -387,14 +499,48 @@ def _missing_table(i: int, v: ServiceView) -> tuple[str, int]:
             f'<table class="missing">{caption if not start else ""}{thead}<tbody>\n'
             f"{''.join(part)}</tbody></table></div>"
         )
-    where = ", ".join(f"{_e(st.pool or st.label)} {_n(len(st.missing or ()))}" for st in stages)
+    where = ", ".join(f"{_e(st.pool or st.label)} {_n(st.missing_count or 0)}" for st in stages)
+    unnamed = (
+        f"; and {_n(v.unnamed)} known by count only, not listed (no pod yet)" if v.unnamed else ""
+    )
     table = (
         f'<details class="missing" id="missing-{i}" open><summary>{_e(v.name)}: '
         f'<span class="count">{_n(len(union))} missing</span> '
-        f'<small>lost at: {where}</small></summary><div class="scroll">{"".join(chunks)}'
-        "</div></details>"
+        f'<small>lost at: {where}{unnamed}</small></summary><div class="scroll">'
+        f"{''.join(chunks)}</div></details>"
     )
-    return table, len(union)
+    return table, len(union), gap_targets
+
+
+def _summary_row(i: int, v: ServiceView, rows: int) -> str:
+    cells = []
+    for st in v.stages:
+        value = _n(st.holds)
+        if st.kind == STAGE_PROMETHEUS:
+            value = f"<code>{_e(st.pool)}</code> <small>{_e(st.replica)}</small> {value}"
+        tag = f' <span class="tag bad">{_e(st.alarm)}</span>' if st.alarm else ""
+        if st.missing_count is None:
+            lost = ' <span class="tag warn">UNKNOWN</span>'
+        elif st.missing_count:
+            css = "lostn" if st.gap else "muted"
+            lost = f' <span class="{css}">&minus;{_n(st.missing_count)}</span>'
+        else:
+            lost = ""
+        cells.append((st.kind, f"{value}{tag}{lost}"))
+    k8s = [c for kind, c in cells if kind != STAGE_PROMETHEUS]
+    prom = "<br>".join(c for kind, c in cells if kind == STAGE_PROMETHEUS) or "none"
+    verdict_tag = (
+        '<span class="tag bad">GAP</span>' if v.has_gap else '<span class="tag good">OK</span>'
+    )
+    if not v.has_gap and any(st.missing_count is None for st in v.stages):
+        verdict_tag = '<span class="tag warn">UNKNOWN</span>'
+    return (
+        f'<tr{" class=gap" if v.has_gap else ""}><th scope="row">'
+        f'<a href="#service-{i}">{_e(v.name)}</a></th><td>{_e(v.source)}</td>'
+        f'<td class="n">{_n(v.expected)}</td><td class="n">{k8s[0]}</td>'
+        f'<td class="n">{k8s[1]}</td><td>{prom}</td>'
+        f'<td class="n{" lostn" if rows else ""}">{_n(rows)}</td><td>{verdict_tag}</td></tr>'
+    )
 
 
 def render_services(report: CoverageReport) -> ServicesPart:
@@ -403,72 +549,51 @@ def render_services(report: CoverageReport) -> ServicesPart:
     summary: list[str] = []
     sections: list[str] = []
     tables: list[str] = []
-    missing_total = 0
+    gap_targets = 0
     pools: dict[str, None] = {}
+    replicas: dict[str, None] = {}
     for i, v in enumerate(views):
-        table, rows = _missing_table(i, v)
+        table, rows, gaps = _missing_table(i, v)
         if table:
             tables.append(table)
-        # No Endpoints object: every expected target is missing there, unnamed.
-        missing_total += max(rows, _missing_total(v.stages[0], v.expected) or 0)
+        gap_targets += gaps
         for st in v.stages:
             if st.pool and st.missing:
                 pools[st.pool] = None
-        cells = []
-        for st in v.stages:
-            miss = _missing_total(st, v.expected)
-            value = "unknown" if st.holds is None else _n(st.holds)
-            if st.kind == STAGE_PROMETHEUS and st.pool:
-                value = f"<code>{_e(st.pool)}</code> {value}"
-            tag = f' <span class="tag bad">{_e(st.alarm)}</span>' if st.alarm else ""
-            lost = f' <span class="lostn">&minus;{_n(miss)}</span>' if miss else ""
-            cells.append((st.kind, f"{value}{tag}{lost}"))
-        k8s = [c for kind, c in cells if kind != STAGE_PROMETHEUS]
-        prom = "<br>".join(c for kind, c in cells if kind == STAGE_PROMETHEUS) or "none"
-        verdict = (
-            '<span class="tag bad">GAP</span>' if v.has_gap else '<span class="tag good">OK</span>'
-        )
-        summary.append(
-            f'<tr{" class=gap" if v.has_gap else ""}><th scope="row">'
-            f'<a href="#service-{i}">{_e(v.name)}</a></th><td>{_e(v.source)}</td>'
-            f'<td class="n">{_n(v.expected)}</td><td class="n">{k8s[0]}</td>'
-            f'<td class="n">{k8s[1]}</td><td>{prom}</td>'
-            f'<td class="n{" lostn" if rows else ""}">{_n(rows)}</td><td>{verdict}</td></tr>'
-        )
-        service_findings = [_linked(f) for f in v.findings]
+                replicas[st.replica] = None
+        summary.append(_summary_row(i, v, rows))
+        tag = summary[-1].rsplit("<td>", 1)[1].removesuffix("</td></tr>")
         sections.append(
             f'<section class="service" id="service-{i}" aria-labelledby="service-{i}-h">'
-            f'<h3 id="service-{i}-h">{_e(v.name)} {verdict}</h3>'
+            f'<h3 id="service-{i}-h">{_e(v.name)} {tag}</h3>'
             + _funnel(v)
-            + "".join(f'<p class="finding">{f}</p>' for f in service_findings)
+            + "".join(f'<p class="finding">{_linked(f)}</p>' for f in v.findings)
             + (f'<p><a href="#missing-{i}">{_n(rows)} missing targets</a></p>' if rows else "")
             + "</section>"
         )
-    findings_html = _findings_html(views, report.unresolved)
     parts = [
         '<h2 id="services">Services</h2>',
         '<table class="services"><thead><tr><th scope="col">Service</th>'
         '<th scope="col">Expected from</th><th scope="col" class="n">Expected</th>'
         '<th scope="col" class="n">Endpoints</th><th scope="col" class="n">EndpointSlices</th>'
-        '<th scope="col">Scrape pools: discovered</th><th scope="col" class="n">Missing</th>'
-        '<th scope="col">Verdict</th></tr></thead><tbody>'
+        '<th scope="col">Scrape pools, per replica: discovered</th>'
+        '<th scope="col" class="n">Missing</th><th scope="col">Verdict</th></tr></thead><tbody>'
         + ("".join(summary) or '<tr><td colspan="8">no Service in scope</td></tr>')
         + "</tbody></table>",
-        findings_html,
+        _findings_html(views, unresolved_lines(report)),
         '<h2 id="funnels">Where targets are lost, per Service</h2>',
         *sections,
         '<h2 id="missing">Missing targets</h2>',
-        _filter_form(list(pools)) if tables else "<p>No expected target is missing.</p>",
+        _filter_form(list(pools), list(replicas))
+        if tables
+        else "<p>No expected target is missing.</p>",
         *tables,
     ]
     return ServicesPart(
         html="\n".join(parts),
         services=len(views),
         with_gaps=sum(v.has_gap for v in views),
-        missing=missing_total,
-        has_gaps=report.has_gaps,
-        prometheus_known=report.prometheus_known,
-        unresolved=len(report.unresolved),
+        gap_targets=gap_targets,
     )
 
 
@@ -478,7 +603,7 @@ def _findings_html(views: Sequence[ServiceView], unresolved: Iterable[str]) -> s
         for i, v in enumerate(views)
         for f in v.findings
     ]
-    items += [f"<li>{_e(u)}: cannot tell which targets it should hold" for u in unresolved]
+    items += [f"<li>{_e(u)}" for u in unresolved]
     steps = _next_steps(views)
     return (
         '<h2 id="findings">Findings and next steps</h2>'
@@ -491,8 +616,17 @@ def _findings_html(views: Sequence[ServiceView], unresolved: Iterable[str]) -> s
     )
 
 
-def _filter_form(pools: Sequence[str]) -> str:
-    options = "".join(f'<option value="{_e(p)}">{_e(p)}</option>' for p in sorted(pools))
+def _options(values: Sequence[str]) -> str:
+    return "".join(f'<option value="{_e(v)}">{_e(v)}</option>' for v in sorted(values))
+
+
+def _filter_form(pools: Sequence[str], replicas: Sequence[str]) -> str:
+    replica_select = (
+        '<label>Lost by replica <select name="replica"><option value="">any replica</option>'
+        f"{_options(replicas)}</select></label>"
+        if len(replicas) > 1
+        else ""
+    )
     return (
         '<form class="filter" id="filter" hidden role="search" aria-label="Filter missing targets">'
         '<label>Name contains <input type="search" name="q" autocomplete="off" '
@@ -502,7 +636,7 @@ def _filter_form(pools: Sequence[str]) -> str:
         f'<option value="{STAGE_ENDPOINTSLICES}">EndpointSlices</option>'
         f'<option value="{STAGE_PROMETHEUS}">a scrape pool</option></select></label>'
         '<label>Lost by scrape pool <select name="pool"><option value="">any pool</option>'
-        f"{options}</select></label>"
+        f"{_options(pools)}</select></label>{replica_select}"
         '<output id="shown" aria-live="polite"></output></form>'
         '<p class="nojs muted" id="nojs">Filtering needs JavaScript; every missing target '
         "is listed below all the same.</p>"
@@ -539,7 +673,7 @@ def _source_name(h: SourceHealth) -> str:
     return "Kubernetes" if h.source == SOURCE_KUBERNETES else f"Prometheus {h.prometheus}"
 
 
-def _sources_table(info: PageInfo) -> str:
+def _sources_table(info: PageInfo, servers: Mapping[str, ServerView]) -> str:
     rows = []
     for h in info.sources:
         url = info.prometheus_urls.get(h.prometheus) if h.prometheus else None
@@ -547,6 +681,15 @@ def _sources_table(info: PageInfo) -> str:
         if url:
             name += f"<br><small>{_e(_display_url(url))}</small>"
         status = '<span class="up">up</span>' if h.up else '<span class="down">DOWN</span>'
+        server = servers.get(h.prometheus) if h.prometheus else None
+        if server is not None and not server.known:
+            status += '<br><small class="down">too old to count</small>'
+        place = ""
+        if server is not None:
+            place = _e(server.replica) + (
+                f"<br><small>shard {server.shard}</small>" if server.shard else ""
+            )
+            place += f"<br><small>{_e(server.topology)}</small>"
         success = (
             f'<time datetime="{_iso(h.last_success_timestamp)}">'
             f"{_when(h.last_success_timestamp)}</time>"
@@ -556,57 +699,63 @@ def _sources_table(info: PageInfo) -> str:
             else '<span class="down">never</span>'
         )
         rows.append(
-            f'<tr data-source="{_e(h.source)}" data-prometheus="{_e(h.prometheus)}">'
-            f'<th scope="row">{name}</th><td>{status}</td><td>{success}</td>'
-            f"<td>{_e(h.last_error) or '-'}</td>"
+            f'<tr data-source="{_e(h.source)}" data-server="{_e(h.prometheus)}">'
+            f'<th scope="row">{name}</th><td>{status}</td><td>{place or "-"}</td>'
+            f"<td>{success}</td><td>{_e(h.last_error) or '-'}</td>"
             f'<td class="n">{h.duration_seconds:.2f} s</td>'
             f'<td class="n">{_n(h.errors_total)}</td></tr>'
         )
     return (
         '<h2 id="sources">Sources</h2><table class="sources"><thead><tr>'
         '<th scope="col">Source</th><th scope="col">Status</th>'
+        '<th scope="col">Replica, shard</th>'
         '<th scope="col">Last success</th><th scope="col">Last error</th>'
         '<th scope="col" class="n">Last read took</th><th scope="col" class="n">Errors</th>'
         "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
     )
 
 
-def _source_warnings(info: PageInfo) -> list[str]:
+def _source_warnings(info: PageInfo, servers: Mapping[str, ServerView]) -> list[str]:
     out = []
     for h in info.sources:
         if h.up:
             continue
         name = _e(_source_name(h))
         error = f" ({_e(h.last_error)})" if h.last_error else ""
-        if h.last_success_timestamp:
-            what = "cluster" if h.source == SOURCE_KUBERNETES else "targets"
-            out.append(
-                f"<b>{name} is DOWN</b>{error}: its {what} below are its last good read, "
-                f"from {_when(h.last_success_timestamp)} "
-                f"({_ago(h.last_success_timestamp, info.collected_at)} before this report)."
+        if not h.last_success_timestamp:
+            out.append(f"<b>{name} has never answered</b>{error}: nothing from it is compared.")
+            continue
+        since = (
+            f"{_when(h.last_success_timestamp)} "
+            f"({_ago(h.last_success_timestamp, info.collected_at)} before this report)"
+        )
+        server = servers.get(h.prometheus) if h.prometheus else None
+        if h.source == SOURCE_KUBERNETES:
+            what = "the cluster below is the watch caches' state as of its last good read, "
+        elif server is not None and not server.known:
+            what = (
+                "its last answer is too old to count: its replica's coverage is unknown; "
+                "last good read "
             )
         else:
-            out.append(f"<b>{name} has never answered</b>{error}: nothing from it is compared.")
+            what = "its targets below are its last good read, from "
+        out.append(f"<b>{name} is DOWN</b>{error}: {what}{since}.")
     return out
 
 
-def _verdict(part: ServicesPart | None, info: PageInfo) -> tuple[str, str]:
-    """(css class, headline)."""
-    if part is None:
-        return "unknown", "No coverage: Kubernetes could not be read yet."
-    if part.has_gaps:
-        return (
-            "gaps",
-            f"Gaps found: {_n(part.missing)} expected targets missing, "
-            f"in {part.with_gaps} of {part.services} Services.",
+def _headline(
+    report: CoverageReport | None, part: ServicesPart | None, info: PageInfo
+) -> tuple[str, str]:
+    kind, words = report_verdict(report, info.complete)
+    words = words[:1].upper() + words[1:]
+    if kind == "gaps" and part is not None:
+        words += (
+            f": {_n(part.gap_targets)} expected targets lost, in {part.with_gaps} of "
+            f"{part.services} Services"
         )
-    if not part.prometheus_known:
-        return (
-            "unknown",
-            f"No gap in Kubernetes for {part.services} Services; scrape pools unknown: "
-            "no Prometheus has answered.",
-        )
-    return "ok", f"Full coverage: every expected target of {part.services} Services is found."
+    elif kind == "ok" and part is not None:
+        words += f": every expected target of {part.services} Services is found"
+    return kind, words + "."
 
 
 def render_page(
@@ -616,18 +765,15 @@ def render_page(
     keeps it across cycles."""
     if report is not None and part is None:
         part = render_services(report)
-    css, headline = _verdict(part, info)
-    warnings = _source_warnings(info)
-    if part is not None and not part.prometheus_known and part.has_gaps:
-        warnings.append("<b>Scrape pools unknown</b>: no Prometheus has answered yet.")
+    servers = server_views(report)
+    css, headline = _headline(report, part, info)
+    warnings = _source_warnings(info, servers)
     compared = [h.prometheus for h in info.sources if h.prometheus]
-    nodes = (
-        f" · {_n(report.nodes_ready + report.nodes_not_ready)} nodes "
-        f"({_n(report.nodes_ready)} ready, {_n(report.nodes_not_ready)} not ready)"
-        if report is not None
-        else ""
-    )
-    title = f"Scrape coverage of {info.cluster}: {headline.split(':')[0].lower()}"
+    nodes = ""
+    if report is not None:
+        ready, not_ready = node_counts(report)
+        nodes = f" · {_n(ready + not_ready)} nodes ({_n(ready)} ready, {_n(not_ready)} not ready)"
+    title = f"Scrape coverage of {info.cluster}: {headline.split(':')[0].rstrip('.').lower()}"
     head = (
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -654,4 +800,4 @@ def render_page(
         f"{_runbook('README.md', 'runbooks')}</footer>"
         f"<script>{JS}</script></body></html>\n"
     )
-    return (head + _sources_table(info) + "\n" + body + tail).encode()
+    return (head + _sources_table(info, servers) + "\n" + body + tail).encode()

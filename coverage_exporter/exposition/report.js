@@ -9,6 +9,7 @@
   var q = form.elements.namedItem("q");
   var stage = form.elements.namedItem("stage");
   var pool = form.elements.namedItem("pool");
+  var replica = form.elements.namedItem("replica");  // only with several replicas
   var shown = document.getElementById("shown");
   // One entry per table (a Service's list comes in chunks of a few hundred
   // rows); its index of names and "lost at" flags is built on first use.
@@ -27,7 +28,8 @@
     ix.cols = [];
     for (var i = 1; i < head.length; i++) {
       ix.cols.push({ kind: head[i].getAttribute("data-kind") || "",
-                     pool: head[i].getAttribute("data-pool") || "" });
+                     pool: head[i].getAttribute("data-pool") || "",
+                     replica: head[i].getAttribute("data-replica") || "" });
     }
     ix.rows = Array.prototype.slice.call(ix.table.tBodies[0].rows);
     ix.names = new Array(ix.rows.length);
@@ -42,12 +44,13 @@
     ix.visible = new Uint8Array(ix.rows.length).fill(1);
   }
 
-  function filterTable(ix, needle, kind, want) {
+  function filterTable(ix, needle, kind, want, copy) {
     var allowed = [];
     ix.cols.forEach(function (c, i) {
-      if ((!kind || c.kind === kind) && (!want || c.pool === want)) allowed.push(i);
+      if ((!kind || c.kind === kind) && (!want || c.pool === want) &&
+          (!copy || c.replica === copy)) allowed.push(i);
     });
-    var anyStage = !kind && !want;
+    var anyStage = !kind && !want && !copy;
     var match = new Uint8Array(ix.rows.length);
     var count = 0;
     for (var r = 0; r < ix.rows.length; r++) {
@@ -75,7 +78,8 @@
     var needle = q.value.trim().toLowerCase();
     var kind = stage.value;
     var want = pool.value;
-    var filtered = needle !== "" || kind !== "" || want !== "";
+    var copy = replica ? replica.value : "";
+    var filtered = needle !== "" || kind !== "" || want !== "" || copy !== "";
     var counts = new Map();
     var j = 0;
     form.setAttribute("data-busy", "");
@@ -85,7 +89,7 @@
       for (; j < index.length && budget > 0; j++) {
         var ix = index[j];
         if (!ix.rows) { build(ix); budget -= ix.rows.length; }
-        var count = filterTable(ix, needle, kind, want);
+        var count = filterTable(ix, needle, kind, want, copy);
         budget -= ix.rows.length;
         var c = counts.get(ix.details) || { shown: 0, total: 0 };
         c.shown += count;
@@ -112,6 +116,7 @@
   q.addEventListener("input", function () { clearTimeout(timer); timer = setTimeout(apply, 120); });
   stage.addEventListener("change", apply);
   pool.addEventListener("change", apply);
+  if (replica) replica.addEventListener("change", apply);
   form.addEventListener("submit", function (e) { e.preventDefault(); apply(); });
   // Print everything that is filtered in, closed sections included.
   window.addEventListener("beforeprint", function () {

@@ -44,6 +44,7 @@ N = s.DEFAULT_NODES
 BINARY = Path(sys.executable).parent / "coverage-exporter"
 NE = "monitoring/node-exporter"
 KUBELET = "kube-system/kubelet"
+SERVERS = ("prometheus-3", "prometheus-2")
 
 # One evaluation that reads back what the page shows: the funnel of every
 # Service, the stages that lost each listed target, and the sources table.
@@ -53,27 +54,33 @@ READ_PAGE = r"""(() => {
     const name = sec.querySelector('h3').firstChild.textContent.trim();
     services[name] = [...sec.querySelectorAll('table.funnel tbody tr')].map(tr => ({
       stage: tr.dataset.stage, pool: tr.dataset.pool || '', role: tr.dataset.role || '',
+      scraper: tr.dataset.scraper || '', replica: tr.dataset.scraperReplica || '',
       holds: tr.querySelector('.holds').textContent, missing: tr.querySelector('.miss').textContent,
-      prometheus: Object.fromEntries([...tr.querySelectorAll('[data-prometheus]')]
-        .map(e => [e.dataset.prometheus, e.textContent])),
+      servers: Object.fromEntries([...tr.querySelectorAll('[data-server]')]
+        .map(e => [e.dataset.server, e.textContent])),
     }));
   }
   const missing = {};
   for (const d of document.querySelectorAll('details.missing')) {
-    const t = d.querySelector('table.missing');
+    const t = d.querySelector('table.missing');  // the first chunk: the column headers
     const name = d.querySelector('summary').firstChild.textContent.replace(/: $/, '');
-    const cols = [...t.tHead.rows[0].cells].slice(1).map(th => th.dataset.pool || th.dataset.kind);
+    const cols = [...t.tHead.rows[0].cells].slice(1)
+      .map(th => th.dataset.pool ? th.dataset.pool + '@' + th.dataset.replica : th.dataset.kind);
     const lost = Object.fromEntries(cols.map(c => [c, []]));
-    let visible = 0;
-    for (const tr of t.tBodies[0].rows) {
-      if (tr.checkVisibility()) visible++;
-      for (let i = 1; i < tr.cells.length; i++)
-        if (tr.cells[i].textContent === 'lost') lost[cols[i - 1]].push(tr.cells[0].textContent);
+    let visible = 0, rows = 0;
+    // A Service's list comes in chunks: one table each.
+    for (const table of d.querySelectorAll('table.missing')) {
+      for (const tr of table.tBodies[0].rows) {
+        rows++;
+        if (tr.checkVisibility()) visible++;
+        for (let i = 1; i < tr.cells.length; i++)
+          if (tr.cells[i].textContent === 'lost') lost[cols[i - 1]].push(tr.cells[0].textContent);
+      }
     }
-    missing[name] = {lost, rows: t.tBodies[0].rows.length, visible};
+    missing[name] = {lost, rows, visible};
   }
   const sources = [...document.querySelectorAll('table.sources tbody tr')].map(tr => ({
-    source: tr.dataset.source, prometheus: tr.dataset.prometheus,
+    source: tr.dataset.source, server: tr.dataset.server,
     status: tr.cells[1].textContent}));
   return {services, missing, sources,
           verdict: document.querySelector('.verdict strong').textContent,
@@ -115,11 +122,14 @@ def number(text: str) -> int:
 
 
 def truth() -> dict[str, dict[str, set[str]]]:
-    """Service -> stage column -> the nodes it must list as lost there."""
+    """Service -> stage column -> the nodes it must list as lost there. The
+    testbed's two servers are independent: each its own replica, judged on
+    its own, so each has its own column per pool."""
     out: dict[str, dict[str, set[str]]] = {}
     for (ns, name, pool), dropped in POOLS.items():
         if dropped(N):
-            out.setdefault(f"{ns}/{name}", {})[pool] = dropped(N)
+            for server in SERVERS:
+                out.setdefault(f"{ns}/{name}", {})[f"{pool}@{server}"] = dropped(N)
     out[NE]["endpoints"] = s.endpoints_dropped_nodes(N)
     out[KUBELET]["endpointslices"] = s.mirroring_dropped_nodes(N)
     return out
@@ -169,7 +179,8 @@ async def check_filter(
         return await page.evaluate(VISIBLE_ROWS)
 
     assert await select("endpoints", "") == len(want[NE]["endpoints"])
-    assert await select("", "kubelet-endpointslice") == len(want[KUBELET]["kubelet-endpointslice"])
+    kubelet_slices = want[KUBELET][f"kubelet-endpointslice@{SERVERS[0]}"]
+    assert await select("", "kubelet-endpointslice") == len(kubelet_slices)
     assert await select("endpointslices", "node-exporter-endpoints") == 0
     everything = sum(len(set().union(*c.values())) for c in want.values())
     assert await select("", "") == everything
@@ -246,9 +257,9 @@ async def test_live_report_shows_the_exporters_numbers_and_every_missing_node(
         artifact(tmp_path, "live-report.png", await full_screenshot(page), capsys)
 
         assert shown["verdict"].startswith("Gaps found")
-        assert {(x["source"], x["prometheus"], x["status"]) for x in shown["sources"]} == {
+        assert {(x["source"], x["server"], x["status"]) for x in shown["sources"]} == {
             ("kubernetes", "", "up"),
-            *(("prometheus", name, "up") for name in exporter_prometheus(exporter)),
+            *(("prometheus", name, "up") for name in SERVERS),
         }
         assert set(shown["services"]) >= {NE, KUBELET, "kube-system/kubelet-skip-mirror"}
         for service, stages in shown["services"].items():
@@ -273,29 +284,26 @@ async def test_live_report_shows_the_exporters_numbers_and_every_missing_node(
             )
             pools = [st for st in stages if st["stage"] == "prometheus"]
             assert pools
+            # One row per (replica, pool): the testbed's servers are their own replicas.
+            assert {st["replica"] for st in pools} == set(SERVERS)
             for st in pools:
                 pool = {**sel, "scrape_pool": st["pool"], "role": st["role"]}
-                missing = metric_sum(m, "scrape_coverage_prometheus_missing_targets", **pool)
+                replica = {"scraper": st["scraper"], "scraper_replica": st["replica"]}
+                missing = metric_sum(
+                    m, "scrape_coverage_prometheus_missing_targets", **pool, **replica
+                )
                 assert number(st["missing"]) == missing, st
                 assert number(st["holds"]) == expected - missing, st
-                for prometheus, text in st["prometheus"].items():
+                assert set(st["servers"]) == {st["replica"]}
+                for server, text in st["servers"].items():
                     active = metric_sum(
-                        m, "scrape_coverage_prometheus_targets", **pool, prometheus=prometheus
+                        m, "scrape_coverage_prometheus_targets", **pool, server=server
                     )
-                    assert text.startswith(f"{prometheus}: {active:,} targets"), text
-                assert set(st["prometheus"]) == set(exporter_prometheus(exporter))
+                    assert text.startswith(f"{server}: {active:,} targets"), text
         assert_lists_the_truth(shown)
         assert shown["scripts"] == 1 and shown["filterShown"]
         await check_filter(page, "live-report", tmp_path, capsys)
         assert_console_clean_and_nothing_fetched(page, url)
-
-
-def exporter_prometheus(exporter: Exporter) -> set[str]:
-    return {
-        dict(labels)["prometheus"]
-        for labels in exporter.samples()["scrape_coverage_source_up"]
-        if dict(labels)["prometheus"]
-    }
 
 
 def test_live_report_revalidates_with_its_etag(exporter: Exporter) -> None:

@@ -25,11 +25,14 @@ from coverage_exporter.exposition.html import (
     render_page,
 )
 from coverage_exporter.http import ExporterView, make_app
+from coverage_exporter.model.fleet import ServerState
 from coverage_exporter.model.objects import (
     ClusterSnapshot,
+    DaemonSet,
     EndpointAddress,
     Endpoints,
     Node,
+    Pod,
     PrometheusSnapshot,
     Service,
     Target,
@@ -165,8 +168,8 @@ def test_the_funnel_shows_the_models_numbers() -> None:
     assert cells('prometheus" data-pool="node-exporter-endpoints') == ("1,000", "200")
     assert cells('prometheus" data-pool="node-exporter-endpointslice') == ("1,200", "0")
     assert "TRUNCATED" in section
-    assert 'data-prometheus="prom-a">prom-a: 1,000 targets (1,000 down)' in section
-    assert "Gaps found: 400 expected targets missing, in 2 of 2 Services." in page
+    assert 'data-server="prom-a">prom-a: 1,000 targets (1,000 down)' in section
+    assert "Gaps found: 400 expected targets lost, in 2 of 2 Services." in page
 
 
 def test_findings_come_from_the_audit_and_link_their_runbooks() -> None:
@@ -195,20 +198,25 @@ HOSTILE_NODES = [
 
 
 def hostile_report() -> tuple[CoverageReport, list[SourceHealth]]:
-    """A selector-less Service whose Endpoints leave out every hostile node,
-    with hostile namespace, Service, pool and Prometheus names."""
+    """A DaemonSet-backed Service whose Endpoints leave out every hostile
+    node, with hostile namespace, Service, pod, pool and Prometheus names."""
     ns, name = 'ns"<b>', "svc</title><script>alert(3)</script>"
     names = [*HOSTILE_NODES, *(clusters.node_name(i) for i in range(4))]
     nodes = {n: Node(n, (f"10.9.0.{i}",), True) for i, n in enumerate(names)}
-    kept = [EndpointAddress(f"10.9.0.{i}", n, "Node", n) for i, n in enumerate(names)][-4:]
+    pods = [
+        Pod(ns, f"pod<{i}>&'", n, f"10.9.0.{i}", "DaemonSet", "ds<x>") for i, n in enumerate(names)
+    ]
+    kept = [EndpointAddress(p.ip or "", p.node_name, "Pod", p.name) for p in pods][-4:]
     cluster = ClusterSnapshot(
         nodes=nodes,
-        services={(ns, name): Service(ns, name, None, {"team": "<x>&\"'"})},
+        services={(ns, name): Service(ns, name, {"app": "<x>&\"'"})},
         endpoints={(ns, name): Endpoints(ns, name, tuple(kept), (), (len(kept),))},
+        pods={(ns, name): pods},
+        daemonsets={(ns, "ds<x>"): DaemonSet(ns, "ds<x>", len(names))},
     )
     pool = "pool<script>alert(4)</script>"
     targets = [
-        Target(pool, "up", "endpoints", ns, name, a.node_name, "Node", a.node_name, None, a.ip)
+        Target(pool, "up", "endpoints", ns, name, a.node_name, "Pod", a.target_name, None, a.ip)
         for a in kept
     ]
     prometheus = '"prom<i>'
@@ -330,22 +338,23 @@ def test_source_down_is_said_with_its_last_good_read() -> None:
 def test_without_kubernetes_the_page_says_nothing_was_compared() -> None:
     down = [SourceHealth("kubernetes", "", False, "connection refused")]
     text = render_page(None, info(sources=down)).decode()
-    assert "No coverage: Kubernetes could not be read yet." in text
+    assert "No coverage: Kubernetes could not be read." in text
     assert "Kubernetes has never answered</b> (connection refused)" in text
     assert "Full coverage" not in text
 
 
-def test_pools_unknown_when_no_prometheus_ever_answered() -> None:
-    # Truncated, so in scope without any Prometheus.
-    report = build_report(Scope(), clusters.node_exporter(1001), [], prometheus_known=False)
-    text = render_page(report, info()).decode()
-    assert "<b>Scrape pools unknown</b>: no Prometheus has answered yet." in text
+def test_pools_unknown_when_a_shard_has_not_answered() -> None:
+    cluster = clusters.node_exporter(1001)
+    prom = PrometheusSnapshot("prom-a", clusters.slice_targets(cluster, "ne", *NE))
+    stale = [ServerState("prom-a", prom.server_identity, False)]
+    report = build_report(Scope(), cluster, [prom], servers=stale)
+    text = render_page(report, info(complete=False)).decode()
+    assert "Coverage unknown: a source did not answer" in text
     assert '<td class="n miss">unknown</td>' in text
-    assert "Full coverage" not in text
-    # Kubernetes alone: no gap there, and the pools still unknown.
-    untruncated = build_report(Scope(NE_ONLY), clusters.node_exporter(10), [], False)
-    text = render_page(untruncated, info()).decode()
-    assert "No gap in Kubernetes for 1 Services; scrape pools unknown" in text
+    assert "coverage unknown for 1,001: a shard of the replica has not answered" in text
+    assert "Full coverage" not in text and "Gaps found" not in text
+    # Truncated Endpoints that no known pool reads: a finding, not a gap.
+    assert "a finding, nothing lost today" in text
 
 
 def test_full_coverage_says_so_and_lists_nothing() -> None:
