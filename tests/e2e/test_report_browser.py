@@ -215,19 +215,22 @@ def exporter(testbed: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iter
     try:
         eventually(lambda: exp.get("/-/ready")[0] == 200, "the exporter to be ready", 180)
         for (ns, name, pool), dropped in POOLS.items():
-            eventually(
-                lambda ns=ns, name=name, pool=pool, dropped=dropped: (
-                    exp.value(
-                        "scrape_coverage_prometheus_missing_targets",
-                        namespace=ns,
-                        service=name,
-                        scrape_pool=pool,
-                        role="endpoints" if pool.endswith("-endpoints") else "endpointslice",
-                    )
-                    == len(dropped(N))
-                ),
-                f"the exporter to see {pool}",
-            )
+            for server in SERVERS:
+                eventually(
+                    lambda ns=ns, name=name, pool=pool, dropped=dropped, server=server: (
+                        exp.value(
+                            "scrape_coverage_prometheus_missing_targets",
+                            namespace=ns,
+                            service=name,
+                            scrape_pool=pool,
+                            role="endpoints" if pool.endswith("-endpoints") else "endpointslice",
+                            scraper=server,
+                            scraper_replica=server,
+                        )
+                        == len(dropped(N))
+                    ),
+                    f"the exporter to see {pool} of {server}",
+                )
         yield exp
     finally:
         process.terminate()
