@@ -512,35 +512,54 @@ def _missing_table(i: int, v: ServiceView) -> tuple[str, int, int]:
     return table, len(union), gap_targets
 
 
-def _summary_row(i: int, v: ServiceView, rows: int) -> str:
-    cells = []
-    for st in v.stages:
-        value = _n(st.holds)
+def _count_cell(st: StageView) -> str:
+    """What a stage holds, what it is told, and what it loses."""
+    tag = f' <span class="tag bad">{_e(st.alarm)}</span>' if st.alarm else ""
+    if st.missing_count is None:
+        lost = ' <span class="tag warn">UNKNOWN</span>'
+    elif st.missing_count:
+        css = "lostn" if st.gap else "muted"
+        lost = f' <span class="{css}">&minus;{_n(st.missing_count)}</span>'
+    else:
+        lost = ""
+    return f"{_n(st.holds)}{tag}{lost}"
+
+
+def _pools_cell(stages: Sequence[StageView]) -> str:
+    """One line per pool, its replicas side by side."""
+    by_pool: dict[tuple[str, str], list[StageView]] = {}
+    for st in stages:
         if st.kind == STAGE_PROMETHEUS:
-            value = f"<code>{_e(st.pool)}</code> <small>{_e(st.replica)}</small> {value}"
-        tag = f' <span class="tag bad">{_e(st.alarm)}</span>' if st.alarm else ""
-        if st.missing_count is None:
-            lost = ' <span class="tag warn">UNKNOWN</span>'
-        elif st.missing_count:
-            css = "lostn" if st.gap else "muted"
-            lost = f' <span class="{css}">&minus;{_n(st.missing_count)}</span>'
-        else:
-            lost = ""
-        cells.append((st.kind, f"{value}{tag}{lost}"))
-    k8s = [c for kind, c in cells if kind != STAGE_PROMETHEUS]
-    prom = "<br>".join(c for kind, c in cells if kind == STAGE_PROMETHEUS) or "none"
-    verdict_tag = (
-        '<span class="tag bad">GAP</span>' if v.has_gap else '<span class="tag good">OK</span>'
-    )
-    if not v.has_gap and any(st.missing_count is None for st in v.stages):
-        verdict_tag = '<span class="tag warn">UNKNOWN</span>'
+            by_pool.setdefault((st.pool, st.role), []).append(st)
+    lines = [
+        f'<div class="pool"><code>{_e(pool)}</code> '
+        + " ".join(
+            f'<span class="rep"><small>{_e(st.replica)}</small> {_count_cell(st)}</span>'
+            for st in replicas
+        )
+        + "</div>"
+        for (pool, _), replicas in by_pool.items()
+    ]
+    return "".join(lines) or "none"
+
+
+def _summary_row(i: int, v: ServiceView, rows: int) -> str:
+    k8s = [_count_cell(st) for st in v.stages if st.kind != STAGE_PROMETHEUS]
     return (
         f'<tr{" class=gap" if v.has_gap else ""}><th scope="row">'
         f'<a href="#service-{i}">{_e(v.name)}</a></th><td>{_e(v.source)}</td>'
-        f'<td class="n">{_n(v.expected)}</td><td class="n">{k8s[0]}</td>'
-        f'<td class="n">{k8s[1]}</td><td>{prom}</td>'
-        f'<td class="n{" lostn" if rows else ""}">{_n(rows)}</td><td>{verdict_tag}</td></tr>'
+        f'<td class="n">{_n(v.expected)}</td><td class="k">{k8s[0]}</td>'
+        f'<td class="k">{k8s[1]}</td><td>{_pools_cell(v.stages)}</td>'
+        f'<td class="n{" lostn" if rows else ""}">{_n(rows)}</td><td>{_verdict_tag(v)}</td></tr>'
     )
+
+
+def _verdict_tag(v: ServiceView) -> str:
+    if v.has_gap:
+        return '<span class="tag bad">GAP</span>'
+    if any(st.missing_count is None for st in v.stages):
+        return '<span class="tag warn">UNKNOWN</span>'
+    return '<span class="tag good">OK</span>'
 
 
 def render_services(report: CoverageReport) -> ServicesPart:
@@ -562,7 +581,7 @@ def render_services(report: CoverageReport) -> ServicesPart:
                 pools[st.pool] = None
                 replicas[st.replica] = None
         summary.append(_summary_row(i, v, rows))
-        tag = summary[-1].rsplit("<td>", 1)[1].removesuffix("</td></tr>")
+        tag = _verdict_tag(v)
         sections.append(
             f'<section class="service" id="service-{i}" aria-labelledby="service-{i}-h">'
             f'<h3 id="service-{i}-h">{_e(v.name)} {tag}</h3>'
@@ -575,8 +594,8 @@ def render_services(report: CoverageReport) -> ServicesPart:
         '<h2 id="services">Services</h2>',
         '<table class="services"><thead><tr><th scope="col">Service</th>'
         '<th scope="col">Expected from</th><th scope="col" class="n">Expected</th>'
-        '<th scope="col" class="n">Endpoints</th><th scope="col" class="n">EndpointSlices</th>'
-        '<th scope="col">Scrape pools, per replica: discovered</th>'
+        '<th scope="col">Endpoints</th><th scope="col">EndpointSlices</th>'
+        '<th scope="col">Scrape pools: discovered, per replica</th>'
         '<th scope="col" class="n">Missing</th><th scope="col">Verdict</th></tr></thead><tbody>'
         + ("".join(summary) or '<tr><td colspan="8">no Service in scope</td></tr>')
         + "</tbody></table>",
