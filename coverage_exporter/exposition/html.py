@@ -285,13 +285,16 @@ def unresolved_lines(report: CoverageReport) -> list[str]:
 
 
 def report_verdict(report: CoverageReport | None, complete: bool) -> tuple[str, str]:
-    """(kind, words): the audit's own verdict, and which of ok, gaps, unknown."""
+    """(kind, words): the audit's own verdict in words, and its kind for the
+    page's colour: gaps, ok, or unknown (nothing or not everything judged)."""
     words = verdict(report, complete)
-    if report is not None and report.has_gaps:
+    if report is None:
+        return "unknown", words
+    if report.has_gaps:
         return "gaps", words
-    if report is not None and words == verdict(report, True) and report.services:
-        return ("ok" if not report.unknown_pools else "unknown"), words
-    return "unknown", words
+    if not report.services or report.unknown_pools or not complete:
+        return "unknown", words
+    return "ok", words
 
 
 def node_counts(report: CoverageReport) -> tuple[int, int]:
