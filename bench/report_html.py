@@ -59,7 +59,7 @@ async def collect(kubeconfig: Path, base: str):
         health = [replace(h) for h in sources.health]
     finally:
         await sources.close()
-    return settings, result.report, health, result.complete
+    return settings, result, health
 
 
 def timed(fn, repeat: int) -> tuple[object, list[float]]:
@@ -175,14 +175,15 @@ async def main_async(args) -> dict:
         bench_run.write_kubeconfig(kubeconfig, fake.base)
         bench_run.log("collecting once")
         t = time.perf_counter()
-        settings, report, health, complete = await collect(kubeconfig, fake.base)
+        settings, result, health = await collect(kubeconfig, fake.base)
+        report = result.report
         out["collect_s"] = time.perf_counter() - t
         assert report is not None, "no report: the fake API could not be read"
         cluster = app.cluster_name(settings)
 
         bench_run.log("rendering")
         part, services_times = timed(lambda: render_services(report), args.repeat)
-        info = app.page_info(settings, health, cluster, complete)
+        info = app.page_info(settings, health, cluster, result)
         page, page_times = timed(lambda: render_page(report, info, part), args.repeat)
         out["render_services_s_best"] = min(services_times)
         out["render_services_s_median"] = statistics.median(services_times)
@@ -200,7 +201,7 @@ async def main_async(args) -> dict:
         bench_run.log("serve /report over HTTP")
         view = ExporterView(lambda: b"")
         view.publish_report(report, info)
-        served = await http_report(view, app.page_info(settings, health, cluster, complete))
+        served = await http_report(view, app.page_info(settings, health, cluster, result))
         runner = served.pop("runner")
         out["http"] = served
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 from aiohttp import web
 
-from coverage_exporter.collector import Collector
+from coverage_exporter.collector import Collector, CycleResult
 from coverage_exporter.exposition.audit import render_json, render_table
 from coverage_exporter.exposition.html import PageInfo, render_page
 from coverage_exporter.exposition.metrics import ExporterState, render
@@ -112,7 +112,7 @@ def cluster_name(settings: Settings) -> str:
 
 
 def page_info(
-    settings: Settings, health: list[SourceHealth], cluster: str, complete: bool
+    settings: Settings, health: list[SourceHealth], cluster: str, result: CycleResult
 ) -> PageInfo:
     """The report's frame for a cycle that ended now."""
     return PageInfo(
@@ -120,7 +120,8 @@ def page_info(
         collected_at=time.time(),
         sources=health,
         prometheus_urls={e.name: e.url for e in settings.prometheus},
-        complete=complete,
+        complete=result.complete,
+        readiness=result.readiness,
     )
 
 
@@ -202,7 +203,7 @@ async def _audit(settings: Settings, output: str) -> int:
     elif output == "prometheus":
         sys.stdout.buffer.write(result.exposition)
     elif output == "html":
-        info = page_info(settings, health, cluster_name(settings), result.complete)
+        info = page_info(settings, health, cluster_name(settings), result)
         sys.stdout.buffer.write(render_page(result.report, info))
     else:
         sys.stdout.write(render_table(result.report, health, result.complete, result.readiness))
@@ -262,7 +263,7 @@ async def _serve(
             # Copies: the sources update their health in place during the next cycle.
             view.publish_report(
                 result.report,
-                page_info(settings, [replace(h) for h in health], cluster, result.complete),
+                page_info(settings, [replace(h) for h in health], cluster, result),
             )
             if result.report is not None:
                 view.ready = True

@@ -42,6 +42,7 @@ from coverage_exporter.model.objects import (
     SOURCE_NODES,
     SOURCE_PODS,
 )
+from coverage_exporter.model.readiness import Readiness
 from coverage_exporter.model.report import CoverageReport
 from coverage_exporter.sources.health import SOURCE_KUBERNETES, SourceHealth
 
@@ -297,6 +298,44 @@ def report_verdict(report: CoverageReport | None, complete: bool) -> tuple[str, 
     return "ok", words
 
 
+@dataclass(frozen=True, slots=True)
+class ReadinessView:
+    """Where one Prometheus Operator CR stands on the migration path."""
+
+    name: str
+    role: str
+    kubelet: str
+    rbac: str
+    over_capacity: str
+    next_step: str
+    safe_now: bool
+    advice: str
+    action: str
+
+
+def readiness_views(readiness: Sequence[Readiness]) -> list[ReadinessView]:
+    rbac = {True: "may list EndpointSlices", False: "may NOT list EndpointSlices", None: "unknown"}
+    return [
+        ReadinessView(
+            name=f"{r.cr.kind} {r.cr.namespace}/{r.cr.name}",
+            role=r.role,
+            kubelet=r.kubelet_state,
+            rbac=f"{r.cr.service_account}: {rbac[r.endpointslice_rbac]}",
+            over_capacity=", ".join(f"{ns}/{n}" for ns, n in r.over_capacity)
+            + (
+                (" (soon: " + ", ".join(f"{ns}/{n}" for ns, n in r.soon_over_capacity) + ")")
+                if r.soon_over_capacity
+                else ""
+            ),
+            next_step=r.next_step,
+            safe_now=r.safe_now,
+            advice=r.advice,
+            action=r.action,
+        )
+        for r in readiness
+    ]
+
+
 def node_counts(report: CoverageReport) -> tuple[int, int]:
     return report.nodes_ready, report.nodes_not_ready
 
@@ -314,6 +353,8 @@ class PageInfo:
     prometheus_urls: Mapping[str, str] = field(default_factory=dict)
     complete: bool = True
     """Every source answered in this cycle."""
+    readiness: Sequence[Readiness] = ()
+    """Migration readiness of each Prometheus Operator CR; empty without the Operator."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -737,6 +778,31 @@ def _sources_table(info: PageInfo, servers: Mapping[str, ServerView]) -> str:
     )
 
 
+def _readiness_table(info: PageInfo) -> str:
+    views = readiness_views(info.readiness)
+    if not views:
+        return ""
+    rows = [
+        f'<tr><th scope="row">{_e(r.name)}</th><td>{_e(r.role)}</td><td>{_e(r.kubelet)}</td>'
+        f"<td>{_e(r.rbac)}</td><td>{_e(r.over_capacity) or '-'}</td>"
+        f"<td><b>{_e(r.next_step)}</b>"
+        + ("" if r.safe_now else ' <span class="tag bad">UNSAFE NOW</span>')
+        + f"<br>{_e(r.advice)}"
+        + (f"<br><code>{_e(r.action)}</code>" if r.action else "")
+        + "</td></tr>"
+        for r in views
+    ]
+    return (
+        '<h2 id="migration">Migration readiness</h2><table class="migration"><caption>Each '
+        "Prometheus Operator CR on the way from role Endpoints to role EndpointSlice: "
+        + _runbook("migrate-to-endpointslice.md", "migrate-to-endpointslice")
+        + '</caption><thead><tr><th scope="col">Prometheus CR</th><th scope="col">Role</th>'
+        '<th scope="col">Kubelet slices</th><th scope="col">ServiceAccount</th>'
+        '<th scope="col">Services over 1000</th><th scope="col">Next step</th></tr></thead>'
+        "<tbody>" + "".join(rows) + "</tbody></table>"
+    )
+
+
 def _source_warnings(info: PageInfo, servers: Mapping[str, ServerView]) -> list[str]:
     out = []
     for h in info.sources:
@@ -822,4 +888,5 @@ def render_page(
         f"{_runbook('README.md', 'runbooks')}</footer>"
         f"<script>{JS}</script></body></html>\n"
     )
-    return (head + _sources_table(info, servers) + "\n" + body + tail).encode()
+    sources = _sources_table(info, servers) + _readiness_table(info)
+    return (head + sources + "\n" + body + tail).encode()

@@ -37,6 +37,7 @@ from coverage_exporter.model.objects import (
     Service,
     Target,
 )
+from coverage_exporter.model.readiness import PrometheusCR, Readiness
 from coverage_exporter.model.report import CoverageReport, build_report
 from coverage_exporter.model.scope import Scope
 from coverage_exporter.sources.health import SourceHealth
@@ -460,3 +461,33 @@ async def test_report_is_gzipped_when_asked_with_its_own_etag(served) -> None:
         headers={"Accept-Encoding": "gzip", "If-None-Match": zipped.headers["ETag"]},
     )
     assert revalidated.status == 304
+
+
+def test_migration_readiness_of_each_operator_cr() -> None:
+    cr = PrometheusCR(
+        "Prometheus", "monitoring", "k8s<x>", "Endpoints", "prometheus-k8s", None, None
+    )
+    unsafe = Readiness(
+        cr=cr,
+        role="Endpoints",
+        over_capacity=(("monitoring", "node-exporter"),),
+        soon_over_capacity=(),
+        endpointslice_rbac=False,
+        kubelet_state="mirrored_capped",
+        next_step="dual-write",
+        safe_now=False,
+        advice="switching now would lose the mirrored-out kubelet addresses",
+        action="--kubelet-endpointslice=true",
+    )
+    page = Page(render_page(scenario_report(), info(readiness=[unsafe])).decode())
+    text = page.all_text()
+    assert "Migration readiness" in text
+    assert "Prometheus monitoring/k8s<x>" in text
+    assert "prometheus-k8s: may NOT list EndpointSlices" in text
+    assert "dual-write UNSAFE NOW" in text and "--kubelet-endpointslice=true" in text
+    assert "monitoring/node-exporter" in text
+    # Without the Operator there is no such section.
+    assert (
+        "Migration readiness"
+        not in Page(render_page(scenario_report(), info()).decode()).all_text()
+    )
