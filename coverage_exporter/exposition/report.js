@@ -122,6 +122,19 @@
   window.addEventListener("beforeprint", function () {
     Array.prototype.forEach.call(document.querySelectorAll("details"), function (d) { d.open = true; });
   });
+  // Build the index while the page is idle, so that the first keystroke
+  // only scans (at 100k nodes reading ~1M cells takes a couple of seconds).
+  var idle = window.requestIdleCallback || function (f) { return setTimeout(f, 50); };
+  var next = 0;
+  idle(function prebuild(deadline) {
+    var budget = SLICE;
+    while (next < index.length && budget > 0) {
+      if (deadline && deadline.timeRemaining && deadline.timeRemaining() < 2) break;
+      if (!index[next].rows) { build(index[next]); budget -= index[next].rows.length; }
+      next++;
+    }
+    if (next < index.length) idle(prebuild);
+  });
   var note = document.getElementById("nojs");
   if (note) note.hidden = true;
   form.hidden = false;
