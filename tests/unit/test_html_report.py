@@ -491,3 +491,14 @@ def test_migration_readiness_of_each_operator_cr() -> None:
         "Migration readiness"
         not in Page(render_page(scenario_report(), info()).decode()).all_text()
     )
+
+
+async def test_report_after_a_cycle_without_kubernetes_says_so(served) -> None:
+    client, view = served
+    down = [SourceHealth("kubernetes", "", False, "connection refused")]
+    view.publish_report(None, info(sources=down, complete=False))
+    response = await client.get("/report")
+    assert response.status == 200
+    text = await response.text()
+    assert "No coverage: Kubernetes could not be read." in text
+    assert view.report_page.services_renders == 0
