@@ -362,6 +362,9 @@ class ServicesPart:
     """The per-report part of the page, rendered once per report."""
 
     html: str
+    """What is wrong and what to do: the Services table, findings, next steps."""
+    details: str
+    """Where: the funnel of each Service and every missing target."""
     services: int
     with_gaps: int
     gap_targets: int
@@ -644,6 +647,8 @@ def render_services(report: CoverageReport) -> ServicesPart:
         + ("".join(summary) or '<tr><td colspan="8">no Service in scope</td></tr>')
         + "</tbody></table>",
         _findings_html(views, unresolved_lines(report)),
+    ]
+    details = [
         '<h2 id="funnels">Where targets are lost, per Service</h2>',
         *sections,
         '<h2 id="missing">Missing targets</h2>',
@@ -654,6 +659,7 @@ def render_services(report: CoverageReport) -> ServicesPart:
     ]
     return ServicesPart(
         html="\n".join(parts),
+        details="\n".join(details),
         services=len(views),
         with_gaps=sum(v.has_gap for v in views),
         gap_targets=gap_targets,
@@ -877,16 +883,20 @@ def render_page(
         + f'</p><div class="verdict {css}" role="status"><p><strong>{_e(headline)}</strong></p>'
         + "".join(f"<p>{w}</p>" for w in warnings)
         + "</div>"
-        '<nav class="toc" aria-label="Sections"><a href="#sources">Sources</a>'
-        '<a href="#services">Services</a><a href="#findings">Findings</a>'
+        '<nav class="toc" aria-label="Sections"><a href="#services">Services</a>'
+        '<a href="#findings">Findings</a><a href="#sources">Sources</a>'
         '<a href="#funnels">Per Service</a><a href="#missing">Missing targets</a></nav>'
         "</header><main>"
     )
-    body = part.html if part is not None else "<p>Nothing was compared.</p>"
+    # What is wrong first; then how far to trust it (sources, per cycle);
+    # then where each target was lost.
+    summary, details = (part.html, part.details) if part is not None else ("", "")
     tail = (
         f"</main><footer>coverage-exporter {_e(__version__)} · "
         f"{_runbook('README.md', 'runbooks')}</footer>"
         f"<script>{JS}</script></body></html>\n"
     )
     sources = _sources_table(info, servers) + _readiness_table(info)
-    return (head + sources + "\n" + body + tail).encode()
+    if part is None:
+        summary = "<p>Nothing was compared.</p>"
+    return "\n".join((head + summary, sources, details + tail)).encode()
