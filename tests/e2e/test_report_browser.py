@@ -15,6 +15,7 @@ Screenshots are kept: under pytest's tmp dir and copied to $TEST_ARTIFACTS
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import subprocess
@@ -115,6 +116,10 @@ async def full_screenshot(page: Page) -> bytes:
         "document.querySelectorAll('div.chunk').forEach(c => c.style.contentVisibility = 'visible')"
     )
     return await page.screenshot()
+
+
+def keep_file(tmp_path: Path, path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    return artifact(tmp_path, path.name, path.read_bytes(), capsys)
 
 
 def number(text: str) -> int:
@@ -362,6 +367,20 @@ async def test_report_file_lists_every_missing_node(
         assert_lists_the_truth(shown)
         await check_filter(page, "static-report", tmp_path, capsys)
         assert_console_clean_and_nothing_fetched(page, url)
+
+        # In print: no filter or navigation, every row laid out, and a PDF.
+        await page.send("Emulation.setEmulatedMedia", media="print")
+        printed = await page.evaluate(
+            "({filter: document.getElementById('filter').checkVisibility(),"
+            " toc: document.querySelector('nav.toc').checkVisibility(),"
+            " chunks: [...document.querySelectorAll('div.chunk')]"
+            ".map(c => getComputedStyle(c).contentVisibility)})"
+        )
+        assert printed["filter"] is False and printed["toc"] is False
+        assert set(printed["chunks"]) == {"visible"}
+        pdf = await page.send("Page.printToPDF", printBackground=True)
+        artifact(tmp_path, "static-report.pdf", base64.b64decode(pdf["data"]), capsys)
+        keep_file(tmp_path, report_file, capsys)
 
 
 async def test_report_file_without_javascript_still_lists_everything(
