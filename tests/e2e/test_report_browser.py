@@ -6,11 +6,12 @@ the page that `serve` shows live against the testbed, and the file that
 What the rendered DOM shows is checked against the exporter's own /metrics
 and against the scenario's truth (testbed.scenarios): every missing node is
 listed, at the stage that lost it. The page must log no console error and
-request nothing but itself; the filter must work, and with JavaScript off
-the page must still list everything.
+request nothing but itself; the filter must work, with JavaScript off the
+page must still list everything, and in print every row is laid out.
 
-Screenshots are kept: under pytest's tmp dir and copied to $TEST_ARTIFACTS
-(default .artifacts/, gitignored); the paths are printed.
+Screenshots, the printed PDF and the report file are kept: under pytest's
+tmp dir and copied to $TEST_ARTIFACTS (default .artifacts/, gitignored);
+the paths are printed.
 """
 
 from __future__ import annotations
