@@ -196,7 +196,7 @@ async def main_async(args) -> dict:
         out["render_services_s_median"] = statistics.median(services_times)
         out["render_page_header_s_median"] = statistics.median(page_times)
         out["gap_targets"] = part.gap_targets
-        out["missing_rows"] = part.html.count("<tr><td>")
+        out["missing_rows"] = part.details.count("<tr><td>")
         out["services"] = part.services
         out["page_bytes"] = len(page)
         t = time.perf_counter()
