@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 import time
@@ -13,8 +14,9 @@ from dataclasses import dataclass, replace
 
 from aiohttp import web
 
-from coverage_exporter.collector import Collector
+from coverage_exporter.collector import Collector, CycleResult
 from coverage_exporter.exposition.audit import render_json, render_table
+from coverage_exporter.exposition.html import PageInfo, render_page
 from coverage_exporter.exposition.metrics import ExporterState, render
 from coverage_exporter.fleet_file import load_fleet_file
 from coverage_exporter.http import ExporterView, make_app, parse_listen_address
@@ -91,6 +93,39 @@ class Settings:
             # serve only: audit reads the Operator's objects once anyway.
             operator_refresh_seconds=getattr(args, "operator_refresh_interval", 300.0),
         )
+
+
+def cluster_name(settings: Settings) -> str:
+    """What the report calls the cluster: the kubeconfig's cluster name (as
+    `kubectl config get-contexts` shows it), or "in-cluster"."""
+    from kubernetes import config as k8s_config
+
+    if settings.kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return "in-cluster"
+    try:
+        contexts, current = k8s_config.list_kube_config_contexts(settings.kubeconfig)
+    except (k8s_config.ConfigException, OSError):
+        return "unknown cluster"
+    if settings.context:
+        current = next((c for c in contexts if c["name"] == settings.context), current)
+    if not current:
+        return "unknown cluster"
+    cluster = current.get("context", {}).get("cluster") or current["name"]
+    return cluster if cluster == current["name"] else f"{cluster} (context {current['name']})"
+
+
+def page_info(
+    settings: Settings, health: list[SourceHealth], cluster: str, result: CycleResult
+) -> PageInfo:
+    """The report's frame for a cycle that ended now."""
+    return PageInfo(
+        cluster=cluster,
+        collected_at=time.time(),
+        sources=health,
+        prometheus_urls={e.name: e.url for e in settings.prometheus},
+        complete=result.complete,
+        readiness=result.readiness,
+    )
 
 
 class Sources:
@@ -173,6 +208,9 @@ async def _audit(settings: Settings, output: str) -> int:
         sys.stdout.write(render_json(result.report, health, result.complete, result.readiness))
     elif output == "prometheus":
         sys.stdout.buffer.write(result.exposition)
+    elif output == "html":
+        info = page_info(settings, health, cluster_name(settings), result)
+        sys.stdout.buffer.write(render_page(result.report, info))
     else:
         sys.stdout.write(render_table(result.report, health, result.complete, result.readiness))
     sys.stdout.flush()
@@ -203,6 +241,7 @@ async def _serve(
     host, port = parse_listen_address(listen_address)
     sources = Sources(settings, full_refresh_seconds=full_refresh)
     health = sources.health
+    cluster = cluster_name(settings)
     view = ExporterView(
         lambda: render(
             ExporterState(
@@ -227,6 +266,11 @@ async def _serve(
             started = time.monotonic()
             result = await sources.collector.run_cycle()
             view.exposition = result.exposition
+            # Copies: the sources update their health in place during the next cycle.
+            view.publish_report(
+                result.report,
+                page_info(settings, [replace(h) for h in health], cluster, result),
+            )
             if result.report is not None:
                 view.ready = True
                 view.status = "last cycle " + (

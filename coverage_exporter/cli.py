@@ -196,9 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(audit)
     audit.add(
         "--output",
-        "table (for people), json, or prometheus (exposition text)",
+        "table (for people), json, prometheus (exposition text), or html (one "
+        "self-contained page: every missing node, where it was lost, what to do)",
         default="table",
-        choices=["table", "json", "prometheus"],
+        choices=["table", "json", "prometheus", "html"],
     )
     return parser
 

@@ -77,8 +77,21 @@ echo
 echo "== coverage-exporter audit (exit code 1 = gaps found; each server judged on its own) =="
 set +e
 .venv/bin/coverage-exporter audit --kubeconfig "$KUBECONFIG" "${prometheus_flags[@]}" --log-level error
+# The same collection as one self-contained page: every missing node, where
+# it was lost, what to do.
+REPORT=$STATE/report.html
+.venv/bin/coverage-exporter audit --kubeconfig "$KUBECONFIG" "${prometheus_flags[@]}" --log-level error \
+  --output html >"$REPORT"
+report_rc=$?
 set -e
+if [[ $report_rc -gt 1 ]]; then
+  echo "demo: the HTML report could not be collected (exit $report_rc)" >&2
+fi
 cat <<EOT
+
+The coverage report (open it in a browser):
+  file                $REPORT
+  live                http://$EXPORTER_ADDRESS/report
 
 Look at:
   exporter metrics    http://$EXPORTER_ADDRESS/metrics

@@ -19,6 +19,20 @@ log "installing the package and its test dependencies into .venv"
 
 log "installing rule tools (promtool, pint)"
 bash alerts/install-tools.sh
+log "installing headless Chromium (the HTML report's browser tests, testbed/chromium.py)"
+# Debian's package: a browser download (Playwright and the like) cannot
+# run here. fonts-dejavu-core: the report's text in screenshots.
+browser_packages=(chromium fonts-dejavu-core)
+missing_browser=()
+for p in "${browser_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing_browser+=("$p")
+done
+if ((${#missing_browser[@]})); then
+  sudo=()
+  [[ $(id -u) -eq 0 ]] || sudo=(sudo -n)
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing_browser[@]}"
+fi
 log "installing the testbed (Debian packages, Go builds)"
 bash testbed/install-deps.sh
 
