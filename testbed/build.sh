@@ -3,7 +3,7 @@
 # version, into a cache outside the repository:
 #   ${COVERAGE_EXPORTER_CACHE:-~/.cache/coverage-exporter}/<what>/<version>/
 # A finished build leaves a ".done" stamp; a second call is a no-op.
-# Usage: testbed/build.sh [all|kubernetes|etcd|kwok|prometheus3|prometheus2]
+# Usage: testbed/build.sh [all|kubernetes|etcd|kwok|prometheus3|prometheus2|operator]
 set -euo pipefail
 
 . "$(dirname "$0")/versions.env"
@@ -114,13 +114,24 @@ build_prometheus2() {
     "$(prometheus_ld "$PROMETHEUS2_VERSION")" "$extra" github.com/prometheus/prometheus/cmd/prometheus
 }
 
+build_operator() {
+  # The operator's go.mod replaces its own pkg/apis and pkg/client modules
+  # with local paths that are not in the module zip, so neither `go install`
+  # nor a build of the unpacked zip works; the wrapper resolves both at their
+  # published tags. The -X flags match the upstream Makefile's.
+  local v=$OPERATOR_VERSION mod=github.com/prometheus/common/version
+  wrapper_build prometheus-operator "$v" github.com/prometheus-operator/prometheus-operator "$v" \
+    "-X $mod.Version=${v#v} -X $mod.Revision=$OPERATOR_REVISION -X $mod.Branch=release -X $mod.BuildUser=coverage-exporter" \
+    "" github.com/prometheus-operator/prometheus-operator/cmd/operator
+}
+
 main() {
   local target=${1:-all}
   case $target in
     all)
-      build_etcd; build_kwok; build_prometheus3; build_prometheus2; build_kubernetes ;;
-    kubernetes|etcd|kwok|prometheus3|prometheus2) "build_$target" ;;
-    *) echo "usage: $0 [all|kubernetes|etcd|kwok|prometheus3|prometheus2]" >&2; exit 2 ;;
+      build_etcd; build_kwok; build_prometheus3; build_prometheus2; build_kubernetes; build_operator ;;
+    kubernetes|etcd|kwok|prometheus3|prometheus2|operator) "build_$target" ;;
+    *) echo "usage: $0 [all|kubernetes|etcd|kwok|prometheus3|prometheus2|operator]" >&2; exit 2 ;;
   esac
 }
 

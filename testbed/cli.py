@@ -1,4 +1,4 @@
-"""``testbed/testbed up|env|down|status|restart``: the testbed from a shell."""
+"""``testbed/testbed up|env|down|status|restart|scale|migrate``: the testbed from a shell."""
 
 from __future__ import annotations
 
@@ -29,14 +29,19 @@ def cmd_up(args: argparse.Namespace) -> int:
         print("stopping the previous testbed", file=sys.stderr)
         old.down()
     start = time.monotonic()
-    c = Cluster(state, prometheus=_versions(args.prometheus), rule_files=args.rule_file,
-                exporter_address=args.exporter_address)
+    versions = ["3"] if args.operator else _versions(args.prometheus)
+    c = Cluster(state, prometheus=versions, rule_files=args.rule_file,
+                exporter_address=args.exporter_address, operator=args.operator)
     try:
         c.up()
         t_up = time.monotonic() - start
         kube = scenarios.connect(c.kubeconfig)
         if args.nodes:
-            scenarios.apply(kube, args.nodes)
+            scenarios.apply(kube, args.nodes, operator=args.operator)
+        if args.operator:
+            from testbed import migration
+
+            migration.settle(c, kube, timeout=300)
     except BaseException:
         print("up failed; stopping what started (state kept for its logs)", file=sys.stderr)
         c.down(remove_state=False)
@@ -76,7 +81,31 @@ def cmd_restart(args: argparse.Namespace) -> int:
 
 def cmd_scale(args: argparse.Namespace) -> int:
     c = Cluster.load(args.state_dir)
-    scenarios.scale_nodes(scenarios.connect(c.kubeconfig), args.nodes)
+    kube = scenarios.connect(c.kubeconfig)
+    if c.operator:
+        from testbed import migration
+
+        migration.scale(c, kube, args.nodes)
+    else:
+        scenarios.scale_nodes(kube, args.nodes)
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from testbed import migration
+
+    c = Cluster.load(args.state_dir)
+    if not c.operator:
+        print("migrate needs the operator scenario (testbed/testbed up --operator)",
+              file=sys.stderr)
+        return 2
+    start = time.monotonic()
+    targets = migration.migrate(c, scenarios.connect(c.kubeconfig), args.step)
+    for pod, pools in targets.items():
+        counts = ", ".join(f"{pool.rsplit('/', 2)[-2]}/{pool.rsplit('/', 1)[-1]} {len(a)}"
+                           for pool, a in pools.items())
+        print(f"{pod}: {counts}")
+    print(f"{args.step} settled in {time.monotonic() - start:.1f} s")
     return 0
 
 
@@ -105,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--exporter-address", default=DEFAULT_EXPORTER_ADDRESS,
                     help="where Prometheus scrapes coverage-exporter")
     up.add_argument("--restart", action="store_true", help="stop a running testbed first")
+    up.add_argument("--operator", action="store_true",
+                    help="run the real Prometheus Operator (kube-system/kubelet, CR monitoring/k8s "
+                         "with 2 shards x 2 replicas on Prometheus 3.x) instead of hand-written "
+                         "kubelet objects and configs")
     up.set_defaults(fn=cmd_up)
     sub.add_parser("env", help="print shell assignments").set_defaults(fn=cmd_env)
     sub.add_parser("status", help="which processes run").set_defaults(fn=cmd_status)
@@ -115,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     sc = sub.add_parser("scale", help="change the number of nodes")
     sc.add_argument("nodes", type=int)
     sc.set_defaults(fn=cmd_scale)
+    mg = sub.add_parser("migrate", help="one step of the Operator's kubelet migration")
+    mg.add_argument("step", choices=["dual-write", "switch-role", "endpoints-off"])
+    mg.set_defaults(fn=cmd_migrate)
     down = sub.add_parser("down", help="stop every process and remove the state")
     down.add_argument("--keep-state", action="store_true")
     down.set_defaults(fn=cmd_down)

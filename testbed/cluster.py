@@ -1,5 +1,9 @@
 """The testbed's processes: etcd, kube-apiserver, kube-controller-manager,
 kwok, Alertmanager with a webhook receiver, and Prometheus 2.53 and/or 3.x.
+With ``operator=True``: the real Prometheus Operator (under a restarting
+supervisor), the config reloader and the four Prometheus 3.x servers of the
+``monitoring/k8s`` CR (2 shards x 2 replicas); the testbed's own
+``prometheus-3`` then only scrapes the exporter and evaluates the rules.
 
 Everything binds 127.0.0.1 on free ports. Ports, pids and the admin token live
 in ``<state_dir>/state.json`` so a later process (``testbed env``, ``down``, a
@@ -21,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from testbed import certs, procs
+from testbed import operator as op
 from testbed import prometheus as promcfg
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,6 +39,7 @@ PROMETHEUS_VERSIONS = ("3", "2")
 # Start order; stop runs in reverse.
 CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kwok")
 MONITORING = ("webhook", "alertmanager", "prometheus-3", "prometheus-2")
+OPERATOR = ("prometheus-operator", "config-reloader", *op.POD_NAMES)
 SERVICE_CIDR = "10.96.0.0/16"
 # Pod IPs for non-hostNetwork pods; kwok's default /24 runs out at 254.
 POD_CIDR = "10.128.0.0/10"
@@ -60,9 +66,12 @@ class Binaries:
     kwok: Path
     prometheus: dict[str, Path]  # "2" | "3" -> binary
     alertmanager: Path
+    operator: Path | None = None
 
 
-def find_binaries(prometheus: Sequence[str] = PROMETHEUS_VERSIONS) -> Binaries:
+def find_binaries(
+    prometheus: Sequence[str] = PROMETHEUS_VERSIONS, operator: bool = False,
+) -> Binaries:
     """Binaries built by testbed/build.sh; raises (never skips) when one is missing."""
     v = _versions()
     cache = Path(
@@ -78,8 +87,12 @@ def find_binaries(prometheus: Sequence[str] = PROMETHEUS_VERSIONS) -> Binaries:
         kwok=cache / "kwok" / v["KWOK_VERSION"] / "kwok",
         prometheus={p: cache / "prometheus" / prom_dirs[p] / "prometheus" for p in prometheus},
         alertmanager=Path(am),
+        operator=cache / "prometheus-operator" / v["OPERATOR_VERSION"] / "operator"
+        if operator else None,
     )
     paths = [b.etcd, b.kube_apiserver, b.kube_controller_manager, b.kwok, *b.prometheus.values()]
+    if b.operator:
+        paths.append(b.operator)
     missing = [str(p) for p in paths if not (p.is_file() and os.access(p, os.X_OK))]
     if not am:
         missing.append("prometheus-alertmanager (apt-get install prometheus-alertmanager)")
@@ -103,6 +116,7 @@ class Cluster:
         exporter_address: str = DEFAULT_EXPORTER_ADDRESS,
         scrape_proxy: str = DEFAULT_SCRAPE_PROXY,
         target_interval: str = "15s",
+        operator: bool = False,
     ) -> None:
         self.state_dir = Path(state_dir) if state_dir else state_dir_default()
         self.state_dir = self.state_dir.resolve()
@@ -112,11 +126,16 @@ class Cluster:
             "exporter_address": exporter_address,
             "scrape_proxy": scrape_proxy,
             "target_interval": target_interval,
+            "operator": operator,
+            # (--kubelet-endpoints, --kubelet-endpointslice) of the operator.
+            "kubelet_flags": list(op.KUBELET_FLAGS["start"]),
             "ports": {},
             "pids": {},
         }
         if not self._state["prometheus"]:
             raise ValueError(f"prometheus must name some of {PROMETHEUS_VERSIONS}")
+        if operator and "3" not in self._state["prometheus"]:
+            raise ValueError("the operator scenario runs Prometheus 3.x")
 
     # ---- persistent state -------------------------------------------------
 
@@ -134,10 +153,19 @@ class Cluster:
         tmp.replace(self.state_dir / "state.json")
 
     @property
+    def operator(self) -> bool:
+        return bool(self._state.get("operator"))
+
+    @property
+    def kubelet_flags(self) -> tuple[bool, bool]:
+        endpoints, endpointslice = self._state["kubelet_flags"]
+        return bool(endpoints), bool(endpointslice)
+
+    @property
     def components(self) -> list[str]:
         mon = [m for m in MONITORING if not m.startswith("prometheus-")]
         mon += [f"prometheus-{v}" for v in self._state["prometheus"]]
-        return [*CONTROL_PLANE, *mon]
+        return [*CONTROL_PLANE, *mon, *(OPERATOR if self.operator else ())]
 
     # ---- addresses and files -----------------------------------------------
 
@@ -177,6 +205,22 @@ class Cluster:
         }
 
     @property
+    def operator_prometheus_urls(self) -> dict[str, str]:
+        """Pod name of each operator-managed Prometheus -> base URL."""
+        if not self.operator:
+            return {}
+        return {p: f"http://127.0.0.1:{self._port(p)}" for p in op.POD_NAMES}
+
+    @property
+    def operator_port(self) -> int:
+        return self._port("prometheus-operator")
+
+    @property
+    def sa_token_file(self) -> Path:
+        """Token of ServiceAccount monitoring/prometheus-k8s (no slice RBAC)."""
+        return self.state_dir / "token-prometheus-k8s"
+
+    @property
     def alertmanager_url(self) -> str:
         return f"http://127.0.0.1:{self._port('alertmanager')}"
 
@@ -211,6 +255,13 @@ class Cluster:
         }
         for name, url in self.prometheus_urls.items():
             env[name.upper().replace("-", "_") + "_URL"] = url
+        if self.operator:
+            # NAME=URL, as --prometheus-url takes it (comma-separated in
+            # COVERAGE_EXPORTER_PROMETHEUS_URL); the names are the pod names.
+            env["RULES_PROMETHEUS_URL"] = env.pop("PROMETHEUS_3_URL")
+            env["PROMETHEUS_URLS"] = ",".join(
+                f"{n}={u}" for n, u in self.operator_prometheus_urls.items())
+            env["OPERATOR_URL"] = f"http://127.0.0.1:{self.operator_port}"
         return env
 
     def write_kubeconfig(self, path: Path | None = None, *, insecure: bool = False) -> Path:
@@ -248,18 +299,22 @@ class Cluster:
         return [n for n in self.components if self.is_running(n)]
 
     def non_loopback_peers(self) -> dict[str, set[str]]:
-        """Component -> TCP peers outside 127.0.0.0/8 (must stay empty)."""
+        """Component -> TCP peers outside 127.0.0.0/8 (must stay empty); a
+        component's child processes (the supervised operator) count too."""
         out = {}
         for name in self.running():
             pid = self.pid(name)
-            bad = {p for p in procs.socket_peers(pid) if not procs.is_loopback(p)} if pid else set()
+            if not pid:
+                continue
+            bad = {p for q in (pid, *procs.descendants(pid)) for p in procs.socket_peers(q)
+                   if not procs.is_loopback(p)}
             if bad:
                 out[name] = bad
         return out
 
     def up(self, timeout: float = 120) -> None:
         """Starts every component not already running, in dependency order."""
-        self._binaries = find_binaries(self._state["prometheus"])
+        self._binaries = find_binaries(self._state["prometheus"], self.operator)
         proxy_port = int(self.scrape_proxy.rsplit(":", 1)[1])
         if not procs.port_refuses(proxy_port):
             raise RuntimeError(f"something listens on the scrape proxy {self.scrape_proxy}")
@@ -298,6 +353,7 @@ class Cluster:
                            promcfg.render_alertmanager(webhook))
         for v in self._state["prometheus"]:
             cfg = promcfg.render_prometheus(
+                scenario_jobs=not self.operator,
                 api_server=self.api_url,
                 token_file=self.token_file,
                 ca_file=self.ca_file,
@@ -328,9 +384,12 @@ class Cluster:
         if self.is_running(name):
             return
         if not hasattr(self, "_binaries"):
-            self._binaries = find_binaries(self._state["prometheus"])
+            self._binaries = find_binaries(self._state["prometheus"], self.operator)
+        if name == "prometheus-operator":
+            self._prepare_operator()
         argv = self._argv(name)
-        proc = procs.spawn(argv, self.log_file(name), cwd=self.state_dir)
+        env = {"KUBECONFIG": str(self.kubeconfig), "PYTHONPATH": str(REPO)}
+        proc = procs.spawn(argv, self.log_file(name), cwd=self.state_dir, env=env)
         self._state["pids"][name] = {"pid": proc.pid, "exe": argv[0]}
         self._save()
         try:
@@ -350,12 +409,36 @@ class Cluster:
             self._state["pids"].pop(name, None)
             self._save()
 
+    def set_kubelet_flags(self, endpoints: bool, endpointslice: bool) -> None:
+        """Restarts the operator with these kubelet flags: it reloads none."""
+        self._state["kubelet_flags"] = [endpoints, endpointslice]
+        self._save()
+        self.restart("prometheus-operator")
+
+    def _prepare_operator(self) -> None:
+        """CRDs Established, then RBAC, the Prometheus CR and ServiceMonitors;
+        the operator would otherwise start with its Prometheus controller off."""
+        from testbed.kube import Kube
+
+        kube = Kube(self.kubeconfig)
+        try:
+            version = _versions()["OPERATOR_VERSION"]
+            op.install_crds(kube, op.crd_bodies(version))
+            cr = op.prometheus_cr(
+                version=_versions()["PROMETHEUS3_VERSION"], api_url=self.api_url,
+                credentials_file=self.token_file, ca_file=self.ca_file,
+            )
+            op.apply_objects(kube, cr, op.servicemonitors(self.scrape_proxy))
+            op.service_account_token(kube, self.sa_token_file)
+        finally:
+            kube.close()
+
     def restart(self, name: str, timeout: float = 120) -> None:
         self.stop(name)
         self.start(name, timeout=timeout)
 
     def down(self, *, remove_state: bool = True) -> None:
-        for name in reversed([*CONTROL_PLANE, *MONITORING]):
+        for name in reversed([*CONTROL_PLANE, *MONITORING, *OPERATOR]):
             self.stop(name)
         if remove_state:
             shutil.rmtree(self.state_dir, ignore_errors=True)
@@ -437,6 +520,27 @@ class Cluster:
                 f"--web.external-url=http://127.0.0.1:{port('alertmanager')}",
                 "--cluster.listen-address=",
             ]
+        if name == "prometheus-operator":
+            assert b.operator is not None
+            endpoints, endpointslice = self.kubelet_flags
+            return [sys.executable, "-m", "testbed.operator", "supervise", "--",
+                    *op.operator_argv(b.operator, port(name), endpoints, endpointslice,
+                                      _versions()["OPERATOR_VERSION"])]
+        if name == "config-reloader":
+            ports = {p: port(p) for p in op.POD_NAMES}
+            return [sys.executable, "-m", "testbed.operator", "reload",
+                    f"--state-dir={s}", f"--kubeconfig={self.kubeconfig}",
+                    f"--ports={json.dumps(ports)}"]
+        if name in op.POD_NAMES:
+            d = s / name
+            return [
+                str(b.prometheus["3"]), f"--config.file={op.config_path(s, name)}",
+                f"--storage.tsdb.path={d / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port(name)}",
+                f"--web.external-url=http://127.0.0.1:{port(name)}",
+                "--web.enable-lifecycle",
+                "--storage.tsdb.retention.time=1d",
+            ]
         if name.startswith("prometheus-"):
             v = name.removeprefix("prometheus-")
             d = s / name
@@ -466,5 +570,9 @@ class Cluster:
             return status == 200
         if name == "webhook":
             return procs.http_get(f"http://127.0.0.1:{port}/")[0] == 200
+        if name == "prometheus-operator":
+            return op.operator_ready(port, *self.kubelet_flags)
+        if name == "config-reloader":
+            return all(op.config_path(self.state_dir, p).exists() for p in op.POD_NAMES)
         return procs.http_get(f"http://127.0.0.1:{port}/-/ready")[0] == 200
 

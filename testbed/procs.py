@@ -91,16 +91,19 @@ def insecure_ctx() -> ssl.SSLContext:
     return ctx
 
 
-def spawn(argv: Sequence[str], log: Path, cwd: Path) -> subprocess.Popen[bytes]:
+def spawn(
+    argv: Sequence[str], log: Path, cwd: Path, env: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
     """Starts a detached process (own session, so it outlives the CLI that
-    started it and a Ctrl-C in the terminal does not reach it)."""
+    started it and a Ctrl-C in the terminal does not reach it); env adds to
+    the proxy-free environment."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         out.write(f"\n=== {time.strftime('%H:%M:%S')} {' '.join(argv)}\n".encode())
         out.flush()
         return subprocess.Popen(
             list(argv), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            cwd=cwd, env=clean_env(), start_new_session=True,
+            cwd=cwd, env={**clean_env(), **(env or {})}, start_new_session=True,
         )
 
 
@@ -161,6 +164,22 @@ def tail(path: Path, lines: int = 30) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+def descendants(pid: int) -> list[int]:
+    """Children, grandchildren, ... of pid (a supervisor's operator)."""
+    parent: dict[int, int] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                parent[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p]
+        out += kids
+        todo += kids
+    return out
 
 
 def _hex_addr(h: str) -> str:

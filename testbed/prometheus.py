@@ -100,10 +100,13 @@ def render_prometheus(
     proxy_url: str,
     interval: str = "5s",
     target_interval: str = "15s",
+    scenario_jobs: bool = True,
 ) -> dict[str, Any]:
     """interval: the exporter's scrape and rule evaluation. target_interval:
     the 6600 simulated targets per Prometheus, which can only fail (measured
-    per Prometheus: ~30% of a core at 10 s, ~14% at 30 s)."""
+    per Prometheus: ~30% of a core at 10 s, ~14% at 30 s). scenario_jobs
+    False: only the exporter's job (the operator scenario, where the
+    Operator's Prometheus servers discover the targets)."""
     k8s = {
         "api_server": api_server,
         "authorization": {"credentials_file": str(token_file)},
@@ -111,7 +114,7 @@ def render_prometheus(
     }
     jobs = [
         _sd_job(p, j, r, k8s, proxy_url, target_interval) for p, j in JOBS.items() for r in ROLES
-    ]
+    ] if scenario_jobs else []
     jobs.append({
         "job_name": "coverage-exporter",
         "static_configs": [{"targets": [exporter_address]}],

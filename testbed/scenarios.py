@@ -10,6 +10,11 @@
 - ``kube-system/kubelet-skip-mirror``: the same with the skip-mirror label and
   EndpointSlices written as the Operator's ``--kubelet-endpointslice`` does.
 
+With ``operator=True`` neither kubelet object is written here: the real
+Operator owns ``kube-system/kubelet`` (testbed/operator.py), and a second
+Service labelled ``app.kubernetes.io/name: kubelet`` would be scraped twice
+by the kubelet ServiceMonitor.
+
 Node i (1-based) is ``node-0001``.. with IP ``node_ip(i)``. IPs are spread so
 that the lexicographically largest 200 (what truncation drops) are not the
 last 200 node names.
@@ -246,7 +251,8 @@ def _node_triples(node_list: list[dict[str, Any]]) -> list[tuple[str, str, str]]
 # ---- applying the scenario ---------------------------------------------------
 
 
-def apply(kube: Kube, n: int = DEFAULT_NODES, timeout: float = 300) -> None:
+def apply(kube: Kube, n: int = DEFAULT_NODES, timeout: float = 300, *,
+          operator: bool = False) -> None:
     """Creates the whole scenario for n nodes and waits until the controllers
     have converged. Idempotent: existing objects are kept."""
     kube.create("/api/v1/namespaces", {"metadata": {"name": MONITORING}})
@@ -255,13 +261,13 @@ def apply(kube: Kube, n: int = DEFAULT_NODES, timeout: float = 300) -> None:
         ds = kube.create(f"/apis/apps/v1/namespaces/{MONITORING}/daemonsets", _daemonset_body())
     kube.create(f"/api/v1/namespaces/{MONITORING}/services",
                 _service_body(MONITORING, NODE_EXPORTER, selector=NODE_EXPORTER_LABELS))
-    for name in (KUBELET, KUBELET_SKIP_MIRROR):
+    for name in () if operator else (KUBELET, KUBELET_SKIP_MIRROR):
         kube.create(f"/api/v1/namespaces/{KUBE_SYSTEM}/services",
                     _service_body(KUBE_SYSTEM, name, selector=None))
-    scale_nodes(kube, n, timeout=timeout)
+    scale_nodes(kube, n, timeout=timeout, operator=operator)
 
 
-def scale_nodes(kube: Kube, n: int, timeout: float = 300) -> None:
+def scale_nodes(kube: Kube, n: int, timeout: float = 300, *, operator: bool = False) -> None:
     """Makes the cluster have exactly nodes 1..n with their node-exporter pods,
     rewrites what the Operator would (kubelet Endpoints and slices) and the
     DaemonSet status, then waits for the controllers to converge."""
@@ -297,8 +303,9 @@ def scale_nodes(kube: Kube, n: int, timeout: float = 300) -> None:
             "observedGeneration": ds["metadata"].get("generation", 1),
         }
     })
-    write_operator_objects(kube, node_list)
-    wait_converged(kube, n, timeout=timeout)
+    if not operator:
+        write_operator_objects(kube, node_list)
+    wait_converged(kube, n, timeout=timeout, operator=operator)
     log.info("controllers converged for %d nodes (%.1f s)", n, time.monotonic() - t0)
 
 
@@ -455,11 +462,13 @@ def _wait_pods_running(kube: Kube, want: dict[str, str], timeout: float) -> None
     _poll(check, "node-exporter pods not running", timeout)
 
 
-def wait_converged(kube: Kube, n: int, timeout: float = 180) -> None:
+def wait_converged(kube: Kube, n: int, timeout: float = 180, *, operator: bool = False) -> None:
     """Waits until the controllers show what n nodes must give: node-exporter
     Endpoints truncated (annotation set) iff n > 1000 and holding the expected
     addresses, its slices holding all n, kubelet mirrored slices min(n, 1000),
-    no mirrored slices for kubelet-skip-mirror and n in the Operator's slices."""
+    no mirrored slices for kubelet-skip-mirror and n in the Operator's slices.
+    operator: node-exporter only (the real Operator's kubelet objects depend
+    on its flags; testbed.migration waits for them)."""
     expected = nodes(n)
     kept = {expected[name] for name in endpoints_kept_nodes(n)}
 
@@ -471,6 +480,8 @@ def wait_converged(kube: Kube, n: int, timeout: float = 180) -> None:
         got = slice_addresses(list_endpointslices(kube, MONITORING, NODE_EXPORTER, BY_CONTROLLER))
         if got != set(expected.values()):
             return f"node-exporter slices: {len(got)} addresses"
+        if operator:
+            return None
         mirrored = slice_addresses(list_endpointslices(kube, KUBE_SYSTEM, KUBELET, BY_MIRRORING))
         if len(mirrored) != min(n, MIRROR_CAP):
             return f"kubelet mirrored slices: {len(mirrored)} addresses"

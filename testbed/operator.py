@@ -1,0 +1,485 @@
+"""The real Prometheus Operator v0.85.0 in the testbed, and what a pod would
+do around it.
+
+- Its CRDs come from the operator's own module (``jsonnet/prometheus-operator/
+  <plural>-crd.json``), are POSTed and waited ``Established`` before it starts:
+  the operator detects CRDs only at start and silently leaves the Prometheus
+  controller off otherwise.
+- The operator runs outside a cluster (``KUBECONFIG``, no ``--kubeconfig``
+  flag), listens on 127.0.0.1, and owns ``kube-system/kubelet``
+  (``--kubelet-service``). It can crash (a nil dereference when the Service
+  sync fails), so ``supervise`` restarts it.
+- No StatefulSet controller runs here, so no Prometheus pod exists. ``reload``
+  does what ``prometheus-config-reloader`` does in each pod: reads Secret
+  ``prometheus-k8s``, gunzips ``prometheus.yaml.gz``, expands ``$(POD_NAME)``
+  and ``$(SHARD)``, writes one config per pod and POSTs ``/-/reload``.
+
+``python -m testbed.operator supervise|reload`` are the two long-running
+helpers the Cluster starts; the rest are functions for the Cluster, the CLI
+and the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+
+from testbed import procs
+from testbed.kube import Kube
+
+MONITORING = "monitoring"
+KUBE_SYSTEM = "kube-system"
+NAME = "k8s"  # the Prometheus CR, as kube-prometheus names it
+SHARDS = 2
+REPLICAS = 2
+CONFIG_SECRET = f"prometheus-{NAME}"
+CONFIG_KEY = "prometheus.yaml.gz"
+# The minimal set: with the prometheuses CRD present the operator waits for
+# informers on all four others and exits after 10 min if one is missing.
+CRDS = ("prometheuses", "servicemonitors", "podmonitors", "probes", "prometheusrules")
+CRD_GROUP = "monitoring.coreos.com"
+API = f"/apis/{CRD_GROUP}/v1/namespaces/{MONITORING}"
+KUBELET_SYNC_PERIOD = "5s"
+SCRAPE_INTERVAL = "30s"
+# kube-prometheus v0.16.0 ships operator 0.85.0; its ServiceAccount and the
+# RBAC variant without endpointslices are made here.
+SERVICE_ACCOUNT = "prometheus-k8s"
+ROLE_NO_SLICES = "prometheus-k8s-no-endpointslices"
+
+# The migration's settings of the kubelet controller, as
+# (--kubelet-endpoints, --kubelet-endpointslice).
+KUBELET_FLAGS: dict[str, tuple[bool, bool]] = {
+    "start": (True, False),  # the Operator's defaults
+    "dual-write": (True, True),
+    "endpoints-off": (False, True),
+}
+STEPS = ("dual-write", "switch-role", "endpoints-off")
+
+NODE_EXPORTER_POOL = f"serviceMonitor/{MONITORING}/node-exporter/0"
+KUBELET_POOLS = [f"serviceMonitor/{MONITORING}/kubelet/{i}" for i in range(4)]
+POOLS = [NODE_EXPORTER_POOL, *KUBELET_POOLS]
+NODE_EXPORTER_PORT = 9100
+KUBELET_PORT = 10250
+
+
+@dataclass(frozen=True)
+class Pod:
+    """One Prometheus pod the StatefulSets would run."""
+
+    name: str
+    shard: int
+    replica: int
+
+
+def pods(name: str = NAME, shards: int = SHARDS, replicas: int = REPLICAS) -> list[Pod]:
+    # StatefulSet prometheus-<name> for shard 0, prometheus-<name>-shard-<i>
+    # for the others (pkg/prometheus/common.go); pods append -<ordinal>.
+    out = []
+    for shard in range(shards):
+        sts = f"prometheus-{name}" if shard == 0 else f"prometheus-{name}-shard-{shard}"
+        out += [Pod(f"{sts}-{r}", shard, r) for r in range(replicas)]
+    return out
+
+
+POD_NAMES = [p.name for p in pods()]
+
+
+def replica_pods(replica: int) -> list[Pod]:
+    return [p for p in pods() if p.replica == replica]
+
+
+# ---- the module and its CRDs ----------------------------------------------------
+
+
+def module_dir(version: str) -> Path:
+    """The operator's module in the Go module cache (downloaded if absent)."""
+    out = subprocess.run(
+        ["go", "mod", "download", "-json",
+         f"github.com/prometheus-operator/prometheus-operator@{version}"],
+        capture_output=True, text=True, check=True, timeout=600,
+        env={**procs.clean_env(), "GOFLAGS": "-mod=mod", "GOWORK": "off"},
+    )
+    return Path(json.loads(out.stdout)["Dir"])
+
+
+def crd_bodies(version: str) -> list[dict[str, Any]]:
+    d = module_dir(version) / "jsonnet" / "prometheus-operator"
+    return [json.loads((d / f"{plural}-crd.json").read_text()) for plural in CRDS]
+
+
+def install_crds(kube: Kube, bodies: list[dict[str, Any]], timeout: float = 60) -> None:
+    path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+    for body in bodies:
+        kube.create(path, body)  # 409 on a re-run: already there
+    deadline = time.monotonic() + timeout
+    for body in bodies:
+        name = body["metadata"]["name"]
+        while True:
+            crd = kube.get(f"{path}/{name}")
+            conds = {c["type"]: c["status"] for c in crd.get("status", {}).get("conditions", [])}
+            if conds.get("Established") == "True":
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"CRD {name} not Established: {conds}")
+            time.sleep(0.25)
+
+
+# ---- objects ------------------------------------------------------------------------
+
+
+def prometheus_cr(
+    *, version: str, api_url: str, credentials_file: Path, ca_file: Path, role: str = "Endpoints",
+) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{CRD_GROUP}/v1",
+        "kind": "Prometheus",
+        "metadata": {"name": NAME, "namespace": MONITORING},
+        "spec": {
+            "version": f"v{version}",
+            "replicas": REPLICAS,
+            "shards": SHARDS,
+            "serviceAccountName": SERVICE_ACCOUNT,
+            "serviceDiscoveryRole": role,
+            # Nil selectors everywhere make the config "unmanaged" (empty).
+            "serviceMonitorSelector": {},
+            "serviceMonitorNamespaceSelector": {},
+            "scrapeInterval": SCRAPE_INTERVAL,
+            # Without it every SD block would use in-cluster config.
+            "apiserverConfig": {
+                "host": api_url,
+                "authorization": {"type": "Bearer", "credentialsFile": str(credentials_file)},
+                "tlsConfig": {"caFile": str(ca_file)},
+            },
+        },
+    }
+
+
+def servicemonitors(proxy_url: str) -> list[dict[str, Any]]:
+    """node-exporter (the testbed's Service: port ``metrics``) and the
+    kube-prometheus v0.16.0 kubelet ServiceMonitor
+    (manifests/kubernetesControlPlane-serviceMonitorKubelet.yaml) with its
+    four endpoints. Changed: ``proxyUrl`` on every endpoint (0.85 has no
+    global proxy), no ``bearerTokenFile`` (the pod's SA token file does not
+    exist here; the scrape fails at the proxy anyway) and no
+    ``metricRelabelings`` (nothing is ever ingested from a simulated node)."""
+    relabel = [{"action": "replace", "sourceLabels": ["__metrics_path__"],
+                "targetLabel": "metrics_path"}]
+
+    def kubelet_endpoint(path: str | None, interval: str, **extra: Any) -> dict[str, Any]:
+        ep: dict[str, Any] = {
+            "port": "https-metrics", "scheme": "https", "interval": interval,
+            "honorLabels": True, "tlsConfig": {"insecureSkipVerify": True},
+            "relabelings": relabel, "proxyUrl": proxy_url, **extra,
+        }
+        if path:
+            ep["path"] = path
+        return ep
+
+    return [
+        {
+            "apiVersion": f"{CRD_GROUP}/v1", "kind": "ServiceMonitor",
+            "metadata": {"name": "node-exporter", "namespace": MONITORING,
+                         "labels": {"app.kubernetes.io/name": "node-exporter"}},
+            "spec": {
+                "jobLabel": "app.kubernetes.io/name",
+                "selector": {"matchLabels": {"app.kubernetes.io/name": "node-exporter"}},
+                "endpoints": [{"port": "metrics", "interval": SCRAPE_INTERVAL,
+                               "proxyUrl": proxy_url}],
+            },
+        },
+        {
+            "apiVersion": f"{CRD_GROUP}/v1", "kind": "ServiceMonitor",
+            "metadata": {"name": "kubelet", "namespace": MONITORING, "labels": {
+                "app.kubernetes.io/name": "kubelet",
+                "app.kubernetes.io/component": "kubernetes",
+                "app.kubernetes.io/part-of": "kube-prometheus",
+            }},
+            "spec": {
+                "jobLabel": "app.kubernetes.io/name",
+                "namespaceSelector": {"matchNames": [KUBE_SYSTEM]},
+                "selector": {"matchLabels": {"app.kubernetes.io/name": "kubelet"}},
+                "endpoints": [
+                    kubelet_endpoint(None, "30s"),
+                    kubelet_endpoint("/metrics/cadvisor", "30s", honorTimestamps=False),
+                    kubelet_endpoint("/metrics/probes", "30s"),
+                    kubelet_endpoint("/metrics/slis", "5s"),
+                ],
+            },
+        },
+    ]
+
+
+def _rbac(kube: Kube) -> None:
+    """ServiceAccount monitoring/prometheus-k8s and a ClusterRole that lets it
+    discover everything but EndpointSlices, bound to it. It is used only when
+    a test hands its token to the CR (``use_credentials``)."""
+    kube.create(f"/api/v1/namespaces/{MONITORING}/serviceaccounts",
+                {"metadata": {"name": SERVICE_ACCOUNT, "namespace": MONITORING}})
+    rbac = "/apis/rbac.authorization.k8s.io/v1"
+    kube.create(f"{rbac}/clusterroles", {
+        "metadata": {"name": ROLE_NO_SLICES},
+        "rules": [
+            {"apiGroups": [""], "resources": ["nodes", "services", "endpoints", "pods"],
+             "verbs": ["get", "list", "watch"]},
+        ],
+    })
+    kube.create(f"{rbac}/clusterrolebindings", {
+        "metadata": {"name": ROLE_NO_SLICES},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                    "name": ROLE_NO_SLICES},
+        "subjects": [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT,
+                      "namespace": MONITORING}],
+    })
+
+
+def service_account_token(kube: Kube, path: Path) -> Path:
+    """A TokenRequest for the ServiceAccount, written where the CR's
+    ``credentialsFile`` can point."""
+    tr = kube.request(
+        "POST", f"/api/v1/namespaces/{MONITORING}/serviceaccounts/{SERVICE_ACCOUNT}/token",
+        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+         "spec": {"expirationSeconds": 86400}},
+    )
+    path.write_text(tr["status"]["token"] + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def apply_objects(kube: Kube, cr: dict[str, Any], monitors: list[dict[str, Any]]) -> None:
+    """Namespace, RBAC, the Prometheus CR and the ServiceMonitors (kept if
+    they exist: a re-run must not undo a migration step)."""
+    kube.create("/api/v1/namespaces", {"metadata": {"name": MONITORING}})
+    _rbac(kube)
+    kube.create(f"{API}/prometheuses", cr)
+    for sm in monitors:
+        kube.create(f"{API}/servicemonitors", sm)
+
+
+def get_cr(kube: Kube) -> dict[str, Any]:
+    return kube.get(f"{API}/prometheuses/{NAME}")
+
+
+def patch_cr(kube: Kube, spec: dict[str, Any]) -> None:
+    kube.patch(f"{API}/prometheuses/{NAME}", {"spec": spec})
+
+
+# ---- the config reloader's work -------------------------------------------------------
+
+_ENV_VAR = re.compile(r"\$\(([a-zA-Z_0-9]+)\)")
+
+
+def expand(text: str, env: dict[str, str]) -> str:
+    """thanos pkg/reloader's envsubst: $(VAR) from env, an unset one fails.
+    Relabel replacements ($1, ${1}) do not match."""
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(1) not in env:
+            raise KeyError(f"config references unset variable $({m.group(1)})")
+        return env[m.group(1)]
+
+    return _ENV_VAR.sub(sub, text)
+
+
+def pod_config(raw: bytes, pod: Pod) -> str:
+    """The Secret's bytes as the pod's Prometheus must load them."""
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    return expand(raw.decode(), {"POD_NAME": pod.name, "SHARD": str(pod.shard)})
+
+
+def secret_config(kube: Kube) -> bytes | None:
+    """The generated config, or None while the operator has not written it."""
+    import base64
+
+    secret = kube.get_or_none(f"/api/v1/namespaces/{MONITORING}/secrets/{CONFIG_SECRET}")
+    data = ((secret or {}).get("data") or {}).get(CONFIG_KEY)
+    return base64.b64decode(data) if data else None
+
+
+def config_path(state_dir: Path, pod: str) -> Path:
+    return state_dir / pod / "prometheus.env.yaml"
+
+
+def write_configs(state_dir: Path, raw: bytes) -> list[str]:
+    """Writes each pod's config; returns the pods whose file changed."""
+    changed = []
+    for pod in pods():
+        path = config_path(state_dir, pod.name)
+        text = pod_config(raw, pod)
+        if path.exists() and path.read_text() == text:
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+        changed.append(pod.name)
+    return changed
+
+
+def reload_loop(state_dir: Path, kubeconfig: Path, ports: dict[str, int]) -> None:
+    """Watches the Secret (polling its bytes each second: the operator updates
+    it on every sync even when unchanged, so resourceVersion says nothing) and
+    reloads each Prometheus whose config changed, retrying until it took."""
+    kube = Kube(kubeconfig, pool=4)
+    pending: set[str] = set()
+    last: bytes | None = None
+    while True:
+        try:
+            raw = secret_config(kube)
+        except (ApiException, OSError) as e:
+            print(f"secret: {e}", flush=True)
+            raw = None
+        if raw is not None and raw != last:
+            changed = write_configs(state_dir, raw)
+            print(f"config changed for {changed or 'no pod'}", flush=True)
+            pending |= set(changed)
+            last = raw
+        for name in sorted(pending):
+            try:
+                status = procs.http_post(f"http://127.0.0.1:{ports[name]}/-/reload")
+            except OSError:
+                status = 0  # not started yet: it loads the file at start
+            if status == 200 or status == 0:
+                pending.discard(name)
+            print(f"reload {name}: {status or 'not running'}", flush=True)
+        time.sleep(1)
+
+
+def config_sha(state_dir: Path, pod: str) -> str:
+    return hashlib.sha256(config_path(state_dir, pod).read_bytes()).hexdigest()
+
+
+# ---- the operator process -----------------------------------------------------------
+
+
+def operator_argv(binary: Path, port: int, endpoints: bool, endpointslice: bool,
+                  version: str) -> list[str]:
+    # Go bool flags need "=": "--kubelet-endpoints false" would not parse.
+    return [
+        str(binary),
+        f"--web.listen-address=127.0.0.1:{port}",
+        f"--namespaces={MONITORING}",
+        f"--kubelet-service={KUBE_SYSTEM}/kubelet",
+        f"--kubelet-endpoints={str(endpoints).lower()}",
+        f"--kubelet-endpointslice={str(endpointslice).lower()}",
+        f"--kubelet-sync-period={KUBELET_SYNC_PERIOD}",
+        "--kubelet-node-address-priority=internal",
+        f"--prometheus-config-reloader=quay.io/prometheus-operator/"
+        f"prometheus-config-reloader:{version}",
+        "--log-level=info",
+    ]
+
+
+def supervise(argv: list[str], env: dict[str, str]) -> int:
+    """Runs argv, restarting it (1 s, then up to 10 s apart) when it exits;
+    SIGTERM stops it and the child."""
+    child: subprocess.Popen[bytes] | None = None
+    stopping = False
+
+    def on_term(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        if child and child.poll() is None:
+            child.terminate()
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    backoff = 1.0
+    while not stopping:
+        started = time.monotonic()
+        child = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL)
+        rc = child.wait()
+        if stopping:
+            break
+        print(f"supervise: operator exited with {rc}; restarting in {backoff:.0f} s", flush=True)
+        backoff = 1.0 if time.monotonic() - started > 60 else min(backoff * 2, 10)
+        time.sleep(backoff)
+    if child and child.poll() is None:
+        try:
+            child.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+    return 0
+
+
+def metrics(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """The operator's /metrics as (name, labels) -> value; {} if it is down."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, body = procs.http_get(f"http://127.0.0.1:{port}/metrics")
+    if status != 200:
+        return {}
+    out = {}
+    for fam in text_string_to_metric_families(body.decode()):
+        for s in fam.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def metric(m: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str,
+           **labels: str) -> float | None:
+    return m.get((name, frozenset(labels.items())))
+
+
+def operator_ready(port: int, endpoints: bool, endpointslice: bool) -> bool:
+    """Prometheus controller up and the kubelet controller managing exactly
+    the objects the flags ask for (a refused SSAR turns slices off with only
+    a warning: this catches it)."""
+    m = metrics(port)
+    want = {"endpoints": endpoints, "endpointslice": endpointslice}
+    return metric(m, "prometheus_operator_ready", controller="prometheus") == 1 and all(
+        metric(m, "prometheus_operator_kubelet_managed_resource", resource=r) == float(on)
+        for r, on in want.items()
+    )
+
+
+def node_syncs(port: int, resource: str) -> float:
+    return metric(metrics(port), "prometheus_operator_node_syncs_total", resource=resource) or 0
+
+
+def wait(check: Callable[[], str | None], what: str, timeout: float) -> None:
+    """check returns None when done, else what is still missing."""
+    deadline = time.monotonic() + timeout
+    last: str | None = "not checked"
+    while time.monotonic() < deadline:
+        last = check()
+        if last is None:
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"{what} after {timeout:.0f} s: {last}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m testbed.operator")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sv = sub.add_parser("supervise", help="run the operator, restarting it when it exits")
+    sv.add_argument("argv", nargs=argparse.REMAINDER)
+    rl = sub.add_parser("reload", help="the config reloader of every Prometheus pod")
+    rl.add_argument("--state-dir", type=Path, required=True)
+    rl.add_argument("--kubeconfig", type=Path, required=True)
+    rl.add_argument("--ports", required=True, help="JSON: pod name -> port")
+    args = p.parse_args(argv)
+    if args.cmd == "supervise":
+        cmd = [a for a in args.argv if a != "--"]
+        return supervise(cmd, dict(os.environ))
+    reload_loop(args.state_dir, args.kubeconfig, {k: int(v) for k, v in
+                                                  json.loads(args.ports).items()})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
