@@ -3,10 +3,15 @@
 # run the exporter against it, print the audit and where to look.
 #   scripts/demo.sh        (make demo)   start, or reuse a running demo
 #   scripts/demo.sh down   (make down)   stop the exporter and the testbed
+#   scripts/demo.sh --operator  (or OPERATOR=1 make demo)   the same with the real
+#       Prometheus Operator: CR monitoring/k8s, 2 shards x 2 replicas; then
+#       walk the migration with testbed/testbed migrate dual-write|switch-role|endpoints-off
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 NODES=${NODES:-1200}
+OPERATOR=${OPERATOR:-0}
+if [[ ${1:-} == --operator ]]; then OPERATOR=1; shift; fi
 STATE=${TESTBED_STATE_DIR:-$PWD/testbed/state}
 export TESTBED_STATE_DIR=$STATE
 PIDFILE=$STATE/exporter.pid
@@ -30,6 +35,50 @@ if [[ ${1:-} == down ]]; then
 fi
 
 bash scripts/setup.sh
+if [[ $OPERATOR == 1 ]]; then
+  # `up --operator` returns once the Operator has synced, every server has
+  # loaded its config and discovery equals what the objects imply.
+  testbed/testbed up --nodes "$NODES" --operator --rule-file alerts/coverage-exporter.rules.yml
+  eval "$(testbed/testbed env)"
+  # PROMETHEUS_URLS holds the four pods as NAME=URL (names = pod names).
+  prometheus_flags=()
+  IFS=, read -ra pods <<<"$PROMETHEUS_URLS"
+  for p in "${pods[@]}"; do prometheus_flags+=(--prometheus-url "$p"); done
+  stop_exporter
+  .venv/bin/coverage-exporter serve --kubeconfig "$KUBECONFIG" "${prometheus_flags[@]}" \
+    --web.listen-address "$EXPORTER_ADDRESS" --interval 15 >"$STATE/logs/coverage-exporter.log" 2>&1 &
+  echo $! >"$PIDFILE"
+  for _ in $(seq 120); do
+    curl -sf "http://$EXPORTER_ADDRESS/-/ready" >/dev/null && break
+    sleep 2
+  done
+  echo
+  echo "== coverage-exporter audit (exit code 1 = gaps found; each replica judged on its own) =="
+  set +e
+  .venv/bin/coverage-exporter audit --kubeconfig "$KUBECONFIG" "${prometheus_flags[@]}" --log-level error
+  set -e
+  cat <<EOT
+
+Look at:
+  exporter metrics    http://$EXPORTER_ADDRESS/metrics
+  Operator's servers  ${pods[0]#*=}/api/v1/targets?state=active&scrapePool=serviceMonitor/monitoring/node-exporter/0
+                      (all four: ${PROMETHEUS_URLS//,/ })
+  the Operator        $OPERATOR_URL/metrics   (prometheus_operator_kubelet_managed_resource)
+  rules Prometheus    $RULES_PROMETHEUS_URL/api/v1/rules
+  Alertmanager        $ALERTMANAGER_URL/api/v2/alerts
+  logs                $STATE/logs/
+  shell               eval "\$(testbed/testbed env)"
+
+Walk the migration (each step returns once settled) and audit again after each:
+  testbed/testbed migrate dual-write      # --kubelet-endpointslice=true: Operator-written slices
+  testbed/testbed migrate switch-role     # serviceDiscoveryRole: EndpointSlice
+  testbed/testbed migrate endpoints-off   # --kubelet-endpoints=false
+  .venv/bin/coverage-exporter audit --kubeconfig "\$KUBECONFIG" ${prometheus_flags[*]}
+Stop everything: make down
+EOT
+  exit 0
+fi
+
 testbed/testbed up --nodes "$NODES" --prometheus both --rule-file alerts/coverage-exporter.rules.yml
 eval "$(testbed/testbed env)"
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -140,10 +141,10 @@ def _kubelet_objects(kube: Kube, cluster: Cluster) -> str | None:
     skip = ((ep or {}).get("metadata", {}).get("labels") or {}).get(sc.SKIP_MIRROR) == "true"
     slices = sc.list_endpointslices(kube, sc.KUBE_SYSTEM, sc.KUBELET)
     mirrored = [s for s in slices if s["metadata"]["labels"].get(sc.MANAGED_BY) == sc.BY_MIRRORING]
-    if endpointslice:
-        own = [s for s in slices if s["metadata"]["labels"].get(sc.MANAGED_BY) == sc.BY_OPERATOR]
-        if sc.slice_addresses(own) != ips:
-            return f"operator kubelet slices: {len(sc.slice_addresses(own))} of {len(ips)}"
+    # The operator adopts every slice labelled with the service name (the
+    # mirror's too) and fills in what they lack: the union is its promise.
+    if endpointslice and sc.slice_addresses(slices) != ips:
+        return f"kubelet slices: {len(sc.slice_addresses(slices))} of {len(ips)} nodes"
     if ep and not skip and len(sc.slice_addresses(mirrored)) != min(
             len(sc.endpoints_addresses(ep)), sc.MIRROR_CAP):
         return f"mirrored kubelet slices: {len(sc.slice_addresses(mirrored))} addresses"
@@ -179,8 +180,9 @@ def _configs_loaded(kube: Kube, cluster: Cluster) -> str | None:
     for pod in op.pods():
         path = op.config_path(cluster.state_dir, pod.name)
         want = op.pod_config(raw, pod)
-        if f"role: {role}" not in want or f"role: {_other(role)}" in want:
-            return f"Secret not yet regenerated for role {role}"
+        roles = set(re.findall(r"^\s*-?\s*role: (\w+)\s*$", want, re.MULTILINE))
+        if roles != {role}:
+            return f"Secret has roles {roles}, not yet regenerated for {role}"
         if not path.exists() or path.read_text() != want:
             return f"{pod.name}: config file not yet rewritten"
         url = cluster.operator_prometheus_urls[pod.name]
@@ -189,10 +191,6 @@ def _configs_loaded(kube: Kube, cluster: Cluster) -> str | None:
         if ok != 1 or at is None or at < int(path.stat().st_mtime):
             return f"{pod.name}: config not reloaded (ok={ok}, at={at})"
     return None
-
-
-def _other(role: str) -> str:
-    return "endpointslice" if role == "endpoints" else "endpoints"
 
 
 def _discovery(kube: Kube, cluster: Cluster, last: list[Targets]) -> str | None:

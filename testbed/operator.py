@@ -111,7 +111,7 @@ def module_dir(version: str) -> Path:
         ["go", "mod", "download", "-json",
          f"github.com/prometheus-operator/prometheus-operator@{version}"],
         capture_output=True, text=True, check=True, timeout=600,
-        env={**procs.clean_env(), "GOFLAGS": "-mod=mod", "GOWORK": "off"},
+        env={**procs.clean_env(), "GOWORK": "off"}, cwd="/",
     )
     return Path(json.loads(out.stdout)["Dir"])
 
@@ -130,7 +130,7 @@ def install_crds(kube: Kube, bodies: list[dict[str, Any]], timeout: float = 60) 
         name = body["metadata"]["name"]
         while True:
             crd = kube.get(f"{path}/{name}")
-            conds = {c["type"]: c["status"] for c in crd.get("status", {}).get("conditions", [])}
+            conds = {c["type"]: c["status"] for c in (crd.get("status") or {}).get("conditions") or []}
             if conds.get("Established") == "True":
                 break
             if time.monotonic() > deadline:

@@ -1,0 +1,489 @@
+"""The kubelet migration on the real Prometheus Operator v0.85.0, with the
+exporter watching.
+
+One testbed for this module (``operator_testbed``): the Operator owns
+``kube-system/kubelet``, CR ``monitoring/k8s`` runs 2 shards x 2 replicas of
+Prometheus 3.16 from the Secret the Operator writes, 1200 nodes. Tests run in
+file order and share it: first the unsafe variants, each undone at its end,
+then the safe path (dual-write, check the slices, switch-role,
+endpoints-off, add nodes).
+
+At every step the truth is computed here, independently of the exporter:
+expected nodes from the Node list (the DaemonSet runs everywhere, the
+Operator's kubelet object lists every node), what the Endpoints and
+EndpointSlices hold from the objects, and what each replica discovers from
+the union of its shards' ``/api/v1/targets``. testbed.migration has already
+checked that those targets are what the objects and the controllers' rules
+imply. The exporter's ``audit --output json`` must equal it, pool by pool
+and replica by replica.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from alerts.generate import render_rules
+from testbed import migration as mg
+from testbed import operator as op
+from testbed import scenarios as s
+from testbed.cluster import Cluster
+from testbed.kube import Kube
+from testbed.procs import free_ports
+from testbed.prometheus import active_targets
+
+N = s.DEFAULT_NODES
+GROWN = 1300
+FROZEN_EXTRA = 10  # nodes added while the Endpoints is frozen (endpoints-off first)
+EXPORTER = Path(sys.executable).parent / "coverage-exporter"
+T = TypeVar("T")
+NE = (s.MONITORING, s.NODE_EXPORTER)
+KUBELET = (s.KUBE_SYSTEM, s.KUBELET)
+SERVICE_POOLS = {NE: [op.NODE_EXPORTER_POOL], KUBELET: op.KUBELET_POOLS}
+
+
+def eventually(check: Callable[[], T], what: str, timeout: float = 120, every: float = 1) -> T:
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+            if result:
+                return result
+            last = result
+        except (OSError, AssertionError, KeyError, ValueError) as err:
+            last = err
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+# ---- fixtures ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def operator_testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """The operator scenario at 1200 nodes, settled."""
+    rules = tmp_path_factory.mktemp("operator-rules") / "coverage-exporter-fast.rules.yml"
+    rules.write_text(yaml.safe_dump(render_rules(fast=True), sort_keys=False))
+    cluster = Cluster(
+        tmp_path_factory.mktemp("operator-testbed"),
+        prometheus=("3",),
+        rule_files=[rules],
+        exporter_address=f"127.0.0.1:{free_ports(1)[0]}",
+        operator=True,
+    )
+    try:
+        cluster.up()
+        kube = Kube(cluster.kubeconfig)
+        s.apply(kube, N, operator=True)
+        mg.settle(cluster, kube, timeout=300)
+        kube.close()
+        yield cluster
+    finally:
+        cluster.down(remove_state=False)
+
+
+@pytest.fixture(scope="module")
+def okube(operator_testbed: Cluster) -> Iterator[Kube]:
+    k = Kube(operator_testbed.kubeconfig)
+    yield k
+    k.close()
+
+
+class Exporter:
+    def __init__(self, address: str, process: subprocess.Popen[bytes], log: Path) -> None:
+        self.url = f"http://{address}"
+        self.process = process
+        self.log = log
+
+    def samples(self) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+        with urllib.request.urlopen(self.url + "/metrics", timeout=10) as r:
+            text = r.read().decode()
+        out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                out.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+        return out
+
+
+def url_flags(cluster: Cluster) -> list[str]:
+    flags = ["--kubeconfig", str(cluster.kubeconfig), "--log-level", "warning"]
+    for name, url in cluster.operator_prometheus_urls.items():
+        flags += ["--prometheus-url", f"{name}={url}"]
+    return flags
+
+
+@pytest.fixture(scope="module")
+def exporter(operator_testbed: Cluster, tmp_path_factory: pytest.TempPathFactory
+             ) -> Iterator[Exporter]:
+    """`serve` on the four servers, scraped by the rules Prometheus."""
+    log = tmp_path_factory.mktemp("operator-exporter") / "exporter.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(EXPORTER), "serve", *url_flags(operator_testbed),
+             "--web.listen-address", operator_testbed.exporter_address,
+             "--interval", "3", "--prometheus-full-refresh-interval", "0"],
+            stdout=out, stderr=subprocess.STDOUT,
+        )
+    exp = Exporter(operator_testbed.exporter_address, process, log)
+
+    def ready() -> bool:
+        try:
+            with urllib.request.urlopen(exp.url + "/-/ready", timeout=5) as r:
+                return r.status == 200
+        except (OSError, urllib.error.HTTPError):
+            return False
+
+    try:
+        eventually(ready, "the exporter to be ready", 180)
+        yield exp
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def audit(cluster: Cluster) -> tuple[int, dict[str, Any]]:
+    out = subprocess.run(
+        [str(EXPORTER), "audit", *url_flags(cluster), "--output", "json"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert out.returncode in (0, 1), out.stderr
+    return out.returncode, json.loads(out.stdout)
+
+
+# ---- the truth, from the objects and the servers ------------------------------------------
+
+
+@dataclass
+class Truth:
+    nodes: dict[str, str]  # name -> InternalIP
+    endpoints: dict[tuple[str, str], set[str] | None]  # nodes in the Endpoints object
+    slices: dict[tuple[str, str], dict[str, set[str]]]  # managed-by -> nodes in slices
+    replicas: dict[str, dict[int, set[str]]]  # pool -> replica -> nodes discovered
+    per_pod: dict[str, dict[str, int]]  # pod -> pool -> active targets
+
+    def missing(self, found: set[str]) -> set[str]:
+        return set(self.nodes) - found
+
+
+def truth(kube: Kube, targets: mg.Targets) -> Truth:
+    nodes = {n["metadata"]["name"]: a["address"] for n in kube.list("/api/v1/nodes")
+             for a in n["status"]["addresses"] if a["type"] == "InternalIP"}
+    by_ip = {ip: name for name, ip in nodes.items()}
+    endpoints: dict[tuple[str, str], set[str] | None] = {}
+    slices: dict[tuple[str, str], dict[str, set[str]]] = {}
+    for ns, name in SERVICE_POOLS:
+        ep = s.get_endpoints(kube, ns, name)
+        endpoints[(ns, name)] = (
+            None if ep is None else {by_ip[a["ip"]] for a in s.endpoints_addresses(ep)})
+        per: dict[str, set[str]] = {}
+        for sl in s.list_endpointslices(kube, ns, name):
+            owner = sl["metadata"]["labels"].get(s.MANAGED_BY, "")
+            per.setdefault(owner, set()).update(
+                by_ip[a] for e in sl.get("endpoints") or [] for a in e["addresses"])
+        slices[(ns, name)] = per
+    replicas = {
+        pool: {r: {by_ip[a.rsplit(":", 1)[0]] for a in mg.replica_union(targets, r)[pool]}
+               for r in range(op.REPLICAS)}
+        for pool in op.POOLS
+    }
+    per_pod = {pod: {pool: len(a) for pool, a in pools.items()} for pod, pools in targets.items()}
+    return Truth(nodes, endpoints, slices, replicas, per_pod)
+
+
+def names(missing: list[dict[str, str]]) -> set[str]:
+    return {m["node"] for m in missing}
+
+
+def service(doc: dict[str, Any], ns: str, name: str) -> dict[str, Any]:
+    (svc,) = [x for x in doc["services"] if (x["namespace"], x["service"]) == (ns, name)]
+    return svc
+
+
+def replica_entry(pool: dict[str, Any], replica: int) -> dict[str, Any]:
+    """The pool's verdict for one replica (issue 8: replicas are judged on
+    their own, shards form a union). Found by any member pod name in it."""
+    members = {p.name for p in op.replica_pods(replica)}
+    entries = pool.get("replicas")
+    assert isinstance(entries, list), (
+        f"pool {pool['scrape_pool']} has no per-replica verdicts (issue 8)")
+    hits = [e for e in entries if members & set(_strings(e))]
+    assert len(hits) == 1, (replica, entries)
+    return hits[0]
+
+
+def _strings(x: Any) -> Iterator[str]:
+    if isinstance(x, str):
+        yield x
+    elif isinstance(x, dict):
+        for v in x.values():
+            yield from _strings(v)
+    elif isinstance(x, list):
+        for v in x:
+            yield from _strings(v)
+
+
+def assert_audit_equals(doc: dict[str, Any], t: Truth, role: str) -> None:
+    """Every number and missing-node name of the audit against the truth."""
+    assert doc["complete"], doc["sources"]
+    assert doc["nodes"]["ready"] == len(t.nodes)
+    for (ns, name), pools in SERVICE_POOLS.items():
+        svc = service(doc, ns, name)
+        assert svc["expected"] == len(t.nodes), (name, svc["source"])
+        ep = t.endpoints[(ns, name)]
+        if ep is not None and role == "endpoints":
+            assert svc["endpoints"]["ready"] == len(ep), name
+            assert names(svc["endpoints"]["missing"]) == t.missing(ep), name
+        counts = {e["managed_by"]: e["count"] for e in svc["endpointslices"]["endpoints"]}
+        assert counts == {m: len(n) for m, n in t.slices[(ns, name)].items()}, name
+        in_slices = set().union(*t.slices[(ns, name)].values())
+        assert names(svc["endpointslices"]["missing"]) == t.missing(in_slices), name
+        assert svc["prometheus"] is not None, name
+        by_pool = {p["scrape_pool"]: p for p in svc["prometheus"]["pools"]}
+        for pool in pools:
+            assert pool in by_pool, f"no verdict for pool {pool} (it discovers nothing?)"
+            p = by_pool[pool]
+            assert p["role"] == role, pool
+            union = set().union(*t.replicas[pool].values())
+            assert p["discovered"] == len(union), pool
+            assert names(p["missing"]) == t.missing(union), pool
+            per_pod = {
+                pod: sum(x["count"] for x in svc["prometheus"]["targets"]
+                         if x["prometheus"] == pod and x["scrape_pool"] == pool)
+                for pod in op.POD_NAMES
+            }
+            assert per_pod == {pod: t.per_pod[pod][pool] for pod in op.POD_NAMES}, pool
+            for r in range(op.REPLICAS):
+                entry = replica_entry(p, r)
+                assert entry["discovered"] == len(t.replicas[pool][r]), (pool, r)
+                assert names(entry["missing"]) == t.missing(t.replicas[pool][r]), (pool, r)
+
+
+# ---- alerts through the real Alertmanager ------------------------------------------------
+
+
+def alert_states(cluster: Cluster, alertname: str) -> dict[tuple[tuple[str, str], ...], str]:
+    """Latest status per label set, as the webhook received them."""
+    out: dict[tuple[tuple[str, str], ...], str] = {}
+    if not cluster.webhook_log.exists():
+        return out
+    for line in cluster.webhook_log.read_text().splitlines():
+        for a in json.loads(line).get("alerts", []):
+            if a["labels"].get("alertname") == alertname:
+                out[tuple(sorted(a["labels"].items()))] = a["status"]
+    return out
+
+
+def firing(cluster: Cluster, alertname: str, **match: str) -> list[dict[str, str]]:
+    return [dict(k) for k, st in alert_states(cluster, alertname).items()
+            if st == "firing" and all(dict(k).get(x) == v for x, v in match.items())]
+
+
+def all_resolved(cluster: Cluster, alertname: str) -> bool:
+    return set(alert_states(cluster, alertname).values()) <= {"resolved"}
+
+
+# ---- the scenario --------------------------------------------------------------------------
+
+
+def test_start_operator_defaults(operator_testbed: Cluster, okube: Kube, exporter: Exporter
+                                 ) -> None:
+    """--kubelet-endpoints=true alone, role Endpoints: node-exporter is cut
+    to 1000 by the endpoints controller, the kubelet's full Endpoints is
+    mirrored into one capped slice no pool reads yet."""
+    c = operator_testbed
+    targets = mg.settle(c, okube)
+    ep = s.get_endpoints(okube, *KUBELET)
+    assert s.SKIP_MIRROR not in (ep["metadata"].get("labels") or {})
+    assert len(s.endpoints_addresses(ep)) == N
+    mirrored = s.list_endpointslices(okube, *KUBELET, s.BY_MIRRORING)
+    assert len(s.slice_addresses(mirrored)) == s.MIRROR_CAP
+    t = truth(okube, targets)
+    for r in range(op.REPLICAS):
+        assert t.replicas[op.NODE_EXPORTER_POOL][r] == s.endpoints_kept_nodes(N)
+        assert all(t.replicas[p][r] == set(s.nodes(N)) for p in op.KUBELET_POOLS)
+    # Shards split each pool; neither is empty.
+    assert all(0 < t.per_pod[p][op.NODE_EXPORTER_POOL] < 1000 for p in op.POD_NAMES)
+    rc, doc = audit(c)
+    assert rc == 1
+    assert_audit_equals(doc, t, "endpoints")
+    pool = op.NODE_EXPORTER_POOL
+    eventually(lambda: firing(c, "ScrapeCoverageEndpointsTruncated", scrape_pool=pool),
+               "ScrapeCoverageEndpointsTruncated for node-exporter", 120)
+    eventually(lambda: firing(c, "ScrapeCoverageEndpointSliceMirroringCapped",
+                              service="kubelet"), "mirroring capped for kubelet", 60)
+
+
+def test_unsafe_switch_role_before_operator_slices(operator_testbed: Cluster, okube: Kube,
+                                                   exporter: Exporter) -> None:
+    """Role EndpointSlice while the kubelet has only mirrored slices: every
+    kubelet pool loses exactly what the mirroring controller cut."""
+    c = operator_testbed
+    targets = mg.set_role(c, okube, "EndpointSlice")
+    try:
+        t = truth(okube, targets)
+        for r in range(op.REPLICAS):
+            for pool in op.KUBELET_POOLS:
+                assert t.missing(t.replicas[pool][r]) == s.mirroring_dropped_nodes(N), pool
+            assert t.replicas[op.NODE_EXPORTER_POOL][r] == set(s.nodes(N))
+        rc, doc = audit(c)
+        assert rc == 1
+        assert_audit_equals(doc, t, "endpointslice")
+        eventually(
+            lambda: {a["scrape_pool"] for a in firing(c, "ScrapeCoverageTargetsMissing",
+                                                      severity="critical")}
+            >= set(op.KUBELET_POOLS),
+            "ScrapeCoverageTargetsMissing (critical) for every kubelet pool", 120)
+    finally:
+        mg.set_role(c, okube, "Endpoints")
+
+
+def test_unsafe_prometheus_without_endpointslice_rbac(operator_testbed: Cluster, okube: Kube,
+                                                      exporter: Exporter) -> None:
+    """The CR's credentials become ServiceAccount monitoring/prometheus-k8s,
+    whose ClusterRole lacks endpointslices: fine with role Endpoints, and
+    after the switch every pool discovers nothing."""
+    c = operator_testbed
+    targets = mg.use_credentials(c, okube, c.sa_token_file)
+    try:
+        # Same targets as with the admin token under role Endpoints.
+        t = truth(okube, targets)
+        assert t.replicas[op.KUBELET_POOLS[0]][0] == set(s.nodes(N))
+        targets = mg.set_role(c, okube, "EndpointSlice")
+        t = truth(okube, targets)
+        assert all(not t.replicas[p][r] for p in op.POOLS for r in range(op.REPLICAS))
+        # Prometheus says why, in its log only.
+        log = c.log_file(op.POD_NAMES[0]).read_text()
+        assert "endpointslices.discovery.k8s.io is forbidden" in log
+        rc, doc = audit(c)
+        assert rc == 1
+        assert_audit_equals(doc, t, "endpointslice")
+    finally:
+        mg.set_role(c, okube, "Endpoints")
+        mg.use_credentials(c, okube, c.token_file)
+
+
+def test_unsafe_endpoints_off_first(operator_testbed: Cluster, okube: Kube,
+                                    exporter: Exporter) -> None:
+    """Straight to the last step's flags: the Endpoints is frozen without
+    skip-mirror, so role Endpoints never sees a node added afterwards."""
+    c = operator_testbed
+    mg.set_kubelet_flags(c, okube, *op.KUBELET_FLAGS["endpoints-off"])
+    try:
+        targets = mg.scale(c, okube, N + FROZEN_EXTRA)
+        new = set(s.nodes(N + FROZEN_EXTRA)) - set(s.nodes(N))
+        ep = s.get_endpoints(okube, *KUBELET)
+        assert s.SKIP_MIRROR not in (ep["metadata"].get("labels") or {})
+        t = truth(okube, targets)
+        assert t.missing(t.endpoints[KUBELET] or set()) == new
+        for r in range(op.REPLICAS):
+            for pool in op.KUBELET_POOLS:
+                assert t.missing(t.replicas[pool][r]) == new, pool
+        rc, doc = audit(c)
+        assert rc == 1
+        assert_audit_equals(doc, t, "endpoints")
+    finally:
+        mg.set_kubelet_flags(c, okube, *op.KUBELET_FLAGS["start"])
+        # The operator's slices (adopted from the mirror, or its own) stay
+        # behind when slices are turned off; remove them as a person would.
+        for sl in s.list_endpointslices(okube, *KUBELET, s.BY_OPERATOR):
+            okube.delete(f"/apis/discovery.k8s.io/v1/namespaces/{s.KUBE_SYSTEM}/endpointslices/"
+                         f"{sl['metadata']['name']}")
+        mg.scale(c, okube, N)
+
+
+def test_safe_dual_write_then_check_the_slices(operator_testbed: Cluster, okube: Kube,
+                                               exporter: Exporter) -> None:
+    c = operator_testbed
+    targets = mg.migrate(c, okube, "dual-write")
+    ep = s.get_endpoints(okube, *KUBELET)
+    assert ep["metadata"]["labels"][s.SKIP_MIRROR] == "true"
+    assert len(s.endpoints_addresses(ep)) == N
+    slices = s.list_endpointslices(okube, *KUBELET)
+    assert {x["metadata"]["labels"][s.MANAGED_BY] for x in slices} == {s.BY_OPERATOR}
+    assert s.slice_addresses(slices) == set(s.nodes(N).values())
+    assert sorted(len(x["endpoints"]) for x in slices) == [176, 512, 512]
+    failed = op.metric(op.metrics(c.operator_port), "prometheus_operator_node_syncs_failed_total",
+                       resource="endpointslice") or 0
+    time.sleep(2 * 5)  # two --kubelet-sync-period
+    assert (op.metric(op.metrics(c.operator_port), "prometheus_operator_node_syncs_failed_total",
+                      resource="endpointslice") or 0) == failed
+    t = truth(okube, targets)
+    # Prometheus, still on role Endpoints, is unaffected.
+    for r in range(op.REPLICAS):
+        assert all(t.replicas[p][r] == set(s.nodes(N)) for p in op.KUBELET_POOLS)
+    rc, doc = audit(c)
+    assert rc == 1  # node-exporter is still read through its truncated Endpoints
+    assert_audit_equals(doc, t, "endpoints")
+
+
+def test_safe_switch_role(operator_testbed: Cluster, okube: Kube, exporter: Exporter) -> None:
+    c = operator_testbed
+    targets = mg.migrate(c, okube, "switch-role")
+    t = truth(okube, targets)
+    for r in range(op.REPLICAS):
+        assert all(t.replicas[p][r] == set(s.nodes(N)) for p in op.POOLS)
+    rc, doc = audit(c)
+    assert_audit_equals(doc, t, "endpointslice")
+    assert rc == 0, [svc["findings"] for svc in doc["services"]]
+
+
+def test_safe_endpoints_off_is_green_at_1200(operator_testbed: Cluster, okube: Kube,
+                                             exporter: Exporter) -> None:
+    c = operator_testbed
+    targets = mg.migrate(c, okube, "endpoints-off")
+    ep = s.get_endpoints(okube, *KUBELET)
+    assert ep is not None and ep["metadata"]["labels"][s.SKIP_MIRROR] == "true"  # frozen
+    t = truth(okube, targets)
+    rc, doc = audit(c)
+    assert_audit_equals(doc, t, "endpointslice")
+    assert rc == 0, [svc["findings"] for svc in doc["services"]]
+    for alert in ("ScrapeCoverageEndpointsTruncated", "ScrapeCoverageTargetsMissing",
+                  "ScrapeCoverageEndpointSliceMirroringCapped"):
+        eventually(lambda alert=alert: all_resolved(c, alert), f"{alert} to resolve", 120)
+
+
+def test_safe_nodes_added_after_the_migration(operator_testbed: Cluster, okube: Kube,
+                                              exporter: Exporter) -> None:
+    c = operator_testbed
+    frozen = s.get_endpoints(okube, *KUBELET)
+    targets = mg.scale(c, okube, GROWN)
+    ep = s.get_endpoints(okube, *KUBELET)
+    assert ep["metadata"]["resourceVersion"] == frozen["metadata"]["resourceVersion"]
+    slices = s.list_endpointslices(okube, *KUBELET)
+    assert s.slice_addresses(slices) == set(s.nodes(GROWN).values())
+    # No rebalancing: new nodes fill the slice with room, then a new one.
+    assert sorted(len(x["endpoints"]) for x in slices) == [276, 512, 512]
+    t = truth(okube, targets)
+    for r in range(op.REPLICAS):
+        assert all(t.replicas[p][r] == set(s.nodes(GROWN)) for p in op.POOLS)
+    rc, doc = audit(c)
+    assert_audit_equals(doc, t, "endpointslice")
+    assert rc == 0, [svc["findings"] for svc in doc["services"]]
+
+
+def test_nothing_leaves_loopback(operator_testbed: Cluster) -> None:
+    """Every operator-generated job scrapes through the loopback sink, and no
+    process (the supervised operator included) holds a non-loopback peer."""
+    c = operator_testbed
+    for url in c.operator_prometheus_urls.values():
+        for pool in (op.NODE_EXPORTER_POOL, op.KUBELET_POOLS[0]):
+            errors = eventually(
+                lambda url=url, pool=pool: {t["lastError"] for t in active_targets(url, pool)
+                                            if t["lastError"]}, f"{pool} scraped once", 90)
+            assert all("proxyconnect" in e and "127.0.0.1:1" in e for e in errors), errors
+    for _ in range(3):
+        assert c.non_loopback_peers() == {}
+        time.sleep(1)
