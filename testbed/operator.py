@@ -130,7 +130,8 @@ def install_crds(kube: Kube, bodies: list[dict[str, Any]], timeout: float = 60) 
         name = body["metadata"]["name"]
         while True:
             crd = kube.get(f"{path}/{name}")
-            conds = {c["type"]: c["status"] for c in (crd.get("status") or {}).get("conditions") or []}
+            status = crd.get("status") or {}
+            conds = {c["type"]: c["status"] for c in status.get("conditions") or []}
             if conds.get("Established") == "True":
                 break
             if time.monotonic() > deadline:
