@@ -217,7 +217,9 @@ class Cluster:
 
     @property
     def sa_token_file(self) -> Path:
-        """Token of ServiceAccount monitoring/prometheus-k8s (no slice RBAC)."""
+        """Token of ServiceAccount monitoring/prometheus-k8s: the CR's
+        apiserver credentials (a TokenRequest of 24 h, renewed at each
+        operator start)."""
         return self.state_dir / "token-prometheus-k8s"
 
     @property
@@ -426,10 +428,9 @@ class Cluster:
             op.install_crds(kube, op.crd_bodies(version))
             cr = op.prometheus_cr(
                 version=_versions()["PROMETHEUS3_VERSION"], api_url=self.api_url,
-                credentials_file=self.token_file, ca_file=self.ca_file,
+                credentials_file=self.sa_token_file, ca_file=self.ca_file,
             )
-            op.apply_objects(kube, cr, op.servicemonitors(self.scrape_proxy))
-            op.service_account_token(kube, self.sa_token_file)
+            op.apply_objects(kube, cr, op.servicemonitors(self.scrape_proxy), self.sa_token_file)
         finally:
             kube.close()
 

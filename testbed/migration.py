@@ -55,8 +55,9 @@ def cr_role(cr: dict[str, Any]) -> str:
 
 def may_list(kube: Kube, cluster: Cluster, cr: dict[str, Any], role: str, namespace: str) -> bool:
     """Whether the CR's apiserver credentials may list and watch the role's
-    resource. The admin token is system:masters; the ServiceAccount token is
-    asked about with a SubjectAccessReview."""
+    resource: the admin token is system:masters; the ServiceAccount's token
+    is asked about with a SubjectAccessReview (RBAC, as the apiserver
+    decides it)."""
     cred = cr["spec"]["apiserverConfig"]["authorization"]["credentialsFile"]
     if Path(cred) == cluster.token_file:
         return True
@@ -237,11 +238,11 @@ def set_role(cluster: Cluster, kube: Kube, role: str) -> Targets:
     return settle(cluster, kube, since=_syncs(cluster))
 
 
-def use_credentials(cluster: Cluster, kube: Kube, credentials_file: Path) -> Targets:
-    """Points the CR's apiserverConfig at another token file."""
-    op.patch_cr(kube, {"apiserverConfig": {"authorization": {
-        "credentialsFile": str(credentials_file)}}})
-    return settle(cluster, kube, since=_syncs(cluster))
+def set_endpointslice_rbac(cluster: Cluster, kube: Kube, allowed: bool) -> Targets:
+    """Grants or revokes the ServiceAccount's endpointslices rule."""
+    since = _syncs(cluster)
+    op.set_endpointslice_rbac(kube, allowed)
+    return settle(cluster, kube, since=since)
 
 
 def _syncs(cluster: Cluster) -> dict[str, float]:

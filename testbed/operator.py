@@ -55,10 +55,14 @@ CRD_GROUP = "monitoring.coreos.com"
 API = f"/apis/{CRD_GROUP}/v1/namespaces/{MONITORING}"
 KUBELET_SYNC_PERIOD = "5s"
 SCRAPE_INTERVAL = "30s"
-# kube-prometheus v0.16.0 ships operator 0.85.0; its ServiceAccount and the
-# RBAC variant without endpointslices are made here.
+# The CR's ServiceAccount; its token is what the servers show the apiserver
+# (apiserverConfig.credentialsFile), so its RBAC is what discovery gets.
 SERVICE_ACCOUNT = "prometheus-k8s"
-ROLE_NO_SLICES = "prometheus-k8s-no-endpointslices"
+CLUSTER_ROLE = "prometheus-k8s-discovery"
+CORE_RULE = {"apiGroups": [""], "resources": ["nodes", "services", "endpoints", "pods"],
+             "verbs": ["get", "list", "watch"]}
+SLICES_RULE = {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
+               "verbs": ["get", "list", "watch"]}
 
 # The migration's settings of the kubelet controller, as
 # (--kubelet-endpoints, --kubelet-endpointslice).
@@ -224,27 +228,29 @@ def servicemonitors(proxy_url: str) -> list[dict[str, Any]]:
     ]
 
 
+RBAC = "/apis/rbac.authorization.k8s.io/v1"
+
+
 def _rbac(kube: Kube) -> None:
-    """ServiceAccount monitoring/prometheus-k8s and a ClusterRole that lets it
-    discover everything but EndpointSlices, bound to it. It is used only when
-    a test hands its token to the CR (``use_credentials``)."""
+    """ServiceAccount monitoring/prometheus-k8s with a ClusterRole for service
+    discovery (the endpointslices rule as kube-prometheus grants it)."""
     kube.create(f"/api/v1/namespaces/{MONITORING}/serviceaccounts",
                 {"metadata": {"name": SERVICE_ACCOUNT, "namespace": MONITORING}})
-    rbac = "/apis/rbac.authorization.k8s.io/v1"
-    kube.create(f"{rbac}/clusterroles", {
-        "metadata": {"name": ROLE_NO_SLICES},
-        "rules": [
-            {"apiGroups": [""], "resources": ["nodes", "services", "endpoints", "pods"],
-             "verbs": ["get", "list", "watch"]},
-        ],
-    })
-    kube.create(f"{rbac}/clusterrolebindings", {
-        "metadata": {"name": ROLE_NO_SLICES},
+    kube.create(f"{RBAC}/clusterroles", {
+        "metadata": {"name": CLUSTER_ROLE}, "rules": [CORE_RULE, SLICES_RULE]})
+    kube.create(f"{RBAC}/clusterrolebindings", {
+        "metadata": {"name": CLUSTER_ROLE},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                    "name": ROLE_NO_SLICES},
+                    "name": CLUSTER_ROLE},
         "subjects": [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT,
                       "namespace": MONITORING}],
     })
+
+
+def set_endpointslice_rbac(kube: Kube, allowed: bool) -> None:
+    """Grants or takes away the ServiceAccount's endpointslices rule."""
+    rules = [CORE_RULE, SLICES_RULE] if allowed else [CORE_RULE]
+    kube.patch(f"{RBAC}/clusterroles/{CLUSTER_ROLE}", {"rules": rules})
 
 
 def service_account_token(kube: Kube, path: Path) -> Path:
@@ -260,11 +266,14 @@ def service_account_token(kube: Kube, path: Path) -> Path:
     return path
 
 
-def apply_objects(kube: Kube, cr: dict[str, Any], monitors: list[dict[str, Any]]) -> None:
-    """Namespace, RBAC, the Prometheus CR and the ServiceMonitors (kept if
-    they exist: a re-run must not undo a migration step)."""
+def apply_objects(kube: Kube, cr: dict[str, Any], monitors: list[dict[str, Any]],
+                  token_file: Path) -> None:
+    """Namespace, RBAC, the ServiceAccount's token, the Prometheus CR and the
+    ServiceMonitors (kept if they exist: a re-run must not undo a migration
+    step)."""
     kube.create("/api/v1/namespaces", {"metadata": {"name": MONITORING}})
     _rbac(kube)
+    service_account_token(kube, token_file)
     kube.create(f"{API}/prometheuses", cr)
     for sm in monitors:
         kube.create(f"{API}/servicemonitors", sm)

@@ -212,72 +212,64 @@ def service(doc: dict[str, Any], ns: str, name: str) -> dict[str, Any]:
     return svc
 
 
-def replica_entry(pool: dict[str, Any], replica: int) -> dict[str, Any]:
-    """The pool's verdict for one replica (issue 8: replicas are judged on
-    their own, shards form a union). Found by any member pod name in it."""
-    members = {p.name for p in op.replica_pods(replica)}
-    entries = pool.get("replicas")
-    assert isinstance(entries, list), (
-        f"pool {pool['scrape_pool']} has no per-replica verdicts (issue 8)")
-    hits = [e for e in entries if members & set(_strings(e))]
-    assert len(hits) == 1, (replica, entries)
-    return hits[0]
-
-
-def _strings(x: Any) -> Iterator[str]:
-    if isinstance(x, str):
-        yield x
-    elif isinstance(x, dict):
-        for v in x.values():
-            yield from _strings(v)
-    elif isinstance(x, list):
-        for v in x:
-            yield from _strings(v)
+def replica_names(doc: dict[str, Any]) -> dict[int, str]:
+    """The audit's name of each replica, checked against the topology the
+    Operator's pods imply: 2 replicas of the CR, each the union of 2 shards."""
+    by_servers = {frozenset(sv["server"] for sv in r["servers"]): r for r in doc["replicas"]}
+    out = {}
+    for r in range(op.REPLICAS):
+        members = frozenset(p.name for p in op.replica_pods(r))
+        entry = by_servers.get(members)
+        assert entry is not None, (r, doc["replicas"])
+        assert entry["scraper"] == f"{op.MONITORING}/{op.NAME}" and entry["shards"] == op.SHARDS
+        assert {sv["server"]: sv["shard"] for sv in entry["servers"]} == {
+            p.name: p.shard for p in op.replica_pods(r)}
+        out[r] = entry["replica"]
+    assert len(doc["replicas"]) == op.REPLICAS
+    return out
 
 
 def assert_audit_equals(doc: dict[str, Any], t: Truth, role: str) -> None:
-    """Every number and missing-node name of the audit against the truth."""
+    """Every number and missing-node name of the audit against the truth:
+    the Kubernetes stages per Service, and each pool per replica (replicas
+    judged on their own, the shards of one replica as a union)."""
     assert doc["complete"], doc["sources"]
     assert doc["nodes"]["ready"] == len(t.nodes)
+    replica = replica_names(doc)
     for (ns, name), pools in SERVICE_POOLS.items():
         svc = service(doc, ns, name)
         assert svc["expected"] == len(t.nodes), (name, svc["source"])
         ep = t.endpoints[(ns, name)]
-        if ep is not None and role == "endpoints":
+        if ep is not None:
             assert svc["endpoints"]["ready"] == len(ep), name
             assert names(svc["endpoints"]["missing"]) == t.missing(ep), name
         counts = {e["managed_by"]: e["count"] for e in svc["endpointslices"]["endpoints"]}
         assert counts == {m: len(n) for m, n in t.slices[(ns, name)].items()}, name
         in_slices = set().union(*t.slices[(ns, name)].values())
         assert names(svc["endpointslices"]["missing"]) == t.missing(in_slices), name
-        assert svc["prometheus"] is not None, name
-        by_pool = {p["scrape_pool"]: p for p in svc["prometheus"]["pools"]}
+        per_server = {
+            (x["server"], x["scrape_pool"]): 0 for x in svc["prometheus"]["targets"]}
+        for x in svc["prometheus"]["targets"]:
+            per_server[(x["server"], x["scrape_pool"])] += x["count"]
+        entries = {(p["scrape_pool"], p["replica"]): p for p in svc["prometheus"]["pools"]}
         for pool in pools:
-            assert pool in by_pool, f"no verdict for pool {pool} (it discovers nothing?)"
-            p = by_pool[pool]
-            assert p["role"] == role, pool
-            union = set().union(*t.replicas[pool].values())
-            assert p["discovered"] == len(union), pool
-            assert names(p["missing"]) == t.missing(union), pool
-            per_pod = {
-                pod: sum(x["count"] for x in svc["prometheus"]["targets"]
-                         if x["prometheus"] == pod and x["scrape_pool"] == pool)
-                for pod in op.POD_NAMES
-            }
-            assert per_pod == {pod: t.per_pod[pod][pool] for pod in op.POD_NAMES}, pool
-
-
-def assert_replica_verdicts(doc: dict[str, Any], t: Truth) -> None:
-    """Each replica judged on its own, its shards as one union (issue 8).
-    Called last in each test: main has no per-replica verdicts yet, and the
-    checks before it should still run there."""
-    for (ns, name), pools in SERVICE_POOLS.items():
-        by_pool = {p["scrape_pool"]: p for p in service(doc, ns, name)["prometheus"]["pools"]}
-        for pool in pools:
+            for pod in op.POD_NAMES:
+                assert per_server.get((pod, pool), 0) == t.per_pod[pod][pool], (pod, pool)
             for r in range(op.REPLICAS):
-                entry = replica_entry(by_pool[pool], r)
-                assert entry["discovered"] == len(t.replicas[pool][r]), (pool, r)
-                assert names(entry["missing"]) == t.missing(t.replicas[pool][r]), (pool, r)
+                p = entries.get((pool, replica[r]))
+                assert p is not None, f"no verdict for {pool} on replica {replica[r]}"
+                found = t.replicas[pool][r]
+                assert (p["role"], p["meant"], p["known"], p["unknown"]) == (
+                    role, True, True, 0), (pool, r, p)
+                assert p["discovered"] == len(found), (pool, r)
+                assert names(p["missing"]) == t.missing(found), (pool, r)
+                assert p["missing_count"] == len(t.missing(found)), (pool, r)
+
+
+def readiness(doc: dict[str, Any]) -> dict[str, Any]:
+    (cr,) = [m for m in doc["migration"] if (m["namespace"], m["name"]) == (op.MONITORING,
+                                                                           op.NAME)]
+    return cr
 
 
 # ---- alerts through the real Alertmanager ------------------------------------------------
@@ -328,12 +320,20 @@ def test_start_operator_defaults(operator_testbed: Cluster, okube: Kube, exporte
     rc, doc = audit(c)
     assert rc == 1
     assert_audit_equals(doc, t, "endpoints")
-    pool = op.NODE_EXPORTER_POOL
-    eventually(lambda: firing(c, "ScrapeCoverageEndpointsTruncated", scrape_pool=pool),
+    r = readiness(doc)
+    assert (r["service_discovery_role"], r["kubelet_state"], r["next_step"],
+            r["endpointslice_rbac"]) == ("Endpoints", "mirrored_capped", "dual-write", True)
+    # The Endpoints stage's gap (no scrape_pool label), and each replica's.
+    eventually(lambda: firing(c, "ScrapeCoverageEndpointsTruncated", service=s.NODE_EXPORTER,
+                              stage="endpoints"),
                "ScrapeCoverageEndpointsTruncated for node-exporter", 120)
+    eventually(
+        lambda: {a.get("scraper_replica") for a in firing(
+            c, "ScrapeCoverageTargetsMissing", severity="critical",
+            scrape_pool=op.NODE_EXPORTER_POOL)} == set(replica_names(doc).values()),
+        "ScrapeCoverageTargetsMissing for node-exporter on each replica", 60)
     eventually(lambda: firing(c, "ScrapeCoverageEndpointSliceMirroringCapped",
                               service="kubelet"), "mirroring capped for kubelet", 60)
-    assert_replica_verdicts(doc, t)
 
 
 def test_unsafe_switch_role_before_operator_slices(operator_testbed: Cluster, okube: Kube,
@@ -351,44 +351,45 @@ def test_unsafe_switch_role_before_operator_slices(operator_testbed: Cluster, ok
         rc, doc = audit(c)
         assert rc == 1
         assert_audit_equals(doc, t, "endpointslice")
+        r = readiness(doc)
+        assert (r["service_discovery_role"], r["next_step"], r["safe_now"]) == (
+            "EndpointSlice", "dual-write", False)
         eventually(
             lambda: {a["scrape_pool"] for a in firing(c, "ScrapeCoverageTargetsMissing",
                                                       severity="critical")}
             >= set(op.KUBELET_POOLS),
             "ScrapeCoverageTargetsMissing (critical) for every kubelet pool", 120)
-        assert_replica_verdicts(doc, t)
     finally:
         mg.set_role(c, okube, "Endpoints")
 
 
 def test_unsafe_prometheus_without_endpointslice_rbac(operator_testbed: Cluster, okube: Kube,
                                                       exporter: Exporter) -> None:
-    """The CR's credentials become ServiceAccount monitoring/prometheus-k8s,
-    whose ClusterRole lacks endpointslices: fine with role Endpoints, and
-    after the switch every pool discovers nothing."""
+    """The CR's ServiceAccount loses its endpointslices rule: nothing changes
+    under role Endpoints, and after the switch every pool discovers
+    nothing; Prometheus says why only in its log."""
     c = operator_testbed
-    targets = mg.use_credentials(c, okube, c.sa_token_file)
+    targets = mg.set_endpointslice_rbac(c, okube, allowed=False)
     try:
-        # Same targets as with the admin token under role Endpoints.
         t = truth(okube, targets)
-        assert t.replicas[op.KUBELET_POOLS[0]][0] == set(s.nodes(N))
+        assert all(t.replicas[p][0] == set(s.nodes(N)) for p in op.KUBELET_POOLS)
         targets = mg.set_role(c, okube, "EndpointSlice")
         t = truth(okube, targets)
         assert all(not t.replicas[p][r] for p in op.POOLS for r in range(op.REPLICAS))
-        # Prometheus says why, in its log only.
         log = c.log_file(op.POD_NAMES[0]).read_text()
         assert "endpointslices.discovery.k8s.io is forbidden" in log
         rc, doc = audit(c)
         assert rc == 1
+        assert readiness(doc)["endpointslice_rbac"] is False
+        assert readiness(doc)["safe_now"] is False
         assert_audit_equals(doc, t, "endpointslice")
         eventually(
             lambda: {a["scrape_pool"] for a in firing(c, "ScrapeCoverageTargetsMissing",
                                                       severity="critical")} >= set(op.POOLS),
             "ScrapeCoverageTargetsMissing (critical) for every pool", 120)
-        assert_replica_verdicts(doc, t)
     finally:
         mg.set_role(c, okube, "Endpoints")
-        mg.use_credentials(c, okube, c.token_file)
+        mg.set_endpointslice_rbac(c, okube, allowed=True)
 
 
 def test_unsafe_endpoints_off_first(operator_testbed: Cluster, okube: Kube,
@@ -416,7 +417,7 @@ def test_unsafe_endpoints_off_first(operator_testbed: Cluster, okube: Kube,
         rc, doc = audit(c)
         assert rc == 1
         assert_audit_equals(doc, t, "endpoints")
-        assert_replica_verdicts(doc, t)
+        assert readiness(doc)["kubelet_state"] == "endpoints_frozen"
     finally:
         mg.set_kubelet_flags(c, okube, *op.KUBELET_FLAGS["start"])
         # The operator's slices (adopted from the mirror, or its own) stay
@@ -450,7 +451,8 @@ def test_safe_dual_write_then_check_the_slices(operator_testbed: Cluster, okube:
     rc, doc = audit(c)
     assert rc == 1  # node-exporter is still read through its truncated Endpoints
     assert_audit_equals(doc, t, "endpoints")
-    assert_replica_verdicts(doc, t)
+    r = readiness(doc)
+    assert (r["kubelet_state"], r["next_step"]) == ("operator_slices", "switch-role")
 
 
 def test_safe_switch_role(operator_testbed: Cluster, okube: Kube, exporter: Exporter) -> None:
@@ -462,7 +464,7 @@ def test_safe_switch_role(operator_testbed: Cluster, okube: Kube, exporter: Expo
     rc, doc = audit(c)
     assert_audit_equals(doc, t, "endpointslice")
     assert rc == 0, [svc["findings"] for svc in doc["services"]]
-    assert_replica_verdicts(doc, t)
+    assert readiness(doc)["next_step"] == "endpoints-off"
 
 
 def test_safe_endpoints_off_is_green_at_1200(operator_testbed: Cluster, okube: Kube,
@@ -478,7 +480,6 @@ def test_safe_endpoints_off_is_green_at_1200(operator_testbed: Cluster, okube: K
                   "ScrapeCoverageEndpointSliceMirroringCapped"):
         eventually(lambda alert=alert: all_resolved(c, alert), f"{alert} to resolve", 120)
     assert rc == 0, [svc["findings"] for svc in doc["services"]]
-    assert_replica_verdicts(doc, t)
 
 
 def test_safe_nodes_added_after_the_migration(operator_testbed: Cluster, okube: Kube,
@@ -498,7 +499,8 @@ def test_safe_nodes_added_after_the_migration(operator_testbed: Cluster, okube: 
     rc, doc = audit(c)
     assert_audit_equals(doc, t, "endpointslice")
     assert rc == 0, [svc["findings"] for svc in doc["services"]]
-    assert_replica_verdicts(doc, t)
+    r = readiness(doc)
+    assert (r["kubelet_state"], r["next_step"]) == ("endpoints_frozen", "done")
 
 
 def test_nothing_leaves_loopback(operator_testbed: Cluster) -> None:
