@@ -292,6 +292,11 @@ def firing(cluster: Cluster, alertname: str, **match: str) -> list[dict[str, str
             if st == "firing" and all(dict(k).get(x) == v for x, v in match.items())]
 
 
+def cr_firing(cluster: Cluster, alertname: str) -> list[dict[str, str]]:
+    """Firing migration alerts of the CR monitoring/k8s."""
+    return firing(cluster, alertname, namespace=op.MONITORING, name=op.NAME)
+
+
 def all_resolved(cluster: Cluster, alertname: str) -> bool:
     return set(alert_states(cluster, alertname).values()) <= {"resolved"}
 
@@ -332,6 +337,8 @@ def test_start_operator_defaults(operator_testbed: Cluster, okube: Kube, exporte
             c, "ScrapeCoverageTargetsMissing", severity="critical",
             scrape_pool=op.NODE_EXPORTER_POOL)} == set(replica_names(doc).values()),
         "ScrapeCoverageTargetsMissing for node-exporter on each replica", 60)
+    eventually(lambda: cr_firing(c, "ScrapeCoverageMigrationUnsafeToSwitch"),
+               "ScrapeCoverageMigrationUnsafeToSwitch for monitoring/k8s", 60)
     # The capped mirror is a finding, not a gap, while no pool reads it
     # (same `for:` as the two above, which have fired by now).
     assert not firing(c, "ScrapeCoverageEndpointSliceMirroringCapped")
@@ -363,6 +370,8 @@ def test_unsafe_switch_role_before_operator_slices(operator_testbed: Cluster, ok
             "ScrapeCoverageTargetsMissing (critical) for every kubelet pool", 120)
         eventually(lambda: firing(c, "ScrapeCoverageEndpointSliceMirroringCapped",
                                   service=s.KUBELET), "mirroring capped for kubelet", 60)
+        eventually(lambda: cr_firing(c, "ScrapeCoverageMigrationSwitchedUnsafely"),
+                   "ScrapeCoverageMigrationSwitchedUnsafely for monitoring/k8s", 60)
     finally:
         mg.set_role(c, okube, "Endpoints")
 
@@ -391,6 +400,8 @@ def test_unsafe_prometheus_without_endpointslice_rbac(operator_testbed: Cluster,
             lambda: {a["scrape_pool"] for a in firing(c, "ScrapeCoverageTargetsMissing",
                                                       severity="critical")} >= set(op.POOLS),
             "ScrapeCoverageTargetsMissing (critical) for every pool", 120)
+        eventually(lambda: cr_firing(c, "ScrapeCoverageMigrationSwitchedUnsafely"),
+                   "ScrapeCoverageMigrationSwitchedUnsafely for monitoring/k8s", 60)
     finally:
         mg.set_role(c, okube, "Endpoints")
         mg.set_endpointslice_rbac(c, okube, allowed=True)
@@ -481,7 +492,9 @@ def test_safe_endpoints_off_is_green_at_1200(operator_testbed: Cluster, okube: K
     rc, doc = audit(c)
     assert_audit_equals(doc, t, "endpointslice")
     for alert in ("ScrapeCoverageEndpointsTruncated", "ScrapeCoverageTargetsMissing",
-                  "ScrapeCoverageEndpointSliceMirroringCapped"):
+                  "ScrapeCoverageEndpointSliceMirroringCapped",
+                  "ScrapeCoverageMigrationUnsafeToSwitch",
+                  "ScrapeCoverageMigrationSwitchedUnsafely"):
         eventually(lambda alert=alert: all_resolved(c, alert), f"{alert} to resolve", 120)
     assert rc == 0, [svc["findings"] for svc in doc["services"]]
 
