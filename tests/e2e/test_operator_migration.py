@@ -134,7 +134,9 @@ def exporter(operator_testbed: Cluster, tmp_path_factory: pytest.TempPathFactory
         process = subprocess.Popen(
             [str(EXPORTER), "serve", *url_flags(operator_testbed),
              "--web.listen-address", operator_testbed.exporter_address,
-             "--interval", "3", "--prometheus-full-refresh-interval", "0"],
+             "--interval", "3", "--prometheus-full-refresh-interval", "0",
+             # Each step changes the CR; the default re-reads it every 300 s.
+             "--operator-refresh-interval", "3"],
             stdout=out, stderr=subprocess.STDOUT,
         )
     exp = Exporter(operator_testbed.exporter_address, process, log)
