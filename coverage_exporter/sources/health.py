@@ -10,12 +10,24 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from coverage_exporter.sources import untrusted
+
 SOURCE_KUBERNETES = "kubernetes"
 SOURCE_PROMETHEUS = "prometheus"
 
 
 class SourceError(Exception):
-    """A source could not deliver data; the message says why, for the log."""
+    """A source could not deliver data; the message says why, for the log.
+
+    The message is made printable here, once for every source: it often
+    quotes the server (an error body, a pool name from its answer), and it
+    reaches log lines, the audit table and its JSON."""
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(untrusted.printable(message, ERROR_MESSAGE_CHARS))
+
+
+ERROR_MESSAGE_CHARS = 1000
 
 
 @dataclass(slots=True)
@@ -31,6 +43,10 @@ class SourceHealth:
     errors_total: int = 0
     requests_total: int = 0
     response_bytes_total: int = 0
+    pod_watches: int = 0
+    """Kubernetes only: pod watches running (one per pod scope)."""
+    pod_scopes_unwatched: int = 0
+    """Kubernetes only: pod scopes left out by the pod watch cap."""
 
     def record_request(self, response_bytes: int) -> None:
         self.requests_total += 1
@@ -38,7 +54,7 @@ class SourceHealth:
 
     def record_error(self, message: str) -> None:
         self.errors_total += 1
-        self.last_error = message
+        self.last_error = untrusted.printable(message, ERROR_MESSAGE_CHARS)
 
     def mark(self, up: bool, duration_seconds: float, error: str = "") -> None:
         """Close one collection of this source."""
@@ -48,4 +64,4 @@ class SourceHealth:
             self.last_success_timestamp = time.time()
             self.last_error = ""
         elif error:
-            self.last_error = error
+            self.last_error = untrusted.printable(error, ERROR_MESSAGE_CHARS)

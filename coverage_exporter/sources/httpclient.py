@@ -6,11 +6,93 @@ Generic on purpose: nothing here knows about Prometheus or Kubernetes.
 from __future__ import annotations
 
 import base64
+import logging
+import os
 import ssl
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import aiohttp
 
 from coverage_exporter.sources.health import SourceError
+
+log = logging.getLogger("coverage_exporter.tls")
+
+MiB = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """How much one answer may cost; exceeding a limit is a source error.
+
+    Sizes count bytes AFTER decompression: a 260 KB gzip body can inflate
+    to gigabytes, so the compressed size bounds nothing.
+    """
+
+    max_body_bytes: int = 256 * MiB
+    """One body held whole: a LIST page, one watch event, scrape_pools,
+    /metrics, an error answer. A page of 500 Endpoints objects of 1000
+    addresses each is ~80 MB."""
+    max_stream_bytes: int = 8192 * MiB
+    """One target list decoded while it arrives (memory stays at a few
+    pieces of 4 MB): 100k targets are ~500 MB, so the cap is generous."""
+
+    def __post_init__(self) -> None:
+        if self.max_body_bytes <= 0 or self.max_stream_bytes <= 0:
+            raise ValueError("response size limits must be positive")
+
+
+DEFAULT_LIMITS = Limits()
+
+
+class BodyTooLarge(SourceError):
+    """An answer passed its size limit; it was cut off, not read further."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"answer larger than {limit} bytes (after decompression); cut off")
+        self.limit = limit
+
+
+async def iter_body(response: aiohttp.ClientResponse, limit: int) -> AsyncIterator[bytes]:
+    """The (decompressed) body chunk by chunk; BodyTooLarge past `limit`."""
+    received = 0
+    # iter_chunked inflates at most one network read at a time, so a gzip
+    # bomb is stopped a chunk past the limit, not after it has inflated.
+    async for chunk in response.content.iter_chunked(1 * MiB):
+        received += len(chunk)
+        if received > limit:
+            response.close()
+            raise BodyTooLarge(limit)
+        yield chunk
+
+
+async def read_excerpt(response: aiohttp.ClientResponse, limit: int = 64 << 10) -> bytes:
+    """At most `limit` bytes of a body (an error answer: only its start is
+    ever shown), then the connection is dropped rather than drained."""
+    parts = bytearray()
+    async for chunk in response.content.iter_chunked(limit):
+        parts += chunk
+        if len(parts) >= limit:
+            response.close()
+            break
+    return bytes(parts[:limit])
+
+
+async def read_body(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole (decompressed) body; BodyTooLarge past `limit`. Content-Length
+    is checked first so that an honest big answer is refused unread."""
+    if (
+        response.content_length is not None
+        and response.content_length > limit
+        and (not response.headers.get("Content-Encoding"))
+    ):
+        response.close()
+        raise BodyTooLarge(limit)
+    parts = bytearray()
+    async for chunk in iter_body(response, limit):
+        parts += chunk
+    return bytes(parts)
 
 
 def ssl_context(
@@ -34,6 +116,71 @@ def ssl_context(
     except (OSError, ssl.SSLError) as exc:
         raise SourceError(f"cannot build TLS context: {exc}") from exc
     return ctx
+
+
+def _fingerprint(paths: tuple[str, ...]) -> tuple[tuple[int, int, int] | None, ...]:
+    out: list[tuple[int, int, int] | None] = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            out.append(None)
+        else:
+            out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
+class ReloadingTLS:
+    """A client TLS context that follows its files: when the CA bundle or
+    the client certificate/key change on disk (cert-manager, a Secret
+    volume's atomic symlink swap), the next request gets a context built
+    from the new files. A half-written rotation that does not load keeps
+    the previous context and is reported once per change.
+
+    Connections already open keep the context they were made with; aiohttp
+    keys its pool on the context, so new connections use the new one.
+    """
+
+    def __init__(
+        self,
+        *,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        insecure_skip_verify: bool = False,
+        check_seconds: float = 10.0,
+    ) -> None:
+        self._args = {
+            "ca_file": ca_file,
+            "cert_file": cert_file,
+            "key_file": key_file,
+            "insecure_skip_verify": insecure_skip_verify,
+        }
+        self._paths = tuple(p for p in (ca_file, cert_file, key_file) if p)
+        self._check_seconds = check_seconds
+        self._checked = time.monotonic()
+        self._stamp = _fingerprint(self._paths)
+        self._context = ssl_context(**self._args)  # type: ignore[arg-type]
+        self.reloads_total = 0
+
+    def context(self) -> ssl.SSLContext:
+        if not self._paths:
+            return self._context
+        now = time.monotonic()
+        if now - self._checked < self._check_seconds:
+            return self._context
+        self._checked = now
+        stamp = _fingerprint(self._paths)
+        if stamp != self._stamp:
+            self._stamp = stamp
+            try:
+                self._context = ssl_context(**self._args)  # type: ignore[arg-type]
+            except SourceError as exc:
+                log.warning("TLS files changed but do not load, keeping the old ones: %s", exc)
+            else:
+                self.reloads_total += 1
+                log.info("TLS files changed: reloaded %s", ", ".join(self._paths))
+        return self._context
 
 
 def read_secret_file(path: str) -> str:

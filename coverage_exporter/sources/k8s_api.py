@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 
 import aiohttp
 
+from coverage_exporter.sources import httpclient, untrusted
 from coverage_exporter.sources.health import SourceHealth
 from coverage_exporter.sources.k8s_parse import decode_status
 from coverage_exporter.sources.kubeconfig import KubeAuth
@@ -26,24 +27,43 @@ USER_AGENT = "coverage-exporter/0.1"
 class ApiError(Exception):
     """The apiserver answered with an error status (or a watch ERROR event)."""
 
-    def __init__(self, code: int, message: str, reason: str = "") -> None:
+    def __init__(self, code: int, message: str, reason: str = "", retry_after: float = 0.0) -> None:
+        # The server's words are untrusted: escaped and cut before any log.
+        message, reason = untrusted.printable(message), untrusted.printable(reason, 40)
         super().__init__(f"HTTP {code} {reason}: {message}".replace(" :", ":"))
         self.code = code
         self.reason = reason
         self.message = message
+        self.retry_after = retry_after
+        """Seconds the server asked us to wait (Retry-After), 0 if none."""
 
 
 class GoneError(ApiError):
     """410: the resourceVersion or continue token is too old; relist."""
 
 
-def api_error(code: int, body: bytes | memoryview) -> ApiError:
+MAX_RETRY_AFTER_SECONDS = 60.0
+
+
+def api_error(code: int, body: bytes | memoryview, retry_after: str | None = None) -> ApiError:
     status = decode_status(body)
-    message = (status.message if status else None) or bytes(body[:200]).decode(errors="replace")
+    message = (status.message if status else None) or untrusted.printable(body)
     reason = (status.reason if status else None) or ""
     code = (status.code if status and status.code else None) or code
     cls = GoneError if code == 410 else ApiError
-    return cls(code, message, reason)
+    return cls(code, message, reason, parse_retry_after(retry_after))
+
+
+def parse_retry_after(value: str | None) -> float:
+    """Retry-After in seconds (the apiserver sends delta-seconds), capped:
+    a hostile 'Retry-After: 1e9' must not park a watch for good."""
+    try:
+        seconds = float(value) if value else 0.0
+    except ValueError:
+        return 0.0
+    if not seconds > 0:  # also NaN
+        return 0.0
+    return min(seconds, MAX_RETRY_AFTER_SECONDS)
 
 
 class ApiClient:
@@ -53,8 +73,10 @@ class ApiClient:
         health: SourceHealth,
         *,
         request_timeout_seconds: float = 60.0,
+        limits: httpclient.Limits = httpclient.DEFAULT_LIMITS,
     ) -> None:
         self._auth = auth
+        self._limits = limits
         self._health = health
         self._request_timeout = request_timeout_seconds
         self._session: aiohttp.ClientSession | None = None
@@ -64,7 +86,9 @@ class ApiClient:
         if self._session is None:
             # limit=0: every watch holds one HTTP/1.1 connection for minutes;
             # aiohttp's default pool of 100 would block the 101st reflector.
-            connector = aiohttp.TCPConnector(ssl=self._auth.ssl, limit=0)
+            # TLS is given per request: the context changes when the
+            # credentials rotate (KubeAuth).
+            connector = aiohttp.TCPConnector(limit=0)
             # trust_env stays False: proxies come from the kubeconfig only.
             self._session = aiohttp.ClientSession(
                 connector=connector,
@@ -81,7 +105,7 @@ class ApiClient:
         return {"Authorization": token} if token else {}
 
     def _request_kwargs(self) -> dict[str, object]:
-        kwargs: dict[str, object] = {}
+        kwargs: dict[str, object] = {"ssl": self._auth.ssl}
         if self._auth.server_hostname:
             kwargs["server_hostname"] = self._auth.server_hostname
         if self._auth.proxy:
@@ -115,16 +139,22 @@ class ApiClient:
         ) as response:
             self._note_warnings(response)
             if response.status != 200:
-                body = await response.read()
+                body = await httpclient.read_excerpt(response)
                 self._health.response_bytes_total += len(body)
-                raise api_error(response.status, body)
+                if response.status == 401:
+                    self._auth.invalidate()
+                raise api_error(response.status, body, response.headers.get("Retry-After"))
             yield response
 
     async def get(self, path: str, params: Mapping[str, str]) -> bytes:
         """GET and return the body; ApiError/GoneError on error statuses."""
         timeout = aiohttp.ClientTimeout(total=self._request_timeout)
         async with self._open(path, params, timeout) as response:
-            body = await response.read()
+            try:
+                body = await httpclient.read_body(response, self._limits.max_body_bytes)
+            except httpclient.BodyTooLarge as exc:
+                self._health.response_bytes_total += exc.limit
+                raise
             self._health.response_bytes_total += len(body)
             return body
 
@@ -167,9 +197,14 @@ class ApiClient:
         # event of a 1000-address Endpoints is larger than that.
         buffer = bytearray()
         scanned = 0
+        limit = self._limits.max_body_bytes
         async for chunk in response.content.iter_any():
             self._health.response_bytes_total += len(chunk)
             buffer += chunk
+            if len(buffer) > limit:
+                # One event that never ends (or a stream without newlines).
+                response.close()
+                raise httpclient.BodyTooLarge(limit)
             start = 0
             while (end := buffer.find(b"\n", scanned)) >= 0:
                 line = bytes(buffer[start:end])

@@ -37,6 +37,7 @@ from coverage_exporter.model.objects import (
     SliceEndpoint,
     Toleration,
 )
+from coverage_exporter.sources import untrusted
 
 K = TypeVar("K")
 T = TypeVar("T")
@@ -78,9 +79,9 @@ class Status(msgspec.Struct):
     code: int | None = None
 
 
-_list_decoder = msgspec.json.Decoder(ObjectList)
-_event_decoder = msgspec.json.Decoder(WatchEvent)
-_status_decoder = msgspec.json.Decoder(Status)
+_list_decoder = untrusted.Decoder(ObjectList)
+_event_decoder = untrusted.Decoder(WatchEvent)
+_status_decoder = untrusted.Decoder(Status)
 
 
 def decode_list(data: Buffer) -> ObjectList:
@@ -124,7 +125,7 @@ class _MetaOnly(msgspec.Struct):
     metadata: Meta | None = None
 
 
-_meta_decoder = msgspec.json.Decoder(_MetaOnly)
+_meta_decoder = untrusted.Decoder(_MetaOnly)
 
 
 def decode_meta(data: Buffer) -> Meta | None:
@@ -598,12 +599,12 @@ class ObjectParser(Generic[K, T]):
         key: Callable[[Meta], K],
     ) -> None:
         self.kind = kind
-        self._decoder = msgspec.json.Decoder(raw_type)
+        self._decoder = untrusted.Decoder(raw_type)
         page_type = msgspec.defstruct(
             f"{kind}List",
             [("metadata", ListMeta | None, None), ("items", list[raw_type] | None, None)],  # type: ignore[valid-type]
         )
-        self._page_decoder = msgspec.json.Decoder(page_type)
+        self._page_decoder = untrusted.Decoder(page_type)
         self._convert = convert
         self._key = key
 

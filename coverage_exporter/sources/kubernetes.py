@@ -10,6 +10,8 @@ selector): watching every pod of a 100k-node cluster is what this avoids.
 from __future__ import annotations
 
 import asyncio
+import collections
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -27,11 +29,11 @@ from coverage_exporter.model.objects import (
     Service,
     ServiceKey,
 )
-from coverage_exporter.sources import k8s_parse
+from coverage_exporter.sources import httpclient, k8s_parse
 from coverage_exporter.sources.health import SOURCE_KUBERNETES, SourceError, SourceHealth
 from coverage_exporter.sources.k8s_api import ApiClient
-from coverage_exporter.sources.kubeconfig import KubeAuth, load_configuration
-from coverage_exporter.sources.reflector import Reflector
+from coverage_exporter.sources.kubeconfig import KubeAuth, credential_files, load_configuration
+from coverage_exporter.sources.reflector import DEFAULT_WATCH_IDLE_SECONDS, Reflector
 
 log = logging.getLogger("coverage_exporter.kubernetes")
 
@@ -40,6 +42,9 @@ SERVICES_PATH = "/api/v1/services"
 ENDPOINTS_PATH = "/api/v1/endpoints"
 ENDPOINTSLICES_PATH = "/apis/discovery.k8s.io/v1/endpointslices"
 DAEMONSETS_PATH = "/apis/apps/v1/daemonsets"
+
+DEFAULT_MAX_POD_WATCHES = 500
+"""Each pod watch is one long-lived HTTP connection to the apiserver."""
 
 PodScopeKey = tuple[str, str]
 """(namespace, label selector string): Services with equal selectors in one
@@ -62,18 +67,35 @@ class KubernetesSource:
         page_size: int = 500,
         watch_timeout_seconds: int = 300,
         request_timeout_seconds: float = 60.0,
+        watch_idle_seconds: float = DEFAULT_WATCH_IDLE_SECONDS,
+        namespaces: Iterable[str] = (),
+        max_pod_watches: int = DEFAULT_MAX_POD_WATCHES,
+        limits: httpclient.Limits = httpclient.DEFAULT_LIMITS,
     ) -> None:
         """configuration: an already loaded client Configuration (tests);
         otherwise it is loaded at start() from kubeconfig/context/in_cluster
-        (see kubeconfig.load_configuration)."""
+        (see kubeconfig.load_configuration), and loaded again when its files
+        change or the API refuses the credentials.
+
+        namespaces: watch Services, Endpoints, EndpointSlices and DaemonSets
+        only there (one watch per namespace and resource); empty: the whole
+        cluster. max_pod_watches bounds the pod reflectors (one watch each)."""
         self.health = SourceHealth(source=SOURCE_KUBERNETES)
         self._configuration = configuration
         self._config_args = (kubeconfig, context, in_cluster)
         self._reflector_args: dict[str, Any] = {
             "page_size": page_size,
             "watch_timeout_seconds": watch_timeout_seconds,
+            "watch_idle_seconds": watch_idle_seconds,
         }
         self._request_timeout = request_timeout_seconds
+        self._namespaces = tuple(sorted(set(namespaces)))
+        if max_pod_watches < 0:
+            raise ValueError("max_pod_watches must be 0 or more")
+        self.max_pod_watches = max_pod_watches
+        self.pod_scopes_unwatched = 0
+        """Pod scopes (namespace, selector) left unwatched by the cap."""
+        self._limits = limits
         self._api: ApiClient | None = None
         self.nodes: Reflector[str, Node] | None = None
         self.services: Reflector[ServiceKey, Service] | None = None
@@ -98,25 +120,45 @@ class KubernetesSource:
         Raises SourceError when no usable configuration is found."""
         if self._api is not None:
             return
+        reload = None
+        files: tuple[str, ...] = ()
         if self._configuration is None:
             # May run an exec credential plugin: keep it off the event loop.
             self._configuration = await asyncio.to_thread(load_configuration, *self._config_args)
+            reload = functools.partial(load_configuration, *self._config_args)
+            files = credential_files(self._configuration, *self._config_args[:2])
         try:
-            auth = KubeAuth.from_configuration(self._configuration)
+            auth = KubeAuth.from_configuration(self._configuration, reload=reload, files=files)
         except (OSError, ValueError, SourceError) as exc:
             raise SourceError(f"kubernetes TLS settings not usable: {exc}") from exc
-        self._api = ApiClient(auth, self.health, request_timeout_seconds=self._request_timeout)
+        self._api = ApiClient(
+            auth, self.health, request_timeout_seconds=self._request_timeout, limits=self._limits
+        )
         await self._api.open()
         self.nodes = self._reflector(NODES_PATH, k8s_parse.NODES, "nodes")
-        self.services = self._reflector(SERVICES_PATH, k8s_parse.SERVICES, "services")
-        self.endpoints = self._reflector(ENDPOINTS_PATH, k8s_parse.ENDPOINTS, "endpoints")
-        self.endpointslices = self._reflector(
-            ENDPOINTSLICES_PATH, k8s_parse.ENDPOINTSLICES, "endpointslices"
+        self.services = self._namespaced("services", k8s_parse.SERVICES)
+        self.endpoints = self._namespaced("endpoints", k8s_parse.ENDPOINTS)
+        self.endpointslices = self._namespaced(
+            "endpointslices", k8s_parse.ENDPOINTSLICES, "/apis/discovery.k8s.io/v1"
         )
-        self.daemonsets = self._reflector(DAEMONSETS_PATH, k8s_parse.DAEMONSETS, "daemonsets")
+        self.daemonsets = self._namespaced("daemonsets", k8s_parse.DAEMONSETS, "/apis/apps/v1")
         for reflector in self._cluster_reflectors():
             reflector.start()
         log.info("kubernetes: watching %s", ", ".join(r.name for r in self._cluster_reflectors()))
+
+    def _namespaced(self, resource: str, parser: Any, api: str = "/api/v1") -> Any:
+        """One cluster-wide reflector, or one per --namespace merged into
+        one view: a namespace-scoped exporter watches only its namespaces
+        (and needs RBAC only there)."""
+        if not self._namespaces:
+            return self._reflector(f"{api}/{resource}", parser, resource)
+        return ReflectorGroup(
+            resource,
+            [
+                self._reflector(f"{api}/namespaces/{ns}/{resource}", parser, f"{resource} {ns}")
+                for ns in self._namespaces
+            ],
+        )
 
     async def stop(self) -> None:
         reflectors = [*self._cluster_reflectors(), *self._pod_reflectors.values()]
@@ -142,17 +184,18 @@ class KubernetesSource:
         )
 
     def _cluster_reflectors(self) -> list[Reflector[Any, Any]]:
-        return [
-            r
-            for r in (
-                self.nodes,
-                self.services,
-                self.endpoints,
-                self.endpointslices,
-                self.daemonsets,
-            )
-            if r is not None
-        ]
+        out: list[Reflector[Any, Any]] = []
+        for r in (self.nodes, self.services, self.endpoints, self.endpointslices, self.daemonsets):
+            if isinstance(r, ReflectorGroup):
+                out.extend(r.members)
+            elif r is not None:
+                out.append(r)
+        return out
+
+    @property
+    def pod_watches(self) -> int:
+        """Pod reflectors running now (each holds one watch)."""
+        return len(self._pod_reflectors)
 
     def reflectors(self) -> list[Reflector[Any, Any]]:
         """Every running reflector (for logs, metrics and tests)."""
@@ -182,8 +225,20 @@ class KubernetesSource:
     async def ensure_pods_synced(self, timeout: float) -> None:  # noqa: ASYNC109
         """Wait for the pod reflectors of the current scope; SourceError
         naming the laggards on timeout (the collector logs it and goes on:
-        unsynced scopes are simply absent from snapshot().pods)."""
-        await self._wait(list(self._pod_reflectors.values()), timeout)
+        unsynced scopes are simply absent from snapshot().pods).
+
+        Reflectors that already failed are named at once, not waited for:
+        one pod scope that cannot list (RBAC, a broken selector) must not
+        hold every cycle for the whole timeout."""
+        pending = [r for r in self._pod_reflectors.values() if not r.synced]
+        settled = await asyncio.gather(*(r.wait_settled(timeout) for r in pending))
+        laggards = [
+            f"{r.name} ({r.last_error or f'no answer after {timeout:.0f}s'})"
+            for r, done in zip(pending, settled, strict=True)
+            if not (done and r.synced)
+        ]
+        if laggards:
+            raise SourceError(f"pods not listed: {', '.join(laggards)}")
 
     async def _wait(self, reflectors: Sequence[Reflector[Any, Any]], seconds: float) -> None:
         results = await asyncio.gather(*(r.wait_synced(seconds) for r in reflectors))
@@ -218,7 +273,7 @@ class KubernetesSource:
         for service in services:
             if service.selector:
                 scope[service.key] = (service.namespace, label_selector(service.selector))
-        wanted = set(scope.values())
+        wanted = self._capped(set(scope.values()))
         for key in set(self._pod_reflectors) - wanted:
             reflector = self._pod_reflectors.pop(key)
             self._memo.pop(f"pods {key}", None)
@@ -238,7 +293,33 @@ class KubernetesSource:
             self._pod_reflectors[key] = reflector
             reflector.start()
         self._pod_scope = scope
+        self.health.pod_watches = len(self._pod_reflectors)
+        self.health.pod_scopes_unwatched = self.pod_scopes_unwatched
         self._refresh_health()
+
+    def _capped(self, wanted: set[PodScopeKey]) -> set[PodScopeKey]:
+        """At most max_pod_watches scopes: those watched already first (no
+        churn), then in sorted order. Services of a scope left out have no
+        pods in the snapshot, so they are withheld, never compared as empty."""
+        if len(wanted) <= self.max_pod_watches:
+            if self.pod_scopes_unwatched:
+                log.info("kubernetes: every pod scope is watched again")
+            self.pod_scopes_unwatched = 0
+            return wanted
+        kept = sorted(wanted & self._pod_reflectors.keys())[: self.max_pod_watches]
+        room = self.max_pod_watches - len(kept)
+        kept += sorted(wanted - set(kept))[:room]
+        unwatched = len(wanted) - len(kept)
+        if unwatched != self.pod_scopes_unwatched:
+            log.warning(
+                "kubernetes: %d pod scopes (namespace, selector) wanted, watching %d "
+                "(--kubernetes-max-pod-watches); the Services of the other %d are not compared",
+                len(wanted),
+                len(kept),
+                unwatched,
+            )
+        self.pod_scopes_unwatched = unwatched
+        return set(kept)
 
     # --- snapshot ---------------------------------------------------------------------
 
@@ -281,6 +362,24 @@ class KubernetesSource:
         view = build(reflector.cache)
         self._memo[name] = (stamp, view)
         return view
+
+
+class ReflectorGroup:
+    """Reflectors of one resource in several namespaces, read as one: what
+    KubernetesSource.snapshot needs of a Reflector (cache, generation)."""
+
+    def __init__(self, name: str, members: Sequence[Reflector[Any, Any]]) -> None:
+        self.name = name
+        self.members = list(members)
+
+    @property
+    def cache(self) -> Mapping[Any, Any]:
+        # Keys hold the namespace, so the members never collide.
+        return collections.ChainMap(*(r.cache for r in self.members))
+
+    @property
+    def generation(self) -> tuple[int, ...]:
+        return tuple(r.generation for r in self.members)
 
 
 def _group_slices(cache: Mapping[Any, EndpointSlice]) -> dict[ServiceKey, list[EndpointSlice]]:

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
-import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
@@ -36,7 +36,7 @@ from coverage_exporter.model.objects import (
     Target,
 )
 from coverage_exporter.model.topology import Declared, identify
-from coverage_exporter.sources import httpclient
+from coverage_exporter.sources import httpclient, untrusted
 from coverage_exporter.sources.health import SOURCE_PROMETHEUS, SourceError, SourceHealth
 from coverage_exporter.sources.prometheus_config import (
     CONFIG_PATH,
@@ -202,9 +202,9 @@ class _ErrorResponse(msgspec.Struct):
     error: str = ""
 
 
-_TARGETS_DECODER = msgspec.json.Decoder(_TargetsResponse)
-_SCRAPE_POOLS_DECODER = msgspec.json.Decoder(_ScrapePoolsResponse)
-_ERROR_DECODER = msgspec.json.Decoder(_ErrorResponse)
+_TARGETS_DECODER = untrusted.Decoder(_TargetsResponse)
+_SCRAPE_POOLS_DECODER = untrusted.Decoder(_ScrapePoolsResponse)
+_ERROR_DECODER = untrusted.Decoder(_ErrorResponse)
 
 
 # --- parsing -----------------------------------------------------------------
@@ -278,9 +278,13 @@ def _to_target(
     )
 
 
+def _status_error(status: str, error_type: str, error: str) -> str:
+    return untrusted.printable(f"status {status!r}: {error_type}: {error}")
+
+
 def _check_envelope(response: _TargetsResponse) -> list[_ActiveTarget]:
     if response.status != "success":
-        raise SourceError(f"status {response.status!r}: {response.error_type}: {response.error}")
+        raise SourceError(_status_error(response.status, response.error_type, response.error))
     if response.warnings:
         # Thanos Query with a store missing: the targets of that store are
         # simply absent, which would read as lost targets.
@@ -310,7 +314,7 @@ def _from_final_labels(labels: _FinalLabels, health: str | None, pool: str) -> T
     )
 
 
-_LIST_DECODER = msgspec.json.Decoder(list[_ActiveTarget])
+_LIST_DECODER = untrusted.Decoder(list[_ActiveTarget])
 STREAM_PIECE_BYTES = 4 << 20
 _ARRAY_START = b'"activeTargets":['
 # Prometheus writes every target as {"discoveredLabels":...,"labels":...}.
@@ -331,8 +335,14 @@ class TargetStream:
     is simply buffered whole, as before.
     """
 
-    def __init__(self, only_pool: str | None = None, piece_bytes: int = 4 << 20) -> None:
+    def __init__(
+        self,
+        only_pool: str | None = None,
+        piece_bytes: int = 4 << 20,
+        max_buffered: int = httpclient.DEFAULT_LIMITS.max_body_bytes,
+    ) -> None:
         self._only_pool = only_pool
+        self._max_buffered = max_buffered
         self._piece_bytes = piece_bytes
         self._buffer = bytearray()
         self._head: bytes | None = None
@@ -352,6 +362,10 @@ class TargetStream:
 
     def feed(self, data: bytes) -> None:
         self._buffer += data
+        if len(self._buffer) > self._max_buffered:
+            # Nothing to cut between targets (no array, or an answer that
+            # does not split): it would have to be held whole.
+            raise httpclient.BodyTooLarge(self._max_buffered)
         if self._head is None:
             at = self._buffer.find(_ARRAY_START)
             if at < 0:
@@ -460,7 +474,7 @@ def parse_scrape_pools(body: bytes) -> list[str]:
     except msgspec.DecodeError as exc:
         raise SourceError(f"undecodable response: {exc}") from None
     if response.status != "success":
-        raise SourceError(f"status {response.status!r}: {response.error_type}: {response.error}")
+        raise SourceError(_status_error(response.status, response.error_type, response.error))
     if response.data is None:
         raise SourceError("status 'success' without data")
     return response.data.pools or []
@@ -485,14 +499,26 @@ def parse_pool_target_counts(text: str) -> dict[str, int] | None:
         job = labels.get("scrape_job")
         if job is None or not fields:
             continue
-        try:
-            value = float(fields[0])
-        except ValueError:
+        count = _target_count(fields[0])
+        if count is None:
+            # Not a count (NaN, Inf, negative, fractional): this pool counts
+            # as changed and is read in full, never taken as a size.
+            log.warning("ignoring pool target count %s", untrusted.printable(line))
             continue
         if counts is None:
             counts = {}
-        counts[re.sub(r"\\.", lambda m: _UNESCAPE.get(m[0], m[0]), job)] = int(value)
+        counts[re.sub(r"\\.", lambda m: _UNESCAPE.get(m[0], m[0]), job)] = count
     return counts
+
+
+def _target_count(text: str) -> int | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    if not math.isfinite(value) or value < 0 or not value.is_integer():
+        return None
+    return int(value)
 
 
 def _error_detail(body: bytes) -> str:
@@ -502,8 +528,8 @@ def _error_detail(body: bytes) -> str:
     except msgspec.DecodeError:
         parsed = None
     if parsed is not None and parsed.error:
-        return f"{parsed.error_type}: {parsed.error}"
-    return body[:200].decode("utf-8", "replace").strip()
+        return untrusted.printable(f"{parsed.error_type}: {parsed.error}")
+    return untrusted.printable(body)
 
 
 # --- the source ----------------------------------------------------------------
@@ -523,13 +549,17 @@ class PrometheusSource:
         health: SourceHealth | None = None,
         session: aiohttp.ClientSession | None = None,
         concurrency: int = DEFAULT_CONCURRENCY,
+        limits: httpclient.Limits = httpclient.DEFAULT_LIMITS,
     ) -> None:
         self.endpoint = endpoint
         self.health = health or SourceHealth(SOURCE_PROMETHEUS, prometheus=endpoint.name)
         self._session = session
         self._owns_session = session is None
         self._concurrency = concurrency
-        self._ssl: ssl.SSLContext = httpclient.ssl_context(
+        self._limits = limits
+        # Rebuilt when the files rotate: a restart must not be the only way
+        # to pick up a renewed certificate.
+        self._tls = httpclient.ReloadingTLS(
             ca_file=endpoint.ca_file,
             cert_file=endpoint.cert_file,
             key_file=endpoint.key_file,
@@ -709,7 +739,9 @@ class PrometheusSource:
         """GET /api/v1/targets, decoded piece by piece as the body arrives
         (see TargetStream). Decoding runs in a worker thread so that the
         exporter's /metrics keeps answering during a big pool."""
-        stream = TargetStream(pool, piece_bytes=STREAM_PIECE_BYTES)
+        stream = TargetStream(
+            pool, piece_bytes=STREAM_PIECE_BYTES, max_buffered=self._limits.max_body_bytes
+        )
         pending = bytearray()
 
         async def sink(chunk: bytes) -> None:
@@ -722,8 +754,8 @@ class PrometheusSource:
         status, body = await self._request(TARGETS_PATH, params, headers, sink)
         if status != 200:
             self._fail(f"{what}: HTTP {status}: {_error_detail(body)}")
-        await asyncio.to_thread(stream.feed, bytes(pending))
         try:
+            await asyncio.to_thread(stream.feed, bytes(pending))
             result = await asyncio.to_thread(stream.finish)
         except SourceError as exc:
             self._fail(f"{what}: {exc}")
@@ -768,17 +800,24 @@ class PrometheusSource:
                 self.endpoint.url + path,
                 params=params,
                 headers=headers,
-                ssl=self._ssl,
+                ssl=self._tls.context(),
                 timeout=self._timeout,
             ) as resp:
-                if sink is None or resp.status != 200:
-                    body = await resp.read()
+                if resp.status != 200:
+                    # Only the start of an error answer is ever shown.
+                    body = await httpclient.read_excerpt(resp)
+                    received = len(body)
+                elif sink is None:
+                    body = await httpclient.read_body(resp, self._limits.max_body_bytes)
                     received = len(body)
                 else:
                     body = b""
-                    async for chunk in resp.content.iter_chunked(1 << 20):
+                    async for chunk in httpclient.iter_body(resp, self._limits.max_stream_bytes):
                         received += len(chunk)
                         await sink(chunk)
+        except httpclient.BodyTooLarge as exc:
+            self.health.record_request(exc.limit)
+            self._fail(f"{_describe(path, params)}: {exc}")
         except TimeoutError:
             self.health.record_request(received)
             limit = self.endpoint.timeout_seconds

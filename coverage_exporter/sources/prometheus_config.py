@@ -24,6 +24,7 @@ from coverage_exporter.model.objects import (
     RelabelRule,
     ScrapeJob,
 )
+from coverage_exporter.sources import untrusted
 from coverage_exporter.sources.health import SourceError
 
 CONFIG_PATH = "/api/v1/status/config"
@@ -40,7 +41,8 @@ class _ConfigResponse(msgspec.Struct):
     error: str = ""
 
 
-_DECODER = msgspec.json.Decoder(_ConfigResponse)
+# untrusted.Decoder: deep nesting is a DecodeError, not a RecursionError.
+_DECODER = untrusted.Decoder(_ConfigResponse)
 
 
 @dataclass(frozen=True, slots=True)

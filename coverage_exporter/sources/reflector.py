@@ -23,7 +23,8 @@ from typing import Generic, TypeVar
 
 import aiohttp
 
-from coverage_exporter.sources.health import SourceHealth
+from coverage_exporter.sources import untrusted
+from coverage_exporter.sources.health import SourceError, SourceHealth
 from coverage_exporter.sources.k8s_api import ApiClient, ApiError, GoneError
 from coverage_exporter.sources.k8s_parse import (
     ObjectParser,
@@ -43,6 +44,18 @@ T = TypeVar("T")
 _MAX_LIST_RESTARTS = 3
 # Bad objects logged one by one per LIST; the rest only counted.
 _MAX_LOGGED_BAD_OBJECTS = 10
+# Watches in a row that end having delivered nothing (no event, no
+# bookmark) before the reflector counts as down: one such end is a
+# restart or a load balancer's rotation, several are a proxy that cuts
+# every watch, and a cache that silently stops following the cluster.
+MAX_EMPTY_WATCHES = 3
+# Watch requests in a row answered with an error (not 410) before the
+# reflector gives up on its resourceVersion and lists again.
+MAX_WATCH_ERRORS = 3
+# kube-apiserver's watch cache sends a bookmark to every watcher that asked
+# for them about once a minute (cacher bookmarkFrequency); silence well past
+# that means a half-open connection.
+DEFAULT_WATCH_IDLE_SECONDS = 90.0
 
 
 def _describe(exc: BaseException) -> str:
@@ -50,7 +63,7 @@ def _describe(exc: BaseException) -> str:
         return "connection lost mid-response"
     if isinstance(exc, TimeoutError):
         return "timed out"
-    return str(exc) or type(exc).__name__
+    return untrusted.printable(str(exc)) or type(exc).__name__
 
 
 class _ContinueExpired(Exception):
@@ -88,6 +101,7 @@ class Reflector(Generic[K, T]):
         watch_timeout_seconds: int = 300,
         backoff: Backoff | None = None,
         on_state_change: Callable[[], None] | None = None,
+        watch_idle_seconds: float = DEFAULT_WATCH_IDLE_SECONDS,
     ) -> None:
         self.api = api
         self.path = path
@@ -97,10 +111,17 @@ class Reflector(Generic[K, T]):
         self._params = dict(params or {})
         self._page_size = page_size
         self._watch_timeout = watch_timeout_seconds
+        self._watch_idle = watch_idle_seconds
+        self._empty_watches = 0
+        """Watches in a row that delivered nothing."""
+        self._lines_this_watch = 0
+        self._watch_errors = 0
         self._backoff = backoff or Backoff()
         self._on_state_change = on_state_change
         self._cache: dict[K, T] = {}
         self._synced = asyncio.Event()
+        self._settled = asyncio.Event()
+        """Set at the first LIST's end, whether it succeeded or failed."""
         self._task: asyncio.Task[None] | None = None
         self.resource_version: str | None = None
         self.healthy = False
@@ -143,6 +164,16 @@ class Reflector(Generic[K, T]):
             return False
         return True
 
+    async def wait_settled(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109
+        """Wait until the first LIST either completed or failed; False on
+        timeout. Lets a caller stop waiting for a reflector that cannot
+        list (RBAC, a bad selector) instead of waiting out a sync timeout."""
+        try:
+            await asyncio.wait_for(self._settled.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
     # --- loop ------------------------------------------------------------------
 
     async def _run(self) -> None:
@@ -151,7 +182,14 @@ class Reflector(Generic[K, T]):
                 if self.resource_version is None:
                     await self._list()
                 started = time.monotonic()
-                await self._watch()
+                try:
+                    await self._watch()
+                except TimeoutError:
+                    why = f"no byte and no bookmark for {self._watch_idle:g}s (half-open?)"
+                    await self._after_empty_watch(why)
+                    continue
+                if self._lines_this_watch == 0:
+                    await self._after_empty_watch("watch ended without an event or bookmark")
                 # The server closed the watch (timeoutSeconds): resume at once,
                 # unless it keeps closing immediately (a misbehaving proxy).
                 if time.monotonic() - started > 1.0:
@@ -167,15 +205,42 @@ class Reflector(Generic[K, T]):
                     self.resource_version = None
             except asyncio.CancelledError:
                 raise
-            except (ApiError, ParseError, aiohttp.ClientError, TimeoutError, OSError) as exc:
+            except ApiError as exc:
+                await self._failed(_describe(exc), exc.retry_after)
+                self._watch_errors += self.resource_version is not None
+                if self._watch_errors >= MAX_WATCH_ERRORS:
+                    # Like client-go, which relists after any failed watch:
+                    # a watch that keeps failing from the same resourceVersion
+                    # (etcd's 500 "PrevKv=nil" after a compaction) would
+                    # otherwise never recover.
+                    log.info(
+                        "%s: watch failed %d times in a row; relisting",
+                        self.name,
+                        self._watch_errors,
+                    )
+                    self.resource_version = None
+                    self._watch_errors = 0
+            except (ParseError, SourceError, aiohttp.ClientError, TimeoutError, OSError) as exc:
                 await self._failed(_describe(exc))
             except Exception as exc:
                 # Never let one reflector die silently: log, back off, retry.
                 log.exception("%s: unexpected error", self.name)
                 await self._failed(f"{type(exc).__name__}: {exc}")
 
-    async def _failed(self, message: str) -> None:
-        delay = self._backoff.next()
+    async def _after_empty_watch(self, why: str) -> None:
+        """A watch delivered nothing. Resume at once while that may be
+        chance; after MAX_EMPTY_WATCHES in a row the reflector is down (its
+        cache no longer follows the cluster) until a watch delivers again."""
+        self._empty_watches += 1
+        if self._empty_watches < MAX_EMPTY_WATCHES:
+            log.info(
+                "%s: %s; resuming from resourceVersion %s", self.name, why, self.resource_version
+            )
+            return
+        await self._failed(f"{why}, {MAX_EMPTY_WATCHES} times in a row or more")
+
+    async def _failed(self, message: str, retry_after: float = 0.0) -> None:
+        delay = max(self._backoff.next(), retry_after)
         # The first failure of a kind is a warning; its repeats during a long
         # outage would only flood the log (every reflector retries).
         level = logging.DEBUG if message == self.last_error else logging.WARNING
@@ -192,6 +257,7 @@ class Reflector(Generic[K, T]):
             self._failing_since = time.monotonic()
         self.last_error = message
         self._set_healthy(False)
+        self._settled.set()
         await asyncio.sleep(delay)
 
     def _set_healthy(self, healthy: bool) -> None:
@@ -239,6 +305,7 @@ class Reflector(Generic[K, T]):
         )
         first = not self.synced
         self._synced.set()
+        self._settled.set()
         self._set_healthy(True)
         if first and self._on_state_change:
             self._on_state_change()
@@ -289,11 +356,21 @@ class Reflector(Generic[K, T]):
         if self.resource_version:
             params["resourceVersion"] = self.resource_version
         self.watches_total += 1
-        async with self.api.stream_lines(self.path, params, timeout + 30.0) as lines:
+        self._lines_this_watch = 0
+        async with self.api.stream_lines(self.path, params, self._watch_idle) as lines:
             log.debug("%s: watching from resourceVersion %s", self.name, self.resource_version)
-            self._set_healthy(True)
+            # A watch that only opens proves little (a proxy that cuts it
+            # at once also answers 200): after a run of empty watches only
+            # a delivered event or bookmark brings the reflector back.
+            if self._empty_watches < MAX_EMPTY_WATCHES:
+                self._set_healthy(True)
             async for line in lines:
                 self._handle_event(line)
+                self._lines_this_watch += 1
+                self._watch_errors = 0
+                if self._empty_watches:
+                    self._empty_watches = 0
+                    self._set_healthy(True)
 
     def _handle_event(self, line: bytes) -> None:
         # A line that is not an event means the stream framing is broken:
