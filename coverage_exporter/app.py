@@ -10,28 +10,32 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, replace
-
-from aiohttp import web
+from collections.abc import Coroutine
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 
 from coverage_exporter.collector import Collector, CycleResult
 from coverage_exporter.exposition.audit import render_json, render_table
 from coverage_exporter.exposition.html import PageInfo, render_page
 from coverage_exporter.exposition.metrics import ExporterState, render
 from coverage_exporter.fleet_file import load_fleet_file
-from coverage_exporter.http import ExporterView, make_app, parse_listen_address
+from coverage_exporter.http import ExporterView, MetricsServer, ServerLimits, parse_listen_address
 from coverage_exporter.model.report import CoverageReport
 from coverage_exporter.model.scope import Scope, parse_label_selector, parse_service_key
+from coverage_exporter.sources import httpclient
 from coverage_exporter.sources.health import SourceError, SourceHealth
-from coverage_exporter.sources.kubernetes import KubernetesSource
+from coverage_exporter.sources.kubernetes import DEFAULT_MAX_POD_WATCHES, KubernetesSource
 from coverage_exporter.sources.operator import OperatorSource
 from coverage_exporter.sources.prometheus import (
     PrometheusEndpoint,
     PrometheusSource,
     parse_prometheus_url,
 )
+from coverage_exporter.sources.reflector import DEFAULT_WATCH_IDLE_SECONDS
 
 log = logging.getLogger("coverage_exporter")
+
+T = TypeVar("T")
 
 EXIT_FULL_COVERAGE = 0
 EXIT_GAPS = 1
@@ -128,13 +132,64 @@ def page_info(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Guards:
+    """The bounds that keep one bad source or client from hurting the rest
+    (README, "Under faults"). Flags in cli.py; defaults fit a 100k-node
+    cluster."""
+
+    source_deadline: float = 120.0
+    """Seconds one source may take per cycle."""
+    limits: httpclient.Limits = httpclient.DEFAULT_LIMITS
+    max_pod_watches: int = DEFAULT_MAX_POD_WATCHES
+    watch_idle_seconds: float = DEFAULT_WATCH_IDLE_SECONDS
+    server: ServerLimits = field(default_factory=ServerLimits)
+    shutdown_seconds: float = 5.0
+    """After SIGTERM: how long the running cycle and the sources get to
+    stop before the process exits regardless (Kubernetes waits 30s)."""
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Guards:
+        """Raises ValueError with a message fit for the user."""
+        deadline = float(args.source_deadline)
+        if not deadline > 0:
+            raise ValueError("--source-deadline must be positive")
+        if int(args.kubernetes_max_pod_watches) < 0:
+            raise ValueError("--kubernetes-max-pod-watches must be 0 or more")
+        if not float(args.kubernetes_watch_idle_timeout) > 0:
+            raise ValueError("--kubernetes-watch-idle-timeout must be positive")
+        server = ServerLimits()
+        if getattr(args, "web_max_connections", None) is not None:
+            server = ServerLimits(
+                header_timeout=args.web_header_timeout,
+                max_connections=args.web_max_connections,
+            )
+        return cls(
+            source_deadline=deadline,
+            limits=httpclient.Limits(max_body_bytes=int(args.max_response_bytes)),
+            max_pod_watches=int(args.kubernetes_max_pod_watches),
+            watch_idle_seconds=float(args.kubernetes_watch_idle_timeout),
+            server=server,
+        )
+
+
 class Sources:
     """The Kubernetes source and one source per Prometheus, opened together."""
 
-    def __init__(self, settings: Settings, full_refresh_seconds: float = 0.0) -> None:
+    def __init__(
+        self, settings: Settings, full_refresh_seconds: float = 0.0, guards: Guards | None = None
+    ) -> None:
+        guards = guards or Guards()
         self._settings = settings
-        self.kubernetes = KubernetesSource(kubeconfig=settings.kubeconfig, context=settings.context)
-        self.prometheus = [PrometheusSource(e) for e in settings.prometheus]
+        self.kubernetes = KubernetesSource(
+            kubeconfig=settings.kubeconfig,
+            context=settings.context,
+            namespaces=settings.scope.namespaces,
+            max_pod_watches=guards.max_pod_watches,
+            watch_idle_seconds=guards.watch_idle_seconds,
+            limits=guards.limits,
+        )
+        self.prometheus = [PrometheusSource(e, limits=guards.limits) for e in settings.prometheus]
         self.collector = Collector(
             self.kubernetes,
             self.prometheus,
@@ -143,6 +198,7 @@ class Sources:
             settings.kubernetes_sync_timeout,
             full_refresh_seconds=full_refresh_seconds,
             stale_after_seconds=settings.stale_after_seconds,
+            source_deadline=guards.source_deadline,
         )
 
     async def start(self) -> None:
@@ -191,8 +247,8 @@ async def _wait_for_cluster(sources: Sources, timeout: float) -> None:  # noqa: 
     log.error("kubernetes: not every resource could be listed within %gs", timeout)
 
 
-async def _audit(settings: Settings, output: str) -> int:
-    sources = Sources(settings)
+async def _audit(settings: Settings, output: str, guards: Guards | None = None) -> int:
+    sources = Sources(settings, guards=guards)
     try:
         await sources.start()
         await _wait_for_cluster(sources, settings.kubernetes_sync_timeout)
@@ -231,15 +287,20 @@ def exit_code(report: CoverageReport | None, complete: bool) -> int:
     return EXIT_FULL_COVERAGE
 
 
-def audit(settings: Settings, output: str) -> int:
-    return asyncio.run(_audit(settings, output))
+def audit(settings: Settings, output: str, guards: Guards | None = None) -> int:
+    return asyncio.run(_audit(settings, output, guards))
 
 
 async def _serve(
-    settings: Settings, listen_address: str, interval: float, full_refresh: float
+    settings: Settings,
+    listen_address: str,
+    interval: float,
+    full_refresh: float,
+    guards: Guards | None = None,
 ) -> int:
+    guards = guards or Guards()
     host, port = parse_listen_address(listen_address)
-    sources = Sources(settings, full_refresh_seconds=full_refresh)
+    sources = Sources(settings, full_refresh_seconds=full_refresh, guards=guards)
     health = sources.health
     cluster = cluster_name(settings)
     view = ExporterView(
@@ -249,61 +310,102 @@ async def _serve(
             )
         )
     )
-    runner = web.AppRunner(make_app(view), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    server = MetricsServer(view, guards.server)
+    await server.start(host, port)
     log.info("serving on %s; collecting every %.0fs", listen_address, interval)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # A cycle is bounded by the source deadline plus the comparison; past
+    # twice that (and a minute for a 100k-node comparison) it is wedged.
+    cycle_budget = 2 * guards.source_deadline + 60.0
     try:
         await sources.start()
         view.status = "waiting for the first list of the cluster"
-        await _wait_or_stop(sources.kubernetes.wait_synced(settings.kubernetes_sync_timeout), stop)
+        view.expect_progress(settings.kubernetes_sync_timeout + 60.0, "the first list")
+        await _until_stopped(sources.kubernetes.wait_synced(settings.kubernetes_sync_timeout), stop)
         while not stop.is_set():
             started = time.monotonic()
-            result = await sources.collector.run_cycle()
-            view.exposition = result.exposition
-            # Copies: the sources update their health in place during the next cycle.
-            view.publish_report(
-                result.report,
-                page_info(settings, [replace(h) for h in health], cluster, result),
-            )
-            if result.report is not None:
-                view.ready = True
-                view.status = "last cycle " + (
-                    "complete"
-                    if result.complete
-                    else "incomplete: a source is down (see source_up)"
-                )
+            view.expect_progress(cycle_budget, "the running collection cycle")
+            done, result = await _until_stopped(sources.collector.run_cycle(), stop)
+            if not done:
+                break
+            if isinstance(result, BaseException):
+                # Not a source's failure (those are handled per source):
+                # a bug. Keep serving the last result and try again.
+                log.error("collection cycle failed: %s: %s", type(result).__name__, result)
             else:
-                view.status = "Kubernetes has not been listed yet (see source_up)"
+                _publish(view, result)
+                # Copies: the sources update their health in place during the next cycle.
+                view.publish_report(
+                    result.report,
+                    page_info(settings, [replace(h) for h in health], cluster, result),
+                )
             remaining = interval - (time.monotonic() - started)
+            view.expect_progress(max(0.0, remaining) + cycle_budget, "the next collection cycle")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), max(0.0, remaining))
     except SourceError as err:
         log.error("%s", err)
         return 1
     finally:
-        await sources.close()
-        await runner.cleanup()
+        await server.close()
+        try:
+            await asyncio.wait_for(sources.close(), guards.shutdown_seconds)
+        except TimeoutError:
+            log.warning(
+                "sources did not close within %.0fs; exiting anyway", guards.shutdown_seconds
+            )
     log.info("stopped")
     return 0
 
 
-async def _wait_or_stop(awaitable: object, stop: asyncio.Event) -> None:
-    work = asyncio.ensure_future(awaitable)  # type: ignore[arg-type]
+def _publish(view: ExporterView, result: CycleResult) -> None:
+    view.exposition = result.exposition
+    if result.report is not None:
+        view.ready = True
+        view.status = "last cycle " + (
+            "complete" if result.complete else "incomplete: a source is down (see source_up)"
+        )
+    else:
+        view.status = "Kubernetes has not been listed yet (see source_up)"
+
+
+async def _until_stopped(
+    awaitable: Coroutine[Any, Any, T], stop: asyncio.Event
+) -> tuple[bool, T | BaseException | None]:
+    """Run `awaitable` until it ends or `stop` is set, whichever is first.
+    (False, None) when stopped: the work is cancelled, not waited out, so
+    that SIGTERM ends the process in seconds whatever a cycle is doing.
+    (True, result or the exception it raised) otherwise."""
+    work = asyncio.ensure_future(awaitable)
     stopper = asyncio.ensure_future(stop.wait())
-    await asyncio.wait({work, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    for task in (work, stopper):
-        task.cancel()
-
-
-def serve(settings: Settings, listen_address: str, interval: float, full_refresh: float) -> int:
     try:
-        return asyncio.run(_serve(settings, listen_address, interval, full_refresh))
+        await asyncio.wait({work, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+    if not work.done():
+        work.cancel()
+        # Give the cancellation a moment to run the work's cleanups.
+        await asyncio.wait({work}, timeout=2.0)
+        return False, None
+    if work.cancelled():
+        return False, None
+    exc = work.exception()
+    return True, exc if exc is not None else work.result()
+
+
+def serve(
+    settings: Settings,
+    listen_address: str,
+    interval: float,
+    full_refresh: float,
+    guards: Guards | None = None,
+) -> int:
+    try:
+        return asyncio.run(_serve(settings, listen_address, interval, full_refresh, guards))
     except ValueError as err:
         print(f"coverage-exporter: {err}", file=sys.stderr)
         return 2

@@ -147,6 +147,38 @@ def _common(p: _EnvParser) -> None:
         type=positive_seconds,
     )
     p.add("--log-level", "debug, info, warning or error", default="info")
+    _guards(p)
+
+
+def _guards(p: _EnvParser) -> None:
+    """The bounds of app.Guards (README, "Under faults")."""
+    p.add(
+        "--source-deadline",
+        "seconds one source (a Prometheus, the pod lists) may take per cycle; "
+        "a slower one is marked down and the cycle goes on",
+        default="120",
+        type=float,
+    )
+    p.add(
+        "--max-response-bytes",
+        "largest answer held whole (a list page, a watch event, an error body), "
+        "counted after decompression",
+        default=str(256 << 20),
+        type=int,
+    )
+    p.add(
+        "--kubernetes-max-pod-watches",
+        "most pod watches (one per namespace and Service selector in scope)",
+        default="500",
+        type=int,
+    )
+    p.add(
+        "--kubernetes-watch-idle-timeout",
+        "seconds of silence (no event, no bookmark) after which a watch is "
+        "taken for a dead connection",
+        default="90",
+        type=float,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -184,6 +216,20 @@ def build_parser() -> argparse.ArgumentParser:
         "scrape pool (0: every cycle); in between only pools whose target count changed are read",
         default="600",
         type=non_negative_seconds,
+    )
+    serve.add(
+        "--web.max-connections",
+        "most open HTTP connections; at the cap the longest-waiting one is dropped",
+        default="200",
+        type=int,
+        dest="web_max_connections",
+    )
+    serve.add(
+        "--web.header-timeout",
+        "seconds a client has to send its request head",
+        default="10",
+        type=float,
+        dest="web_header_timeout",
     )
 
     audit = _EnvParser(
@@ -226,14 +272,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         settings = app.Settings.from_args(args)
+        guards = app.Guards.from_args(args)
     except ValueError as err:
         print(f"coverage-exporter: {err}", file=sys.stderr)
         return 2
     if args.command == "serve":
         return app.serve(
-            settings, args.listen_address, args.interval, args.prometheus_full_refresh_interval
+            settings,
+            args.listen_address,
+            args.interval,
+            args.prometheus_full_refresh_interval,
+            guards,
         )
-    return app.audit(settings, args.output)
+    return app.audit(settings, args.output, guards)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,13 @@ def release_free_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+def _mark_down(health: SourceHealth, started: float, message: str) -> None:
+    message = f"prometheus {health.prometheus}: {message}"
+    log.warning("%s", message)
+    health.record_error(message)
+    health.mark(False, time.monotonic() - started, message)
+
+
 class ClusterSource(Protocol):
     health: SourceHealth
 
@@ -180,6 +187,7 @@ class Collector:
         pod_sync_timeout: float = 60.0,
         full_refresh_seconds: float = 0.0,
         stale_after_seconds: float = DEFAULT_STALE_AFTER_SECONDS,
+        source_deadline: float = float("inf"),
     ) -> None:
         self._cluster = cluster
         self._prometheus = [TargetPoller(p, full_refresh_seconds) for p in prometheus]
@@ -196,6 +204,9 @@ class Collector:
         self._scope = scope
         self._missing_info_limit = missing_info_limit
         self._pod_sync_timeout = pod_sync_timeout
+        self._source_deadline = source_deadline
+        """Seconds one source may take per cycle: a slow Prometheus is cut
+        off and marked down, and the cycle goes on with the others."""
         self._last_good: dict[str, PrometheusSnapshot] = {}
         self.cycles_total = 0
         self._memo: tuple[_Inputs, CoverageReport | None, bytes] | None = None
@@ -205,11 +216,20 @@ class Collector:
 
     async def _collect_prometheus(self, poller: TargetPoller) -> bool:
         health = poller.source.health
+        started = time.monotonic()
         try:
-            snapshot = await poller.poll()
+            async with asyncio.timeout(self._source_deadline):
+                snapshot = await poller.poll()
         except SourceError as err:
             # The source marked its own health; only the last good data is ours.
-            log.warning("%s", err)
+            log.warning("%s", err)  # the message names the Prometheus already
+            return False
+        except TimeoutError:
+            message = f"not done within the {self._source_deadline:g}s source deadline"
+            _mark_down(health, started, message)
+            return False
+        except Exception as err:
+            _mark_down(health, started, f"unexpected {type(err).__name__}: {err}")
             return False
         self._last_good[health.prometheus] = snapshot
         self._last_success[health.prometheus] = time.monotonic()
@@ -333,7 +353,9 @@ class Collector:
         start = time.monotonic()
         self._scope_pods(self._cluster.snapshot(), grouped.keys())
         try:
-            await self._cluster.ensure_pods_synced(self._pod_sync_timeout)
+            await self._cluster.ensure_pods_synced(
+                min(self._pod_sync_timeout, self._source_deadline)
+            )
         except SourceError as err:
             # Services whose pods are not listed yet are withheld this cycle
             # (the model never guesses an empty expected set); next cycle

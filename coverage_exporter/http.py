@@ -4,15 +4,32 @@
 process's own runtime metrics): a scrape never reaches Kubernetes or
 Prometheus, so it costs the same at 1,000 nodes as at 100,000. /report is
 the HTML coverage report of the last cycle, never a new collection.
+
+The server is a small HTTP/1.1 server of its own on asyncio streams, not
+aiohttp's: aiohttp's has no deadline for receiving a request's headers, so
+clients that open a connection and send half a request hold it for ever,
+and a few hundred of them starve the scrapes that matter. Here every
+connection must deliver its request head within `header_timeout`, its
+body (only GETs are served: bodies are read and dropped) within
+`body_timeout`, and read its answer within `write_timeout`; an idle
+keep-alive connection is closed after `idle_timeout`; and at
+`max_connections` the connection that has been waiting longest for a
+request is dropped to admit the new one, so a scraper always gets in.
+The aiohttp application (`make_app`) serves the very same routes, for
+tests that drive it with aiohttp's test client.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import hashlib
 import html
-from collections.abc import Callable
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from aiohttp import web
 from prometheus_client import REGISTRY, generate_latest
@@ -26,6 +43,8 @@ from coverage_exporter.exposition.html import (
     render_services,
 )
 from coverage_exporter.model.report import CoverageReport
+
+log = logging.getLogger("coverage_exporter.http")
 
 # The classic text format, which is what generate_latest() writes; newer
 # client libraries default the header to 1.0.0, which Prometheus 2.x does
@@ -62,6 +81,8 @@ class ExporterView:
         self.page_info: PageInfo | None = None
         """Set with `report` at the end of each cycle; None before the first."""
         self.report_page = ReportPage()
+        self._progress_deadline = float("inf")
+        self._waiting_for = ""
 
     def publish_report(self, report: CoverageReport | None, info: PageInfo) -> None:
         self.report, self.page_info = report, info
@@ -71,6 +92,20 @@ class ExporterView:
         # failing start shows up as source_up 0 rather than as nothing.
         coverage = self.exposition if self.exposition is not None else self._initial()
         return coverage + generate_latest(REGISTRY)
+
+    def expect_progress(self, within_seconds: float, what: str) -> None:
+        """The serve loop promises its next step (`what`) within this many
+        seconds; /-/healthy fails once the promise is broken, so that a
+        wedged collection loop gets the pod restarted."""
+        self._progress_deadline = time.monotonic() + within_seconds
+        self._waiting_for = what
+
+    def wedged(self) -> str | None:
+        """Why the collection loop looks stuck, or None."""
+        late = time.monotonic() - self._progress_deadline
+        if late <= 0:
+            return None
+        return f"{self._waiting_for} is {late:.0f}s overdue"
 
 
 class ReportPage:
@@ -117,64 +152,321 @@ def _etag_matches(header: str, etag: str) -> bool:
     return "*" in tags or etag in tags
 
 
-def make_app(view: ExporterView) -> web.Application:
-    async def metrics(_: web.Request) -> web.Response:
-        return web.Response(body=view.metrics(), headers={"Content-Type": CONTENT_TYPE})
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    """What one client may cost the server; flags in cli.py."""
 
-    async def healthy(_: web.Request) -> web.Response:
-        return web.Response(text="coverage-exporter is healthy.\n")
+    header_timeout: float = 10.0
+    body_timeout: float = 10.0
+    write_timeout: float = 30.0
+    idle_timeout: float = 75.0
+    """Keep-alive: Prometheus reuses its connection every scrape interval;
+    Go's idle timeout is 90s, so 75s lets the client close first."""
+    max_connections: int = 200
+    max_header_bytes: int = 16 << 10
+    max_body_bytes: int = 64 << 10
 
-    async def ready(_: web.Request) -> web.Response:
+    def __post_init__(self) -> None:
+        if min(self.header_timeout, self.body_timeout, self.write_timeout) <= 0:
+            raise ValueError("HTTP timeouts must be positive")
+        if self.max_connections < 1:
+            raise ValueError("--web.max-connections must be 1 or more")
+
+
+@dataclass(slots=True)
+class Response:
+    status: int
+    body: bytes
+    content_type: str = "text/plain; charset=utf-8"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+_REASONS = {
+    200: "OK",
+    304: "Not Modified",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    411: "Length Required",
+    413: "Content Too Large",
+    431: "Request Header Fields Too Large",
+    503: "Service Unavailable",
+}
+
+
+async def route(view: ExporterView, path: str, headers: Mapping[str, str]) -> Response:
+    """The answer to a GET of `path`; `headers` by lower-case name. One
+    routing for both servers (MetricsServer for serve, make_app for tests)."""
+    if path == "/metrics":
+        return Response(200, view.metrics(), CONTENT_TYPE)
+    if path == "/-/healthy":
+        why = view.wedged()
+        if why:
+            return Response(503, f"coverage-exporter is not healthy: {why}\n".encode())
+        return Response(200, b"coverage-exporter is healthy.\n")
+    if path == "/-/ready":
         if view.ready:
-            return web.Response(text="coverage-exporter is ready.\n")
-        return web.Response(status=503, text=f"coverage-exporter is not ready: {view.status}\n")
-
-    async def landing(_: web.Request) -> web.Response:
+            return Response(200, b"coverage-exporter is ready.\n")
+        return Response(503, f"coverage-exporter is not ready: {view.status}\n".encode())
+    if path == "/report":
+        return await _report(view, headers)
+    if path == "/":
         page = LANDING.format(
             version=__version__,
             ready="yes" if view.ready else "not yet",
             status=html.escape(view.status),
         )
-        return web.Response(text=page, content_type="text/html")
+        return Response(200, page.encode(), "text/html; charset=utf-8")
+    return Response(404, b"404 page not found\n")
 
-    async def report(request: web.Request) -> web.Response:
-        info = view.page_info
-        if info is None:
-            return web.Response(
-                status=503,
-                text=f"<!doctype html><title>coverage-exporter</title><p>No report yet: "
-                f"{html.escape(view.status)}</p>\n",
-                content_type="text/html",
-                headers={"Retry-After": "10", "Cache-Control": "no-store"},
-            )
-        body, etag = await view.report_page.get(view.report, info)
-        headers = {
-            "ETag": etag,
-            # Revalidate on every load: the ETag makes that a 304 until the next cycle.
-            "Cache-Control": "no-cache",
-            "Content-Security-Policy": CONTENT_SECURITY_POLICY,
-            "X-Content-Type-Options": "nosniff",
-            "Vary": "Accept-Encoding",
-        }
-        gzipped = "gzip" in request.headers.get("Accept-Encoding", "")
-        if gzipped:
-            # Another representation, so another strong ETag (RFC 9110 8.8.3).
-            headers["ETag"] = etag[:-1] + '-gzip"'
-        if _etag_matches(request.headers.get("If-None-Match", ""), headers["ETag"]):
-            return web.Response(status=304, headers=headers)
-        if gzipped:
-            body = await view.report_page.gzipped(body, etag)
-            headers["Content-Encoding"] = "gzip"
-        headers["Content-Type"] = "text/html; charset=utf-8"
-        return web.Response(body=body, headers=headers)
+
+async def _report(view: ExporterView, request_headers: Mapping[str, str]) -> Response:
+    info = view.page_info
+    if info is None:
+        return Response(
+            503,
+            f"<!doctype html><title>coverage-exporter</title><p>No report yet: "
+            f"{html.escape(view.status)}</p>\n".encode(),
+            "text/html; charset=utf-8",
+            {"Retry-After": "10", "Cache-Control": "no-store"},
+        )
+    body, etag = await view.report_page.get(view.report, info)
+    headers = {
+        "ETag": etag,
+        # Revalidate on every load: the ETag makes that a 304 until the next cycle.
+        "Cache-Control": "no-cache",
+        "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+        "X-Content-Type-Options": "nosniff",
+        "Vary": "Accept-Encoding",
+    }
+    gzipped = "gzip" in request_headers.get("accept-encoding", "")
+    if gzipped:
+        # Another representation, so another strong ETag (RFC 9110 8.8.3).
+        headers["ETag"] = etag[:-1] + '-gzip"'
+    if _etag_matches(request_headers.get("if-none-match", ""), headers["ETag"]):
+        return Response(304, b"", "", headers)
+    if gzipped:
+        body = await view.report_page.gzipped(body, etag)
+        headers["Content-Encoding"] = "gzip"
+    return Response(200, body, "text/html; charset=utf-8", headers)
+
+
+def make_app(view: ExporterView) -> web.Application:
+    """The same routes as an aiohttp application (tests drive it with
+    aiohttp's test client; serve runs MetricsServer)."""
+
+    async def handle(request: web.Request) -> web.Response:
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        answer = await route(view, request.path, headers)
+        out = dict(answer.headers)
+        if answer.content_type:
+            out["Content-Type"] = answer.content_type
+        return web.Response(status=answer.status, body=answer.body or None, headers=out)
 
     app = web.Application()
-    app.router.add_get("/", landing)
-    app.router.add_get("/report", report)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/-/healthy", healthy)
-    app.router.add_get("/-/ready", ready)
+    app.router.add_get("/{tail:.*}", handle)
     return app
+
+
+class _Idle(Exception):
+    """No byte of a request arrived: close without an answer."""
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(eq=False)
+class _Connection:
+    writer: asyncio.StreamWriter
+    waiting_since: float = field(default_factory=time.monotonic)
+    busy: bool = False
+    """Between a complete request head and the end of its answer."""
+
+
+class MetricsServer:
+    def __init__(self, view: ExporterView, limits: ServerLimits | None = None) -> None:
+        self.view = view
+        self.limits = limits or ServerLimits()
+        self._server: asyncio.Server | None = None
+        self._connections: set[_Connection] = set()
+        self.evicted_total = 0
+        self.timed_out_total = 0
+
+    @property
+    def connections(self) -> int:
+        return len(self._connections)
+
+    async def start(self, host: str | None, port: int) -> int:
+        """Listen; returns the port (useful with port 0)."""
+        self._server = await asyncio.start_server(
+            self._serve_connection,
+            host,
+            port,
+            limit=self.limits.max_header_bytes,
+            backlog=1024,
+        )
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        """Stop listening and drop every connection at once: on SIGTERM
+        nothing a client does may hold the exit."""
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self._connections):
+            conn.writer.transport.abort()
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+            self._server = None
+
+    def _admit(self, conn: _Connection) -> bool:
+        if len(self._connections) >= self.limits.max_connections:
+            idle = [c for c in self._connections if not c.busy]
+            if not idle:
+                return False
+            oldest = min(idle, key=lambda c: c.waiting_since)
+            oldest.writer.transport.abort()
+            self._connections.discard(oldest)
+            self.evicted_total += 1
+        self._connections.add(conn)
+        return True
+
+    async def _serve_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        conn = _Connection(writer)
+        if not self._admit(conn):
+            writer.transport.abort()
+            return
+        try:
+            first = True
+            while True:
+                conn.busy = False
+                conn.waiting_since = time.monotonic()
+                # The first request must come quickly; a kept-alive
+                # connection may rest until idle_timeout, but once a byte of
+                # the next request arrives the head is due like the first.
+                wait = self.limits.header_timeout if first else self.limits.idle_timeout
+                try:
+                    keep_alive = await self._one_request(reader, writer, conn, wait)
+                except _Idle:
+                    return
+                except (TimeoutError, _BadRequest) as exc:
+                    status = exc.status if isinstance(exc, _BadRequest) else 408
+                    self.timed_out_total += status == 408
+                    answer = Response(status, f"{_REASONS[status]}\n".encode())
+                    with contextlib.suppress(Exception):
+                        await self._write(writer, answer, keep_alive=False)
+                    return
+                if not keep_alive:
+                    return
+                first = False
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return
+        finally:
+            self._connections.discard(conn)
+            # close() flushes what is buffered; a peer that stopped reading
+            # gets aborted once the write timeout has passed.
+            writer.close()
+            asyncio.get_running_loop().call_later(self.limits.write_timeout, writer.transport.abort)
+
+    async def _one_request(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        conn: _Connection,
+        wait: float,
+    ) -> bool:
+        """Serve one request; False when the connection must close."""
+        limits = self.limits
+        try:
+            async with asyncio.timeout(wait):
+                first_byte = await reader.read(1)
+        except TimeoutError:
+            raise _Idle from None
+        if not first_byte:
+            raise _Idle
+        async with asyncio.timeout(limits.header_timeout):
+            try:
+                head = first_byte + await reader.readuntil(b"\r\n\r\n")
+            except asyncio.LimitOverrunError:
+                raise _BadRequest(431, "request head too large") from None
+        if len(head) > limits.max_header_bytes:
+            raise _BadRequest(431, "request head too large")
+        conn.busy = True
+        method, path, version, headers = _parse_head(head)
+        if "transfer-encoding" in headers:
+            raise _BadRequest(411, "chunked request bodies are not accepted")
+        length = _content_length(headers)
+        if length > limits.max_body_bytes:
+            raise _BadRequest(413, "request body too large")
+        if length:
+            async with asyncio.timeout(limits.body_timeout):
+                await reader.readexactly(length)
+        keep_alive = _keep_alive(version, headers)
+        if method not in ("GET", "HEAD"):
+            response = Response(405, b"only GET and HEAD\n")
+        else:
+            response = await route(self.view, path.partition("?")[0], headers)
+        await self._write(writer, response, keep_alive, head_only=method == "HEAD")
+        return keep_alive
+
+    async def _write(
+        self,
+        writer: asyncio.StreamWriter,
+        response: Response,
+        keep_alive: bool,
+        head_only: bool = False,
+    ) -> None:
+        lines = [f"HTTP/1.1 {response.status} {_REASONS.get(response.status, '')}"]
+        if response.content_type:
+            lines.append(f"Content-Type: {response.content_type}")
+        lines += [f"{name}: {value}" for name, value in response.headers.items()]
+        lines.append(f"Content-Length: {len(response.body)}")
+        lines.append(f"Connection: {'keep-alive' if keep_alive else 'close'}")
+        head = "\r\n".join(lines) + "\r\n\r\n"
+        writer.write(head.encode("ascii"))
+        if not head_only:
+            writer.write(response.body)
+        # A client that does not read its answer is dropped, not waited for.
+        async with asyncio.timeout(self.limits.write_timeout):
+            await writer.drain()
+
+
+def _parse_head(head: bytes) -> tuple[str, str, str, dict[str, str]]:
+    try:
+        text = head.decode("latin-1")
+        request_line, *lines = text[:-4].split("\r\n")
+        method, target, version = request_line.split(" ")
+    except ValueError:
+        raise _BadRequest(400, "malformed request line") from None
+    if not version.startswith("HTTP/1.") or not target.startswith("/"):
+        raise _BadRequest(400, "malformed request line")
+    headers: dict[str, str] = {}
+    for line in lines:
+        name, sep, value = line.partition(":")
+        if not sep or not name or name != name.strip():
+            raise _BadRequest(400, "malformed header")
+        headers[name.lower()] = value.strip()
+    return method, target, version, headers
+
+
+def _content_length(headers: dict[str, str]) -> int:
+    raw = headers.get("content-length", "0")
+    if not raw.isdigit():
+        raise _BadRequest(400, "bad Content-Length")
+    return int(raw)
+
+
+def _keep_alive(version: str, headers: dict[str, str]) -> bool:
+    connection = headers.get("connection", "").lower()
+    if version == "HTTP/1.0":
+        return connection == "keep-alive"
+    return connection != "close"
 
 
 def parse_listen_address(address: str) -> tuple[str | None, int]:

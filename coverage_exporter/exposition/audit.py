@@ -14,6 +14,7 @@ from coverage_exporter.model.objects import ROLE_ENDPOINTS, ROLE_ENDPOINTSLICE
 from coverage_exporter.model.readiness import Readiness
 from coverage_exporter.model.report import CoverageReport
 from coverage_exporter.sources.health import SourceHealth
+from coverage_exporter.sources.untrusted import printable
 
 RUNBOOKS = "docs/runbooks"
 NAMES_SHOWN = 5
@@ -49,7 +50,8 @@ def _replica_name(p: PoolCoverage) -> str:
 
 def _pool_cell(p: PoolCoverage) -> str:
     found = str(p.discovered) if p.known else f"{p.discovered}+{p.unknown} unknown"
-    return f"{_replica_name(p)} {p.scrape_pool} ({p.role}) {found}"
+    # A pool name comes from the server's answer: escaped for the terminal.
+    return f"{_replica_name(p)} {printable(p.scrape_pool)} ({p.role}) {found}"
 
 
 def _rows(report: CoverageReport) -> list[list[str]]:

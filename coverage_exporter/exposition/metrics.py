@@ -27,7 +27,7 @@ from coverage_exporter.model.coverage import (
 from coverage_exporter.model.gaps import stage_losses
 from coverage_exporter.model.readiness import Readiness
 from coverage_exporter.model.report import CoverageReport
-from coverage_exporter.sources.health import SourceHealth
+from coverage_exporter.sources.health import SOURCE_KUBERNETES, SourceHealth
 
 PREFIX = "scrape_coverage_"
 
@@ -227,6 +227,17 @@ def _source(attr: Callable[[SourceHealth], float]) -> Callable[[ExporterState], 
     def samples(state: ExporterState) -> Iterator[Sample]:
         for h in state.sources:
             yield (h.source, h.prometheus), attr(h)
+
+    return samples
+
+
+def _kubernetes(
+    attr: Callable[[SourceHealth], float],
+) -> Callable[[ExporterState], Iterator[Sample]]:
+    def samples(state: ExporterState) -> Iterator[Sample]:
+        for h in state.sources:
+            if h.source == SOURCE_KUBERNETES:
+                yield (), attr(h)
 
     return samples
 
@@ -437,6 +448,21 @@ EXPORTER_METRICS: tuple[MetricSpec, ...] = (
         "Response body bytes read from the source.",
         SOURCE,
         _source(lambda h: h.response_bytes_total),
+    ),
+    MetricSpec(
+        "kubernetes_pod_watches",
+        "gauge",
+        "Pod watches running: one per namespace and Service selector in scope.",
+        (),
+        _kubernetes(lambda h: h.pod_watches),
+    ),
+    MetricSpec(
+        "kubernetes_pod_scopes_unwatched",
+        "gauge",
+        "Pod scopes left unwatched by --kubernetes-max-pod-watches; their Services are "
+        "not compared.",
+        (),
+        _kubernetes(lambda h: h.pod_scopes_unwatched),
     ),
     MetricSpec(
         "cycle_duration_seconds",
