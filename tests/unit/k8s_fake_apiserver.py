@@ -18,7 +18,7 @@ import base64
 import contextlib
 import copy
 import json
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,6 +85,12 @@ class FakeApiServer:
         """Answer every request with this HTTP status (500, 403, ...)."""
         self.watch_gone_http = False
         """Answer watches with HTTP 410 instead of an ERROR event."""
+        self.watch_ends_at_once = False
+        """End every watch right after its headers (a proxy cutting them)."""
+        self.forbidden_namespaces: set[str] = set()
+        """Namespaces whose requests get 403 Forbidden (RBAC)."""
+        self.overrides: dict[tuple[str, str], Callable[[web.Request], Awaitable[Any]]] = {}
+        """(resource, "list" | "watch") -> handler, for hostile answers."""
         self._snapshots: dict[str, tuple[int, list[dict[str, Any]]]] = {}
         self._watches: set[_Watch] = set()
         self._responses: set[web.StreamResponse] = set()
@@ -197,6 +203,14 @@ class FakeApiServer:
             Request(resource, verb, params, namespace, request.headers.get("Authorization"))
         )
         headers = {"Warning": self.warnings[resource]} if resource in self.warnings else {}
+        override = self.overrides.get((resource, verb))
+        if override is not None:
+            return await override(request)
+        if namespace in self.forbidden_namespaces:
+            return web.json_response(
+                status(403, "Forbidden", f'pods is forbidden in the namespace "{namespace}"'),
+                status=403,
+            )
         if self.fail_status is not None:
             return web.json_response(
                 status(self.fail_status, "InternalError", "injected failure"),
@@ -259,6 +273,9 @@ class FakeApiServer:
             return _gone(f"too old resource version: {since} ({self.compacted_rv})", headers)
         response = web.StreamResponse(headers={"Content-Type": "application/json", **headers})
         await response.prepare(request)
+        if self.watch_ends_at_once:
+            await response.write_eof()
+            return response
         if since < self.compacted_rv:
             msg = f"too old resource version: {since} ({self.compacted_rv})"
             await response.write(_line("ERROR", status(410, "Expired", msg)))

@@ -77,3 +77,20 @@ def test_audit_without_any_kubeconfig_cannot_collect(tmp_path, monkeypatch, caps
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     assert cli.main(["audit"]) == 2
     assert "kube" in capsys.readouterr().err.lower()
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [
+        "--source-deadline=0",
+        "--source-deadline=nan",
+        "--max-response-bytes=0",
+        "--kubernetes-max-pod-watches=-1",
+        "--kubernetes-watch-idle-timeout=0",
+        "--web.max-connections=0",
+        "--web.header-timeout=0",
+    ],
+)
+def test_bounds_must_make_sense(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["serve", "--prometheus-url=http://p:9090", flag]) == 2
+    assert "coverage-exporter:" in capsys.readouterr().err

@@ -1,20 +1,33 @@
-"""The HTTP endpoints of `serve`, through a real aiohttp server on 127.0.0.1."""
+"""The HTTP endpoints of `serve`, through the real server on 127.0.0.1 and
+aiohttp's client (an HTTP/1.1 client with keep-alive, like Prometheus's)."""
 
 from __future__ import annotations
 
+import aiohttp
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
-from coverage_exporter.http import ExporterView, make_app, parse_listen_address
+from coverage_exporter.http import ExporterView, MetricsServer, parse_listen_address
+
+
+class _Client:
+    def __init__(self, session: aiohttp.ClientSession, base: str) -> None:
+        self._session = session
+        self._base = base
+
+    async def get(self, path: str) -> aiohttp.ClientResponse:
+        response = await self._session.get(self._base + path)
+        await response.read()
+        return response
 
 
 @pytest.fixture
 async def client_and_view():
     view = ExporterView(lambda: b"# starting\nscrape_coverage_source_up 0\n")
-    client = TestClient(TestServer(make_app(view), host="127.0.0.1"))
-    await client.start_server()
-    yield client, view
-    await client.close()
+    server = MetricsServer(view)
+    port = await server.start("127.0.0.1", 0)
+    async with aiohttp.ClientSession() as session:
+        yield _Client(session, f"http://127.0.0.1:{port}"), view
+    await server.close()
 
 
 async def test_metrics_serves_the_stored_snapshot_and_runtime_metrics(client_and_view) -> None:
