@@ -154,6 +154,8 @@ class Guards:
         deadline = float(args.source_deadline)
         if not deadline > 0:
             raise ValueError("--source-deadline must be positive")
+        if int(args.max_response_bytes) <= 0:
+            raise ValueError("--max-response-bytes must be positive")
         if int(args.kubernetes_max_pod_watches) < 0:
             raise ValueError("--kubernetes-max-pod-watches must be 0 or more")
         if not float(args.kubernetes_watch_idle_timeout) > 0:

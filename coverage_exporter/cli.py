@@ -157,7 +157,7 @@ def _guards(p: _EnvParser) -> None:
         "seconds one source (a Prometheus, the pod lists) may take per cycle; "
         "a slower one is marked down and the cycle goes on",
         default="120",
-        type=float,
+        type=positive_seconds,
     )
     p.add(
         "--max-response-bytes",
@@ -177,7 +177,7 @@ def _guards(p: _EnvParser) -> None:
         "seconds of silence (no event, no bookmark) after which a watch is "
         "taken for a dead connection",
         default="90",
-        type=float,
+        type=positive_seconds,
     )
 
 
@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--web.header-timeout",
         "seconds a client has to send its request head",
         default="10",
-        type=float,
+        type=positive_seconds,
         dest="web_header_timeout",
     )
 
