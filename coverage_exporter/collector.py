@@ -221,8 +221,12 @@ class Collector:
             async with asyncio.timeout(self._source_deadline):
                 snapshot = await poller.poll()
         except SourceError as err:
-            # The source marked its own health; only the last good data is ours.
+            # Only the last good data is ours. The source marks its own
+            # health in collect(), but not every request of a poll goes
+            # through it (the configuration read first): mark it here too,
+            # or a dead Prometheus keeps source_up 1.
             log.warning("%s", err)  # the message names the Prometheus already
+            health.mark(False, time.monotonic() - started, str(err))
             return False
         except TimeoutError:
             message = f"not done within the {self._source_deadline:g}s source deadline"

@@ -308,3 +308,33 @@ def test_deep_nesting_in_a_configuration_answer_is_a_source_error() -> None:
 
     with pytest.raises(SourceError, match="nested too deeply"):
         parse_config_response(b'{"status":"success","warnings":' + DEEP + b"}")
+
+
+async def test_a_prometheus_whose_first_request_fails_is_down_not_up(fake) -> None:
+    """A poll starts with the configuration read, outside collect(): a dead
+    or failing server used to keep source_up 1 there (found by
+    tests/e2e/test_faults.py killing a real Prometheus)."""
+    server, url = fake
+    cluster = StaticCluster(clusters.node_exporter(10))
+    async with source(url, "p") as prom:
+        collector = Collector(cluster, [prom], Scope())
+        first = await collector.run_cycle()
+        assert (
+            samples(first.exposition, "scrape_coverage_source_up")[
+                (("server", "p"), ("source", "prometheus"))
+            ]
+            == 1.0
+        )
+
+        async def broken(_: web.Request) -> web.Response:
+            return web.Response(status=500, text="boom")
+
+        server.overrides["/api/v1/status/config"] = broken
+        second = await collector.run_cycle()
+    assert (
+        samples(second.exposition, "scrape_coverage_source_up")[
+            (("server", "p"), ("source", "prometheus"))
+        ]
+        == 0.0
+    )
+    assert "HTTP 500" in prom.health.last_error
