@@ -360,7 +360,15 @@ def test_etcd_compaction_forces_410_on_continue_and_on_watch(
             asyncio.run(_compaction_scenario(testbed, kube, kubeconfig, url))
     messages = [r.getMessage() for r in caplog.records]
     assert any("continue token expired mid-list" in m for m in messages), messages
-    assert any("too old" in m and "relisting" in m for m in messages), messages
+    # etcd answers a watch from a compacted revision with 410 Expired, or
+    # now and then (the compaction raced the changes) with a 500 "PrevKv=nil"
+    # ERROR event for the first event it lost: both are real, both relist.
+    gone = any("too old" in m and "relisting" in m for m in messages)
+    prevkv = any("PrevKv=nil" in m for m in messages) and any(
+        "watch failed 3 times in a row; relisting" in m for m in messages
+    )
+    print(f"watch after compaction: {'410 Expired' if gone else '500 PrevKv=nil'}, relisted")
+    assert gone or prevkv, messages
     assert all(r.exc_info is None for r in caplog.records)
 
 
