@@ -401,10 +401,18 @@ async def _compaction_scenario(testbed: Cluster, kube: Kube, kubeconfig: Path, u
         # reflector stopped, keeping its resourceVersion), etcd is compacted
         # past that resourceVersion, and the watch it resumes with gets the
         # real 410 Expired ERROR event: the reflector must relist.
+        lists_before = nodes.lists_total
+        phase_two = _Messages()
+        logging.getLogger("coverage_exporter.kubernetes").addHandler(phase_two)
         await nodes.stop()
         await asyncio.to_thread(_patch_and_compact, testbed, kube, "second")
         nodes.start()
-        await _eventually_async(lambda: nodes.lists_total >= 2 and nodes.healthy, 120)
+        await _eventually_async(lambda: nodes.lists_total > lists_before and nodes.healthy, 120)
+        logging.getLogger("coverage_exporter.kubernetes").removeHandler(phase_two)
+        # The resumed watch itself was refused as too old, and relisted.
+        assert any("too old" in m and "relisting" in m for m in phase_two.messages) or any(
+            "PrevKv=nil" in m for m in phase_two.messages
+        ), phase_two.messages
         assert len(nodes.cache) == N
         labels = json.loads(await real_get("/api/v1/nodes/node-0001", {}))["metadata"]["labels"]
         assert labels.get("fault") == "second"
@@ -412,6 +420,15 @@ async def _compaction_scenario(testbed: Cluster, kube: Kube, kubeconfig: Path, u
         assert source.health.up
     finally:
         await source.stop()
+
+
+class _Messages(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
 
 
 def _patch_and_compact(testbed: Cluster, kube: Kube, value: str) -> None:
