@@ -236,3 +236,33 @@ async def test_sigterm_ends_serve_within_seconds_even_mid_cycle(tmp_path: Path) 
     print(f"serve exited {elapsed:.2f}s after SIGTERM, mid-cycle")
     assert code == 0, stderr
     assert "stopped" in stderr and "Traceback" not in stderr
+
+
+async def test_the_report_is_served_by_the_bounded_server_with_etag_and_gzip() -> None:
+    """serve's server answers /report as make_app does (tests/unit/test_html_report.py
+    drives make_app): one routing for both."""
+    import aiohttp
+
+    from tests.unit.test_html_report import info, scenario_report
+
+    view = ExporterView(lambda: b"")
+    view.publish_report(scenario_report(), info())
+    srv = MetricsServer(view)
+    port = await srv.start("127.0.0.1", 0)
+    url = f"http://127.0.0.1:{port}/report"
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(url, headers={"Accept-Encoding": "identity"}) as first:
+                assert first.status == 200
+                assert "default-src 'none'" in first.headers["Content-Security-Policy"]
+                etag = first.headers["ETag"]
+                assert b"monitoring/node-exporter" in await first.read()
+            async with session.get(
+                url, headers={"Accept-Encoding": "identity", "If-None-Match": etag}
+            ) as again:
+                assert again.status == 304 and await again.read() == b""
+            async with session.get(url, headers={"Accept-Encoding": "gzip"}) as zipped:
+                assert zipped.status == 200 and zipped.headers["Content-Encoding"] == "gzip"
+                assert b"monitoring/node-exporter" in await zipped.read()
+    finally:
+        await srv.close()
