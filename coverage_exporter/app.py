@@ -32,6 +32,7 @@ from coverage_exporter.sources.prometheus import (
     parse_prometheus_url,
 )
 from coverage_exporter.sources.reflector import DEFAULT_WATCH_IDLE_SECONDS
+from coverage_exporter.webconfig import WebConfigFile
 
 log = logging.getLogger("coverage_exporter")
 
@@ -299,9 +300,11 @@ async def _serve(
     interval: float,
     full_refresh: float,
     guards: Guards | None = None,
+    web_config_file: str | None = None,
 ) -> int:
     guards = guards or Guards()
     host, port = parse_listen_address(listen_address)
+    web_config = WebConfigFile(web_config_file) if web_config_file else None
     sources = Sources(settings, full_refresh_seconds=full_refresh, guards=guards)
     health = sources.health
     cluster = cluster_name(settings)
@@ -312,9 +315,10 @@ async def _serve(
             )
         )
     )
-    server = MetricsServer(view, guards.server)
+    server = MetricsServer(view, guards.server, web_config)
     await server.start(host, port)
-    log.info("serving on %s; collecting every %.0fs", listen_address, interval)
+    tls = "TLS" if web_config and web_config.tls_enabled else "plain HTTP"
+    log.info("serving on %s (%s); collecting every %.0fs", listen_address, tls, interval)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -405,9 +409,12 @@ def serve(
     interval: float,
     full_refresh: float,
     guards: Guards | None = None,
+    web_config_file: str | None = None,
 ) -> int:
     try:
-        return asyncio.run(_serve(settings, listen_address, interval, full_refresh, guards))
+        return asyncio.run(
+            _serve(settings, listen_address, interval, full_refresh, guards, web_config_file)
+        )
     except ValueError as err:
         print(f"coverage-exporter: {err}", file=sys.stderr)
         return 2

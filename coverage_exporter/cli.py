@@ -146,7 +146,15 @@ def _common(p: _EnvParser) -> None:
         default="300",
         type=positive_seconds,
     )
-    p.add("--log-level", "debug, info, warning or error", default="info")
+    p.add("--log.level", "debug, info, warning or error", default="info", dest="log_level")
+    # The name before --log.level (Prometheus's spelling); kept for old command lines.
+    p.add("--log-level", "deprecated alias of --log.level", dest="log_level_deprecated")
+    p.add("--log.format", "logfmt or json", default="logfmt", dest="log_format")
+    p.add(
+        "--runbook-base-url",
+        "base URL of the runbook pages that findings link to "
+        "(default: the project's docs/runbooks/ on GitHub)",
+    )
     _guards(p)
 
 
@@ -202,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
         dest="listen_address",
     )
     serve.add(
+        "--web.config.file",
+        "exporter-toolkit web config (TLS, client certificates, basic auth); "
+        "re-read when it changes",
+        dest="web_config_file",
+    )
+    serve.add(
         "--interval", "seconds between collection cycles", default="60", type=positive_seconds
     )
     serve.add(
@@ -252,15 +266,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    level = getattr(logging, str(args.log_level).upper(), None)
-    if not isinstance(level, int):
-        print(f"coverage-exporter: unknown --log-level {args.log_level!r}", file=sys.stderr)
+    from coverage_exporter import logs, runbooks
+
+    try:
+        if args.log_level_deprecated:
+            logs.configure(args.log_level_deprecated, args.log_format, "--log-level")
+        else:
+            logs.configure(args.log_level, args.log_format)
+        runbooks.set_base_url(args.runbook_base_url)
+    except ValueError as err:
+        print(f"coverage-exporter: {err}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    if args.log_level_deprecated:
+        logging.getLogger("coverage_exporter").warning("--log-level is deprecated; use --log.level")
     # Imported here so that --help and --version stay fast.
     from coverage_exporter import app
 
@@ -283,6 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.interval,
             args.prometheus_full_refresh_interval,
             guards,
+            web_config_file=args.web_config_file,
         )
     return app.audit(settings, args.output, guards)
 

@@ -43,6 +43,7 @@ from coverage_exporter.exposition.html import (
     render_services,
 )
 from coverage_exporter.model.report import CoverageReport
+from coverage_exporter.webconfig import WebConfigFile
 
 log = logging.getLogger("coverage_exporter.http")
 
@@ -288,9 +289,16 @@ class _Connection:
 
 
 class MetricsServer:
-    def __init__(self, view: ExporterView, limits: ServerLimits | None = None) -> None:
+    def __init__(
+        self,
+        view: ExporterView,
+        limits: ServerLimits | None = None,
+        web_config: WebConfigFile | None = None,
+    ) -> None:
         self.view = view
         self.limits = limits or ServerLimits()
+        # --web.config.file: TLS on the listener, basic auth and headers per request.
+        self.web_config = web_config
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
         self.evicted_total = 0
@@ -308,6 +316,7 @@ class MetricsServer:
             port,
             limit=self.limits.max_header_bytes,
             backlog=1024,
+            ssl=self.web_config.ssl_context() if self.web_config else None,
         )
         return int(self._server.sockets[0].getsockname()[1])
 
@@ -410,8 +419,12 @@ class MetricsServer:
         keep_alive = _keep_alive(version, headers)
         if method not in ("GET", "HEAD"):
             response = Response(405, b"only GET and HEAD\n")
+        elif self.web_config and (denied := self.web_config.deny(headers)):
+            response = Response(denied[0], denied[1], headers=denied[2])
         else:
             response = await route(self.view, path.partition("?")[0], headers)
+        if self.web_config:
+            response.headers.update(self.web_config.response_headers())
         await self._write(writer, response, keep_alive, head_only=method == "HEAD")
         return keep_alive
 
