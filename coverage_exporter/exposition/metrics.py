@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from coverage_exporter import __version__
+from coverage_exporter import build
 from coverage_exporter.model.coverage import (
     STAGE_ENDPOINTS,
     STAGE_ENDPOINTSLICES,
@@ -32,6 +32,11 @@ from coverage_exporter.sources.health import SOURCE_KUBERNETES, SourceHealth
 PREFIX = "scrape_coverage_"
 
 Sample = tuple[Sequence[str], float]
+
+# Every family is rendered at the end of a collection cycle, never at scrape
+# time; the HELP text says so, since a scrape more often than --interval
+# returns the same values.
+HELP_SUFFIX = " Computed once per collection cycle (--interval), not at scrape time."
 
 
 @dataclass(slots=True)
@@ -516,9 +521,9 @@ EXPORTER_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec(
         "build_info",
         "gauge",
-        "Always 1; the version in a label.",
-        ("version",),
-        lambda s: [((__version__,), 1.0)],
+        "Always 1; the version, git revision and Python version in labels.",
+        ("version", "revision", "python_version"),
+        lambda s: [(build.labels(), 1.0)],
     ),
 )
 
@@ -588,7 +593,8 @@ class _StateCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         for spec in self._specs:
             family_type = CounterMetricFamily if spec.kind == "counter" else GaugeMetricFamily
-            family = family_type(PREFIX + spec.name, spec.help, labels=spec.labels)
+            help_text = spec.help + HELP_SUFFIX
+            family = family_type(PREFIX + spec.name, help_text, labels=spec.labels)
             for labels, value in spec.samples(self._state):
                 family.add_metric(list(labels), float(value))
             yield family
