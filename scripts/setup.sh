@@ -33,7 +33,16 @@ if ((${#missing_browser[@]})); then
   "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
   "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing_browser[@]}"
 fi
-log "installing the testbed (Debian packages, Go builds)"
+log "installing the testbed (Debian packages, Go builds: also helm, kubeconform, promtool 3)"
 bash testbed/install-deps.sh
+
+# The Prometheus Operator's CRDs, for kubeconform and the testbed apply of the
+# chart (tools/chart.py reads them from the module cache).
+. testbed/versions.env
+log "downloading the Prometheus Operator module (its CRDs)"
+PATH="$PATH:/usr/local/go/bin" GOFLAGS=-mod=mod go mod download \
+  "github.com/prometheus-operator/prometheus-operator@${PROMETHEUS_OPERATOR_VERSION:-v0.85.0}"
+log "copying the rules and dashboard into the chart (python -m tools.chart files)"
+.venv/bin/python -m tools.chart files
 
 log "done in $((SECONDS - start)) s"
