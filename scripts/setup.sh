@@ -41,7 +41,7 @@ bash testbed/install-deps.sh
 . testbed/versions.env
 log "downloading the Prometheus Operator module (its CRDs)"
 PATH="$PATH:/usr/local/go/bin" GOFLAGS=-mod=mod go mod download \
-  "github.com/prometheus-operator/prometheus-operator@${PROMETHEUS_OPERATOR_VERSION:-v0.85.0}"
+  "github.com/prometheus-operator/prometheus-operator@${OPERATOR_VERSION:-v0.85.0}"
 log "copying the rules and dashboard into the chart (python -m tools.chart files)"
 .venv/bin/python -m tools.chart files
 

@@ -96,7 +96,7 @@ def kubernetes_schemas() -> Path:
 
 def operator_module() -> Path:
     """The Prometheus Operator's module source (its CRDs), from the module cache."""
-    version = versions().get("PROMETHEUS_OPERATOR_VERSION", "v0.85.0")
+    version = versions().get("OPERATOR_VERSION", "v0.85.0")
     done = subprocess.run(
         [
             "go",

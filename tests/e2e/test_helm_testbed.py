@@ -1,0 +1,541 @@
+"""The chart on the real testbed: `helm install` through a server-side
+dry-run and a real apply, least privilege proven with the rendered
+ServiceAccount's token, the exporter run with the rendered arguments and
+scraped by the real Prometheus, every selector of every rule and dashboard
+query answered with series (pint's online check), and the chart's
+PrometheusRule loaded by the real Prometheus Operator.
+
+The testbed has no kubelet: the Deployment's pod is never run. The exporter
+runs here as a local process with exactly the container's arguments and a
+TokenRequest token of the rendered ServiceAccount, which is what the pod
+would mount. Tests run in file order and share the module's fixtures.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import os
+import re
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import yaml
+
+from alerts.generate import render_rules
+from dashboards.generate import panel_queries
+from testbed import scenarios as s
+from testbed.cluster import Cluster
+from testbed.kube import Kube
+from testbed.procs import free_ports
+from tests.e2e.conftest import rule_files
+from tools import chart
+from tools.contract import metric_names
+
+RELEASE = NAMESPACE = "coverage-exporter"
+N = s.DEFAULT_NODES
+NE = ("monitoring", "node-exporter")
+T = TypeVar("T")
+DEFAULT_VALUES = chart.CHART / "ci" / "default-values.yaml"
+RULE_LABELS = {"release": "kube-prometheus-stack"}  # ci/default-values.yaml
+
+
+def eventually(check: Callable[[], T], what: str, timeout: float = 120, every: float = 1) -> T:
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+            if result:
+                return result
+            last = result
+        except (OSError, AssertionError, KeyError, ValueError) as err:
+            last = err
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+def helm(testbed: Cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    chart.copy_files()
+    env = {**os.environ, "KUBECONFIG": str(testbed.kubeconfig), "HELM_CACHE_HOME": "/tmp/helm"}
+    done = subprocess.run(
+        [str(chart.helm()), *args], capture_output=True, text=True, timeout=300, env=env
+    )
+    if check:
+        assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def values_args(testbed: Cluster) -> list[str]:
+    servers = [{"name": n, "url": u} for n, u in testbed.prometheus_urls.items()]
+    return [
+        "--values", str(DEFAULT_VALUES),
+        "--set-json", f"prometheus.servers={json.dumps(servers)}",
+        "--set", "interval=3",
+        "--set", "prometheus.fullRefreshInterval=0",
+    ]  # fmt: skip
+
+
+# Where each kind of the chart lives in the API (for the dry-run and reads).
+PATHS = {
+    "ServiceAccount": "/api/v1/namespaces/{ns}/serviceaccounts",
+    "Service": "/api/v1/namespaces/{ns}/services",
+    "ConfigMap": "/api/v1/namespaces/{ns}/configmaps",
+    "Deployment": "/apis/apps/v1/namespaces/{ns}/deployments",
+    "ClusterRole": "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+    "ClusterRoleBinding": "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+    "ServiceMonitor": "/apis/monitoring.coreos.com/v1/namespaces/{ns}/servicemonitors",
+    "PrometheusRule": "/apis/monitoring.coreos.com/v1/namespaces/{ns}/prometheusrules",
+    "NetworkPolicy": "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies",
+    "PodDisruptionBudget": "/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets",
+}
+
+
+def collection(doc: dict[str, Any]) -> str:
+    return PATHS[doc["kind"]].format(ns=doc["metadata"].get("namespace", NAMESPACE))
+
+
+@pytest.fixture(scope="module")
+def rendered(testbed: Cluster) -> list[dict[str, Any]]:
+    text = chart.template([DEFAULT_VALUES], RELEASE, NAMESPACE, *values_args(testbed)[2:])
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+@pytest.fixture(scope="module")
+def crds(kube: Kube) -> list[str]:
+    """The Operator's CRDs from its module, as a kube-prometheus-stack
+    install brings them; created once (the operator testbed may have)."""
+    names = []
+    for crd in chart.operator_crds():
+        kube.create("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd)
+        names.append(crd["metadata"]["name"])
+
+    def established() -> bool:
+        for name in names:
+            got = kube.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
+            conditions = {c["type"]: c["status"] for c in got["status"].get("conditions", [])}
+            if conditions.get("Established") != "True":
+                return False
+        return True
+
+    eventually(established, "the Operator's CRDs to be established", 60)
+    return names
+
+
+def test_server_side_dry_run_accepts_every_object(
+    testbed: Cluster, kube: Kube, crds: list[str], rendered: list[dict[str, Any]]
+) -> None:
+    kube.create("/api/v1/namespaces", {"metadata": {"name": NAMESPACE}})
+    # helm's own: render against the live API (kinds and versions it serves).
+    done = helm(
+        testbed, "install", RELEASE, str(chart.CHART), "--namespace", NAMESPACE,
+        "--dry-run=server", *values_args(testbed),
+    )  # fmt: skip
+    assert "STATUS: pending-install" in done.stdout
+    # And every object through the apiserver's admission and validation,
+    # persisting nothing (dryRun=All), as `kubectl apply --dry-run=server`.
+    for doc in rendered:
+        created = kube.request("POST", collection(doc), doc, query={"dryRun": "All"})
+        assert created["metadata"]["name"] == doc["metadata"]["name"]
+        assert kube.get_or_none(f"{collection(doc)}/{doc['metadata']['name']}") is None
+    kinds = {d["kind"] for d in rendered}
+    assert kinds == {
+        "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service", "Deployment",
+        "ServiceMonitor", "PrometheusRule", "ConfigMap",
+    }  # fmt: skip
+
+
+def test_helm_install_applies_every_object(
+    testbed: Cluster, kube: Kube, rendered: list[dict[str, Any]]
+) -> None:
+    helm(
+        testbed, "install", RELEASE, str(chart.CHART), "--namespace", NAMESPACE,
+        *values_args(testbed),
+    )  # fmt: skip
+    for doc in rendered:
+        live = kube.get(f"{collection(doc)}/{doc['metadata']['name']}")
+        assert live["metadata"]["labels"]["app.kubernetes.io/instance"] == RELEASE
+        assert live["metadata"]["annotations"]["meta.helm.sh/release-name"] == RELEASE
+    status = json.loads(helm(testbed, "status", RELEASE, "-n", NAMESPACE, "-o", "json").stdout)
+    assert status["info"]["status"] == "deployed"
+    rule = kube.get(f"{PATHS['PrometheusRule'].format(ns=NAMESPACE)}/{RELEASE}")
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert rule["spec"]["groups"] == render_rules()["groups"]
+
+
+# --- least privilege -------------------------------------------------------------
+
+
+class TokenClient:
+    """Raw HTTPS to the apiserver with one bearer token."""
+
+    def __init__(self, testbed: Cluster, token: str) -> None:
+        self.base = testbed.api_url
+        self.token = token
+        self.ctx = ssl.create_default_context(cafile=str(testbed.ca_file))
+
+    def status(self, method: str, path: str, body: dict[str, Any] | None = None) -> int:
+        req = urllib.request.Request(
+            self.base + path,
+            data=json.dumps(body).encode() if body is not None else None,
+            method=method,
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(req, context=self.ctx, timeout=30) as r:
+                return r.status
+        except urllib.error.HTTPError as err:
+            return err.code
+
+
+@pytest.fixture(scope="module")
+def sa_token(kube: Kube, rendered: list[dict[str, Any]]) -> str:
+    """A TokenRequest token of the rendered ServiceAccount, as the kubelet
+    would mount it into the pod."""
+    (sa,) = [d for d in rendered if d["kind"] == "ServiceAccount"]
+    path = f"/api/v1/namespaces/{NAMESPACE}/serviceaccounts/{sa['metadata']['name']}/token"
+    body = {
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenRequest",
+        "spec": {"expirationSeconds": 3600},
+    }
+    return kube.request("POST", path, body)["status"]["token"]
+
+
+@pytest.fixture(scope="module")
+def sa_kubeconfig(
+    testbed: Cluster, sa_token: str, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    path = tmp_path_factory.mktemp("sa") / "kubeconfig"
+    ca = base64.b64encode(Path(testbed.ca_file).read_bytes()).decode()
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {
+                        "name": "testbed",
+                        "cluster": {"server": testbed.api_url, "certificate-authority-data": ca},
+                    }
+                ],
+                "users": [{"name": "coverage-exporter", "user": {"token": sa_token}}],
+                "contexts": [
+                    {"name": "sa", "context": {"cluster": "testbed", "user": "coverage-exporter"}}
+                ],
+                "current-context": "sa",
+            }
+        )
+    )
+    return path
+
+
+def test_service_account_is_bound_only_to_the_rendered_role(
+    kube: Kube, rendered: list[dict[str, Any]]
+) -> None:
+    (sa,) = [d for d in rendered if d["kind"] == "ServiceAccount"]
+    me = {"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": NAMESPACE}
+
+    def names_me(binding: dict[str, Any]) -> bool:
+        return any(
+            {k: subject.get(k) for k in me} == me for subject in binding.get("subjects") or []
+        )
+
+    rbac = "/apis/rbac.authorization.k8s.io/v1"
+    mine = [
+        (kind, b["roleRef"]["kind"], b["roleRef"]["name"])
+        for kind, path in (
+            ("ClusterRoleBinding", "clusterrolebindings"),
+            ("RoleBinding", "rolebindings"),
+        )
+        for b in kube.list(f"{rbac}/{path}")
+        if names_me(b)
+    ]
+    assert mine == [("ClusterRoleBinding", "ClusterRole", RELEASE)]
+    (role,) = [d for d in rendered if d["kind"] == "ClusterRole"]
+    assert kube.get(f"{rbac}/clusterroles/{RELEASE}")["rules"] == role["rules"]
+
+
+def test_token_reads_what_it_watches_and_nothing_else(testbed: Cluster, sa_token: str) -> None:
+    client = TokenClient(testbed, sa_token)
+    # The token works: every list the exporter makes is allowed...
+    for path in (
+        "/api/v1/nodes?limit=1",
+        "/api/v1/services?limit=1",
+        "/api/v1/endpoints?limit=1",
+        "/api/v1/pods?limit=1",
+        "/apis/discovery.k8s.io/v1/endpointslices?limit=1",
+        "/apis/apps/v1/daemonsets?limit=1",
+    ):
+        assert client.status("GET", path) == 200, path
+    # ...and Secrets, single-object gets, writes and other resources are denied.
+    assert client.status("GET", "/api/v1/secrets") == 403
+    assert client.status("GET", f"/api/v1/namespaces/{NAMESPACE}/secrets") == 403
+    assert client.status("GET", "/api/v1/namespaces/kube-system/secrets") == 403
+    assert client.status("GET", "/api/v1/configmaps") == 403
+    assert client.status("GET", "/api/v1/nodes/node-0001") == 403
+    configmap = {"metadata": {"name": "x"}, "data": {}}
+    assert client.status("POST", f"/api/v1/namespaces/{NAMESPACE}/configmaps", configmap) == 403
+    assert client.status("DELETE", "/api/v1/namespaces/monitoring/services/node-exporter") == 403
+
+
+def test_full_audit_with_the_service_account_token(
+    testbed: Cluster, sa_kubeconfig: Path, rendered: list[dict[str, Any]]
+) -> None:
+    binary = Path(sys.executable).parent / "coverage-exporter"
+    urls = [f"--prometheus-url={n}={u}" for n, u in testbed.prometheus_urls.items()]
+    done = subprocess.run(
+        [str(binary), "audit", f"--kubeconfig={sa_kubeconfig}", *urls, "--output", "json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["complete"] is True
+    assert all(source["up"] for source in doc["sources"]), doc["sources"]
+    (ne,) = [x for x in doc["services"] if (x["namespace"], x["service"]) == NE]
+    assert {m["node"] for m in ne["endpoints"]["missing"]} == s.endpoints_dropped_nodes(N)
+    assert "forbidden" not in done.stderr.lower()
+
+
+# --- the exporter as the pod would run it, scraped by the testbed Prometheus -----
+
+
+def deployment_args(rendered: list[dict[str, Any]]) -> list[str]:
+    (deployment,) = [d for d in rendered if d["kind"] == "Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return container["args"]
+
+
+@pytest.fixture(scope="module")
+def exporter(
+    testbed: Cluster,
+    sa_kubeconfig: Path,
+    rendered: list[dict[str, Any]],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Path]:
+    args = [
+        f"--web.listen-address={testbed.exporter_address}"
+        if a.startswith("--web.listen-address=")
+        else a
+        for a in deployment_args(rendered)
+    ]
+    log = tmp_path_factory.mktemp("exporter") / "exporter.log"
+    binary = Path(sys.executable).parent / "coverage-exporter"
+    # Rules as shipped (the session may have loaded a fast copy).
+    testbed.reload_prometheus(rule_files=rule_files())
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(binary), *args, f"--kubeconfig={sa_kubeconfig}"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        url = f"http://{testbed.exporter_address}/-/ready"
+        eventually(lambda: urllib.request.urlopen(url, timeout=5).status == 200, "ready", 180)
+        yield log
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def query(url: str, expr: str) -> list[dict[str, Any]]:
+    q = urllib.parse.urlencode({"query": expr})
+    with urllib.request.urlopen(f"{url}/api/v1/query?{q}", timeout=30) as r:
+        body = json.load(r)
+    assert body["status"] == "success", body
+    return body["data"]["result"]
+
+
+def test_exporter_with_rendered_args_is_scraped(testbed: Cluster, exporter: Path) -> None:
+    for url in testbed.prometheus_urls.values():
+        eventually(lambda url=url: query(url, 'up{job="coverage-exporter"} == 1'), "a scrape", 120)
+        info = eventually(
+            lambda url=url: query(url, "scrape_coverage_build_info"), "build_info", 60
+        )
+        assert {"version", "revision", "python_version"} <= info[0]["metric"].keys()
+    assert "forbidden" not in exporter.read_text().lower()
+    assert "Traceback" not in exporter.read_text()
+
+
+_NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
+
+
+def selectors(expr: str) -> set[str]:
+    """Every vector selector of a PromQL expression, as written (name and
+    matchers). Built on the contract's metric-name parser; the matchers are
+    the braces that follow the name."""
+    out = set()
+    for name in metric_names(expr):
+        for m in re.finditer(rf"(?<![a-zA-Z0-9_:$]){re.escape(name)}\s*(\{{[^}}]*\}})?", expr):
+            if not re.match(r"\s*\(", expr[m.end() :]):
+                out.add(name + (m.group(1) or ""))
+    return out
+
+
+def rule_selectors() -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for group in render_rules()["groups"]:
+        for rule in group["rules"]:
+            name = rule.get("alert") or rule.get("record")
+            out.setdefault(name, set()).update(selectors(rule["expr"]))
+    return out
+
+
+def test_selector_parser_finds_selectors_with_matchers() -> None:
+    expr = 'sum by (a) (rate(x_total{job=~"a.*"}[5m])) / on (a) y:z:max > 0 unless absent(w)'
+    assert selectors(expr) == {'x_total{job=~"a.*"}', "y:z:max", "w"}
+
+
+def test_every_rule_selector_returns_series(testbed: Cluster, exporter: Path) -> None:
+    """pint's promql/series check, online: a selector that matches nothing
+    (a renamed metric, a label the exporter does not set) makes its rule
+    silently never fire."""
+    wanted = {sel for sels in rule_selectors().values() for sel in sels}
+    assert len(wanted) >= 10
+    for name, url in testbed.prometheus_urls.items():
+        # Recorded series need an evaluation after the exporter's first scrape.
+        eventually(
+            lambda url=url: all(query(url, f"count({sel})") for sel in wanted),
+            f"every rule selector to return series on {name}",
+            120,
+            every=2,
+        )
+
+
+def test_every_dashboard_selector_returns_series(testbed: Cluster, exporter: Path) -> None:
+    wanted = {sel for _, expr in panel_queries(substitute=True) for sel in selectors(expr)}
+    assert len(wanted) >= 10
+    url = testbed.prometheus_urls["prometheus-3"]
+    empty = eventually(
+        lambda: not [sel for sel in wanted if not query(url, f"count({sel})")] or None,
+        "every dashboard selector to return series",
+        120,
+        every=2,
+    )
+    assert empty
+
+
+# --- the chart's PrometheusRule through the real Operator ------------------------
+
+OPERATOR_NAME = "rules-check"
+PROMETHEUSES = f"/apis/monitoring.coreos.com/v1/namespaces/{NAMESPACE}/prometheuses"
+RELOADER_IMAGE = "quay.io/prometheus-operator/prometheus-config-reloader"
+
+
+def operator_binary() -> Path:
+    version = chart.versions().get("OPERATOR_VERSION", "v0.85.0")
+    return chart.cache_dir() / "prometheus-operator" / version / "operator"
+
+
+@pytest.fixture(scope="module")
+def operator(
+    testbed: Cluster, kube: Kube, crds: list[str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Path]:
+    binary = operator_binary()
+    if not binary.exists():
+        pytest.skip(
+            f"{binary} is not built: `testbed/build.sh operator` comes with the operator "
+            "testbed (branch operator-testbed); this test runs once that has landed"
+        )
+    (port,) = free_ports(1)
+    version = chart.versions().get("OPERATOR_VERSION", "v0.85.0")
+    log = tmp_path_factory.mktemp("operator") / "operator.log"
+    # Watches only the chart's namespace, so it never touches the objects of
+    # an operator the testbed itself may run (monitoring).
+    argv = [
+        str(binary),
+        f"--web.listen-address=127.0.0.1:{port}",
+        f"--namespaces={NAMESPACE}",
+        # Only written into the StatefulSet, never pulled: no kubelet here.
+        f"--prometheus-config-reloader={RELOADER_IMAGE}:{version}",
+        "--log-level=info",
+    ]
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "KUBECONFIG": str(testbed.kubeconfig)},
+        )
+    cr = {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "Prometheus",
+        "metadata": {"name": OPERATOR_NAME, "namespace": NAMESPACE},
+        "spec": {
+            "replicas": 1,
+            # kube-prometheus-stack's selectors: its release label.
+            "ruleSelector": {"matchLabels": RULE_LABELS},
+            "ruleNamespaceSelector": {},
+            "serviceMonitorSelector": {"matchLabels": RULE_LABELS},
+            "serviceMonitorNamespaceSelector": {},
+        },
+    }
+    kube.create(PROMETHEUSES, cr)
+    try:
+        yield log
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        kube.delete(f"{PROMETHEUSES}/{OPERATOR_NAME}")
+        testbed.reload_prometheus(rule_files=rule_files())
+
+
+def test_operator_puts_the_chart_rule_into_prometheus_rule_files(
+    testbed: Cluster,
+    kube: Kube,
+    operator: Path,
+    exporter: Path,
+    tmp_path: Path,
+) -> None:
+    rulefiles = f"prometheus-{OPERATOR_NAME}-rulefiles-0"
+    configmap = f"/api/v1/namespaces/{NAMESPACE}/configmaps/{rulefiles}"
+    data = eventually(
+        lambda: (kube.get_or_none(configmap) or {}).get("data"),
+        "the Operator to write the rule ConfigMap " + operator.read_text()[-2000:],
+        120,
+    )
+    (key,) = [k for k in data if f"{NAMESPACE}-{RELEASE}-" in k]
+    groups = yaml.safe_load(data[key])["groups"]
+    assert [g["name"] for g in groups] == [g["name"] for g in render_rules()["groups"]]
+    # The generated config points Prometheus at that ConfigMap's mount.
+    secret = kube.get(f"/api/v1/namespaces/{NAMESPACE}/secrets/prometheus-{OPERATOR_NAME}")
+    raw = gzip.decompress(base64.b64decode(secret["data"]["prometheus.yaml.gz"]))
+    config = yaml.safe_load(raw)
+    mount = f"/etc/prometheus/rules/{rulefiles}"
+    assert any(p.startswith(mount) for p in config["rule_files"]), config["rule_files"]
+    # No kubelet here: do its part, project the ConfigMap's files into the
+    # directory the real Prometheus reads, and reload it.
+    rules_dir = tmp_path / rulefiles
+    rules_dir.mkdir()
+    for name, content in data.items():
+        (rules_dir / name).write_text(content)
+    testbed.reload_prometheus(rule_files=[rules_dir / "*.yaml"])
+    url = testbed.prometheus_urls["prometheus-3"]
+
+    def evaluated() -> list[dict[str, Any]] | None:
+        with urllib.request.urlopen(f"{url}/api/v1/rules", timeout=30) as r:
+            loaded = json.load(r)["data"]["groups"]
+        ours = [g for g in loaded if g["file"].startswith(str(rules_dir))]
+        rules = [rule for g in ours for rule in g["rules"]]
+        if len(ours) != len(groups) or not all(
+            r["health"] == "ok" and not r["lastEvaluation"].startswith("0001") for r in rules
+        ):
+            return None
+        return rules
+
+    rules = eventually(evaluated, "Prometheus to load and evaluate the Operator's rule file", 120)
+    by_name = {r["name"]: r for r in rules if r["type"] == "alerting"}
+    # The scenario truncates node-exporter's Endpoints: the rule sees it.
+    assert by_name["ScrapeCoverageEndpointsTruncated"]["state"] in ("pending", "firing")
