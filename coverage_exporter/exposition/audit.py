@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import msgspec
 
+from coverage_exporter import runbooks
 from coverage_exporter.model.coverage import MissingTarget, PoolCoverage, ServiceCoverage
 from coverage_exporter.model.gaps import service_gaps
 from coverage_exporter.model.objects import ROLE_ENDPOINTS, ROLE_ENDPOINTSLICE
@@ -16,12 +17,12 @@ from coverage_exporter.model.report import CoverageReport
 from coverage_exporter.sources.health import SourceHealth
 from coverage_exporter.sources.untrusted import printable
 
-RUNBOOKS = "docs/runbooks"
 NAMES_SHOWN = 5
 
 
 def runbook(name: str) -> str:
-    return f"{RUNBOOKS}/{name}.md"
+    # A URL a pip user can open (--runbook-base-url; default: docs/runbooks/ on GitHub).
+    return runbooks.runbook_url(name)
 
 
 def _names(missing: Sequence[MissingTarget], unnamed: int = 0) -> str:

@@ -135,3 +135,23 @@ def test_audit_links_use_the_same_base_as_the_rules() -> None:
     assert runbooks.DEFAULT_BASE_URL == RUNBOOK_BASE_URL
     for alert in alerts():
         assert runbooks.runbook_url(alert["alert"]) == alert["annotations"]["runbook_url"]
+
+
+def test_every_runbook_the_audit_links_ships() -> None:
+    # The audit text names its runbooks by page; each must be a page that
+    # ships, and its link must use the configured base.
+    from coverage_exporter.exposition import audit
+
+    source = Path(audit.__file__).read_text()
+    pages = set(re.findall(r"runbook\('([A-Za-z0-9-]+)'\)", source))
+    assert len(pages) >= 4
+    for page in pages:
+        assert (RUNBOOKS / f"{page}.md").is_file(), page
+    try:
+        runbooks.set_base_url("https://runbooks.example.com/ce")
+        assert audit.runbook("ScrapeCoverageUnknown") == (
+            "https://runbooks.example.com/ce/ScrapeCoverageUnknown.md"
+        )
+    finally:
+        runbooks.set_base_url(None)
+    assert audit.runbook("x").startswith(RUNBOOK_BASE_URL)
