@@ -97,14 +97,11 @@ def kubernetes_schemas() -> Path:
 def operator_module() -> Path:
     """The Prometheus Operator's module source (its CRDs), from the module cache."""
     version = versions().get("OPERATOR_VERSION", "v0.85.0")
+    module = f"github.com/prometheus-operator/prometheus-operator@{version}"
+    # testbed/install-deps.sh finds Go the same way (PATH, then /usr/local/go).
+    go = shutil.which("go") or "/usr/local/go/bin/go"
     done = subprocess.run(
-        [
-            "go",
-            "mod",
-            "download",
-            "-json",
-            f"github.com/prometheus-operator/prometheus-operator@{version}",
-        ],
+        [go, "mod", "download", "-json", module],
         capture_output=True,
         text=True,
         check=True,
