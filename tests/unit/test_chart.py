@@ -201,3 +201,17 @@ def test_no_operator_values_render_no_operator_objects() -> None:
 def test_basic_auth_without_password_secret_is_refused() -> None:
     with pytest.raises(RuntimeError, match=r"passwordSecret\.name is required"):
         chart.template([], RELEASE, NAMESPACE, "--set", "prometheus.basicAuth.username=u")
+
+
+def test_packaged_chart_carries_the_generated_files(tmp_path: Path) -> None:
+    assert chart.main(["package", str(tmp_path)]) == 0
+    (package,) = tmp_path.glob("coverage-exporter-*.tgz")
+    done = subprocess.run(
+        [str(chart.helm()), "template", "x", str(package), "--kube-version", "1.36.3"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    docs = by_kind([d for d in yaml.safe_load_all(done.stdout) if d])
+    assert docs["PrometheusRule"]["spec"]["groups"]
+    assert json.loads(next(iter(docs["ConfigMap"]["data"].values())))["panels"]
