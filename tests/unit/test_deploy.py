@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from coverage_exporter.sources import kubernetes
+from coverage_exporter.sources import kubernetes, operator
 
 DEPLOY = Path(__file__).parent.parent.parent / "deploy" / "kubernetes.yaml"
 
@@ -34,9 +34,16 @@ def test_cluster_role_grants_list_and_watch_on_every_watched_resource() -> None:
         kubernetes.DAEMONSETS_PATH,
         "/api/v1/pods",
     ]
-    needed = {resource_of(p) for p in paths}
-    assert set(granted) == needed
-    assert all(verbs == {"list", "watch"} for verbs in granted.values())
+    watched = {resource_of(p): {"list", "watch"} for p in paths}
+    # Migration readiness lists the Operator's objects each cycle and asks
+    # SubjectAccessReviews (sources/operator.py); nothing else, no Secrets.
+    listed = {
+        resource_of(p): {"list"}
+        for p in (operator.PROMETHEUSES, operator.PROMETHEUS_AGENTS, operator.SERVICE_MONITORS)
+    }
+    listed[("", "namespaces")] = {"list"}
+    asked = {resource_of(operator.SAR): {"create"}}
+    assert granted == watched | listed | asked
 
 
 def test_exporter_is_scraped_with_honor_labels_and_probed() -> None:
