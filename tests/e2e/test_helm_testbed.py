@@ -83,6 +83,8 @@ def values_args(testbed: Cluster) -> list[str]:
         "--set-json", f"prometheus.servers={json.dumps(servers)}",
         "--set", "interval=3",
         "--set", "prometheus.fullRefreshInterval=0",
+        # The Operator test's CR must be read within the test, not in 300 s.
+        "--set-json", 'extraArgs=["--operator-refresh-interval=3"]',
     ]  # fmt: skip
 
 
