@@ -216,15 +216,15 @@ def assess(
         "resources [endpointslices], verbs [get, list, watch])"
     )
     dual = "restart the Operator with --kubelet-endpoints=true --kubelet-endpointslice=true"
+
+    def decide(step: str, safe: bool, advice: str, action: str) -> Readiness:
+        return Readiness(
+            cr, role, over, soon, endpointslice_rbac, state, step, safe, advice, action
+        )
+
     if role == ROLE_ENDPOINTSLICE_CR:
         if state == KUBELET_MIRRORED_CAPPED:
-            return Readiness(
-                cr,
-                role,
-                over,
-                soon,
-                endpointslice_rbac,
-                state,
+            return decide(
                 STEP_DUAL_WRITE,
                 False,
                 f"switched unsafely: {kubelet_name} has only mirrored slices, capped "
@@ -233,13 +233,7 @@ def assess(
                 dual,
             )
         if not rbac_ok:
-            return Readiness(
-                cr,
-                role,
-                over,
-                soon,
-                endpointslice_rbac,
-                state,
+            return decide(
                 STEP_GRANT_RBAC,
                 False,
                 "switched unsafely: the ServiceAccount may not list EndpointSlices, "
@@ -247,26 +241,14 @@ def assess(
                 rbac_action,
             )
         if state == KUBELET_OPERATOR_SLICES:
-            return Readiness(
-                cr,
-                role,
-                over,
-                soon,
-                endpointslice_rbac,
-                state,
+            return decide(
                 STEP_ENDPOINTS_OFF,
                 True,
                 f"on role EndpointSlice; {kubelet_name} Endpoints are still written "
                 "and nothing needs them now (optional last step).",
                 "restart the Operator with --kubelet-endpoints=false --kubelet-endpointslice=true",
             )
-        return Readiness(
-            cr,
-            role,
-            over,
-            soon,
-            endpointslice_rbac,
-            state,
+        return decide(
             STEP_DONE,
             True,
             "migrated: role EndpointSlice, kubelet slices written by the Operator.",
@@ -283,17 +265,9 @@ def assess(
         )
         if state in (KUBELET_OPERATOR_SLICES, KUBELET_ENDPOINTS_FROZEN) and rbac_ok:
             step, action = STEP_SWITCH_ROLE, patch
-        return Readiness(
-            cr, role, over, soon, endpointslice_rbac, state, step, True, advice, action
-        )
+        return decide(step, True, advice, action)
     if not slices_ready:
-        return Readiness(
-            cr,
-            role,
-            over,
-            soon,
-            endpointslice_rbac,
-            state,
+        return decide(
             STEP_DUAL_WRITE,
             not losing,
             f"unsafe to switch yet: {kubelet_name} has only mirrored slices, capped "
@@ -302,26 +276,14 @@ def assess(
             dual,
         )
     if not rbac_ok:
-        return Readiness(
-            cr,
-            role,
-            over,
-            soon,
-            endpointslice_rbac,
-            state,
+        return decide(
             STEP_GRANT_RBAC,
             not losing,
             "unsafe to switch yet: its ServiceAccount may not list EndpointSlices; "
             "after the switch every pool would discover nothing.",
             rbac_action,
         )
-    return Readiness(
-        cr,
-        role,
-        over,
-        soon,
-        endpointslice_rbac,
-        state,
+    return decide(
         STEP_SWITCH_ROLE,
         not losing,
         "ready to switch: the kubelet slices are complete and the ServiceAccount "

@@ -13,13 +13,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import yaml
@@ -31,12 +30,12 @@ from testbed import scenarios as s
 from testbed.cluster import REPO, Cluster
 from testbed.kube import Kube
 from testbed.prometheus import active_targets
+from tests.e2e.waiting import eventually
 
 N = s.DEFAULT_NODES
 SCALED = 900
 INTERVAL = "3"
 NE = ("monitoring", "node-exporter")
-T = TypeVar("T")
 
 # What each scrape pool of the scenario discovers with N nodes, as the real
 # controllers leave it: role endpoints reads the truncated Endpoints,
@@ -50,21 +49,6 @@ POOLS = {
     ("kube-system", "kubelet-skip-mirror", "kubelet-skip-mirror-endpointslice"): lambda n: set(),
 }
 
-
-def eventually(check: Callable[[], T], what: str, timeout: float = 120, every: float = 1) -> T:
-    """The first truthy result of check(); fails naming `what` after timeout."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            result = check()
-            if result:
-                return result
-            last = result
-        except (OSError, AssertionError, KeyError, ValueError) as err:
-            last = err
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
 def prometheus_sees(url: str, nodes: int) -> bool:

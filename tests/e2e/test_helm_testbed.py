@@ -25,9 +25,9 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import yaml
@@ -39,30 +39,16 @@ from testbed.cluster import Cluster
 from testbed.kube import Kube
 from testbed.procs import free_ports
 from tests.e2e.conftest import rule_files
+from tests.e2e.waiting import eventually
 from tools import chart
 from tools.contract import metric_names
 
 RELEASE = NAMESPACE = "coverage-exporter"
 N = s.DEFAULT_NODES
 NE = ("monitoring", "node-exporter")
-T = TypeVar("T")
 DEFAULT_VALUES = chart.CHART / "ci" / "default-values.yaml"
 RULE_LABELS = {"release": "kube-prometheus-stack"}  # ci/default-values.yaml
 
-
-def eventually(check: Callable[[], T], what: str, timeout: float = 120, every: float = 1) -> T:
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            result = check()
-            if result:
-                return result
-            last = result
-        except (OSError, AssertionError, KeyError, ValueError) as err:
-            last = err
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
 def helm(testbed: Cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -26,10 +26,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import yaml
@@ -43,30 +43,16 @@ from testbed.cluster import Cluster
 from testbed.kube import Kube
 from testbed.procs import free_ports
 from testbed.prometheus import active_targets
+from tests.e2e.waiting import eventually
 
 N = s.DEFAULT_NODES
 GROWN = 1300
 FROZEN_EXTRA = 10  # nodes added while the Endpoints is frozen (endpoints-off first)
 EXPORTER = Path(sys.executable).parent / "coverage-exporter"
-T = TypeVar("T")
 NE = (s.MONITORING, s.NODE_EXPORTER)
 KUBELET = (s.KUBE_SYSTEM, s.KUBELET)
 SERVICE_POOLS = {NE: [op.NODE_EXPORTER_POOL], KUBELET: op.KUBELET_POOLS}
 
-
-def eventually(check: Callable[[], T], what: str, timeout: float = 120, every: float = 1) -> T:
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            result = check()
-            if result:
-                return result
-            last = result
-        except (OSError, AssertionError, KeyError, ValueError) as err:
-            last = err
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
 # ---- fixtures ---------------------------------------------------------------------

@@ -24,7 +24,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -40,11 +40,11 @@ from tests.e2e.extra_prometheus import (
     shard_rules,
     token_without_endpointslices,
 )
+from tests.e2e.waiting import eventually
 
 N = s.DEFAULT_NODES
 NE = "monitoring/node-exporter"
 BINARY = Path(sys.executable).parent / "coverage-exporter"
-T = TypeVar("T")
 # Replica 1 drops the nodes whose number ends in 0, 1 or 2: 30% of them.
 DROP_REGEX = r"node-\d\d\d[0-2]"
 
@@ -53,19 +53,6 @@ def dropped_by_regex(n: int) -> set[str]:
     return {name for name in s.nodes(n) if re.fullmatch(DROP_REGEX, name)}
 
 
-def eventually(check: Callable[[], T], what: str, timeout: float = 120) -> T:
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            result = check()
-            if result:
-                return result
-            last = result
-        except (OSError, AssertionError, KeyError, ValueError) as err:
-            last = err
-        time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
 def audit(testbed: Cluster, *args: str) -> tuple[int, dict[str, Any]]:
