@@ -31,7 +31,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -459,18 +458,6 @@ def operator_ready(port: int, endpoints: bool, endpointslice: bool) -> bool:
 
 def node_syncs(port: int, resource: str) -> float:
     return metric(metrics(port), "prometheus_operator_node_syncs_total", resource=resource) or 0
-
-
-def wait(check: Callable[[], str | None], what: str, timeout: float) -> None:
-    """check returns None when done, else what is still missing."""
-    deadline = time.monotonic() + timeout
-    last: str | None = "not checked"
-    while time.monotonic() < deadline:
-        last = check()
-        if last is None:
-            return
-        time.sleep(0.5)
-    raise TimeoutError(f"{what} after {timeout:.0f} s: {last}")
 
 
 def main(argv: list[str] | None = None) -> int:
