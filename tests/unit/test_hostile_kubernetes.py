@@ -320,8 +320,13 @@ async def test_a_watch_that_keeps_failing_from_its_resource_version_relists(
     r = node_reflector(api)
     reflectors.append(r)
     r.start()
-    await until(lambda: len(server.lists("nodes")) >= 2)
-    assert "PrevKv=nil" in r.last_error and "500" in r.last_error
+    # Sampled together: a relist that succeeds clears last_error until the
+    # still-failing watch sets it again, so reading it after the wait raced.
+    await until(
+        lambda: len(server.lists("nodes")) >= 2
+        and "PrevKv=nil" in r.last_error
+        and "500" in r.last_error
+    )
     server.overrides.clear()
     await until(lambda: r.healthy and server.open_watches == 1)
 
