@@ -214,12 +214,14 @@ def settle(cluster: Cluster, kube: Kube, since: dict[str, float] | None = None,
     """Waits for the operator, the configs and discovery; returns what each
     pod discovers."""
     t0 = time.monotonic()
-    op.wait(lambda: _operator_synced(cluster, since or {}), "operator not synced", timeout)
-    op.wait(lambda: _kubelet_objects(kube, cluster), "kubelet objects not converged", timeout)
-    op.wait(lambda: _configs_loaded(kube, cluster), "configs not loaded", timeout)
+    sc.poll(lambda: _operator_synced(cluster, since or {}), "operator not synced", timeout,
+            interval=0.5)
+    sc.poll(lambda: _kubelet_objects(kube, cluster), "kubelet objects not converged", timeout,
+            interval=0.5)
+    sc.poll(lambda: _configs_loaded(kube, cluster), "configs not loaded", timeout, interval=0.5)
     seen: list[Targets] = []
-    op.wait(lambda: _discovery(kube, cluster, seen), "discovery not converged",
-            max(30.0, timeout - (time.monotonic() - t0)))
+    sc.poll(lambda: _discovery(kube, cluster, seen), "discovery not converged",
+            max(30.0, timeout - (time.monotonic() - t0)), interval=0.5)
     return seen[-1]
 
 

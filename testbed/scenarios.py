@@ -414,15 +414,17 @@ def slice_addresses(slices: list[dict[str, Any]]) -> set[str]:
     return {a for s in slices for ep in s.get("endpoints") or [] for a in ep["addresses"]}
 
 
-def _poll(check: Callable[[], str | None], what: str, timeout: float) -> None:
-    """check returns None when done, else a description of what is missing."""
+def poll(check: Callable[[], str | None], what: str, timeout: float,
+         interval: float = 1.0) -> None:
+    """check returns None when done, else a description of what is missing.
+    The testbed's one polling helper (scenarios and migration steps)."""
     deadline = time.monotonic() + timeout
     last: str | None = "not checked"
     while time.monotonic() < deadline:
         last = check()
         if last is None:
             return
-        time.sleep(1)
+        time.sleep(interval)
     raise TimeoutError(f"{what} after {timeout:.0f} s: {last}")
 
 
@@ -445,7 +447,7 @@ def _wait_nodes_ready(kube: Kube, want: dict[str, str], timeout: float) -> list[
         result[:] = node_list
         return None
 
-    _poll(check, "nodes not ready", timeout)
+    poll(check, "nodes not ready", timeout)
     return result
 
 
@@ -459,7 +461,7 @@ def _wait_pods_running(kube: Kube, want: dict[str, str], timeout: float) -> None
             return f"{len(pods)} pods, {len(bad)} without their node's IP: {bad[:5]}"
         return None
 
-    _poll(check, "node-exporter pods not running", timeout)
+    poll(check, "node-exporter pods not running", timeout)
 
 
 def wait_converged(kube: Kube, n: int, timeout: float = 180, *, operator: bool = False) -> None:
@@ -492,4 +494,4 @@ def wait_converged(kube: Kube, n: int, timeout: float = 180, *, operator: bool =
             return f"kubelet-skip-mirror operator slices: {len(slice_addresses(skip))}"
         return None
 
-    _poll(check, "controllers did not converge", timeout)
+    poll(check, "controllers did not converge", timeout)
