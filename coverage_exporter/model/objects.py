@@ -7,15 +7,21 @@ few hundred bytes. Every field here is read by `model.coverage`; a field
 nobody reads does not belong here.
 
 The types made by the hundred thousand (Node, addresses, endpoints, Pod,
-Target) are plain slotted dataclasses, not frozen ones: a frozen
-dataclass's __init__ goes through object.__setattr__ and costs ~6x more,
-0.5 s per 100k targets. Treat them as read-only all the same.
+Target) are msgspec Structs with gc=False, not dataclasses: their __init__
+is C (55 ns against 262 ns for a slotted dataclass with ten keyword
+fields; a frozen dataclass costs ~6x more again), they are 16 bytes
+smaller, and the cyclic garbage collector does not track them, so its full
+collections do not walk a million targets at 100k nodes. They hold only
+strings, numbers, tuples and shared dicts, never a cycle, which is what
+gc=False requires. Treat them as read-only all the same.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+
+import msgspec
 
 ServiceKey = tuple[str, str]
 """(namespace, name) of a Service, and of its Endpoints object."""
@@ -51,13 +57,12 @@ Taint = tuple[str, str, str]
 """(key, value, effect) of a Node taint."""
 
 
-@dataclass(slots=True)
-class Node:
+class Node(msgspec.Struct, gc=False):
     name: str
     addresses: tuple[str, ...]
     """status.addresses of type InternalIP and ExternalIP."""
     ready: bool
-    labels: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = msgspec.field(default_factory=dict)
     """Shared between Nodes with equal labels (see sources.k8s_parse): one
     dict per distinct label set, not per Node."""
     taints: tuple[Taint, ...] = ()
@@ -85,8 +90,7 @@ class Service:
         return self.labels.get(APP_MANAGED_BY_LABEL) == MANAGED_BY_OPERATOR
 
 
-@dataclass(slots=True)
-class EndpointAddress:
+class EndpointAddress(msgspec.Struct, gc=False):
     """One address of an Endpoints subset, or one endpoint of a slice."""
 
     ip: str
@@ -115,8 +119,7 @@ class Endpoints:
         return (self.namespace, self.name)
 
 
-@dataclass(slots=True)
-class SliceEndpoint:
+class SliceEndpoint(msgspec.Struct, gc=False):
     address: str
     """The first address: Kubernetes requires every address of one endpoint
     to belong to the same Pod/Node, so one is enough to identify it."""
@@ -139,8 +142,7 @@ class EndpointSlice:
     endpoints: tuple[SliceEndpoint, ...]
 
 
-@dataclass(slots=True)
-class Pod:
+class Pod(msgspec.Struct, gc=False):
     namespace: str
     name: str
     node_name: str | None
@@ -204,8 +206,7 @@ class ClusterSnapshot:
     daemonsets: Mapping[ServiceKey, DaemonSet] = field(default_factory=dict)
 
 
-@dataclass(slots=True)
-class Target:
+class Target(msgspec.Struct, gc=False):
     """One active target of a Prometheus, reduced to what identifies it."""
 
     scrape_pool: str

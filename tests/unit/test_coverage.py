@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import msgspec
 import pytest
 
 from coverage_exporter.model.coverage import MissingTarget
@@ -121,7 +122,8 @@ def test_dual_stack_slices_are_not_counted_twice() -> None:
             name=s.name + "-v6",
             address_type="IPv6",
             endpoints=tuple(
-                dataclasses.replace(e, address=f"fd00::{i:x}") for i, e in enumerate(s.endpoints)
+                msgspec.structs.replace(e, address=f"fd00::{i:x}")
+                for i, e in enumerate(s.endpoints)
             ),
         )
         for s in v4
@@ -297,7 +299,7 @@ def test_second_job_with_another_role_does_not_hide_a_gap() -> None:
 def test_targets_without_node_labels_are_matched_by_address() -> None:
     cluster = clusters.kubelet(50, skip_mirror=True)
     bare = [
-        dataclasses.replace(t, node_name=None, target_kind=None, target_name=None)
+        msgspec.structs.replace(t, node_name=None, target_kind=None, target_name=None)
         for t in clusters.slice_targets(cluster, "kubelet", *KUBELET)
     ]
     svc = only(report_for(cluster, PrometheusSnapshot("p", bare[:40])), KUBELET)

@@ -48,7 +48,14 @@ def test_node_many_images_is_small_after_parsing() -> None:
     assert len(data) > 15_000
     node = k8s_parse.NODES.parse(data).obj
     # Nothing but name, addresses, readiness and what placement reads survives.
-    assert node.__slots__ == ("name", "addresses", "ready", "labels", "taints", "unschedulable")
+    assert node.__struct_fields__ == (
+        "name",
+        "addresses",
+        "ready",
+        "labels",
+        "taints",
+        "unschedulable",
+    )
     # Nodes with equal labels share one dict, not one copy each.
     twin = json.loads(data)
     twin["metadata"]["name"] = "other"
