@@ -260,21 +260,40 @@ def _to_target(
     # Service name (pod, node, static roles) can never count for anything:
     # dropping it here keeps 100k-node clusters' kubelet/cAdvisor pools of
     # role node out of memory.
-    if not labels.namespace or not labels.service:
+    namespace, service = labels.namespace, labels.service
+    if not namespace or not service:
         return None
+    # This runs once per target (a million at 100k nodes with HA replicas):
+    # positional arguments to the Struct's C __init__, no helper calls for
+    # the common case. Every string is interned: node names and addresses
+    # repeat across pools and replicas, and are the very objects the Nodes
+    # hold.
+    intern = sys.intern
+    node_name = labels.endpoint_node_name or labels.slice_node_name or labels.pod_node_name
+    kind = labels.endpoint_target_kind or labels.slice_target_kind
+    name = labels.endpoint_target_name or labels.slice_target_name
+    pod = labels.pod_name
+    if labels.endpointslice_name is not None:
+        role = ROLE_ENDPOINTSLICE
+    elif labels.endpoints_name is not None:
+        role = ROLE_ENDPOINTS
+    else:
+        role = discovery_role(labels)
+    colon = address.find(":")
+    host = (
+        address[:colon] if colon > 0 and address.find(":", colon + 1) < 0 else address_host(address)
+    )
     return Target(
-        scrape_pool=pool,
-        health=sys.intern(health or "unknown"),
-        role=discovery_role(labels),
-        namespace=_intern(labels.namespace),
-        service=_intern(labels.service),
-        node_name=_intern(
-            labels.endpoint_node_name or labels.slice_node_name or labels.pod_node_name
-        ),
-        target_kind=_intern(labels.endpoint_target_kind or labels.slice_target_kind),
-        target_name=_intern(labels.endpoint_target_name or labels.slice_target_name),
-        pod_name=_intern(labels.pod_name),
-        address_host=sys.intern(address_host(address)),
+        pool,
+        intern(health) if health else "unknown",
+        role,
+        intern(namespace),
+        intern(service),
+        None if node_name is None else intern(node_name),
+        None if kind is None else intern(kind),
+        None if name is None else intern(name),
+        None if pod is None else intern(pod),
+        intern(host),
     )
 
 
