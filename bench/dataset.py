@@ -1,36 +1,49 @@
-"""Synthetic cluster for the benchmark: N nodes, three node-wide Services,
-rendered once to JSON bytes in the shapes a real kube-apiserver and a real
-Prometheus return.
+"""Synthetic cluster for the benchmark: N nodes run the way the Prometheus
+Operator (kube-prometheus v0.16.0, Operator v0.85.0) runs them, rendered
+once to JSON bytes in the shapes a real kube-apiserver and a real
+Prometheus 3.16 return (tests/fixtures/captured/operator/ holds the real
+answers; tests/bench/test_fake_shapes.py keeps the two alike).
 
-The cluster (issue #5):
+Kubernetes objects (issues #5, #12):
 
-* ``monitoring/node-exporter``: Service with a selector, headless, DaemonSet
-  ``node-exporter`` with hostNetwork pods (pod IP = node IP). Endpoints cut to
-  1000 addresses by the endpoints controller (annotation
+* ``monitoring/node-exporter``: DaemonSet with hostNetwork pods (pod IP =
+  node IP), headless Service with a selector, kube-prometheus labels.
+  Endpoints cut to 1000 addresses by the endpoints controller (annotation
   ``endpoints.kubernetes.io/over-capacity: truncated``, first 1000 ready
   addresses after sorting by IP string), EndpointSlices of 100 endpoints.
-* ``kube-system/kubelet``: selector-less, Endpoints written by the Prometheus
-  Operator with every node (``targetRef`` kind Node, three ports, never
-  truncated); the mirroring controller mirrors at most 1000 of them into one
-  slice and skips the rest.
-* ``cadvisor/cadvisor``: Service with a selector, DaemonSet ``cadvisor``,
-  pods on the pod network (pod IP from the node's podCIDR), truncated
-  Endpoints, EndpointSlices of 100.
+* ``kube-system/kubelet``: selector-less, written by the Operator: Endpoints
+  with every node (``nodeName``, targetRef kind Node, ports https-metrics
+  10250, http-metrics 10255, cadvisor 4194, never truncated); the mirroring
+  controller mirrors at most 1000 of them into one slice and skips the
+  rest. cAdvisor is scraped through the kubelet, not by a DaemonSet of its
+  own.
 * A couple of small objects of every real cluster (``default/kubernetes``,
   ``kube-system/kube-dns`` with two CoreDNS pods).
 
-One node in 200 is NotReady: its DaemonSet pods are not ready, so they are
+One node in 200 is NotReady: its node-exporter pod is not ready, so it is
 in ``notReadyAddresses`` (dropped by truncation when more than 1000 are
-ready) and are active targets of health ``down``.
+ready), and its targets are active with health ``down``.
 
-Prometheus has one scrape pool per Service and discovery role, named the way
-the Prometheus Operator names them; every target carries the discovered
-labels Kubernetes SD really produces. Endpoints-role pools see the Endpoints
-object (1000 targets for the truncated Services, N for kubelet);
-endpointslice-role pools see every slice (N, but 1000 for kubelet because of
-the mirroring cap).
+Prometheus: the Operator's Prometheus ``monitoring/k8s`` with S shards x R
+replicas (``default_topology``: 2 x 2 from 15k nodes up, 1 x 1 below), one
+server per pod (``prometheus-k8s-<r>`` for shard 0,
+``prometheus-k8s-shard-<s>-<r>``), all with the same ``serviceDiscoveryRole``
+(``role``: ``endpoints``, the Operator's default, or ``endpointslice``).
+Five scrape pools, one per ServiceMonitor endpoint:
+``serviceMonitor/monitoring/kubelet/0..3`` (``/metrics``,
+``/metrics/cadvisor``, ``/metrics/probes``, ``/metrics/slis``, port
+https-metrics) and ``serviceMonitor/monitoring/node-exporter/0``. Role
+endpoints: node-exporter sees the 1000 addresses of its Endpoints, every
+kubelet pool every node. Role endpointslice: node-exporter sees every node,
+the kubelet pools the 1000 mirrored. Each target goes to the shard
+``hashmod(__address__)`` picks (md5, last 8 bytes, as Prometheus's relabel
+does); the replicas of a shard have the same targets. Every server also has
+its loaded configuration (``prometheus_config``: external labels
+``prometheus``/``prometheus_replica``, one job per ServiceMonitor endpoint
+with the Operator's relabel rules and sharding rules) and its own
+``/metrics`` counts.
 
-Everything is deterministic for a given N.
+Everything is deterministic for a given N, role, shards and replicas.
 """
 
 from __future__ import annotations
@@ -54,6 +67,9 @@ HEARTBEAT = "2025-11-26T05:38:12Z"
 LAST_SCRAPE = "2025-11-26T05:40:11.482913402Z"
 ZONES = ("eu-west-1a", "eu-west-1b", "eu-west-1c")
 KUBE_VERSION = "v1.33.4"
+PROM_VERSION = "3.16.0"
+PROM_REVISION = "4b1e5ac8e4d14d76e1a6b39c3dc5b2ec1c2c5f5e"
+SA_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
 _enc = msgspec.json.Encoder()
 _json = _enc.encode
@@ -470,20 +486,7 @@ NODE_EXPORTER = DaemonSetSpec(
     revision_hash="6c9f8b7d5d",
 )
 
-CADVISOR = DaemonSetSpec(
-    namespace="cadvisor",
-    name="cadvisor",
-    host_network=False,
-    port_name="http",
-    port=8080,
-    scheme="http",
-    containers=[("cadvisor", "gcr.io/cadvisor/cadvisor:v0.52.1")],
-    labels={"app": "cadvisor", "name": "cadvisor"},
-    pod_extra_labels={},
-    revision_hash="7d8c9bd4f6",
-)
-
-DAEMONSETS = (NODE_EXPORTER, CADVISOR)
+DAEMONSETS = (NODE_EXPORTER,)
 
 
 def pod_template(ds: DaemonSetSpec, ready: bool) -> Template:
@@ -832,7 +835,9 @@ def pod_cidr(i: int) -> str:
     return f"{ip_str(POD_NET_BASE + i * 64)}/26"
 
 
-def cadvisor_pod_ip(i: int) -> str:
+def pod_net_ip(i: int) -> str:
+    """The IP of a pod-network DaemonSet pod on node i (none in the data set
+    today: node-exporter runs on the host network)."""
     return ip_str(POD_NET_BASE + i * 64 + 2)
 
 
@@ -900,12 +905,52 @@ class Resource:
 
 @dataclass
 class Pool:
+    """One scrape pool as every server of the fleet has it: all the active
+    targets before sharding, each with the shard that keeps it."""
+
     name: str
     namespace: str
     service: str
     role: str
     targets: list[bytes]
-    discovered: int
+    shard_of: list[int]
+    discovered: int  # prometheus_sd_discovered_targets: before relabeling, on every shard
+
+    def on_shard(self, shard: int) -> list[bytes]:
+        return [t for t, s in zip(self.targets, self.shard_of, strict=True) if s == shard]
+
+
+@dataclass(frozen=True)
+class PromServer:
+    """One Prometheus server of the Operator's StatefulSets."""
+
+    name: str  # the exporter's --prometheus-url NAME, k8s-<shard>-<replica>
+    shard: int
+    replica: int
+    pod: str  # prometheus-k8s-<r> (shard 0), prometheus-k8s-shard-<s>-<r>
+
+
+def server_list(shards: int, replicas: int) -> list[PromServer]:
+    """Pod names as the Operator's StatefulSets make them: StatefulSet
+    prometheus-k8s for shard 0 and prometheus-k8s-shard-<s> for the others,
+    pods <statefulset>-<replica>."""
+    out = []
+    for s in range(shards):
+        sts = "prometheus-k8s" if s == 0 else f"prometheus-k8s-shard-{s}"
+        for r in range(replicas):
+            out.append(PromServer(f"k8s-{s}-{r}", s, r, f"{sts}-{r}"))
+    return out
+
+
+def default_topology(n_nodes: int) -> tuple[int, int]:
+    """(shards, replicas): 2 x 2 from 15k nodes up, 1 x 1 below."""
+    return (2, 2) if n_nodes >= 15000 else (1, 1)
+
+
+def hashmod(value: str, modulus: int) -> int:
+    """Prometheus's relabel `hashmod` (model/relabel/relabel.go): md5 of the
+    value, its LAST 8 bytes as a big-endian uint64, mod modulus."""
+    return int.from_bytes(hashlib.md5(value.encode()).digest()[8:], "big") % modulus
 
 
 @dataclass
@@ -914,16 +959,31 @@ class Dataset:
     resources: dict[tuple[str, str], Resource]  # (group_version, plural)
     pools: list[Pool]
     resource_version: int
-    prometheus_metrics: bytes
     service_selectors: dict[tuple[str, str], dict[str, str]]
+    role: str
+    shards: int
+    replicas: int
+    servers: list[PromServer]
+    metrics_by_shard: list[bytes]  # each server's /metrics (replicas of a shard agree)
 
     def summary(self) -> dict:
         out = {}
         for (gv, plural), r in self.resources.items():
             out[f"{gv}/{plural}"] = {"items": len(r.items), "bytes": sum(map(len, r.items))}
         for p in self.pools:
-            out[p.name] = {"targets": len(p.targets), "bytes": sum(map(len, p.targets))}
+            per_shard = [0] * self.shards
+            for s in p.shard_of:
+                per_shard[s] += 1
+            out[p.name] = {
+                "targets": len(p.targets),
+                "bytes": sum(map(len, p.targets)),
+                "targets_per_shard": per_shard,
+                "discovered": p.discovered,
+            }
         return out
+
+    def config_yaml(self, server: PromServer) -> str:
+        return prometheus_config(self, server)
 
 
 class _RV:
@@ -988,12 +1048,30 @@ def _meta_annotations(prefix: str, ann: dict[str, str]) -> dict[str, str]:
     return out
 
 
+# Prometheus 3.x adds these to every target's discovered labels.
+_PROM3_DISCOVERED = {
+    "__always_scrape_classic_histograms__": "false",
+    "__convert_classic_histograms_to_nhcb__": "false",
+    "__scrape_native_histograms__": "false",
+}
+
+
 def _target(
-    discovered: dict, labels: dict, pool: str, scheme: str, address: str, path: str, health: str
+    discovered: dict,
+    labels: dict,
+    pool: str,
+    scheme: str,
+    address: str,
+    path: str,
+    health: str,
+    interval: str = "30s",
+    timeout: str = "10s",
 ) -> bytes:
+    """One entry of activeTargets, keys in the order Prometheus 3.16 writes
+    them (tests/fixtures/captured/operator/targets-*.json)."""
     url = f"{scheme}://{address}{path}"
     doc = {
-        "discoveredLabels": dict(sorted(discovered.items())),
+        "discoveredLabels": dict(sorted({**discovered, **_PROM3_DISCOVERED}.items())),
         "labels": dict(sorted(labels.items())),
         "scrapePool": pool,
         "scrapeUrl": url,
@@ -1002,13 +1080,63 @@ def _target(
         "lastScrape": LAST_SCRAPE,
         "lastScrapeDuration": 0.021837642 if health == "up" else 10.000871312,
         "health": health,
-        "scrapeInterval": "30s",
-        "scrapeTimeout": "10s",
+        "scrapeInterval": interval,
+        "scrapeTimeout": timeout,
     }
     return _json(doc)
 
 
-def build(n_nodes: int) -> Dataset:
+# The kube-prometheus v0.16.0 ServiceMonitors (the release that ships the
+# Operator v0.85.0), as the Operator turns them into jobs: one job per
+# endpoint, named serviceMonitor/<SM namespace>/<SM name>/<endpoint index>.
+SM_NAMESPACE = "monitoring"
+NODE_EXPORTER_SM = {
+    "name": "node-exporter",
+    "namespaces": ["monitoring"],
+    "selector": {
+        "app.kubernetes.io/component": "exporter",
+        "app.kubernetes.io/name": "node-exporter",
+        "app.kubernetes.io/part-of": "kube-prometheus",
+    },
+    "port": "https",
+    "endpoints": [{"path": "/metrics", "interval": "15s"}],
+}
+KUBELET_SM = {
+    "name": "kubelet",
+    "namespaces": ["kube-system"],
+    "selector": {"app.kubernetes.io/name": "kubelet"},
+    "port": "https-metrics",
+    "honor_labels": True,
+    "endpoints": [
+        {"path": "/metrics", "interval": "30s"},
+        {"path": "/metrics/cadvisor", "interval": "30s", "honor_timestamps": False},
+        {"path": "/metrics/probes", "interval": "30s"},
+        # 5s: below the 10s global timeout, so Prometheus lowers the timeout to 5s
+        {"path": "/metrics/slis", "interval": "5s"},
+    ],
+}
+
+
+def _timeout(interval: str) -> str:
+    return interval if int(interval.rstrip("s")) < 10 else "10s"
+
+
+def build(
+    n_nodes: int,
+    role: str = "endpoints",
+    shards: int | None = None,
+    replicas: int | None = None,
+) -> Dataset:
+    """The cluster of n_nodes. role: the Prometheus CR's
+    serviceDiscoveryRole (endpoints, the Operator's default, or
+    endpointslice); shards, replicas: default_topology(n_nodes) when None."""
+    if role not in ("endpoints", "endpointslice"):
+        raise ValueError(f"role must be endpoints or endpointslice, not {role!r}")
+    d_shards, d_replicas = default_topology(n_nodes)
+    shards = d_shards if shards is None else shards
+    replicas = d_replicas if replicas is None else replicas
+    if shards < 1 or replicas < 1:
+        raise ValueError("shards and replicas must be at least 1")
     rv = _RV()
     nodes_res = Resource("v1", "Node", "nodes", False)
     svc_res = Resource("v1", "Service", "services", True)
@@ -1057,7 +1185,6 @@ def build(n_nodes: int) -> Dataset:
         "kube-public",
         "kube-node-lease",
         "monitoring",
-        "cadvisor",
     ):
         ns_res.add(
             "",
@@ -1091,7 +1218,7 @@ def build(n_nodes: int) -> Dataset:
         pods: list[PodInfo] = []
         for i, node in enumerate(nodes):
             pname = unique(f"{ds.name}-", (ds.name, i))
-            ip = node.ip if ds.host_network else cadvisor_pod_ip(i)
+            ip = node.ip if ds.host_network else pod_net_ip(i)
             p = PodInfo(pname, _uid("pod", ds.name, i), node, ip, node.ready)
             pods.append(p)
             labels = {
@@ -1328,108 +1455,116 @@ def build(n_nodes: int) -> Dataset:
             {"controller-revision-hash": ds.revision_hash, "pod-template-generation": "3"}
         )
         port_container = ds.containers[-1]
-        for role in ("endpoints", "endpointslice"):
-            pool_name = f"serviceMonitor/{ds.namespace}/{ds.name}{'' if role == 'endpoints' else '-' + role}/0"
-            base = {
-                "__meta_kubernetes_namespace": ds.namespace,
-                "__meta_kubernetes_service_name": ds.name,
-                **_meta_labels("__meta_kubernetes_service", svc_labels),
-                "__meta_kubernetes_pod_container_image": port_container[1],
-                "__meta_kubernetes_pod_container_init": "false",
-                "__meta_kubernetes_pod_container_name": port_container[0],
-                "__meta_kubernetes_pod_container_port_name": ds.port_name,
-                "__meta_kubernetes_pod_container_port_number": str(ds.port),
-                "__meta_kubernetes_pod_container_port_protocol": "TCP",
-                "__meta_kubernetes_pod_controller_kind": "DaemonSet",
-                "__meta_kubernetes_pod_controller_name": ds.name,
-                **_meta_labels("__meta_kubernetes_pod", common_pod),
-                "__meta_kubernetes_pod_phase": "Running",
-                "__metrics_path__": "/metrics",
-                "__scheme__": ds.scheme,
-                "__scrape_interval__": "30s",
-                "__scrape_timeout__": "10s",
-                "job": pool_name,
-            }
-            if role == "endpoints":
-                base.update(
-                    {
-                        "__meta_kubernetes_endpoints_name": ds.name,
-                        **_meta_labels("__meta_kubernetes_endpoints", ep_labels),
-                        **_meta_annotations("__meta_kubernetes_endpoints", ep_ann),
-                        "__meta_kubernetes_endpoint_port_name": ds.port_name,
-                        "__meta_kubernetes_endpoint_port_protocol": "TCP",
-                        "__meta_kubernetes_endpoint_address_target_kind": "Pod",
-                    }
-                )
-                members = [(p, True) for p in kept_ready] + [(p, False) for p in kept_not_ready]
-            else:
-                base.update(
-                    {
-                        "__meta_kubernetes_endpointslice_address_type": "IPv4",
-                        **_meta_labels("__meta_kubernetes_endpointslice", slice_labels),
-                        **_meta_annotations(
-                            "__meta_kubernetes_endpointslice",
-                            {"endpoints.kubernetes.io/last-change-trigger-time": HEARTBEAT},
-                        ),
-                        "__meta_kubernetes_endpointslice_port": str(ds.port),
-                        "__meta_kubernetes_endpointslice_port_name": ds.port_name,
-                        "__meta_kubernetes_endpointslice_port_protocol": "TCP",
-                        "__meta_kubernetes_endpointslice_address_target_kind": "Pod",
-                        "__meta_kubernetes_endpointslice_endpoint_conditions_terminating": "false",
-                    }
-                )
-                members = [(p, p.ready) for p in pods]
-            targets = []
-            for p, ready in members:
-                address = f"{p.ip}:{ds.port}"
-                d = dict(base)
-                d.update(
-                    {
-                        "__address__": address,
-                        "__meta_kubernetes_pod_host_ip": p.node.ip,
-                        "__meta_kubernetes_pod_ip": p.ip,
-                        "__meta_kubernetes_pod_name": p.name,
-                        "__meta_kubernetes_pod_node_name": p.node.name,
-                        "__meta_kubernetes_pod_ready": "true" if p.ready else "false",
-                        "__meta_kubernetes_pod_uid": p.uid,
-                    }
-                )
-                if role == "endpoints":
-                    d["__meta_kubernetes_endpoint_address_target_name"] = p.name
-                    d["__meta_kubernetes_endpoint_node_name"] = p.node.name
-                    d["__meta_kubernetes_endpoint_ready"] = "true" if ready else "false"
-                else:
-                    d["__meta_kubernetes_endpointslice_name"] = slice_of[p.name]
-                    d["__meta_kubernetes_endpointslice_address_target_name"] = p.name
-                    d["__meta_kubernetes_endpointslice_endpoint_node_name"] = p.node.name
-                    d["__meta_kubernetes_endpointslice_endpoint_zone"] = p.node.zone
-                    d["__meta_kubernetes_endpointslice_endpoint_conditions_ready"] = (
-                        "true" if ready else "false"
-                    )
-                    d["__meta_kubernetes_endpointslice_endpoint_conditions_serving"] = (
-                        "true" if ready else "false"
-                    )
-                labels = {
-                    "container": port_container[0],
-                    "endpoint": ds.port_name,
-                    "instance": p.node.name if ds.host_network else address,
-                    "job": ds.name,
-                    "namespace": ds.namespace,
-                    "pod": p.name,
-                    "service": ds.name,
+        # One pool: the ServiceMonitor's only endpoint, in the CR's role.
+        sm_ep = NODE_EXPORTER_SM["endpoints"][0]
+        interval = sm_ep["interval"]
+        pool_name = f"serviceMonitor/{SM_NAMESPACE}/{NODE_EXPORTER_SM['name']}/0"
+        base = {
+            "__meta_kubernetes_namespace": ds.namespace,
+            "__meta_kubernetes_service_name": ds.name,
+            **_meta_labels("__meta_kubernetes_service", svc_labels),
+            "__meta_kubernetes_pod_container_image": port_container[1],
+            "__meta_kubernetes_pod_container_init": "false",
+            "__meta_kubernetes_pod_container_name": port_container[0],
+            "__meta_kubernetes_pod_container_port_name": ds.port_name,
+            "__meta_kubernetes_pod_container_port_number": str(ds.port),
+            "__meta_kubernetes_pod_container_port_protocol": "TCP",
+            "__meta_kubernetes_pod_controller_kind": "DaemonSet",
+            "__meta_kubernetes_pod_controller_name": ds.name,
+            **_meta_labels("__meta_kubernetes_pod", common_pod),
+            "__meta_kubernetes_pod_phase": "Running",
+            "__metrics_path__": "/metrics",
+            "__scheme__": ds.scheme,
+            "__scrape_interval__": interval,
+            "__scrape_timeout__": _timeout(interval),
+            "job": pool_name,
+        }
+        if role == "endpoints":
+            base.update(
+                {
+                    "__meta_kubernetes_endpoints_name": ds.name,
+                    **_meta_labels("__meta_kubernetes_endpoints", ep_labels),
+                    **_meta_annotations("__meta_kubernetes_endpoints", ep_ann),
+                    "__meta_kubernetes_endpoint_port_name": ds.port_name,
+                    "__meta_kubernetes_endpoint_port_protocol": "TCP",
+                    "__meta_kubernetes_endpoint_address_target_kind": "Pod",
                 }
-                targets.append(
-                    _target(
-                        d,
-                        labels,
-                        pool_name,
-                        ds.scheme,
-                        address,
-                        "/metrics",
-                        "up" if p.node.ready else "down",
-                    )
+            )
+            members = [(p, True) for p in kept_ready] + [(p, False) for p in kept_not_ready]
+        else:
+            base.update(
+                {
+                    "__meta_kubernetes_endpointslice_address_type": "IPv4",
+                    **_meta_labels("__meta_kubernetes_endpointslice", slice_labels),
+                    **_meta_annotations(
+                        "__meta_kubernetes_endpointslice",
+                        {"endpoints.kubernetes.io/last-change-trigger-time": HEARTBEAT},
+                    ),
+                    "__meta_kubernetes_endpointslice_port": str(ds.port),
+                    "__meta_kubernetes_endpointslice_port_name": ds.port_name,
+                    "__meta_kubernetes_endpointslice_port_protocol": "TCP",
+                    "__meta_kubernetes_endpointslice_address_target_kind": "Pod",
+                    "__meta_kubernetes_endpointslice_endpoint_conditions_terminating": "false",
+                }
+            )
+            members = [(p, p.ready) for p in pods]
+        targets = []
+        shard_of = []
+        for p, ready in members:
+            address = f"{p.ip}:{ds.port}"
+            d = dict(base)
+            d.update(
+                {
+                    "__address__": address,
+                    "__meta_kubernetes_pod_host_ip": p.node.ip,
+                    "__meta_kubernetes_pod_ip": p.ip,
+                    "__meta_kubernetes_pod_name": p.name,
+                    "__meta_kubernetes_pod_node_name": p.node.name,
+                    "__meta_kubernetes_pod_ready": "true" if p.ready else "false",
+                    "__meta_kubernetes_pod_uid": p.uid,
+                }
+            )
+            if role == "endpoints":
+                d["__meta_kubernetes_endpoint_address_target_name"] = p.name
+                d["__meta_kubernetes_endpoint_node_name"] = p.node.name
+                d["__meta_kubernetes_endpoint_ready"] = "true" if ready else "false"
+            else:
+                d["__meta_kubernetes_endpointslice_name"] = slice_of[p.name]
+                d["__meta_kubernetes_endpointslice_address_target_name"] = p.name
+                d["__meta_kubernetes_endpointslice_endpoint_node_name"] = p.node.name
+                d["__meta_kubernetes_endpointslice_endpoint_zone"] = p.node.zone
+                d["__meta_kubernetes_endpointslice_endpoint_conditions_ready"] = (
+                    "true" if ready else "false"
                 )
-            pools.append(Pool(pool_name, ds.namespace, ds.name, role, targets, len(targets)))
+                d["__meta_kubernetes_endpointslice_endpoint_conditions_serving"] = (
+                    "true" if ready else "false"
+                )
+            labels = {
+                "container": port_container[0],
+                "endpoint": ds.port_name,
+                "instance": p.node.name if ds.host_network else address,
+                "job": ds.name,
+                "namespace": ds.namespace,
+                "pod": p.name,
+                "service": ds.name,
+            }
+            targets.append(
+                _target(
+                    d,
+                    labels,
+                    pool_name,
+                    ds.scheme,
+                    address,
+                    "/metrics",
+                    "up" if p.node.ready else "down",
+                    interval,
+                    _timeout(interval),
+                )
+            )
+            shard_of.append(hashmod(address, shards))
+        # The job discovers one target per address and port of the
+        # namespace's Endpoints (or slices): here the Service's one port.
+        pools.append(Pool(pool_name, ds.namespace, ds.name, role, targets, shard_of, len(targets)))
 
     # ---- kubelet: selector-less, operator-written Endpoints, mirrored slices
     kubelet_labels = {
@@ -1478,6 +1613,7 @@ def build(n_nodes: int) -> Dataset:
                         "addresses": [
                             {
                                 "ip": n.ip,
+                                "nodeName": n.name,
                                 "targetRef": {"kind": "Node", "name": n.name, "uid": n.uid},
                             }
                             for n in kubelet_nodes
@@ -1528,6 +1664,7 @@ def build(n_nodes: int) -> Dataset:
                         "addresses": [n.ip],
                         "conditions": {"ready": True},
                         "targetRef": {"kind": "Node", "name": n.name, "uid": n.uid},
+                        "nodeName": n.name,
                     }
                     for n in mirrored
                 ],
@@ -1539,18 +1676,26 @@ def build(n_nodes: int) -> Dataset:
         ),
         rv.v,
     )
-    for role in ("endpoints", "endpointslice"):
-        pool_name = (
-            f"serviceMonitor/kube-system/kubelet{'' if role == 'endpoints' else '-' + role}/0"
-        )
+    # One pool per endpoint of the kube-prometheus kubelet ServiceMonitor, all
+    # on port https-metrics; cAdvisor is scraped through the kubelet (/1).
+    # Role endpoints sees the Operator's Endpoints (every node, never
+    # truncated); role endpointslice sees the mirrored slice (at most 1000).
+    members = kubelet_nodes if role == "endpoints" else mirrored
+    # Every kubelet job discovers every port of every address in
+    # kube-system (3 kubelet ports, kube-dns: 2 pods x 3 ports) and keeps one.
+    kube_system_discovered = 3 * len(members) + 2 * 3
+    for idx, sm_ep in enumerate(KUBELET_SM["endpoints"]):
+        pool_name = f"serviceMonitor/{SM_NAMESPACE}/{KUBELET_SM['name']}/{idx}"
+        path = sm_ep["path"]
+        interval = sm_ep["interval"]
         base = {
             "__meta_kubernetes_namespace": "kube-system",
             "__meta_kubernetes_service_name": "kubelet",
             **_meta_labels("__meta_kubernetes_service", kubelet_labels),
-            "__metrics_path__": "/metrics",
+            "__metrics_path__": path,
             "__scheme__": "https",
-            "__scrape_interval__": "30s",
-            "__scrape_timeout__": "10s",
+            "__scrape_interval__": interval,
+            "__scrape_timeout__": _timeout(interval),
             "job": pool_name,
         }
         if role == "endpoints":
@@ -1564,7 +1709,6 @@ def build(n_nodes: int) -> Dataset:
                     "__meta_kubernetes_endpoint_ready": "true",
                 }
             )
-            members = kubelet_nodes
         else:
             base.update(
                 {
@@ -1578,33 +1722,46 @@ def build(n_nodes: int) -> Dataset:
                     "__meta_kubernetes_endpointslice_endpoint_conditions_ready": "true",
                 }
             )
-            members = mirrored
         targets = []
+        shard_of = []
         for n in members:
             address = f"{n.ip}:10250"
             d = dict(base)
             d["__address__"] = address
             if role == "endpoints":
                 d["__meta_kubernetes_endpoint_address_target_name"] = n.name
+                d["__meta_kubernetes_endpoint_node_name"] = n.name
             else:
                 d["__meta_kubernetes_endpointslice_address_target_name"] = n.name
+                d["__meta_kubernetes_endpointslice_endpoint_node_name"] = n.name
             labels = {
                 "endpoint": "https-metrics",
                 "instance": address,
                 "job": "kubelet",
-                "metrics_path": "/metrics",
+                "metrics_path": path,
                 "namespace": "kube-system",
                 "node": n.name,
                 "service": "kubelet",
             }
             targets.append(
                 _target(
-                    d, labels, pool_name, "https", address, "/metrics", "up" if n.ready else "down"
+                    d,
+                    labels,
+                    pool_name,
+                    "https",
+                    address,
+                    path,
+                    "up" if n.ready else "down",
+                    interval,
+                    _timeout(interval),
                 )
             )
-        # Every pool discovers the three ports and keeps one (the rest are
-        # dropped targets, not served with state=active).
-        pools.append(Pool(pool_name, "kube-system", "kubelet", role, targets, 3 * len(targets)))
+            shard_of.append(hashmod(address, shards))
+        pools.append(
+            Pool(
+                pool_name, "kube-system", "kubelet", role, targets, shard_of, kube_system_discovered
+            )
+        )
 
     # ---- small objects every cluster has
     svc_res.add(
@@ -1740,11 +1897,37 @@ def build(n_nodes: int) -> Dataset:
     for r in (svc_res, ep_res, eps_res, ds_res, pod_res):
         r.finish()
 
-    # ---- Prometheus /metrics
+    metrics_by_shard = [_prometheus_metrics(pools, shard) for shard in range(shards)]
+    resources = {
+        (r.group_version, r.plural): r
+        for r in (nodes_res, svc_res, ep_res, eps_res, ds_res, pod_res, ns_res)
+    }
+    return Dataset(
+        n_nodes,
+        resources,
+        pools,
+        rv.v,
+        selectors,
+        role,
+        shards,
+        replicas,
+        server_list(shards, replicas),
+        metrics_by_shard,
+    )
+
+
+def _prometheus_metrics(pools: list[Pool], shard: int) -> bytes:
+    """One server's /metrics: its own counts (discovered: every target of
+    the SD, on every shard; scrape pool targets: its shard's), and the rest
+    of a real Prometheus's self-metrics, roughly sized."""
     lines = [
         "# HELP prometheus_build_info A metric with a constant '1' value labeled by version, revision, branch, goversion from which prometheus was built, and the goos and goarch for the build.",
         "# TYPE prometheus_build_info gauge",
-        'prometheus_build_info{branch="HEAD",goarch="amd64",goos="linux",goversion="go1.24.5",revision="3.5.0",tags="netgo,builtinassets,stringlabels",version="3.5.0"} 1',
+        'prometheus_build_info{branch="HEAD",goarch="amd64",goos="linux",goversion="go1.26.8",revision="'
+        + PROM_REVISION
+        + '",tags="netgo,builtinassets",version="'
+        + PROM_VERSION
+        + '"} 1',
         "# HELP prometheus_sd_discovered_targets Current number of discovered targets.",
         "# TYPE prometheus_sd_discovered_targets gauge",
     ]
@@ -1757,9 +1940,8 @@ def build(n_nodes: int) -> Dataset:
         "# TYPE prometheus_target_scrape_pool_targets gauge",
     ]
     for p in pools:
-        lines.append(
-            f'prometheus_target_scrape_pool_targets{{scrape_job="{p.name}"}} {len(p.targets)}'
-        )
+        active = sum(1 for s in p.shard_of if s == shard)
+        lines.append(f'prometheus_target_scrape_pool_targets{{scrape_job="{p.name}"}} {active}')
     # The rest of a real Prometheus's self-metrics, roughly sized.
     lines += [
         "# HELP prometheus_http_request_duration_seconds Histogram of latencies for HTTP requests.",
@@ -1804,13 +1986,163 @@ def build(n_nodes: int) -> Dataset:
         lines.append("prometheus_target_scrape_pool_exceeded_target_limit_total 0")
     for k in range(600):
         lines.append(f'go_gc_heap_allocs_by_size_bytes_bucket{{le="{8 * (k + 1)}"}} {k * 1000}')
-    metrics = ("\n".join(lines) + "\n").encode()
+    return ("\n".join(lines) + "\n").encode()
 
-    resources = {
-        (r.group_version, r.plural): r
-        for r in (nodes_res, svc_res, ep_res, eps_res, ds_res, pod_res, ns_res)
-    }
-    return Dataset(n_nodes, resources, pools, rv.v, metrics, selectors)
+
+# --------------------------------------------------------------------------
+# /api/v1/status/config: the Operator v0.85.0's generated configuration as
+# Prometheus 3.16 answers it once loaded (every default filled in, keys in
+# its order). Shaped after tests/fixtures/captured/operator/config-*.json,
+# captured from the real Operator and Prometheus in the testbed, except that
+# Prometheus here runs in the cluster: no api_server, no proxy_url.
+
+
+def _rule(
+    action: str,
+    sources: list[str] | None = None,
+    regex: str | None = None,
+    target: str | None = None,
+    replacement: str = "$1",
+    modulus: int | None = None,
+) -> str:
+    out = []
+    if sources:
+        out.append(f"source_labels: [{', '.join(sources)}]")
+    out.append("separator: ;")
+    if regex is not None:
+        out.append(f"regex: {regex}")
+    if modulus is not None:
+        out.append(f"modulus: {modulus}")
+    if target is not None:
+        out.append(f"target_label: {target}")
+    out.append(f"replacement: {replacement}")
+    out.append(f"action: {action}")
+    return "  - " + "\n    ".join(out)
+
+
+def _job(sm: dict, idx: int, role: str, shards: int, shard: int, extra_relabel: list[str]) -> str:
+    ep = sm["endpoints"][idx]
+    interval = ep["interval"]
+    meta = (
+        "__meta_kubernetes_endpoint" if role == "endpoints" else "__meta_kubernetes_endpointslice"
+    )
+    relabel = [_rule("replace", ["job"], target="__tmp_prometheus_job_name")]
+    for key, value in sorted(sm["selector"].items()):
+        ln = _label_name(key)
+        relabel.append(
+            _rule(
+                "keep",
+                [
+                    f"__meta_kubernetes_service_label_{ln}",
+                    f"__meta_kubernetes_service_labelpresent_{ln}",
+                ],
+                f"({value});true",
+            )
+        )
+    kind = [f"{meta}_address_target_kind", f"{meta}_address_target_name"]
+    relabel += [
+        _rule("keep", [f"{meta}_port_name"], sm["port"]),
+        _rule("replace", kind, "Node;(.*)", "node", "${1}"),
+        _rule("replace", kind, "Pod;(.*)", "pod", "${1}"),
+        _rule("replace", ["__meta_kubernetes_namespace"], target="namespace"),
+        _rule("replace", ["__meta_kubernetes_service_name"], target="service"),
+        _rule("replace", ["__meta_kubernetes_pod_name"], target="pod"),
+        _rule("replace", ["__meta_kubernetes_pod_container_name"], target="container"),
+        _rule("drop", ["__meta_kubernetes_pod_phase"], "(Failed|Succeeded)"),
+        _rule("replace", ["__meta_kubernetes_service_name"], target="job", replacement="${1}"),
+        _rule(
+            "replace",
+            ["__meta_kubernetes_service_label_app_kubernetes_io_name"],
+            "(.+)",
+            "job",
+            "${1}",
+        ),
+        _rule("replace", None, target="endpoint", replacement=sm["port"]),
+        *extra_relabel,
+        _rule("replace", ["__address__", "__tmp_hash"], "(.+);", "__tmp_hash"),
+        _rule("hashmod", ["__tmp_hash"], target="__tmp_hash", modulus=shards),
+        _rule("keep", ["__tmp_hash", "__tmp_disable_sharding"], f"{shard};|.+;.+"),
+    ]
+    names = "\n".join(f"      - {n}" for n in sm["namespaces"])
+    lines = [
+        f"- job_name: serviceMonitor/{SM_NAMESPACE}/{sm['name']}/{idx}",
+        *(["  honor_labels: true"] if sm.get("honor_labels") else []),
+        f"  honor_timestamps: {'false' if ep.get('honor_timestamps') is False else 'true'}",
+        "  track_timestamps_staleness: false",
+        f"  scrape_interval: {interval}",
+        f"  scrape_timeout: {_timeout(interval)}",
+        "  scrape_protocols:",
+        "  - OpenMetricsText1.0.0",
+        "  - OpenMetricsText0.0.1",
+        "  - PrometheusText1.0.0",
+        "  - PrometheusText0.0.4",
+        "  scrape_native_histograms: false",
+        "  always_scrape_classic_histograms: false",
+        "  convert_classic_histograms_to_nhcb: false",
+        f"  metrics_path: {ep['path']}",
+        "  scheme: https",
+        "  enable_compression: true",
+        "  metric_name_validation_scheme: utf8",
+        "  metric_name_escaping_scheme: allow-utf-8",
+        "  extra_scrape_metrics: false",
+        "  authorization:",
+        "    type: Bearer",
+        f"    credentials_file: {SA_TOKEN}",
+        "  tls_config:",
+        "    insecure_skip_verify: true",
+        "  follow_redirects: true",
+        "  enable_http2: true",
+        "  relabel_configs:",
+        *relabel,
+        "  kubernetes_sd_configs:",
+        f"  - role: {role}",
+        '    kubeconfig_file: ""',
+        "    follow_redirects: true",
+        "    enable_http2: true",
+        "    namespaces:",
+        "      own_namespace: false",
+        "      names:",
+        names,
+    ]
+    return "\n".join(lines)
+
+
+def prometheus_config(data: Dataset, server: PromServer) -> str:
+    """The loaded configuration of one server: the external labels the
+    Operator gives every pod, then one job per ServiceMonitor endpoint
+    (jobs sorted by ServiceMonitor namespace/name, then endpoint index)."""
+    jobs = []
+    metrics_path = _rule("replace", ["__metrics_path__"], target="metrics_path")
+    instance = _rule("replace", ["__meta_kubernetes_pod_node_name"], target="instance")
+    for sm, extra in ((KUBELET_SM, [metrics_path]), (NODE_EXPORTER_SM, [instance])):
+        for idx in range(len(sm["endpoints"])):
+            jobs.append(_job(sm, idx, data.role, data.shards, server.shard, extra))
+    head = [
+        "global:",
+        "  scrape_interval: 30s",
+        "  scrape_timeout: 10s",
+        "  evaluation_interval: 30s",
+        "  external_labels:",
+        "    prometheus: monitoring/k8s",
+        f"    prometheus_replica: {server.pod}",
+        "  metric_name_validation_scheme: utf8",
+        "  scrape_native_histograms: false",
+        "  extra_scrape_metrics: false",
+        "runtime:",
+        "  gogc: 75",
+        "  log_level: info",
+        "scrape_configs:",
+    ]
+    tail = [
+        "storage:",
+        "  tsdb:",
+        "    outofordertimewindow: 0",
+        "otlp:",
+        "  translation_strategy: UnderscoreEscapingWithSuffixes",
+        "  label_name_underscore_sanitization: true",
+        "  label_name_preserve_multiple_underscores: true",
+    ]
+    return "\n".join([*head, *jobs, *tail]) + "\n"
 
 
 if __name__ == "__main__":
@@ -1819,6 +2151,9 @@ if __name__ == "__main__":
     import time
 
     t = time.perf_counter()
-    ds = build(int(sys.argv[1]) if len(sys.argv) > 1 else 1000)
+    ds = build(
+        int(sys.argv[1]) if len(sys.argv) > 1 else 1000,
+        sys.argv[2] if len(sys.argv) > 2 else "endpoints",
+    )
     print(f"built in {time.perf_counter() - t:.2f}s", file=sys.stderr)
     print(json.dumps(ds.summary(), indent=1))

@@ -1,6 +1,10 @@
-"""A synthetic Kubernetes API server and Prometheus API in one aiohttp
-process on 127.0.0.1, serving the cluster of `dataset.py` pre-rendered to
-bytes.
+"""A synthetic Kubernetes API server and the Prometheus servers of a
+Prometheus Operator fleet (shards x replicas) in one aiohttp process on
+127.0.0.1, serving the cluster of `dataset.py` pre-rendered to bytes.
+
+Each Prometheus server listens on a port of its own (the Kubernetes API on
+another); a handler knows which server it is by the port the request came
+in on.
 
 Kubernetes (shapes as kube-apiserver v1.33 serves them):
   GET /api/v1/{nodes,services,endpoints,pods,namespaces}
@@ -20,14 +24,17 @@ Kubernetes (shapes as kube-apiserver v1.33 serves them):
   apiserver does, level 1); watches are never compressed.
   Endpoints responses carry the v1.33 deprecation Warning header.
 
-Prometheus:
-  GET /api/v1/scrape_pools, /api/v1/targets[?state=..&scrapePool=..],
+Prometheus (each server, shaped like Prometheus 3.16's answers):
+  GET /api/v1/scrape_pools, /api/v1/targets[?state=..&scrapePool=..] (its
+      shard's targets only; replicas of a shard answer the same),
+  GET /api/v1/status/config (the Operator-generated config, loaded),
   GET /metrics, /-/ready, /-/healthy, /api/v1/status/buildinfo
   gzip when the client accepts it.
 
 Benchmark control (not logged):
-  GET  /_bench/requests?since=I  the request log from entry I
-  GET  /_bench/info              sizes, resourceVersion
+  GET  /_bench/requests?since=I  the request log from entry I (each entry
+                                 names the server and port it hit)
+  GET  /_bench/info              sizes, resourceVersion, the servers
   POST /_bench/compact           every resourceVersion and continue token
                                  issued so far becomes too old (410)
   POST /_bench/touch-nodes?count=K  emit K Node MODIFIED watch events
@@ -36,7 +43,11 @@ Every response is pre-rendered (or rendered once and cached), so the server
 spends its time copying bytes to the socket. The process exits by itself
 after --max-lifetime seconds.
 
+The Kubernetes port also answers the control paths; Prometheus paths
+answer 404 there, and Kubernetes paths 404 on a Prometheus port.
+
 Usage: python bench/fake_api.py --nodes 1000 [--port 0] [--ready-file F]
+       [--role endpoints|endpointslice] [--shards S] [--replicas R]
 """
 
 from __future__ import annotations
@@ -189,25 +200,42 @@ class Server:
         self.started = time.time()
         self.pools = {p.name: p for p in data.pools}
         self.summary = data.summary()
-        self.pool_blobs: dict[str, bytes] = {}
-        self.pool_counts: dict[str, int] = {}
+        # (pool, shard) -> that shard's active targets, joined
+        self.pool_blobs: dict[tuple[str, int], bytes] = {}
+        self.pool_counts: dict[tuple[str, int], int] = {}
         for p in data.pools:
-            self.pool_blobs[p.name] = b",".join(p.targets)
-            self.pool_counts[p.name] = len(p.targets)
-            p.targets = []  # the joined blob is all we serve; halve the memory
+            for shard in range(data.shards):
+                mine = p.on_shard(shard)
+                self.pool_blobs[(p.name, shard)] = b",".join(mine)
+                self.pool_counts[(p.name, shard)] = len(mine)
+            p.targets = []  # the joined blobs are all we serve; halve the memory
+        self.configs = {
+            srv.name: json.dumps(
+                {"status": "success", "data": {"yaml": data.config_yaml(srv)}},
+                separators=(",", ":"),
+            ).encode()
+            for srv in data.servers
+        }
+        self.port_server: dict[int, ds_mod.PromServer] = {}  # filled once listening
         self.flowschema = str(uuid.uuid4())
         self.prioritylevel = str(uuid.uuid4())
 
     # ---------------------------------------------------------------- logging
     @web.middleware
     async def log_mw(self, request: web.Request, handler):
+        sock = request.transport.get_extra_info("sockname") if request.transport else None
+        port = sock[1] if sock else 0
+        prom = self.port_server.get(port)
+        request["prom"] = prom
         if request.path.startswith("/_bench/"):
             return await handler(request)
         entry = {
             "t": time.time(),
             "method": request.method,
             "path": request.path_qs,
-            "api": "prometheus" if self._is_prometheus(request.path) else "kubernetes",
+            "api": "prometheus" if prom is not None else "kubernetes",
+            "server": prom.name if prom is not None else "kubernetes",
+            "port": port,
             "accept": request.headers.get("Accept", ""),
             "accept_encoding": request.headers.get("Accept-Encoding", ""),
             "status": 0,
@@ -230,16 +258,6 @@ class Server:
         finally:
             entry["duration"] = time.perf_counter() - t0
             entry["done"] = True
-
-    @staticmethod
-    def _is_prometheus(path: str) -> bool:
-        return (
-            path.startswith("/api/v1/targets")
-            or path.startswith("/api/v1/scrape_pools")
-            or path.startswith("/api/v1/status/")
-            or path == "/metrics"
-            or path.startswith("/-/")
-        )
 
     # ---------------------------------------------------------------- sending
     def _common_headers(self, request: web.Request) -> dict:
@@ -318,6 +336,8 @@ class Server:
 
     # ---------------------------------------------------------------- routing
     async def k8s(self, request: web.Request) -> web.StreamResponse:
+        if request["prom"] is not None:
+            return await self.not_found(request)
         path = request.path
         if path.startswith("/api/v1/"):
             gv, rest = "v1", path[len("/api/v1/") :]
@@ -714,7 +734,7 @@ class Server:
         return count
 
     # ---------------------------------------------------------------- prometheus
-    def targets_chunks(self, state: str, pool: str) -> list[bytes]:
+    def targets_chunks(self, state: str, pool: str, shard: int) -> list[bytes]:
         if pool and pool not in self.pools:
             names = []
         elif pool:
@@ -727,53 +747,77 @@ class Server:
         if show_active:
             first = True
             for n in names:
-                if not self.pool_counts[n]:
+                if not self.pool_counts[(n, shard)]:
                     continue
                 if not first:
                     chunks.append(b",")
-                chunks.append(self.pool_blobs[n])
+                chunks.append(self.pool_blobs[(n, shard)])
                 first = False
         chunks.append(b'],"droppedTargets":[]')
         if show_dropped:
-            counts = {n: max(0, self.pools[n].discovered - self.pool_counts[n]) for n in names}
+            # every target of another shard is a dropped target of this one
+            counts = {
+                n: max(0, self.pools[n].discovered - self.pool_counts[(n, shard)]) for n in names
+            }
             chunks.append(
                 b',"droppedTargetCounts":' + json.dumps(counts, separators=(",", ":")).encode()
             )
+        else:
+            # Prometheus 3.16 with state=active: the key is there, null
+            chunks.append(b',"droppedTargetCounts":null')
         chunks.append(b"}}")
         return chunks
 
     async def prom_targets(self, request):
+        prom = request["prom"]
+        if prom is None:
+            return await self.not_found(request)
         q = request.query
         state = q.get("state", "any") or "any"
         pool = q.get("scrapePool", "")
-        chunks = self.targets_chunks(state, pool)
-        return await self.send(request, chunks, ("targets", state, pool), threshold=1024)
+        chunks = self.targets_chunks(state, pool, prom.shard)
+        return await self.send(
+            request, chunks, ("targets", prom.shard, state, pool), threshold=1024
+        )
 
     async def prom_pools(self, request):
+        if request["prom"] is None:
+            return await self.not_found(request)
         body = {"status": "success", "data": {"scrapePools": sorted(self.pools)}}
         return await self.send_json(request, body)
 
+    async def prom_config(self, request):
+        prom = request["prom"]
+        if prom is None:
+            return await self.not_found(request)
+        return await self.send(request, [self.configs[prom.name]], None)
+
     async def prom_buildinfo(self, request):
+        if request["prom"] is None:
+            return await self.not_found(request)
         return await self.send_json(
             request,
             {
                 "status": "success",
                 "data": {
-                    "version": "3.5.0",
-                    "revision": "8be3a9560fbdd18a94dedec4b747c35178177202",
+                    "version": ds_mod.PROM_VERSION,
+                    "revision": ds_mod.PROM_REVISION,
                     "branch": "HEAD",
                     "buildUser": "root@bench",
-                    "buildDate": "20250714-16:15:23",
-                    "goVersion": "go1.24.5",
+                    "buildDate": "20251119-10:02:11",
+                    "goVersion": "go1.26.8",
                 },
             },
         )
 
     async def prom_metrics(self, request):
+        prom = request["prom"]
+        if prom is None:
+            return await self.not_found(request)
         return await self.send(
             request,
-            [self.data.prometheus_metrics],
-            ("metrics",),
+            [self.data.metrics_by_shard[prom.shard]],
+            ("metrics", prom.shard),
             content_type="text/plain",
             threshold=1024,
         )
@@ -815,6 +859,10 @@ class Server:
                 "pid": os.getpid(),
                 "summary": self.summary,
                 "scrape_pools": sorted(self.pools),
+                "role": self.data.role,
+                "shards": self.data.shards,
+                "replicas": self.data.replicas,
+                "servers": self.servers_info(),
             }
         )
 
@@ -829,6 +877,20 @@ class Server:
         n = self.touch_nodes(int(request.query.get("count", "1")))
         return web.json_response({"touched": n, "resourceVersion": self.rv})
 
+    def servers_info(self) -> list[dict]:
+        by_name = {srv.name: port for port, srv in self.port_server.items()}
+        return [
+            {
+                "name": srv.name,
+                "shard": srv.shard,
+                "replica": srv.replica,
+                "pod": srv.pod,
+                "port": by_name.get(srv.name),
+                "targets": sum(self.pool_counts[(p, srv.shard)] for p in self.pools),
+            }
+            for srv in self.data.servers
+        ]
+
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self.log_mw], client_max_size=1 << 20)
         r = app.router
@@ -839,6 +901,7 @@ class Server:
         r.add_get("/api/v1/targets", self.prom_targets)
         r.add_get("/api/v1/scrape_pools", self.prom_pools)
         r.add_get("/api/v1/status/buildinfo", self.prom_buildinfo)
+        r.add_get("/api/v1/status/config", self.prom_config)
         r.add_get("/metrics", self.prom_metrics)
         r.add_get("/-/ready", self.ok)
         r.add_get("/-/healthy", self.ok)
@@ -874,11 +937,16 @@ class Server:
                             res, ns, idx, start, end, False, self.rv, label_sel, ""
                         )
                         self._gzip(key, lambda c=chunks: c)
-        for name in self.pools:
+        for shard in range(self.data.shards):
+            for name in self.pools:
+                self._gzip(
+                    ("targets", shard, "active", name),
+                    lambda name=name, shard=shard: self.targets_chunks("active", name, shard),
+                )
             self._gzip(
-                ("targets", "active", name), lambda name=name: self.targets_chunks("active", name)
+                ("targets", shard, "any", ""),
+                lambda shard=shard: self.targets_chunks("any", "", shard),
             )
-        self._gzip(("targets", "any", ""), lambda: self.targets_chunks("any", ""))
 
 
 def write_ready_file(path: str, info: dict) -> None:
@@ -904,12 +972,20 @@ def main(argv=None) -> int:
     ap.add_argument("--no-gzip", dest="gzip", action="store_false")
     ap.add_argument("--no-warm", dest="warm", action="store_false")
     ap.add_argument("--gzip-cache-mb", type=int, default=2048)
+    ap.add_argument(
+        "--role",
+        choices=("endpoints", "endpointslice"),
+        default="endpoints",
+        help="the Prometheus CR's serviceDiscoveryRole (the Operator's default: endpoints)",
+    )
+    ap.add_argument("--shards", type=int, help="default: 2 from 15k nodes up, else 1")
+    ap.add_argument("--replicas", type=int, help="default: 2 from 15k nodes up, else 1")
     args = ap.parse_args(argv)
     if not args.host.startswith("127.") and args.host != "localhost":
         ap.error("the benchmark server listens on the loopback only")
 
     t0 = time.perf_counter()
-    data = ds_mod.build(args.nodes)
+    data = ds_mod.build(args.nodes, args.role, args.shards, args.replicas)
     t_build = time.perf_counter() - t0
     server = Server(data, args)
     t1 = time.perf_counter()
@@ -923,11 +999,20 @@ def main(argv=None) -> int:
         site = web.TCPSite(runner, args.host, args.port, backlog=256)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]
+        # one listening port per Prometheus server; --port P gives P+1, P+2, ...
+        for k, srv in enumerate(data.servers):
+            psite = web.TCPSite(runner, args.host, args.port + 1 + k if args.port else 0)
+            await psite.start()
+            server.port_server[psite._server.sockets[0].getsockname()[1]] = srv
         info = {
             "port": port,
             "pid": os.getpid(),
             "build_s": round(t_build, 3),
             "warm_s": round(t_warm, 3),
+            "role": data.role,
+            "shards": data.shards,
+            "replicas": data.replicas,
+            "prometheus": server.servers_info(),
         }
         print(json.dumps(info), flush=True)
         if args.ready_file:

@@ -3,14 +3,16 @@
 Official `kubernetes` client, typed lists (CoreV1Api / DiscoveryV1Api /
 AppsV1Api list_* with full deserialization into model objects, no
 pagination), and `requests` with `.json()` on the full unfiltered
-/api/v1/targets. It computes the same per-Service gap as the exporter:
+/api/v1/targets of every Prometheus server (one --prometheus-url each, as
+NAME=URL or URL). It computes the same per-Service gap as the exporter:
 for every node-wide Service (DaemonSet-backed, or selector-less with Node
 addresses), which nodes are missing from the Endpoints object, from the
-EndpointSlices, and from each scrape pool.
+EndpointSlices, and from each scrape pool (the union over the servers: a
+naive script knows nothing of shards and replicas).
 
 Prints one JSON object with the gaps and its own wall time.
 
-Usage: python bench/naive.py --kubeconfig FILE --prometheus-url URL
+Usage: python bench/naive.py --kubeconfig FILE --prometheus-url [NAME=]URL ...
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ from urllib.parse import urlsplit
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--kubeconfig", required=True)
-    ap.add_argument("--prometheus-url", required=True)
+    ap.add_argument("--prometheus-url", required=True, action="append")
     args = ap.parse_args(argv)
-    if not urlsplit(args.prometheus_url).hostname.startswith("127."):
-        ap.error("--prometheus-url must be on 127.0.0.0/8")
+    urls = [u.split("=", 1)[1] if "=" in u.split("://", 1)[0] else u for u in args.prometheus_url]
+    for u in urls:
+        if not (urlsplit(u).hostname or "").startswith("127."):
+            ap.error("--prometheus-url must be on 127.0.0.0/8")
 
     import requests
     from kubernetes import client, config
@@ -45,9 +49,11 @@ def main(argv=None) -> int:
     endpoints = core.list_endpoints_for_all_namespaces(_request_timeout=1800).items
     slices = disc.list_endpoint_slice_for_all_namespaces(_request_timeout=1800).items
     daemonsets = apps.list_daemon_set_for_all_namespaces(_request_timeout=1800).items
-    resp = requests.get(args.prometheus_url.rstrip("/") + "/api/v1/targets", timeout=1800)
-    resp.raise_for_status()
-    targets = resp.json()["data"]["activeTargets"]
+    targets = []
+    for u in urls:
+        resp = requests.get(u.rstrip("/") + "/api/v1/targets", timeout=1800)
+        resp.raise_for_status()
+        targets += resp.json()["data"]["activeTargets"]
     t_fetch = time.perf_counter() - t0
 
     node_names = {n.metadata.name for n in nodes}

@@ -42,14 +42,19 @@ def main(argv=None) -> int:
         bench_run.write_kubeconfig(kubeconfig, fake.base)
         # warm the fake server's caches first (not profiled)
         subprocess.run(
-            [*bench_run.exporter_cmd(), *bench_run.audit_args(kubeconfig, fake.base)],
+            [*bench_run.exporter_cmd(), *bench_run.audit_args(kubeconfig, fake.prometheus_urls)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             timeout=900,
             cwd=bench_run.REPO,
+            env=bench_run.exporter_env(),
         )
         start_idx = fake.requests_log(10**12)[0]
-        cli = ["-m", "coverage_exporter.cli", *bench_run.audit_args(kubeconfig, fake.base)]
+        cli = [
+            "-m",
+            "coverage_exporter.cli",
+            *bench_run.audit_args(kubeconfig, fake.prometheus_urls),
+        ]
         if args.no_pyinstrument:
             cmd = [bench_run.PY, *cli]
         else:
@@ -70,6 +75,7 @@ def main(argv=None) -> int:
             stdout=subprocess.DEVNULL,
             stderr=open(workdir / "audit.log", "w"),
             cwd=bench_run.REPO,
+            env=bench_run.exporter_env(),
         )
         samples = []
 

@@ -1,8 +1,10 @@
 """The `raw` baseline: download exactly the responses the exporter asked
 for in its first cycle, read every body to the end and throw it away.
 
-Input: a JSON file with a list of {"method", "path", "accept",
-"accept_encoding", "group"} as recorded by fake_api.py. Requests of one
+Input: a JSON file with a list of {"method", "path", "port", "server",
+"accept", "accept_encoding", "group"} as recorded by fake_api.py: each
+request goes to 127.0.0.1:<port>, the server it hit (the Kubernetes API or
+one of the Prometheus servers); without a port, to --base. Requests of one
 group (one paginated list, one scrape pool) run in order; groups run
 concurrently, as the exporter's reflectors and pool fetches do. Prints one
 JSON object: requests, bytes (decompressed body bytes read), wall seconds.
@@ -25,6 +27,7 @@ from yarl import URL
 
 
 async def replay(base: str, requests: list[dict], concurrency: int) -> dict:
+    host = urlsplit(base).hostname
     groups: dict[str, list[dict]] = defaultdict(list)
     for r in requests:
         groups[r["group"]].append(r)
@@ -41,7 +44,8 @@ async def replay(base: str, requests: list[dict], concurrency: int) -> dict:
                 if r.get("accept_encoding"):
                     headers["Accept-Encoding"] = r["accept_encoding"]
                 async with sem:
-                    url = URL(base + r["path"], encoded=True)
+                    origin = f"http://{host}:{r['port']}" if r.get("port") else base
+                    url = URL(origin + r["path"], encoded=True)
                     async with session.request(r["method"], url, headers=headers) as resp:
                         n = 0
                         async for chunk in resp.content.iter_chunked(1 << 20):
@@ -77,7 +81,8 @@ def main(argv=None) -> int:
     with open(args.requests) as f:
         reqs = json.load(f)
     for r in reqs:
-        r.setdefault("group", group_of(r["path"]))
+        # one group per server and list: the same path on two servers runs concurrently
+        r.setdefault("group", f"{r.get('port', '')} {group_of(r['path'])}")
     out = asyncio.run(replay(args.base, reqs, args.concurrency))
     json.dump(out, sys.stdout)
     print()

@@ -219,6 +219,19 @@ def goals(rows: dict[int, dict], full: dict[int, dict]) -> list[str]:
     return out
 
 
+def _servers(r: dict) -> str:
+    if r.get("prometheus_servers") is None:
+        return "1 (before issue #12)"
+    return f"{r['prometheus_servers']} ({r['shards']} x {r['replicas']}, {r.get('role')})"
+
+
+def _targets(r: dict) -> str:
+    if r.get("targets_total") is None:
+        return "—"
+    per = r.get("targets_per_server") or {}
+    return f"{r['targets_total']:,} ({', '.join(f'{v:,}' for v in per.values())})"
+
+
 def render(rows: dict[int, dict]) -> str:
     ordered = [rows[n] for n in sorted(rows)]
     full = {}
@@ -285,8 +298,8 @@ def render(rows: dict[int, dict]) -> str:
         "",
         "## Data set per size",
         "",
-        "| nodes | Nodes MB | pods MB (2 DaemonSets) | Endpoints MB | EndpointSlices | largest scrape pool (targets, MB) | fake server start s / peak RSS MB |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| nodes | Nodes MB | pods MB | Endpoints MB | EndpointSlices | Prometheus servers (shards x replicas, role) | scrape pools | active targets, all servers (per server) | largest scrape pool (targets, MB) | fake server start s / peak RSS MB |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in ordered:
         d = r["dataset"]
@@ -295,16 +308,20 @@ def render(rows: dict[int, dict]) -> str:
         lines.append(
             f"| {r['nodes']:,} | {mb(d['v1/nodes']['bytes'])} | {mb(d['v1/pods']['bytes'])} | {mb(d['v1/endpoints']['bytes'])} "
             f"| {d['discovery.k8s.io/v1/endpointslices']['items']} ({mb(d['discovery.k8s.io/v1/endpointslices']['bytes'])} MB) "
+            f"| {_servers(r)} | {r.get('scrape_pools', len(pools))} | {_targets(r)} "
             f"| {big[1]['targets']:,} ({mb(big[1]['bytes'])}) | {fmt(r.get('fake_api_start_s'), 1)} / {fmt(r.get('fake_api_peak_rss_mb'), 0)} |"
         )
     lines += [
         "",
         "## How it is measured",
         "",
-        "- `bench/fake_api.py` serves the synthetic cluster described in `bench/dataset.py` (three node-wide "
-        "Services: node-exporter and cAdvisor DaemonSets with Endpoints truncated at 1000, the Prometheus "
-        "Operator's selector-less kubelet Endpoints mirrored at most 1000; one scrape pool per Service and role) "
-        "with list pagination, watches, bookmarks and 410s, and the Prometheus targets API.",
+        "- `bench/fake_api.py` serves the synthetic cluster described in `bench/dataset.py`, run the way the "
+        "Prometheus Operator runs it: node-exporter (DaemonSet, Endpoints truncated at 1000) and the Operator's "
+        "selector-less kubelet Endpoints (every node, mirrored at most 1000); the kube-prometheus ServiceMonitors' "
+        "five scrape pools (kubelet /metrics, /metrics/cadvisor, /metrics/probes, /metrics/slis; node-exporter) "
+        "under role endpoints; 1 Prometheus server below 15k nodes, 2 shards x 2 replicas from 15k up, each on its "
+        "own port with its shard's targets and its Operator-generated config. Kubernetes with list pagination, "
+        "watches, bookmarks and 410s.",
         "- exporter first cycle: `coverage-exporter serve` from process start until `/-/ready` answers 200 "
         "(includes interpreter start-up and imports); CPU seconds from /proc at that moment.",
         "- exporter steady cycle: median `scrape_coverage_cycle_duration_seconds` of the cycles after the second; "

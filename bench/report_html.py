@@ -48,9 +48,9 @@ from testbed.chromium import Browser, Page  # noqa: E402
 import run as bench_run  # noqa: E402
 
 
-async def collect(kubeconfig: Path, base: str):
+async def collect(kubeconfig: Path, prometheus_urls: list[str]):
     args = build_parser().parse_args(
-        ["audit", "--kubeconfig", str(kubeconfig), "--prometheus-url", f"bench={base}"]
+        ["audit", "--kubeconfig", str(kubeconfig), *bench_run.prometheus_args(prometheus_urls)]
     )
     settings = app.Settings.from_args(args)
     sources = app.Sources(settings)
@@ -182,7 +182,7 @@ async def main_async(args) -> dict:
         bench_run.write_kubeconfig(kubeconfig, fake.base)
         bench_run.log("collecting once")
         t = time.perf_counter()
-        settings, result, health = await collect(kubeconfig, fake.base)
+        settings, result, health = await collect(kubeconfig, fake.prometheus_urls)
         report = result.report
         out["collect_s"] = time.perf_counter() - t
         assert report is not None, "no report: the fake API could not be read"

@@ -2,7 +2,8 @@
 
 Everything runs on 127.0.0.1, in separate processes:
 
-1. bench/fake_api.py serves a synthetic N-node cluster and a Prometheus.
+1. bench/fake_api.py serves a synthetic N-node cluster and the Prometheus
+   servers of an Operator fleet (shards x replicas, one port each).
 2. `coverage-exporter audit --output json` (one collection, then exit):
    wall, CPU and peak RSS of the whole process. It also warms the fake
    server's caches so that no later run pays for the server's gzip.
@@ -48,16 +49,40 @@ def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+def exporter_env() -> dict[str, str]:
+    """The environment of every child: this checkout first on PYTHONPATH, so
+    that the exporter measured is the one next to this file (the venv's
+    coverage-exporter script may be an editable install of another one)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO), *(p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p)]
+    )
+    return env
+
+
 def exporter_cmd() -> list[str]:
-    exe = Path(PY).parent / "coverage-exporter"
-    if exe.exists():
-        return [str(exe)]
+    """The exporter of this checkout (run with exporter_env())."""
     return [PY, "-m", "coverage_exporter.cli"]
 
 
-def audit_args(kubeconfig: Path, base: str) -> list[str]:
+def prometheus_args(urls: list[str]) -> list[str]:
+    """One --prometheus-url NAME=URL per Prometheus server."""
+    out: list[str] = []
+    for u in urls:
+        out += ["--prometheus-url", u]
+    return out
+
+
+def audit_args(kubeconfig: Path, urls: list[str]) -> list[str]:
     """`audit` against the fake API, JSON out: what every harness runs."""
-    return ["audit", "--kubeconfig", str(kubeconfig), "--prometheus-url", base, "--output", "json"]
+    return [
+        "audit",
+        "--kubeconfig",
+        str(kubeconfig),
+        *prometheus_args(urls),
+        "--output",
+        "json",
+    ]
 
 
 def http_get(url: str, timeout: float = 30.0) -> tuple[int, bytes]:
@@ -134,7 +159,14 @@ def measured(
             resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
 
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, preexec_fn=limit, cwd=REPO, env=env)
+    proc = subprocess.Popen(
+        cmd,
+        stdout=stdout,
+        stderr=stderr,
+        preexec_fn=limit,
+        cwd=REPO,
+        env=env if env is not None else exporter_env(),
+    )
     timed_out = threading.Event()
 
     def killer():
@@ -160,7 +192,15 @@ def measured(
 
 
 class FakeApi:
-    def __init__(self, nodes: int, workdir: Path, lifetime: float):
+    def __init__(
+        self,
+        nodes: int,
+        workdir: Path,
+        lifetime: float,
+        role: str = "endpoints",
+        shards: int | None = None,
+        replicas: int | None = None,
+    ):
         self.ready_file = workdir / "fake_api.json"
         self.log_path = workdir / "fake_api.log"
         self.ready_file.unlink(missing_ok=True)  # a stale one from an earlier run in this workdir
@@ -174,6 +214,10 @@ class FakeApi:
                 str(self.ready_file),
                 "--max-lifetime",
                 str(lifetime),
+                "--role",
+                role,
+                *(["--shards", str(shards)] if shards else []),
+                *(["--replicas", str(replicas)] if replicas else []),
             ],
             stdout=open(self.log_path, "w"),
             stderr=subprocess.STDOUT,
@@ -189,7 +233,9 @@ class FakeApi:
             time.sleep(0.2)
         self.info = json.loads(self.ready_file.read_text())
         self.port = self.info["port"]
-        self.base = f"http://127.0.0.1:{self.port}"
+        self.base = f"http://127.0.0.1:{self.port}"  # Kubernetes API and /_bench
+        self.servers = self.info["prometheus"]
+        self.prometheus_urls = [f"{s['name']}=http://127.0.0.1:{s['port']}" for s in self.servers]
 
     def requests_log(self, since: int = 0) -> tuple[int, list[dict]]:
         _, body = http_get(f"{self.base}/_bench/requests?since={since}", timeout=120)
@@ -257,8 +303,7 @@ def run_serve(fake: FakeApi, kubeconfig: Path, workdir: Path, args) -> tuple[dic
         "serve",
         "--kubeconfig",
         str(kubeconfig),
-        "--prometheus-url",
-        fake.base,
+        *prometheus_args(fake.prometheus_urls),
         "--web.listen-address",
         f"127.0.0.1:{port}",
         "--interval",
@@ -283,7 +328,12 @@ def run_serve(fake: FakeApi, kubeconfig: Path, workdir: Path, args) -> tuple[dic
     err = open(workdir / "serve.log", "w")
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        cmd, stdout=err, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True
+        cmd,
+        stdout=err,
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+        start_new_session=True,
+        env=exporter_env(),
     )
     result: dict = {}
     try:
@@ -355,6 +405,14 @@ def run_serve(fake: FakeApi, kubeconfig: Path, workdir: Path, args) -> tuple[dic
             k: v
             for k, v in m.items()
             if k.startswith("scrape_coverage_source_") or k.startswith("scrape_coverage_cycle")
+        }
+        # where the exporter put each server, and which replicas it can judge
+        result["exporter_topology_metrics"] = {
+            k: v
+            for k, v in m.items()
+            if k.startswith(
+                ("scrape_coverage_server_info", "scrape_coverage_replica_coverage_known")
+            )
         }
         # skip the first cycle after the first (it may still see settling)
         steady = marks[1:]
@@ -448,6 +506,14 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-audit", action="store_true")
     ap.add_argument("--profile", action="store_true", help="run serve under pyinstrument (slower)")
     ap.add_argument("--workdir", help="keep logs and request logs here")
+    ap.add_argument(
+        "--role",
+        choices=("endpoints", "endpointslice"),
+        default="endpoints",
+        help="the Prometheus CR's serviceDiscoveryRole in the data set",
+    )
+    ap.add_argument("--shards", type=int, help="default: 2 from 15k nodes up, else 1")
+    ap.add_argument("--replicas", type=int, help="default: 2 from 15k nodes up, else 1")
     args = ap.parse_args(argv)
 
     workdir = (
@@ -461,11 +527,22 @@ def main(argv=None) -> int:
         args.nodes,
         workdir,
         lifetime=args.first_cycle_timeout + args.steady_timeout + args.naive_timeout + 1800,
+        role=args.role,
+        shards=args.shards,
+        replicas=args.replicas,
     )
     try:
         out["fake_api_start_s"] = round(time.perf_counter() - t, 2)
         info = fake.server_info()
         out["dataset"] = info["summary"]
+        out["role"] = info["role"]
+        out["shards"] = info["shards"]
+        out["replicas"] = info["replicas"]
+        out["prometheus_servers"] = len(info["servers"])
+        out["scrape_pools"] = len(info["scrape_pools"])
+        # active targets over every server (replicas count twice, as they scrape twice)
+        out["targets_total"] = sum(s["targets"] for s in info["servers"])
+        out["targets_per_server"] = {s["name"]: s["targets"] for s in info["servers"]}
         kubeconfig = workdir / "kubeconfig"
         write_kubeconfig(kubeconfig, fake.base)
 
@@ -473,7 +550,7 @@ def main(argv=None) -> int:
             log("exporter audit (one collection)")
             with open(workdir / "audit.json", "w") as so, open(workdir / "audit.log", "w") as se:
                 a = measured(
-                    [*exporter_cmd(), *audit_args(kubeconfig, fake.base)],
+                    [*exporter_cmd(), *audit_args(kubeconfig, fake.prometheus_urls)],
                     args.first_cycle_timeout,
                     stdout=so,
                     stderr=se,
@@ -490,11 +567,36 @@ def main(argv=None) -> int:
                         "missing_endpoints": len(s.get("endpoints", {}).get("missing", []) or [])
                         if isinstance(s.get("endpoints", {}).get("missing"), list)
                         else s.get("endpoints", {}).get("missing"),
+                        "pools_meant": sorted(
+                            {p["scrape_pool"] for p in s["prometheus"]["pools"] if p.get("meant")}
+                        ),
+                        "gaps": [
+                            [g["stage"], g["scrape_pool"], g["replica"], g["missing"]]
+                            for g in s.get("gaps", [])
+                        ],
                     }
                     for s in report.get("services", [])
                 }
+                # where the exporter put each server in the fleet
+                out["audit_replicas"] = [
+                    {
+                        "scraper": r.get("scraper"),
+                        "replica": r.get("replica"),
+                        "shards": r.get("shards"),
+                        "known": r.get("known"),
+                        "servers": {
+                            sv.get("server"): {
+                                "shard": sv.get("shard"),
+                                "topology": sv.get("topology"),
+                            }
+                            for sv in r.get("servers", [])
+                        },
+                    }
+                    for r in report.get("replicas", [])
+                ]
             except (ValueError, KeyError, TypeError, AttributeError):
                 out["audit_services"] = None
+                out["audit_replicas"] = None
 
         log("exporter serve")
         serve, first_reqs = run_serve(fake, kubeconfig, workdir, args)
@@ -534,12 +636,15 @@ def main(argv=None) -> int:
         out["steady_cycles_measured"] = serve.get("steady_cycles_measured")
         out["k8s_lists_after_startup"] = serve["k8s_lists_after_startup"]
         out["exporter_self_metrics"] = serve["exporter_metrics"]
+        out["exporter_topology_metrics"] = serve["exporter_topology_metrics"]
 
         # raw baseline
         replay = [
             {
                 "method": r["method"],
                 "path": r["path"],
+                "port": r["port"],
+                "server": r["server"],
                 "accept": r["accept"],
                 "accept_encoding": r["accept_encoding"],
             }
@@ -583,8 +688,7 @@ def main(argv=None) -> int:
                         str(HERE / "naive.py"),
                         "--kubeconfig",
                         str(kubeconfig),
-                        "--prometheus-url",
-                        fake.base,
+                        *prometheus_args(fake.prometheus_urls),
                     ],
                     args.naive_timeout,
                     memory_gb=args.naive_memory_gb,
