@@ -425,10 +425,17 @@ def prometheus_stage(
     counts: dict[tuple[str, str, str, str], int] = defaultdict(int)
     found: dict[tuple[str, str, str], set[str | None]] = defaultdict(set)
     by_replica: dict[tuple[str, str], dict[PoolKey, bool]] = defaultdict(dict)
+    # Once per server, not per target (a million targets at 100k nodes).
+    servers: dict[str, tuple[dict[PoolKey, bool], bool]] = {}
     for server, t in targets:
-        replica = fleet.replica_of(server)
-        by_replica[replica.key].setdefault((t.scrape_pool, t.role), False)
-        if not fleet.server_known(server):
+        seen = servers.get(server)
+        if seen is None:
+            seen = servers[server] = (
+                by_replica[fleet.replica_of(server).key],
+                fleet.server_known(server),
+            )
+        seen[0].setdefault((t.scrape_pool, t.role), False)
+        if not seen[1]:
             # Its last answer is too old to count or to show as current;
             # the pool is still listed, with its coverage unknown.
             continue

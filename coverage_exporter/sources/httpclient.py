@@ -171,11 +171,18 @@ class ReloadingTLS:
         self._check_seconds = check_seconds
         self._checked = time.monotonic()
         self._stamp = _fingerprint(self._paths)
-        self._context = ssl_context(**self._args)  # type: ignore[arg-type]
+        # Files are checked now, so that a bad CA path fails at start-up;
+        # a context without files (loading the system CAs costs ~25 ms,
+        # once per server) is built only when a first https request needs it.
+        self._context: ssl.SSLContext | None = (
+            ssl_context(**self._args) if self._paths else None  # type: ignore[arg-type]
+        )
         self.reloads_total = 0
 
     def context(self) -> ssl.SSLContext:
         if not self._paths:
+            if self._context is None:
+                self._context = ssl_context(**self._args)  # type: ignore[arg-type]
             return self._context
         now = time.monotonic()
         if now - self._checked < self._check_seconds:
@@ -191,6 +198,7 @@ class ReloadingTLS:
             else:
                 self.reloads_total += 1
                 log.info("TLS files changed: reloaded %s", ", ".join(self._paths))
+        assert self._context is not None  # built in __init__ when there are files
         return self._context
 
 

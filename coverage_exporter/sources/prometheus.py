@@ -841,7 +841,9 @@ class PrometheusSource:
                 self.endpoint.url + path,
                 params=params,
                 headers=headers,
-                ssl=self._tls.context(),
+                # Plain http needs no context (and building one loads the
+                # system CAs).
+                ssl=self._tls.context() if self.endpoint.url.startswith("https") else True,
                 timeout=self._timeout,
             ) as resp:
                 if resp.status != 200:
