@@ -425,31 +425,48 @@ def prometheus_stage(
     counts: dict[tuple[str, str, str, str], int] = defaultdict(int)
     found: dict[tuple[str, str, str], set[str | None]] = defaultdict(set)
     by_replica: dict[tuple[str, str], dict[PoolKey, bool]] = defaultdict(dict)
-    # Once per server, not per target (a million targets at 100k nodes).
+    # This loop sees every target of the Service (a million at 100k nodes
+    # with HA replicas), so the per-target work is a few attribute reads:
+    # lookups per server and per pool are made once per run of targets of
+    # the same (server, pool, role), which is how the sources list them,
+    # and a target that names its node skips the resolver.
     servers: dict[str, tuple[dict[PoolKey, bool], bool]] = {}
+    node_wide = expected.node_wide
+    identity = resolver.identity
+    run_key: tuple[str, str, str] | None = None
+    run_found: set[str | None] = set()
+    run_health: dict[str, int] = {}
+    runs: list[tuple[tuple[str, str, str], dict[str, int]]] = []
     for server, t in targets:
-        seen = servers.get(server)
-        if seen is None:
-            seen = servers[server] = (
-                by_replica[fleet.replica_of(server).key],
-                fleet.server_known(server),
-            )
-        seen[0].setdefault((t.scrape_pool, t.role), False)
-        if not seen[1]:
-            # Its last answer is too old to count or to show as current;
-            # the pool is still listed, with its coverage unknown.
-            continue
-        counts[(server, t.scrape_pool, t.role, t.health)] += 1
-        found[(server, t.scrape_pool, t.role)].add(
-            resolver.identity(
-                expected.node_wide,
-                t.node_name,
-                t.target_kind,
-                t.target_name,
-                t.address_host,
-                t.pod_name,
+        pool, role = t.scrape_pool, t.role
+        if run_key is None or run_key[0] != server or run_key[1] != pool or run_key[2] != role:
+            seen = servers.get(server)
+            if seen is None:
+                seen = servers[server] = (
+                    by_replica[fleet.replica_of(server).key],
+                    fleet.server_known(server),
+                )
+            seen[0].setdefault((pool, role), False)
+            if not seen[1]:
+                # Its last answer is too old to count or to show as
+                # current; the pool is still listed, coverage unknown.
+                run_key = None
+                continue
+            run_key = (server, pool, role)
+            run_found = found[run_key]
+            run_health = {}
+            runs.append((run_key, run_health))
+        run_health[t.health] = run_health.get(t.health, 0) + 1
+        node = t.node_name if node_wide else None
+        run_found.add(
+            node
+            or identity(
+                node_wide, t.node_name, t.target_kind, t.target_name, t.address_host, t.pod_name
             )
         )
+    for key, health in runs:
+        for state, n in health.items():
+            counts[(*key, state)] += n
     for server, pools in (meant or {}).items():
         replica = fleet.replica_of(server)
         for pool, role in pools.items():

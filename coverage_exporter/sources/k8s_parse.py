@@ -241,17 +241,24 @@ def node_from_raw(raw: RawNode) -> Node:
     status = raw.status or _NodeStatus()
     name = sys.intern(_name(raw.metadata))
     spec = raw.spec or _NodeSpec()
+    ready = False
+    for c in status.conditions or ():
+        if c.type == "Ready":
+            ready = c.status == "True"
+            break
+    # Positional: Node's fields in order (name, addresses, ready, labels,
+    # taints, unschedulable); this runs once per Node, 100k at a time.
     return Node(
-        name=name,
-        addresses=tuple(
+        name,
+        tuple(
             sys.intern(a.address)
             for a in status.addresses or ()
             if a.type in _NODE_ADDRESS_TYPES and a.address
         ),
-        ready=any(c.type == "Ready" and c.status == "True" for c in status.conditions or ()),
-        labels=_shared_labels(raw.metadata.labels if raw.metadata else None, name),
-        taints=_shared_taints(spec.taints),
-        unschedulable=bool(spec.unschedulable),
+        ready,
+        _shared_labels(raw.metadata.labels if raw.metadata else None, name),
+        _shared_taints(spec.taints) if spec.taints else (),
+        bool(spec.unschedulable),
     )
 
 
@@ -336,11 +343,12 @@ def _address(raw: _EndpointAddress) -> EndpointAddress:
     if not raw.ip:
         raise ParseError("endpoint address without ip")
     ref = raw.target_ref
+    node = raw.node_name
     return EndpointAddress(
-        ip=sys.intern(raw.ip),
-        node_name=_i(raw.node_name),
-        target_kind=_i(ref.kind) if ref else None,
-        target_name=_i(ref.name) if ref else None,
+        sys.intern(raw.ip),
+        None if node is None else sys.intern(node),
+        _i(ref.kind) if ref else None,
+        _i(ref.name) if ref else None,
     )
 
 
@@ -400,14 +408,15 @@ def _slice_endpoint(raw: _SliceEndpoint) -> SliceEndpoint:
     # nil terminating means not terminating.
     ready = True if cond.ready is None else cond.ready
     ref = raw.target_ref
+    node = raw.node_name
     return SliceEndpoint(
-        address=sys.intern(raw.addresses[0]),
-        node_name=_i(raw.node_name),
-        target_kind=_i(ref.kind) if ref else None,
-        target_name=_i(ref.name) if ref else None,
-        ready=ready,
-        serving=ready if cond.serving is None else cond.serving,
-        terminating=bool(cond.terminating),
+        sys.intern(raw.addresses[0]),
+        None if node is None else sys.intern(node),
+        _i(ref.kind) if ref else None,
+        _i(ref.name) if ref else None,
+        ready,
+        ready if cond.serving is None else cond.serving,
+        bool(cond.terminating),
     )
 
 
@@ -451,19 +460,21 @@ class RawPod(msgspec.Struct):
 
 def pod_from_raw(raw: RawPod) -> Pod:
     meta = raw.metadata
-    owner = next(
-        (o for o in (meta.owner_references if meta else None) or () if o.controller),
-        None,
-    )
+    owner = None
+    for o in (meta.owner_references if meta else None) or ():
+        if o.controller:
+            owner = o
+            break
+    status = raw.status
     return Pod(
-        namespace=_ns(meta),
-        name=_name(meta),
-        node_name=_i((raw.spec.node_name if raw.spec else None) or None),
-        ip=_i((raw.status.pod_ip if raw.status else None) or None),
-        owner_kind=_i(owner.kind) if owner else None,
-        owner_name=_i(owner.name) if owner else None,
-        terminating=bool(meta and meta.deletion_timestamp),
-        phase=_i(raw.status.phase if raw.status else None),
+        _ns(meta),
+        _name(meta),
+        _i((raw.spec.node_name if raw.spec else None) or None),
+        _i((status.pod_ip if status else None) or None),
+        _i(owner.kind) if owner else None,
+        _i(owner.name) if owner else None,
+        bool(meta and meta.deletion_timestamp),
+        _i(status.phase if status else None),
     )
 
 
@@ -571,8 +582,10 @@ def daemonset_from_raw(raw: RawDaemonSet) -> DaemonSet:
 # --- per-kind parsers ----------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Parsed(Generic[K, T]):
+class Parsed(msgspec.Struct, Generic[K, T], gc=False):
+    """One decoded object with its cache key (one per list item: a Struct,
+    whose C __init__ a frozen dataclass's object.__setattr__ would cost ~6x)."""
+
     key: K
     obj: T
     resource_version: str | None
