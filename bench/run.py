@@ -111,26 +111,69 @@ def parse_metrics(text: str) -> dict[str, float]:
     return out
 
 
-def proc_cpu(pid: int) -> float:
+def tree_pids(pid: int) -> list[int]:
+    """pid and its live descendants: the exporter decodes target lists in a
+    worker process (and multiprocessing runs a resource tracker), whose CPU
+    and memory are the exporter's too."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, ()))
+    return out
+
+
+def _stat_fields(pid: int) -> list[str]:
     with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds of pid, its live descendants and its reaped children."""
+    fields = _stat_fields(pid)
+    total = sum(int(fields[i]) for i in (11, 12, 13, 14))
+    for child in tree_pids(pid)[1:]:
+        with contextlib.suppress(OSError):
+            fields = _stat_fields(child)
+            total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
+
+
+def _status_mb(pid: int, key: str) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key):
+                return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def proc_hwm_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+    """Sum of the peak RSS (VmHWM) of pid and its live descendants: an upper
+    bound of their combined peak."""
+    total = 0.0
+    for p in tree_pids(pid):
+        with contextlib.suppress(OSError):
+            total += _status_mb(p, "VmHWM:")
+    return total
 
 
 def proc_rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+    """RSS of pid and its live descendants, summed."""
+    total = 0.0
+    for p in tree_pids(pid):
+        with contextlib.suppress(OSError):
+            total += _status_mb(p, "VmRSS:")
+    return total
 
 
 def free_port() -> int:
@@ -176,16 +219,29 @@ def measured(
 
     timer = threading.Timer(timeout, killer)
     timer.start()
+    tree_peak = [0.0]
+    done = threading.Event()
+
+    def sampler():
+        # wait4's ru_maxrss is the largest single process, not the sum of
+        # the exporter and its decoder worker: sample their VmHWM sum.
+        while not done.wait(0.05):
+            with contextlib.suppress(OSError):
+                tree_peak[0] = max(tree_peak[0], proc_hwm_mb(proc.pid))
+
+    sampling = threading.Thread(target=sampler, daemon=True)
+    sampling.start()
     try:
         _, status, ru = os.wait4(proc.pid, 0)
     finally:
         timer.cancel()
+        done.set()
     proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - t0
     return {
         "wall_s": wall,
         "cpu_s": ru.ru_utime + ru.ru_stime,
-        "peak_rss_mb": ru.ru_maxrss / 1024,
+        "peak_rss_mb": max(ru.ru_maxrss / 1024, tree_peak[0]),
         "returncode": proc.returncode,
         "timed_out": timed_out.is_set(),
     }

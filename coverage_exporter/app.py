@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -22,7 +22,7 @@ from coverage_exporter.fleet_file import load_fleet_file
 from coverage_exporter.http import ExporterView, MetricsServer, ServerLimits, parse_listen_address
 from coverage_exporter.model.report import CoverageReport
 from coverage_exporter.model.scope import Scope, parse_label_selector, parse_service_key
-from coverage_exporter.sources import httpclient
+from coverage_exporter.sources import httpclient, target_decoder
 from coverage_exporter.sources.health import SourceError, SourceHealth
 from coverage_exporter.sources.kubernetes import DEFAULT_MAX_POD_WATCHES, KubernetesSource
 from coverage_exporter.sources.operator import OperatorSource
@@ -53,6 +53,9 @@ class Settings:
     kubernetes_sync_timeout: float
     stale_after_seconds: float = 300.0
     operator_refresh_seconds: float = 300.0
+    decode_in_process: bool = False
+    """Target lists decoded in this process, not in the worker process of
+    sources.target_decoder."""
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
@@ -97,6 +100,7 @@ class Settings:
             stale_after_seconds=args.prometheus_stale_after,
             # serve only: audit reads the Operator's objects once anyway.
             operator_refresh_seconds=getattr(args, "operator_refresh_interval", 300.0),
+            decode_in_process=bool(getattr(args, "prometheus_decode_in_process", False)),
         )
 
 
@@ -192,7 +196,14 @@ class Sources:
             watch_idle_seconds=guards.watch_idle_seconds,
             limits=guards.limits,
         )
-        self.prometheus = [PrometheusSource(e, limits=guards.limits) for e in settings.prometheus]
+        decoder = None if settings.decode_in_process else target_decoder.POOL
+        if decoder is not None and settings.prometheus:
+            # Spawned now, so its start-up overlaps the cluster's first lists.
+            decoder.warm()
+        self._decoder = decoder
+        self.prometheus = [
+            PrometheusSource(e, limits=guards.limits, decoder=decoder) for e in settings.prometheus
+        ]
         self.collector = Collector(
             self.kubernetes,
             self.prometheus,
@@ -222,6 +233,8 @@ class Sources:
         await self.kubernetes.stop()
         for p in self.prometheus:
             await p.close()
+        if self._decoder is not None:
+            self._decoder.shutdown()
 
 
 # How long `audit` waits on an apiserver that answers every list with an
@@ -254,8 +267,9 @@ async def _audit(settings: Settings, output: str, guards: Guards | None = None) 
     sources = Sources(settings, guards=guards)
     try:
         await sources.start()
-        await _wait_for_cluster(sources, settings.kubernetes_sync_timeout)
-        result = await sources.collector.run_cycle()
+        result = await sources.collector.run_cycle(
+            _wait_for_cluster(sources, settings.kubernetes_sync_timeout)
+        )
         # Copies: closing the sources marks them down.
         health = [replace(h) for h in sources.health]
     except SourceError as err:
@@ -330,12 +344,17 @@ async def _serve(
     try:
         await sources.start()
         view.status = "waiting for the first list of the cluster"
-        view.expect_progress(settings.kubernetes_sync_timeout + 60.0, "the first list")
-        await _until_stopped(sources.kubernetes.wait_synced(settings.kubernetes_sync_timeout), stop)
+        # The first cycle waits for the cluster's first lists too.
+        view.expect_progress(settings.kubernetes_sync_timeout + cycle_budget, "the first list")
+        first: Awaitable[object] | None = sources.kubernetes.wait_synced(
+            settings.kubernetes_sync_timeout
+        )
         while not stop.is_set():
             started = time.monotonic()
-            view.expect_progress(cycle_budget, "the running collection cycle")
-            done, result = await _until_stopped(sources.collector.run_cycle(), stop)
+            if first is None:
+                view.expect_progress(cycle_budget, "the running collection cycle")
+            done, result = await _until_stopped(sources.collector.run_cycle(first), stop)
+            first = None
             if not done:
                 break
             if isinstance(result, BaseException):

@@ -111,6 +111,13 @@ def _common(p: _EnvParser) -> None:
         type=positive_seconds,
     )
     p.add(
+        "--prometheus-decode-in-process",
+        "decode target lists in this process's threads instead of one worker process "
+        "(for a CPU limit of one core or an environment without /dev/shm)",
+        action="store_true",
+        default=False,
+    )
+    p.add(
         "--prometheus-fleet-file",
         "YAML file listing Prometheus servers, each with its own credentials, TLS and "
         "optionally its shard/replica (docs/prometheus-fleet.md); adds to --prometheus-url",

@@ -12,7 +12,7 @@ import contextlib
 import ctypes
 import logging
 import time
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -407,8 +407,22 @@ class Collector:
         release_free_memory()
         return report, coverage
 
-    async def run_cycle(self) -> CycleResult:
+    async def run_cycle(self, cluster_listed: Awaitable[object] | None = None) -> CycleResult:
+        """One collection. cluster_listed (the first cycle): what waits for
+        the cluster's first lists; Prometheus is read meanwhile rather than
+        after them, since at 100k nodes each is seconds of work, and the
+        target lists are decoded in another process while this one parses
+        the Nodes."""
         start = time.monotonic()
+        reads = asyncio.gather(*(self._collect_prometheus(p) for p in self._prometheus))
+        if cluster_listed is not None:
+            try:
+                await cluster_listed
+            except BaseException:
+                reads.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reads
+                raise
         if self._cluster.is_synced():
             # Start listing the pods of every Service already known to be in
             # scope (truncated Endpoints, flags, last cycle's discoveries)
@@ -416,7 +430,7 @@ class Collector:
             # each is seconds of transfer.
             known = self._grouped[1].keys() if self._grouped else ()
             self._scope_pods(self._cluster.snapshot(), known)
-        answered = await asyncio.gather(*(self._collect_prometheus(p) for p in self._prometheus))
+        answered = await reads
         prometheus = list(self._last_good.values())
         grouped = await self._targets_by_service(prometheus)
         servers = self._server_states()

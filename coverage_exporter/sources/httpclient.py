@@ -64,6 +64,10 @@ class BodyTooLarge(SourceError):
         super().__init__(f"answer larger than {limit} bytes (after decompression); cut off")
         self.limit = limit
 
+    def __reduce__(self) -> tuple[type[BodyTooLarge], tuple[int]]:
+        # Raised in the target decoding worker too, and pickled back.
+        return (BodyTooLarge, (self.limit,))
+
 
 async def iter_body(response: aiohttp.ClientResponse, limit: int) -> AsyncIterator[bytes]:
     """The (decompressed) body chunk by chunk; BodyTooLarge past `limit`."""
