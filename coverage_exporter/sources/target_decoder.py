@@ -21,11 +21,15 @@ error, and the next read starts a new worker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import logging
 import multiprocessing
+import os
 import sys
 from array import array
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from itertools import chain, starmap
@@ -53,61 +57,75 @@ class EncodedPool:
 
     name: str
     active: int
-    strings: list[str | None]
-    """Distinct strings of the pool's targets; index 0 is None."""
     indices: bytes
-    """array('I'): len(Target fields) indices per target, in field order."""
+    """array('I'): len(Target fields) indices per target, in field order,
+    into the worker's string table (index 0 is None)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Decoded:
+    worker: int
+    """The worker's pid: a new worker starts a new string table."""
+    table_start: int
+    strings: list[str]
+    """The worker's table entries from table_start on, new in this answer."""
     pools: list[EncodedPool]
     body_bytes: int
     """Bytes after decompression (what `response_bytes_total` counts)."""
     final_labels_only: int
 
 
-def _inflated(body: bytes | bytearray, encoding: str, limit: int) -> list[bytes] | bytes:
-    """The body decompressed, in pieces of at most INFLATE_PIECE_BYTES
-    (bounded memory, and a gzip bomb is stopped one piece past `limit`)."""
+def _inflated(body: bytes | bytearray, encoding: str, limit: int) -> Iterator[bytes]:
+    """The body decompressed, in pieces of at most INFLATE_PIECE_BYTES made
+    as they are consumed (memory stays at a piece; a gzip bomb is stopped
+    one piece past `limit`)."""
     if encoding in ("", "identity"):
         if len(body) > limit:
             raise httpclient.BodyTooLarge(limit)
-        return bytes(body)
+        yield bytes(body)
+        return
     if encoding == "gzip":
         inflater = _zlib.decompressobj(16 + _zlib.MAX_WBITS)
     elif encoding == "deflate":
         inflater = _zlib.decompressobj()
     else:
         raise SourceError(f"unsupported Content-Encoding {encoding!r}")
-    pieces: list[bytes] = []
     total = 0
-    data = body
+    data: bytes | bytearray = body
     try:
         while data:
             piece = inflater.decompress(data, INFLATE_PIECE_BYTES)
             total += len(piece)
             if total > limit:
                 raise httpclient.BodyTooLarge(limit)
-            pieces.append(piece)
             data = inflater.unconsumed_tail
+            yield piece
         piece = inflater.flush()
     except _zlib.error as exc:
         raise SourceError(f"undecodable {encoding} body: {exc}") from None
     if total + len(piece) > limit:
         raise httpclient.BodyTooLarge(limit)
-    pieces.append(piece)
-    return pieces
+    yield piece
 
 
-def _encode(name: str, active: int, targets: list[Target]) -> EncodedPool:
+# The worker's string table, kept for its lifetime: the serving process
+# holds the mirror, so a string crosses (and is interned there) once, not
+# once per pool and read. Node names, IPs and pod names are what it holds;
+# past _TABLE_MAX (node and pod churn over months) the worker exits and a
+# new one starts a fresh table.
+_TABLE: dict[str | None, int] = {None: 0}
+_TABLE_MAX = 4_000_000
+
+
+def _encode(name: str, active: int, targets: list[Target], new: list[str]) -> EncodedPool:
     # C-level loops only: the worker has a million targets to go through.
     flat = list(chain.from_iterable(map(msgspec.structs.astuple, targets)))
-    distinct = dict.fromkeys(flat)
-    distinct.pop(None, None)
-    strings: list[str | None] = [None, *distinct]
-    index = {s: i for i, s in enumerate(strings)}
-    return EncodedPool(name, active, strings, array("I", map(index.__getitem__, flat)).tobytes())
+    table = _TABLE
+    unseen = [s for s in dict.fromkeys(flat) if s not in table]
+    base = len(table)
+    table.update(zip(unseen, range(base, base + len(unseen)), strict=True))
+    new.extend(unseen)  # type: ignore[arg-type]  # None is always in the table
+    return EncodedPool(name, active, array("I", map(table.__getitem__, flat)).tobytes())
 
 
 def decode_in_worker(
@@ -116,35 +134,59 @@ def decode_in_worker(
     """Runs in the worker: inflate, decode, encode for the trip back."""
     from coverage_exporter.sources.prometheus import TargetStream
 
+    if len(_TABLE) > _TABLE_MAX:
+        os._exit(0)  # BrokenProcessPool for this read; the next one starts afresh
     stream = TargetStream(only_pool, piece_bytes=piece_bytes, max_buffered=limit)
-    pieces = _inflated(body, encoding, limit)
-    del body
     total = 0
-    if isinstance(pieces, bytes):
-        total = len(pieces)
-        stream.feed(pieces)
-    else:
-        pending = bytearray()
-        for piece in pieces:
-            total += len(piece)
-            pending += piece
-            if len(pending) >= piece_bytes:
-                stream.feed(pending)
-                pending = bytearray()
-        stream.feed(pending)
-        del pieces
+    pending = bytearray()
+    for piece in _inflated(body, encoding, limit):
+        total += len(piece)
+        pending += piece
+        if len(pending) >= piece_bytes:
+            stream.feed(pending)
+            pending = bytearray()
+    del body
+    stream.feed(pending)
     pools = stream.finish()
-    return Decoded(
-        [_encode(name, p.active, p.targets) for name, p in pools.items()],
-        total,
-        stream.final_labels_only,
-    )
+    start = len(_TABLE)
+    new: list[str] = []
+    encoded = [_encode(name, p.active, p.targets, new) for name, p in pools.items()]
+    final_labels_only = stream.final_labels_only
+    del pools, stream
+    _release_free_memory()
+    return Decoded(os.getpid(), start, new, encoded, total, final_labels_only)
 
 
-def rebuild(pool: EncodedPool) -> list[Target]:
-    """The pool's Targets in the serving process."""
-    intern = sys.intern
-    table = [None if s is None else intern(s) for s in pool.strings]
+def _release_free_memory() -> None:
+    # The decoded pieces leave glibc's heap fragmented; hand it back so the
+    # worker's RSS falls to its string table between reads.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+class _Mirror:
+    """The serving process's copy of one worker's string table, interned.
+
+    Extended from the executor's result callback, which runs for every
+    answer in the worker's order, even when the read that asked for it was
+    cancelled meanwhile (a deadline): a lost answer would leave a hole in
+    the table and wrong strings in every later pool."""
+
+    def __init__(self, worker: int) -> None:
+        self.worker = worker
+        self.table: list[str | None] = [None]
+        self.broken = False
+
+    def extend(self, start: int, strings: list[str]) -> None:
+        if start != len(self.table):
+            self.broken = True  # never expected; the pool then restarts the worker
+            return
+        self.table.extend(map(sys.intern, strings))
+
+
+def rebuild(table: list[str | None], pool: EncodedPool) -> list[Target]:
+    """The pool's Targets in the serving process: C-level loops, ~0.1 us a
+    target, and every string is the mirror's interned one."""
     indices = array("I")
     indices.frombytes(pool.indices)
     values = map(table.__getitem__, indices)
@@ -164,6 +206,7 @@ class DecoderPool:
 
     def __init__(self) -> None:
         self._executor: ProcessPoolExecutor | None = None
+        self._mirror: _Mirror | None = None
 
     def _get(self) -> ProcessPoolExecutor:
         if self._executor is None:
@@ -178,20 +221,46 @@ class DecoderPool:
         self._get().submit(_warm)
 
     async def decode(
-        self, body: bytes, encoding: str, only_pool: str | None, limit: int, piece_bytes: int
-    ) -> Decoded:
+        self,
+        body: bytes | bytearray,
+        encoding: str,
+        only_pool: str | None,
+        limit: int,
+        piece_bytes: int,
+    ) -> tuple[Decoded, dict[str, list[Target]]]:
+        """The answer and each pool's rebuilt Targets."""
         executor = self._get()
-        loop = asyncio.get_running_loop()
+        future = executor.submit(decode_in_worker, body, encoding, only_pool, limit, piece_bytes)
+        future.add_done_callback(self._extend_mirror)
         try:
-            return await loop.run_in_executor(
-                executor, decode_in_worker, body, encoding, only_pool, limit, piece_bytes
-            )
+            decoded: Decoded = await asyncio.wrap_future(future)
         except BrokenProcessPool:
-            # The worker died (OOM kill?): this read fails, the next one
-            # gets a new worker.
+            # The worker died (OOM kill, or its table was full): this read
+            # fails, the next one gets a new worker.
+            self._restart(executor)
+            raise SourceError("target decoding worker process ended; retried next cycle") from None
+        mirror = self._mirror
+        if mirror is None or mirror.worker != decoded.worker or mirror.broken:
+            self._restart(executor)
+            raise SourceError("target decoding worker's string table out of step; restarted")
+        table = mirror.table
+        return decoded, {p.name: rebuild(table, p) for p in decoded.pools}
+
+    def _extend_mirror(self, future: Future[Decoded]) -> None:
+        # The executor's result thread, in the worker's order.
+        if future.cancelled() or future.exception() is not None:
+            return
+        decoded = future.result()
+        mirror = self._mirror
+        if mirror is None or mirror.worker != decoded.worker:
+            mirror = self._mirror = _Mirror(decoded.worker)
+        mirror.extend(decoded.table_start, decoded.strings)
+
+    def _restart(self, executor: ProcessPoolExecutor) -> None:
+        if self._executor is executor:
             self._executor = None
-            executor.shutdown(wait=False, cancel_futures=True)
-            raise SourceError("target decoding worker process died") from None
+            self._mirror = None
+        executor.shutdown(wait=False, cancel_futures=True)
 
     def shutdown(self) -> None:
         if self._executor is not None:

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import resource
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 from aiohttp import web
@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestServer
 
 from coverage_exporter.collector import Collector, TargetPoller
 from coverage_exporter.model.scope import Scope
-from coverage_exporter.sources import httpclient
+from coverage_exporter.sources import httpclient, target_decoder
 from coverage_exporter.sources.health import SourceError
 from coverage_exporter.sources.prometheus import (
     PrometheusEndpoint,
@@ -62,10 +62,23 @@ async def fake() -> AsyncIterator[tuple[FakePrometheus, str]]:
         yield server, str(srv.make_url("")).rstrip("/")
 
 
+DECODER: list[target_decoder.DecoderPool | None] = [None]
+
+
+@pytest.fixture(autouse=True, params=["thread", "process"])
+def decoding(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every hostile answer is tried on both decoding paths: in this
+    process's threads, and in the worker process (the default of serve)."""
+    DECODER[0] = target_decoder.POOL if request.param == "process" else None
+    yield request.param
+    DECODER[0] = None
+
+
 def source(url: str, name: str = "hostile", **limits: int) -> PrometheusSource:
     return PrometheusSource(
         PrometheusEndpoint(url=url, name=name, timeout_seconds=30),
         limits=httpclient.Limits(**limits) if limits else httpclient.DEFAULT_LIMITS,
+        decoder=DECODER[0],
     )
 
 

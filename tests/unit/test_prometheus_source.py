@@ -11,7 +11,7 @@ import shutil
 import socket
 import ssl
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -21,7 +21,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from coverage_exporter.model.objects import Target
-from coverage_exporter.sources import httpclient, prometheus
+from coverage_exporter.sources import httpclient, prometheus, target_decoder
 from coverage_exporter.sources.health import SourceError
 from coverage_exporter.sources.prometheus import (
     PrometheusEndpoint,
@@ -124,9 +124,23 @@ async def serve(flavour: str) -> tuple[FakePrometheus, TestServer]:
     return server, srv
 
 
+DECODER: list[target_decoder.DecoderPool | None] = [None]
+
+
+@pytest.fixture(autouse=True, params=["thread", "process"])
+def decoding(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test runs on both decoding paths: in this process's threads,
+    and in the worker process (the default of serve)."""
+    DECODER[0] = target_decoder.POOL if request.param == "process" else None
+    yield request.param
+    DECODER[0] = None
+
+
 def source_for(url: str, **kwargs: object) -> PrometheusSource:
     concurrency = kwargs.pop("concurrency", 4)
-    return PrometheusSource(PrometheusEndpoint(url=url, **kwargs), concurrency=concurrency)
+    return PrometheusSource(
+        PrometheusEndpoint(url=url, **kwargs), concurrency=concurrency, decoder=DECODER[0]
+    )
 
 
 def by_address(targets: list[Target] | tuple[Target, ...]) -> dict[tuple[str, str], Target]:

@@ -1,0 +1,102 @@
+"""The target decoding worker process (sources/target_decoder.py): the same
+Targets as decoding in this process, strings crossing once, and a worker
+that dies costs one read, never wrong data."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from coverage_exporter.sources import httpclient
+from coverage_exporter.sources.health import SourceError
+from coverage_exporter.sources.prometheus import parse_targets
+from coverage_exporter.sources.target_decoder import DecoderPool
+
+CAPTURED = sorted(
+    (Path(__file__).parents[1] / "fixtures/captured/prometheus-3").glob("targets_*.json")
+)
+BODIES = {p.name: p.read_bytes() for p in CAPTURED}
+# The pools whose targets belong to a Service (the exporter's own pool and
+# static jobs keep none).
+SERVICE_POOLS = sorted(
+    n for n, b in BODIES.items() if any(p.targets for p in parse_targets(b).values())
+)
+POOL_BODY = BODIES["targets_01.json"]
+LIMIT = 64 << 20
+
+
+@pytest.fixture
+def pool() -> Iterator[DecoderPool]:
+    decoder = DecoderPool()
+    yield decoder
+    decoder.shutdown()
+
+
+def test_the_captures_hold_service_pools() -> None:
+    assert len(SERVICE_POOLS) >= 3 and "targets_01.json" in SERVICE_POOLS
+
+
+@pytest.mark.parametrize("name", SERVICE_POOLS)
+async def test_worker_decodes_real_answers_like_this_process(pool: DecoderPool, name: str) -> None:
+    body = BODIES[name]
+    here = parse_targets(body)
+    decoded, targets = await pool.decode(gzip.compress(body), "gzip", None, LIMIT, 1 << 10)
+    assert decoded.body_bytes == len(body)
+    assert {p.name: p.active for p in decoded.pools} == {n: p.active for n, p in here.items()}
+    assert targets == {n: p.targets for n, p in here.items()}
+    assert any(targets.values())
+
+
+async def test_strings_cross_once_and_are_interned(pool: DecoderPool) -> None:
+    body = POOL_BODY
+    first, a = await pool.decode(gzip.compress(body), "gzip", None, LIMIT, 1 << 10)
+    again, b = await pool.decode(body, "identity", None, LIMIT, 1 << 10)
+    assert first.strings and again.strings == []
+    assert again.table_start == first.table_start + len(first.strings)
+    assert a == b
+    for targets in b.values():
+        for t in targets:
+            assert t.address_host is sys.intern(t.address_host)
+            assert t.node_name is None or t.node_name is sys.intern(t.node_name)
+
+
+async def test_a_gzip_bomb_is_cut_off_in_the_worker(pool: DecoderPool) -> None:
+    bomb = gzip.compress(b" " * (32 << 20))
+    with pytest.raises(httpclient.BodyTooLarge) as exc:
+        await pool.decode(bomb, "gzip", None, 4 << 20, 1 << 20)
+    assert exc.value.limit == 4 << 20
+
+
+@pytest.mark.parametrize(
+    ("body", "encoding", "why"),
+    [
+        (b"not gzip at all", "gzip", "undecodable gzip body"),
+        (b"{}", "br", "unsupported Content-Encoding 'br'"),
+        (b'{"status":"error","errorType":"bad_data","error":"nope"}', "identity", "nope"),
+    ],
+)
+async def test_bad_answers_are_source_errors(
+    pool: DecoderPool, body: bytes, encoding: str, why: str
+) -> None:
+    with pytest.raises(SourceError, match=why):
+        await pool.decode(body, encoding, None, LIMIT, 1 << 10)
+
+
+async def test_a_worker_that_dies_fails_one_read_and_the_next_starts_afresh(
+    pool: DecoderPool,
+) -> None:
+    body = POOL_BODY
+    first, expected = await pool.decode(body, "identity", None, LIMIT, 1 << 10)
+    os.kill(first.worker, signal.SIGKILL)
+    with pytest.raises(SourceError, match="worker process ended"):
+        await pool.decode(body, "identity", None, LIMIT, 1 << 10)
+    second, targets = await pool.decode(body, "identity", None, LIMIT, 1 << 10)
+    assert second.worker != first.worker
+    assert second.table_start == 1 and second.strings
+    assert targets == expected
