@@ -676,6 +676,10 @@ class ObjectParser(Generic[K, T]):
             raise ParseError(f"{self.kind} {_describe(raw.metadata)}: {exc}") from exc
         return Parsed(self._key(raw.metadata), obj, raw.metadata.resource_version)
 
+    def check_form(self, data: Buffer) -> None:
+        """FormUnsupported if a DELETED event's object is not in this
+        parser's form; full objects have one form only."""
+
     def identify(self, data: Buffer) -> tuple[K | None, str | None]:
         """Key and resourceVersion without the full decode (DELETED events,
         objects that failed to parse). (None, None) if even that fails."""
@@ -772,8 +776,13 @@ class _NameOnlyRow(msgspec.Struct):
     cells: list[Any] | None = None
 
 
+class _KindOnly(msgspec.Struct):
+    kind: Any = None
+
+
 _table_decoder = untrusted.Decoder(RawTable)
 _name_row_decoder = untrusted.Decoder(_NameOnlyRow)
+_kind_decoder = untrusted.Decoder(_KindOnly)
 _loose_table_decoder = untrusted.Decoder(_LooseTable)
 _row_decoder = untrusted.Decoder(_TableRow)
 
@@ -911,17 +920,27 @@ class PodTableParser(ObjectParser[ServiceKey, Pod]):
         rv = table.metadata.resource_version if table.metadata else None
         return Parsed((self.namespace, pod.name), pod, rv)
 
+    def check_form(self, data: Buffer) -> None:
+        """A DELETED event that is not a Table (a server that ignores as=Table
+        on watches): FormUnsupported, so that the reflector falls back rather
+        than keep a deleted pod that identify() cannot name."""
+        try:
+            kind = _kind_decoder.decode(data).kind
+        except msgspec.DecodeError:
+            return  # not the form's business: identify() finds no key
+        if kind != "Table":
+            raise FormUnsupported(
+                f"asked for a pod Table, got kind {untrusted.printable(str(kind), 40)}"
+            )
+
     def identify(self, data: Buffer) -> tuple[ServiceKey | None, str | None]:
-        """DELETED events and rows that failed: the Name cell, read alone."""
+        """DELETED events and rows that failed: the Name cell, read alone.
+        Never raises."""
         try:
             table = _loose_table_decoder.decode(data)
         except msgspec.DecodeError:
             return None, None
         rv = table.metadata.resource_version if table.metadata else None
-        if table.kind != "Table":
-            # A DELETED Pod where a Table was asked for: the form is not
-            # served; falling back beats keeping a deleted pod.
-            self._table(table, need_columns=False)
         try:
             columns = self._table(table, need_columns=False)
             rows = table.rows or ()

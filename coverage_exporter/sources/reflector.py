@@ -422,6 +422,7 @@ class Reflector(Generic[K, T]):
             reason = (status.reason if status else None) or ""
             raise (GoneError if code == 410 else ApiError)(code, message, reason)
         if kind == "DELETED":
+            self.parser.check_form(data)
             key, rv = self.parser.identify(data)
             if key is not None and self._cache.pop(key, None) is not None:
                 self.generation += 1
