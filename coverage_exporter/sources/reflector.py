@@ -27,6 +27,7 @@ from coverage_exporter.sources import untrusted
 from coverage_exporter.sources.health import SourceError, SourceHealth
 from coverage_exporter.sources.k8s_api import ApiClient, ApiError, GoneError
 from coverage_exporter.sources.k8s_parse import (
+    TABLE_ACCEPT,
     FormUnsupported,
     ObjectParser,
     ParseError,
@@ -320,13 +321,15 @@ class Reflector(Generic[K, T]):
         self.lists_total += 1
         self.last_list_pages = pages
         log.info(
-            "%s: listed %d objects in %d pages (%d skipped) in %.2fs, resourceVersion %s",
+            "%s: listed %d objects in %d pages (%d skipped) in %.2fs, resourceVersion %s%s",
             self.name,
             len(items),
             pages,
             bad,
             time.monotonic() - started,
             resource_version,
+            # Which form served it: the fallback from Table must be visible.
+            " (Table form)" if self.parser.accept == TABLE_ACCEPT else "",
         )
         first = not self.synced
         self._synced.set()
