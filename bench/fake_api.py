@@ -14,7 +14,8 @@ Kubernetes (shapes as kube-apiserver v1.33 serves them):
   list: limit/continue (opaque base64 tokens, 410 Expired once compacted),
         resourceVersion (+resourceVersionMatch), remainingItemCount,
         labelSelector (=, ==, !=, in, notin, exists, !exists), fieldSelector,
-        Accept: ...;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1
+        Accept: ...;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,
+        pods also Accept: ...;as=Table;g=meta.k8s.io;v=v1 (bench/pod_table.py)
   watch=1: newline-delimited {"type","object"} events, timeoutSeconds,
         allowWatchBookmarks (BOOKMARK every --bookmark-interval s),
         resourceVersion (too old -> ERROR event with a 410 Status),
@@ -71,6 +72,7 @@ from aiohttp import web
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import dataset as ds_mod
+import pod_table
 
 CHUNK = 1 << 20
 GZIP_THRESHOLD = 128 * 1024
@@ -195,6 +197,7 @@ class Server:
         self.gz_cache: OrderedDict = OrderedDict()
         self.selection_cache: dict = {}
         self.meta_items: dict[tuple[str, str], list[bytes]] = {}
+        self.table_rows: list[bytes] | None = None
         self.watchers: dict[tuple[str, str], set[asyncio.Queue]] = {}
         self.history: dict[tuple[str, str], list[tuple[int, bytes]]] = {}
         self.started = time.time()
@@ -423,6 +426,22 @@ class Server:
         self.selection_cache[key] = out
         return out
 
+    @staticmethod
+    def _wants_table(request: web.Request, res: ds_mod.Resource) -> bool:
+        accept = request.headers.get("Accept", "").lower().replace(" ", "")
+        return res.plural == "pods" and pod_table.ACCEPT in accept
+
+    def table_chunks(self, res, sel, start, end, list_rv, continue_token):
+        """A pod LIST page in Table form; rows rendered once per pod."""
+        if self.table_rows is None:
+            self.table_rows = [pod_table.row_bytes(item) for item in res.items]
+        rows = self.table_rows
+        return [
+            pod_table.head(str(list_rv), continue_token),
+            b",".join(rows[i] for i in sel[start:end]),
+            b"]}",
+        ]
+
     def items_of(self, res: ds_mod.Resource, partial: bool) -> list[bytes]:
         if not partial:
             return res.items
@@ -525,6 +544,11 @@ class Server:
             q.get("labelSelector", ""),
             q.get("fieldSelector", ""),
         )
+        if self._wants_table(request, res):
+            # Real apiserver: no remainingItemCount on a label-selected Table.
+            token = encode_continue(list_rv, res.keys[sel[end - 1]]) if end < len(sel) else None
+            chunks = self.table_chunks(res, sel, start, end, list_rv, token)
+            cache_key = (*cache_key, "table")
         return await self.send(request, chunks, cache_key, 200, headers)
 
     def list_chunks(self, res, ns, sel, start, end, partial, list_rv, label_sel, field_sel):
@@ -640,8 +664,18 @@ class Server:
         entry["status"] = 200
         written = 0
 
+        table = self._wants_table(request, res)
+        first = True
+
         async def put(b: bytes):
-            nonlocal written
+            nonlocal written, first
+            if table:
+                events = []
+                for line in b.splitlines():
+                    if line:
+                        events.append(pod_table.event_from_line(line, first))
+                        first = False
+                b = b"".join(events)
             await resp.write(b)
             written += len(b)
             entry["bytes"] = written

@@ -24,7 +24,12 @@ from coverage_exporter.model.report import CoverageReport
 from coverage_exporter.model.scope import Scope, parse_label_selector, parse_service_key
 from coverage_exporter.sources import httpclient, target_decoder
 from coverage_exporter.sources.health import SourceError, SourceHealth
-from coverage_exporter.sources.kubernetes import DEFAULT_MAX_POD_WATCHES, KubernetesSource
+from coverage_exporter.sources.kubernetes import (
+    DEFAULT_MAX_POD_WATCHES,
+    POD_FORM_TABLE,
+    POD_FORMS,
+    KubernetesSource,
+)
 from coverage_exporter.sources.operator import OperatorSource
 from coverage_exporter.sources.prometheus import (
     PrometheusEndpoint,
@@ -148,6 +153,8 @@ class Guards:
     limits: httpclient.Limits = httpclient.DEFAULT_LIMITS
     max_pod_watches: int = DEFAULT_MAX_POD_WATCHES
     watch_idle_seconds: float = DEFAULT_WATCH_IDLE_SECONDS
+    pod_form: str = POD_FORM_TABLE
+    """--kubernetes-pod-form: not a bound, but a cost knob like the others."""
     server: ServerLimits = field(default_factory=ServerLimits)
     shutdown_seconds: float = 5.0
     """After SIGTERM: how long the running cycle and the sources get to
@@ -165,6 +172,10 @@ class Guards:
             raise ValueError("--kubernetes-max-pod-watches must be 0 or more")
         if not float(args.kubernetes_watch_idle_timeout) > 0:
             raise ValueError("--kubernetes-watch-idle-timeout must be positive")
+        pod_form = getattr(args, "kubernetes_pod_form", POD_FORM_TABLE)
+        if pod_form not in POD_FORMS:
+            # An environment default escapes argparse's choices check.
+            raise ValueError(f"--kubernetes-pod-form must be one of {', '.join(POD_FORMS)}")
         server = ServerLimits()
         if getattr(args, "web_max_connections", None) is not None:
             server = ServerLimits(
@@ -176,6 +187,7 @@ class Guards:
             limits=httpclient.Limits(max_body_bytes=int(args.max_response_bytes)),
             max_pod_watches=int(args.kubernetes_max_pod_watches),
             watch_idle_seconds=float(args.kubernetes_watch_idle_timeout),
+            pod_form=pod_form,
             server=server,
         )
 
@@ -195,6 +207,7 @@ class Sources:
             max_pod_watches=guards.max_pod_watches,
             watch_idle_seconds=guards.watch_idle_seconds,
             limits=guards.limits,
+            pod_form=guards.pod_form,
         )
         decoder = None if settings.decode_in_process else target_decoder.POOL
         if decoder is not None and settings.prometheus:

@@ -188,6 +188,14 @@ def _guards(p: _EnvParser) -> None:
         type=int,
     )
     p.add(
+        "--kubernetes-pod-form",
+        "how pods are listed and watched: table (the apiserver's Table, ~150 B "
+        "a pod; DaemonSet owners inferred from pod names) or full (the objects, "
+        "3-7 KB a pod); a scope whose server refuses the Table falls back to full",
+        default="table",
+        choices=["table", "full"],
+    )
+    p.add(
         "--kubernetes-watch-idle-timeout",
         "seconds of silence (no event, no bookmark) after which a watch is "
         "taken for a dead connection",

@@ -22,7 +22,6 @@ last 200 node names.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -99,10 +98,14 @@ def mirroring_dropped_nodes(n: int) -> set[str]:
     return {name for name, _ in by_ip[MIRROR_CAP:]}
 
 
-def pod_name(node: str) -> str:
-    # Stable per node (so scale-down can delete it) but not derived visibly
-    # from the node name, like a DaemonSet's random suffix.
-    return f"{NODE_EXPORTER}-{hashlib.sha256(node.encode()).hexdigest()[:10]}"
+def pod_names_by_node(kube: Kube) -> dict[str, str]:
+    """node -> name of its node-exporter pod. The names are the apiserver's
+    (generateName), as the DaemonSet controller's are: not derivable."""
+    return {
+        p["spec"].get("nodeName"): p["metadata"]["name"]
+        for p in kube.list(f"/api/v1/namespaces/{MONITORING}/pods",
+                           labelSelector="app.kubernetes.io/name=node-exporter")
+    }
 
 
 def connect(kubeconfig: str | os.PathLike[str]) -> Kube:
@@ -195,7 +198,10 @@ def _pod_body(node: str, ds_uid: str) -> dict[str, Any]:
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            "name": pod_name(node),
+            # What the DaemonSet controller sends (controller_utils.go
+            # getPodsPrefix): the apiserver appends 5 random characters, the
+            # name the exporter infers a Table row's owner from.
+            "generateName": f"{NODE_EXPORTER}-",
             "namespace": MONITORING,
             "labels": {**NODE_EXPORTER_LABELS, "pod-template-generation": "1"},
             "ownerReferences": [{
@@ -277,8 +283,10 @@ def scale_nodes(kube: Kube, n: int, timeout: float = 300, *, operator: bool = Fa
     extra = sorted(existing - set(want))
     # Pods first: a pod left on a deleted node would drop out of slices anyway
     # but stay in the DaemonSet's pod count.
+    by_node = pod_names_by_node(kube)
     kube.parallel(lambda nd: kube.delete(
-        f"/api/v1/namespaces/{MONITORING}/pods/{pod_name(nd)}", grace=0), extra)
+        f"/api/v1/namespaces/{MONITORING}/pods/{by_node[nd]}", grace=0),
+        [nd for nd in extra if nd in by_node])
     kube.parallel(lambda nd: kube.delete(f"/api/v1/nodes/{nd}"), extra)
     missing = [nd for nd in want if nd not in existing]
     kube.parallel(lambda nd: kube.create("/api/v1/nodes", _node_body(nd, want[nd])), missing)

@@ -190,6 +190,9 @@ class DaemonSet:
     desired_number_scheduled: int
     placement: PodPlacement | None = None
     """None when the object carried no pod template (old fixtures)."""
+    template_labels: Mapping[str, str] | None = None
+    """spec.template.metadata.labels: the labels its pods are created with;
+    None when unknown (old fixtures). Owner inference (model.owners) needs it."""
 
 
 @dataclass(slots=True)

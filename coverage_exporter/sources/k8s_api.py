@@ -100,9 +100,14 @@ class ApiClient:
             await self._session.close()
             self._session = None
 
-    async def _headers(self) -> dict[str, str]:
+    async def _headers(self, accept: str | None = None) -> dict[str, str]:
         token = await self._auth.authorization()
-        return {"Authorization": token} if token else {}
+        headers = {"Authorization": token} if token else {}
+        if accept:
+            # Per request, not per session: one session serves full objects
+            # to most reflectors and Tables to the pod scopes.
+            headers["Accept"] = accept
+        return headers
 
     def _request_kwargs(self) -> dict[str, object]:
         kwargs: dict[str, object] = {"ssl": self._auth.ssl}
@@ -126,14 +131,18 @@ class ApiClient:
 
     @asynccontextmanager
     async def _open(
-        self, path: str, params: Mapping[str, str], limits: aiohttp.ClientTimeout
+        self,
+        path: str,
+        params: Mapping[str, str],
+        limits: aiohttp.ClientTimeout,
+        accept: str | None = None,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """A GET whose status is 200; ApiError/GoneError otherwise."""
         self._health.requests_total += 1
         async with self.session.get(
             self._auth.host + path,
             params=params,
-            headers=await self._headers(),
+            headers=await self._headers(accept),
             timeout=limits,
             **self._request_kwargs(),  # type: ignore[arg-type]
         ) as response:
@@ -146,10 +155,12 @@ class ApiClient:
                 raise api_error(response.status, body, response.headers.get("Retry-After"))
             yield response
 
-    async def get(self, path: str, params: Mapping[str, str]) -> bytes:
-        """GET and return the body; ApiError/GoneError on error statuses."""
+    async def get(self, path: str, params: Mapping[str, str], accept: str | None = None) -> bytes:
+        """GET and return the body; ApiError/GoneError on error statuses.
+        accept: the Accept header of this request (default: the session's
+        application/json)."""
         timeout = aiohttp.ClientTimeout(total=self._request_timeout)
-        async with self._open(path, params, timeout) as response:
+        async with self._open(path, params, timeout, accept) as response:
             try:
                 body = await httpclient.read_body(response, self._limits.max_body_bytes)
             except httpclient.BodyTooLarge as exc:
@@ -177,7 +188,11 @@ class ApiClient:
 
     @asynccontextmanager
     async def stream_lines(
-        self, path: str, params: Mapping[str, str], read_timeout_seconds: float
+        self,
+        path: str,
+        params: Mapping[str, str],
+        read_timeout_seconds: float,
+        accept: str | None = None,
     ) -> AsyncIterator[AsyncIterator[bytes]]:
         """Open a streaming GET (a watch) and yield an iterator over its lines.
 
@@ -188,7 +203,7 @@ class ApiClient:
         timeout = aiohttp.ClientTimeout(
             total=None, connect=self._request_timeout, sock_read=read_timeout_seconds
         )
-        async with self._open(path, params, timeout) as response:
+        async with self._open(path, params, timeout, accept) as response:
             yield self._lines(response)
 
     async def _lines(self, response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:

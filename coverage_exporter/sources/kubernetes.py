@@ -29,6 +29,7 @@ from coverage_exporter.model.objects import (
     Service,
     ServiceKey,
 )
+from coverage_exporter.model.owners import daemonset_prefixes, infer_daemonset_owners
 from coverage_exporter.sources import httpclient, k8s_parse
 from coverage_exporter.sources.health import SOURCE_KUBERNETES, SourceError, SourceHealth
 from coverage_exporter.sources.k8s_api import ApiClient
@@ -45,6 +46,12 @@ DAEMONSETS_PATH = "/apis/apps/v1/daemonsets"
 
 DEFAULT_MAX_POD_WATCHES = 500
 """Each pod watch is one long-lived HTTP connection to the apiserver."""
+
+POD_FORM_TABLE = "table"
+POD_FORM_FULL = "full"
+POD_FORMS = (POD_FORM_TABLE, POD_FORM_FULL)
+"""How pods are read: the apiserver's Table (Name, Status, IP, Node cells;
+~150 B a pod, owners inferred, model.owners) or full objects (3.4-7 KB)."""
 
 PodScopeKey = tuple[str, str]
 """(namespace, label selector string): Services with equal selectors in one
@@ -71,6 +78,7 @@ class KubernetesSource:
         namespaces: Iterable[str] = (),
         max_pod_watches: int = DEFAULT_MAX_POD_WATCHES,
         limits: httpclient.Limits = httpclient.DEFAULT_LIMITS,
+        pod_form: str = POD_FORM_TABLE,
     ) -> None:
         """configuration: an already loaded client Configuration (tests);
         otherwise it is loaded at start() from kubeconfig/context/in_cluster
@@ -79,7 +87,9 @@ class KubernetesSource:
 
         namespaces: watch Services, Endpoints, EndpointSlices and DaemonSets
         only there (one watch per namespace and resource); empty: the whole
-        cluster. max_pod_watches bounds the pod reflectors (one watch each)."""
+        cluster. max_pod_watches bounds the pod reflectors (one watch each).
+        pod_form: POD_FORM_TABLE (a scope whose server cannot serve it falls
+        back to full objects on its own) or POD_FORM_FULL."""
         self.health = SourceHealth(source=SOURCE_KUBERNETES)
         self._configuration = configuration
         self._config_args = (kubeconfig, context, in_cluster)
@@ -93,6 +103,9 @@ class KubernetesSource:
         if max_pod_watches < 0:
             raise ValueError("max_pod_watches must be 0 or more")
         self.max_pod_watches = max_pod_watches
+        if pod_form not in POD_FORMS:
+            raise ValueError(f"pod_form must be one of {', '.join(POD_FORMS)}")
+        self.pod_form = pod_form
         self.pod_scopes_unwatched = 0
         """Pod scopes (namespace, selector) left unwatched by the cap."""
         self._limits = limits
@@ -104,8 +117,9 @@ class KubernetesSource:
         self.daemonsets: Reflector[ServiceKey, DaemonSet] | None = None
         self._pod_reflectors: dict[PodScopeKey, Reflector[ServiceKey, Pod]] = {}
         self._pod_scope: dict[ServiceKey, PodScopeKey] = {}
+        self._pod_selectors: dict[PodScopeKey, Mapping[str, str]] = {}
         # Derived views reused while the reflector's generation is unchanged.
-        self._memo: dict[str, tuple[tuple[int, int], Any]] = {}
+        self._memo: dict[str, tuple[Any, Any]] = {}
         self._stopping: set[asyncio.Task[None]] = set()
 
     @property
@@ -270,10 +284,14 @@ class KubernetesSource:
         if self._api is None:
             raise RuntimeError("set_pod_scope() before start()")
         scope: dict[ServiceKey, PodScopeKey] = {}
+        selectors: dict[PodScopeKey, Mapping[str, str]] = {}
         for service in services:
             if service.selector:
-                scope[service.key] = (service.namespace, label_selector(service.selector))
+                key = (service.namespace, label_selector(service.selector))
+                scope[service.key] = key
+                selectors[key] = service.selector
         wanted = self._capped(set(scope.values()))
+        self._pod_selectors = {key: selectors[key] for key in wanted}
         for key in set(self._pod_reflectors) - wanted:
             reflector = self._pod_reflectors.pop(key)
             self._memo.pop(f"pods {key}", None)
@@ -284,9 +302,14 @@ class KubernetesSource:
             task.add_done_callback(self._stopping.discard)
         for key in wanted - set(self._pod_reflectors):
             namespace, selector = key
+            parser: k8s_parse.ObjectParser[ServiceKey, Pod] = (
+                k8s_parse.PodTableParser(namespace)
+                if self.pod_form == POD_FORM_TABLE
+                else k8s_parse.PODS
+            )
             reflector = self._reflector(
                 f"/api/v1/namespaces/{namespace}/pods",
-                k8s_parse.PODS,
+                parser,
                 f"pods {namespace} {selector}",
                 labelSelector=selector,
             )
@@ -330,21 +353,42 @@ class KubernetesSource:
         Pods appear only for Services whose pod reflector has synced, so an
         empty list means "no pods", never "not known yet"."""
         self._refresh_health()
+        daemonsets = self._view("daemonsets", self.daemonsets, dict)
+        prefixes = self._view("daemonset prefixes", self.daemonsets, daemonset_prefixes)
         pods: dict[ServiceKey, Sequence[Pod]] = {}
         for service_key, scope_key in self._pod_scope.items():
             reflector = self._pod_reflectors.get(scope_key)
             if reflector is not None and reflector.synced:
-                pods[service_key] = self._view(
-                    f"pods {scope_key}", reflector, lambda c: tuple(c.values())
-                )
+                pods[service_key] = self._pod_view(scope_key, reflector, prefixes)
         return ClusterSnapshot(
             nodes=self._view("nodes", self.nodes, dict),
             services=self._view("services", self.services, dict),
             endpoints=self._view("endpoints", self.endpoints, dict),
             endpointslices=self._view("endpointslices", self.endpointslices, _group_slices),
             pods=pods,
-            daemonsets=self._view("daemonsets", self.daemonsets, dict),
+            daemonsets=daemonsets,
         )
+
+    def _pod_view(
+        self,
+        scope_key: PodScopeKey,
+        reflector: Reflector[ServiceKey, Pod],
+        prefixes: Any,
+    ) -> tuple[Pod, ...]:
+        """The scope's pods, owners inferred where the form had none (Table
+        rows; model.owners): here, because only the snapshot knows both the
+        pods and the DaemonSets. Rebuilt when either changed."""
+        name = f"pods {scope_key}"
+        memo = self._memo.get(name)
+        stamp = (id(reflector), reflector.generation, id(prefixes))
+        if memo is not None and memo[0] == stamp:
+            return memo[1]  # type: ignore[no-any-return]
+        namespace, _ = scope_key
+        view = infer_daemonset_owners(
+            reflector.cache.values(), namespace, self._pod_selectors.get(scope_key, {}), prefixes
+        )
+        self._memo[name] = (stamp, view)
+        return view
 
     def _view(
         self,

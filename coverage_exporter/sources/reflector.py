@@ -27,6 +27,8 @@ from coverage_exporter.sources import untrusted
 from coverage_exporter.sources.health import SourceError, SourceHealth
 from coverage_exporter.sources.k8s_api import ApiClient, ApiError, GoneError
 from coverage_exporter.sources.k8s_parse import (
+    TABLE_ACCEPT,
+    FormUnsupported,
     ObjectParser,
     ParseError,
     decode_event,
@@ -196,6 +198,9 @@ class Reflector(Generic[K, T]):
                     self._backoff.reset()
                 else:
                     await asyncio.sleep(self._backoff.next())
+            except FormUnsupported as exc:
+                if not self._fall_back(str(exc)):
+                    await self._failed(_describe(exc))
             except GoneError as exc:
                 if self.resource_version is None:
                     # 410 on a fresh LIST: relisting at once would spin.
@@ -206,6 +211,8 @@ class Reflector(Generic[K, T]):
             except asyncio.CancelledError:
                 raise
             except ApiError as exc:
+                if exc.code == 406 and self._fall_back(_describe(exc)):
+                    continue  # 406 Not Acceptable: the server has no such form
                 await self._failed(_describe(exc), exc.retry_after)
                 self._watch_errors += self.resource_version is not None
                 if self._watch_errors >= MAX_WATCH_ERRORS:
@@ -226,6 +233,25 @@ class Reflector(Generic[K, T]):
                 # Never let one reflector die silently: log, back off, retry.
                 log.exception("%s: unexpected error", self.name)
                 await self._failed(f"{type(exc).__name__}: {exc}")
+
+    def _fall_back(self, why: str) -> bool:
+        """The server cannot answer in the parser's form (a Table): switch to
+        the parser's fallback (full objects) and list again. False when there
+        is none; the caller then fails as for any error, so the cache is
+        never taken for complete ("no pods") because of the form."""
+        fallback = self.parser.fallback
+        if fallback is None:
+            return False
+        log.warning(
+            "%s: %s; falling back from %s to full objects",
+            self.name,
+            why,
+            self.parser.accept or "application/json",
+        )
+        self.parser = fallback
+        # Relist: the watch resumes from a LIST made in the new form.
+        self.resource_version = None
+        return True
 
     async def _after_empty_watch(self, why: str) -> None:
         """A watch delivered nothing. Resume at once while that may be
@@ -295,13 +321,15 @@ class Reflector(Generic[K, T]):
         self.lists_total += 1
         self.last_list_pages = pages
         log.info(
-            "%s: listed %d objects in %d pages (%d skipped) in %.2fs, resourceVersion %s",
+            "%s: listed %d objects in %d pages (%d skipped) in %.2fs, resourceVersion %s%s",
             self.name,
             len(items),
             pages,
             bad,
             time.monotonic() - started,
             resource_version,
+            # Which form served it: the fallback from Table must be visible.
+            " (Table form)" if self.parser.accept == TABLE_ACCEPT else "",
         )
         first = not self.synced
         self._synced.set()
@@ -316,16 +344,18 @@ class Reflector(Generic[K, T]):
         resource_version: str | None = None
         pages = bad = 0
         while True:
-            params = {**self._params, "limit": str(self._page_size)}
+            parser = self.parser
+            page_size = parser.page_size or self._page_size
+            params = {**self._params, **parser.params, "limit": str(page_size)}
             if continue_token:
                 params["continue"] = continue_token
             try:
-                body = await self.api.get(self.path, params)
+                body = await self.api.get(self.path, params, parser.accept)
             except GoneError as exc:
                 if continue_token is None:
                     raise
                 raise _ContinueExpired(exc.message) from exc
-            page = self.parser.parse_page(body)
+            page = parser.parse_page(body)
             del body  # the page's bytes are the big transient: free them now
             pages += 1
             for error in page.errors:
@@ -349,6 +379,7 @@ class Reflector(Generic[K, T]):
         timeout = int(self._watch_timeout * random.uniform(1.0, 2.0))
         params = {
             **self._params,
+            **self.parser.params,
             "watch": "true",
             "allowWatchBookmarks": "true",
             "timeoutSeconds": str(timeout),
@@ -357,7 +388,9 @@ class Reflector(Generic[K, T]):
             params["resourceVersion"] = self.resource_version
         self.watches_total += 1
         self._lines_this_watch = 0
-        async with self.api.stream_lines(self.path, params, self._watch_idle) as lines:
+        async with self.api.stream_lines(
+            self.path, params, self._watch_idle, self.parser.accept
+        ) as lines:
             log.debug("%s: watching from resourceVersion %s", self.name, self.resource_version)
             # A watch that only opens proves little (a proxy that cuts it
             # at once also answers 200): after a run of empty watches only
@@ -392,12 +425,15 @@ class Reflector(Generic[K, T]):
             reason = (status.reason if status else None) or ""
             raise (GoneError if code == 410 else ApiError)(code, message, reason)
         if kind == "DELETED":
+            self.parser.check_form(data)
             key, rv = self.parser.identify(data)
             if key is not None and self._cache.pop(key, None) is not None:
                 self.generation += 1
         elif kind in ("ADDED", "MODIFIED"):
             try:
                 parsed = self.parser.parse(data)
+            except FormUnsupported:
+                raise  # not one bad object: the whole form (see _run)
             except ParseError as exc:
                 # Its previous state is no longer true: drop it, keep going.
                 key, rv = self.parser.identify(data)

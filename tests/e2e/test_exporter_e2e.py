@@ -50,7 +50,6 @@ POOLS = {
 }
 
 
-
 def prometheus_sees(url: str, nodes: int) -> bool:
     """Prometheus discovered what the controllers now hold for `nodes`."""
     want = {pool: nodes - len(drop(nodes)) for (_, _, pool), drop in POOLS.items()}
@@ -426,3 +425,84 @@ def test_fix_by_scaling_down_closes_every_gap_within_a_cycle(
 def test_exporter_log_has_no_tracebacks(exporter: Exporter) -> None:
     assert "Traceback" not in exporter.log.read_text()
     assert os.path.getsize(exporter.log) < 1_000_000
+
+
+def test_pods_are_read_in_table_form_from_the_real_apiserver(testbed: Cluster) -> None:
+    """Issue #12: the audit lists the node-exporter pods as Tables (no
+    fallback), and still finds their DaemonSet from the pod names."""
+    url = testbed.prometheus_urls["prometheus-3"]
+    binary = Path(sys.executable).parent / "coverage-exporter"
+    args = [*exporter_args(testbed, url), "--log-level", "info", "--output", "json"]
+    out = subprocess.run(
+        [str(binary), "audit", *args], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert out.returncode in (0, 1), out.stderr
+    listed = [
+        line for line in out.stderr.splitlines() if "pods monitoring" in line and "listed" in line
+    ]
+    assert listed and all("(Table form)" in line for line in listed), out.stderr[-3000:]
+    assert "falling back" not in out.stderr
+    # Earlier tests may have scaled the scenario: compare with what was listed.
+    (count,) = {int(line.split(" listed ")[1].split()[0]) for line in listed}
+    ne = service(json.loads(out.stdout), *NE)
+    assert (ne["source"], ne["expected"]) == ("daemonset", count) and count > 0
+
+
+def test_a_table_watch_follows_a_pod_from_creation_to_deletion(testbed: Cluster) -> None:
+    """Against the real apiserver, in process: a pod scope of its own (a
+    label no other test uses), one pod added, seen through the Table watch
+    with its node and IP, then deleted and gone (the DELETED row named by
+    its Name cell)."""
+    import asyncio
+
+    from coverage_exporter.model.objects import Service
+    from coverage_exporter.sources import k8s_parse
+    from coverage_exporter.sources.kubernetes import KubernetesSource
+
+    labels = {"e2e": "pod-table"}
+    kube = Kube(testbed.kubeconfig)
+    pods_path = f"/api/v1/namespaces/{NE[0]}/pods"
+
+    async def run() -> None:
+        source = KubernetesSource(kubeconfig=str(testbed.kubeconfig), watch_timeout_seconds=60)
+        await source.start()
+        try:
+            assert await source.wait_synced(120)
+            source.set_pod_scope([Service(NE[0], "e2e-pod-table", labels)])
+            await source.ensure_pods_synced(60)
+            (reflector,) = [r for r in source.reflectors() if r.name.startswith("pods ")]
+            assert isinstance(reflector.parser, k8s_parse.PodTableParser)  # no fallback
+            assert source.snapshot().pods[(NE[0], "e2e-pod-table")] == ()
+            body = {
+                "metadata": {"generateName": "e2e-pod-table-", "labels": labels},
+                "spec": {
+                    "nodeName": s.node_name(1),
+                    "tolerations": [{"operator": "Exists"}],
+                    "containers": [{"name": "c", "image": "example.invalid/none:1"}],
+                },
+            }
+            name = (await asyncio.to_thread(kube.create, pods_path, body))["metadata"]["name"]
+
+            async def until(check: Any, what: str) -> None:
+                for _ in range(600):
+                    if check():
+                        return
+                    await asyncio.sleep(0.1)
+                raise AssertionError(f"not seen through the Table watch: {what}")
+
+            def pods() -> Any:
+                return source.snapshot().pods[(NE[0], "e2e-pod-table")]
+
+            await until(lambda: [p.name for p in pods()] == [name], "the new pod")
+            assert pods()[0].node_name == s.node_name(1)
+            await asyncio.to_thread(kube.delete, f"{pods_path}/{name}", grace=0)
+            await until(lambda: pods() == (), "the deletion")
+            assert isinstance(reflector.parser, k8s_parse.PodTableParser)
+            assert reflector.lists_total == 1  # followed by the watch, not relists
+        finally:
+            await source.stop()
+
+    try:
+        asyncio.run(run())
+    finally:
+        kube.close()

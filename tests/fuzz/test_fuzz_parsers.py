@@ -66,9 +66,11 @@ PROMETHEUS_POOLS = seeds(
     "prometheus/*scrape_pools*.json", "captured/prometheus-*/scrape_pools.json"
 )
 PROMETHEUS_METRICS = seeds("prometheus/*metrics*.txt", "captured/prometheus-*/metrics.txt")
-K8S_LISTS = seeds("captured/kubernetes/list_*.json")
+K8S_LISTS = seeds("captured/kubernetes/list_*.json", "captured/kubernetes/pod_forms/list_*.json")
 K8S_OBJECTS = seeds("kubernetes/*.json")
-K8S_EVENTS = seeds("captured/kubernetes/watch_*.jsonl")
+K8S_EVENTS = seeds(
+    "captured/kubernetes/watch_*.jsonl", "captured/kubernetes/pod_forms/watch_*.jsonl"
+)
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
@@ -194,7 +196,11 @@ PARSERS = [
     k8s_parse.ENDPOINTSLICES,
     k8s_parse.PODS,
     k8s_parse.DAEMONSETS,
+    # The Table parser after a LIST (columns known) and before one.
+    k8s_parse.PodTableParser("ns"),
+    k8s_parse.PodTableParser("ns"),
 ]
+PARSERS[-2].parse_page(seeds("captured/kubernetes/pod_forms/list_pods_table.json")[0])
 
 
 @given(

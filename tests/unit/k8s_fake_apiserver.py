@@ -9,6 +9,10 @@ What it reproduces, because the reflector depends on it:
   as the real apiserver does; the server ends the watch at timeoutSeconds.
 - BOOKMARK events (only if allowWatchBookmarks=true), connection drops,
   Warning headers, namespaced paths and equality labelSelectors.
+- Pods in the Table form (`Accept: ...;as=Table;...`), shaped like the real
+  server's captures in tests/fixtures/captured/kubernetes/pod_forms: every
+  LIST page with columnDefinitions, watch events one-row Tables with
+  columnDefinitions in the first only, bookmarks as Tables of an empty pod.
 """
 
 from __future__ import annotations
@@ -20,11 +24,16 @@ import copy
 import json
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 LOOPBACK = "127.0.0.1"
+_CAPTURED = Path(__file__).parent.parent / "fixtures/captured/kubernetes/pod_forms"
+POD_COLUMNS: list[dict[str, Any]] = json.loads((_CAPTURED / "list_pods_table.json").read_text())[
+    "columnDefinitions"
+]
 
 # resource name -> (list kind, object kind, namespaced)
 RESOURCES = {
@@ -44,6 +53,7 @@ class Request:
     params: dict[str, str]
     namespace: str | None
     authorization: str | None = None
+    accept: str | None = None
 
 
 @dataclass(eq=False)
@@ -53,6 +63,17 @@ class _Watch:
     selector: dict[str, str]
     bookmarks: bool
     queue: asyncio.Queue[bytes | None] = field(default_factory=asyncio.Queue)
+    table: bool = False
+    columns_sent: bool = False
+
+    def line(self, kind: str, obj: dict[str, Any]) -> bytes:
+        if not self.table:
+            return _line(kind, obj)
+        table = pod_table([obj] if kind != "BOOKMARK" else [{}], obj["metadata"])
+        if self.columns_sent:
+            table["columnDefinitions"] = None  # as the real server: first event only
+        self.columns_sent = True
+        return _line(kind, table)
 
 
 def status(code: int, reason: str, message: str) -> dict[str, Any]:
@@ -89,6 +110,9 @@ class FakeApiServer:
         """End every watch right after its headers (a proxy cutting them)."""
         self.forbidden_namespaces: set[str] = set()
         """Namespaces whose requests get 403 Forbidden (RBAC)."""
+        self.table_status: int | None = None
+        """Answer pod Table requests with this status (406: form not served);
+        None serves Tables."""
         self.overrides: dict[tuple[str, str], Callable[[web.Request], Awaitable[Any]]] = {}
         """(resource, "list" | "watch") -> handler, for hostile answers."""
         self._snapshots: dict[str, tuple[int, list[dict[str, Any]]]] = {}
@@ -131,7 +155,7 @@ class FakeApiServer:
         self.history.append((self.rv, resource, kind, copy.deepcopy(obj)))
         for watch in self._watches:
             if watch.resource == resource and _matches(watch, obj):
-                watch.queue.put_nowait(_line(kind, obj))
+                watch.queue.put_nowait(watch.line(kind, obj))
 
     def put(self, resource: str, obj: dict[str, Any]) -> dict[str, Any]:
         """Create or replace; returns the stored object with its new RV."""
@@ -165,7 +189,7 @@ class FakeApiServer:
                     "apiVersion": "v1",
                     "metadata": {"resourceVersion": str(self.rv)},
                 }
-                watch.queue.put_nowait(_line("BOOKMARK", obj))
+                watch.queue.put_nowait(watch.line("BOOKMARK", obj))
 
     def compact(self) -> None:
         """Forget history: watches from older RVs get 410, continue tokens expire."""
@@ -199,9 +223,16 @@ class FakeApiServer:
                 status(404, "NotFound", "the server could not find the requested resource"),
                 status=404,
             )
+        accept = request.headers.get("Accept")
         self.requests.append(
-            Request(resource, verb, params, namespace, request.headers.get("Authorization"))
+            Request(resource, verb, params, namespace, request.headers.get("Authorization"), accept)
         )
+        table = resource == "pods" and "as=Table" in (accept or "")
+        if table and self.table_status is not None:
+            return web.json_response(
+                status(self.table_status, "NotAcceptable", "only application/json is served"),
+                status=self.table_status,
+            )
         headers = {"Warning": self.warnings[resource]} if resource in self.warnings else {}
         override = self.overrides.get((resource, verb))
         if override is not None:
@@ -218,11 +249,16 @@ class FakeApiServer:
                 headers=headers,
             )
         if verb == "watch":
-            return await self._watch(request, resource, namespace, params, headers)
-        return await self._list(resource, namespace, params, headers)
+            return await self._watch(request, resource, namespace, params, headers, table)
+        return await self._list(resource, namespace, params, headers, table)
 
     async def _list(
-        self, resource: str, namespace: str | None, params: dict[str, str], headers: dict[str, str]
+        self,
+        resource: str,
+        namespace: str | None,
+        params: dict[str, str],
+        headers: dict[str, str],
+        table: bool = False,
     ) -> web.StreamResponse:
         limit = int(params.get("limit", "0")) or 1 << 30
         selector = _parse_selector(params.get("labelSelector", ""))
@@ -257,6 +293,8 @@ class FakeApiServer:
         if offset + limit < len(items):
             meta["continue"] = base64.b64encode(f"{snap_id}:{offset + limit}".encode()).decode()
             meta["remainingItemCount"] = len(items) - offset - limit
+        if table:
+            return web.json_response(pod_table(page, meta, columns=True), headers=headers)
         body = {"kind": RESOURCES[resource][0], "apiVersion": "v1", "metadata": meta, "items": page}
         return web.json_response(body, headers=headers)
 
@@ -267,6 +305,7 @@ class FakeApiServer:
         namespace: str | None,
         params: dict[str, str],
         headers: dict[str, str],
+        table: bool = False,
     ) -> web.StreamResponse:
         since = int(params.get("resourceVersion") or self.rv)
         if since < self.compacted_rv and self.watch_gone_http:
@@ -285,10 +324,11 @@ class FakeApiServer:
             namespace,
             _parse_selector(params.get("labelSelector", "")),
             params.get("allowWatchBookmarks") == "true",
+            table=table,
         )
         for rv, res, kind, obj in self.history:
             if rv > since and res == resource and _matches(watch, obj):
-                watch.queue.put_nowait(_line(kind, obj))
+                watch.queue.put_nowait(watch.line(kind, obj))
         self._watches.add(watch)
         timeout = float(params.get("timeoutSeconds", "1800"))
         try:
@@ -333,6 +373,43 @@ def _matches(watch: _Watch, obj: dict[str, Any]) -> bool:
 
 def _line(kind: str, obj: dict[str, Any]) -> bytes:
     return json.dumps({"type": kind, "object": obj}, separators=(",", ":")).encode() + b"\n"
+
+
+def pod_table(
+    pods: list[dict[str, Any]], meta: dict[str, Any], *, columns: bool = True
+) -> dict[str, Any]:
+    """Pods as the real apiserver prints them into a Table (includeObject=None)."""
+    rows = []
+    for pod in pods:
+        m, spec, st = pod.get("metadata", {}), pod.get("spec", {}), pod.get("status", {})
+        phase = st.get("phase") or ("Running" if st.get("podIP") else "Pending")
+        status = phase
+        if m.get("deletionTimestamp") and phase not in ("Succeeded", "Failed"):
+            status = "Terminating"
+        row: dict[str, Any] = {
+            "cells": [
+                m.get("name", ""),
+                "1/1" if pod else "0/0",
+                status if pod else "",
+                "0",
+                "1m" if pod else "<unknown>",
+                st.get("podIP") or "<none>",
+                spec.get("nodeName") or "<none>",
+                "<none>",
+                "<none>",
+            ],
+            "object": None,
+        }
+        if phase in ("Succeeded", "Failed"):
+            row["conditions"] = [{"type": "Completed", "status": "True", "reason": phase}]
+        rows.append(row)
+    return {
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": {k: v for k, v in meta.items() if k in ("resourceVersion", "continue")},
+        "columnDefinitions": POD_COLUMNS if columns else None,
+        "rows": rows,
+    }
 
 
 def _gone(message: str, headers: dict[str, str]) -> web.Response:
