@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import replace
+
+from msgspec.structs import replace
 
 from coverage_exporter.model.objects import DaemonSet, Pod, ServiceKey
 
