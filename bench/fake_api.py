@@ -197,7 +197,12 @@ class Server:
         self.gz_cache: OrderedDict = OrderedDict()
         self.selection_cache: dict = {}
         self.meta_items: dict[tuple[str, str], list[bytes]] = {}
-        self.table_rows: list[bytes] | None = None
+        # Rendered at start like every other answer, so that the first Table
+        # request measures the client, not the fake's rendering.
+        pods = data.resources.get(("v1", "pods"))
+        self.table_rows: list[bytes] | None = (
+            [pod_table.row_bytes(item) for item in pods.items] if pods else None
+        )
         self.watchers: dict[tuple[str, str], set[asyncio.Queue]] = {}
         self.history: dict[tuple[str, str], list[tuple[int, bytes]]] = {}
         self.started = time.time()

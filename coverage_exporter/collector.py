@@ -71,6 +71,8 @@ class ClusterSource(Protocol):
 
     def is_synced(self) -> bool: ...
 
+    def scope_ready(self) -> bool: ...
+
 
 class TargetSource(Protocol):
     health: SourceHealth
@@ -328,6 +330,17 @@ class Collector:
     def _bump(self, server: str) -> None:
         self._remembered_version[server] = self._remembered_version.get(server, 0) + 1
 
+    async def _scope_pods_early(self) -> None:
+        """First cycle: the pods of the Services known to be in scope
+        (truncated Endpoints, flags) are listed as soon as Services and
+        Endpoints are, alongside the Nodes rather than after them."""
+        # Polled: the source has no event for this, and it is the first
+        # second or so of the process only.
+        while not self._cluster.scope_ready():  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        if not self._cluster.is_synced():
+            self._scope_pods(self._cluster.snapshot(), ())
+
     def _scope_pods(self, cluster: ClusterSnapshot, discovered: Iterable[ServiceKey]) -> None:
         self._cluster.set_pod_scope(services_in_scope(self._scope, cluster, discovered))
 
@@ -416,6 +429,7 @@ class Collector:
         start = time.monotonic()
         reads = asyncio.gather(*(self._collect_prometheus(p) for p in self._prometheus))
         if cluster_listed is not None:
+            early = asyncio.ensure_future(self._scope_pods_early())
             try:
                 await cluster_listed
             except BaseException:
@@ -423,6 +437,8 @@ class Collector:
                 with contextlib.suppress(asyncio.CancelledError):
                     await reads
                 raise
+            finally:
+                early.cancel()
         if self._cluster.is_synced():
             # Start listing the pods of every Service already known to be in
             # scope (truncated Endpoints, flags, last cycle's discoveries)

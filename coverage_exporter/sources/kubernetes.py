@@ -217,6 +217,17 @@ class KubernetesSource:
 
     # --- sync ---------------------------------------------------------------------
 
+    def scope_ready(self) -> bool:
+        """Services and Endpoints are listed: enough to know which Services'
+        pods to watch (model.scope), long before the Nodes at 100k."""
+        out: list[Reflector[Any, Any]] = []
+        for r in (self.services, self.endpoints):
+            if isinstance(r, ReflectorGroup):
+                out.extend(r.members)
+            elif r is not None:
+                out.append(r)
+        return bool(out) and all(r.synced for r in out)
+
     def is_synced(self) -> bool:
         """Every cluster-wide reflector has completed its first LIST."""
         reflectors = self._cluster_reflectors()

@@ -33,6 +33,9 @@ class StaticCluster:
     async def ensure_pods_synced(self, timeout: float) -> None:  # noqa: ASYNC109
         return None
 
+    def scope_ready(self) -> bool:
+        return self.is_synced()
+
     def is_synced(self) -> bool:
         return self.synced
 
