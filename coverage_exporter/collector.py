@@ -53,6 +53,16 @@ def release_free_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+def _first(item: tuple[str, object]) -> str:
+    return item[0]
+
+
+def _same_inputs(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
+    """The same grouped targets object (cached while no snapshot changed)
+    and equal known servers and configured pools."""
+    return a[0] is b[0] and a[1:] == b[1:]
+
+
 def _mark_down(health: SourceHealth, started: float, message: str) -> None:
     message = f"prometheus {health.prometheus}: {message}"
     log.warning("%s", message)
@@ -197,6 +207,7 @@ class Collector:
         self._last_success: dict[str, float] = {}
         """Monotonic time of each server's last good answer."""
         self._remembered: dict[str, dict[ServiceKey, dict[str, str]]] = {}
+        self._remembered_inputs: tuple[object, ...] | None = None
         self._remembered_version: dict[str, int] = {}
         self._unresolved: set[tuple[str, str, str]] = set()
         self._operator: OperatorSource | None = None
@@ -267,16 +278,27 @@ class Collector:
         configured = {
             name: _configured_pools(snap) for name, snap in self._last_good.items() if name in known
         }
+        # Runs on the event loop every cycle: with the same targets, the
+        # same servers known and the same configurations there is nothing
+        # new to remember, and going through a million targets again held
+        # /metrics for ~100 ms at 100k nodes.
+        inputs = (grouped, frozenset(known), tuple(sorted(configured.items(), key=_first)))
+        if self._remembered_inputs is not None and _same_inputs(self._remembered_inputs, inputs):
+            return
+        self._remembered_inputs = inputs
         for key, items in grouped.items():
-            for server, t in items:
+            # Distinct (server, pool, role) first: a set comprehension per
+            # target, the dict work per pool.
+            distinct = {(server, t.scrape_pool, t.role) for server, t in items}
+            for server, pool, role in sorted(distinct):
                 if server not in known:
                     continue
                 listed = configured.get(server)
-                if listed is not None and t.scrape_pool not in listed:
+                if listed is not None and pool not in listed:
                     continue
                 pools = self._remembered.setdefault(server, {}).setdefault(key, {})
-                if pools.get(t.scrape_pool) != t.role:
-                    pools[t.scrape_pool] = t.role
+                if pools.get(pool) != role:
+                    pools[pool] = role
                     self._bump(server)
         for server, services in self._remembered.items():
             listed = configured.get(server)
