@@ -11,11 +11,16 @@ import os
 import ssl
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import aiohttp
 
-from coverage_exporter.sources.health import SourceError
+from coverage_exporter.sources.health import (  # noqa: F401  (httpclient's API)
+    DEFAULT_LIMITS,
+    BodyTooLarge,
+    Limits,
+    MiB,
+    SourceError,
+)
 
 log = logging.getLogger("coverage_exporter.tls")
 
@@ -29,44 +34,6 @@ except ImportError:  # no wheel for this platform: zlib, slower but the same
     isal_zlib = None
 if isal_zlib is not None:
     aiohttp.set_zlib_backend(isal_zlib)
-
-MiB = 1 << 20
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """How much one answer may cost; exceeding a limit is a source error.
-
-    Sizes count bytes AFTER decompression: a 260 KB gzip body can inflate
-    to gigabytes, so the compressed size bounds nothing.
-    """
-
-    max_body_bytes: int = 256 * MiB
-    """One body held whole: a LIST page, one watch event, scrape_pools,
-    /metrics, an error answer. A page of 500 Endpoints objects of 1000
-    addresses each is ~80 MB."""
-    max_stream_bytes: int = 8192 * MiB
-    """One target list decoded while it arrives (memory stays at a few
-    pieces of 4 MB): 100k targets are ~500 MB, so the cap is generous."""
-
-    def __post_init__(self) -> None:
-        if self.max_body_bytes <= 0 or self.max_stream_bytes <= 0:
-            raise ValueError("response size limits must be positive")
-
-
-DEFAULT_LIMITS = Limits()
-
-
-class BodyTooLarge(SourceError):
-    """An answer passed its size limit; it was cut off, not read further."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"answer larger than {limit} bytes (after decompression); cut off")
-        self.limit = limit
-
-    def __reduce__(self) -> tuple[type[BodyTooLarge], tuple[int]]:
-        # Raised in the target decoding worker too, and pickled back.
-        return (BodyTooLarge, (self.limit,))
 
 
 async def iter_body(response: aiohttp.ClientResponse, limit: int) -> AsyncIterator[bytes]:

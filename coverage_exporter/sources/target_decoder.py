@@ -37,8 +37,7 @@ from itertools import chain, starmap
 import msgspec
 
 from coverage_exporter.model.objects import Target
-from coverage_exporter.sources import httpclient
-from coverage_exporter.sources.health import SourceError
+from coverage_exporter.sources.health import BodyTooLarge, SourceError
 
 log = logging.getLogger("coverage_exporter.sources.prometheus")
 
@@ -81,7 +80,7 @@ def _inflated(body: bytes | bytearray, encoding: str, limit: int) -> Iterator[by
     one piece past `limit`)."""
     if encoding in ("", "identity"):
         if len(body) > limit:
-            raise httpclient.BodyTooLarge(limit)
+            raise BodyTooLarge(limit)
         yield bytes(body)
         return
     if encoding == "gzip":
@@ -97,14 +96,14 @@ def _inflated(body: bytes | bytearray, encoding: str, limit: int) -> Iterator[by
             piece = inflater.decompress(data, INFLATE_PIECE_BYTES)
             total += len(piece)
             if total > limit:
-                raise httpclient.BodyTooLarge(limit)
+                raise BodyTooLarge(limit)
             data = inflater.unconsumed_tail
             yield piece
         piece = inflater.flush()
     except _zlib.error as exc:
         raise SourceError(f"undecodable {encoding} body: {exc}") from None
     if total + len(piece) > limit:
-        raise httpclient.BodyTooLarge(limit)
+        raise BodyTooLarge(limit)
     yield piece
 
 
@@ -132,7 +131,7 @@ def decode_in_worker(
     body: bytes | bytearray, encoding: str, only_pool: str | None, limit: int, piece_bytes: int
 ) -> Decoded:
     """Runs in the worker: inflate, decode, encode for the trip back."""
-    from coverage_exporter.sources.prometheus import TargetStream
+    from coverage_exporter.sources.targets_json import TargetStream
 
     if len(_TABLE) > _TABLE_MAX:
         os._exit(0)  # BrokenProcessPool for this read; the next one starts afresh
@@ -196,7 +195,7 @@ def rebuild(table: list[str | None], pool: EncodedPool) -> list[Target]:
 def _warm() -> None:
     # Imports what decode_in_worker needs while the serving process is busy
     # listing the cluster, so the first read does not pay for it.
-    from coverage_exporter.sources import prometheus  # noqa: F401
+    from coverage_exporter.sources import targets_json  # noqa: F401
 
 
 class DecoderPool:

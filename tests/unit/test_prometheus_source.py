@@ -21,7 +21,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from coverage_exporter.model.objects import Target
-from coverage_exporter.sources import httpclient, prometheus, target_decoder
+from coverage_exporter.sources import httpclient, prometheus, target_decoder, targets_json
 from coverage_exporter.sources.health import SourceError
 from coverage_exporter.sources.prometheus import (
     PrometheusEndpoint,
@@ -586,7 +586,7 @@ def test_malformed_targets_are_skipped_unless_all_are(caplog) -> None:
     ],
 )
 def test_discovery_role(labels: dict[str, str], role: str) -> None:
-    decoded = msgspec.json.decode(json.dumps(labels), type=prometheus._DiscoveredLabels)
+    decoded = msgspec.json.decode(json.dumps(labels), type=targets_json._DiscoveredLabels)
     assert prometheus.discovery_role(decoded) == role
 
 
