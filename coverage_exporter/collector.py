@@ -456,7 +456,10 @@ class Collector:
             render_coverage, ExporterState(report, missing_info_limit=limit)
         )
         self._memo = (inputs, report, coverage)
-        release_free_memory()
+        # malloc_trim walks the whole heap (~100 ms at 100k nodes); ctypes
+        # releases the GIL, so in a thread it costs the event loop nothing.
+        await asyncio.to_thread(release_free_memory)
+
         return report, coverage
 
     async def run_cycle(self, cluster_listed: Awaitable[object] | None = None) -> CycleResult:
