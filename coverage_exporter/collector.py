@@ -14,10 +14,11 @@ import logging
 import time
 from collections.abc import Awaitable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Protocol
 
 from coverage_exporter.exposition.metrics import ExporterState, render_coverage, render_exporter
-from coverage_exporter.model.coverage import targets_by_service
+from coverage_exporter.model.coverage import ServiceTargets, targets_by_service
 from coverage_exporter.model.fleet import ServerState
 from coverage_exporter.model.growth import GrowthTracker
 from coverage_exporter.model.objects import (
@@ -26,7 +27,6 @@ from coverage_exporter.model.objects import (
     ServerIdentity,
     Service,
     ServiceKey,
-    Target,
 )
 from coverage_exporter.model.readiness import Readiness, assess
 from coverage_exporter.model.report import CoverageReport, SelectionMemo, build_report
@@ -53,18 +53,22 @@ def release_free_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+_POOL = attrgetter("scrape_pool", "role")
+
 Discovering = dict[ServiceKey, list[tuple[str, str, str]]]
 """Per Service, the distinct (server, scrape pool, role) of its targets."""
 
 
 def _grouped_and_pools(
     prometheus: Sequence[PrometheusSnapshot],
-) -> tuple[dict[ServiceKey, list[tuple[str, Target]]], Discovering]:
+) -> tuple[dict[ServiceKey, ServiceTargets], Discovering]:
     """Targets per Service, and the distinct (server, pool, role) among
     them; both in one worker-thread pass over every target."""
     grouped = targets_by_service(prometheus)
     return grouped, {
-        key: sorted({(server, t.scrape_pool, t.role) for server, t in items})
+        key: sorted(
+            {(server, pool, role) for server, ts in items for pool, role in set(map(_POOL, ts))}
+        )
         for key, items in grouped.items()
     }
 
@@ -240,7 +244,7 @@ class Collector:
         self.cycles_total = 0
         self._memo: tuple[_Inputs, CoverageReport | None, bytes] | None = None
         self._grouped: (
-            tuple[tuple[PrometheusSnapshot, ...], dict[ServiceKey, list[tuple[str, Target]]]] | None
+            tuple[tuple[PrometheusSnapshot, ...], dict[ServiceKey, ServiceTargets]] | None
         ) = None
         self._discovering: Discovering = {}
 
@@ -285,7 +289,7 @@ class Collector:
 
     def _remember(
         self,
-        grouped: Mapping[ServiceKey, Sequence[tuple[str, Target]]],
+        grouped: Mapping[ServiceKey, ServiceTargets],
         servers: Sequence[ServerState],
     ) -> None:
         """Which pools discovered which Service, kept while the pool stays
@@ -383,7 +387,7 @@ class Collector:
 
     async def _targets_by_service(
         self, prometheus: Sequence[PrometheusSnapshot]
-    ) -> dict[ServiceKey, list[tuple[str, Target]]]:
+    ) -> dict[ServiceKey, ServiceTargets]:
         """Targets grouped per Service, regrouped only when a snapshot changed
         (300k targets at 100k nodes: most of a second of CPU)."""
         key = tuple(prometheus)
@@ -424,7 +428,7 @@ class Collector:
         self,
         cluster: ClusterSnapshot | None,
         prometheus: list[PrometheusSnapshot],
-        grouped: dict[ServiceKey, list[tuple[str, Target]]],
+        grouped: dict[ServiceKey, ServiceTargets],
         servers: tuple[ServerState, ...],
     ) -> tuple[CoverageReport | None, bytes]:
         """The report and its rendered families, reused while no source

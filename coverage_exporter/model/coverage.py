@@ -8,9 +8,11 @@ Every number the exporter publishes about a Service is computed here.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import groupby
+from operator import attrgetter
 from typing import NamedTuple
 
 from coverage_exporter.model.fleet import Fleet
@@ -410,7 +412,7 @@ PoolKey = tuple[str, str]
 
 
 def prometheus_stage(
-    targets: Sequence[tuple[str, Target]],
+    targets: ServiceTargets,
     expected: Expected,
     resolver: Resolver,
     fleet: Fleet,
@@ -418,55 +420,43 @@ def prometheus_stage(
 ) -> tuple[dict[tuple[str, str, str, str], int], list[PoolCoverage]]:
     """Target counts per server and coverage per (replica, scrape pool).
 
-    `targets` are (server name, target) pairs of this Service; `meant` maps
+    `targets` are this Service's targets per server; `meant` maps
     a server to the pools (pool -> role) meant to scrape the Service, with
     or without targets. The shards of one replica form a union; each
     replica is judged on its own, since each evaluates the alerts itself."""
     counts: dict[tuple[str, str, str, str], int] = defaultdict(int)
     found: dict[tuple[str, str, str], set[str | None]] = defaultdict(set)
     by_replica: dict[tuple[str, str], dict[PoolKey, bool]] = defaultdict(dict)
-    # This loop sees every target of the Service (a million at 100k nodes
-    # with HA replicas), so the per-target work is a few attribute reads:
-    # lookups per server and per pool are made once per run of targets of
-    # the same (server, pool, role), which is how the sources list them,
-    # and a target that names its node skips the resolver.
-    servers: dict[str, tuple[dict[PoolKey, bool], bool]] = {}
+    # This sees every target of the Service (a million at 100k nodes with
+    # HA replicas): per run of one (pool, role) the health counts and the
+    # node names are C-level map/Counter/set operations; only targets that
+    # do not name their node go through the resolver one by one.
     node_wide = expected.node_wide
     identity = resolver.identity
-    run_key: tuple[str, str, str] | None = None
-    run_found: set[str | None] = set()
-    run_health: dict[str, int] = {}
-    runs: list[tuple[tuple[str, str, str], dict[str, int]]] = []
-    for server, t in targets:
-        pool, role = t.scrape_pool, t.role
-        if run_key is None or run_key[0] != server or run_key[1] != pool or run_key[2] != role:
-            seen = servers.get(server)
-            if seen is None:
-                seen = servers[server] = (
-                    by_replica[fleet.replica_of(server).key],
-                    fleet.server_known(server),
-                )
-            seen[0].setdefault((pool, role), False)
-            if not seen[1]:
+    for server, server_targets in targets:
+        replica_pools = by_replica[fleet.replica_of(server).key]
+        known = fleet.server_known(server)
+        for (pool, role), group in groupby(server_targets, _BY_POOL):
+            replica_pools.setdefault((pool, role), False)
+            if not known:
                 # Its last answer is too old to count or to show as
                 # current; the pool is still listed, coverage unknown.
-                run_key = None
                 continue
-            run_key = (server, pool, role)
-            run_found = found[run_key]
-            run_health = {}
-            runs.append((run_key, run_health))
-        run_health[t.health] = run_health.get(t.health, 0) + 1
-        node = t.node_name if node_wide else None
-        run_found.add(
-            node
-            or identity(
-                node_wide, t.node_name, t.target_kind, t.target_name, t.address_host, t.pod_name
+            run = list(group)
+            key = (server, pool, role)
+            for state, n in Counter(map(_HEALTH, run)).items():
+                counts[(*key, state)] += n
+            present = found[key]
+            names = list(map(_NODE_NAME, run)) if node_wide else [None]
+            if node_wide and None not in names and "" not in names:
+                present.update(names)
+                continue
+            present.update(
+                identity(
+                    node_wide, t.node_name, t.target_kind, t.target_name, t.address_host, t.pod_name
+                )
+                for t in run
             )
-        )
-    for key, health in runs:
-        for state, n in health.items():
-            counts[(*key, state)] += n
     for server, pools in (meant or {}).items():
         replica = fleet.replica_of(server)
         for pool, role in pools.items():
@@ -506,14 +496,35 @@ def prometheus_stage(
     return dict(counts), out
 
 
+ServiceTargets = list[tuple[str, list[Target]]]
+"""One Service's targets: (server name, that server's targets of the
+Service, in its pools' order). Per server, not per target: at 100k nodes
+with HA replicas a (server, target) pair per target was 800k tuples, 51 MB
+and a million objects for the garbage collector to walk."""
+
+_BY_SERVICE = attrgetter("namespace", "service", "role")
+_BY_POOL = attrgetter("scrape_pool", "role")
+_HEALTH = attrgetter("health")
+_NODE_NAME = attrgetter("node_name")
+
+
 def targets_by_service(
     prometheus: Sequence[PrometheusSnapshot],
-) -> dict[ServiceKey, list[tuple[str, Target]]]:
-    grouped: dict[ServiceKey, list[tuple[str, Target]]] = defaultdict(list)
+) -> dict[ServiceKey, ServiceTargets]:
+    """Targets per Service; the work is C-level runs (groupby on a pool's
+    consecutive targets), not a Python step per target."""
+    grouped: dict[ServiceKey, ServiceTargets] = defaultdict(list)
     for snap in prometheus:
-        for t in snap.targets:
-            if t.role in DISCOVERY_ROLES and t.namespace and t.service:
-                grouped[(t.namespace, t.service)].append((snap.name, t))
+        mine: dict[ServiceKey, list[Target]] = {}
+        for (namespace, service, role), run in groupby(snap.targets, _BY_SERVICE):
+            if role not in DISCOVERY_ROLES or not namespace or not service:
+                continue
+            key = (namespace, service)
+            held = mine.get(key)
+            if held is None:
+                held = mine[key] = []
+                grouped[key].append((snap.name, held))
+            held.extend(run)
     return grouped
 
 
@@ -525,7 +536,7 @@ def node_index(snapshot: ClusterSnapshot) -> dict[str, str]:
 def service_coverage(
     service: Service,
     snapshot: ClusterSnapshot,
-    targets: Sequence[tuple[str, Target]],
+    targets: ServiceTargets,
     node_by_ip: Mapping[str, str],
     fleet: Fleet | None = None,
     meant: Mapping[str, Mapping[str, str]] | None = None,

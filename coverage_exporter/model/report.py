@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from coverage_exporter.model.coverage import (
     ServiceCoverage,
+    ServiceTargets,
     node_index,
     service_coverage,
     targets_by_service,
@@ -22,7 +23,6 @@ from coverage_exporter.model.objects import (
     ScrapeJob,
     Service,
     ServiceKey,
-    Target,
 )
 from coverage_exporter.model.scope import Scope, services_in_scope
 
@@ -143,7 +143,7 @@ def build_report(
     cluster: ClusterSnapshot,
     prometheus: Sequence[PrometheusSnapshot],
     servers: Sequence[ServerState] | None = None,
-    grouped: Mapping[ServiceKey, Sequence[tuple[str, Target]]] | None = None,
+    grouped: Mapping[ServiceKey, ServiceTargets] | None = None,
     remembered: Remembered | None = None,
     memo: SelectionMemo | None = None,
 ) -> CoverageReport:
