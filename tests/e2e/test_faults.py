@@ -381,10 +381,12 @@ async def _compaction_scenario(testbed: Cluster, kube: Kube, kubeconfig: Path, u
     real_get = api.get
     compacted = asyncio.Event()
 
-    async def get_then_compact(path: str, params: dict[str, str]) -> bytes:
+    async def get_then_compact(
+        path: str, params: dict[str, str], accept: str | None = None
+    ) -> bytes:
         # The server's answers stay real: between the first and second
         # page of the first nodes LIST, etcd is compacted through its API.
-        body = await real_get(path, params)
+        body = await real_get(path, params, accept)
         if path == "/api/v1/nodes" and "continue" not in params and not compacted.is_set():
             compacted.set()
             await asyncio.to_thread(_patch_and_compact, testbed, kube, "first")

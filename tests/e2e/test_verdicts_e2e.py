@@ -424,6 +424,14 @@ def test_hand_made_endpoints_expect_the_nodes_they_list(
     assert etcd["endpoints"]["missing_count"] == 0 and etcd["gaps"] == []
 
 
+def _ds_pod(daemonset: str, node: str) -> str:
+    """A pod name as the DaemonSet controller makes them (generateName
+    `<name>-` and 5 characters of [a-z0-9]; node-0013 -> edge-agent-n0013):
+    pods listed in Table form carry no owner, and the exporter infers it from
+    this naming (coverage_exporter/model/owners.py)."""
+    return f"{daemonset}-n{node.removeprefix('node-')}"
+
+
 @pytest.fixture
 def edge_daemonset(kube: Kube) -> Iterator[dict[str, Any]]:
     """monitoring/edge-agent: a DaemonSet for the 5 nodes labelled
@@ -476,7 +484,7 @@ def edge_daemonset(kube: Kube) -> Iterator[dict[str, Any]]:
             f"/api/v1/namespaces/{ns}/pods",
             {
                 "metadata": {
-                    "name": f"{name}-{node}",
+                    "name": _ds_pod(name, node),
                     "namespace": ns,
                     "labels": labels,
                     "ownerReferences": [owner],
@@ -498,7 +506,7 @@ def edge_daemonset(kube: Kube) -> Iterator[dict[str, Any]]:
     yield {"edge": edge, "failed": edge[3], "without_pod": edge[4], "ns": ns, "name": name}
     kube.delete(f"/api/v1/namespaces/{ns}/services/{name}")
     for node in edge[:4]:
-        kube.delete(f"/api/v1/namespaces/{ns}/pods/{name}-{node}", grace=0)
+        kube.delete(f"/api/v1/namespaces/{ns}/pods/{_ds_pod(name, node)}", grace=0)
     kube.delete(f"/apis/apps/v1/namespaces/{ns}/daemonsets/{name}")
     for node in edge:
         kube.patch(f"/api/v1/nodes/{node}", {"metadata": {"labels": {"pool": None}}})
@@ -508,7 +516,7 @@ def test_daemonset_nodes_without_a_running_pod_are_named(
     testbed: Cluster, kube: Kube, edge_daemonset: dict[str, Any]
 ) -> None:
     d = edge_daemonset
-    pod = f"/api/v1/namespaces/{d['ns']}/pods/{d['name']}-{d['failed']}"
+    pod = f"/api/v1/namespaces/{d['ns']}/pods/{_ds_pod(d['name'], d['failed'])}"
     eventually(lambda: kube.get(pod)["status"].get("phase") == "Running", "the pods to run", 60)
     # Evicted: the kubelet's own way of failing a pod.
     kube.request(
