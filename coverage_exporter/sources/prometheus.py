@@ -21,6 +21,7 @@ import re
 import sys
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import NoReturn
 from urllib.parse import urlsplit
@@ -55,6 +56,13 @@ from coverage_exporter.sources.targets_json import (  # noqa: F401  (the source'
 )
 
 log = logging.getLogger(__name__)
+
+_IN_COLLECTION: ContextVar[bool] = ContextVar("prometheus_in_collection", default=False)
+"""Set while collect() runs: a failed collection is one error, recorded by
+collect() itself. Its pool reads run concurrently, and when several fail
+at once (one broken server answers every pool the same way) each would
+otherwise count, as many as happened to finish before the first failure
+cancelled the others."""
 
 DEFAULT_TIMEOUT_SECONDS = 60.0
 DEFAULT_CONCURRENCY = 4
@@ -243,7 +251,6 @@ class PrometheusSource:
         them in this process's threads."""
         self.endpoint = endpoint
         self._decoder = decoder
-        self._last_encoding = ""
         self.health = health or SourceHealth(SOURCE_PROMETHEUS, prometheus=endpoint.name)
         self._session = session
         self._owns_session = session is None
@@ -292,11 +299,15 @@ class PrometheusSource:
         every collection is a full one. Raises SourceError; on failure the
         kept per-pool results are left as they were."""
         started = time.monotonic()
+        collecting = _IN_COLLECTION.set(True)
         try:
             pools = await self._collect(pools_to_refresh)
         except SourceError as exc:
+            self.health.record_error(str(exc))
             self.health.mark(False, time.monotonic() - started, str(exc))
             raise
+        finally:
+            _IN_COLLECTION.reset(collecting)
         self._pools = pools
         self.health.mark(True, time.monotonic() - started)
         targets = [t for result in pools.values() for t in result.targets]
@@ -456,14 +467,7 @@ class PrometheusSource:
             result = await asyncio.to_thread(stream.finish)
         except SourceError as exc:
             self._fail(f"{what}: {exc}")
-        if stream.final_labels_only and not self._final_labels_only:
-            log.warning(
-                "%s: targets come without discoveredLabels (vmagent with "
-                "-promscrape.dropOriginalLabels?): matched by their namespace, service, node and "
-                "pod labels and instance; their discovery role is reported as unknown",
-                self.endpoint.name,
-            )
-        self._final_labels_only = self._final_labels_only or bool(stream.final_labels_only)
+        self._note_final_labels_only(stream.final_labels_only)
         return result
 
     async def _decode_out_of_process(
@@ -476,13 +480,14 @@ class PrometheusSource:
             body.extend(chunk)
 
         what = _describe(TARGETS_PATH, params)
-        status, error = await self._request(TARGETS_PATH, params, headers, sink, compressed=True)
+        encoding: list[str] = []
+        status, error = await self._request(TARGETS_PATH, params, headers, sink, encoding)
         if status != 200:
             self._fail(f"{what}: HTTP {status}: {_error_detail(error)}")
         try:
             decoded, targets = await self._decoder.decode(
                 body,
-                self._last_encoding,
+                encoding[0],
                 pool,
                 self._limits.max_stream_bytes,
                 STREAM_PIECE_BYTES,
@@ -490,23 +495,23 @@ class PrometheusSource:
         except SourceError as exc:
             self.health.record_request(0)
             self._fail(f"{what}: {exc}")
-        self.health.response_bytes_total += decoded.body_bytes
-        self.health.requests_total += 1
+        self.health.record_request(decoded.body_bytes)
         body.clear()
-        result: dict[str, PoolTargets] = {}
-        for encoded in decoded.pools:
-            result[sys.intern(encoded.name)] = PoolTargets(targets[encoded.name], encoded.active)
-        if pool is not None:
-            result.setdefault(sys.intern(pool), PoolTargets())
-        if decoded.final_labels_only and not self._final_labels_only:
+        # The pool asked for is always there: TargetStream starts with it.
+        result = {sys.intern(p.name): PoolTargets(targets[p.name], p.active) for p in decoded.pools}
+        self._note_final_labels_only(decoded.final_labels_only)
+        return result
+
+    def _note_final_labels_only(self, count: int) -> None:
+        """Targets matched by their final labels alone: said once."""
+        if count and not self._final_labels_only:
             log.warning(
                 "%s: targets come without discoveredLabels (vmagent with "
                 "-promscrape.dropOriginalLabels?): matched by their namespace, service, node and "
                 "pod labels and instance; their discovery role is reported as unknown",
                 self.endpoint.name,
             )
-        self._final_labels_only = self._final_labels_only or bool(decoded.final_labels_only)
-        return result
+        self._final_labels_only = self._final_labels_only or bool(count)
 
     def _auth_headers(self) -> dict[str, str]:
         ep = self.endpoint
@@ -530,13 +535,15 @@ class PrometheusSource:
         params: Mapping[str, str] | None,
         headers: Mapping[str, str],
         sink: Callable[[bytes], Awaitable[None]] | None = None,
-        compressed: bool = False,
+        sent_encoding: list[str] | None = None,
     ) -> tuple[int, bytes]:
         """Status and body; transport failures are SourceErrors. With a
         sink, a 200 body goes to it chunk by chunk and b"" is returned.
-        compressed: the sink gets the body as sent (gzip asked for; the
-        encoding is in self._last_encoding), and its bytes are counted by
+        sent_encoding: the sink gets a 200 body as sent (gzip asked for),
+        its Content-Encoding is appended to this list (one per call, so
+        concurrent reads never mix them up), and its bytes are counted by
         the caller once decompressed."""
+        compressed = sent_encoding is not None
         received = 0
         if compressed:
             headers = {**headers, "Accept-Encoding": "gzip"}
@@ -560,7 +567,8 @@ class PrometheusSource:
                     received = len(body)
                 else:
                     body = b""
-                    self._last_encoding = resp.headers.get("Content-Encoding", "").lower()
+                    if sent_encoding is not None:
+                        sent_encoding.append(resp.headers.get("Content-Encoding", "").lower())
                     async for chunk in httpclient.iter_body(resp, self._limits.max_stream_bytes):
                         received += len(chunk)
                         await sink(chunk)
@@ -581,7 +589,8 @@ class PrometheusSource:
 
     def _fail(self, message: str) -> NoReturn:
         message = f"prometheus {self.endpoint.name}: {message}"
-        self.health.record_error(message)
+        if not _IN_COLLECTION.get():
+            self.health.record_error(message)
         raise SourceError(message)
 
 
