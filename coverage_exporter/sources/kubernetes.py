@@ -198,13 +198,9 @@ class KubernetesSource:
         )
 
     def _cluster_reflectors(self) -> list[Reflector[Any, Any]]:
-        out: list[Reflector[Any, Any]] = []
-        for r in (self.nodes, self.services, self.endpoints, self.endpointslices, self.daemonsets):
-            if isinstance(r, ReflectorGroup):
-                out.extend(r.members)
-            elif r is not None:
-                out.append(r)
-        return out
+        return _members(
+            self.nodes, self.services, self.endpoints, self.endpointslices, self.daemonsets
+        )
 
     @property
     def pod_watches(self) -> int:
@@ -220,12 +216,7 @@ class KubernetesSource:
     def scope_ready(self) -> bool:
         """Services and Endpoints are listed: enough to know which Services'
         pods to watch (model.scope), long before the Nodes at 100k."""
-        out: list[Reflector[Any, Any]] = []
-        for r in (self.services, self.endpoints):
-            if isinstance(r, ReflectorGroup):
-                out.extend(r.members)
-            elif r is not None:
-                out.append(r)
+        out = _members(self.services, self.endpoints)
         return bool(out) and all(r.synced for r in out)
 
     def is_synced(self) -> bool:
@@ -444,3 +435,16 @@ def _group_slices(cache: Mapping[Any, EndpointSlice]) -> dict[ServiceKey, list[E
             key = (endpoint_slice.namespace, endpoint_slice.service_name)
             grouped.setdefault(key, []).append(endpoint_slice)
     return grouped
+
+
+def _members(
+    *reflectors: Reflector[Any, Any] | ReflectorGroup | None,
+) -> list[Reflector[Any, Any]]:
+    """The reflectors, a per-namespace group counting as its members."""
+    out: list[Reflector[Any, Any]] = []
+    for r in reflectors:
+        if isinstance(r, ReflectorGroup):
+            out.extend(r.members)
+        elif r is not None:
+            out.append(r)
+    return out
