@@ -23,6 +23,7 @@ import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import NoReturn
 from urllib.parse import urlsplit
 
@@ -310,7 +311,8 @@ class PrometheusSource:
             _IN_COLLECTION.reset(collecting)
         self._pools = pools
         self.health.mark(True, time.monotonic() - started)
-        targets = [t for result in pools.values() for t in result.targets]
+        # A tuple: untracked by the garbage collector (see PoolTargets).
+        targets = tuple(chain.from_iterable(result.targets for result in pools.values()))
         config = self._config
         return PrometheusSnapshot(
             name=self.endpoint.name,

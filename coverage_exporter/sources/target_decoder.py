@@ -28,7 +28,7 @@ import multiprocessing
 import os
 import sys
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -116,7 +116,7 @@ _TABLE: dict[str | None, int] = {None: 0}
 _TABLE_MAX = 4_000_000
 
 
-def _encode(name: str, active: int, targets: list[Target], new: list[str]) -> EncodedPool:
+def _encode(name: str, active: int, targets: Sequence[Target], new: list[str]) -> EncodedPool:
     # C-level loops only: the worker has a million targets to go through.
     flat = list(chain.from_iterable(map(msgspec.structs.astuple, targets)))
     table = _TABLE

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import msgspec
 
@@ -95,7 +96,10 @@ _TARGETS_DECODER = untrusted.Decoder(_TargetsResponse)
 
 @dataclass(slots=True)
 class PoolTargets:
-    targets: list[Target] = field(default_factory=list)
+    targets: Sequence[Target] = ()
+    """A tuple once decoded: a tuple of untracked Targets is itself
+    untracked by the garbage collector, where a list of 200k would be
+    walked, element by element, by every full collection."""
     active: int = 0
     """Every active target Prometheus reported for the pool, kept or not:
     the number `prometheus_target_scrape_pool_targets` is compared with."""
@@ -254,8 +258,10 @@ class TargetStream:
         """The envelope up to and including '[', once seen."""
         self._splitting = True
         self.pools: dict[str, PoolTargets] = {}
+        self._kept: dict[str, list[Target]] = {}
+        """Each pool's Targets while the answer streams in."""
         if only_pool is not None:
-            self.pools[sys.intern(only_pool)] = PoolTargets()
+            self._pool(sys.intern(only_pool))
         self._total = self._malformed = self._foreign = 0
         self.final_labels_only = 0
         """Targets matched by their final labels (no discoveredLabels)."""
@@ -321,7 +327,18 @@ class TargetStream:
             raise SourceError(f"undecodable response: {exc}") from None
         self._add(_check_envelope(response))
         _report_skipped(self._total, self._malformed, self._foreign, self._only_pool)
+        for name, result in self.pools.items():
+            result.targets = tuple(self._kept[name])
+        self._kept.clear()
         return self.pools
+
+    def _pool(self, pool: str) -> list[Target]:
+        """The list a pool's Targets go to while the answer streams in."""
+        kept = self._kept.get(pool)
+        if kept is None:
+            self.pools[pool] = PoolTargets()
+            kept = self._kept[pool] = []
+        return kept
 
     def _add(self, raw_targets: list[_ActiveTarget]) -> None:
         only_pool = self._only_pool
@@ -339,27 +356,23 @@ class TargetStream:
                 continue
             # The pool's one string object is what every Target of it holds.
             pool = sys.intern(pool)
-            result = self.pools.get(pool)
-            if result is None:
-                result = self.pools[pool] = PoolTargets()
-            result.active += 1
+            kept = self._pool(pool)
+            self.pools[pool].active += 1
             target = _to_target(labels, labels.address, raw.health, pool)
             if target is not None:
-                result.targets.append(target)
+                kept.append(target)
 
     def _add_final(self, raw: _ActiveTarget, pool: str) -> None:
         if self._only_pool is not None and pool != self._only_pool:
             self._foreign += 1
             return
         pool = sys.intern(pool)
-        result = self.pools.get(pool)
-        if result is None:
-            result = self.pools[pool] = PoolTargets()
-        result.active += 1
+        kept = self._pool(pool)
+        self.pools[pool].active += 1
         self.final_labels_only += 1
         target = _from_final_labels(raw.labels or _FinalLabels(), raw.health, pool)
         if target is not None:
-            result.targets.append(target)
+            kept.append(target)
 
 
 def parse_targets(body: bytes, only_pool: str | None = None) -> dict[str, PoolTargets]:

@@ -536,7 +536,7 @@ async def test_empty_success_is_a_valid_empty_result(fake) -> None:
     server.pool_files = {AM_POOL: "v3_targets_alertmanager_empty.json"}
     async with source_for(url) as source:
         snapshot = await source.collect()
-        assert snapshot.targets == []
+        assert snapshot.targets == ()
         assert source.health.up and source.pool_active_counts == {AM_POOL: 0}
 
 
