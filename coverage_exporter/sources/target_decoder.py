@@ -183,13 +183,27 @@ class _Mirror:
         self.table.extend(map(sys.intern, strings))
 
 
-def rebuild(table: list[str | None], pool: EncodedPool) -> list[Target]:
-    """The pool's Targets in the serving process: C-level loops, ~0.1 us a
-    target, and every string is the mirror's interned one."""
+REBUILD_CHUNK = 10_000
+"""Targets rebuilt per step (~4 ms): one C-level call holds the GIL for
+its whole length, and a 50k-target pool rebuilt in one call held the
+event loop, and /metrics, for tens of milliseconds."""
+
+
+async def rebuild(table: list[str | None], pool: EncodedPool) -> tuple[Target, ...]:
+    """The pool's Targets in the serving process: C-level loops, ~0.4 us a
+    target, and every string is the mirror's interned one. In steps of
+    REBUILD_CHUNK with the event loop served in between. A tuple, which
+    the garbage collector stops tracking (see PoolTargets)."""
     indices = array("I")
     indices.frombytes(pool.indices)
-    values = map(table.__getitem__, indices)
-    return list(starmap(Target, zip(*[values] * _FIELDS, strict=True)))
+    step = REBUILD_CHUNK * _FIELDS
+    chunks: list[tuple[Target, ...]] = []
+    for start in range(0, len(indices), step):
+        if chunks:
+            await asyncio.sleep(0)
+        values = map(table.__getitem__, indices[start : start + step])
+        chunks.append(tuple(starmap(Target, zip(*[values] * _FIELDS, strict=True))))
+    return chunks[0] if len(chunks) == 1 else tuple(chain.from_iterable(chunks))
 
 
 def _warm() -> None:
@@ -226,7 +240,7 @@ class DecoderPool:
         only_pool: str | None,
         limit: int,
         piece_bytes: int,
-    ) -> tuple[Decoded, dict[str, list[Target]]]:
+    ) -> tuple[Decoded, dict[str, tuple[Target, ...]]]:
         """The answer and each pool's rebuilt Targets."""
         executor = self._get()
         future = executor.submit(decode_in_worker, body, encoding, only_pool, limit, piece_bytes)
@@ -243,7 +257,7 @@ class DecoderPool:
             self._restart(executor)
             raise SourceError("target decoding worker's string table out of step; restarted")
         table = mirror.table
-        return decoded, {p.name: rebuild(table, p) for p in decoded.pools}
+        return decoded, {p.name: await rebuild(table, p) for p in decoded.pools}
 
     def _extend_mirror(self, future: Future[Decoded]) -> None:
         # The executor's result thread, in the worker's order.
