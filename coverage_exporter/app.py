@@ -14,12 +14,14 @@ from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
+from coverage_exporter import logs
 from coverage_exporter.collector import Collector, CycleResult
 from coverage_exporter.exposition.audit import render_json, render_table
 from coverage_exporter.exposition.html import PageInfo, render_page
 from coverage_exporter.exposition.metrics import ExporterState, render
 from coverage_exporter.fleet_file import load_fleet_file
-from coverage_exporter.http import ExporterView, MetricsServer, ServerLimits, parse_listen_address
+from coverage_exporter.front import Front
+from coverage_exporter.http import ServerLimits, parse_listen_address
 from coverage_exporter.model.report import CoverageReport
 from coverage_exporter.model.scope import Scope, parse_label_selector, parse_service_key
 from coverage_exporter.sources import httpclient, target_decoder
@@ -37,6 +39,7 @@ from coverage_exporter.sources.prometheus import (
     parse_prometheus_url,
 )
 from coverage_exporter.sources.reflector import DEFAULT_WATCH_IDLE_SECONDS
+from coverage_exporter.view import ExporterView
 from coverage_exporter.webconfig import WebConfigFile
 
 log = logging.getLogger("coverage_exporter")
@@ -342,8 +345,15 @@ async def _serve(
             )
         )
     )
-    server = MetricsServer(view, guards.server, web_config)
+    if web_config and web_config.tls_enabled:
+        # Loaded here too, so that a bad certificate fails as it always has;
+        # the front process loads (and reloads) its own.
+        web_config.ssl_context()
+    # The HTTP server runs in a process of its own (front.py), so that a
+    # scrape never waits on a comparison that holds this process's GIL.
+    server = Front(view, guards.server, web_config_file, *logs.configured())
     await server.start(host, port)
+    view.on_change = server.publish
     tls = "TLS" if web_config and web_config.tls_enabled else "plain HTTP"
     log.info("serving on %s (%s); collecting every %.0fs", listen_address, tls, interval)
 
@@ -351,12 +361,15 @@ async def _serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    front_gone = asyncio.ensure_future(server.ended.wait())
+    front_gone.add_done_callback(lambda _: stop.set())
     # A cycle is bounded by the source deadline plus the comparison; past
     # twice that (and a minute for a 100k-node comparison) it is wedged.
     cycle_budget = 2 * guards.source_deadline + 60.0
     try:
         await sources.start()
         view.status = "waiting for the first list of the cluster"
+        view.changed()
         # The first cycle waits for the cluster's first lists too.
         view.expect_progress(settings.kubernetes_sync_timeout + cycle_budget, "the first list")
         first: Awaitable[object] | None = sources.kubernetes.wait_synced(
@@ -389,6 +402,7 @@ async def _serve(
         log.error("%s", err)
         return 1
     finally:
+        front_gone.cancel()
         await server.close()
         try:
             await asyncio.wait_for(sources.close(), guards.shutdown_seconds)
@@ -396,6 +410,8 @@ async def _serve(
             log.warning(
                 "sources did not close within %.0fs; exiting anyway", guards.shutdown_seconds
             )
+    if server.ended.is_set():
+        return 1
     log.info("stopped")
     return 0
 
@@ -409,6 +425,7 @@ def _publish(view: ExporterView, result: CycleResult) -> None:
         )
     else:
         view.status = "Kubernetes has not been listed yet (see source_up)"
+    view.changed()
 
 
 async def _until_stopped(

@@ -15,34 +15,22 @@ body (only GETs are served: bodies are read and dropped) within
 keep-alive connection is closed after `idle_timeout`; and at
 `max_connections` the connection that has been waiting longest for a
 request is dropped to admit the new one, so a scraper always gets in.
-The aiohttp application (`make_app`) serves the very same routes, for
-tests that drive it with aiohttp's test client.
+`serve` runs it in a process of its own (`front.py`); `view.py` holds
+the collector's side (the report page, and `make_app`, the very same
+routes as an aiohttp application for tests).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import gzip
-import hashlib
 import html
 import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from aiohttp import web
-from prometheus_client import REGISTRY, generate_latest
-
 from coverage_exporter import __version__
-from coverage_exporter.exposition.html import (
-    CONTENT_SECURITY_POLICY,
-    PageInfo,
-    ServicesPart,
-    render_page,
-    render_services,
-)
-from coverage_exporter.model.report import CoverageReport
 from coverage_exporter.webconfig import WebConfigFile
 
 log = logging.getLogger("coverage_exporter.http")
@@ -70,29 +58,30 @@ missing node</li>
 """
 
 
-class ExporterView:
-    """What the HTTP handlers read; the serve loop writes it."""
+class ServingState:
+    """What /metrics, /-/healthy, /-/ready and the landing page answer from:
+    all that the front process (`front.py`) holds. The collector's side,
+    with the report, is view.ExporterView."""
 
-    def __init__(self, initial_exposition: Callable[[], bytes]) -> None:
-        self._initial = initial_exposition
-        self.exposition: bytes | None = None
+    def __init__(self) -> None:
         self.ready = False
         self.status = "starting: the first collection cycle has not completed"
-        self.report: CoverageReport | None = None
-        self.page_info: PageInfo | None = None
-        """Set with `report` at the end of each cycle; None before the first."""
-        self.report_page = ReportPage()
         self._progress_deadline = float("inf")
         self._waiting_for = ""
-
-    def publish_report(self, report: CoverageReport | None, info: PageInfo) -> None:
-        self.report, self.page_info = report, info
+        self.on_change: Callable[[], None] | None = None
+        """Called after each change (the front publishes it)."""
 
     def metrics(self) -> bytes:
-        # Until the first cycle, render the sources' state so that a
-        # failing start shows up as source_up 0 rather than as nothing.
-        coverage = self.exposition if self.exposition is not None else self._initial()
-        return coverage + generate_latest(REGISTRY)
+        raise NotImplementedError
+
+    async def answer(self, path: str, headers: Mapping[str, str]) -> Response:
+        """Every other path: the /report page of view.ExporterView; the
+        front process asks the collector."""
+        return Response(404, b"404 page not found\n")
+
+    def changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     def expect_progress(self, within_seconds: float, what: str) -> None:
         """The serve loop promises its next step (`what`) within this many
@@ -100,6 +89,12 @@ class ExporterView:
         wedged collection loop gets the pod restarted."""
         self._progress_deadline = time.monotonic() + within_seconds
         self._waiting_for = what
+        self.changed()
+
+    @property
+    def progress(self) -> tuple[float, str]:
+        """The promised deadline (time.monotonic()) and what it is for."""
+        return self._progress_deadline, self._waiting_for
 
     def wedged(self) -> str | None:
         """Why the collection loop looks stuck, or None."""
@@ -107,50 +102,6 @@ class ExporterView:
         if late <= 0:
             return None
         return f"{self._waiting_for} is {late:.0f}s overdue"
-
-
-class ReportPage:
-    """The /report page of the last cycle, rendered on request and at most
-    once per cycle; its heavy part (every missing target) at most once per
-    report object. The collector hands out the very same report while no
-    source changed, so a refresh at 100k nodes re-renders only the header.
-    Rendering runs off the event loop, one at a time."""
-
-    def __init__(self) -> None:
-        self._lock = asyncio.Lock()
-        self._part: tuple[CoverageReport, ServicesPart] | None = None
-        self._page: tuple[CoverageReport | None, PageInfo, bytes, str] | None = None
-        self._gzipped: tuple[str, bytes] | None = None
-        self.services_renders = 0
-
-    async def get(self, report: CoverageReport | None, info: PageInfo) -> tuple[bytes, str]:
-        """(page, ETag)."""
-        async with self._lock:
-            if self._page is not None and self._page[0] is report and self._page[1] is info:
-                return self._page[2], self._page[3]
-            part = None
-            if report is not None:
-                if self._part is None or self._part[0] is not report:
-                    self._part = (report, await asyncio.to_thread(render_services, report))
-                    self.services_renders += 1
-                part = self._part[1]
-            body = await asyncio.to_thread(render_page, report, info, part)
-            etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
-            self._page = (report, info, body, etag)
-            return body, etag
-
-    async def gzipped(self, body: bytes, etag: str) -> bytes:
-        """The page gzipped, once per ETag (~10x smaller for the node lists)."""
-        async with self._lock:
-            if self._gzipped is None or self._gzipped[0] != etag:
-                data = await asyncio.to_thread(gzip.compress, body, 6)
-                self._gzipped = (etag, data)
-            return self._gzipped[1]
-
-
-def _etag_matches(header: str, etag: str) -> bool:
-    tags = {t.strip().removeprefix("W/") for t in header.split(",")}
-    return "*" in tags or etag in tags
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,9 +147,10 @@ _REASONS = {
 }
 
 
-async def route(view: ExporterView, path: str, headers: Mapping[str, str]) -> Response:
+async def route(view: ServingState, path: str, headers: Mapping[str, str]) -> Response:
     """The answer to a GET of `path`; `headers` by lower-case name. One
-    routing for both servers (MetricsServer for serve, make_app for tests)."""
+    routing for every server (the front process, MetricsServer, make_app
+    for tests)."""
     if path == "/metrics":
         return Response(200, view.metrics(), CONTENT_TYPE)
     if path == "/-/healthy":
@@ -210,8 +162,6 @@ async def route(view: ExporterView, path: str, headers: Mapping[str, str]) -> Re
         if view.ready:
             return Response(200, b"coverage-exporter is ready.\n")
         return Response(503, f"coverage-exporter is not ready: {view.status}\n".encode())
-    if path == "/report":
-        return await _report(view, headers)
     if path == "/":
         page = LANDING.format(
             version=__version__,
@@ -219,55 +169,7 @@ async def route(view: ExporterView, path: str, headers: Mapping[str, str]) -> Re
             status=html.escape(view.status),
         )
         return Response(200, page.encode(), "text/html; charset=utf-8")
-    return Response(404, b"404 page not found\n")
-
-
-async def _report(view: ExporterView, request_headers: Mapping[str, str]) -> Response:
-    info = view.page_info
-    if info is None:
-        return Response(
-            503,
-            f"<!doctype html><title>coverage-exporter</title><p>No report yet: "
-            f"{html.escape(view.status)}</p>\n".encode(),
-            "text/html; charset=utf-8",
-            {"Retry-After": "10", "Cache-Control": "no-store"},
-        )
-    body, etag = await view.report_page.get(view.report, info)
-    headers = {
-        "ETag": etag,
-        # Revalidate on every load: the ETag makes that a 304 until the next cycle.
-        "Cache-Control": "no-cache",
-        "Content-Security-Policy": CONTENT_SECURITY_POLICY,
-        "X-Content-Type-Options": "nosniff",
-        "Vary": "Accept-Encoding",
-    }
-    gzipped = "gzip" in request_headers.get("accept-encoding", "")
-    if gzipped:
-        # Another representation, so another strong ETag (RFC 9110 8.8.3).
-        headers["ETag"] = etag[:-1] + '-gzip"'
-    if _etag_matches(request_headers.get("if-none-match", ""), headers["ETag"]):
-        return Response(304, b"", "", headers)
-    if gzipped:
-        body = await view.report_page.gzipped(body, etag)
-        headers["Content-Encoding"] = "gzip"
-    return Response(200, body, "text/html; charset=utf-8", headers)
-
-
-def make_app(view: ExporterView) -> web.Application:
-    """The same routes as an aiohttp application (tests drive it with
-    aiohttp's test client; serve runs MetricsServer)."""
-
-    async def handle(request: web.Request) -> web.Response:
-        headers = {k.lower(): v for k, v in request.headers.items()}
-        answer = await route(view, request.path, headers)
-        out = dict(answer.headers)
-        if answer.content_type:
-            out["Content-Type"] = answer.content_type
-        return web.Response(status=answer.status, body=answer.body or None, headers=out)
-
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", handle)
-    return app
+    return await view.answer(path, headers)
 
 
 class _Idle(Exception):
@@ -291,7 +193,7 @@ class _Connection:
 class MetricsServer:
     def __init__(
         self,
-        view: ExporterView,
+        view: ServingState,
         limits: ServerLimits | None = None,
         web_config: WebConfigFile | None = None,
     ) -> None:

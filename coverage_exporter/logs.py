@@ -58,3 +58,12 @@ def configure(level: str, fmt: str, level_flag: str = "--log.level") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    _configured[:] = [level, fmt]
+
+
+_configured = ["info", "logfmt"]
+
+
+def configured() -> tuple[str, str]:
+    """The level and format last configured: what a child process is given."""
+    return _configured[0], _configured[1]

@@ -6,7 +6,8 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from coverage_exporter.http import ExporterView, MetricsServer, parse_listen_address
+from coverage_exporter.http import MetricsServer, parse_listen_address
+from coverage_exporter.view import ExporterView
 
 
 class _Client:

@@ -1,0 +1,119 @@
+"""The front process of `serve` (coverage_exporter.front): the real child
+process on 127.0.0.1, driven from this test's event loop as the collector."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+import urllib.request
+
+import aiohttp
+import pytest
+
+from coverage_exporter.exposition.html import PageInfo
+from coverage_exporter.front import Front
+from coverage_exporter.http import ServerLimits
+from coverage_exporter.model.report import CoverageReport
+from coverage_exporter.view import ExporterView
+
+
+@pytest.fixture
+async def front():
+    view = ExporterView(lambda: b"# starting\nscrape_coverage_source_up 0\n")
+    link = Front(view, ServerLimits(), None, "info", "logfmt")
+    port = await link.start("127.0.0.1", 0)
+    view.on_change = link.publish
+    async with aiohttp.ClientSession() as session:
+        yield view, link, session, f"http://127.0.0.1:{port}"
+    await link.close()
+
+
+async def _get(session: aiohttp.ClientSession, url: str) -> tuple[int, str]:
+    async with session.get(url) as response:
+        return response.status, await response.text()
+
+
+async def _eventually(session: aiohttp.ClientSession, url: str, status: int, text: str) -> str:
+    """The body once the front answers `status` with `text` in it (the
+    collector's publish crosses a socket)."""
+    deadline = time.monotonic() + 10
+    while True:
+        got, body = await _get(session, url)
+        if got == status and text in body:
+            return body
+        assert time.monotonic() < deadline, (got, body)
+        await asyncio.sleep(0.02)
+
+
+async def test_it_serves_what_the_collector_publishes(front) -> None:
+    view, _, session, base = front
+    assert "scrape_coverage_source_up 0" in (await _get(session, base + "/metrics"))[1]
+    assert (await _get(session, base + "/-/ready"))[0] == 503
+
+    view.exposition = b"scrape_coverage_cycles_total 3.0\n"
+    view.ready = True
+    view.status = "last cycle complete"
+    view.changed()
+    body = await _eventually(session, base + "/metrics", 200, "scrape_coverage_cycles_total 3.0")
+    # The collector's own runtime metrics come with it.
+    assert "python_info" in body or "process_resident_memory_bytes" in body
+    await _eventually(session, base + "/-/ready", 200, "ready")
+    assert "last cycle complete" in (await _get(session, base + "/"))[1]
+
+
+async def test_other_paths_are_asked_of_the_collector(front) -> None:
+    view, _, session, base = front
+    status, body = await _get(session, base + "/report")
+    assert status == 503 and "No report yet" in body
+    view.publish_report(CoverageReport(), PageInfo(cluster="c", collected_at=time.time()))
+    status, body = await _get(session, base + "/report")
+    assert status == 200 and "<html" in body.lower()
+    assert (await _get(session, base + "/nope"))[0] == 404
+
+
+async def test_metrics_answer_while_the_collector_is_busy(front) -> None:
+    """What the front is for: the collector's loop (and GIL) held for 2 s,
+    the scrape answered all the same."""
+    _, _, _, base = front
+
+    def scrape() -> int:
+        with urllib.request.urlopen(base + "/metrics", timeout=1.0) as response:
+            return response.status
+
+    scraped = asyncio.get_running_loop().run_in_executor(None, scrape)
+    time.sleep(0.5)  # noqa: ASYNC251  (holding this loop is the point: the thread has sent its request)
+    started = time.monotonic()
+    while time.monotonic() - started < 1.5:
+        pass  # busy, holding the GIL in slices, like a comparison
+    assert await scraped == 200
+
+
+async def test_a_wedged_collector_is_unhealthy_in_the_front(front) -> None:
+    view, _, session, base = front
+    assert (await _get(session, base + "/-/healthy"))[0] == 200
+    view.expect_progress(-1.0, "the running collection cycle")
+    body = await _eventually(session, base + "/-/healthy", 503, "overdue")
+    assert "the running collection cycle" in body
+
+
+async def test_the_front_ends_with_its_collector_and_says_when_it_dies(front) -> None:
+    _, link, _, _ = front
+    pid = link._process.pid
+    os.kill(pid, signal.SIGKILL)
+    await asyncio.wait_for(link.ended.wait(), 10)
+
+
+async def test_a_taken_port_fails_the_start() -> None:
+    view = ExporterView(lambda: b"")
+    first = Front(view, ServerLimits(), None, "info", "logfmt")
+    port = await first.start("127.0.0.1", 0)
+    try:
+        second = Front(view, ServerLimits(), None, "info", "logfmt")
+        with pytest.raises(OSError, match=r"address already in use|Errno 98"):
+            await second.start("127.0.0.1", port)
+    finally:
+        await first.close()
+    process = first._process
+    assert process is not None and process.returncode is not None
