@@ -6,8 +6,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -117,3 +122,69 @@ async def test_a_taken_port_fails_the_start() -> None:
         await first.close()
     process = first._process
     assert process is not None and process.returncode is not None
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def _front_of(serve: subprocess.Popen[bytes]) -> int:
+    for child in _children(serve.pid):
+        with open(f"/proc/{child}/cmdline", "rb") as f:
+            if b"coverage_exporter.front" in f.read():
+                return child
+    raise AssertionError("serve has no front process")
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A real `coverage-exporter serve` whose Kubernetes is a closed port:
+    it serves while its source is down."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "clusters: [{name: c, cluster: {server: 'http://127.0.0.1:1'}}]\n"
+        "users: [{name: u, user: {token: x}}]\n"
+        "contexts: [{name: c, context: {cluster: c, user: u}}]\n"
+    )
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "coverage_exporter.cli", "serve",
+            f"--kubeconfig={kubeconfig}", f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "serve.log").open("w"),
+    )  # fmt: skip
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as r:
+                if b"scrape_coverage_source_up" in r.read():
+                    break
+        except OSError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, (
+            tmp_path / "serve.log"
+        ).read_text()
+        time.sleep(0.1)
+    yield proc
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def test_serve_exits_1_when_its_front_dies(serve: subprocess.Popen[bytes]) -> None:
+    os.kill(_front_of(serve), signal.SIGKILL)
+    assert serve.wait(timeout=20) == 1
+
+
+def test_sigterm_to_serve_ends_the_front_too(serve: subprocess.Popen[bytes]) -> None:
+    front_pid = _front_of(serve)
+    serve.send_signal(signal.SIGTERM)
+    assert serve.wait(timeout=20) == 0
+    # serve waits for its front (and reaps it) before it exits.
+    assert not os.path.exists(f"/proc/{front_pid}")
