@@ -20,7 +20,7 @@ import math
 import re
 import sys
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from itertools import chain
@@ -30,9 +30,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import msgspec
 
-from coverage_exporter.model.objects import (
-    PrometheusSnapshot,
-)
+from coverage_exporter.model.objects import PrometheusSnapshot, Target
 from coverage_exporter.model.topology import Declared, identify
 from coverage_exporter.sources import httpclient, target_decoder, untrusted
 from coverage_exporter.sources.health import SOURCE_PROMETHEUS, SourceError, SourceHealth
@@ -231,6 +229,27 @@ def _error_detail(body: bytes) -> str:
 # --- the source ----------------------------------------------------------------
 
 
+@dataclass(slots=True)
+class _Basis:
+    """What a snapshot is made of, each pool's targets by identity."""
+
+    pools: list[tuple[str, Sequence[Target], int]]
+    config: LoadedConfig | None
+    fallback: bool
+    final_labels_only: bool
+
+    def same_as(self, other: _Basis) -> bool:
+        return (
+            len(self.pools) == len(other.pools)
+            and all(
+                a[0] == b[0] and a[1] is b[1] and a[2] == b[2]
+                for a, b in zip(self.pools, other.pools, strict=True)
+            )
+            and (self.config, self.fallback, self.final_labels_only)
+            == (other.config, other.fallback, other.final_labels_only)
+        )
+
+
 class PrometheusSource:
     """Collects the active targets of one Prometheus.
 
@@ -271,6 +290,7 @@ class PrometheusSource:
         self._config: LoadedConfig | None = None
         self._config_read = False
         self._final_labels_only = False
+        self._snapshot: tuple[_Basis, PrometheusSnapshot] | None = None
 
     async def __aenter__(self) -> PrometheusSource:
         return self
@@ -311,10 +331,21 @@ class PrometheusSource:
             _IN_COLLECTION.reset(collecting)
         self._pools = pools
         self.health.mark(True, time.monotonic() - started)
+        config = self._config
+        basis = _Basis(
+            [(name, result.targets, result.active) for name, result in pools.items()],
+            config,
+            self._fallback,
+            self._final_labels_only,
+        )
+        if self._snapshot is not None and basis.same_as(self._snapshot[0]):
+            # Every pool came back as it was (the decoder hands out the very
+            # same targets): the very same snapshot, so that the collector
+            # regroups and compares nothing.
+            return self._snapshot[1]
         # A tuple: untracked by the garbage collector (see PoolTargets).
         targets = tuple(chain.from_iterable(result.targets for result in pools.values()))
-        config = self._config
-        return PrometheusSnapshot(
+        snapshot = PrometheusSnapshot(
             name=self.endpoint.name,
             targets=targets,
             identity=identify(
@@ -328,6 +359,8 @@ class PrometheusSource:
             pools_listed=not self._fallback,
             discovered_labels=not self._final_labels_only,
         )
+        self._snapshot = (basis, snapshot)
+        return snapshot
 
     async def read_config(self) -> LoadedConfig | None:
         """The loaded configuration, read anew; None where the server does

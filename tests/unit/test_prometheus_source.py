@@ -333,6 +333,22 @@ async def test_refresh_only_some_pools_reuses_the_others(fake) -> None:
         assert "serviceMonitor/monitoring/new/0" in source.pool_active_counts
 
 
+async def test_a_full_read_that_changed_nothing_is_the_same_snapshot(fake, decoding) -> None:
+    """Decoded in the worker, an unchanged re-read hands out the very same
+    snapshot, so the collector neither regroups nor compares; a pool that
+    changed gives a new one."""
+    server, url = fake
+    async with source_for(url) as source:
+        first = await source.collect()
+        again = await source.collect()
+        assert sorted(again.targets, key=repr) == sorted(first.targets, key=repr)
+        assert (again is first) == (decoding == "process")
+        del server.pool_files[NE_POOL]
+        changed = await source.collect()
+        assert changed is not first
+        assert NE_POOL not in {t.scrape_pool for t in changed.targets}
+
+
 async def test_server_ignoring_scrape_pool_filter_does_not_duplicate(fake) -> None:
     server, url = fake
     everything = fixture_bytes("thanos_targets.json")  # kubelet + node-exporter targets
