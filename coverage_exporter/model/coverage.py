@@ -330,20 +330,22 @@ def _owning_daemonsets(
 
 def _missing(expected: Expected, present: Iterable[str | None]) -> tuple[MissingTarget, ...]:
     # This runs over every expected target of every stage, 100k at a time,
-    # in a thread beside the event loop, and a single C-level call holds
-    # the GIL throughout: sorting 99k names in hash order was ~70 ms of
-    # /metrics stall per stage. The expected keys come in the Nodes' list
-    # order (by name), which the filter keeps, so the sort is one pass.
+    # so it is C-level calls only (a generator here was a third of the
+    # comparison). The expected keys come in the Nodes' list order (by
+    # name), which the filter keeps, so the sort is one pass; a sort of
+    # 99k names in hash order was ~70 ms.
     seen = present if isinstance(present, (set, frozenset)) else set(present)
     absent = list(filterfalse(seen.__contains__, expected.keys))
     absent.sort()
     made = expected.made
+    new = list(filterfalse(made.__contains__, absent))
     if expected.node_wide:
-        return tuple(made.get(k) or made.setdefault(k, MissingTarget(node=k)) for k in absent)
-    keys = expected.keys
-    missing = [
-        made.get(k) or made.setdefault(k, MissingTarget(node=keys[k], pod=k)) for k in absent
-    ]
+        made.update(zip(new, map(MissingTarget, new), strict=True))
+        return tuple(map(made.__getitem__, absent))
+    made.update(
+        zip(new, map(MissingTarget, map(expected.keys.__getitem__, new), new), strict=True)
+    )
+    missing = list(map(made.__getitem__, absent))
     missing.sort()
     return tuple(missing)
 
