@@ -326,7 +326,7 @@ def render(rows: dict[int, dict]) -> str:
         "CPU per cycle from /proc deltas; requests and bytes per cycle from the fake server's log between cycle ends "
         "(watches included when one restarts in the window). `--prometheus-full-refresh-interval` is left at its "
         "default (600 s), so steady cycles read `/metrics` counts and re-read only scrape pools whose count changed.",
-        "- exporter peak RSS: the sum of the VmHWM of the `serve` process and its children (the target decoding worker, multiprocessing's resource tracker) at the end of the run, an upper bound of their combined peak; `audit` the same, sampled every 50 ms (or wait4's figure if larger). CPU seconds likewise include the worker.",
+        "- exporter peak RSS: the sum of the VmHWM of the `serve` process and its children (the HTTP front and the target decoding worker; until the worker became a plain child process, multiprocessing's resource tracker too) at the end of the run, an upper bound of their combined peak; `audit` the same, sampled every 50 ms (or wait4's figure if larger). CPU seconds likewise include the worker.",
         "- raw: `bench/raw.py` replays the exact non-watch requests of the exporter's first cycle (same Accept "
         "and Accept-Encoding), pages of one list in order, lists and pools concurrently, reading and discarding "
         "bodies. `raw s` is the process wall time (Python + aiohttp start-up included, like the exporter's "

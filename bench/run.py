@@ -113,8 +113,8 @@ def parse_metrics(text: str) -> dict[str, float]:
 
 def tree_pids(pid: int) -> list[int]:
     """pid and its live descendants: the exporter decodes target lists in a
-    worker process (and multiprocessing runs a resource tracker), whose CPU
-    and memory are the exporter's too."""
+    worker process and serves HTTP from a front process, whose CPU and
+    memory are the exporter's too."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():

@@ -113,7 +113,7 @@ def _common(p: _EnvParser) -> None:
     p.add(
         "--prometheus-decode-in-process",
         "decode target lists in this process's threads instead of one worker process "
-        "(for a CPU limit of one core or an environment without /dev/shm)",
+        "(for a CPU limit of one core, or where no child process may start)",
         action="store_true",
         default=False,
     )

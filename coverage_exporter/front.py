@@ -15,8 +15,8 @@ nothing else, so a scrape never waits on a comparison.
 - web-config (TLS, basic auth, headers) and the client limits apply here,
   where the connections are.
 
-The two talk over one socketpair: length-prefixed msgpack messages, see
-`Start` to `Answer`. The front ends when the collector closes its end or
+The two talk over one socketpair (`link.py`), in the messages `Start` to
+`Answer`. The front ends when the collector closes its end or
 dies; the collector ends `serve` with an error when the front dies.
 """
 
@@ -30,12 +30,12 @@ import itertools
 import logging
 import signal
 import socket
-import struct
 import sys
 from collections.abc import Mapping
 
 import msgspec
 
+from coverage_exporter import link
 from coverage_exporter.http import MetricsServer, Response, ServerLimits, ServingState, route
 
 log = logging.getLogger("coverage_exporter.front")
@@ -48,9 +48,7 @@ ASK_TIMEOUT_SECONDS = 60.0
 """How long a forwarded request (a /report page at 100k nodes is rendered
 in seconds) may take before the front answers 503."""
 
-_MAX_FRAME = 1 << 30
 _MAX_UNREAD = 64 << 20
-_LENGTH = struct.Struct(">I")
 
 
 class State(msgspec.Struct, tag=True):
@@ -102,19 +100,13 @@ _DECODER = msgspec.msgpack.Decoder(Message)
 
 
 def _frame(message: Message) -> bytes:
-    payload = _ENCODER.encode(message)
-    return _LENGTH.pack(len(payload)) + payload
+    return link.frame(_ENCODER.encode(message))
 
 
 async def _read(reader: asyncio.StreamReader) -> Message | None:
     """The next message, or None at the end of the stream."""
-    try:
-        (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
-        if length > _MAX_FRAME:
-            raise ValueError(f"front link: a frame of {length} bytes")
-        return _DECODER.decode(await reader.readexactly(length))
-    except asyncio.IncompleteReadError:
-        return None
+    payload = await link.read_frame(reader)
+    return None if payload is None else _DECODER.decode(payload)
 
 
 # --- the front process ---------------------------------------------------------

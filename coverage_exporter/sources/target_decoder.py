@@ -14,180 +14,46 @@ The serving process rebuilds the Targets with C-level loops and interns
 only the distinct strings, so they are the same objects as the Nodes'.
 Figures: bench/analysis.md.
 
-A worker that dies (OOM-killed, crashed) fails that one read as a source
-error, and the next read starts a new worker.
+A worker that dies (OOM-killed, crashed) fails the reads it holds as
+source errors, and the next read starts a new worker. The worker itself is
+`decoder_worker.py`, a plain child process on a socketpair.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import hashlib
-import logging
-import multiprocessing
-import os
+import queue
+import socket
+import subprocess
 import sys
+import threading
 from array import array
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from collections import deque
+from concurrent.futures import Future
 from itertools import chain, starmap
 
 import msgspec
 
+from coverage_exporter import link
 from coverage_exporter.model.objects import Target
+from coverage_exporter.sources.decoder_worker import (
+    ANSWER_DECODER,
+    FIELDS,
+    REQUEST_ENCODER,
+    Decoded,
+    EncodedPool,
+    Failed,
+    Request,
+)
 from coverage_exporter.sources.health import BodyTooLarge, SourceError
-
-log = logging.getLogger("coverage_exporter.sources.prometheus")
-
-try:
-    from isal import isal_zlib as _zlib
-except ImportError:  # same fallback as sources.httpclient
-    import zlib as _zlib
-
-INFLATE_PIECE_BYTES = 1 << 20
-_FIELDS = len(Target.__struct_fields__)
-
-
-@dataclass(frozen=True, slots=True)
-class EncodedPool:
-    """One pool's targets as they cross the process boundary."""
-
-    name: str
-    active: int
-    indices: bytes
-    """array('I'): len(Target fields) indices per target, in field order,
-    into the worker's string table (index 0 is None); targets in the
-    order of these bytes (see _canonical)."""
-    digest: bytes
-    """Of `indices`: equal digests from one worker are equal targets."""
-
-
-@dataclass(frozen=True, slots=True)
-class Decoded:
-    worker: int
-    """The worker's pid: a new worker starts a new string table."""
-    table_start: int
-    strings: list[str]
-    """The worker's table entries from table_start on, new in this answer."""
-    pools: list[EncodedPool]
-    body_bytes: int
-    """Bytes after decompression (what `response_bytes_total` counts)."""
-    final_labels_only: int
-
-
-def _inflated(body: bytes | bytearray, encoding: str, limit: int) -> Iterator[bytes]:
-    """The body decompressed, in pieces of at most INFLATE_PIECE_BYTES made
-    as they are consumed (memory stays at a piece; a gzip bomb is stopped
-    one piece past `limit`)."""
-    if encoding in ("", "identity"):
-        if len(body) > limit:
-            raise BodyTooLarge(limit)
-        yield bytes(body)
-        return
-    if encoding == "gzip":
-        inflater = _zlib.decompressobj(16 + _zlib.MAX_WBITS)
-    elif encoding == "deflate":
-        inflater = _zlib.decompressobj()
-    else:
-        raise SourceError(f"unsupported Content-Encoding {encoding!r}")
-    total = 0
-    data: bytes | bytearray = body
-    try:
-        while data:
-            piece = inflater.decompress(data, INFLATE_PIECE_BYTES)
-            total += len(piece)
-            if total > limit:
-                raise BodyTooLarge(limit)
-            data = inflater.unconsumed_tail
-            yield piece
-        piece = inflater.flush()
-    except _zlib.error as exc:
-        raise SourceError(f"undecodable {encoding} body: {exc}") from None
-    if total + len(piece) > limit:
-        raise BodyTooLarge(limit)
-    yield piece
-
-
-# The worker's string table, kept for its lifetime: the serving process
-# holds the mirror, so a string crosses (and is interned there) once, not
-# once per pool and read. Node names, IPs and pod names are what it holds;
-# past _TABLE_MAX (node and pod churn over months) the worker exits and a
-# new one starts a fresh table.
-_TABLE: dict[str | None, int] = {None: 0}
-_TABLE_MAX = 4_000_000
-
-
-def _encode(name: str, active: int, targets: Sequence[Target], new: list[str]) -> EncodedPool:
-    # C-level loops only: the worker has a million targets to go through.
-    flat = list(chain.from_iterable(map(msgspec.structs.astuple, targets)))
-    table = _TABLE
-    unseen = [s for s in dict.fromkeys(flat) if s not in table]
-    base = len(table)
-    table.update(zip(unseen, range(base, base + len(unseen)), strict=True))
-    new.extend(unseen)  # type: ignore[arg-type]  # None is always in the table
-    indices = _canonical(array("I", map(table.__getitem__, flat)).tobytes())
-    return EncodedPool(name, active, indices, hashlib.blake2b(indices, digest_size=16).digest())
-
-
-_ROW = _FIELDS * 4
-
-
-def _canonical(indices: bytes) -> bytes:
-    """The pool's targets in one order, whatever order the server sent:
-    Prometheus lists a pool's targets from a Go map, in a new order on
-    every read, and an unchanged pool must give the same bytes (~25 ms of
-    the worker's time for 50k targets)."""
-    rows = [indices[i : i + _ROW] for i in range(0, len(indices), _ROW)]
-    rows.sort()
-    return b"".join(rows)
-
-
-def decode_in_worker(
-    body: bytes | bytearray, encoding: str, only_pool: str | None, limit: int, piece_bytes: int
-) -> Decoded:
-    """Runs in the worker: inflate, decode, encode for the trip back."""
-    from coverage_exporter.sources.targets_json import TargetStream
-
-    if len(_TABLE) > _TABLE_MAX:
-        os._exit(0)  # BrokenProcessPool for this read; the next one starts afresh
-    stream = TargetStream(only_pool, piece_bytes=piece_bytes, max_buffered=limit)
-    total = 0
-    pending = bytearray()
-    for piece in _inflated(body, encoding, limit):
-        total += len(piece)
-        pending += piece
-        if len(pending) >= piece_bytes:
-            stream.feed(pending)
-            pending = bytearray()
-    del body
-    stream.feed(pending)
-    pools = stream.finish()
-    start = len(_TABLE)
-    new: list[str] = []
-    encoded = [_encode(name, p.active, p.targets, new) for name, p in pools.items()]
-    final_labels_only = stream.final_labels_only
-    del pools, stream
-    _release_free_memory()
-    return Decoded(os.getpid(), start, new, encoded, total, final_labels_only)
-
-
-def _release_free_memory() -> None:
-    # The decoded pieces leave glibc's heap fragmented; hand it back so the
-    # worker's RSS falls to its string table between reads.
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 class _Mirror:
     """The serving process's copy of one worker's string table, interned.
 
-    Extended from the executor's result callback, which runs for every
-    answer in the worker's order, even when the read that asked for it was
-    cancelled meanwhile (a deadline): a lost answer would leave a hole in
-    the table and wrong strings in every later pool."""
+    Extended by the worker's reader thread for every answer, in the
+    worker's order (see _Worker._read)."""
 
     def __init__(self, worker: int) -> None:
         self.worker = worker
@@ -214,20 +80,115 @@ async def rebuild(table: list[str | None], pool: EncodedPool) -> tuple[Target, .
     the garbage collector stops tracking (see PoolTargets)."""
     indices = array("I")
     indices.frombytes(pool.indices)
-    step = REBUILD_CHUNK * _FIELDS
+    step = REBUILD_CHUNK * FIELDS
     chunks: list[tuple[Target, ...]] = []
     for start in range(0, len(indices), step):
         if chunks:
             await asyncio.sleep(0)
         values = map(table.__getitem__, indices[start : start + step])
-        chunks.append(tuple(starmap(Target, zip(*[values] * _FIELDS, strict=True))))
+        chunks.append(tuple(starmap(Target, zip(*[values] * FIELDS, strict=True))))
     return chunks[0] if len(chunks) == 1 else tuple(chain.from_iterable(chunks))
 
 
-def _warm() -> None:
-    # Imports what decode_in_worker needs while the serving process is busy
-    # listing the cluster, so the first read does not pay for it.
-    from coverage_exporter.sources import targets_json  # noqa: F401
+ENDED = "target decoding worker process ended; retried next cycle"
+
+
+class _Worker:
+    """One worker process and the two threads that talk to it: requests go
+    out in order, answers come back in the same order. Threads rather than
+    the event loop, so that a worker serves every loop of the process (the
+    tests run many) and a busy worker never blocks one."""
+
+    def __init__(self) -> None:
+        mine, theirs = socket.socketpair()
+        with theirs:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "coverage_exporter.sources.decoder_worker",
+                    "--fd",
+                    str(theirs.fileno()),
+                ],
+                pass_fds=(theirs.fileno(),),
+            )
+        self._sock = mine
+        self.mirror = _Mirror(self.process.pid)
+        self.alive = True
+        self._lock = threading.Lock()
+        self._pending: deque[Future[Decoded]] = deque()
+        self._outbox: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
+        """Encoded one at a time by the writer: the bodies waiting for the
+        worker are held once, by their requests."""
+        for target, name in ((self._write, "decoder writer"), (self._read, "decoder reader")):
+            threading.Thread(target=target, name=name, daemon=True).start()
+
+    def submit(self, request: Request) -> Future[Decoded]:
+        future: Future[Decoded] = Future()
+        with self._lock:
+            if not self.alive:
+                future.set_exception(SourceError(ENDED))
+                return future
+            self._pending.append(future)
+            self._outbox.put(request)
+        return future
+
+    def _write(self) -> None:
+        while (request := self._outbox.get()) is not None:
+            try:
+                link.send_frame(self._sock, REQUEST_ENCODER.encode(request))
+            except OSError:
+                self._end()
+                return
+            del request
+
+    def _read(self) -> None:
+        try:
+            while (payload := link.recv_frame(self._sock)) is not None:
+                answer = ANSWER_DECODER.decode(payload)
+                with self._lock:
+                    future = self._pending.popleft()
+                if isinstance(answer, Decoded):
+                    # Always, in the worker's order, even for a read that was
+                    # cancelled meanwhile (a deadline): a lost answer would
+                    # leave a hole in the table and wrong strings after it.
+                    self.mirror.extend(answer.table_start, answer.strings)
+                if not future.set_running_or_notify_cancel():
+                    continue
+                if isinstance(answer, Failed):
+                    future.set_exception(_error(answer))
+                else:
+                    future.set_result(answer)
+        except (OSError, link.FrameError, msgspec.DecodeError, IndexError):
+            pass
+        self._end()
+
+    def _end(self) -> None:
+        with self._lock:
+            if not self.alive:
+                return
+            self.alive = False
+            pending = list(self._pending)
+            self._pending.clear()
+        self._outbox.put(None)
+        for future in pending:
+            if future.set_running_or_notify_cancel():
+                future.set_exception(SourceError(ENDED))
+
+    def stop(self) -> None:
+        self._end()
+        with contextlib.suppress(OSError):
+            self.process.kill()
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self.process.wait()
+        self._sock.close()
+
+
+def _error(failed: Failed) -> SourceError:
+    if failed.too_large_limit is not None:
+        return BodyTooLarge(failed.too_large_limit)
+    return SourceError(failed.message)
 
 
 class DecoderPool:
@@ -236,24 +197,26 @@ class DecoderPool:
     the decoding needs, and the serving process keeps the other)."""
 
     def __init__(self) -> None:
-        self._executor: ProcessPoolExecutor | None = None
-        self._mirror: _Mirror | None = None
+        self._worker: _Worker | None = None
+        self._lock = threading.Lock()
         self._rebuilt: dict[tuple[int, bytes], tuple[Target, ...]] = {}
-        """Targets by (worker, digest): a pool read again
-        unchanged, or the same pool of the other replica, is the very same
-        tuple, neither rebuilt nor held twice."""
+        """Targets by (worker, digest): a pool read again unchanged, or the
+        same pool of the other replica, is the very same tuple, neither
+        rebuilt nor held twice."""
 
-    def _get(self) -> ProcessPoolExecutor:
-        if self._executor is None:
-            # spawn, not fork: the serving process runs threads and an
-            # event loop, which a forked child must not inherit.
-            self._executor = ProcessPoolExecutor(
-                max_workers=1, mp_context=multiprocessing.get_context("spawn")
-            )
-        return self._executor
+    def _get(self) -> _Worker:
+        with self._lock:
+            worker = self._worker
+            if worker is None or not worker.alive:
+                if worker is not None:
+                    worker.stop()
+                worker = self._worker = _Worker()
+                self._rebuilt.clear()  # digests of the old worker's table
+            return worker
 
     def warm(self) -> None:
-        self._get().submit(_warm)
+        """Start the worker now, so its start-up overlaps the cluster's lists."""
+        self._get()
 
     async def decode(
         self,
@@ -264,22 +227,15 @@ class DecoderPool:
         piece_bytes: int,
     ) -> tuple[Decoded, dict[str, tuple[Target, ...]]]:
         """The answer and each pool's rebuilt Targets."""
-        executor = self._get()
-        future = executor.submit(decode_in_worker, body, encoding, only_pool, limit, piece_bytes)
-        future.add_done_callback(self._extend_mirror)
-        try:
-            decoded: Decoded = await asyncio.wrap_future(future)
-        except BrokenProcessPool:
-            # The worker died (OOM kill, or its table was full): this read
-            # fails, the next one gets a new worker.
-            self._restart(executor)
-            raise SourceError("target decoding worker process ended; retried next cycle") from None
-        mirror = self._mirror
-        if mirror is None or mirror.worker != decoded.worker or mirror.broken:
-            self._restart(executor)
+        worker = self._get()
+        # The bytearray itself (encoded as is): no copy while it waits.
+        request = Request(body, encoding, only_pool, limit, piece_bytes)  # type: ignore[arg-type]
+        decoded = await asyncio.wrap_future(worker.submit(request))
+        if worker.mirror.broken:
+            worker.stop()
             raise SourceError("target decoding worker's string table out of step; restarted")
         self._forget_unused()
-        table = mirror.table
+        table = worker.mirror.table
         out: dict[str, tuple[Target, ...]] = {}
         for pool in decoded.pools:
             key = (decoded.worker, pool.digest)
@@ -299,27 +255,11 @@ class DecoderPool:
         for key in [k for k in rebuilt if sys.getrefcount(rebuilt[k]) <= 2]:
             del rebuilt[key]
 
-    def _extend_mirror(self, future: Future[Decoded]) -> None:
-        # The executor's result thread, in the worker's order.
-        if future.cancelled() or future.exception() is not None:
-            return
-        decoded = future.result()
-        mirror = self._mirror
-        if mirror is None or mirror.worker != decoded.worker:
-            mirror = self._mirror = _Mirror(decoded.worker)
-        mirror.extend(decoded.table_start, decoded.strings)
-
-    def _restart(self, executor: ProcessPoolExecutor) -> None:
-        if self._executor is executor:
-            self._executor = None
-            self._mirror = None
-            self._rebuilt.clear()  # digests of the old worker's table
-        executor.shutdown(wait=False, cancel_futures=True)
-
     def shutdown(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+        with self._lock:
+            worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.stop()
 
 
 POOL = DecoderPool()

@@ -1,0 +1,217 @@
+"""The target decoding worker process (the collector's side is
+`target_decoder.py`).
+
+Run as `python -m coverage_exporter.sources.decoder_worker --fd N`: one
+socketpair to the collector (`link.py`), one `Request` at a time, each
+answered in order with a `Decoded` or a `Failed`. It imports msgspec, the
+model and the target parser only, and no multiprocessing: a worker of
+`ProcessPoolExecutor` needed a resource tracker process (13 MB) and a
+writable /dev/shm for its queues' semaphores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import hashlib
+import os
+import socket
+import sys
+from array import array
+from collections.abc import Iterator, Sequence
+from itertools import chain
+
+import msgspec
+
+from coverage_exporter import link
+from coverage_exporter.model.objects import Target
+from coverage_exporter.sources.health import BodyTooLarge, SourceError
+from coverage_exporter.sources.targets_json import TargetStream
+
+try:
+    from isal import isal_zlib as _zlib
+except ImportError:  # same fallback as sources.httpclient
+    import zlib as _zlib
+
+INFLATE_PIECE_BYTES = 1 << 20
+FIELDS = len(Target.__struct_fields__)
+
+
+class Request(msgspec.Struct, frozen=True):
+    body: bytes
+    """The answer's body as it came (gzip, mostly); the collector hands
+    over its bytearray, which msgspec encodes as it is, not copied."""
+    encoding: str
+    only_pool: str | None
+    limit: int
+    piece_bytes: int
+
+
+class EncodedPool(msgspec.Struct, frozen=True):
+    """One pool's targets as they cross the process boundary."""
+
+    name: str
+    active: int
+    indices: bytes
+    """array('I'): len(Target fields) indices per target, in field order,
+    into the worker's string table (index 0 is None); targets in the
+    order of these bytes (see _canonical)."""
+    digest: bytes
+    """Of `indices`: equal digests from one worker are equal targets."""
+
+
+class Decoded(msgspec.Struct, frozen=True, tag=True):
+    worker: int
+    """The worker's pid: a new worker starts a new string table."""
+    table_start: int
+    strings: list[str]
+    """The worker's table entries from table_start on, new in this answer."""
+    pools: list[EncodedPool]
+    body_bytes: int
+    """Bytes after decompression (what `response_bytes_total` counts)."""
+    final_labels_only: int
+
+
+class Failed(msgspec.Struct, frozen=True, tag=True):
+    """The read's SourceError (or BodyTooLarge, with its limit)."""
+
+    message: str
+    too_large_limit: int | None = None
+
+
+Answer = Decoded | Failed
+REQUEST_ENCODER = msgspec.msgpack.Encoder()
+ANSWER_DECODER = msgspec.msgpack.Decoder(Answer)
+
+
+def _inflated(body: bytes | bytearray, encoding: str, limit: int) -> Iterator[bytes]:
+    """The body decompressed, in pieces of at most INFLATE_PIECE_BYTES made
+    as they are consumed (memory stays at a piece; a gzip bomb is stopped
+    one piece past `limit`)."""
+    if encoding in ("", "identity"):
+        if len(body) > limit:
+            raise BodyTooLarge(limit)
+        yield bytes(body)
+        return
+    if encoding == "gzip":
+        inflater = _zlib.decompressobj(16 + _zlib.MAX_WBITS)
+    elif encoding == "deflate":
+        inflater = _zlib.decompressobj()
+    else:
+        raise SourceError(f"unsupported Content-Encoding {encoding!r}")
+    total = 0
+    data: bytes | bytearray = body
+    try:
+        while data:
+            piece = inflater.decompress(data, INFLATE_PIECE_BYTES)
+            total += len(piece)
+            if total > limit:
+                raise BodyTooLarge(limit)
+            data = inflater.unconsumed_tail
+            yield piece
+        piece = inflater.flush()
+    except _zlib.error as exc:
+        raise SourceError(f"undecodable {encoding} body: {exc}") from None
+    if total + len(piece) > limit:
+        raise BodyTooLarge(limit)
+    yield piece
+
+
+# The worker's string table, kept for its lifetime: the serving process
+# holds the mirror, so a string crosses (and is interned there) once, not
+# once per pool and read. Node names, IPs and pod names are what it holds;
+# past _TABLE_MAX (node and pod churn over months) the worker exits and a
+# new one starts a fresh table.
+_TABLE: dict[str | None, int] = {None: 0}
+_TABLE_MAX = 4_000_000
+
+
+def _encode(name: str, active: int, targets: Sequence[Target], new: list[str]) -> EncodedPool:
+    # C-level loops only: the worker has a million targets to go through.
+    flat = list(chain.from_iterable(map(msgspec.structs.astuple, targets)))
+    table = _TABLE
+    unseen = [s for s in dict.fromkeys(flat) if s not in table]
+    base = len(table)
+    table.update(zip(unseen, range(base, base + len(unseen)), strict=True))
+    new.extend(unseen)  # type: ignore[arg-type]  # None is always in the table
+    indices = _canonical(array("I", map(table.__getitem__, flat)).tobytes())
+    return EncodedPool(name, active, indices, hashlib.blake2b(indices, digest_size=16).digest())
+
+
+_ROW = FIELDS * 4
+
+
+def _canonical(indices: bytes) -> bytes:
+    """The pool's targets in one order, whatever order the server sent:
+    Prometheus lists a pool's targets from a Go map, in a new order on
+    every read, and an unchanged pool must give the same bytes (~25 ms of
+    the worker's time for 50k targets)."""
+    rows = [indices[i : i + _ROW] for i in range(0, len(indices), _ROW)]
+    rows.sort()
+    return b"".join(rows)
+
+
+def decode_in_worker(
+    body: bytes | bytearray, encoding: str, only_pool: str | None, limit: int, piece_bytes: int
+) -> Decoded:
+    """Inflate, decode, encode for the trip back."""
+    if len(_TABLE) > _TABLE_MAX:
+        os._exit(0)  # this read fails in the collector; the next one starts afresh
+    stream = TargetStream(only_pool, piece_bytes=piece_bytes, max_buffered=limit)
+    total = 0
+    pending = bytearray()
+    for piece in _inflated(body, encoding, limit):
+        total += len(piece)
+        pending += piece
+        if len(pending) >= piece_bytes:
+            stream.feed(pending)
+            pending = bytearray()
+    del body
+    stream.feed(pending)
+    pools = stream.finish()
+    start = len(_TABLE)
+    new: list[str] = []
+    encoded = [_encode(name, p.active, p.targets, new) for name, p in pools.items()]
+    final_labels_only = stream.final_labels_only
+    del pools, stream
+    _release_free_memory()
+    return Decoded(os.getpid(), start, new, encoded, total, final_labels_only)
+
+
+def _release_free_memory() -> None:
+    # The decoded pieces leave glibc's heap fragmented; hand it back so the
+    # worker's RSS falls to its string table between reads.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def _answer(request: Request) -> Answer:
+    try:
+        return decode_in_worker(
+            request.body, request.encoding, request.only_pool, request.limit, request.piece_bytes
+        )
+    except BodyTooLarge as exc:
+        return Failed(str(exc), exc.limit)
+    except SourceError as exc:
+        return Failed(str(exc))
+    except Exception as exc:  # a bug: this read fails, the worker goes on
+        return Failed(f"decoding worker: {type(exc).__name__}: {exc}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="coverage-exporter's target decoder (internal)")
+    parser.add_argument("--fd", type=int, required=True)
+    args = parser.parse_args(argv)
+    sock = socket.socket(fileno=args.fd)
+    requests = msgspec.msgpack.Decoder(Request)
+    answers = msgspec.msgpack.Encoder()
+    while (payload := link.recv_frame(sock)) is not None:
+        answer = _answer(requests.decode(payload))
+        del payload
+        link.send_frame(sock, answers.encode(answer))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
