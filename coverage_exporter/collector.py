@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import time
 from collections.abc import Awaitable, Collection, Iterable, Mapping, Sequence
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from operator import attrgetter
 from typing import Protocol
 
+from coverage_exporter import heap
 from coverage_exporter.exposition.metrics import ExporterState, render_coverage, render_exporter
 from coverage_exporter.model.coverage import ServiceTargets, targets_by_service
 from coverage_exporter.model.fleet import ServerState
@@ -42,15 +42,6 @@ with its last good answer: long enough for a restart or a reload, short
 enough that a shard down for hours stops "covering" anything."""
 
 log = logging.getLogger("coverage_exporter.collector")
-
-
-def release_free_memory() -> None:
-    """Hand freed heap back to the OS after a comparison. The big transient
-    buffers of a first cycle (list pages, target pieces) leave glibc's heap
-    fragmented; without a trim RSS stays at the first cycle's peak for good.
-    A no-op where the C library has no malloc_trim."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 _POOL = attrgetter("scrape_pool", "role")
@@ -462,7 +453,7 @@ class Collector:
         self._memo = (inputs, report, coverage)
         # malloc_trim walks the whole heap (~100 ms at 100k nodes); ctypes
         # releases the GIL, so in a thread it costs the event loop nothing.
-        await asyncio.to_thread(release_free_memory)
+        await asyncio.to_thread(heap.trim)
 
         return report, coverage
 
