@@ -12,22 +12,20 @@ writable /dev/shm for its queues' semaphores.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import hashlib
 import os
 import socket
 import sys
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from itertools import chain
 
 import msgspec
 
-from coverage_exporter import link
+from coverage_exporter import heap, link
 from coverage_exporter.model.objects import Target
 from coverage_exporter.sources.health import BodyTooLarge, SourceError
-from coverage_exporter.sources.targets_json import TargetStream
+from coverage_exporter.sources.targets_json import PoolTargets, TargetStream
 
 try:
     from isal import isal_zlib as _zlib
@@ -127,16 +125,21 @@ _TABLE: dict[str | None, int] = {None: 0}
 _TABLE_MAX = 4_000_000
 
 
-def _encode(name: str, active: int, targets: Sequence[Target], new: list[str]) -> EncodedPool:
+def _encode(name: str, pool: PoolTargets, new: list[str]) -> EncodedPool:
     # C-level loops only: the worker has a million targets to go through.
-    flat = list(chain.from_iterable(map(msgspec.structs.astuple, targets)))
+    flat = list(chain.from_iterable(map(msgspec.structs.astuple, pool.targets)))
+    pool.targets = ()  # the Targets go now, before the copies below are made
     table = _TABLE
+    # In first-seen order: the same answer gets the same indices in any
+    # worker, so a restarted one hands out its targets in the same order.
     unseen = [s for s in dict.fromkeys(flat) if s not in table]
     base = len(table)
     table.update(zip(unseen, range(base, base + len(unseen)), strict=True))
     new.extend(unseen)  # type: ignore[arg-type]  # None is always in the table
     indices = _canonical(array("I", map(table.__getitem__, flat)).tobytes())
-    return EncodedPool(name, active, indices, hashlib.blake2b(indices, digest_size=16).digest())
+    return EncodedPool(
+        name, pool.active, indices, hashlib.blake2b(indices, digest_size=16).digest()
+    )
 
 
 _ROW = FIELDS * 4
@@ -172,18 +175,13 @@ def decode_in_worker(
     pools = stream.finish()
     start = len(_TABLE)
     new: list[str] = []
-    encoded = [_encode(name, p.active, p.targets, new) for name, p in pools.items()]
+    encoded = [_encode(name, p, new) for name, p in pools.items()]
     final_labels_only = stream.final_labels_only
     del pools, stream
-    _release_free_memory()
-    return Decoded(os.getpid(), start, new, encoded, total, final_labels_only)
-
-
-def _release_free_memory() -> None:
-    # The decoded pieces leave glibc's heap fragmented; hand it back so the
+    # The decoded pieces leave the heap fragmented; handed back, the
     # worker's RSS falls to its string table between reads.
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    heap.trim()
+    return Decoded(os.getpid(), start, new, encoded, total, final_labels_only)
 
 
 def _answer(request: Request) -> Answer:
