@@ -20,7 +20,7 @@ from coverage_exporter.exposition.audit import render_json, render_table
 from coverage_exporter.exposition.html import PageInfo, render_page
 from coverage_exporter.exposition.metrics import ExporterState, render
 from coverage_exporter.fleet_file import load_fleet_file
-from coverage_exporter.front import Front
+from coverage_exporter.front import Front, ListenError
 from coverage_exporter.http import ServerLimits, parse_listen_address
 from coverage_exporter.model.report import CoverageReport
 from coverage_exporter.model.scope import Scope, parse_label_selector, parse_service_key
@@ -352,10 +352,10 @@ async def _serve(
     # The HTTP server runs in a process of its own (front.py), so that a
     # scrape never waits on a comparison that holds this process's GIL.
     server = Front(view, guards.server, web_config_file, *logs.configured())
-    await server.start(host, port)
-    view.on_change = server.publish
+    # Started alongside the sources: its start-up (a Python process, ~0.1 s)
+    # need not delay the cluster's first lists.
+    listening = asyncio.ensure_future(server.start(host, port))
     tls = "TLS" if web_config and web_config.tls_enabled else "plain HTTP"
-    log.info("serving on %s (%s); collecting every %.0fs", listen_address, tls, interval)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -368,6 +368,9 @@ async def _serve(
     cycle_budget = 2 * guards.source_deadline + 60.0
     try:
         await sources.start()
+        await listening
+        view.on_change = server.publish
+        log.info("serving on %s (%s); collecting every %.0fs", listen_address, tls, interval)
         view.status = "waiting for the first list of the cluster"
         view.changed()
         # The first cycle waits for the cluster's first lists too.
@@ -402,6 +405,7 @@ async def _serve(
         log.error("%s", err)
         return 1
     finally:
+        listening.cancel()
         front_gone.cancel()
         await server.close()
         try:
@@ -467,3 +471,6 @@ def serve(
     except ValueError as err:
         print(f"coverage-exporter: {err}", file=sys.stderr)
         return 2
+    except ListenError as err:
+        print(f"coverage-exporter: {err}", file=sys.stderr)
+        return 1

@@ -172,7 +172,7 @@ async def _run_front(sock: socket.socket) -> int:
         server = MetricsServer(published, limits, web_config)
         port = await server.start(start.host, start.port)
     except (OSError, ValueError) as err:
-        writer.write(_frame(Failed(f"{type(err).__name__}: {err}")))
+        writer.write(_frame(Failed(str(err))))
         await writer.drain()
         return 1
     writer.write(_frame(Listening(port)))
@@ -205,6 +205,14 @@ def main(argv: list[str] | None = None) -> int:
 # --- the collector's side ------------------------------------------------------
 
 
+class ListenError(OSError):
+    """The front could not listen (the port is taken, a bad certificate)."""
+
+
+def _address(host: str | None, port: int) -> str:
+    return f"[{host}]:{port}" if host and ":" in host else f"{host or ''}:{port}"
+
+
 class Front:
     """Starts the front process and keeps it informed (the collector's side)."""
 
@@ -227,7 +235,7 @@ class Front:
 
     async def start(self, host: str | None, port: int) -> int:
         """Start the front, listening on host:port; returns the port. Raises
-        OSError (the port is taken) or ValueError (bad web-config)."""
+        ListenError."""
         mine, theirs = socket.socketpair()
         with theirs:
             self._process = await asyncio.create_subprocess_exec(
@@ -256,10 +264,10 @@ class Front:
         reply = await asyncio.wait_for(_read(reader), 60.0)
         if isinstance(reply, Failed):
             await self.close()
-            raise OSError(reply.error)
+            raise ListenError(f"cannot serve on {_address(host, port)}: {reply.error}")
         if not isinstance(reply, Listening):
             await self.close()
-            raise OSError("the HTTP front process ended before listening")
+            raise ListenError("the HTTP front process ended before listening")
         self._tasks = [
             asyncio.create_task(self._answer(reader), name="front answers"),
             asyncio.create_task(self._republish(), name="front publish"),

@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 
 from coverage_exporter.exposition.html import PageInfo
-from coverage_exporter.front import Front
+from coverage_exporter.front import Front, ListenError
 from coverage_exporter.http import ServerLimits
 from coverage_exporter.model.report import CoverageReport
 from coverage_exporter.view import ExporterView
@@ -116,7 +116,7 @@ async def test_a_taken_port_fails_the_start() -> None:
     port = await first.start("127.0.0.1", 0)
     try:
         second = Front(view, ServerLimits(), None, "info", "logfmt")
-        with pytest.raises(OSError, match=r"address already in use|Errno 98"):
+        with pytest.raises(ListenError, match=rf"cannot serve on 127.0.0.1:{port}: .*in use"):
             await second.start("127.0.0.1", port)
     finally:
         await first.close()
@@ -137,10 +137,7 @@ def _front_of(serve: subprocess.Popen[bytes]) -> int:
     raise AssertionError("serve has no front process")
 
 
-@pytest.fixture
-def serve(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A real `coverage-exporter serve` whose Kubernetes is a closed port:
-    it serves while its source is down."""
+def _closed_port_kubeconfig(tmp_path: Path) -> Path:
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(
         "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
@@ -148,6 +145,14 @@ def serve(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
         "users: [{name: u, user: {token: x}}]\n"
         "contexts: [{name: c, context: {cluster: c, user: u}}]\n"
     )
+    return kubeconfig
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A real `coverage-exporter serve` whose Kubernetes is a closed port:
+    it serves while its source is down."""
+    kubeconfig = _closed_port_kubeconfig(tmp_path)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -175,6 +180,24 @@ def serve(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     if proc.poll() is None:
         proc.kill()
         proc.wait()
+
+
+def test_serve_on_a_taken_port_says_so_and_exits_1(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [
+                sys.executable, "-m", "coverage_exporter.cli", "serve",
+                f"--kubeconfig={_closed_port_kubeconfig(tmp_path)}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert f"cannot serve on 127.0.0.1:{port}" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_serve_exits_1_when_its_front_dies(serve: subprocess.Popen[bytes]) -> None:
