@@ -388,6 +388,12 @@ class Collector:
             or len(cached[0]) != len(key)
             or any(a is not b for a, b in zip(cached[0], key, strict=True))
         ):
+            # What was made from the previous snapshots goes first: it holds
+            # their Targets, and at 100k nodes a re-read that changed every
+            # pool otherwise holds two sets of them through the comparison.
+            self._grouped = None
+            self._memo = None
+            self._remembered_inputs = None
             grouped, discovering = await asyncio.to_thread(_grouped_and_pools, prometheus)
             cached = (key, grouped)
             self._grouped = cached

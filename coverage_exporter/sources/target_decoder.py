@@ -28,6 +28,7 @@ import socket
 import subprocess
 import sys
 import threading
+import weakref
 from array import array
 from collections import deque
 from concurrent.futures import Future
@@ -91,6 +92,10 @@ async def rebuild(table: list[str | None], pool: EncodedPool) -> tuple[Target, .
 
 
 ENDED = "target decoding worker process ended; retried next cycle"
+
+READS_AHEAD = 8
+"""Target reads in flight at once: one in the worker, the next ones
+downloading meanwhile."""
 
 
 class _Worker:
@@ -191,6 +196,18 @@ def _error(failed: Failed) -> SourceError:
     return SourceError(failed.message)
 
 
+class SharedTargets:
+    """One pool's rebuilt Targets, shared by every holder of an equal answer
+    (the other replica, the next unchanged read). The pool's holders keep
+    it alive (PoolTargets.keep); the decoder's cache only refers to it
+    weakly, so the targets go as soon as the last holder moves on."""
+
+    __slots__ = ("__weakref__", "targets")
+
+    def __init__(self, targets: tuple[Target, ...]) -> None:
+        self.targets = targets
+
+
 class DecoderPool:
     """One worker process, started on first use, shared by every
     Prometheus source of the process (they take turns: one core is what
@@ -199,7 +216,13 @@ class DecoderPool:
     def __init__(self) -> None:
         self._worker: _Worker | None = None
         self._lock = threading.Lock()
-        self._rebuilt: dict[tuple[int, bytes], tuple[Target, ...]] = {}
+        self._turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+            weakref.WeakKeyDictionary()
+        )
+        """One per event loop (the process has one; the tests many)."""
+        self._rebuilt: weakref.WeakValueDictionary[tuple[int, bytes], SharedTargets] = (
+            weakref.WeakValueDictionary()
+        )
         """Targets by (worker, digest): a pool read again unchanged, or the
         same pool of the other replica, is the very same tuple, neither
         rebuilt nor held twice."""
@@ -214,6 +237,15 @@ class DecoderPool:
                 self._rebuilt.clear()  # digests of the old worker's table
             return worker
 
+    def turn(self) -> asyncio.Semaphore:
+        """Held from the start of a read until its targets are rebuilt:
+        READS_AHEAD reads at a time, one of them in the worker."""
+        loop = asyncio.get_running_loop()
+        turns = self._turns.get(loop)
+        if turns is None:
+            turns = self._turns[loop] = asyncio.Semaphore(READS_AHEAD)
+        return turns
+
     def warm(self) -> None:
         """Start the worker now, so its start-up overlaps the cluster's lists."""
         self._get()
@@ -225,7 +257,7 @@ class DecoderPool:
         only_pool: str | None,
         limit: int,
         piece_bytes: int,
-    ) -> tuple[Decoded, dict[str, tuple[Target, ...]]]:
+    ) -> tuple[Decoded, dict[str, SharedTargets]]:
         """The answer and each pool's rebuilt Targets."""
         worker = self._get()
         # The bytearray itself (encoded as is): no copy while it waits.
@@ -234,26 +266,17 @@ class DecoderPool:
         if worker.mirror.broken:
             worker.stop()
             raise SourceError("target decoding worker's string table out of step; restarted")
-        self._forget_unused()
         table = worker.mirror.table
-        out: dict[str, tuple[Target, ...]] = {}
+        out: dict[str, SharedTargets] = {}
         for pool in decoded.pools:
             key = (decoded.worker, pool.digest)
-            targets = self._rebuilt.get(key)
-            if targets is None:
-                built = await rebuild(table, pool)
+            shared = self._rebuilt.get(key)
+            if shared is None:
+                built = SharedTargets(await rebuild(table, pool))
                 # Another read may have rebuilt the same meanwhile: share its.
-                targets = self._rebuilt.setdefault(key, built)
-            out[pool.name] = targets
+                shared = self._rebuilt.setdefault(key, built)
+            out[pool.name] = shared
         return decoded, out
-
-    def _forget_unused(self) -> None:
-        """Drop the tuples nothing but this cache holds (a pool's previous
-        targets once its source moved on). CPython's reference count says
-        so: the dict's reference and getrefcount's own."""
-        rebuilt = self._rebuilt
-        for key in [k for k in rebuilt if sys.getrefcount(rebuilt[k]) <= 2]:
-            del rebuilt[key]
 
     def shutdown(self) -> None:
         with self._lock:

@@ -103,6 +103,9 @@ class PoolTargets:
     active: int = 0
     """Every active target Prometheus reported for the pool, kept or not:
     the number `prometheus_target_scrape_pool_targets` is compared with."""
+    keep: object = None
+    """What keeps `targets` shared with equal answers alive (a
+    target_decoder.SharedTargets); None when decoded in this process."""
 
 
 def _intern(value: str | None) -> str | None:

@@ -4,6 +4,7 @@ that dies costs one read, never wrong data."""
 
 from __future__ import annotations
 
+import gc
 import gzip
 import json
 import os
@@ -48,7 +49,8 @@ def test_the_captures_hold_service_pools() -> None:
 async def test_worker_decodes_real_answers_like_this_process(pool: DecoderPool, name: str) -> None:
     body = BODIES[name]
     here = parse_targets(body)
-    decoded, targets = await pool.decode(gzip.compress(body), "gzip", None, LIMIT, 1 << 10)
+    decoded, shared = await pool.decode(gzip.compress(body), "gzip", None, LIMIT, 1 << 10)
+    targets = {name: s.targets for name, s in shared.items()}
     assert decoded.body_bytes == len(body)
     assert {p.name: p.active for p in decoded.pools} == {n: p.active for n, p in here.items()}
     # The same targets; the worker puts each pool in one canonical order.
@@ -72,18 +74,18 @@ def _reordered(body: bytes) -> bytes:
 
 async def test_a_pool_read_again_unchanged_is_the_very_same_tuple(pool: DecoderPool) -> None:
     """An unchanged pool (or the other replica's copy of it) is neither
-    rebuilt nor held twice, whatever order its targets come in."""
+    rebuilt nor held twice, whatever order its targets come in; the tuple
+    goes as soon as its last holder lets it go."""
     _, first = await pool.decode(POOL_BODY, "identity", None, LIMIT, 1 << 10)
     _, again = await pool.decode(_reordered(POOL_BODY), "identity", None, LIMIT, 1 << 10)
-    assert first.keys() == again.keys() and any(first.values())
+    assert first.keys() == again.keys() and any(s.targets for s in first.values())
     assert all(again[name] is first[name] for name in first)
-    held = len(pool._rebuilt)
-    assert held == len(first)
-    # Once nothing else holds them, the next read forgets them.
-    del first, again
-    other = next(b for n, b in BODIES.items() if n in SERVICE_POOLS and b != POOL_BODY)
-    _, kept = await pool.decode(other, "identity", None, LIMIT, 1 << 10)
-    assert len(pool._rebuilt) == len(kept)
+    assert len(pool._rebuilt) == len({id(s) for s in first.values()})
+    del first
+    assert pool._rebuilt  # the second read holds them still
+    del again
+    gc.collect()
+    assert len(pool._rebuilt) == 0
 
 
 async def test_strings_cross_once_and_are_interned(pool: DecoderPool) -> None:
@@ -93,8 +95,8 @@ async def test_strings_cross_once_and_are_interned(pool: DecoderPool) -> None:
     assert first.strings and again.strings == []
     assert again.table_start == first.table_start + len(first.strings)
     assert a == b
-    for targets in b.values():
-        for t in targets:
+    for shared in b.values():
+        for t in shared.targets:
             assert t.address_host is sys.intern(t.address_host)
             assert t.node_name is None or t.node_name is sys.intern(t.node_name)
 
@@ -125,11 +127,12 @@ async def test_a_worker_that_dies_fails_one_read_and_the_next_starts_afresh(
     pool: DecoderPool,
 ) -> None:
     body = POOL_BODY
-    first, expected = await pool.decode(body, "identity", None, LIMIT, 1 << 10)
+    first, before = await pool.decode(body, "identity", None, LIMIT, 1 << 10)
+    expected = {name: s.targets for name, s in before.items()}
     os.kill(first.worker, signal.SIGKILL)
     with pytest.raises(SourceError, match="worker process ended"):
         await pool.decode(body, "identity", None, LIMIT, 1 << 10)
-    second, targets = await pool.decode(body, "identity", None, LIMIT, 1 << 10)
+    second, after = await pool.decode(body, "identity", None, LIMIT, 1 << 10)
     assert second.worker != first.worker
     assert second.table_start == 1 and second.strings
-    assert targets == expected
+    assert {name: s.targets for name, s in after.items()} == expected
