@@ -217,6 +217,14 @@ class Server:
                 self.pool_blobs[(p.name, shard)] = b",".join(mine)
                 self.pool_counts[(p.name, shard)] = len(mine)
             p.targets = []  # the joined blobs are all we serve; halve the memory
+        # --target-churn: each read of a pool from one server alternates
+        # between its targets and the same targets with one health in 100
+        # flipped (counts unchanged, as when nodes flap), so that every full
+        # re-read finds every pool changed: the exporter's worst case.
+        self.churned: dict[tuple[str, int], bytes] = {}
+        self.reads: dict[tuple[str, str], int] = {}
+        if args.target_churn:
+            self.churned = {key: _flip_health(blob) for key, blob in self.pool_blobs.items()}
         self.configs = {
             srv.name: json.dumps(
                 {"status": "success", "data": {"yaml": data.config_yaml(srv)}},
@@ -773,7 +781,9 @@ class Server:
         return count
 
     # ---------------------------------------------------------------- prometheus
-    def targets_chunks(self, state: str, pool: str, shard: int) -> list[bytes]:
+    def targets_chunks(
+        self, state: str, pool: str, shard: int, churned: bool = False
+    ) -> list[bytes]:
         if pool and pool not in self.pools:
             names = []
         elif pool:
@@ -790,7 +800,8 @@ class Server:
                     continue
                 if not first:
                     chunks.append(b",")
-                chunks.append(self.pool_blobs[(n, shard)])
+                blobs = self.churned if churned else self.pool_blobs
+                chunks.append(blobs[(n, shard)])
                 first = False
         chunks.append(b'],"droppedTargets":[]')
         if show_dropped:
@@ -814,9 +825,14 @@ class Server:
         q = request.query
         state = q.get("state", "any") or "any"
         pool = q.get("scrapePool", "")
-        chunks = self.targets_chunks(state, pool, prom.shard)
+        churned = False
+        if self.churned and pool:
+            seen = self.reads.get((prom.name, pool), 0)
+            self.reads[(prom.name, pool)] = seen + 1
+            churned = seen % 2 == 1
+        chunks = self.targets_chunks(state, pool, prom.shard, churned)
         return await self.send(
-            request, chunks, ("targets", prom.shard, state, pool), threshold=1024
+            request, chunks, ("targets", prom.shard, state, pool, churned), threshold=1024
         )
 
     async def prom_pools(self, request):
@@ -978,14 +994,28 @@ class Server:
                         self._gzip(key, lambda c=chunks: c)
         for shard in range(self.data.shards):
             for name in self.pools:
-                self._gzip(
-                    ("targets", shard, "active", name),
-                    lambda name=name, shard=shard: self.targets_chunks("active", name, shard),
-                )
+                for churned in (False, True) if self.churned else (False,):
+                    self._gzip(
+                        ("targets", shard, "active", name, churned),
+                        lambda name=name, shard=shard, c=churned: self.targets_chunks(
+                            "active", name, shard, c
+                        ),
+                    )
             self._gzip(
-                ("targets", shard, "any", ""),
+                ("targets", shard, "any", "", False),
                 lambda shard=shard: self.targets_chunks("any", "", shard),
             )
+
+
+def _flip_health(blob: bytes) -> bytes:
+    """One health in 100 flipped, up to down and down to up."""
+    parts = blob.split(b'"health":"')
+    for i in range(1, len(parts), 100):
+        if parts[i].startswith(b"up"):
+            parts[i] = b"down" + parts[i][2:]
+        elif parts[i].startswith(b"down"):
+            parts[i] = b"up" + parts[i][4:]
+    return b'"health":"'.join(parts)
 
 
 def write_ready_file(path: str, info: dict) -> None:
@@ -1011,6 +1041,11 @@ def main(argv=None) -> int:
     ap.add_argument("--no-gzip", dest="gzip", action="store_false")
     ap.add_argument("--no-warm", dest="warm", action="store_false")
     ap.add_argument("--gzip-cache-mb", type=int, default=2048)
+    ap.add_argument(
+        "--target-churn",
+        action="store_true",
+        help="every other read of a pool from one server flips one health in 100",
+    )
     ap.add_argument(
         "--role",
         choices=("endpoints", "endpointslice"),

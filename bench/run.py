@@ -256,6 +256,7 @@ class FakeApi:
         role: str = "endpoints",
         shards: int | None = None,
         replicas: int | None = None,
+        target_churn: bool = False,
     ):
         self.ready_file = workdir / "fake_api.json"
         self.log_path = workdir / "fake_api.log"
@@ -274,6 +275,7 @@ class FakeApi:
                 role,
                 *(["--shards", str(shards)] if shards else []),
                 *(["--replicas", str(replicas)] if replicas else []),
+                *(["--target-churn"] if target_churn else []),
             ],
             stdout=open(self.log_path, "w"),
             stderr=subprocess.STDOUT,
@@ -568,6 +570,12 @@ def main(argv=None) -> int:
         default="endpoints",
         help="the Prometheus CR's serviceDiscoveryRole in the data set",
     )
+    ap.add_argument(
+        "--target-churn",
+        action="store_true",
+        help="the fake flips one target health in 100 on every other read of a pool, so "
+        "that each full re-read finds every pool changed",
+    )
     ap.add_argument("--shards", type=int, help="default: 2 from 15k nodes up, else 1")
     ap.add_argument("--replicas", type=int, help="default: 2 from 15k nodes up, else 1")
     args = ap.parse_args(argv)
@@ -586,6 +594,7 @@ def main(argv=None) -> int:
         role=args.role,
         shards=args.shards,
         replicas=args.replicas,
+        target_churn=args.target_churn,
     )
     try:
         out["fake_api_start_s"] = round(time.perf_counter() - t, 2)

@@ -91,6 +91,24 @@ def test_targets_response_shape(built: dataset.Dataset) -> None:
     assert body["data"]["droppedTargetCounts"] is real["data"]["droppedTargetCounts"] is None
 
 
+def test_target_churn_flips_health_and_keeps_every_target(built: dataset.Dataset) -> None:
+    """--target-churn: the other variant of a pool differs in health only,
+    for one target in 100, so counts (what the exporter polls) stay put."""
+    import fake_api
+
+    server = fake_api.Server(dataset.build(400, built.role, 2, 2), _ChurnArgs())
+    pool = POOLS["kubelet-0"]
+    plain = json.loads(b"".join(server.targets_chunks("active", pool, 0)))
+    churned = json.loads(b"".join(server.targets_chunks("active", pool, 0, churned=True)))
+    a, b = plain["data"]["activeTargets"], churned["data"]["activeTargets"]
+    assert len(a) == len(b) > 100
+    flipped = [i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
+    assert 0 < len(flipped) <= len(a) // 100 + 1
+    for i in flipped:
+        assert {a[i]["health"], b[i]["health"]} == {"up", "down"}
+        assert {**a[i], "health": None} == {**b[i], "health": None}
+
+
 def test_shards_split_by_prometheus_hashmod(built: dataset.Dataset) -> None:
     """The real servers kept, on shard 1, only addresses whose md5's last 8
     bytes are 1 mod 2; the fake puts every target on that shard."""
@@ -201,3 +219,8 @@ def test_default_topology() -> None:
 class _Args:
     gzip = False
     gzip_cache_mb = 64
+    target_churn = False
+
+
+class _ChurnArgs(_Args):
+    target_churn = True
