@@ -441,6 +441,11 @@ class Collector:
             # CPU-bound (up to seconds at 100k nodes): off the event loop so
             # that /metrics and the watches keep flowing.
             memory = {k: {s: dict(p) for s, p in v.items()} for k, v in self._remembered.items()}
+            # The lists leave glibc's heap full of freed page buffers, and the
+            # comparison's objects come from new pymalloc arenas, not from
+            # those holes: trimmed first, its peak no longer stacks on them
+            # (100k first cycle: collector peak 359-366 -> 278-283 MB).
+            await asyncio.to_thread(heap.trim)
             report = await asyncio.to_thread(
                 build_report,
                 self._scope,
