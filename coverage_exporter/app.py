@@ -334,6 +334,8 @@ async def _serve(
 ) -> int:
     guards = guards or Guards()
     host, port = parse_listen_address(listen_address)
+    # Loaded here too (certificates included), so that a bad file fails at
+    # start as it always has; the front process loads and reloads its own.
     web_config = WebConfigFile(web_config_file) if web_config_file else None
     sources = Sources(settings, full_refresh_seconds=full_refresh, guards=guards)
     health = sources.health
@@ -345,10 +347,6 @@ async def _serve(
             )
         )
     )
-    if web_config and web_config.tls_enabled:
-        # Loaded here too, so that a bad certificate fails as it always has;
-        # the front process loads (and reloads) its own.
-        web_config.ssl_context()
     # The HTTP server runs in a process of its own (front.py), so that a
     # scrape never waits on a comparison that holds this process's GIL.
     server = Front(view, guards.server, web_config_file, *logs.configured())
