@@ -22,7 +22,6 @@ dies; the collector ends `serve` with an error when the front dies.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import dataclasses
@@ -195,11 +194,7 @@ async def _run_front(sock: socket.socket) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="coverage-exporter's HTTP front (internal)")
-    parser.add_argument("--fd", type=int, required=True)
-    args = parser.parse_args(argv)
-    sock = socket.socket(fileno=args.fd)
-    return asyncio.run(_run_front(sock))
+    return asyncio.run(_run_front(link.inherited_socket(argv, "HTTP front")))
 
 
 # --- the collector's side ------------------------------------------------------
@@ -239,12 +234,7 @@ class Front:
         mine, theirs = socket.socketpair()
         with theirs:
             self._process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "coverage_exporter.front",
-                "--fd",
-                str(theirs.fileno()),
-                pass_fds=(theirs.fileno(),),
+                *link.child_command("coverage_exporter.front", theirs), pass_fds=(theirs.fileno(),)
             )
         reader, self._writer = await asyncio.open_connection(sock=mine)
         limits, web_config_file, log_level, log_format = self._start

@@ -5,15 +5,32 @@ types; this module only cuts the stream into messages."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import socket
 import struct
+import sys
 
 MAX_FRAME = 1 << 30
 """A sanity bound between trusted processes (a /report page at 100k
 nodes is tens of MB)."""
 
 _LENGTH = struct.Struct(">I")
+
+
+def child_command(module: str, sock: socket.socket) -> list[str]:
+    """How the exporter starts one of its own processes (the HTTP front,
+    the target decoding worker): this interpreter, the module, and the fd
+    of the child's end of the socketpair, which the caller passes on with
+    pass_fds."""
+    return [sys.executable, "-m", module, "--fd", str(sock.fileno())]
+
+
+def inherited_socket(argv: list[str] | None, what: str) -> socket.socket:
+    """In the child: its end of the socketpair, named by child_command."""
+    parser = argparse.ArgumentParser(description=f"coverage-exporter's {what} (internal)")
+    parser.add_argument("--fd", type=int, required=True)
+    return socket.socket(fileno=parser.parse_args(argv).fd)
 
 
 class FrameError(ValueError):

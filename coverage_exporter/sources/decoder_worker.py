@@ -11,10 +11,8 @@ writable /dev/shm for its queues' semaphores.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
-import socket
 import sys
 from array import array
 from collections.abc import Iterator
@@ -198,10 +196,7 @@ def _answer(request: Request) -> Answer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="coverage-exporter's target decoder (internal)")
-    parser.add_argument("--fd", type=int, required=True)
-    args = parser.parse_args(argv)
-    sock = socket.socket(fileno=args.fd)
+    sock = link.inherited_socket(argv, "target decoder")
     requests = msgspec.msgpack.Decoder(Request)
     answers = msgspec.msgpack.Encoder()
     while (payload := link.recv_frame(sock)) is not None:

@@ -108,13 +108,7 @@ class _Worker:
         mine, theirs = socket.socketpair()
         with theirs:
             self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "coverage_exporter.sources.decoder_worker",
-                    "--fd",
-                    str(theirs.fileno()),
-                ],
+                link.child_command("coverage_exporter.sources.decoder_worker", theirs),
                 pass_fds=(theirs.fileno(),),
             )
         self._sock = mine
