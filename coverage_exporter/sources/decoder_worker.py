@@ -114,7 +114,7 @@ def _inflated(body: bytes | bytearray, encoding: str, limit: int) -> Iterator[by
     yield piece
 
 
-# The worker's string table, kept for its lifetime: the serving process
+# The worker's string table, kept for its lifetime: the collector process
 # holds the mirror, so a string crosses (and is interned there) once, not
 # once per pool and read. Node names, IPs and pod names are what it holds;
 # past _TABLE_MAX (node and pod churn over months) the worker exits and a

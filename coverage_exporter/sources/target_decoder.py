@@ -3,14 +3,14 @@
 At 100k nodes with HA replicas the exporter reads ~800k active targets,
 ~1.8 GB of JSON, in its first cycle and again at every full re-read.
 Inflating and decoding that is CPU-bound Python/C work that holds the GIL:
-in the serving process it took one core for seconds, delayed `/metrics`
+in the collector process it took one core for seconds, delayed `/metrics`
 (up to 439 ms measured during re-reads) and held the pieces in flight in
-the serving process's memory. Here the HTTP stays in the serving process
+the collector's memory. Here the HTTP stays in the collector process
 (credentials, TLS, limits, errors are unchanged) but the gzip body is
 handed over still compressed (~20x smaller) to one worker process, which
 inflates it piece by piece, decodes it with the very same `TargetStream`,
 and sends the targets back as a string table and one array of indices.
-The serving process rebuilds the Targets with C-level loops and interns
+The collector rebuilds the Targets with C-level loops and interns
 only the distinct strings, so they are the same objects as the Nodes'.
 Figures: bench/analysis.md.
 
@@ -51,13 +51,12 @@ from coverage_exporter.sources.health import BodyTooLarge, SourceError
 
 
 class _Mirror:
-    """The serving process's copy of one worker's string table, interned.
+    """The collector's copy of one worker's string table, interned.
 
     Extended by the worker's reader thread for every answer, in the
     worker's order (see _Worker._read)."""
 
-    def __init__(self, worker: int) -> None:
-        self.worker = worker
+    def __init__(self) -> None:
         self.table: list[str | None] = [None]
         self.broken = False
 
@@ -75,7 +74,7 @@ event loop, and /metrics, for tens of milliseconds."""
 
 
 async def rebuild(table: list[str | None], pool: EncodedPool) -> tuple[Target, ...]:
-    """The pool's Targets in the serving process: C-level loops, ~0.4 us a
+    """The pool's Targets in the collector process: C-level loops, ~0.4 us a
     target, and every string is the mirror's interned one. In steps of
     REBUILD_CHUNK with the event loop served in between. A tuple, which
     the garbage collector stops tracking (see PoolTargets)."""
@@ -112,7 +111,7 @@ class _Worker:
                 pass_fds=(theirs.fileno(),),
             )
         self._sock = mine
-        self.mirror = _Mirror(self.process.pid)
+        self.mirror = _Mirror()
         self.alive = True
         self._lock = threading.Lock()
         self._pending: deque[Future[Decoded]] = deque()
@@ -205,7 +204,7 @@ class SharedTargets:
 class DecoderPool:
     """One worker process, started on first use, shared by every
     Prometheus source of the process (they take turns: one core is what
-    the decoding needs, and the serving process keeps the other)."""
+    the decoding needs, and the collector keeps the other)."""
 
     def __init__(self) -> None:
         self._worker: _Worker | None = None
