@@ -343,6 +343,12 @@ class TargetStream:
             kept = self._kept[pool] = []
         return kept
 
+    def _count(self, pool: str) -> list[Target]:
+        """One more active target of `pool`; where its Target goes."""
+        kept = self._pool(pool)
+        self.pools[pool].active += 1
+        return kept
+
     def _add(self, raw_targets: list[_ActiveTarget]) -> None:
         only_pool = self._only_pool
         self._total += len(raw_targets)
@@ -359,8 +365,7 @@ class TargetStream:
                 continue
             # The pool's one string object is what every Target of it holds.
             pool = sys.intern(pool)
-            kept = self._pool(pool)
-            self.pools[pool].active += 1
+            kept = self._count(pool)
             target = _to_target(labels, labels.address, raw.health, pool)
             if target is not None:
                 kept.append(target)
@@ -370,8 +375,7 @@ class TargetStream:
             self._foreign += 1
             return
         pool = sys.intern(pool)
-        kept = self._pool(pool)
-        self.pools[pool].active += 1
+        kept = self._count(pool)
         self.final_labels_only += 1
         target = _from_final_labels(raw.labels or _FinalLabels(), raw.health, pool)
         if target is not None:
