@@ -479,8 +479,10 @@ def prometheus_stage(
             run = list(group)
             for state, n in Counter(map(_HEALTH, run)).items():
                 counts[(server, pool, role, state)] += n
-            names = list(map(_NODE_NAME, run)) if node_wide else [None]
-            if not node_wide or None in names or "" in names:
+            names = list(map(_NODE_NAME, run)) if node_wide else None
+            # Node names as the targets carry them, unless one is missing
+            # or the Service is pod-backed: then each through the resolver.
+            if names is None or None in names or "" in names:
                 names = [
                     identity(
                         node_wide,
