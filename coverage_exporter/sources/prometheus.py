@@ -529,6 +529,10 @@ class PrometheusSource:
         status, error = await self._request(TARGETS_PATH, params, headers, sink, encoding)
         if status != 200:
             self._fail(f"{what}: HTTP {status}: {_error_detail(error)}")
+        # What the pools held last time: their unchanged targets are reused.
+        previous = {
+            name: kept.targets for name, kept in self._pools.items() if pool is None or name == pool
+        }
         try:
             decoded, shared = await self._decoder.decode(
                 body,
@@ -536,6 +540,7 @@ class PrometheusSource:
                 pool,
                 self._limits.max_stream_bytes,
                 STREAM_PIECE_BYTES,
+                previous,
             )
         except SourceError as exc:
             self.health.record_request(0)

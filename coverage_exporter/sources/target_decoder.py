@@ -31,6 +31,7 @@ import threading
 import weakref
 from array import array
 from collections import deque
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from itertools import chain, starmap
 
@@ -73,21 +74,53 @@ its whole length, and a 50k-target pool rebuilt in one call held the
 event loop, and /metrics, for tens of milliseconds."""
 
 
-async def rebuild(table: list[str | None], pool: EncodedPool) -> tuple[Target, ...]:
+async def rebuild(
+    table: list[str | None], pool: EncodedPool, previous: Sequence[Target] = ()
+) -> tuple[Target, ...]:
     """The pool's Targets in the collector process: C-level loops, ~0.4 us a
     target, and every string is the mirror's interned one. In steps of
     REBUILD_CHUNK with the event loop served in between. A tuple, which
-    the garbage collector stops tracking (see PoolTargets)."""
+    the garbage collector stops tracking (see PoolTargets).
+
+    `previous`: the pool's targets as last read. A target equal to one of
+    them is that very object, and only the changed ones are new: a re-read
+    where a few targets changed health (a changed digest, so not shared
+    whole) would otherwise hold every target of the pool twice until the
+    old answer is let go, and leave the heap fragmented after it (bench/
+    analysis.md, "Re-reads that change every pool")."""
     indices = array("I")
     indices.frombytes(pool.indices)
     step = REBUILD_CHUNK * FIELDS
+    # Tuples of the very strings of the table: their hashes are cached.
+    known = (
+        dict(zip(map(msgspec.structs.astuple, previous), previous, strict=True))
+        if previous
+        else None
+    )
     chunks: list[tuple[Target, ...]] = []
     for start in range(0, len(indices), step):
         if chunks:
             await asyncio.sleep(0)
         values = map(table.__getitem__, indices[start : start + step])
-        chunks.append(tuple(starmap(Target, zip(*[values] * FIELDS, strict=True))))
+        rows = zip(*[values] * FIELDS, strict=True)
+        if known is None:
+            chunks.append(tuple(starmap(Target, rows)))
+        else:
+            chunks.append(_reusing(known, list(rows)))
     return chunks[0] if len(chunks) == 1 else tuple(chain.from_iterable(chunks))
+
+
+def _reusing(
+    known: dict[tuple[object, ...], Target], rows: list[tuple[object, ...]]
+) -> tuple[Target, ...]:
+    out: list[Target | None] = list(map(known.get, rows))
+    # list.index scans in C: Python runs only for the targets that changed.
+    missing = -1
+    with contextlib.suppress(ValueError):
+        while True:
+            missing = out.index(None, missing + 1)
+            out[missing] = Target(*rows[missing])
+    return tuple(out)  # type: ignore[arg-type]  # no None is left
 
 
 ENDED = "target decoding worker process ended; retried next cycle"
@@ -250,8 +283,10 @@ class DecoderPool:
         only_pool: str | None,
         limit: int,
         piece_bytes: int,
+        previous: Mapping[str, Sequence[Target]] | None = None,
     ) -> tuple[Decoded, dict[str, SharedTargets]]:
-        """The answer and each pool's rebuilt Targets."""
+        """The answer and each pool's rebuilt Targets; `previous`: each
+        pool's targets as last read, reused where unchanged (see rebuild)."""
         worker = self._get()
         # The bytearray itself (encoded as is): no copy while it waits.
         request = Request(body, encoding, only_pool, limit, piece_bytes)  # type: ignore[arg-type]
@@ -265,7 +300,8 @@ class DecoderPool:
             key = (decoded.worker, pool.digest)
             shared = self._rebuilt.get(key)
             if shared is None:
-                built = SharedTargets(await rebuild(table, pool))
+                before = previous.get(pool.name, ()) if previous else ()
+                built = SharedTargets(await rebuild(table, pool, before))
                 # Another read may have rebuilt the same meanwhile: share its.
                 shared = self._rebuilt.setdefault(key, built)
             out[pool.name] = shared

@@ -349,6 +349,37 @@ async def test_a_full_read_that_changed_nothing_is_the_same_snapshot(fake, decod
         assert NE_POOL not in {t.scrape_pool for t in changed.targets}
 
 
+async def test_a_re_read_with_one_target_changed_keeps_the_other_targets(fake, decoding) -> None:
+    """One target changed health between two full reads. Decoded in the
+    worker, every other target of the re-read is the very object of the
+    first read, so a full re-read does not hold its pools twice."""
+    server, url = fake
+    flip = [False]
+
+    async def targets(request: web.Request) -> web.StreamResponse:
+        pool = request.query["scrapePool"]
+        body = fixture_bytes(server.pool_files[pool])
+        if flip[0] and pool == KUBELET_POOL:
+            document = json.loads(body)
+            target = document["data"]["activeTargets"][0]
+            target["health"] = "down" if target["health"] == "up" else "up"
+            body = json.dumps(document).encode()
+        return json_response(body)
+
+    server.overrides["/api/v1/targets"] = targets
+    async with source_for(url) as source:
+        first = await source.collect()
+        flip[0] = True
+        second = await source.collect()
+    before, after = by_address(first.targets), by_address(second.targets)
+    assert before.keys() == after.keys()
+    differ = [key for key in before if before[key] != after[key]]
+    assert len(differ) == 1 and differ[0][0] == KUBELET_POOL
+    if decoding == "process":
+        kept = {id(t) for t in first.targets}
+        assert [t for t in second.targets if id(t) not in kept] == [after[differ[0]]]
+
+
 async def test_server_ignoring_scrape_pool_filter_does_not_duplicate(fake) -> None:
     server, url = fake
     everything = fixture_bytes("thanos_targets.json")  # kubelet + node-exporter targets

@@ -88,6 +88,39 @@ async def test_a_pool_read_again_unchanged_is_the_very_same_tuple(pool: DecoderP
     assert len(pool._rebuilt) == 0
 
 
+def _one_health_flipped(body: bytes) -> tuple[bytes, str]:
+    """The same answer with its first target's health changed (a target
+    going down between two reads), and that target's address."""
+    document = json.loads(body)
+    target = document["data"]["activeTargets"][0]
+    target["health"] = "down" if target["health"] == "up" else "up"
+    return json.dumps(document).encode(), target["discoveredLabels"]["__address__"]
+
+
+async def test_a_changed_pool_reuses_its_unchanged_targets(pool: DecoderPool) -> None:
+    """A pool where one target changed is rebuilt (its digest changed), but
+    every unchanged target is the very object read before: a re-read holds
+    one new Target, not the whole pool twice."""
+    _, first = await pool.decode(POOL_BODY, "identity", None, LIMIT, 1 << 10)
+    name = next(n for n, s in first.items() if len(s.targets) >= 2)
+    before = first[name].targets
+    body, flipped = _one_health_flipped(POOL_BODY)
+    previous = {n: s.targets for n, s in first.items()}
+    _, second = await pool.decode(body, "identity", None, LIMIT, 1 << 10, previous)
+    after = second[name].targets
+    assert after is not before and len(after) == len(before)
+    old = {id(t) for t in before}
+    new = [t for t in after if id(t) not in old]
+    assert len(new) == 1 and flipped.startswith(new[0].address_host)
+    # The same targets as a read that had nothing to reuse.
+    fresh_pool = DecoderPool()
+    try:
+        _, fresh = await fresh_pool.decode(body, "identity", None, LIMIT, 1 << 10)
+    finally:
+        fresh_pool.shutdown()
+    assert _unordered(after) == _unordered(fresh[name].targets)
+
+
 async def test_strings_cross_once_and_are_interned(pool: DecoderPool) -> None:
     body = POOL_BODY
     first, a = await pool.decode(gzip.compress(body), "gzip", None, LIMIT, 1 << 10)
