@@ -295,13 +295,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.log_level_deprecated:
         logging.getLogger("coverage_exporter").warning("--log-level is deprecated; use --log.level")
     # Imported here so that --help and --version stay fast.
-    from coverage_exporter import app
+    from coverage_exporter import app, heap
 
     # The caches hold hundreds of thousands of small objects at 100k nodes,
     # and every cycle allocates as many; with the default gen-0 threshold
     # (700) the cyclic GC rescans them so often that it takes a third of a
     # comparison's time. Nothing here relies on prompt cycle collection.
     gc.set_threshold(50_000, 20, 20)
+    heap.one_arena()
 
     try:
         settings = app.Settings.from_args(args)
