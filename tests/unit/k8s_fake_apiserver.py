@@ -9,6 +9,8 @@ What it reproduces, because the reflector depends on it:
   as the real apiserver does; the server ends the watch at timeoutSeconds.
 - BOOKMARK events (only if allowWatchBookmarks=true), connection drops,
   Warning headers, namespaced paths and equality labelSelectors.
+- LIST pages written compact and gzipped above 128 KiB, as the real
+  server does when the client accepts gzip.
 - Pods in the Table form (`Accept: ...;as=Table;...`), shaped like the real
   server's captures in tests/fixtures/captured/kubernetes/pod_forms: every
   LIST page with columnDefinitions, watch events one-row Tables with
@@ -250,7 +252,8 @@ class FakeApiServer:
             )
         if verb == "watch":
             return await self._watch(request, resource, namespace, params, headers, table)
-        return await self._list(resource, namespace, params, headers, table)
+        gzip = "gzip" in request.headers.get("Accept-Encoding", "")
+        return await self._list(resource, namespace, params, headers, table, gzip)
 
     async def _list(
         self,
@@ -259,6 +262,7 @@ class FakeApiServer:
         params: dict[str, str],
         headers: dict[str, str],
         table: bool = False,
+        gzip: bool = False,
     ) -> web.StreamResponse:
         limit = int(params.get("limit", "0")) or 1 << 30
         selector = _parse_selector(params.get("labelSelector", ""))
@@ -294,9 +298,9 @@ class FakeApiServer:
             meta["continue"] = base64.b64encode(f"{snap_id}:{offset + limit}".encode()).decode()
             meta["remainingItemCount"] = len(items) - offset - limit
         if table:
-            return web.json_response(pod_table(page, meta, columns=True), headers=headers)
+            return _list_response(pod_table(page, meta, columns=True), headers, gzip)
         body = {"kind": RESOURCES[resource][0], "apiVersion": "v1", "metadata": meta, "items": page}
-        return web.json_response(body, headers=headers)
+        return _list_response(body, headers, gzip)
 
     async def _watch(
         self,
@@ -410,6 +414,20 @@ def pod_table(
         "columnDefinitions": POD_COLUMNS if columns else None,
         "rows": rows,
     }
+
+
+GZIP_ABOVE = 128 << 10
+"""kube-apiserver gzips an answer above 128 KiB when the client accepts it."""
+
+
+def _list_response(body: dict[str, Any], headers: dict[str, str], gzip: bool) -> web.Response:
+    # Compact, in the fields' order, as the apiserver's encoder writes it
+    # (sources.k8s_parse.peek_list_meta reads the head of a page as such).
+    data = json.dumps(body, separators=(",", ":")).encode()
+    response = web.Response(body=data, content_type="application/json", headers=headers)
+    if gzip and len(data) > GZIP_ABOVE:
+        response.enable_compression(web.ContentCoding.gzip)
+    return response
 
 
 def _gone(message: str, headers: dict[str, str]) -> web.Response:
