@@ -32,6 +32,7 @@ from coverage_exporter.sources.kubernetes import (
     POD_FORMS,
     KubernetesSource,
 )
+from coverage_exporter.sources.node_decoder import NodePageDecoder
 from coverage_exporter.sources.operator import OperatorSource
 from coverage_exporter.sources.prometheus import (
     PrometheusEndpoint,
@@ -64,6 +65,9 @@ class Settings:
     decode_in_process: bool = False
     """Target lists decoded in this process, not in the worker process of
     sources.target_decoder."""
+    decode_nodes_in_process: bool = False
+    """Node LIST pages decoded in this process, not in the worker process
+    of sources.node_decoder."""
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
@@ -109,6 +113,7 @@ class Settings:
             # serve only: audit reads the Operator's objects once anyway.
             operator_refresh_seconds=getattr(args, "operator_refresh_interval", 300.0),
             decode_in_process=bool(getattr(args, "prometheus_decode_in_process", False)),
+            decode_nodes_in_process=bool(getattr(args, "kubernetes_decode_in_process", False)),
         )
 
 
@@ -211,6 +216,7 @@ class Sources:
             watch_idle_seconds=guards.watch_idle_seconds,
             limits=guards.limits,
             pod_form=guards.pod_form,
+            node_decoder=None if settings.decode_nodes_in_process else NodePageDecoder(),
         )
         decoder = None if settings.decode_in_process else target_decoder.POOL
         if decoder is not None and settings.prometheus:

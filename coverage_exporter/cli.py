@@ -196,6 +196,14 @@ def _guards(p: _EnvParser) -> None:
         choices=["table", "full"],
     )
     p.add(
+        "--kubernetes-decode-in-process",
+        "parse the Node list's pages in this process instead of a worker process "
+        "that lives for the list (for a CPU limit of one core, or where no child "
+        "process may start)",
+        action="store_true",
+        default=False,
+    )
+    p.add(
         "--kubernetes-watch-idle-timeout",
         "seconds of silence (no event, no bookmark) after which a watch is "
         "taken for a dead connection",

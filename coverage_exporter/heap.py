@@ -27,8 +27,11 @@ def trim() -> None:
             libc.malloc_trim(0)
 
 
+# mallopt's parameter numbers, from glibc's malloc.h.
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
-"""mallopt's parameter number, from glibc's malloc.h."""
+_BUFFER_BYTES = 64 << 20
 
 
 def one_arena() -> None:
@@ -45,3 +48,19 @@ def one_arena() -> None:
     if libc is not None:
         with contextlib.suppress(AttributeError):
             libc.mallopt(_M_ARENA_MAX, 1)
+
+
+def reuse_buffers() -> None:
+    """Keep freed buffers of up to 64 MB in the heap for the next ones. A
+    decoding worker inflates one answer after another into buffers of
+    megabytes (a Node list page is 7.5 MB once inflated, 200 of them at
+    100k nodes). Left to its defaults, glibc maps each such buffer afresh
+    and hands it back when freed, and every page of it faults in again:
+    the Node worker spent ~4.0 s of CPU on the list instead of ~2.7 s, and
+    the list took 6.0 s instead of 4.5-5.0 s (bench/analysis.md). The
+    target worker trims its heap after each answer all the same (trim)."""
+    libc = _libc()
+    if libc is not None:
+        with contextlib.suppress(AttributeError):
+            libc.mallopt(_M_MMAP_THRESHOLD, _BUFFER_BYTES)
+            libc.mallopt(_M_TRIM_THRESHOLD, 2 * _BUFFER_BYTES)

@@ -1,12 +1,15 @@
-"""The target decoding worker process (the collector's side is
-`target_decoder.py`).
+"""The decoding worker process: target lists (the collector's side is
+`target_decoder.py`) and Node list pages (`node_decoder.py`).
 
 Run as `python -m coverage_exporter.sources.decoder_worker --fd N`: one
-socketpair to the collector (`link.py`), one `Request` at a time, each
-answered in order with a `Decoded` or a `Failed`. It imports msgspec, the
-model and the target parser only, and no multiprocessing: a worker of
-`ProcessPoolExecutor` needed a resource tracker process (13 MB) and a
-writable /dev/shm for its queues' semaphores.
+socketpair to the collector (`link.py`), one request at a time, each
+answered in order: a `Request` with a `Decoded`, a `NodePageRequest` with
+a `NodePage`, either with a `Failed`. The collector runs one such process
+for targets and another for Node lists, so the two decode side by side.
+It imports msgspec, the model and the parsers only, and no
+multiprocessing: a worker of `ProcessPoolExecutor` needed a resource
+tracker process (13 MB) and a writable /dev/shm for its queues'
+semaphores.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from itertools import chain
 import msgspec
 
 from coverage_exporter import heap, link
-from coverage_exporter.model.objects import Target
+from coverage_exporter.model.objects import Taint, Target
+from coverage_exporter.sources import k8s_parse
 from coverage_exporter.sources.health import BodyTooLarge, SourceError
 from coverage_exporter.sources.targets_json import PoolTargets, TargetStream
 
@@ -34,7 +38,9 @@ INFLATE_PIECE_BYTES = 1 << 20
 FIELDS = len(Target.__struct_fields__)
 
 
-class Request(msgspec.Struct, frozen=True):
+class Request(msgspec.Struct, frozen=True, tag=True):
+    """One target list to decode."""
+
     body: bytes
     """The answer's body as it came (gzip, mostly); the collector hands
     over its bytearray, which msgspec encodes as it is, not copied."""
@@ -76,7 +82,43 @@ class Failed(msgspec.Struct, frozen=True, tag=True):
     too_large_limit: int | None = None
 
 
-Answer = Decoded | Failed
+class NodePageRequest(msgspec.Struct, frozen=True, tag=True):
+    """One page of a Node LIST to decode, as it came (gzip, mostly)."""
+
+    body: bytes
+    encoding: str
+    limit: int
+
+
+class WireNode(msgspec.Struct, array_like=True, gc=False):
+    """A model.objects.Node as it crosses: its label set and taints are
+    indices into the worker's tables of them (NodePage), so that Nodes
+    with equal labels share one dict in the collector process too."""
+
+    name: str
+    addresses: tuple[str, ...]
+    ready: bool
+    labels: int
+    taints: int
+    unschedulable: bool
+
+
+class NodePage(msgspec.Struct, frozen=True, tag=True):
+    label_sets_start: int
+    label_sets: list[dict[str, str]]
+    """The worker's label sets from label_sets_start on, new in this page."""
+    taint_sets_start: int
+    taint_sets: list[tuple[Taint, ...]]
+    nodes: list[WireNode]
+    errors: list[str]
+    """One message per object that did not parse (see ObjectParser)."""
+    resource_version: str | None
+    continue_: str | None
+    body_bytes: int
+    """Bytes after decompression."""
+
+
+Answer = Decoded | NodePage | Failed
 REQUEST_ENCODER = msgspec.msgpack.Encoder()
 ANSWER_DECODER = msgspec.msgpack.Decoder(Answer)
 
@@ -182,22 +224,84 @@ def decode_in_worker(
     return Decoded(os.getpid(), start, new, encoded, total, final_labels_only)
 
 
-def _answer(request: Request) -> Answer:
+class _Sets:
+    """Label sets (or taint lists) by identity: k8s_parse hands out one
+    shared object per distinct set, and each gets an index the collector's
+    mirror follows. The objects are held here, so their ids stay theirs.
+    The Node worker lives for one LIST (node_decoder), which bounds it."""
+
+    def __init__(self) -> None:
+        self.index: dict[int, int] = {}
+        self.held: list[object] = []
+
+    def ref(self, value: object, new: list[object]) -> int:
+        found = self.index.get(id(value))
+        if found is None:
+            found = self.index[id(value)] = len(self.held)
+            self.held.append(value)
+            new.append(value)
+        return found
+
+
+_LABEL_SETS = _Sets()
+_TAINT_SETS = _Sets()
+
+
+def decode_node_page(body: bytes | bytearray, encoding: str, limit: int) -> NodePage:
+    """Inflate and parse one Node LIST page with the very parser the
+    collector process uses for watch events (k8s_parse.NODES)."""
+    data = b"".join(_inflated(body, encoding, limit))
+    del body
+    page = k8s_parse.NODES.parse_page(data)
+    labels_start, taints_start = len(_LABEL_SETS.held), len(_TAINT_SETS.held)
+    new_labels: list[dict[str, str]] = []
+    new_taints: list[tuple[Taint, ...]] = []
+    nodes = []
+    for parsed in page.items:
+        node = parsed.obj
+        nodes.append(
+            WireNode(
+                node.name,
+                node.addresses,
+                node.ready,
+                _LABEL_SETS.ref(node.labels, new_labels),  # type: ignore[arg-type]
+                _TAINT_SETS.ref(node.taints, new_taints),  # type: ignore[arg-type]
+                node.unschedulable,
+            )
+        )
+    meta = page.metadata
+    return NodePage(
+        labels_start,
+        new_labels,
+        taints_start,
+        new_taints,
+        nodes,
+        page.errors,
+        meta.resource_version if meta else None,
+        meta.continue_ if meta else None,
+        len(data),
+    )
+
+
+def _answer(request: Request | NodePageRequest) -> Answer:
     try:
+        if isinstance(request, NodePageRequest):
+            return decode_node_page(request.body, request.encoding, request.limit)
         return decode_in_worker(
             request.body, request.encoding, request.only_pool, request.limit, request.piece_bytes
         )
     except BodyTooLarge as exc:
         return Failed(str(exc), exc.limit)
-    except SourceError as exc:
+    except (SourceError, k8s_parse.ParseError) as exc:
         return Failed(str(exc))
     except Exception as exc:  # a bug: this read fails, the worker goes on
         return Failed(f"decoding worker: {type(exc).__name__}: {exc}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    sock = link.inherited_socket(argv, "target decoder")
-    requests = msgspec.msgpack.Decoder(Request)
+    heap.reuse_buffers()
+    sock = link.inherited_socket(argv, "decoding worker")
+    requests = msgspec.msgpack.Decoder(Request | NodePageRequest)
     answers = msgspec.msgpack.Encoder()
     while (payload := link.recv_frame(sock)) is not None:
         answer = _answer(requests.decode(payload))

@@ -124,6 +124,11 @@ class ApiClient:
                 log.warning("kubernetes API warning on %s: %s", response.url.path, warning)
 
     @property
+    def max_body_bytes(self) -> int:
+        """The largest answer read, once inflated."""
+        return self._limits.max_body_bytes
+
+    @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
             raise RuntimeError("ApiClient used before open()")
@@ -136,14 +141,22 @@ class ApiClient:
         params: Mapping[str, str],
         limits: aiohttp.ClientTimeout,
         accept: str | None = None,
+        encoded: bool = False,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """A GET whose status is 200; ApiError/GoneError otherwise."""
+        """A GET whose status is 200; ApiError/GoneError otherwise. encoded:
+        the body is read as sent (gzip asked for), not inflated."""
         self._health.requests_total += 1
+        headers = await self._headers(accept)
+        if encoded:
+            # Only what the decoding worker inflates (aiohttp would also
+            # offer deflate, and br where brotli is installed).
+            headers["Accept-Encoding"] = "gzip"
         async with self.session.get(
             self._auth.host + path,
             params=params,
-            headers=await self._headers(accept),
+            headers=headers,
             timeout=limits,
+            auto_decompress=not encoded,
             **self._request_kwargs(),  # type: ignore[arg-type]
         ) as response:
             self._note_warnings(response)
@@ -168,6 +181,21 @@ class ApiClient:
                 raise
             self._health.response_bytes_total += len(body)
             return body
+
+    async def get_encoded(
+        self, path: str, params: Mapping[str, str], accept: str | None = None
+    ) -> tuple[bytes, str]:
+        """GET and return the body as sent and its Content-Encoding ("" for
+        none), for a decoding worker to inflate (sources.node_decoder). The
+        caller counts its bytes, once inflated, in the source's health."""
+        timeout = aiohttp.ClientTimeout(total=self._request_timeout)
+        async with self._open(path, params, timeout, accept, encoded=True) as response:
+            try:
+                body = await httpclient.read_body(response, self._limits.max_body_bytes)
+            except httpclient.BodyTooLarge as exc:
+                self._health.response_bytes_total += exc.limit
+                raise
+            return body, response.headers.get("Content-Encoding", "").lower()
 
     async def post(self, path: str, body: bytes) -> bytes:
         """POST a JSON body (a SubjectAccessReview); ApiError on error statuses."""

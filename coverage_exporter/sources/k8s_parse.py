@@ -10,7 +10,9 @@ the caller skips that one object instead of losing the whole list.
 
 from __future__ import annotations
 
+import re
 import sys
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -90,6 +92,41 @@ def decode_list(data: Buffer) -> ObjectList:
         return _list_decoder.decode(data)
     except msgspec.DecodeError as exc:
         raise ParseError(f"bad list response: {exc}") from exc
+
+
+_LIST_HEAD = re.compile(
+    rb'\{"kind":"[A-Za-z]+List","apiVersion":"[^"]*","metadata":(\{[^{}]*\}),"items":'
+)
+"""How kube-apiserver begins a list (its encoder writes the fields in the
+struct's order): the metadata, whose continue token names the next page,
+comes before the items."""
+_HEAD_BYTES = 4096
+
+
+def peek_list_meta(body: bytes | bytearray, encoding: str) -> ListMeta | None:
+    """The list metadata read off the first bytes of a page still as sent
+    (gzip or none), without the page: None unless the page begins exactly
+    as the apiserver writes it. A hint only (the next page can be asked for
+    early); the parsed page's own metadata is what counts."""
+    head: bytes | bytearray
+    if encoding in ("", "identity"):
+        head = body[:_HEAD_BYTES]
+    elif encoding == "gzip":
+        try:
+            head = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(
+                body[:_HEAD_BYTES], _HEAD_BYTES
+            )
+        except zlib.error:
+            return None
+    else:
+        return None
+    match = _LIST_HEAD.match(head)
+    if match is None:
+        return None
+    try:
+        return msgspec.json.decode(match.group(1), type=ListMeta)
+    except msgspec.DecodeError:
+        return None
 
 
 def decode_event(data: Buffer) -> WatchEvent:
@@ -215,9 +252,13 @@ _LABEL_SETS_MAX = 50_000
 _TAINT_SETS: dict[tuple[tuple[str, str, str], ...], tuple[tuple[str, str, str], ...]] = {}
 
 
+_NO_LABELS: dict[str, str] = {}
+"""Shared like any other set: Nodes are read, never changed."""
+
+
 def _shared_labels(labels: dict[str, str] | None, name: str) -> dict[str, str]:
     if not labels:
-        return {}
+        return _NO_LABELS
     if labels.get(_HOSTNAME_LABEL) == name:
         # The hostname label equals the name on almost every Node: leave it
         # out of the shared set; model.scheduling reads it from the name.

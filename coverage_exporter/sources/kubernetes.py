@@ -34,6 +34,7 @@ from coverage_exporter.sources import httpclient, k8s_parse
 from coverage_exporter.sources.health import SOURCE_KUBERNETES, SourceError, SourceHealth
 from coverage_exporter.sources.k8s_api import ApiClient
 from coverage_exporter.sources.kubeconfig import KubeAuth, credential_files, load_configuration
+from coverage_exporter.sources.node_decoder import NodePageDecoder
 from coverage_exporter.sources.reflector import DEFAULT_WATCH_IDLE_SECONDS, Reflector
 
 log = logging.getLogger("coverage_exporter.kubernetes")
@@ -79,6 +80,7 @@ class KubernetesSource:
         max_pod_watches: int = DEFAULT_MAX_POD_WATCHES,
         limits: httpclient.Limits = httpclient.DEFAULT_LIMITS,
         pod_form: str = POD_FORM_TABLE,
+        node_decoder: NodePageDecoder | None = None,
     ) -> None:
         """configuration: an already loaded client Configuration (tests);
         otherwise it is loaded at start() from kubeconfig/context/in_cluster
@@ -89,7 +91,8 @@ class KubernetesSource:
         only there (one watch per namespace and resource); empty: the whole
         cluster. max_pod_watches bounds the pod reflectors (one watch each).
         pod_form: POD_FORM_TABLE (a scope whose server cannot serve it falls
-        back to full objects on its own) or POD_FORM_FULL."""
+        back to full objects on its own) or POD_FORM_FULL. node_decoder:
+        where the Node LIST pages are parsed (a worker process; None: here)."""
         self.health = SourceHealth(source=SOURCE_KUBERNETES)
         self._configuration = configuration
         self._config_args = (kubeconfig, context, in_cluster)
@@ -109,6 +112,7 @@ class KubernetesSource:
         self.pod_scopes_unwatched = 0
         """Pod scopes (namespace, selector) left unwatched by the cap."""
         self._limits = limits
+        self._node_decoder = node_decoder
         self._api: ApiClient | None = None
         self.nodes: Reflector[str, Node] | None = None
         self.services: Reflector[ServiceKey, Service] | None = None
@@ -149,7 +153,11 @@ class KubernetesSource:
             auth, self.health, request_timeout_seconds=self._request_timeout, limits=self._limits
         )
         await self._api.open()
-        self.nodes = self._reflector(NODES_PATH, k8s_parse.NODES, "nodes")
+        if self._node_decoder is not None:
+            self._node_decoder.warm()
+        self.nodes = self._reflector(
+            NODES_PATH, k8s_parse.NODES, "nodes", page_decoder=self._node_decoder
+        )
         self.services = self._namespaced("services", k8s_parse.SERVICES)
         self.endpoints = self._namespaced("endpoints", k8s_parse.ENDPOINTS)
         self.endpointslices = self._namespaced(
@@ -177,6 +185,8 @@ class KubernetesSource:
     async def stop(self) -> None:
         reflectors = [*self._cluster_reflectors(), *self._pod_reflectors.values()]
         await asyncio.gather(*(r.stop() for r in reflectors), *self._stopping)
+        if self._node_decoder is not None:
+            self._node_decoder.release()
         self._pod_reflectors.clear()
         self._pod_scope.clear()
         if self._api is not None:
@@ -184,7 +194,14 @@ class KubernetesSource:
             self._api = None
         self.health.up = False
 
-    def _reflector(self, path: str, parser: Any, name: str, **params: str) -> Reflector[Any, Any]:
+    def _reflector(
+        self,
+        path: str,
+        parser: Any,
+        name: str,
+        page_decoder: NodePageDecoder | None = None,
+        **params: str,
+    ) -> Reflector[Any, Any]:
         assert self._api is not None
         return Reflector(
             self._api,
@@ -194,6 +211,7 @@ class KubernetesSource:
             name=name,
             params=params,
             on_state_change=self._refresh_health,
+            page_decoder=page_decoder,
             **self._reflector_args,
         )
 

@@ -19,7 +19,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import aiohttp
 
@@ -30,11 +30,16 @@ from coverage_exporter.sources.k8s_parse import (
     TABLE_ACCEPT,
     FormUnsupported,
     ObjectParser,
+    Page,
     ParseError,
     decode_event,
     decode_meta,
     decode_status,
+    peek_list_meta,
 )
+
+if TYPE_CHECKING:
+    from coverage_exporter.sources.node_decoder import NodePageDecoder
 
 log = logging.getLogger("coverage_exporter.kubernetes")
 
@@ -66,6 +71,11 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
     return untrusted.printable(str(exc)) or type(exc).__name__
+
+
+def _consume(task: asyncio.Task[object]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 class _ContinueExpired(Exception):
@@ -104,7 +114,10 @@ class Reflector(Generic[K, T]):
         backoff: Backoff | None = None,
         on_state_change: Callable[[], None] | None = None,
         watch_idle_seconds: float = DEFAULT_WATCH_IDLE_SECONDS,
+        page_decoder: NodePageDecoder | None = None,
     ) -> None:
+        """page_decoder: LIST pages go to it (a worker process) while the
+        reflector's parser is the decoder's; watch events never do."""
         self.api = api
         self.path = path
         self.parser = parser
@@ -114,6 +127,10 @@ class Reflector(Generic[K, T]):
         self._page_size = page_size
         self._watch_timeout = watch_timeout_seconds
         self._watch_idle = watch_idle_seconds
+        self._page_decoder = page_decoder
+        self._ahead: tuple[str, asyncio.Task[tuple[bytes, str]]] | None = None
+        """The next LIST page, asked for before this one is parsed, and its
+        continue token (see _page)."""
         self._empty_watches = 0
         """Watches in a row that delivered nothing."""
         self._lines_this_watch = 0
@@ -304,16 +321,23 @@ class Reflector(Generic[K, T]):
 
     async def _list(self) -> None:
         started = time.monotonic()
-        for _attempt in range(_MAX_LIST_RESTARTS):
-            try:
-                items, resource_version, pages, bad = await self._list_pages()
-                break
-            except _ContinueExpired as exc:
-                log.warning(
-                    "%s: continue token expired mid-list (%s); restarting list", self.name, exc
+        try:
+            for _attempt in range(_MAX_LIST_RESTARTS):
+                try:
+                    items, resource_version, pages, bad = await self._list_pages()
+                    break
+                except _ContinueExpired as exc:
+                    log.warning(
+                        "%s: continue token expired mid-list (%s); restarting list", self.name, exc
+                    )
+            else:
+                raise ApiError(
+                    410, f"list restarted {_MAX_LIST_RESTARTS} times on expired continue"
                 )
-        else:
-            raise ApiError(410, f"list restarted {_MAX_LIST_RESTARTS} times on expired continue")
+        finally:
+            self._drop_ahead()
+            if self._page_decoder is not None:
+                self._page_decoder.release()
         # The one-assignment swap: readers never see a partial list.
         self._cache = items
         self.resource_version = resource_version
@@ -350,13 +374,11 @@ class Reflector(Generic[K, T]):
             if continue_token:
                 params["continue"] = continue_token
             try:
-                body = await self.api.get(self.path, params, parser.accept)
+                page = await self._page(params, parser)
             except GoneError as exc:
                 if continue_token is None:
                     raise
                 raise _ContinueExpired(exc.message) from exc
-            page = parser.parse_page(body)
-            del body  # the page's bytes are the big transient: free them now
             pages += 1
             for error in page.errors:
                 bad += 1
@@ -370,6 +392,42 @@ class Reflector(Generic[K, T]):
             continue_token = meta.continue_ if meta else None
             if not continue_token:
                 return items, resource_version, pages, bad
+
+    async def _page(self, params: dict[str, str], parser: ObjectParser[K, T]) -> Page[K, T]:
+        decoder = self._page_decoder
+        if decoder is None or parser is not decoder.parser:
+            # The page's bytes are the big transient: gone once parsed.
+            return parser.parse_page(await self.api.get(self.path, params, parser.accept))
+        token = params.get("continue")
+        if self._ahead is not None and self._ahead[0] == token:
+            task = self._ahead[1]
+            self._ahead = None
+            body, encoding = await task
+        else:
+            self._drop_ahead()
+            body, encoding = await self.api.get_encoded(self.path, params, parser.accept)
+        # The worker parses this page while the next one downloads: the
+        # page's head names the next continue token. Were the head not the
+        # apiserver's (None), or did the parsed page name another token,
+        # the next page is asked for after the parse, as without a worker.
+        head = peek_list_meta(body, encoding)
+        if head is not None and head.continue_:
+            ahead = {**params, "continue": head.continue_}
+            self._ahead = (
+                head.continue_,
+                asyncio.create_task(self.api.get_encoded(self.path, ahead, parser.accept)),
+            )
+        page, inflated = await decoder.decode(body, encoding, self.api.max_body_bytes)
+        self._health.response_bytes_total += inflated
+        return page  # type: ignore[return-value]  # the decoder's parser is the reflector's
+
+    def _drop_ahead(self) -> None:
+        if self._ahead is not None:
+            task = self._ahead[1]
+            self._ahead = None
+            task.cancel()
+            # Its outcome (an error, a cancelled read) no longer matters.
+            task.add_done_callback(_consume)
 
     # --- WATCH -------------------------------------------------------------------
 

@@ -16,57 +16,25 @@ Figures: bench/analysis.md.
 
 A worker that dies (OOM-killed, crashed) fails the reads it holds as
 source errors, and the next read starts a new worker. The worker itself is
-`decoder_worker.py`, a plain child process on a socketpair.
+`decoder_worker.py`, a plain child process on a socketpair, and
+`worker_process.py` talks to it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import queue
-import socket
-import subprocess
-import sys
-import threading
 import weakref
 from array import array
-from collections import deque
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Future
 from itertools import chain, starmap
 
 import msgspec
 
-from coverage_exporter import link
 from coverage_exporter.model.objects import Target
-from coverage_exporter.sources.decoder_worker import (
-    ANSWER_DECODER,
-    FIELDS,
-    REQUEST_ENCODER,
-    Decoded,
-    EncodedPool,
-    Failed,
-    Request,
-)
-from coverage_exporter.sources.health import BodyTooLarge, SourceError
-
-
-class _Mirror:
-    """The collector's copy of one worker's string table, interned.
-
-    Extended by the worker's reader thread for every answer, in the
-    worker's order (see _Worker._read)."""
-
-    def __init__(self) -> None:
-        self.table: list[str | None] = [None]
-        self.broken = False
-
-    def extend(self, start: int, strings: list[str]) -> None:
-        if start != len(self.table):
-            self.broken = True  # never expected; the pool then restarts the worker
-            return
-        self.table.extend(map(sys.intern, strings))
-
+from coverage_exporter.sources.decoder_worker import FIELDS, Decoded, EncodedPool, Request
+from coverage_exporter.sources.health import SourceError
+from coverage_exporter.sources.worker_process import WorkerProcess, WorkerSlot
 
 REBUILD_CHUNK = 10_000
 """Targets rebuilt per step (~4 ms): one C-level call holds the GIL for
@@ -123,103 +91,9 @@ def _reusing(
     return tuple(out)  # type: ignore[arg-type]  # no None is left
 
 
-ENDED = "target decoding worker process ended; retried next cycle"
-
 READS_AHEAD = 8
 """Target reads in flight at once: one in the worker, the next ones
 downloading meanwhile."""
-
-
-class _Worker:
-    """One worker process and the two threads that talk to it: requests go
-    out in order, answers come back in the same order. Threads rather than
-    the event loop, so that a worker serves every loop of the process (the
-    tests run many) and a busy worker never blocks one."""
-
-    def __init__(self) -> None:
-        mine, theirs = socket.socketpair()
-        with theirs:
-            self.process = subprocess.Popen(
-                link.child_command("coverage_exporter.sources.decoder_worker", theirs),
-                pass_fds=(theirs.fileno(),),
-            )
-        self._sock = mine
-        self.mirror = _Mirror()
-        self.alive = True
-        self._lock = threading.Lock()
-        self._pending: deque[Future[Decoded]] = deque()
-        self._outbox: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
-        """Encoded one at a time by the writer: the bodies waiting for the
-        worker are held once, by their requests."""
-        for target, name in ((self._write, "decoder writer"), (self._read, "decoder reader")):
-            threading.Thread(target=target, name=name, daemon=True).start()
-
-    def submit(self, request: Request) -> Future[Decoded]:
-        future: Future[Decoded] = Future()
-        with self._lock:
-            if not self.alive:
-                future.set_exception(SourceError(ENDED))
-                return future
-            self._pending.append(future)
-            self._outbox.put(request)
-        return future
-
-    def _write(self) -> None:
-        while (request := self._outbox.get()) is not None:
-            try:
-                link.send_frame(self._sock, REQUEST_ENCODER.encode(request))
-            except OSError:
-                self._end()
-                return
-            del request
-
-    def _read(self) -> None:
-        try:
-            while (payload := link.recv_frame(self._sock)) is not None:
-                answer = ANSWER_DECODER.decode(payload)
-                with self._lock:
-                    future = self._pending.popleft()
-                if isinstance(answer, Decoded):
-                    # Always, in the worker's order, even for a read that was
-                    # cancelled meanwhile (a deadline): a lost answer would
-                    # leave a hole in the table and wrong strings after it.
-                    self.mirror.extend(answer.table_start, answer.strings)
-                if not future.set_running_or_notify_cancel():
-                    continue
-                if isinstance(answer, Failed):
-                    future.set_exception(_error(answer))
-                else:
-                    future.set_result(answer)
-        except (OSError, link.FrameError, msgspec.DecodeError, IndexError):
-            pass
-        self._end()
-
-    def _end(self) -> None:
-        with self._lock:
-            if not self.alive:
-                return
-            self.alive = False
-            pending = list(self._pending)
-            self._pending.clear()
-        self._outbox.put(None)
-        for future in pending:
-            if future.set_running_or_notify_cancel():
-                future.set_exception(SourceError(ENDED))
-
-    def stop(self) -> None:
-        self._end()
-        with contextlib.suppress(OSError):
-            self.process.kill()
-        with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RDWR)
-        self.process.wait()
-        self._sock.close()
-
-
-def _error(failed: Failed) -> SourceError:
-    if failed.too_large_limit is not None:
-        return BodyTooLarge(failed.too_large_limit)
-    return SourceError(failed.message)
 
 
 class SharedTargets:
@@ -240,8 +114,7 @@ class DecoderPool:
     the decoding needs, and the collector keeps the other)."""
 
     def __init__(self) -> None:
-        self._worker: _Worker | None = None
-        self._lock = threading.Lock()
+        self._slot = WorkerSlot()
         self._turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
             weakref.WeakKeyDictionary()
         )
@@ -253,15 +126,11 @@ class DecoderPool:
         same pool of the other replica, is the very same tuple, neither
         rebuilt nor held twice."""
 
-    def _get(self) -> _Worker:
-        with self._lock:
-            worker = self._worker
-            if worker is None or not worker.alive:
-                if worker is not None:
-                    worker.stop()
-                worker = self._worker = _Worker()
-                self._rebuilt.clear()  # digests of the old worker's table
-            return worker
+    def _get(self) -> WorkerProcess:
+        worker, new = self._slot.get()
+        if new:
+            self._rebuilt.clear()  # digests of the old worker's table
+        return worker
 
     def turn(self) -> asyncio.Semaphore:
         """Held from the start of a read until its targets are rebuilt:
@@ -291,9 +160,9 @@ class DecoderPool:
         # The bytearray itself (encoded as is): no copy while it waits.
         request = Request(body, encoding, only_pool, limit, piece_bytes)  # type: ignore[arg-type]
         decoded = await asyncio.wrap_future(worker.submit(request))
-        if worker.mirror.broken:
+        if not isinstance(decoded, Decoded) or worker.mirror.broken:
             worker.stop()
-            raise SourceError("target decoding worker's string table out of step; restarted")
+            raise SourceError("target decoding worker out of step; restarted")
         table = worker.mirror.table
         out: dict[str, SharedTargets] = {}
         for pool in decoded.pools:
@@ -308,10 +177,7 @@ class DecoderPool:
         return decoded, out
 
     def shutdown(self) -> None:
-        with self._lock:
-            worker, self._worker = self._worker, None
-        if worker is not None:
-            worker.stop()
+        self._slot.stop()
 
 
 POOL = DecoderPool()

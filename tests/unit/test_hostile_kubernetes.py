@@ -27,7 +27,12 @@ from coverage_exporter.sources.kubernetes import KubernetesSource
 from coverage_exporter.sources.reflector import MAX_EMPTY_WATCHES, Backoff, Reflector
 from tests.unit.k8s_fake_apiserver import FakeApiServer, node, nodes
 from tests.unit.test_hostile_prometheus import ANSI_AND_NEWLINES, DEEP, assert_one_clean_line
-from tests.unit.test_reflector import configuration, node_reflector, until
+from tests.unit.test_reflector import (  # node_decoding: every test on both paths of a page
+    configuration,
+    node_decoding,  # noqa: F401
+    node_reflector,
+    until,
+)
 
 MiB = 1 << 20
 

@@ -379,3 +379,34 @@ def test_page_strings_that_repeat_across_objects_are_shared() -> None:
 def test_page_that_is_not_json_is_a_parse_error() -> None:
     with pytest.raises(ParseError, match="bad list response"):
         k8s_parse.NODES.parse_page(b'{"items": [')
+
+
+# --- the head of a LIST page (sources/reflector.py asks for the next page early) ---
+
+CAPTURED_LISTS = sorted(
+    (Path(__file__).parent.parent / "fixtures/captured/kubernetes").glob("list_*.json")
+)
+
+
+@pytest.mark.parametrize("path", CAPTURED_LISTS, ids=lambda p: p.name)
+@pytest.mark.parametrize("encoding", ["", "gzip"])
+def test_the_head_of_a_real_list_page_names_its_metadata(path: Path, encoding: str) -> None:
+    import gzip
+
+    page = path.read_bytes()
+    body = gzip.compress(page) if encoding else page
+    assert k8s_parse.peek_list_meta(body, encoding) == k8s_parse.decode_list(page).metadata
+
+
+def test_a_head_not_as_the_apiserver_writes_it_is_no_hint() -> None:
+    import gzip
+
+    page = json.loads((CAPTURED_LISTS[0]).read_bytes())
+    spaced = json.dumps(page).encode()  # ", " and ": "
+    reordered = json.dumps(
+        {"items": page["items"], "metadata": page["metadata"]}, separators=(",", ":")
+    ).encode()
+    for body in (spaced, reordered, b"", b"{"):
+        assert k8s_parse.peek_list_meta(body, "") is None
+    assert k8s_parse.peek_list_meta(b"\x1f\x8b\x08\x00broken", "gzip") is None
+    assert k8s_parse.peek_list_meta(gzip.compress(CAPTURED_LISTS[0].read_bytes()), "br") is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -18,6 +18,7 @@ from coverage_exporter.sources.health import SOURCE_KUBERNETES, SourceError, Sou
 from coverage_exporter.sources.k8s_api import ApiClient
 from coverage_exporter.sources.kubeconfig import KubeAuth
 from coverage_exporter.sources.kubernetes import KubernetesSource
+from coverage_exporter.sources.node_decoder import NodePageDecoder
 from coverage_exporter.sources.reflector import Backoff, Reflector
 from tests.unit.k8s_fake_apiserver import FakeApiServer, node, nodes
 
@@ -58,8 +59,25 @@ async def api(server: FakeApiServer) -> AsyncIterator[ApiClient]:
     await client.close()
 
 
+NODE_DECODER: list[NodePageDecoder | None] = [None]
+
+
+@pytest.fixture(autouse=True, params=["here", "worker"])
+def node_decoding(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test runs on both paths of a Node LIST page: parsed in this
+    process, and in the Node decoding worker with the next page asked for
+    early (the default of serve)."""
+    decoder = NodePageDecoder() if request.param == "worker" else None
+    NODE_DECODER[0] = decoder
+    yield request.param
+    NODE_DECODER[0] = None
+    if decoder is not None:
+        decoder.release()
+
+
 def node_reflector(api: ApiClient, **kwargs: Any) -> Reflector[str, Node]:
     kwargs.setdefault("backoff", Backoff(base=0.02, cap=0.1))
+    kwargs.setdefault("page_decoder", NODE_DECODER[0])
     return Reflector(api, "/api/v1/nodes", k8s_parse.NODES, api._health, name="nodes", **kwargs)
 
 
@@ -94,6 +112,45 @@ async def test_paginated_list_then_watch(
     assert r.healthy and r.lists_total == 1
     health = api._health
     assert health.requests_total == 4 and health.response_bytes_total > 100_000
+
+
+class _GatedPages(NodePageDecoder):
+    """Parses a page only once the test lets it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.waiting = 0
+
+    async def decode(self, body: Any, encoding: str, limit: int) -> Any:
+        self.waiting += 1
+        await self.gate.wait()
+        return await super().decode(body, encoding, limit)
+
+
+async def test_the_next_page_is_asked_for_while_this_one_is_parsed(
+    server: FakeApiServer, api: ApiClient, reflectors: list[Reflector[Any, Any]], node_decoding
+) -> None:
+    """With a page decoder the second page is requested before the first is
+    parsed (its head names the continue token); without one, after. Each
+    page is asked for once, and the worker is gone once the LIST is."""
+    for obj in nodes(1234):
+        server.put("nodes", obj)
+    pages = _GatedPages() if node_decoding == "worker" else None
+    r = node_reflector(api, page_decoder=pages)
+    reflectors.append(r)
+    r.start()
+    if pages is None:
+        assert await r.wait_synced(5)
+    else:
+        await until(lambda: pages.waiting == 1 and len(server.lists("nodes")) == 2)
+        assert not r.synced  # page one is still being parsed
+        pages.gate.set()
+        assert await r.wait_synced(5)
+        assert pages._slot._worker is None
+    assert len(r.cache) == 1234
+    tokens = [req.params.get("continue") for req in server.lists("nodes")]
+    assert len(tokens) == 3 and len(set(tokens)) == 3
 
 
 async def test_watch_events_apply(
@@ -428,7 +485,9 @@ def _pod(ns: str, name: str, node_name: str, labels: dict[str, str]) -> dict[str
 
 @pytest.fixture
 async def source(server: FakeApiServer) -> AsyncIterator[KubernetesSource]:
-    src = KubernetesSource(configuration(server.url), watch_timeout_seconds=60)
+    src = KubernetesSource(
+        configuration(server.url), watch_timeout_seconds=60, node_decoder=NODE_DECODER[0]
+    )
     yield src
     await src.stop()
 
