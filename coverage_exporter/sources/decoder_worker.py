@@ -19,7 +19,7 @@ import os
 import sys
 from array import array
 from collections.abc import Iterator
-from itertools import chain
+from itertools import chain, filterfalse
 
 import msgspec
 
@@ -172,7 +172,7 @@ def _encode(name: str, pool: PoolTargets, new: list[str]) -> EncodedPool:
     table = _TABLE
     # In first-seen order: the same answer gets the same indices in any
     # worker, so a restarted one hands out its targets in the same order.
-    unseen = [s for s in dict.fromkeys(flat) if s not in table]
+    unseen = list(dict.fromkeys(filterfalse(table.__contains__, flat)))
     base = len(table)
     table.update(zip(unseen, range(base, base + len(unseen)), strict=True))
     new.extend(unseen)  # type: ignore[arg-type]  # None is always in the table

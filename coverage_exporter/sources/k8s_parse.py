@@ -262,7 +262,8 @@ def _shared_labels(labels: dict[str, str] | None, name: str) -> dict[str, str]:
     if labels.get(_HOSTNAME_LABEL) == name:
         # The hostname label equals the name on almost every Node: leave it
         # out of the shared set; model.scheduling reads it from the name.
-        labels = {k: v for k, v in labels.items() if k != _HOSTNAME_LABEL}
+        # (The dict is the decoder's own, made for this Node alone.)
+        del labels[_HOSTNAME_LABEL]
     key = tuple(sorted(labels.items()))
     shared = _LABEL_SETS.get(key)
     if shared is None:

@@ -352,6 +352,12 @@ class TargetStream:
     def _add(self, raw_targets: list[_ActiveTarget]) -> None:
         only_pool = self._only_pool
         self._total += len(raw_targets)
+        # The pool of the previous target, as decoded and as kept: a pool's
+        # targets come one after another (one pool per answer, mostly).
+        named: str | None = None
+        pool_name = ""
+        kept: list[Target] = []
+        counted = PoolTargets()
         for raw in raw_targets:
             labels, pool = raw.discovered, raw.scrape_pool or only_pool
             if pool is not None and (labels is None or labels.address is None) and raw.labels:
@@ -360,13 +366,17 @@ class TargetStream:
             if labels is None or labels.address is None or pool is None:
                 self._malformed += 1
                 continue
-            if only_pool is not None and pool != only_pool:
-                self._foreign += 1
-                continue
-            # The pool's one string object is what every Target of it holds.
-            pool = sys.intern(pool)
-            kept = self._count(pool)
-            target = _to_target(labels, labels.address, raw.health, pool)
+            if pool != named:
+                if only_pool is not None and pool != only_pool:
+                    self._foreign += 1
+                    continue
+                named = pool
+                # The pool's one string object is what every Target of it holds.
+                pool_name = sys.intern(pool)
+                kept = self._pool(pool_name)
+                counted = self.pools[pool_name]
+            counted.active += 1
+            target = _to_target(labels, labels.address, raw.health, pool_name)
             if target is not None:
                 kept.append(target)
 
