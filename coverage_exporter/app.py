@@ -10,9 +10,9 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from coverage_exporter import logs
 from coverage_exporter.collector import Collector, CycleResult
@@ -370,24 +370,30 @@ async def _serve(
     # A cycle is bounded by the source deadline plus the comparison; past
     # twice that (and a minute for a 100k-node comparison) it is wedged.
     cycle_budget = 2 * guards.source_deadline + 60.0
+    first: asyncio.Future[CycleResult] | None = None
     try:
         await sources.start()
+        # The first cycle waits for the cluster's first lists too. It starts
+        # now, not once the front listens: the Prometheus reads are in it,
+        # and at 100k nodes the front's start-up (~0.3 s) held them back.
+        first = asyncio.ensure_future(
+            sources.collector.run_cycle(
+                sources.kubernetes.wait_synced(settings.kubernetes_sync_timeout)
+            )
+        )
         await listening
         view.on_change = server.publish
         log.info("serving on %s (%s); collecting every %.0fs", listen_address, tls, interval)
         view.status = "waiting for the first list of the cluster"
         view.changed()
-        # The first cycle waits for the cluster's first lists too.
         view.expect_progress(settings.kubernetes_sync_timeout + cycle_budget, "the first list")
-        first: Awaitable[object] | None = sources.kubernetes.wait_synced(
-            settings.kubernetes_sync_timeout
-        )
         while not stop.is_set():
             started = time.monotonic()
             if first is None:
                 view.expect_progress(cycle_budget, "the running collection cycle")
-            done, result = await _until_stopped(sources.collector.run_cycle(first), stop)
+            cycle = first if first is not None else sources.collector.run_cycle()
             first = None
+            done, result = await _until_stopped(cycle, stop)
             if not done:
                 break
             if isinstance(result, BaseException):
@@ -409,6 +415,8 @@ async def _serve(
         log.error("%s", err)
         return 1
     finally:
+        if first is not None:  # the front never listened
+            first.cancel()
         listening.cancel()
         front_gone.cancel()
         await server.close()
@@ -437,7 +445,7 @@ def _publish(view: ExporterView, result: CycleResult) -> None:
 
 
 async def _until_stopped(
-    awaitable: Coroutine[Any, Any, T], stop: asyncio.Event
+    awaitable: Awaitable[T], stop: asyncio.Event
 ) -> tuple[bool, T | BaseException | None]:
     """Run `awaitable` until it ends or `stop` is set, whichever is first.
     (False, None) when stopped: the work is cancelled, not waited out, so
