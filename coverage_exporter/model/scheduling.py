@@ -37,6 +37,8 @@ _HOST_NETWORK_TOLERATED = frozenset({"node.kubernetes.io/network-unavailable"})
 
 
 HOSTNAME_LABEL = "kubernetes.io/hostname"
+_BY_NAME = frozenset({HOSTNAME_LABEL, "metadata.name"})
+"""Keys answered by a Node's name (see _label)."""
 
 
 def _label(labels: Mapping[str, str], key: str, name: str) -> str | None:
@@ -110,4 +112,20 @@ def eligible_nodes(placement: PodPlacement | None, nodes: Mapping[str, Node]) ->
     uses placement rules not modelled here (then only the count is known)."""
     if placement is None or placement.terms is None:
         return None
-    return {name for name, node in nodes.items() if should_run(placement, node)}
+    keys = {*placement.node_selector, *(r.key for term in placement.terms for r in term)}
+    if keys & _BY_NAME:
+        return {name for name, node in nodes.items() if should_run(placement, node)}
+    # Otherwise the answer depends on a Node's labels and taints only, and
+    # Nodes share those objects by the distinct set (sources.k8s_parse): one
+    # answer per pair of them, not per Node (100k Nodes, a handful of sets).
+    # By id: every such object is held by `nodes` for the whole call.
+    memo: dict[tuple[int, int], bool] = {}
+    out = set()
+    for name, node in nodes.items():
+        key = (id(node.labels), id(node.taints))
+        fits = memo.get(key)
+        if fits is None:
+            fits = memo[key] = should_run(placement, node)
+        if fits:
+            out.add(name)
+    return out

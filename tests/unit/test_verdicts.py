@@ -32,7 +32,7 @@ from coverage_exporter.model.objects import (
     Toleration,
 )
 from coverage_exporter.model.report import build_report
-from coverage_exporter.model.scheduling import eligible_nodes
+from coverage_exporter.model.scheduling import eligible_nodes, should_run
 from coverage_exporter.model.scope import Scope
 from coverage_exporter.model.topology import Declared, identify
 from coverage_exporter.sources.prometheus_config import parse_config_yaml
@@ -249,6 +249,31 @@ def test_daemonset_placement_names_the_nodes_it_should_run_on() -> None:
     )
     assert eligible_nodes(affinity, nodes) == {"a", "c"}
     assert eligible_nodes(PodPlacement(terms=None), nodes) is None
+
+
+def test_placement_decided_once_per_shared_label_set_still_follows_each_node() -> None:
+    """Parsed Nodes share their label dicts and taint tuples; the answer is
+    taken once per pair of them, and never where a rule names the node."""
+    edge, core = {"pool": "edge"}, {"pool": "core"}
+    gpu = (("dedicated", "gpu", "NoSchedule"),)
+    nodes = {
+        f"n{i}": node(f"n{i}", edge if i % 2 else core, gpu if i % 3 == 0 else ())
+        for i in range(12)
+    }
+    by_name = PodPlacement(
+        terms=((NodeSelectorRequirement("kubernetes.io/hostname", "In", ("n1", "n2")),),)
+    )
+    placements = [
+        PodPlacement(node_selector={"pool": "edge"}),
+        PodPlacement({"pool": "edge"}, (), (Toleration("dedicated", "Equal", "gpu", None),)),
+        PodPlacement(terms=((NodeSelectorRequirement("pool", "In", ("core",)),),)),
+        by_name,
+    ]
+    for placement in placements:
+        one_by_one = {name for name, n in nodes.items() if should_run(placement, n)}
+        assert eligible_nodes(placement, nodes) == one_by_one
+    assert eligible_nodes(placements[0], nodes) == {"n1", "n5", "n7", "n11"}
+    assert eligible_nodes(by_name, nodes) == {"n1", "n2"}
 
 
 def daemonset_cluster(placement: PodPlacement | None, desired: int) -> ClusterSnapshot:
