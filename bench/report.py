@@ -325,16 +325,18 @@ def render(rows: dict[int, dict]) -> str:
         "own port with its shard's targets and its Operator-generated config. Kubernetes with list pagination, "
         "watches, bookmarks and 410s.",
         "- exporter first cycle: `coverage-exporter serve` from process start until `/-/ready` answers 200 "
-        "(includes interpreter start-up and imports); CPU seconds from /proc at that moment.",
+        "(includes interpreter start-up and imports); CPU seconds from /proc at that moment (first run). "
+        "The median of 3 runs, interleaved with the 3 raw replays (`--repeats`; each run is in the JSON, "
+        "`exporter_first_cycle_s_runs`): one run moves by 10-20% on this machine.",
         "- exporter steady cycle: median `scrape_coverage_cycle_duration_seconds` of the cycles after the second; "
         "CPU per cycle from /proc deltas; requests and bytes per cycle from the fake server's log between cycle ends "
         "(watches included when one restarts in the window). `--prometheus-full-refresh-interval` is left at its "
         "default (600 s), so steady cycles read `/metrics` counts and re-read only scrape pools whose count changed.",
-        "- exporter peak RSS: the sum of the VmHWM of the `serve` process and its children (the HTTP front and the target decoding worker; until the worker became a plain child process, multiprocessing's resource tracker too) at the end of the run, an upper bound of their combined peak; `audit` the same, sampled every 50 ms (or wait4's figure if larger). CPU seconds likewise include the worker.",
+        "- exporter peak RSS: the largest sum, sampled every 50 ms over the whole run, of the VmHWM of the `serve` process and its live children (the HTTP front, the target decoding worker, and the Node list's worker while it lives; before round three the sum was read at the end of the run only, which missed a child that had ended), an upper bound of their combined peak; `audit` the same (or wait4's figure if larger). CPU seconds likewise include the workers.",
         "- raw: `bench/raw.py` replays the exact non-watch requests of the exporter's first cycle (same Accept "
         "and Accept-Encoding), pages of one list in order, lists and pools concurrently, reading and discarding "
         "bodies. `raw s` is the process wall time (Python + aiohttp start-up included, like the exporter's "
-        "first cycle); `download s` is the replay alone.",
+        "first cycle), the median of 3 runs (`raw_s_runs`); `download s` is the replay alone, of the median run.",
         "- naive: `bench/naive.py`, `kubernetes` client typed `list_*` without pagination + `requests` `.json()` "
         "of the unfiltered `/api/v1/targets`; RLIMIT_AS and a timeout bound it.",
         "- `/metrics`: 20 sequential GETs after the steady cycles (median and max), and every poll the harness "
