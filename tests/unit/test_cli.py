@@ -98,3 +98,23 @@ def test_bounds_must_make_sense(flag: str, capsys: pytest.CaptureFixture[str]) -
         code = exit_.code
     assert code == 2
     assert flag.split("=")[0].lstrip("-") in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "nodes_in_worker", "targets_in_worker"),
+    [
+        ([], True, True),
+        (["--kubernetes-decode-in-process"], False, True),
+        (["--prometheus-decode-in-process"], True, False),
+    ],
+)
+def test_decoding_workers_follow_their_flags(
+    flags: list[str], nodes_in_worker: bool, targets_in_worker: bool
+) -> None:
+    from coverage_exporter.app import Sources
+    from coverage_exporter.sources.node_decoder import NodePageDecoder
+
+    args = cli.build_parser().parse_args(["audit", *flags])
+    sources = Sources(Settings.from_args(args))
+    assert isinstance(sources.kubernetes._node_decoder, NodePageDecoder) is nodes_in_worker
+    assert (sources._decoder is not None) is targets_in_worker
