@@ -247,10 +247,39 @@ _LABEL_SETS = _Sets()
 _TAINT_SETS = _Sets()
 
 
-def decode_node_page(body: bytes | bytearray, encoding: str, limit: int) -> NodePage:
+def _inflated_whole(body: bytes, encoding: str, limit: int) -> bytes:
+    """The body decompressed into one buffer, for a page that is parsed
+    whole: no pieces joined afterwards (a copy of 7.5 MB a Node page, and
+    twice the page in memory meanwhile), and never more than `limit` + 1
+    bytes made, so a gzip bomb costs no more than that."""
+    if encoding in ("", "identity"):
+        if len(body) > limit:
+            raise BodyTooLarge(limit)
+        return body
+    if encoding == "gzip":
+        inflater = _zlib.decompressobj(16 + _zlib.MAX_WBITS)
+    elif encoding == "deflate":
+        inflater = _zlib.decompressobj()
+    else:
+        raise SourceError(f"unsupported Content-Encoding {encoding!r}")
+    try:
+        data = inflater.decompress(body, limit + 1)
+        if len(data) > limit or inflater.unconsumed_tail:
+            raise BodyTooLarge(limit)
+        rest = inflater.flush()
+    except _zlib.error as exc:
+        raise SourceError(f"undecodable {encoding} body: {exc}") from None
+    if rest:
+        if len(data) + len(rest) > limit:
+            raise BodyTooLarge(limit)
+        data += rest
+    return data
+
+
+def decode_node_page(body: bytes, encoding: str, limit: int) -> NodePage:
     """Inflate and parse one Node LIST page with the very parser the
     collector process uses for watch events (k8s_parse.NODES)."""
-    data = b"".join(_inflated(body, encoding, limit))
+    data = _inflated_whole(body, encoding, limit)
     del body
     page = k8s_parse.NODES.parse_page(data)
     labels_start, taints_start = len(_LABEL_SETS.held), len(_TAINT_SETS.held)
