@@ -325,7 +325,8 @@ def render(rows: dict[int, dict]) -> str:
         "own port with its shard's targets and its Operator-generated config. Kubernetes with list pagination, "
         "watches, bookmarks and 410s.",
         "- exporter first cycle: `coverage-exporter serve` from process start until `/-/ready` answers 200 "
-        "(includes interpreter start-up and imports); CPU seconds from /proc at that moment (first run). "
+        "(includes interpreter start-up and imports, from bytecode compiled beforehand as pip does on install); "
+        "CPU seconds from /proc at that moment (first run). "
         "The median of 3 runs, interleaved with the 3 raw replays (`--repeats`; each run is in the JSON, "
         "`exporter_first_cycle_s_runs`): one run moves by 10-20% on this machine.",
         "- exporter steady cycle: median `scrape_coverage_cycle_duration_seconds` of the cycles after the second; "
