@@ -25,7 +25,7 @@ from coverage_exporter.sources.health import SOURCE_KUBERNETES, SourceError, Sou
 from coverage_exporter.sources.k8s_api import ApiClient, GoneError, api_error, parse_retry_after
 from coverage_exporter.sources.kubernetes import KubernetesSource
 from coverage_exporter.sources.reflector import MAX_EMPTY_WATCHES, Backoff, Reflector
-from tests.unit.k8s_fake_apiserver import FakeApiServer, node, nodes
+from tests.unit.k8s_fake_apiserver import FakeApiServer, node, nodes, status
 from tests.unit.test_hostile_prometheus import ANSI_AND_NEWLINES, DEEP, assert_one_clean_line
 from tests.unit.test_reflector import (  # node_decoding: every test on both paths of a page
     configuration,
@@ -390,3 +390,43 @@ def test_real_list_pages_decode_whole_with_their_continue_token(resource: str) -
     assert page.metadata is not None
     assert page.metadata.resource_version == raw["metadata"]["resourceVersion"]
     assert page.metadata.continue_ == raw["metadata"].get("continue")
+
+
+async def test_a_page_whose_head_names_another_page_lists_by_what_it_says(
+    server: FakeApiServer, api: ApiClient, reflectors
+) -> None:
+    """A page whose head names one continue token and whose own metadata,
+    later in the body, names another (duplicate keys: a hand-made or
+    re-serialized answer). The parsed page wins: the page asked for ahead
+    on the head's word is dropped, the one the page names is read, and the
+    LIST completes without a restart."""
+    pages = {None: (["a", "b"], "t1"), "t1": (["c"], None)}
+    asked: list[str | None] = []
+
+    async def lying(request: web.Request) -> web.Response:
+        token = request.query.get("continue")
+        asked.append(token)
+        if token not in pages:
+            return json_body(json.dumps(status(410, "Expired", "no such page")).encode(), 410)
+        names, following = pages[token]
+        items = [node(n) for n in names]
+        head = {"resourceVersion": "5", **({"continue": "bogus"} if following else {})}
+        real = {"resourceVersion": "5", **({"continue": following} if following else {})}
+        body = (
+            b'{"kind":"NodeList","apiVersion":"v1","metadata":'
+            + json.dumps(head, separators=(",", ":")).encode()
+            + b',"items":'
+            + json.dumps(items, separators=(",", ":")).encode()
+            + b',"metadata":'
+            + json.dumps(real, separators=(",", ":")).encode()
+            + b"}"
+        )
+        return json_body(body)
+
+    server.overrides[("nodes", "list")] = lying
+    r = node_reflector(api)
+    reflectors.append(r)
+    r.start()
+    assert await r.wait_synced(5)
+    assert sorted(r.cache) == ["a", "b", "c"] and r.lists_total == 1
+    assert asked.count(None) == 1 and asked.count("t1") == 1
