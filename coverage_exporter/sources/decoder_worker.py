@@ -20,6 +20,7 @@ import sys
 from array import array
 from collections.abc import Iterator
 from itertools import chain, filterfalse
+from typing import Any
 
 import msgspec
 
@@ -123,6 +124,16 @@ REQUEST_ENCODER = msgspec.msgpack.Encoder()
 ANSWER_DECODER = msgspec.msgpack.Decoder(Answer)
 
 
+def _inflater(encoding: str) -> Any:
+    """A decompressor (zlib's or isal's) for a Content-Encoding other than
+    identity."""
+    if encoding == "gzip":
+        return _zlib.decompressobj(16 + _zlib.MAX_WBITS)
+    if encoding == "deflate":
+        return _zlib.decompressobj()
+    raise SourceError(f"unsupported Content-Encoding {encoding!r}")
+
+
 def _inflated(body: bytes | bytearray, encoding: str, limit: int) -> Iterator[bytes]:
     """The body decompressed, in pieces of at most INFLATE_PIECE_BYTES made
     as they are consumed (memory stays at a piece; a gzip bomb is stopped
@@ -132,12 +143,7 @@ def _inflated(body: bytes | bytearray, encoding: str, limit: int) -> Iterator[by
             raise BodyTooLarge(limit)
         yield bytes(body)
         return
-    if encoding == "gzip":
-        inflater = _zlib.decompressobj(16 + _zlib.MAX_WBITS)
-    elif encoding == "deflate":
-        inflater = _zlib.decompressobj()
-    else:
-        raise SourceError(f"unsupported Content-Encoding {encoding!r}")
+    inflater = _inflater(encoding)
     total = 0
     data: bytes | bytearray = body
     try:
@@ -256,12 +262,7 @@ def _inflated_whole(body: bytes, encoding: str, limit: int) -> bytes:
         if len(body) > limit:
             raise BodyTooLarge(limit)
         return body
-    if encoding == "gzip":
-        inflater = _zlib.decompressobj(16 + _zlib.MAX_WBITS)
-    elif encoding == "deflate":
-        inflater = _zlib.decompressobj()
-    else:
-        raise SourceError(f"unsupported Content-Encoding {encoding!r}")
+    inflater = _inflater(encoding)
     try:
         data = inflater.decompress(body, limit + 1)
         if len(data) > limit or inflater.unconsumed_tail:
