@@ -174,11 +174,7 @@ class ApiClient:
         application/json)."""
         timeout = aiohttp.ClientTimeout(total=self._request_timeout)
         async with self._open(path, params, timeout, accept) as response:
-            try:
-                body = await httpclient.read_body(response, self._limits.max_body_bytes)
-            except httpclient.BodyTooLarge as exc:
-                self._health.response_bytes_total += exc.limit
-                raise
+            body = await self._read_body(response)
             self._health.response_bytes_total += len(body)
             return body
 
@@ -190,12 +186,16 @@ class ApiClient:
         caller counts its bytes, once inflated, in the source's health."""
         timeout = aiohttp.ClientTimeout(total=self._request_timeout)
         async with self._open(path, params, timeout, accept, encoded=True) as response:
-            try:
-                body = await httpclient.read_body(response, self._limits.max_body_bytes)
-            except httpclient.BodyTooLarge as exc:
-                self._health.response_bytes_total += exc.limit
-                raise
+            body = await self._read_body(response)
             return body, response.headers.get("Content-Encoding", "").lower()
+
+    async def _read_body(self, response: aiohttp.ClientResponse) -> bytes:
+        """The body up to the limit; one that is larger counts as the limit."""
+        try:
+            return await httpclient.read_body(response, self._limits.max_body_bytes)
+        except httpclient.BodyTooLarge as exc:
+            self._health.response_bytes_total += exc.limit
+            raise
 
     async def post(self, path: str, body: bytes) -> bytes:
         """POST a JSON body (a SubjectAccessReview); ApiError on error statuses."""
