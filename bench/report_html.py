@@ -42,7 +42,7 @@ from aiohttp import ClientSession, web  # noqa: E402
 from coverage_exporter import app  # noqa: E402
 from coverage_exporter.cli import build_parser  # noqa: E402
 from coverage_exporter.exposition.html import render_page, render_services  # noqa: E402
-from coverage_exporter.view import ExporterView, make_app  # noqa: E402
+from coverage_exporter.web.view import ExporterView, make_app  # noqa: E402
 from testbed.chromium import Browser, Page  # noqa: E402
 
 import run as bench_run  # noqa: E402

@@ -15,33 +15,34 @@ from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from coverage_exporter import logs
-from coverage_exporter.collector import Collector, CycleResult
+from coverage_exporter.cycle import Collector, CycleResult
 from coverage_exporter.exposition.audit import render_json, render_table
 from coverage_exporter.exposition.html import PageInfo, render_page
 from coverage_exporter.exposition.metrics import ExporterState, render
-from coverage_exporter.fleet_file import load_fleet_file
-from coverage_exporter.front import Front, ListenError
-from coverage_exporter.http import ServerLimits, parse_listen_address
+from coverage_exporter.health import SourceError, SourceHealth
 from coverage_exporter.model.report import CoverageReport
 from coverage_exporter.model.scope import Scope, parse_label_selector, parse_service_key
-from coverage_exporter.sources import httpclient, target_decoder
-from coverage_exporter.sources.health import SourceError, SourceHealth
-from coverage_exporter.sources.kubernetes import (
+from coverage_exporter.sources import httpclient
+from coverage_exporter.sources.kubernetes.node_decoder import NodePageDecoder
+from coverage_exporter.sources.kubernetes.operator import OperatorSource
+from coverage_exporter.sources.kubernetes.reflector import DEFAULT_WATCH_IDLE_SECONDS
+from coverage_exporter.sources.kubernetes.source import (
     DEFAULT_MAX_POD_WATCHES,
     POD_FORM_TABLE,
     POD_FORMS,
     KubernetesSource,
 )
-from coverage_exporter.sources.node_decoder import NodePageDecoder
-from coverage_exporter.sources.operator import OperatorSource
-from coverage_exporter.sources.prometheus import (
+from coverage_exporter.sources.prometheus import target_decoder
+from coverage_exporter.sources.prometheus.fleet_file import load_fleet_file
+from coverage_exporter.sources.prometheus.source import (
     PrometheusEndpoint,
     PrometheusSource,
     parse_prometheus_url,
 )
-from coverage_exporter.sources.reflector import DEFAULT_WATCH_IDLE_SECONDS
-from coverage_exporter.view import ExporterView
-from coverage_exporter.webconfig import WebConfigFile
+from coverage_exporter.web.config import WebConfigFile
+from coverage_exporter.web.front import Front, ListenError
+from coverage_exporter.web.server import ServerLimits, parse_listen_address
+from coverage_exporter.web.view import ExporterView
 
 log = logging.getLogger("coverage_exporter")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from coverage_exporter.sources import untrusted
+from coverage_exporter import untrusted
 
 SOURCE_KUBERNETES = "kubernetes"
 SOURCE_PROMETHEUS = "prometheus"

@@ -9,13 +9,13 @@ from collections.abc import Sequence
 import msgspec
 
 from coverage_exporter import runbooks
+from coverage_exporter.health import SourceHealth
 from coverage_exporter.model.coverage import MissingTarget, PoolCoverage, ServiceCoverage
 from coverage_exporter.model.gaps import service_gaps
 from coverage_exporter.model.objects import ROLE_ENDPOINTS, ROLE_ENDPOINTSLICE
 from coverage_exporter.model.readiness import Readiness
 from coverage_exporter.model.report import CoverageReport
-from coverage_exporter.sources.health import SourceHealth
-from coverage_exporter.sources.untrusted import printable
+from coverage_exporter.untrusted import printable
 
 NAMES_SHOWN = 5
 

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from coverage_exporter import __version__
 from coverage_exporter.exposition.audit import findings, verdict
+from coverage_exporter.health import SOURCE_KUBERNETES, SourceHealth
 from coverage_exporter.model.coverage import (
     STAGE_ENDPOINTS,
     STAGE_ENDPOINTSLICES,
@@ -44,7 +45,6 @@ from coverage_exporter.model.objects import (
 )
 from coverage_exporter.model.readiness import Readiness
 from coverage_exporter.model.report import CoverageReport
-from coverage_exporter.sources.health import SOURCE_KUBERNETES, SourceHealth
 
 # Where the runbooks are published; the same base as the alerts'
 # runbook_url (alerts/rules.py, a test keeps them equal). The findings name

@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from coverage_exporter import build
+from coverage_exporter.health import SOURCE_KUBERNETES, SourceHealth
 from coverage_exporter.model.coverage import (
     STAGE_ENDPOINTS,
     STAGE_ENDPOINTSLICES,
@@ -27,7 +28,6 @@ from coverage_exporter.model.coverage import (
 from coverage_exporter.model.gaps import stage_losses
 from coverage_exporter.model.readiness import Readiness
 from coverage_exporter.model.report import CoverageReport
-from coverage_exporter.sources.health import SOURCE_KUBERNETES, SourceHealth
 
 PREFIX = "scrape_coverage_"
 

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 
-from coverage_exporter.sources.health import (  # noqa: F401  (httpclient's API)
+from coverage_exporter.health import (  # noqa: F401  (httpclient's API)
     DEFAULT_LIMITS,
     BodyTooLarge,
     Limits,

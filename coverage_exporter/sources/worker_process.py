@@ -23,8 +23,9 @@ from concurrent.futures import Future
 import msgspec
 
 from coverage_exporter import link
+from coverage_exporter.health import BodyTooLarge, SourceError
 from coverage_exporter.model.objects import Taint
-from coverage_exporter.sources.decoder_worker import (
+from coverage_exporter.sources.prometheus.target_worker import (
     ANSWER_DECODER,
     REQUEST_ENCODER,
     Answer,
@@ -34,7 +35,6 @@ from coverage_exporter.sources.decoder_worker import (
     NodePageRequest,
     Request,
 )
-from coverage_exporter.sources.health import BodyTooLarge, SourceError
 
 ENDED = "decoding worker process ended; retried next cycle"
 
@@ -81,7 +81,7 @@ class WorkerProcess:
         mine, theirs = socket.socketpair()
         with theirs:
             self.process = subprocess.Popen(
-                link.child_command("coverage_exporter.sources.decoder_worker", theirs),
+                link.child_command("coverage_exporter.sources.prometheus.target_worker", theirs),
                 pass_fds=(theirs.fileno(),),
             )
         self._sock = mine

@@ -35,7 +35,7 @@ from collections.abc import Mapping
 import msgspec
 
 from coverage_exporter import link
-from coverage_exporter.http import MetricsServer, Response, ServerLimits, ServingState, route
+from coverage_exporter.web.server import MetricsServer, Response, ServerLimits, ServingState, route
 
 log = logging.getLogger("coverage_exporter.front")
 
@@ -160,7 +160,7 @@ async def _run_front(sock: socket.socket) -> int:
     if not isinstance(start, Start):
         return 2
     from coverage_exporter import logs
-    from coverage_exporter.webconfig import WebConfigFile
+    from coverage_exporter.web.config import WebConfigFile
 
     logs.configure(start.log_level, start.log_format)
     asking = _Asking(writer)
@@ -234,7 +234,8 @@ class Front:
         mine, theirs = socket.socketpair()
         with theirs:
             self._process = await asyncio.create_subprocess_exec(
-                *link.child_command("coverage_exporter.front", theirs), pass_fds=(theirs.fileno(),)
+                *link.child_command("coverage_exporter.web.front", theirs),
+                pass_fds=(theirs.fileno(),),
             )
         reader, self._writer = await asyncio.open_connection(sock=mine)
         limits, web_config_file, log_level, log_format = self._start

@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from coverage_exporter import __version__
-from coverage_exporter.webconfig import WebConfigFile
+from coverage_exporter.web.config import WebConfigFile
 
 log = logging.getLogger("coverage_exporter.http")
 

@@ -25,8 +25,8 @@ from coverage_exporter.exposition.html import (
     render_page,
     render_services,
 )
-from coverage_exporter.http import Response, ServingState, route
 from coverage_exporter.model.report import CoverageReport
+from coverage_exporter.web.server import Response, ServingState, route
 
 
 class ExporterView(ServingState):

@@ -187,7 +187,7 @@ def _rule_key_orders(real: dict) -> list[list[str]]:
 def test_exporter_reads_the_fake_config(built: dataset.Dataset) -> None:
     """The exporter's own parser finds the Operator topology in each server."""
     from coverage_exporter.model.topology import identify
-    from coverage_exporter.sources.prometheus_config import parse_config_response
+    from coverage_exporter.sources.prometheus.config import parse_config_response
 
     seen = {}
     for server in built.servers:

@@ -456,8 +456,8 @@ def test_a_table_watch_follows_a_pod_from_creation_to_deletion(testbed: Cluster)
     import asyncio
 
     from coverage_exporter.model.objects import Service
-    from coverage_exporter.sources import k8s_parse
-    from coverage_exporter.sources.kubernetes import KubernetesSource
+    from coverage_exporter.sources.kubernetes import parse as k8s_parse
+    from coverage_exporter.sources.kubernetes.source import KubernetesSource
 
     labels = {"e2e": "pod-table"}
     kube = Kube(testbed.kubeconfig)

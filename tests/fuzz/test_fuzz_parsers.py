@@ -28,20 +28,21 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from coverage_exporter import cli, http
+from coverage_exporter import cli, untrusted
 from coverage_exporter.app import Guards, Settings
-from coverage_exporter.sources import k8s_parse, untrusted
-from coverage_exporter.sources.health import SOURCE_KUBERNETES, SourceError, SourceHealth
-from coverage_exporter.sources.k8s_api import ApiError
-from coverage_exporter.sources.kubeconfig import load_configuration
-from coverage_exporter.sources.prometheus import (
+from coverage_exporter.health import SOURCE_KUBERNETES, SourceError, SourceHealth
+from coverage_exporter.sources.kubernetes import parse as k8s_parse
+from coverage_exporter.sources.kubernetes.api import ApiError
+from coverage_exporter.sources.kubernetes.kubeconfig import load_configuration
+from coverage_exporter.sources.kubernetes.reflector import Reflector
+from coverage_exporter.sources.prometheus.config import parse_config_response
+from coverage_exporter.sources.prometheus.source import (
     TargetStream,
     parse_pool_target_counts,
     parse_scrape_pools,
     parse_targets,
 )
-from coverage_exporter.sources.prometheus_config import parse_config_response
-from coverage_exporter.sources.reflector import Reflector
+from coverage_exporter.web import server as http
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 

@@ -112,7 +112,7 @@ def test_decoding_workers_follow_their_flags(
     flags: list[str], nodes_in_worker: bool, targets_in_worker: bool
 ) -> None:
     from coverage_exporter.app import Sources
-    from coverage_exporter.sources.node_decoder import NodePageDecoder
+    from coverage_exporter.sources.kubernetes.node_decoder import NodePageDecoder
 
     args = cli.build_parser().parse_args(["audit", *flags])
     sources = Sources(Settings.from_args(args))

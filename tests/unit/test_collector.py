@@ -7,11 +7,11 @@ from collections.abc import Collection, Mapping, Sequence
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from coverage_exporter.collector import Collector
+from coverage_exporter.cycle import Collector
+from coverage_exporter.health import SourceError, SourceHealth
 from coverage_exporter.model.objects import ClusterSnapshot, PrometheusSnapshot, Service
 from coverage_exporter.model.scope import Scope
-from coverage_exporter.sources.health import SourceError, SourceHealth
-from coverage_exporter.sources.prometheus_config import LoadedConfig
+from coverage_exporter.sources.prometheus.config import LoadedConfig
 from tests.unit import clusters
 
 NE = ("monitoring", "node-exporter")

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import yaml
 
-from coverage_exporter.sources import kubernetes, operator
+from coverage_exporter.sources.kubernetes import operator
+from coverage_exporter.sources.kubernetes import source as kubernetes
 
 DEPLOY = Path(__file__).parent.parent.parent / "deploy" / "kubernetes.yaml"
 

@@ -11,10 +11,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from coverage_exporter.exposition.metrics import METRICS, ExporterState, exported_names, render
+from coverage_exporter.health import SourceHealth
 from coverage_exporter.model.objects import ClusterSnapshot, PrometheusSnapshot
 from coverage_exporter.model.report import build_report
 from coverage_exporter.model.scope import Scope
-from coverage_exporter.sources.health import SourceHealth
 from tests.unit import clusters
 
 GOLDEN = Path(__file__).parent.parent / "golden"

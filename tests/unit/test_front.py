@@ -18,10 +18,10 @@ import aiohttp
 import pytest
 
 from coverage_exporter.exposition.html import PageInfo
-from coverage_exporter.front import Front, ListenError
-from coverage_exporter.http import ServerLimits
 from coverage_exporter.model.report import CoverageReport
-from coverage_exporter.view import ExporterView
+from coverage_exporter.web.front import Front, ListenError
+from coverage_exporter.web.server import ServerLimits
+from coverage_exporter.web.view import ExporterView
 
 
 @pytest.fixture
@@ -132,7 +132,7 @@ def _children(pid: int) -> list[int]:
 def _front_of(serve: subprocess.Popen[bytes]) -> int:
     for child in _children(serve.pid):
         with open(f"/proc/{child}/cmdline", "rb") as f:
-            if b"coverage_exporter.front" in f.read():
+            if b"coverage_exporter.web.front" in f.read():
                 return child
     raise AssertionError("serve has no front process")
 

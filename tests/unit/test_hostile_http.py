@@ -19,8 +19,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from coverage_exporter.http import MetricsServer, ServerLimits
-from coverage_exporter.view import ExporterView
+from coverage_exporter.web.server import MetricsServer, ServerLimits
+from coverage_exporter.web.view import ExporterView
 from tests.unit.k8s_fake_apiserver import FakeApiServer
 
 SLOW_CLIENTS = 300

@@ -19,12 +19,18 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from coverage_exporter.health import SOURCE_KUBERNETES, SourceError, SourceHealth
 from coverage_exporter.model.objects import Service
-from coverage_exporter.sources import httpclient, k8s_parse
-from coverage_exporter.sources.health import SOURCE_KUBERNETES, SourceError, SourceHealth
-from coverage_exporter.sources.k8s_api import ApiClient, GoneError, api_error, parse_retry_after
-from coverage_exporter.sources.kubernetes import KubernetesSource
-from coverage_exporter.sources.reflector import MAX_EMPTY_WATCHES, Backoff, Reflector
+from coverage_exporter.sources import httpclient
+from coverage_exporter.sources.kubernetes import parse as k8s_parse
+from coverage_exporter.sources.kubernetes.api import (
+    ApiClient,
+    GoneError,
+    api_error,
+    parse_retry_after,
+)
+from coverage_exporter.sources.kubernetes.reflector import MAX_EMPTY_WATCHES, Backoff, Reflector
+from coverage_exporter.sources.kubernetes.source import KubernetesSource
 from tests.unit.k8s_fake_apiserver import FakeApiServer, node, nodes, status
 from tests.unit.test_hostile_prometheus import ANSI_AND_NEWLINES, DEEP, assert_one_clean_line
 from tests.unit.test_reflector import (  # node_decoding: every test on both paths of a page
@@ -47,7 +53,7 @@ async def server() -> AsyncIterator[FakeApiServer]:
 
 @pytest.fixture
 async def api(server: FakeApiServer) -> AsyncIterator[ApiClient]:
-    from coverage_exporter.sources.kubeconfig import KubeAuth
+    from coverage_exporter.sources.kubernetes.kubeconfig import KubeAuth
 
     client = ApiClient(
         KubeAuth.from_configuration(configuration(server.url, "s3cret")),

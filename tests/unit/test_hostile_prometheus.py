@@ -19,11 +19,12 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from coverage_exporter.collector import Collector, TargetPoller
+from coverage_exporter.cycle import Collector, TargetPoller
+from coverage_exporter.health import SourceError
 from coverage_exporter.model.scope import Scope
-from coverage_exporter.sources import httpclient, target_decoder
-from coverage_exporter.sources.health import SourceError
-from coverage_exporter.sources.prometheus import (
+from coverage_exporter.sources import httpclient
+from coverage_exporter.sources.prometheus import target_decoder
+from coverage_exporter.sources.prometheus.source import (
     PrometheusEndpoint,
     PrometheusSource,
     parse_pool_target_counts,
@@ -305,7 +306,7 @@ def test_every_source_error_and_last_error_is_printable() -> None:
     """One place makes the server's words safe: whatever message a source
     builds (a pool name from an answer, an error body), the log line, the
     audit table and its JSON get it escaped."""
-    from coverage_exporter.sources.health import SourceHealth
+    from coverage_exporter.health import SourceHealth
 
     err = SourceError(f"GET /api/v1/targets?scrapePool={ANSI_AND_NEWLINES}")
     assert "\x1b" not in str(err) and "\n" not in str(err) and "\u2028" not in str(err)
@@ -317,7 +318,7 @@ def test_every_source_error_and_last_error_is_printable() -> None:
 
 
 def test_deep_nesting_in_a_configuration_answer_is_a_source_error() -> None:
-    from coverage_exporter.sources.prometheus_config import parse_config_response
+    from coverage_exporter.sources.prometheus.config import parse_config_response
 
     with pytest.raises(SourceError, match="nested too deeply"):
         parse_config_response(b'{"status":"success","warnings":' + DEEP + b"}")

@@ -24,6 +24,7 @@ from coverage_exporter.exposition.html import (
     PageInfo,
     render_page,
 )
+from coverage_exporter.health import SourceHealth
 from coverage_exporter.model.fleet import ServerState
 from coverage_exporter.model.objects import (
     ClusterSnapshot,
@@ -39,8 +40,7 @@ from coverage_exporter.model.objects import (
 from coverage_exporter.model.readiness import PrometheusCR, Readiness
 from coverage_exporter.model.report import CoverageReport, build_report
 from coverage_exporter.model.scope import Scope
-from coverage_exporter.sources.health import SourceHealth
-from coverage_exporter.view import ExporterView, make_app
+from coverage_exporter.web.view import ExporterView, make_app
 from tests.unit import clusters
 from tests.unit.test_exposition import merged
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from coverage_exporter.http import MetricsServer, parse_listen_address
-from coverage_exporter.view import ExporterView
+from coverage_exporter.web.server import MetricsServer, parse_listen_address
+from coverage_exporter.web.view import ExporterView
 
 
 class _Client:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from coverage_exporter.sources import k8s_parse
-from coverage_exporter.sources.health import BodyTooLarge, SourceError
-from coverage_exporter.sources.node_decoder import NodePageDecoder
+from coverage_exporter.health import BodyTooLarge, SourceError
+from coverage_exporter.sources.kubernetes import parse as k8s_parse
+from coverage_exporter.sources.kubernetes.node_decoder import NodePageDecoder
 
 CAPTURED = Path(__file__).parents[1] / "fixtures/captured/kubernetes"
 REAL_PAGE = (CAPTURED / "list_nodes.json").read_bytes()

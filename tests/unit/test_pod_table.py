@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
+from coverage_exporter.health import SOURCE_KUBERNETES, SourceHealth
 from coverage_exporter.model.coverage import expected_targets
 from coverage_exporter.model.objects import ClusterSnapshot, DaemonSet, Pod, Service
 from coverage_exporter.model.owners import daemonset_prefixes, infer_daemonset_owners
-from coverage_exporter.sources import k8s_parse
-from coverage_exporter.sources.health import SOURCE_KUBERNETES, SourceHealth
-from coverage_exporter.sources.kubernetes import KubernetesSource
-from coverage_exporter.sources.reflector import Reflector
+from coverage_exporter.sources.kubernetes import parse as k8s_parse
+from coverage_exporter.sources.kubernetes.reflector import Reflector
+from coverage_exporter.sources.kubernetes.source import KubernetesSource
 from tests.unit.k8s_fake_apiserver import FakeApiServer
 from tests.unit.test_reflector import _pod, _svc, configuration, until
 

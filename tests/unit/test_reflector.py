@@ -11,15 +11,15 @@ from typing import Any
 import pytest
 from kubernetes.client import Configuration
 
+from coverage_exporter.health import SOURCE_KUBERNETES, SourceError, SourceHealth
 from coverage_exporter.model.objects import Node, Service
 from coverage_exporter.model.scope import over_capacity_services
-from coverage_exporter.sources import k8s_parse
-from coverage_exporter.sources.health import SOURCE_KUBERNETES, SourceError, SourceHealth
-from coverage_exporter.sources.k8s_api import ApiClient
-from coverage_exporter.sources.kubeconfig import KubeAuth
-from coverage_exporter.sources.kubernetes import KubernetesSource
-from coverage_exporter.sources.node_decoder import NodePageDecoder
-from coverage_exporter.sources.reflector import Backoff, Reflector
+from coverage_exporter.sources.kubernetes import parse as k8s_parse
+from coverage_exporter.sources.kubernetes.api import ApiClient
+from coverage_exporter.sources.kubernetes.kubeconfig import KubeAuth
+from coverage_exporter.sources.kubernetes.node_decoder import NodePageDecoder
+from coverage_exporter.sources.kubernetes.reflector import Backoff, Reflector
+from coverage_exporter.sources.kubernetes.source import KubernetesSource
 from tests.unit.k8s_fake_apiserver import FakeApiServer, node, nodes
 
 

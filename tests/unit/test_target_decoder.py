@@ -16,10 +16,10 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from coverage_exporter.health import SourceError
 from coverage_exporter.sources import httpclient
-from coverage_exporter.sources.health import SourceError
-from coverage_exporter.sources.prometheus import parse_targets
-from coverage_exporter.sources.target_decoder import DecoderPool
+from coverage_exporter.sources.prometheus.source import parse_targets
+from coverage_exporter.sources.prometheus.target_decoder import DecoderPool
 
 CAPTURED = sorted(
     (Path(__file__).parents[1] / "fixtures/captured/prometheus-3").glob("targets_*.json")

@@ -23,7 +23,7 @@ import bcrypt
 import pytest
 import yaml
 
-from coverage_exporter.webconfig import WebConfigError, parse
+from coverage_exporter.web.config import WebConfigError, parse
 
 HASH_COST = 4  # bcrypt's minimum: the format is what matters here, not the cost
 

@@ -14,10 +14,11 @@ from contextlib import asynccontextmanager
 
 import aiohttp
 
-from coverage_exporter.sources import httpclient, untrusted
-from coverage_exporter.sources.health import SourceHealth
-from coverage_exporter.sources.k8s_parse import decode_status
-from coverage_exporter.sources.kubeconfig import KubeAuth
+from coverage_exporter import untrusted
+from coverage_exporter.health import SourceHealth
+from coverage_exporter.sources import httpclient
+from coverage_exporter.sources.kubernetes.kubeconfig import KubeAuth
+from coverage_exporter.sources.kubernetes.parse import decode_status
 
 log = logging.getLogger("coverage_exporter.kubernetes")
 

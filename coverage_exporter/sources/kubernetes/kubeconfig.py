@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from kubernetes import config as k8s_config
 from kubernetes.client import Configuration
 
-from coverage_exporter.sources import httpclient, untrusted
-from coverage_exporter.sources.health import SourceError
+from coverage_exporter import untrusted
+from coverage_exporter.health import SourceError
+from coverage_exporter.sources import httpclient
 
 log = logging.getLogger("coverage_exporter.kubernetes")
 

@@ -22,14 +22,14 @@ from dataclasses import dataclass
 import aiohttp
 import msgspec
 
+from coverage_exporter.health import SourceError
 from coverage_exporter.model.readiness import (
     LabelSelector,
     PrometheusCR,
     ServiceMonitor,
 )
 from coverage_exporter.model.scope import LabelRequirement
-from coverage_exporter.sources.health import SourceError
-from coverage_exporter.sources.k8s_api import ApiClient, ApiError
+from coverage_exporter.sources.kubernetes.api import ApiClient, ApiError
 
 log = logging.getLogger("coverage_exporter.operator")
 

@@ -19,6 +19,7 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
+from coverage_exporter import untrusted
 from coverage_exporter.model.objects import (
     APP_MANAGED_BY_LABEL,
     MANAGED_BY_LABEL,
@@ -40,7 +41,6 @@ from coverage_exporter.model.objects import (
     SliceEndpoint,
     Toleration,
 )
-from coverage_exporter.sources import untrusted
 
 K = TypeVar("K")
 T = TypeVar("T")

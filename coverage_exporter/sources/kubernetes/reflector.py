@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 
 import aiohttp
 
-from coverage_exporter.sources import untrusted
-from coverage_exporter.sources.health import SourceError, SourceHealth
-from coverage_exporter.sources.k8s_api import ApiClient, ApiError, GoneError
-from coverage_exporter.sources.k8s_parse import (
+from coverage_exporter import untrusted
+from coverage_exporter.health import SourceError, SourceHealth
+from coverage_exporter.sources.kubernetes.api import ApiClient, ApiError, GoneError
+from coverage_exporter.sources.kubernetes.parse import (
     TABLE_ACCEPT,
     FormUnsupported,
     ObjectParser,
@@ -39,7 +39,7 @@ from coverage_exporter.sources.k8s_parse import (
 )
 
 if TYPE_CHECKING:
-    from coverage_exporter.sources.node_decoder import NodePageDecoder
+    from coverage_exporter.sources.kubernetes.node_decoder import NodePageDecoder
 
 log = logging.getLogger("coverage_exporter.kubernetes")
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from kubernetes.client import Configuration
 
+from coverage_exporter.health import SOURCE_KUBERNETES, SourceError, SourceHealth
 from coverage_exporter.model.objects import (
     ClusterSnapshot,
     DaemonSet,
@@ -30,12 +31,16 @@ from coverage_exporter.model.objects import (
     ServiceKey,
 )
 from coverage_exporter.model.owners import daemonset_prefixes, infer_daemonset_owners
-from coverage_exporter.sources import httpclient, k8s_parse
-from coverage_exporter.sources.health import SOURCE_KUBERNETES, SourceError, SourceHealth
-from coverage_exporter.sources.k8s_api import ApiClient
-from coverage_exporter.sources.kubeconfig import KubeAuth, credential_files, load_configuration
-from coverage_exporter.sources.node_decoder import NodePageDecoder
-from coverage_exporter.sources.reflector import DEFAULT_WATCH_IDLE_SECONDS, Reflector
+from coverage_exporter.sources import httpclient
+from coverage_exporter.sources.kubernetes import parse as k8s_parse
+from coverage_exporter.sources.kubernetes.api import ApiClient
+from coverage_exporter.sources.kubernetes.kubeconfig import (
+    KubeAuth,
+    credential_files,
+    load_configuration,
+)
+from coverage_exporter.sources.kubernetes.node_decoder import NodePageDecoder
+from coverage_exporter.sources.kubernetes.reflector import DEFAULT_WATCH_IDLE_SECONDS, Reflector
 
 log = logging.getLogger("coverage_exporter.kubernetes")
 

@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from coverage_exporter.model.topology import Declared
-from coverage_exporter.sources.prometheus import DEFAULT_TIMEOUT_SECONDS, PrometheusEndpoint
+from coverage_exporter.sources.prometheus.source import DEFAULT_TIMEOUT_SECONDS, PrometheusEndpoint
 
 _SERVER_KEYS = {
     "name",

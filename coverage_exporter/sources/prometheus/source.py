@@ -30,16 +30,18 @@ from urllib.parse import urlsplit
 import aiohttp
 import msgspec
 
+from coverage_exporter import untrusted
+from coverage_exporter.health import SOURCE_PROMETHEUS, SourceError, SourceHealth
 from coverage_exporter.model.objects import PrometheusSnapshot, Target
 from coverage_exporter.model.topology import Declared, identify
-from coverage_exporter.sources import httpclient, target_decoder, untrusted
-from coverage_exporter.sources.health import SOURCE_PROMETHEUS, SourceError, SourceHealth
-from coverage_exporter.sources.prometheus_config import (
+from coverage_exporter.sources import httpclient
+from coverage_exporter.sources.prometheus import target_decoder
+from coverage_exporter.sources.prometheus.config import (
     CONFIG_PATH,
     LoadedConfig,
     parse_config_response,
 )
-from coverage_exporter.sources.targets_json import (  # noqa: F401  (the source's API)
+from coverage_exporter.sources.prometheus.targets_json import (  # noqa: F401  (the source's API)
     ROLE_INGRESS,
     ROLE_NODE,
     ROLE_OTHER,

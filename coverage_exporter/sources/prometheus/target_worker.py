@@ -25,10 +25,10 @@ from typing import Any
 import msgspec
 
 from coverage_exporter import heap, link
+from coverage_exporter.health import BodyTooLarge, SourceError
 from coverage_exporter.model.objects import Taint, Target
-from coverage_exporter.sources import k8s_parse
-from coverage_exporter.sources.health import BodyTooLarge, SourceError
-from coverage_exporter.sources.targets_json import PoolTargets, TargetStream
+from coverage_exporter.sources.kubernetes import parse as k8s_parse
+from coverage_exporter.sources.prometheus.targets_json import PoolTargets, TargetStream
 
 try:
     from isal import isal_zlib as _zlib
