@@ -19,10 +19,10 @@ from coverage_exporter.cycle import Collector, CycleResult
 from coverage_exporter.exposition.audit import render_json, render_table
 from coverage_exporter.exposition.html import PageInfo, render_page
 from coverage_exporter.exposition.metrics import ExporterState, render
-from coverage_exporter.health import SourceError, SourceHealth
+from coverage_exporter.health import SourceHealth
 from coverage_exporter.model.report import CoverageReport
 from coverage_exporter.model.scope import Scope, parse_label_selector, parse_service_key
-from coverage_exporter.sources import httpclient
+from coverage_exporter.sources.errors import DEFAULT_LIMITS, Limits, SourceError
 from coverage_exporter.sources.kubernetes.node_decoder import NodePageDecoder
 from coverage_exporter.sources.kubernetes.operator import OperatorSource
 from coverage_exporter.sources.kubernetes.reflector import DEFAULT_WATCH_IDLE_SECONDS
@@ -159,7 +159,7 @@ class Guards:
 
     source_deadline: float = 120.0
     """Seconds one source may take per cycle."""
-    limits: httpclient.Limits = httpclient.DEFAULT_LIMITS
+    limits: Limits = DEFAULT_LIMITS
     max_pod_watches: int = DEFAULT_MAX_POD_WATCHES
     watch_idle_seconds: float = DEFAULT_WATCH_IDLE_SECONDS
     pod_form: str = POD_FORM_TABLE
@@ -193,7 +193,7 @@ class Guards:
             )
         return cls(
             source_deadline=deadline,
-            limits=httpclient.Limits(max_body_bytes=int(args.max_response_bytes)),
+            limits=Limits(max_body_bytes=int(args.max_response_bytes)),
             max_pod_watches=int(args.kubernetes_max_pod_watches),
             watch_idle_seconds=float(args.kubernetes_watch_idle_timeout),
             pod_form=pod_form,

@@ -18,7 +18,7 @@ from typing import Protocol
 
 from coverage_exporter import heap
 from coverage_exporter.exposition.metrics import ExporterState, render_coverage, render_exporter
-from coverage_exporter.health import SourceError, SourceHealth
+from coverage_exporter.health import SourceHealth
 from coverage_exporter.model.coverage import ServiceTargets, targets_by_service
 from coverage_exporter.model.fleet import ServerState
 from coverage_exporter.model.growth import GrowthTracker
@@ -33,6 +33,7 @@ from coverage_exporter.model.readiness import Readiness, assess
 from coverage_exporter.model.report import CoverageReport, SelectionMemo, build_report
 from coverage_exporter.model.scope import Scope, services_in_scope
 from coverage_exporter.model.topology import identify
+from coverage_exporter.sources.errors import SourceError
 from coverage_exporter.sources.kubernetes.operator import OperatorSource
 from coverage_exporter.sources.prometheus.config import LoadedConfig
 

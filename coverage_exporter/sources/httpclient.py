@@ -14,13 +14,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 
-from coverage_exporter.health import (  # noqa: F401  (httpclient's API)
-    DEFAULT_LIMITS,
-    BodyTooLarge,
-    Limits,
-    MiB,
-    SourceError,
-)
+from coverage_exporter.sources.errors import BodyTooLarge, MiB, SourceError
 
 log = logging.getLogger("coverage_exporter.tls")
 

@@ -23,8 +23,8 @@ from concurrent.futures import Future
 import msgspec
 
 from coverage_exporter import link
-from coverage_exporter.health import BodyTooLarge, SourceError
 from coverage_exporter.model.objects import Taint
+from coverage_exporter.sources.errors import BodyTooLarge, SourceError
 from coverage_exporter.sources.prometheus.target_worker import (
     ANSWER_DECODER,
     REQUEST_ENCODER,

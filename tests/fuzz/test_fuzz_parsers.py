@@ -30,7 +30,8 @@ from hypothesis import strategies as st
 
 from coverage_exporter import cli, untrusted
 from coverage_exporter.app import Guards, Settings
-from coverage_exporter.health import SOURCE_KUBERNETES, SourceError, SourceHealth
+from coverage_exporter.health import SOURCE_KUBERNETES, SourceHealth
+from coverage_exporter.sources.errors import SourceError
 from coverage_exporter.sources.kubernetes import parse as k8s_parse
 from coverage_exporter.sources.kubernetes.api import ApiError
 from coverage_exporter.sources.kubernetes.kubeconfig import load_configuration

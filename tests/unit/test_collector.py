@@ -8,9 +8,10 @@ from collections.abc import Collection, Mapping, Sequence
 from prometheus_client.parser import text_string_to_metric_families
 
 from coverage_exporter.cycle import Collector
-from coverage_exporter.health import SourceError, SourceHealth
+from coverage_exporter.health import SourceHealth
 from coverage_exporter.model.objects import ClusterSnapshot, PrometheusSnapshot, Service
 from coverage_exporter.model.scope import Scope
+from coverage_exporter.sources.errors import SourceError
 from coverage_exporter.sources.prometheus.config import LoadedConfig
 from tests.unit import clusters
 

@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from coverage_exporter.health import SOURCE_KUBERNETES, SourceError, SourceHealth
+from coverage_exporter.health import SOURCE_KUBERNETES, SourceHealth
 from coverage_exporter.model.objects import Service
-from coverage_exporter.sources import httpclient
+from coverage_exporter.sources.errors import Limits, SourceError
 from coverage_exporter.sources.kubernetes import parse as k8s_parse
 from coverage_exporter.sources.kubernetes.api import (
     ApiClient,
@@ -59,7 +59,7 @@ async def api(server: FakeApiServer) -> AsyncIterator[ApiClient]:
         KubeAuth.from_configuration(configuration(server.url, "s3cret")),
         SourceHealth(SOURCE_KUBERNETES),
         request_timeout_seconds=5,
-        limits=httpclient.Limits(max_body_bytes=8 * MiB),
+        limits=Limits(max_body_bytes=8 * MiB),
     )
     await client.open()
     yield client

@@ -20,9 +20,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from coverage_exporter.cycle import Collector, TargetPoller
-from coverage_exporter.health import SourceError
 from coverage_exporter.model.scope import Scope
-from coverage_exporter.sources import httpclient
+from coverage_exporter.sources.errors import DEFAULT_LIMITS, Limits, SourceError
 from coverage_exporter.sources.prometheus import target_decoder
 from coverage_exporter.sources.prometheus.source import (
     PrometheusEndpoint,
@@ -78,7 +77,7 @@ def decoding(request: pytest.FixtureRequest) -> Iterator[str]:
 def source(url: str, name: str = "hostile", **limits: int) -> PrometheusSource:
     return PrometheusSource(
         PrometheusEndpoint(url=url, name=name, timeout_seconds=30),
-        limits=httpclient.Limits(**limits) if limits else httpclient.DEFAULT_LIMITS,
+        limits=Limits(**limits) if limits else DEFAULT_LIMITS,
         decoder=DECODER[0],
     )
 

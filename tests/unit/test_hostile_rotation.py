@@ -15,8 +15,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from coverage_exporter.health import SourceError
 from coverage_exporter.sources import httpclient
+from coverage_exporter.sources.errors import SourceError
 from coverage_exporter.sources.kubernetes.source import KubernetesSource
 from coverage_exporter.sources.prometheus.source import PrometheusEndpoint, PrometheusSource
 from tests.unit.k8s_fake_apiserver import FakeApiServer, node

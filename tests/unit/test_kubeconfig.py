@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from coverage_exporter.health import SourceError
+from coverage_exporter.sources.errors import SourceError
 from coverage_exporter.sources.kubernetes.kubeconfig import KubeAuth, load_configuration
 from coverage_exporter.sources.kubernetes.source import KubernetesSource
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from coverage_exporter.health import BodyTooLarge, SourceError
+from coverage_exporter.sources.errors import BodyTooLarge, SourceError
 from coverage_exporter.sources.kubernetes import parse as k8s_parse
 from coverage_exporter.sources.kubernetes.node_decoder import NodePageDecoder
 

@@ -20,9 +20,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from coverage_exporter.health import SourceError
 from coverage_exporter.model.objects import Target
 from coverage_exporter.sources import httpclient
+from coverage_exporter.sources.errors import SourceError
 from coverage_exporter.sources.prometheus import source as prometheus
 from coverage_exporter.sources.prometheus import target_decoder, targets_json
 from coverage_exporter.sources.prometheus.source import (

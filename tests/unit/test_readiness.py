@@ -170,7 +170,8 @@ async def test_an_unreachable_apiserver_is_a_source_error_not_a_crash() -> None:
     which the collector logs, never as an exception that ends serve."""
     from kubernetes.client import Configuration
 
-    from coverage_exporter.health import SourceError, SourceHealth
+    from coverage_exporter.health import SourceHealth
+    from coverage_exporter.sources.errors import SourceError
     from coverage_exporter.sources.kubernetes.api import ApiClient
     from coverage_exporter.sources.kubernetes.kubeconfig import KubeAuth
     from coverage_exporter.sources.kubernetes.operator import OperatorSource

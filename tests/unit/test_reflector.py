@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 from kubernetes.client import Configuration
 
-from coverage_exporter.health import SOURCE_KUBERNETES, SourceError, SourceHealth
+from coverage_exporter.health import SOURCE_KUBERNETES, SourceHealth
 from coverage_exporter.model.objects import Node, Service
 from coverage_exporter.model.scope import over_capacity_services
+from coverage_exporter.sources.errors import SourceError
 from coverage_exporter.sources.kubernetes import parse as k8s_parse
 from coverage_exporter.sources.kubernetes.api import ApiClient
 from coverage_exporter.sources.kubernetes.kubeconfig import KubeAuth

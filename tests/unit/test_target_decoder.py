@@ -16,8 +16,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from coverage_exporter.health import SourceError
-from coverage_exporter.sources import httpclient
+from coverage_exporter.sources.errors import BodyTooLarge, SourceError
 from coverage_exporter.sources.prometheus.source import parse_targets
 from coverage_exporter.sources.prometheus.target_decoder import DecoderPool
 
@@ -136,7 +135,7 @@ async def test_strings_cross_once_and_are_interned(pool: DecoderPool) -> None:
 
 async def test_a_gzip_bomb_is_cut_off_in_the_worker(pool: DecoderPool) -> None:
     bomb = gzip.compress(b" " * (32 << 20))
-    with pytest.raises(httpclient.BodyTooLarge) as exc:
+    with pytest.raises(BodyTooLarge) as exc:
         await pool.decode(bomb, "gzip", None, 4 << 20, 1 << 20)
     assert exc.value.limit == 4 << 20
 

@@ -513,7 +513,7 @@ def test_bad_fleet_files_are_refused_with_the_entry_named(text, message, tmp_pat
 
 
 def test_a_partial_thanos_answer_is_never_taken_as_complete() -> None:
-    from coverage_exporter.health import SourceError
+    from coverage_exporter.sources.errors import SourceError
     from coverage_exporter.sources.prometheus.source import parse_targets
 
     body = json.dumps(

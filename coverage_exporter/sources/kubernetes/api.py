@@ -17,6 +17,7 @@ import aiohttp
 from coverage_exporter import untrusted
 from coverage_exporter.health import SourceHealth
 from coverage_exporter.sources import httpclient
+from coverage_exporter.sources.errors import DEFAULT_LIMITS, BodyTooLarge, Limits
 from coverage_exporter.sources.kubernetes.kubeconfig import KubeAuth
 from coverage_exporter.sources.kubernetes.parse import decode_status
 
@@ -74,7 +75,7 @@ class ApiClient:
         health: SourceHealth,
         *,
         request_timeout_seconds: float = 60.0,
-        limits: httpclient.Limits = httpclient.DEFAULT_LIMITS,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self._auth = auth
         self._limits = limits
@@ -194,7 +195,7 @@ class ApiClient:
         """The body up to the limit; one that is larger counts as the limit."""
         try:
             return await httpclient.read_body(response, self._limits.max_body_bytes)
-        except httpclient.BodyTooLarge as exc:
+        except BodyTooLarge as exc:
             self._health.response_bytes_total += exc.limit
             raise
 
@@ -248,7 +249,7 @@ class ApiClient:
             if len(buffer) > limit:
                 # One event that never ends (or a stream without newlines).
                 response.close()
-                raise httpclient.BodyTooLarge(limit)
+                raise BodyTooLarge(limit)
             start = 0
             while (end := buffer.find(b"\n", scanned)) >= 0:
                 line = bytes(buffer[start:end])

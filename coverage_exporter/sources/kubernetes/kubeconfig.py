@@ -21,8 +21,8 @@ from kubernetes import config as k8s_config
 from kubernetes.client import Configuration
 
 from coverage_exporter import untrusted
-from coverage_exporter.health import SourceError
 from coverage_exporter.sources import httpclient
+from coverage_exporter.sources.errors import SourceError
 
 log = logging.getLogger("coverage_exporter.kubernetes")
 

@@ -23,8 +23,8 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from coverage_exporter.health import SourceError
 from coverage_exporter.model.objects import Node
+from coverage_exporter.sources.errors import SourceError
 from coverage_exporter.sources.kubernetes.parse import NODES, ListMeta, ObjectParser, Page, Parsed
 from coverage_exporter.sources.prometheus.target_worker import NodePage, NodePageRequest
 from coverage_exporter.sources.worker_process import WorkerSlot

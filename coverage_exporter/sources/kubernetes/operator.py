@@ -22,13 +22,13 @@ from dataclasses import dataclass
 import aiohttp
 import msgspec
 
-from coverage_exporter.health import SourceError
 from coverage_exporter.model.readiness import (
     LabelSelector,
     PrometheusCR,
     ServiceMonitor,
 )
 from coverage_exporter.model.scope import LabelRequirement
+from coverage_exporter.sources.errors import SourceError
 from coverage_exporter.sources.kubernetes.api import ApiClient, ApiError
 
 log = logging.getLogger("coverage_exporter.operator")

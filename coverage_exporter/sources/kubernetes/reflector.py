@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 import aiohttp
 
 from coverage_exporter import untrusted
-from coverage_exporter.health import SourceError, SourceHealth
+from coverage_exporter.health import SourceHealth
+from coverage_exporter.sources.errors import SourceError
 from coverage_exporter.sources.kubernetes.api import ApiClient, ApiError, GoneError
 from coverage_exporter.sources.kubernetes.parse import (
     TABLE_ACCEPT,

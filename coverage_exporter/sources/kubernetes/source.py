@@ -19,7 +19,7 @@ from typing import Any
 
 from kubernetes.client import Configuration
 
-from coverage_exporter.health import SOURCE_KUBERNETES, SourceError, SourceHealth
+from coverage_exporter.health import SOURCE_KUBERNETES, SourceHealth
 from coverage_exporter.model.objects import (
     ClusterSnapshot,
     DaemonSet,
@@ -31,7 +31,7 @@ from coverage_exporter.model.objects import (
     ServiceKey,
 )
 from coverage_exporter.model.owners import daemonset_prefixes, infer_daemonset_owners
-from coverage_exporter.sources import httpclient
+from coverage_exporter.sources.errors import DEFAULT_LIMITS, Limits, SourceError
 from coverage_exporter.sources.kubernetes import parse as k8s_parse
 from coverage_exporter.sources.kubernetes.api import ApiClient
 from coverage_exporter.sources.kubernetes.kubeconfig import (
@@ -83,7 +83,7 @@ class KubernetesSource:
         watch_idle_seconds: float = DEFAULT_WATCH_IDLE_SECONDS,
         namespaces: Iterable[str] = (),
         max_pod_watches: int = DEFAULT_MAX_POD_WATCHES,
-        limits: httpclient.Limits = httpclient.DEFAULT_LIMITS,
+        limits: Limits = DEFAULT_LIMITS,
         pod_form: str = POD_FORM_TABLE,
         node_decoder: NodePageDecoder | None = None,
     ) -> None:

@@ -19,13 +19,13 @@ import msgspec
 import yaml
 
 from coverage_exporter import untrusted
-from coverage_exporter.health import SourceError
 from coverage_exporter.model.objects import (
     ROLE_ENDPOINTS,
     ROLE_ENDPOINTSLICE,
     RelabelRule,
     ScrapeJob,
 )
+from coverage_exporter.sources.errors import SourceError
 
 CONFIG_PATH = "/api/v1/status/config"
 _ROLES = (ROLE_ENDPOINTS, ROLE_ENDPOINTSLICE)

@@ -31,10 +31,11 @@ import aiohttp
 import msgspec
 
 from coverage_exporter import untrusted
-from coverage_exporter.health import SOURCE_PROMETHEUS, SourceError, SourceHealth
+from coverage_exporter.health import SOURCE_PROMETHEUS, SourceHealth
 from coverage_exporter.model.objects import PrometheusSnapshot, Target
 from coverage_exporter.model.topology import Declared, identify
 from coverage_exporter.sources import httpclient
+from coverage_exporter.sources.errors import DEFAULT_LIMITS, BodyTooLarge, Limits, SourceError
 from coverage_exporter.sources.prometheus import target_decoder
 from coverage_exporter.sources.prometheus.config import (
     CONFIG_PATH,
@@ -266,7 +267,7 @@ class PrometheusSource:
         health: SourceHealth | None = None,
         session: aiohttp.ClientSession | None = None,
         concurrency: int = DEFAULT_CONCURRENCY,
-        limits: httpclient.Limits = httpclient.DEFAULT_LIMITS,
+        limits: Limits = DEFAULT_LIMITS,
         decoder: target_decoder.DecoderPool | None = None,
     ) -> None:
         """decoder: decode target lists in that worker process; None decodes
@@ -629,7 +630,7 @@ class PrometheusSource:
                         await sink(chunk)
                     if compressed:
                         return resp.status, body
-        except httpclient.BodyTooLarge as exc:
+        except BodyTooLarge as exc:
             self.health.record_request(exc.limit)
             self._fail(f"{_describe(path, params)}: {exc}")
         except TimeoutError:

@@ -31,8 +31,8 @@ from itertools import chain, starmap
 
 import msgspec
 
-from coverage_exporter.health import SourceError
 from coverage_exporter.model.objects import Target
+from coverage_exporter.sources.errors import SourceError
 from coverage_exporter.sources.prometheus.target_worker import FIELDS, Decoded, EncodedPool, Request
 from coverage_exporter.sources.worker_process import WorkerProcess, WorkerSlot
 

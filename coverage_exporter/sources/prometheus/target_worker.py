@@ -25,8 +25,8 @@ from typing import Any
 import msgspec
 
 from coverage_exporter import heap, link
-from coverage_exporter.health import BodyTooLarge, SourceError
 from coverage_exporter.model.objects import Taint, Target
+from coverage_exporter.sources.errors import BodyTooLarge, SourceError
 from coverage_exporter.sources.kubernetes import parse as k8s_parse
 from coverage_exporter.sources.prometheus.targets_json import PoolTargets, TargetStream
 

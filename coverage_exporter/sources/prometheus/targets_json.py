@@ -15,13 +15,13 @@ from dataclasses import dataclass
 import msgspec
 
 from coverage_exporter import untrusted
-from coverage_exporter.health import DEFAULT_LIMITS, BodyTooLarge, SourceError
 from coverage_exporter.model.objects import (
     ROLE_ENDPOINTS,
     ROLE_ENDPOINTSLICE,
     ROLE_UNKNOWN,
     Target,
 )
+from coverage_exporter.sources.errors import DEFAULT_LIMITS, BodyTooLarge, SourceError
 
 log = logging.getLogger("coverage_exporter.sources.prometheus")
 
