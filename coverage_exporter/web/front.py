@@ -49,6 +49,10 @@ in seconds) may take before the front answers 503."""
 
 _MAX_UNREAD = 64 << 20
 
+_MODULE = __spec__.name if __spec__ is not None else __name__
+"""This module's dotted path, in the collector and in the front alike
+(run with -m, its __name__ is "__main__"): what the front is started as."""
+
 
 class State(msgspec.Struct, tag=True):
     metrics: bytes
@@ -234,7 +238,7 @@ class Front:
         mine, theirs = socket.socketpair()
         with theirs:
             self._process = await asyncio.create_subprocess_exec(
-                *link.child_command("coverage_exporter.web.front", theirs),
+                *link.child_command(_MODULE, theirs),
                 pass_fds=(theirs.fileno(),),
             )
         reader, self._writer = await asyncio.open_connection(sock=mine)

@@ -16,25 +16,29 @@ Figures: bench/analysis.md.
 
 A worker that dies (OOM-killed, crashed) fails the reads it holds as
 source errors, and the next read starts a new worker. The worker itself is
-`decoder_worker.py`, a plain child process on a socketpair, and
-`worker_process.py` talks to it.
+`target_worker.py`, a plain child process on a socketpair, and
+`sources/worker_process.py` talks to it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import weakref
 from array import array
 from collections.abc import Mapping, Sequence
 from itertools import chain, starmap
+from typing import Any
 
 import msgspec
 
 from coverage_exporter.model.objects import Target
 from coverage_exporter.sources.errors import SourceError
+from coverage_exporter.sources.prometheus import target_worker
 from coverage_exporter.sources.prometheus.target_worker import FIELDS, Decoded, EncodedPool, Request
-from coverage_exporter.sources.worker_process import WorkerProcess, WorkerSlot
+from coverage_exporter.sources.worker_child import Failed
+from coverage_exporter.sources.worker_process import Mirror, WorkerProcess, WorkerSlot
 
 REBUILD_CHUNK = 10_000
 """Targets rebuilt per step (~4 ms): one C-level call holds the GIL for
@@ -91,6 +95,25 @@ def _reusing(
     return tuple(out)  # type: ignore[arg-type]  # no None is left
 
 
+class TargetMirror(Mirror):
+    """The worker's string table, interned: a string crosses once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table: list[str | None] = [None]
+
+    def follow(self, answer: Any) -> None:
+        if isinstance(answer, Decoded):
+            self._extend(self.table, answer.table_start, map(sys.intern, answer.strings))
+
+
+_ANSWERS = msgspec.msgpack.Decoder(Decoded | Failed)
+
+
+def _start_worker() -> WorkerProcess:
+    return WorkerProcess(target_worker.__name__, _ANSWERS, TargetMirror())
+
+
 READS_AHEAD = 8
 """Target reads in flight at once: one in the worker, the next ones
 downloading meanwhile."""
@@ -114,7 +137,7 @@ class DecoderPool:
     the decoding needs, and the collector keeps the other)."""
 
     def __init__(self) -> None:
-        self._slot = WorkerSlot()
+        self._slot = WorkerSlot(_start_worker)
         self._turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
             weakref.WeakKeyDictionary()
         )
@@ -157,13 +180,16 @@ class DecoderPool:
         """The answer and each pool's rebuilt Targets; `previous`: each
         pool's targets as last read, reused where unchanged (see rebuild)."""
         worker = self._get()
-        # The bytearray itself (encoded as is): no copy while it waits.
+        mirror = worker.mirror
+        assert isinstance(mirror, TargetMirror)
+        # The bytearray itself (msgspec encodes it as bytes, as is): no copy
+        # while it waits.
         request = Request(body, encoding, only_pool, limit, piece_bytes)  # type: ignore[arg-type]
         decoded = await asyncio.wrap_future(worker.submit(request))
-        if not isinstance(decoded, Decoded) or worker.mirror.broken:
+        if not isinstance(decoded, Decoded) or mirror.broken:
             worker.stop()
             raise SourceError("target decoding worker out of step; restarted")
-        table = worker.mirror.table
+        table = mirror.table
         out: dict[str, SharedTargets] = {}
         for pool in decoded.pools:
             key = (decoded.worker, pool.digest)
