@@ -33,6 +33,7 @@ from coverage_exporter.app import Guards, Settings
 from coverage_exporter.health import SOURCE_KUBERNETES, SourceHealth
 from coverage_exporter.sources.errors import SourceError
 from coverage_exporter.sources.kubernetes import parse as k8s_parse
+from coverage_exporter.sources.kubernetes import pod_table
 from coverage_exporter.sources.kubernetes.api import ApiError
 from coverage_exporter.sources.kubernetes.kubeconfig import load_configuration
 from coverage_exporter.sources.kubernetes.reflector import Reflector
@@ -199,8 +200,8 @@ PARSERS = [
     k8s_parse.PODS,
     k8s_parse.DAEMONSETS,
     # The Table parser after a LIST (columns known) and before one.
-    k8s_parse.PodTableParser("ns"),
-    k8s_parse.PodTableParser("ns"),
+    pod_table.PodTableParser("ns"),
+    pod_table.PodTableParser("ns"),
 ]
 PARSERS[-2].parse_page(seeds("captured/kubernetes/pod_forms/list_pods_table.json")[0])
 

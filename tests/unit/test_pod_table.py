@@ -17,6 +17,7 @@ from coverage_exporter.model.coverage import expected_targets
 from coverage_exporter.model.objects import ClusterSnapshot, DaemonSet, Pod, Service
 from coverage_exporter.model.owners import daemonset_prefixes, infer_daemonset_owners
 from coverage_exporter.sources.kubernetes import parse as k8s_parse
+from coverage_exporter.sources.kubernetes import pod_table
 from coverage_exporter.sources.kubernetes.reflector import Reflector
 from coverage_exporter.sources.kubernetes.source import KubernetesSource
 from tests.unit.k8s_fake_apiserver import FakeApiServer
@@ -34,7 +35,7 @@ def _reflector(parser: Any) -> Reflector[Any, Any]:
 def test_the_real_table_page_decodes_to_pods() -> None:
     body = (FORMS / "list_pods_table.json").read_bytes()
     raw = json.loads(body)
-    parser = k8s_parse.PodTableParser("monitoring")
+    parser = pod_table.PodTableParser("monitoring")
     page = parser.parse_page(body)
     assert page.errors == [] and len(page.items) == len(raw["rows"]) == 3
     first = page.items[0]
@@ -43,11 +44,11 @@ def test_the_real_table_page_decodes_to_pods() -> None:
     assert page.metadata is not None
     assert page.metadata.resource_version == raw["metadata"]["resourceVersion"]
     assert page.metadata.continue_ == raw["metadata"]["continue"]
-    assert parser.columns == k8s_parse.PodColumns(name=0, status=2, ip=5, node=6)
+    assert parser.columns == pod_table.PodColumns(name=0, status=2, ip=5, node=6)
 
 
 def test_a_real_table_watch_stream_is_applied_event_by_event() -> None:
-    parser = k8s_parse.PodTableParser(NS)
+    parser = pod_table.PodTableParser(NS)
     reflector = _reflector(parser)
     seen: dict[str, list[Pod]] = {}
     lines = (FORMS / "watch_pods_table.jsonl").read_bytes().splitlines()
@@ -66,7 +67,7 @@ def test_a_real_table_watch_stream_is_applied_event_by_event() -> None:
 
 
 def test_the_initial_events_end_bookmark_is_a_bookmark_not_a_pod() -> None:
-    reflector = _reflector(k8s_parse.PodTableParser(NS))
+    reflector = _reflector(pod_table.PodTableParser(NS))
     for line in (FORMS / "watch_pods_table_initial.jsonl").read_bytes().splitlines():
         reflector._handle_event(line)
     assert list(reflector.cache) == [(NS, "node-exporter-steady")]
@@ -99,7 +100,7 @@ def test_bad_rows_are_skipped_with_an_error_not_the_page() -> None:
         "not a row",
         _row("also-good", ip="<none>", node="<none>"),
     ]
-    page = k8s_parse.PodTableParser("ns").parse_page(_table(rows))
+    page = pod_table.PodTableParser("ns").parse_page(_table(rows))
     assert [p.obj.name for p in page.items] == ["good", "also-good"]
     assert page.items[1].obj.ip is None and page.items[1].obj.node_name is None
     assert len(page.errors) == 5 and all(isinstance(e, str) for e in page.errors)
@@ -108,7 +109,7 @@ def test_bad_rows_are_skipped_with_an_error_not_the_page() -> None:
 def test_columns_are_found_by_name_not_position() -> None:
     cols = json.loads((FORMS / "list_pods_table.json").read_bytes())["columnDefinitions"]
     rows = [{"cells": list(reversed(_row("p", ip="10.1.1.1", node="n9")["cells"]))}]
-    page = k8s_parse.PodTableParser("ns").parse_page(_table(rows, list(reversed(cols))))
+    page = pod_table.PodTableParser("ns").parse_page(_table(rows, list(reversed(cols))))
     assert page.items[0].obj == Pod("ns", "p", "n9", "10.1.1.1")
 
 
@@ -123,11 +124,11 @@ def test_columns_are_found_by_name_not_position() -> None:
 )
 def test_a_page_not_in_table_form_is_form_unsupported_never_no_pods(body: bytes) -> None:
     with pytest.raises(k8s_parse.FormUnsupported):
-        k8s_parse.PodTableParser("ns").parse_page(body)
+        pod_table.PodTableParser("ns").parse_page(body)
 
 
 def test_hostile_watch_events_fail_cleanly() -> None:
-    parser = k8s_parse.PodTableParser("ns")
+    parser = pod_table.PodTableParser("ns")
     parser.parse_page(_table([]))  # columns known, as after the LIST
     reflector = _reflector(parser)
     two_rows = _table([_row("a"), _row("b")], columns=[])
@@ -295,15 +296,15 @@ def test_daemonset_template_labels_are_parsed() -> None:
 def test_the_bench_fakes_table_page_is_shaped_like_the_real_one() -> None:
     sys.path.insert(0, str(REPO / "bench"))
     try:
-        import pod_table
+        import pod_table as fake_table
     finally:
         sys.path.remove(str(REPO / "bench"))
     real_body = (FORMS / "list_pods_table.json").read_bytes()
     real = json.loads(real_body)
     pod = json.loads((FORMS.parent / "list_pods.json").read_bytes())["items"][0]
     fake_body = (
-        pod_table.head("6617", real["metadata"]["continue"])
-        + pod_table.row_bytes(json.dumps(pod).encode())
+        fake_table.head("6617", real["metadata"]["continue"])
+        + fake_table.row_bytes(json.dumps(pod).encode())
         + b"]}"
     )
     fake = json.loads(fake_body)
@@ -313,14 +314,14 @@ def test_the_bench_fakes_table_page_is_shaped_like_the_real_one() -> None:
     assert real_body.startswith(fake_body[: fake_body.index(b'"rows":[') + 8])
     assert fake["rows"][0].keys() == real["rows"][0].keys()
     assert len(fake["rows"][0]["cells"]) == len(real["rows"][0]["cells"])
-    parsed = k8s_parse.PodTableParser(pod["metadata"]["namespace"]).parse_page(fake_body)
+    parsed = pod_table.PodTableParser(pod["metadata"]["namespace"]).parse_page(fake_body)
     assert parsed.items[0].obj.node_name == pod["spec"]["nodeName"]
     assert parsed.items[0].obj.ip == pod["status"]["podIP"]
     # Watch framing: the real stream's bookmark, byte for byte.
     real_bookmark = (FORMS / "watch_pods_table.jsonl").read_bytes().splitlines()[-1]
-    assert pod_table.event("BOOKMARK", {}, "6632", first=False).rstrip(b"\n") == real_bookmark
+    assert fake_table.event("BOOKMARK", {}, "6632", first=False).rstrip(b"\n") == real_bookmark
     real_first = json.loads((FORMS / "watch_pods_table.jsonl").read_bytes().splitlines()[0])
-    fake_first = json.loads(pod_table.event("ADDED", pod, "1", first=True))
+    fake_first = json.loads(fake_table.event("ADDED", pod, "1", first=True))
     assert fake_first.keys() == real_first.keys()
     assert fake_first["object"].keys() == real_first["object"].keys()
     assert fake_first["object"]["columnDefinitions"] == real_first["object"]["columnDefinitions"]

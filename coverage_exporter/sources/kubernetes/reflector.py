@@ -28,7 +28,6 @@ from coverage_exporter.health import SourceHealth
 from coverage_exporter.sources.errors import SourceError
 from coverage_exporter.sources.kubernetes.api import ApiClient, ApiError, GoneError
 from coverage_exporter.sources.kubernetes.parse import (
-    TABLE_ACCEPT,
     FormUnsupported,
     ObjectParser,
     Page,
@@ -38,6 +37,7 @@ from coverage_exporter.sources.kubernetes.parse import (
     decode_status,
     peek_list_meta,
 )
+from coverage_exporter.sources.kubernetes.pod_table import TABLE_ACCEPT
 
 if TYPE_CHECKING:
     from coverage_exporter.sources.kubernetes.node_decoder import NodePageDecoder

@@ -33,6 +33,7 @@ from coverage_exporter.model.objects import (
 from coverage_exporter.model.owners import daemonset_prefixes, infer_daemonset_owners
 from coverage_exporter.sources.errors import DEFAULT_LIMITS, Limits, SourceError
 from coverage_exporter.sources.kubernetes import parse as k8s_parse
+from coverage_exporter.sources.kubernetes import pod_table
 from coverage_exporter.sources.kubernetes.api import ApiClient
 from coverage_exporter.sources.kubernetes.kubeconfig import (
     KubeAuth,
@@ -328,7 +329,7 @@ class KubernetesSource:
         for key in wanted - set(self._pod_reflectors):
             namespace, selector = key
             parser: k8s_parse.ObjectParser[ServiceKey, Pod] = (
-                k8s_parse.PodTableParser(namespace)
+                pod_table.PodTableParser(namespace)
                 if self.pod_form == POD_FORM_TABLE
                 else k8s_parse.PODS
             )
