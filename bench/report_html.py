@@ -1,7 +1,7 @@
 """Benchmark of the HTML coverage report on the bench data set.
 
 Collects once against bench/fake_api.py (in this process, the exporter's
-own Sources and Collector), then measures:
+own Exporter and CycleRunner), then measures:
 
 1. rendering: render_services (the per-report part: every missing target)
    and render_page, best and median of --repeat runs; page size, gzipped
@@ -53,14 +53,14 @@ async def collect(kubeconfig: Path, prometheus_urls: list[str]):
         ["audit", "--kubeconfig", str(kubeconfig), *bench_run.prometheus_args(prometheus_urls)]
     )
     settings = app.Settings.from_args(args)
-    sources = app.Sources(settings)
+    exporter = app.Exporter(settings)
     try:
-        await sources.kubernetes.start()
-        await sources.kubernetes.wait_synced(settings.kubernetes_sync_timeout)
-        result = await sources.collector.run_cycle()
-        health = [replace(h) for h in sources.health]
+        await exporter.kubernetes.start()
+        await exporter.kubernetes.wait_synced(settings.kubernetes_sync_timeout)
+        result = await exporter.cycle.run_cycle()
+        health = [replace(h) for h in exporter.health]
     finally:
-        await sources.close()
+        await exporter.close()
     return settings, result, health
 
 

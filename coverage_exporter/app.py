@@ -1,4 +1,4 @@
-"""Wires sources, collector and output together for `serve` and `audit`."""
+"""Wires the sources, the cycle and the output together for `serve` and `audit`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from coverage_exporter import logs
-from coverage_exporter.cycle import Collector, CycleResult
+from coverage_exporter.cycle import CycleResult, CycleRunner
 from coverage_exporter.exposition.audit import render_json, render_table
 from coverage_exporter.exposition.html import PageInfo, render_page
 from coverage_exporter.exposition.metrics import ExporterState, render
@@ -201,8 +201,10 @@ class Guards:
         )
 
 
-class Sources:
-    """The Kubernetes source and one source per Prometheus, opened together."""
+class Exporter:
+    """What one run of `serve` or `audit` collects with: the Kubernetes
+    source, one source per Prometheus, the target decoder, and the cycle
+    runner that reads them; opened and closed together."""
 
     def __init__(
         self, settings: Settings, full_refresh_seconds: float = 0.0, guards: Guards | None = None
@@ -219,7 +221,7 @@ class Sources:
             pod_form=guards.pod_form,
             node_decoder=None if settings.decode_nodes_in_process else NodePageDecoder(),
         )
-        decoder = None if settings.decode_in_process else target_decoder.POOL
+        decoder = None if settings.decode_in_process else target_decoder.SHARED
         if decoder is not None and settings.prometheus:
             # Spawned now, so its start-up overlaps the cluster's first lists.
             decoder.warm()
@@ -227,7 +229,7 @@ class Sources:
         self.prometheus = [
             PrometheusSource(e, limits=guards.limits, decoder=decoder) for e in settings.prometheus
         ]
-        self.collector = Collector(
+        self.cycle = CycleRunner(
             self.kubernetes,
             self.prometheus,
             settings.scope,
@@ -244,7 +246,7 @@ class Sources:
         await self.kubernetes.start()
         api = self.kubernetes.api
         if api is not None:
-            self.collector.set_operator(
+            self.cycle.set_operator(
                 OperatorSource(api, refresh_seconds=self._settings.operator_refresh_seconds)
             )
 
@@ -266,11 +268,11 @@ class Sources:
 AUDIT_FAIL_FAST_SECONDS = 5.0
 
 
-async def _wait_for_cluster(sources: Sources, timeout: float) -> None:  # noqa: ASYNC109
+async def _wait_for_cluster(exporter: Exporter, timeout: float) -> None:  # noqa: ASYNC109
     """Until every resource is listed; SourceError early when the apiserver
     refuses (connection refused, 401, 403) for AUDIT_FAIL_FAST_SECONDS
     without a single list having succeeded."""
-    kubernetes = sources.kubernetes
+    kubernetes = exporter.kubernetes
     health = kubernetes.health
     deadline = time.monotonic() + timeout
     first_error: float | None = None
@@ -287,19 +289,19 @@ async def _wait_for_cluster(sources: Sources, timeout: float) -> None:  # noqa: 
 
 
 async def _audit(settings: Settings, output: str, guards: Guards | None = None) -> int:
-    sources = Sources(settings, guards=guards)
+    exporter = Exporter(settings, guards=guards)
     try:
-        await sources.start()
-        result = await sources.collector.run_cycle(
-            _wait_for_cluster(sources, settings.kubernetes_sync_timeout)
+        await exporter.start()
+        result = await exporter.cycle.run_cycle(
+            _wait_for_cluster(exporter, settings.kubernetes_sync_timeout)
         )
         # Copies: closing the sources marks them down.
-        health = [replace(h) for h in sources.health]
+        health = [replace(h) for h in exporter.health]
     except SourceError as err:
         print(f"coverage-exporter: {err}", file=sys.stderr)
         return EXIT_NOT_COLLECTED
     finally:
-        await sources.close()
+        await exporter.close()
     if output == "json":
         sys.stdout.write(render_json(result.report, health, result.complete, result.readiness))
     elif output == "prometheus":
@@ -344,8 +346,8 @@ async def _serve(
     # Loaded here too (certificates included), so that a bad file fails at
     # start as it always has; the front process loads and reloads its own.
     web_config = WebConfigFile(web_config_file) if web_config_file else None
-    sources = Sources(settings, full_refresh_seconds=full_refresh, guards=guards)
-    health = sources.health
+    exporter = Exporter(settings, full_refresh_seconds=full_refresh, guards=guards)
+    health = exporter.health
     cluster = cluster_name(settings)
     view = ExporterView(
         lambda: render(
@@ -373,13 +375,13 @@ async def _serve(
     cycle_budget = 2 * guards.source_deadline + 60.0
     first: asyncio.Future[CycleResult] | None = None
     try:
-        await sources.start()
+        await exporter.start()
         # The first cycle waits for the cluster's first lists too. It starts
         # now, not once the front listens: the Prometheus reads are in it,
         # and at 100k nodes the front's start-up (~0.3 s) held them back.
         first = asyncio.ensure_future(
-            sources.collector.run_cycle(
-                sources.kubernetes.wait_synced(settings.kubernetes_sync_timeout)
+            exporter.cycle.run_cycle(
+                exporter.kubernetes.wait_synced(settings.kubernetes_sync_timeout)
             )
         )
         await listening
@@ -392,7 +394,7 @@ async def _serve(
             started = time.monotonic()
             if first is None:
                 view.expect_progress(cycle_budget, "the running collection cycle")
-            cycle = first if first is not None else sources.collector.run_cycle()
+            cycle = first if first is not None else exporter.cycle.run_cycle()
             first = None
             done, result = await _until_stopped(cycle, stop)
             if not done:
@@ -422,7 +424,7 @@ async def _serve(
         front_gone.cancel()
         await server.close()
         try:
-            await asyncio.wait_for(sources.close(), guards.shutdown_seconds)
+            await asyncio.wait_for(exporter.close(), guards.shutdown_seconds)
         except TimeoutError:
             log.warning(
                 "sources did not close within %.0fs; exiting anyway", guards.shutdown_seconds

@@ -201,7 +201,12 @@ class CycleResult:
     Operator is absent."""
 
 
-class Collector:
+class CycleRunner:
+    """Runs collection cycles (`run_cycle`) over the sources, and keeps what
+    one cycle hands to the next: the last good answer of each Prometheus,
+    the pools that discovered each Service, the last report while its
+    inputs are unchanged. The interval between cycles is app.py's."""
+
     def __init__(
         self,
         cluster: ClusterSource,

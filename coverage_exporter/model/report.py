@@ -28,7 +28,7 @@ from coverage_exporter.model.scope import Scope, services_in_scope
 
 Remembered = Mapping[str, Mapping[ServiceKey, Mapping[str, str]]]
 """server -> Service -> {scrape pool: role} that discovered targets of the
-Service in an earlier cycle (see Collector): a pool whose targets vanish
+Service in an earlier cycle (see CycleRunner): a pool whose targets vanish
 during a run stays meant for the Service."""
 
 

@@ -111,10 +111,10 @@ def test_bounds_must_make_sense(flag: str, capsys: pytest.CaptureFixture[str]) -
 def test_decoding_workers_follow_their_flags(
     flags: list[str], nodes_in_worker: bool, targets_in_worker: bool
 ) -> None:
-    from coverage_exporter.app import Sources
+    from coverage_exporter.app import Exporter
     from coverage_exporter.sources.kubernetes.node_decoder import NodePageDecoder
 
     args = cli.build_parser().parse_args(["audit", *flags])
-    sources = Sources(Settings.from_args(args))
-    assert isinstance(sources.kubernetes._node_decoder, NodePageDecoder) is nodes_in_worker
-    assert (sources._decoder is not None) is targets_in_worker
+    exporter = Exporter(Settings.from_args(args))
+    assert isinstance(exporter.kubernetes._node_decoder, NodePageDecoder) is nodes_in_worker
+    assert (exporter._decoder is not None) is targets_in_worker

@@ -7,7 +7,7 @@ from collections.abc import Collection, Mapping, Sequence
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from coverage_exporter.cycle import Collector
+from coverage_exporter.cycle import CycleRunner
 from coverage_exporter.health import SourceHealth
 from coverage_exporter.model.objects import ClusterSnapshot, PrometheusSnapshot, Service
 from coverage_exporter.model.scope import Scope
@@ -101,7 +101,7 @@ async def test_a_failing_prometheus_keeps_its_last_good_targets_not_zero() -> No
     cluster = clusters.node_exporter(1200)
     good = PrometheusSnapshot("p", clusters.endpoints_targets(cluster, "ne", *NE))
     prom = ScriptedPrometheus("p", [good, SourceError("HTTP 503 from p")])
-    collector = Collector(StaticCluster(cluster), [prom], Scope())
+    collector = CycleRunner(StaticCluster(cluster), [prom], Scope())
 
     first = await collector.run_cycle()
     assert first.complete and prometheus_missing(first.exposition) == [200.0]
@@ -119,7 +119,7 @@ async def test_a_failing_prometheus_keeps_its_last_good_targets_not_zero() -> No
 async def test_a_prometheus_that_never_answered_publishes_no_pool_figures() -> None:
     cluster = clusters.node_exporter(1200)
     prom = ScriptedPrometheus("p", [SourceError("connection refused")])
-    result = await Collector(StaticCluster(cluster), [prom], Scope(frozenset({NE}))).run_cycle()
+    result = await CycleRunner(StaticCluster(cluster), [prom], Scope(frozenset({NE}))).run_cycle()
     assert not result.complete
     assert prometheus_missing(result.exposition) == []
     assert samples(result.exposition, "scrape_coverage_gap_targets") == {}
@@ -133,7 +133,7 @@ async def test_a_prometheus_that_never_answered_publishes_no_pool_figures() -> N
 
 async def test_unsynced_kubernetes_publishes_no_coverage_at_all() -> None:
     prom = ScriptedPrometheus("p", [PrometheusSnapshot("p", [])])
-    collector = Collector(StaticCluster(ClusterSnapshot(), synced=False), [prom], Scope())
+    collector = CycleRunner(StaticCluster(ClusterSnapshot(), synced=False), [prom], Scope())
     result = await collector.run_cycle()
     assert result.report is None and not result.complete
     assert samples(result.exposition, "scrape_coverage_missing_targets") == {}
@@ -146,7 +146,7 @@ async def test_pod_scope_follows_the_services_prometheus_discovers() -> None:
     prom = ScriptedPrometheus(
         "p", [PrometheusSnapshot("p", clusters.slice_targets(cluster, "ne", *NE))]
     )
-    await Collector(kube, [prom], Scope()).run_cycle()
+    await CycleRunner(kube, [prom], Scope()).run_cycle()
     assert [s.key for s in kube.scope] == [NE]
 
 
@@ -157,7 +157,7 @@ async def test_unchanged_counts_skip_the_target_lists() -> None:
     prom = ScriptedPrometheus(
         "p", [snapshot, snapshot], counts=[{"ne": 1000}, {"ne": 1000, "other": 5}]
     )
-    collector = Collector(StaticCluster(cluster), [prom], Scope(), full_refresh_seconds=3600)
+    collector = CycleRunner(StaticCluster(cluster), [prom], Scope(), full_refresh_seconds=3600)
     await collector.run_cycle()
     second = await collector.run_cycle()
     assert prom.collect_calls == [None]
@@ -170,7 +170,7 @@ async def test_unavailable_counts_mean_a_full_read_every_cycle() -> None:
     cluster = clusters.node_exporter(10)
     snapshot = PrometheusSnapshot("p", [])
     prom = ScriptedPrometheus("p", [snapshot, snapshot])
-    collector = Collector(StaticCluster(cluster), [prom], Scope(), full_refresh_seconds=3600)
+    collector = CycleRunner(StaticCluster(cluster), [prom], Scope(), full_refresh_seconds=3600)
     await collector.run_cycle()
     await collector.run_cycle()
     assert prom.collect_calls == [None, None]
@@ -181,7 +181,7 @@ async def test_unchanged_sources_reuse_the_report_and_a_change_recomputes_it() -
     endpoints_only = PrometheusSnapshot("p", clusters.endpoints_targets(cluster, "ne", *NE))
     fixed = PrometheusSnapshot("p", clusters.slice_targets(cluster, "ne", *NE))
     prom = ScriptedPrometheus("p", [endpoints_only, endpoints_only, fixed])
-    collector = Collector(StaticCluster(cluster), [prom], Scope())
+    collector = CycleRunner(StaticCluster(cluster), [prom], Scope())
     first = await collector.run_cycle()
     second = await collector.run_cycle()
     assert second.report is first.report
@@ -203,7 +203,7 @@ async def test_pods_of_truncated_services_are_listed_while_prometheus_is_read() 
             return await super().collect(pools_to_refresh)
 
     prom = Watching("p", [PrometheusSnapshot("p", [])])
-    await Collector(kube, [prom], Scope()).run_cycle()
+    await CycleRunner(kube, [prom], Scope()).run_cycle()
     assert seen_during_collect == [[NE]]
 
 
@@ -214,7 +214,7 @@ async def test_a_prometheus_down_longer_than_stale_after_stops_covering() -> Non
     cluster = clusters.node_exporter(1200)
     good = PrometheusSnapshot("p", clusters.slice_targets(cluster, "ne", *NE))
     prom = ScriptedPrometheus("p", [good, SourceError("refused"), SourceError("refused")])
-    collector = Collector(StaticCluster(cluster), [prom], Scope(), stale_after_seconds=0.2)
+    collector = CycleRunner(StaticCluster(cluster), [prom], Scope(), stale_after_seconds=0.2)
     first = await collector.run_cycle()
     assert prometheus_missing(first.exposition) == [0.0]
     within = await collector.run_cycle()  # still within the bound: last good data
@@ -238,7 +238,7 @@ async def test_a_pool_whose_targets_vanish_during_a_run_reports_all_missing() ->
     after = PrometheusSnapshot("p", [], pools=("ne",))
     gone = PrometheusSnapshot("p", [], pools=())
     prom = ScriptedPrometheus("p", [before, after, gone])
-    collector = Collector(StaticCluster(cluster), [prom], Scope())
+    collector = CycleRunner(StaticCluster(cluster), [prom], Scope())
     first = await collector.run_cycle()
     assert prometheus_missing(first.exposition) == [0.0]
     second = await collector.run_cycle()
@@ -253,7 +253,7 @@ async def test_a_reload_is_read_at_once_even_when_counts_did_not_move() -> None:
     cluster = clusters.node_exporter(10)
     snapshot = PrometheusSnapshot("p", [])
     prom = ScriptedPrometheus("p", [snapshot, snapshot], counts=[{}, {}])
-    collector = Collector(StaticCluster(cluster), [prom], Scope(), full_refresh_seconds=3600)
+    collector = CycleRunner(StaticCluster(cluster), [prom], Scope(), full_refresh_seconds=3600)
     await collector.run_cycle()
     prom.config = LoadedConfig({}, ())
     await collector.run_cycle()
@@ -264,7 +264,7 @@ async def test_an_unresolved_service_is_a_series_and_one_log_line(caplog) -> Non
     cluster = clusters.node_exporter(10)
     cluster.pods = {}
     prom = ScriptedPrometheus("p", [PrometheusSnapshot("p", []), PrometheusSnapshot("p", [])])
-    collector = Collector(StaticCluster(cluster), [prom], Scope(frozenset({NE})))
+    collector = CycleRunner(StaticCluster(cluster), [prom], Scope(frozenset({NE})))
     first = await collector.run_cycle()
     await collector.run_cycle()
     unresolved = samples(first.exposition, "scrape_coverage_service_unresolved")

@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from coverage_exporter.cycle import Collector, TargetPoller
+from coverage_exporter.cycle import CycleRunner, TargetPoller
 from coverage_exporter.model.scope import Scope
 from coverage_exporter.sources.errors import DEFAULT_LIMITS, Limits, SourceError
 from coverage_exporter.sources.prometheus import target_decoder
@@ -62,14 +62,14 @@ async def fake() -> AsyncIterator[tuple[FakePrometheus, str]]:
         yield server, str(srv.make_url("")).rstrip("/")
 
 
-DECODER: list[target_decoder.DecoderPool | None] = [None]
+DECODER: list[target_decoder.TargetDecoder | None] = [None]
 
 
 @pytest.fixture(autouse=True, params=["thread", "process"])
 def decoding(request: pytest.FixtureRequest) -> Iterator[str]:
     """Every hostile answer is tried on both decoding paths: in this
     process's threads, and in the worker process (the default of serve)."""
-    DECODER[0] = target_decoder.POOL if request.param == "process" else None
+    DECODER[0] = target_decoder.SHARED if request.param == "process" else None
     yield request.param
     DECODER[0] = None
 
@@ -157,7 +157,7 @@ async def test_one_deeply_nested_answer_leaves_the_other_prometheus_and_the_cycl
     async with TestServer(bad_server.app, host="127.0.0.1") as bad_srv:
         bad = source(str(bad_srv.make_url("")).rstrip("/"), "bad")
         good = source(url, "good")
-        collector = Collector(StaticCluster(cluster), [bad, good], Scope())
+        collector = CycleRunner(StaticCluster(cluster), [bad, good], Scope())
         with caplog.at_level(logging.INFO):
             result = await collector.run_cycle()
         await bad.close()
@@ -284,7 +284,7 @@ async def test_a_hanging_prometheus_is_cut_off_by_the_source_deadline(fake) -> N
     async with TestServer(hanging.app, host="127.0.0.1") as slow_srv:
         slow = source(str(slow_srv.make_url("")).rstrip("/"), "slow")
         good = source(url, "good")
-        collector = Collector(
+        collector = CycleRunner(
             StaticCluster(clusters.node_exporter(10)), [slow, good], Scope(), source_deadline=0.5
         )
         loop = asyncio.get_running_loop()
@@ -330,7 +330,7 @@ async def test_a_prometheus_whose_first_request_fails_is_down_not_up(fake) -> No
     server, url = fake
     cluster = StaticCluster(clusters.node_exporter(10))
     async with source(url, "p") as prom:
-        collector = Collector(cluster, [prom], Scope())
+        collector = CycleRunner(cluster, [prom], Scope())
         first = await collector.run_cycle()
         assert (
             samples(first.exposition, "scrape_coverage_source_up")[

@@ -126,14 +126,14 @@ async def serve(flavour: str) -> tuple[FakePrometheus, TestServer]:
     return server, srv
 
 
-DECODER: list[target_decoder.DecoderPool | None] = [None]
+DECODER: list[target_decoder.TargetDecoder | None] = [None]
 
 
 @pytest.fixture(autouse=True, params=["thread", "process"])
 def decoding(request: pytest.FixtureRequest) -> Iterator[str]:
     """Every test runs on both decoding paths: in this process's threads,
     and in the worker process (the default of serve)."""
-    DECODER[0] = target_decoder.POOL if request.param == "process" else None
+    DECODER[0] = target_decoder.SHARED if request.param == "process" else None
     yield request.param
     DECODER[0] = None
 

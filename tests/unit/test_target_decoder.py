@@ -18,7 +18,7 @@ import pytest
 
 from coverage_exporter.sources.errors import BodyTooLarge, SourceError
 from coverage_exporter.sources.prometheus.source import parse_targets
-from coverage_exporter.sources.prometheus.target_decoder import DecoderPool
+from coverage_exporter.sources.prometheus.target_decoder import TargetDecoder
 
 CAPTURED = sorted(
     (Path(__file__).parents[1] / "fixtures/captured/prometheus-3").glob("targets_*.json")
@@ -34,8 +34,8 @@ LIMIT = 64 << 20
 
 
 @pytest.fixture
-def pool() -> Iterator[DecoderPool]:
-    decoder = DecoderPool()
+def pool() -> Iterator[TargetDecoder]:
+    decoder = TargetDecoder()
     yield decoder
     decoder.shutdown()
 
@@ -45,7 +45,9 @@ def test_the_captures_hold_service_pools() -> None:
 
 
 @pytest.mark.parametrize("name", SERVICE_POOLS)
-async def test_worker_decodes_real_answers_like_this_process(pool: DecoderPool, name: str) -> None:
+async def test_worker_decodes_real_answers_like_this_process(
+    pool: TargetDecoder, name: str
+) -> None:
     body = BODIES[name]
     here = parse_targets(body)
     decoded, shared = await pool.decode(gzip.compress(body), "gzip", None, LIMIT, 1 << 10)
@@ -71,7 +73,7 @@ def _reordered(body: bytes) -> bytes:
     return json.dumps(document).encode()
 
 
-async def test_a_pool_read_again_unchanged_is_the_very_same_tuple(pool: DecoderPool) -> None:
+async def test_a_pool_read_again_unchanged_is_the_very_same_tuple(pool: TargetDecoder) -> None:
     """An unchanged pool (or the other replica's copy of it) is neither
     rebuilt nor held twice, whatever order its targets come in; the tuple
     goes as soon as its last holder lets it go."""
@@ -96,7 +98,7 @@ def _one_health_flipped(body: bytes) -> tuple[bytes, str]:
     return json.dumps(document).encode(), target["discoveredLabels"]["__address__"]
 
 
-async def test_a_changed_pool_reuses_its_unchanged_targets(pool: DecoderPool) -> None:
+async def test_a_changed_pool_reuses_its_unchanged_targets(pool: TargetDecoder) -> None:
     """A pool where one target changed is rebuilt (its digest changed), but
     every unchanged target is the very object read before: a re-read holds
     one new Target, not the whole pool twice."""
@@ -112,7 +114,7 @@ async def test_a_changed_pool_reuses_its_unchanged_targets(pool: DecoderPool) ->
     new = [t for t in after if id(t) not in old]
     assert len(new) == 1 and flipped.startswith(new[0].address_host)
     # The same targets as a read that had nothing to reuse.
-    fresh_pool = DecoderPool()
+    fresh_pool = TargetDecoder()
     try:
         _, fresh = await fresh_pool.decode(body, "identity", None, LIMIT, 1 << 10)
     finally:
@@ -120,7 +122,7 @@ async def test_a_changed_pool_reuses_its_unchanged_targets(pool: DecoderPool) ->
     assert _unordered(after) == _unordered(fresh[name].targets)
 
 
-async def test_strings_cross_once_and_are_interned(pool: DecoderPool) -> None:
+async def test_strings_cross_once_and_are_interned(pool: TargetDecoder) -> None:
     body = POOL_BODY
     first, a = await pool.decode(gzip.compress(body), "gzip", None, LIMIT, 1 << 10)
     again, b = await pool.decode(body, "identity", None, LIMIT, 1 << 10)
@@ -133,7 +135,7 @@ async def test_strings_cross_once_and_are_interned(pool: DecoderPool) -> None:
             assert t.node_name is None or t.node_name is sys.intern(t.node_name)
 
 
-async def test_a_gzip_bomb_is_cut_off_in_the_worker(pool: DecoderPool) -> None:
+async def test_a_gzip_bomb_is_cut_off_in_the_worker(pool: TargetDecoder) -> None:
     bomb = gzip.compress(b" " * (32 << 20))
     with pytest.raises(BodyTooLarge) as exc:
         await pool.decode(bomb, "gzip", None, 4 << 20, 1 << 20)
@@ -149,14 +151,14 @@ async def test_a_gzip_bomb_is_cut_off_in_the_worker(pool: DecoderPool) -> None:
     ],
 )
 async def test_bad_answers_are_source_errors(
-    pool: DecoderPool, body: bytes, encoding: str, why: str
+    pool: TargetDecoder, body: bytes, encoding: str, why: str
 ) -> None:
     with pytest.raises(SourceError, match=why):
         await pool.decode(body, encoding, None, LIMIT, 1 << 10)
 
 
 async def test_a_worker_that_dies_fails_one_read_and_the_next_starts_afresh(
-    pool: DecoderPool,
+    pool: TargetDecoder,
 ) -> None:
     body = POOL_BODY
     first, before = await pool.decode(body, "identity", None, LIMIT, 1 << 10)

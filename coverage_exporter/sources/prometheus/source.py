@@ -268,7 +268,7 @@ class PrometheusSource:
         session: aiohttp.ClientSession | None = None,
         concurrency: int = DEFAULT_CONCURRENCY,
         limits: Limits = DEFAULT_LIMITS,
-        decoder: target_decoder.DecoderPool | None = None,
+        decoder: target_decoder.TargetDecoder | None = None,
     ) -> None:
         """decoder: decode target lists in that worker process; None decodes
         them in this process's threads."""

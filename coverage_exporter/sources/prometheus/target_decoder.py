@@ -131,9 +131,9 @@ class SharedTargets:
         self.targets = targets
 
 
-class DecoderPool:
-    """One worker process, started on first use, shared by every
-    Prometheus source of the process (they take turns: one core is what
+class TargetDecoder:
+    """Target lists decoded in one worker process, started on first use,
+    shared by every Prometheus source of the process (they take turns: one core is what
     the decoding needs, and the collector keeps the other)."""
 
     def __init__(self) -> None:
@@ -206,5 +206,6 @@ class DecoderPool:
         self._slot.stop()
 
 
-POOL = DecoderPool()
-"""The process's one decoder pool."""
+SHARED = TargetDecoder()
+"""The process's one target decoder (one worker process), shared by every
+Prometheus source."""
