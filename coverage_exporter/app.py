@@ -22,6 +22,7 @@ from coverage_exporter.exposition.metrics import ExporterState, render
 from coverage_exporter.health import SourceHealth
 from coverage_exporter.model.report import CoverageReport
 from coverage_exporter.model.scope import Scope, parse_label_selector, parse_service_key
+from coverage_exporter.model.verdict import Verdict, decide
 from coverage_exporter.sources.errors import DEFAULT_LIMITS, Limits, SourceError
 from coverage_exporter.sources.kubernetes.node_decoder import NodePageDecoder
 from coverage_exporter.sources.kubernetes.operator import OperatorSource
@@ -315,18 +316,21 @@ async def _audit(settings: Settings, output: str, guards: Guards | None = None) 
     return exit_code(result.report, result.complete)
 
 
+EXIT_CODES = {
+    Verdict.GAPS: EXIT_GAPS,
+    Verdict.FULL_COVERAGE: EXIT_FULL_COVERAGE,
+    Verdict.NOT_COLLECTED: EXIT_NOT_COLLECTED,
+    Verdict.NOTHING_COMPARED: EXIT_NOT_COLLECTED,
+    Verdict.UNKNOWN: EXIT_NOT_COLLECTED,
+}
+"""1 for any gap (a gap seen in the data that did answer is real);
+otherwise 2 when something could not be judged: a source down, a
+replica's coverage unknown, or no Service compared at all; 0 only for
+full coverage of at least one Service."""
+
+
 def exit_code(report: CoverageReport | None, complete: bool) -> int:
-    """1 for any gap (a gap seen in the data that did answer is real);
-    otherwise 2 when something could not be judged: a source down, a
-    replica's coverage unknown, or no Service compared at all; 0 only for
-    full coverage of at least one Service."""
-    if report is None:
-        return EXIT_NOT_COLLECTED
-    if report.has_gaps:
-        return EXIT_GAPS
-    if not complete or not report.services or report.unknown_pools:
-        return EXIT_NOT_COLLECTED
-    return EXIT_FULL_COVERAGE
+    return EXIT_CODES[decide(report, complete)]
 
 
 def audit(settings: Settings, output: str, guards: Guards | None = None) -> int:

@@ -41,10 +41,6 @@ from coverage_exporter.model.objects import (
 )
 from coverage_exporter.model.scheduling import eligible_nodes
 
-STAGE_ENDPOINTS = "endpoints"
-STAGE_ENDPOINTSLICES = "endpointslices"
-STAGE_PROMETHEUS = "prometheus"
-
 DISCOVERY_ROLES = (ROLE_ENDPOINTS, ROLE_ENDPOINTSLICE, ROLE_UNKNOWN)
 
 

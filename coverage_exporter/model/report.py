@@ -15,7 +15,6 @@ from coverage_exporter.model.coverage import (
     targets_by_service,
 )
 from coverage_exporter.model.fleet import Fleet, ServerState
-from coverage_exporter.model.gaps import Gap, service_gaps
 from coverage_exporter.model.intent import job_selects
 from coverage_exporter.model.objects import (
     ClusterSnapshot,
@@ -25,6 +24,7 @@ from coverage_exporter.model.objects import (
     ServiceKey,
 )
 from coverage_exporter.model.scope import Scope, services_in_scope
+from coverage_exporter.model.stages import Stage, service_gaps
 
 Remembered = Mapping[str, Mapping[ServiceKey, Mapping[str, str]]]
 """server -> Service -> {scrape pool: role} that discovered targets of the
@@ -49,7 +49,7 @@ class CoverageReport:
     """In-scope Services whose expected targets could not be determined."""
 
     @property
-    def gaps(self) -> list[Gap]:
+    def gaps(self) -> list[Stage]:
         return [g for s in self.services for g in service_gaps(s)]
 
     @property

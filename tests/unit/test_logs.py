@@ -88,4 +88,4 @@ def test_runbook_base_url_is_configurable() -> None:
             runbooks.set_base_url("docs/runbooks")
     finally:
         runbooks.set_base_url(None)
-    assert runbooks.base_url() == runbooks.DEFAULT_BASE_URL
+    assert runbooks.runbook_url("x") == runbooks.DEFAULT_BASE_URL + "x.md"

@@ -139,21 +139,20 @@ def test_audit_links_use_the_same_base_as_the_rules() -> None:
         assert runbooks.runbook_url(alert["alert"]) == alert["annotations"]["runbook_url"]
 
 
-def test_every_runbook_the_audit_links_ships() -> None:
-    # The audit text names its runbooks by page; each must be a page that
-    # ships, and its link must use the configured base.
-    from coverage_exporter.exposition import audit
+def test_every_runbook_a_finding_names_ships() -> None:
+    # Findings carry their runbook page as data (model/findings.py); each
+    # must be a page that ships, and its link must use the configured base.
+    from coverage_exporter.model import findings
 
-    source = Path(audit.__file__).read_text()
-    pages = set(re.findall(r"runbook\('([A-Za-z0-9-]+)'\)", source))
-    assert len(pages) >= 4
+    pages = {v for k, v in vars(findings).items() if k.startswith("RUNBOOK_")}
+    assert len(pages) >= 6
     for page in pages:
         assert (RUNBOOKS / f"{page}.md").is_file(), page
     try:
         runbooks.set_base_url("https://runbooks.example.com/ce")
-        assert audit.runbook("ScrapeCoverageUnknown") == (
+        assert runbooks.runbook_url("ScrapeCoverageUnknown") == (
             "https://runbooks.example.com/ce/ScrapeCoverageUnknown.md"
         )
     finally:
         runbooks.set_base_url(None)
-    assert audit.runbook("x").startswith(RUNBOOK_BASE_URL)
+    assert runbooks.runbook_url("x").startswith(RUNBOOK_BASE_URL)
