@@ -38,11 +38,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
-from aiohttp import ClientSession, web  # noqa: E402
+from aiohttp import ClientSession  # noqa: E402
 from coverage_exporter import app  # noqa: E402
 from coverage_exporter.cli import build_parser  # noqa: E402
 from coverage_exporter.exposition.html import render_page, render_services  # noqa: E402
-from coverage_exporter.web.view import ExporterView, make_app  # noqa: E402
+from coverage_exporter.web.server import MetricsServer, ServerLimits  # noqa: E402
+from coverage_exporter.web.view import ExporterView  # noqa: E402
 from testbed.chromium import Browser, Page  # noqa: E402
 
 import run as bench_run  # noqa: E402
@@ -75,10 +76,10 @@ def timed(fn, repeat: int) -> tuple[object, list[float]]:
 
 
 async def http_report(view: ExporterView, info_next) -> dict:
-    runner = web.AppRunner(make_app(view), access_log=None)
-    await runner.setup()
-    port = bench_run.free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    # serve's own HTTP server, in this process (serve runs it in the front
+    # process, which asks the collector's view for /report the same way).
+    server = MetricsServer(view, ServerLimits())
+    port = await server.start("127.0.0.1", 0)
     url = f"http://127.0.0.1:{port}/report"
     out: dict = {"url": url}
     try:
@@ -101,7 +102,7 @@ async def http_report(view: ExporterView, info_next) -> dict:
             out["next_cycle_request_s"] = time.perf_counter() - t
             out["services_renders"] = view.report_page.services_renders
     finally:
-        out["runner"] = runner
+        out["server"] = server
     return out
 
 
@@ -176,7 +177,7 @@ async def main_async(args) -> dict:
     out: dict = {"nodes": args.nodes, "exporter_revision": bench_run.exporter_revision()}
     bench_run.log(f"starting fake API with {args.nodes} nodes (workdir {workdir})")
     fake = bench_run.FakeApi(args.nodes, workdir, lifetime=3600)
-    runner = None
+    server = None
     try:
         kubeconfig = workdir / "kubeconfig"
         bench_run.write_kubeconfig(kubeconfig, fake.base)
@@ -209,7 +210,7 @@ async def main_async(args) -> dict:
         view = ExporterView(lambda: b"")
         view.publish_report(report, info)
         served = await http_report(view, app.page_info(settings, health, cluster, result))
-        runner = served.pop("runner")
+        server = served.pop("server")
         out["http"] = served
 
         bench_run.log("headless Chromium")
@@ -222,8 +223,8 @@ async def main_async(args) -> dict:
         out["browser"]["idle_before_typing_s"] = args.idle_before_typing
         out["workdir"] = str(workdir)
     finally:
-        if runner is not None:
-            await runner.cleanup()
+        if server is not None:
+            await server.close()
         fake.stop()
     return out
 

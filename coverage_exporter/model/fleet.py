@@ -37,18 +37,9 @@ class Replica:
         return (self.scraper, self.replica)
 
     @property
-    def known_servers(self) -> list[str]:
-        return [s.name for s in self.servers if s.known]
-
-    @property
     def known(self) -> bool:
         have = {s.identity.shard for s in self.servers if s.known}
         return all(i in have for i in range(self.shards))
-
-    @property
-    def missing_shards(self) -> list[int]:
-        have = {s.identity.shard for s in self.servers if s.known}
-        return [i for i in range(self.shards) if i not in have]
 
 
 @dataclass(slots=True)

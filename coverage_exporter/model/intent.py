@@ -24,7 +24,7 @@ Service of the cluster.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 
 from coverage_exporter.model.objects import RelabelRule, ScrapeJob, Service
@@ -263,8 +263,3 @@ def _write(
         return
     ev.known[target] = _expand(rule.replacement, m)
     ev.unknown.discard(target)
-
-
-def pools_meant_for(service: Service, jobs: Iterable[ScrapeJob]) -> list[tuple[str, str]]:
-    """(scrape pool, role) of every job meant to scrape the Service."""
-    return [(job.name, job.role) for job in jobs if job_selects(job, service)]

@@ -286,10 +286,6 @@ class PrometheusSnapshot:
     pools_listed: bool = True
     """False when `pools` are only those with targets (no scrape_pools API:
     Thanos Query, Prometheus < 2.42)."""
-    discovered_labels: bool = True
-    """False when the server sent no discoveredLabels (vmagent with
-    -promscrape.dropOriginalLabels): targets were matched by their final
-    labels, and their discovery role is unknown."""
 
     @property
     def server_identity(self) -> ServerIdentity:

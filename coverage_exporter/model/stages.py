@@ -18,8 +18,6 @@ from coverage_exporter.model.gaps import (
     STAGE_ROLE,
 )
 
-STAGES = (STAGE_ENDPOINTS, STAGE_ENDPOINTSLICES, STAGE_PROMETHEUS)
-
 
 @dataclass(frozen=True, slots=True)
 class Stage:

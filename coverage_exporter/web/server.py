@@ -16,8 +16,7 @@ keep-alive connection is closed after `idle_timeout`; and at
 `max_connections` the connection that has been waiting longest for a
 request is dropped to admit the new one, so a scraper always gets in.
 `serve` runs it in a process of its own (`front.py`); `view.py` holds
-the collector's side (the report page, and `make_app`, the very same
-routes as an aiohttp application for tests).
+the collector's side (the report page).
 """
 
 from __future__ import annotations
@@ -149,8 +148,7 @@ _REASONS = {
 
 async def route(view: ServingState, path: str, headers: Mapping[str, str]) -> Response:
     """The answer to a GET of `path`; `headers` by lower-case name. One
-    routing for every server (the front process, MetricsServer, make_app
-    for tests)."""
+    routing for every server (the front process and MetricsServer)."""
     if path == "/metrics":
         return Response(200, view.metrics(), CONTENT_TYPE)
     if path == "/-/healthy":
@@ -204,7 +202,6 @@ class MetricsServer:
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
         self.evicted_total = 0
-        self.timed_out_total = 0
 
     @property
     def connections(self) -> int:
@@ -268,7 +265,6 @@ class MetricsServer:
                     return
                 except (TimeoutError, _BadRequest) as exc:
                     status = exc.status if isinstance(exc, _BadRequest) else 408
-                    self.timed_out_total += status == 408
                     answer = Response(status, f"{_REASONS[status]}\n".encode())
                     with contextlib.suppress(Exception):
                         await self._write(writer, answer, keep_alive=False)

@@ -2,9 +2,9 @@
 cycle (the /metrics body, readiness) and the /report page, rendered on
 request from the last report.
 
-The server itself is `http.MetricsServer`, run in the front process
+The server itself is `server.MetricsServer`, run in the front process
 (`front.py`), which answers /metrics and the health paths from what this
-view publishes and asks this process for the rest.
+view publishes and asks this process for the rest (`server.route`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import hashlib
 import html
 from collections.abc import Callable, Mapping
 
-from aiohttp import web
 from prometheus_client import REGISTRY, generate_latest
 
 from coverage_exporter.exposition.html import (
@@ -26,7 +25,7 @@ from coverage_exporter.exposition.html import (
     render_services,
 )
 from coverage_exporter.model.report import CoverageReport
-from coverage_exporter.web.server import Response, ServingState, route
+from coverage_exporter.web.server import Response, ServingState
 
 
 class ExporterView(ServingState):
@@ -129,20 +128,3 @@ async def _report(view: ExporterView, request_headers: Mapping[str, str]) -> Res
         body = await view.report_page.gzipped(body, etag)
         headers["Content-Encoding"] = "gzip"
     return Response(200, body, "text/html; charset=utf-8", headers)
-
-
-def make_app(view: ExporterView) -> web.Application:
-    """The same routes as an aiohttp application (tests drive it with
-    aiohttp's test client; serve runs MetricsServer)."""
-
-    async def handle(request: web.Request) -> web.Response:
-        headers = {k.lower(): v for k, v in request.headers.items()}
-        answer = await route(view, request.path, headers)
-        out = dict(answer.headers)
-        if answer.content_type:
-            out["Content-Type"] = answer.content_type
-        return web.Response(status=answer.status, body=answer.body or None, headers=out)
-
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", handle)
-    return app

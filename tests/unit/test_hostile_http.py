@@ -240,8 +240,8 @@ async def test_sigterm_ends_serve_within_seconds_even_mid_cycle(tmp_path: Path) 
 
 
 async def test_the_report_is_served_by_the_bounded_server_with_etag_and_gzip() -> None:
-    """serve's server answers /report as make_app does (tests/unit/test_html_report.py
-    drives make_app): one routing for both."""
+    """serve's server answers /report with server.route, which
+    tests/unit/test_html_report.py drives: one routing for both."""
     import aiohttp
 
     from tests.unit.test_html_report import info, scenario_report

@@ -149,7 +149,6 @@ class Reflector(Generic[K, T]):
         self.generation = 0
         """Bumped on every cache change: lets readers reuse derived views."""
         self.lists_total = 0
-        self.watches_total = 0
         self.last_list_pages = 0
         self._failing_since = 0.0
 
@@ -445,7 +444,6 @@ class Reflector(Generic[K, T]):
         }
         if self.resource_version:
             params["resourceVersion"] = self.resource_version
-        self.watches_total += 1
         self._lines_this_watch = 0
         async with self.api.stream_lines(
             self.path, params, self._watch_idle, self.parser.accept

@@ -45,11 +45,16 @@ from coverage_exporter.sources.kubernetes.reflector import DEFAULT_WATCH_IDLE_SE
 
 log = logging.getLogger("coverage_exporter.kubernetes")
 
-NODES_PATH = "/api/v1/nodes"
-SERVICES_PATH = "/api/v1/services"
-ENDPOINTS_PATH = "/api/v1/endpoints"
-ENDPOINTSLICES_PATH = "/apis/discovery.k8s.io/v1/endpointslices"
-DAEMONSETS_PATH = "/apis/apps/v1/daemonsets"
+API = {
+    "nodes": "/api/v1",
+    "services": "/api/v1",
+    "endpoints": "/api/v1",
+    "endpointslices": "/apis/discovery.k8s.io/v1",
+    "daemonsets": "/apis/apps/v1",
+    "pods": "/api/v1",
+}
+"""Every resource listed and watched, by the API path it is served under:
+what the shipped ClusterRole must grant (tests/unit/test_deploy.py)."""
 
 DEFAULT_MAX_POD_WATCHES = 500
 """Each pod watch is one long-lived HTTP connection to the apiserver."""
@@ -162,22 +167,21 @@ class KubernetesSource:
         if self._node_decoder is not None:
             self._node_decoder.warm()
         self.nodes = self._reflector(
-            NODES_PATH, k8s_parse.NODES, "nodes", page_decoder=self._node_decoder
+            f"{API['nodes']}/nodes", k8s_parse.NODES, "nodes", page_decoder=self._node_decoder
         )
         self.services = self._namespaced("services", k8s_parse.SERVICES)
         self.endpoints = self._namespaced("endpoints", k8s_parse.ENDPOINTS)
-        self.endpointslices = self._namespaced(
-            "endpointslices", k8s_parse.ENDPOINTSLICES, "/apis/discovery.k8s.io/v1"
-        )
-        self.daemonsets = self._namespaced("daemonsets", k8s_parse.DAEMONSETS, "/apis/apps/v1")
+        self.endpointslices = self._namespaced("endpointslices", k8s_parse.ENDPOINTSLICES)
+        self.daemonsets = self._namespaced("daemonsets", k8s_parse.DAEMONSETS)
         for reflector in self._cluster_reflectors():
             reflector.start()
         log.info("kubernetes: watching %s", ", ".join(r.name for r in self._cluster_reflectors()))
 
-    def _namespaced(self, resource: str, parser: Any, api: str = "/api/v1") -> Any:
+    def _namespaced(self, resource: str, parser: Any) -> Any:
         """One cluster-wide reflector, or one per --namespace merged into
         one view: a namespace-scoped exporter watches only its namespaces
         (and needs RBAC only there)."""
+        api = API[resource]
         if not self._namespaces:
             return self._reflector(f"{api}/{resource}", parser, resource)
         return ReflectorGroup(
@@ -334,7 +338,7 @@ class KubernetesSource:
                 else k8s_parse.PODS
             )
             reflector = self._reflector(
-                f"/api/v1/namespaces/{namespace}/pods",
+                f"{API['pods']}/namespaces/{namespace}/pods",
                 parser,
                 f"pods {namespace} {selector}",
                 labelSelector=selector,

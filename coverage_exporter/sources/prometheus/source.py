@@ -360,7 +360,6 @@ class PrometheusSource:
             jobs=config.jobs if config else None,
             pools=tuple(pools),
             pools_listed=not self._fallback,
-            discovered_labels=not self._final_labels_only,
         )
         self._snapshot = (basis, snapshot)
         return snapshot
