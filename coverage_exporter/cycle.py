@@ -25,14 +25,13 @@ from coverage_exporter.model.growth import GrowthTracker
 from coverage_exporter.model.objects import (
     ClusterSnapshot,
     PrometheusSnapshot,
-    ServerIdentity,
     Service,
     ServiceKey,
 )
 from coverage_exporter.model.readiness import Readiness, assess
 from coverage_exporter.model.report import CoverageReport, SelectionMemo, build_report
 from coverage_exporter.model.scope import Scope, services_in_scope
-from coverage_exporter.model.topology import identify
+from coverage_exporter.model.topology import Declared, identify
 from coverage_exporter.sources.errors import SourceError
 from coverage_exporter.sources.kubernetes.operator import OperatorSource
 from coverage_exporter.sources.prometheus.config import LoadedConfig
@@ -98,6 +97,11 @@ class ClusterSource(Protocol):
 
 class TargetSource(Protocol):
     health: SourceHealth
+
+    @property
+    def declared(self) -> Declared:
+        """Where the user declared the server in its fleet (the fleet file)."""
+        ...
 
     @property
     def pool_active_counts(self) -> Mapping[str, int]: ...
@@ -278,7 +282,10 @@ class CycleRunner:
         for poller in self._prometheus:
             name = poller.source.health.prometheus
             last = self._last_good.get(name)
-            identity = last.server_identity if last else _declared_identity(poller.source, name)
+            # A server that never answered: where the user declared it, else alone.
+            identity = (
+                last.server_identity if last else identify(name, {}, (), poller.source.declared)
+            )
             since = self._last_success.get(name)
             known = since is not None and now - since <= self._stale_after
             out.append(ServerState(name, identity, known))
@@ -526,13 +533,6 @@ class CycleRunner:
             and all(s.known for s in servers)
         )
         return CycleResult(report, exposition, complete, readiness)
-
-
-def _declared_identity(source: TargetSource, name: str) -> ServerIdentity:
-    """A server that never answered: where the user declared it, else alone."""
-    endpoint = getattr(source, "endpoint", None)
-    declared = getattr(endpoint, "declared", None)
-    return identify(name, {}, (), declared)
 
 
 def _configured_pools(snap: PrometheusSnapshot) -> set[str] | None:

@@ -72,9 +72,7 @@ class Fleet:
     @classmethod
     def of_names(cls, names: Iterable[str]) -> Fleet:
         """Independent servers, all known: for callers without a topology."""
-        return cls.build(
-            [ServerState(n, ServerIdentity(scraper=n, replica=n), True) for n in sorted(names)]
-        )
+        return cls.build([ServerState(n, ServerIdentity.alone(n), True) for n in sorted(names)])
 
     def server_known(self, server: str) -> bool:
         replica = self.replica_of(server)
@@ -85,7 +83,7 @@ class Fleet:
         if replica is None:
             # A server outside the fleet (a caller's shortcut): on its own.
             replica = Replica(
-                server, server, 1, [ServerState(server, ServerIdentity(server, server), True)]
+                server, server, 1, [ServerState(server, ServerIdentity.alone(server), True)]
             )
             self.replicas[replica.key] = replica
             self._by_server[server] = replica

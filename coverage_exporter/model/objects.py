@@ -269,6 +269,12 @@ class ServerIdentity:
     how: str = "independent"
     """How it was recognised: declared, operator, external_labels, hashmod, independent."""
 
+    @classmethod
+    def alone(cls, name: str) -> ServerIdentity:
+        """A server judged on its own: its own scraper and its own replica,
+        of one shard (model.topology, the last rule)."""
+        return cls(scraper=name, replica=name)
+
 
 @dataclass(slots=True)
 class PrometheusSnapshot:
@@ -277,7 +283,7 @@ class PrometheusSnapshot:
     name: str
     targets: Sequence[Target]
     identity: ServerIdentity | None = None
-    """None: judged on its own (scraper and replica = name)."""
+    """None: judged on its own (ServerIdentity.alone)."""
     jobs: Sequence[ScrapeJob] | None = None
     """None when the configuration could not be read (Thanos, vmagent):
     then only the pools that discovered something are known."""
@@ -289,4 +295,4 @@ class PrometheusSnapshot:
 
     @property
     def server_identity(self) -> ServerIdentity:
-        return self.identity or ServerIdentity(scraper=self.name, replica=self.name)
+        return self.identity or ServerIdentity.alone(self.name)

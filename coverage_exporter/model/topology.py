@@ -73,7 +73,8 @@ def identify(
     declared: Declared | None = None,
 ) -> ServerIdentity:
     declared = declared or Declared()
-    scraper, replica, how = name, name, "independent"
+    alone = ServerIdentity.alone(name)
+    scraper, replica, how = alone.scraper, alone.replica, alone.how
     shard_info = hashmod_shard(jobs)
     shard, shards = shard_info if shard_info else (0, 1)
     if shard_info:

@@ -11,6 +11,7 @@ from coverage_exporter.cycle import CycleRunner
 from coverage_exporter.health import SourceHealth
 from coverage_exporter.model.objects import ClusterSnapshot, PrometheusSnapshot, Service
 from coverage_exporter.model.scope import Scope
+from coverage_exporter.model.topology import Declared
 from coverage_exporter.sources.errors import SourceError
 from coverage_exporter.sources.prometheus.config import LoadedConfig
 from tests.unit import clusters
@@ -51,6 +52,7 @@ class ScriptedPrometheus:
         counts: list[dict[str, int] | None] | None = None,
     ) -> None:
         self.health = SourceHealth("prometheus", name)
+        self.declared = Declared()
         self._answers = answers
         self._counts = counts or []
         self.collect_calls: list[Collection[str] | None] = []

@@ -307,6 +307,11 @@ class PrometheusSource:
             self._session = None
 
     @property
+    def declared(self) -> Declared:
+        """Where the user declared this server in its fleet."""
+        return self.endpoint.declared
+
+    @property
     def uses_fallback(self) -> bool:
         """True while the server lacks /api/v1/scrape_pools (Thanos, < v2.42)."""
         return self._fallback
