@@ -14,7 +14,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
-from coverage_exporter import logs
+from coverage_exporter import defaults, logs
 from coverage_exporter.cycle import CycleResult, CycleRunner
 from coverage_exporter.exposition.audit import render_json, render_table
 from coverage_exporter.exposition.html import PageInfo, render_page
@@ -26,11 +26,7 @@ from coverage_exporter.model.verdict import Verdict, decide
 from coverage_exporter.sources.errors import DEFAULT_LIMITS, Limits, SourceError
 from coverage_exporter.sources.kubernetes.node_decoder import NodePageDecoder
 from coverage_exporter.sources.kubernetes.operator import OperatorSource
-from coverage_exporter.sources.kubernetes.reflector import DEFAULT_WATCH_IDLE_SECONDS
 from coverage_exporter.sources.kubernetes.source import (
-    DEFAULT_MAX_POD_WATCHES,
-    POD_FORM_TABLE,
-    POD_FORMS,
     KubernetesSource,
 )
 from coverage_exporter.sources.prometheus import target_decoder
@@ -62,8 +58,8 @@ class Settings:
     scope: Scope
     missing_info_limit: int
     kubernetes_sync_timeout: float
-    stale_after_seconds: float = 300.0
-    operator_refresh_seconds: float = 300.0
+    stale_after_seconds: float = defaults.PROMETHEUS_STALE_AFTER_SECONDS
+    operator_refresh_seconds: float = defaults.OPERATOR_REFRESH_SECONDS
     decode_in_process: bool = False
     """Target lists decoded in this process, not in the worker process of
     sources.target_decoder."""
@@ -113,7 +109,9 @@ class Settings:
             kubernetes_sync_timeout=args.kubernetes_sync_timeout,
             stale_after_seconds=args.prometheus_stale_after,
             # serve only: audit reads the Operator's objects once anyway.
-            operator_refresh_seconds=getattr(args, "operator_refresh_interval", 300.0),
+            operator_refresh_seconds=getattr(
+                args, "operator_refresh_interval", defaults.OPERATOR_REFRESH_SECONDS
+            ),
             decode_in_process=bool(getattr(args, "prometheus_decode_in_process", False)),
             decode_nodes_in_process=bool(getattr(args, "kubernetes_decode_in_process", False)),
         )
@@ -158,12 +156,12 @@ class Guards:
     (README, "Under faults"). Flags in cli.py; defaults fit a 100k-node
     cluster."""
 
-    source_deadline: float = 120.0
+    source_deadline: float = defaults.SOURCE_DEADLINE_SECONDS
     """Seconds one source may take per cycle."""
     limits: Limits = DEFAULT_LIMITS
-    max_pod_watches: int = DEFAULT_MAX_POD_WATCHES
-    watch_idle_seconds: float = DEFAULT_WATCH_IDLE_SECONDS
-    pod_form: str = POD_FORM_TABLE
+    max_pod_watches: int = defaults.KUBERNETES_MAX_POD_WATCHES
+    watch_idle_seconds: float = defaults.KUBERNETES_WATCH_IDLE_SECONDS
+    pod_form: str = defaults.KUBERNETES_POD_FORM
     """--kubernetes-pod-form: not a bound, but a cost knob like the others."""
     server: ServerLimits = field(default_factory=ServerLimits)
     shutdown_seconds: float = 5.0
@@ -182,10 +180,11 @@ class Guards:
             raise ValueError("--kubernetes-max-pod-watches must be 0 or more")
         if not float(args.kubernetes_watch_idle_timeout) > 0:
             raise ValueError("--kubernetes-watch-idle-timeout must be positive")
-        pod_form = getattr(args, "kubernetes_pod_form", POD_FORM_TABLE)
-        if pod_form not in POD_FORMS:
+        pod_form = getattr(args, "kubernetes_pod_form", defaults.KUBERNETES_POD_FORM)
+        if pod_form not in defaults.KUBERNETES_POD_FORMS:
             # An environment default escapes argparse's choices check.
-            raise ValueError(f"--kubernetes-pod-form must be one of {', '.join(POD_FORMS)}")
+            forms = ", ".join(defaults.KUBERNETES_POD_FORMS)
+            raise ValueError(f"--kubernetes-pod-form must be one of {forms}")
         server = ServerLimits()
         if getattr(args, "web_max_connections", None) is not None:
             server = ServerLimits(

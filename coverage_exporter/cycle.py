@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from operator import attrgetter
 from typing import Protocol
 
-from coverage_exporter import heap
+from coverage_exporter import defaults, heap
 from coverage_exporter.exposition.metrics import ExporterState, render_coverage, render_exporter
 from coverage_exporter.health import SourceHealth
 from coverage_exporter.model.coverage import ServiceTargets, targets_by_service
@@ -35,11 +35,6 @@ from coverage_exporter.model.topology import Declared, identify
 from coverage_exporter.sources.errors import SourceError
 from coverage_exporter.sources.kubernetes.operator import OperatorSource
 from coverage_exporter.sources.prometheus.config import LoadedConfig
-
-DEFAULT_STALE_AFTER_SECONDS = 300.0
-"""How long a Prometheus that stopped answering still covers its targets
-with its last good answer: long enough for a restart or a reload, short
-enough that a shard down for hours stops "covering" anything."""
 
 log = logging.getLogger("coverage_exporter.collector")
 
@@ -216,11 +211,11 @@ class CycleRunner:
         cluster: ClusterSource,
         prometheus: Sequence[TargetSource],
         scope: Scope,
-        missing_info_limit: int = 1000,
-        pod_sync_timeout: float = 60.0,
+        missing_info_limit: int = defaults.MISSING_TARGET_SERIES_LIMIT,
+        pod_sync_timeout: float = defaults.KUBERNETES_SYNC_TIMEOUT_SECONDS,
         full_refresh_seconds: float = 0.0,
-        stale_after_seconds: float = DEFAULT_STALE_AFTER_SECONDS,
-        source_deadline: float = float("inf"),
+        stale_after_seconds: float = defaults.PROMETHEUS_STALE_AFTER_SECONDS,
+        source_deadline: float = defaults.SOURCE_DEADLINE_SECONDS,
     ) -> None:
         self._cluster = cluster
         self._prometheus = [TargetPoller(p, full_refresh_seconds) for p in prometheus]

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from coverage_exporter import build
+from coverage_exporter import build, defaults
 from coverage_exporter.health import SOURCE_KUBERNETES, SourceHealth
 from coverage_exporter.model.coverage import MissingTarget, ServiceCoverage
 from coverage_exporter.model.gaps import STAGE_PROMETHEUS
@@ -40,7 +40,7 @@ class ExporterState:
     report: CoverageReport | None
     """None until the first cycle with Kubernetes data."""
     sources: Sequence[SourceHealth] = ()
-    missing_info_limit: int = 1000
+    missing_info_limit: int = defaults.MISSING_TARGET_SERIES_LIMIT
     cycles_total: int = 0
     cycle_duration_seconds: float = 0.0
     last_cycle_timestamp: float = 0.0

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from coverage_exporter import untrusted
+from coverage_exporter import defaults, untrusted
 from coverage_exporter.health import ERROR_MESSAGE_CHARS
 
 
@@ -34,10 +34,8 @@ class Limits:
     to gigabytes, so the compressed size bounds nothing.
     """
 
-    max_body_bytes: int = 256 * MiB
-    """One body held whole: a LIST page, one watch event, scrape_pools,
-    /metrics, an error answer. A page of 500 Endpoints objects of 1000
-    addresses each is ~80 MB."""
+    max_body_bytes: int = defaults.MAX_RESPONSE_BYTES
+    """One body held whole (--max-response-bytes)."""
     max_stream_bytes: int = 8192 * MiB
     """One target list decoded while it arrives (memory stays at a few
     pieces of 4 MB): 100k targets are ~500 MB, so the cap is generous."""

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from coverage_exporter import __version__
+from coverage_exporter import __version__, defaults
 from coverage_exporter.web.config import WebConfigFile
 
 log = logging.getLogger("coverage_exporter.http")
@@ -107,13 +107,13 @@ class ServingState:
 class ServerLimits:
     """What one client may cost the server; flags in cli.py."""
 
-    header_timeout: float = 10.0
+    header_timeout: float = defaults.WEB_HEADER_TIMEOUT_SECONDS
     body_timeout: float = 10.0
     write_timeout: float = 30.0
     idle_timeout: float = 75.0
     """Keep-alive: Prometheus reuses its connection every scrape interval;
     Go's idle timeout is 90s, so 75s lets the client close first."""
-    max_connections: int = 200
+    max_connections: int = defaults.WEB_MAX_CONNECTIONS
     max_header_bytes: int = 16 << 10
     max_body_bytes: int = 64 << 10
 

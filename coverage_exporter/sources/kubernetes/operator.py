@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import aiohttp
 import msgspec
 
+from coverage_exporter import defaults
 from coverage_exporter.model.readiness import (
     LabelSelector,
     PrometheusCR,
@@ -33,7 +34,6 @@ from coverage_exporter.sources.kubernetes.api import ApiClient, ApiError
 
 log = logging.getLogger("coverage_exporter.operator")
 
-DEFAULT_REFRESH_SECONDS = 300.0
 
 PROMETHEUSES = "/apis/monitoring.coreos.com/v1/prometheuses"
 PROMETHEUS_AGENTS = "/apis/monitoring.coreos.com/v1alpha1/prometheusagents"
@@ -171,7 +171,9 @@ class OperatorSource:
     """Reads the Operator's objects once per cycle through the Kubernetes
     source's API client."""
 
-    def __init__(self, api: ApiClient, refresh_seconds: float = DEFAULT_REFRESH_SECONDS) -> None:
+    def __init__(
+        self, api: ApiClient, refresh_seconds: float = defaults.OPERATOR_REFRESH_SECONDS
+    ) -> None:
         self._api = api
         self._refresh = refresh_seconds
         self._read_at: float | None = None

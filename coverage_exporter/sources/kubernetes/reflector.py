@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 
 import aiohttp
 
-from coverage_exporter import untrusted
+from coverage_exporter import defaults, untrusted
 from coverage_exporter.health import SourceHealth
 from coverage_exporter.sources.errors import SourceError
 from coverage_exporter.sources.kubernetes.api import ApiClient, ApiError, GoneError
@@ -63,7 +63,6 @@ MAX_WATCH_ERRORS = 3
 # kube-apiserver's watch cache sends a bookmark to every watcher that asked
 # for them about once a minute (cacher bookmarkFrequency); silence well past
 # that means a half-open connection.
-DEFAULT_WATCH_IDLE_SECONDS = 90.0
 
 
 def _describe(exc: BaseException) -> str:
@@ -114,7 +113,7 @@ class Reflector(Generic[K, T]):
         watch_timeout_seconds: int = 300,
         backoff: Backoff | None = None,
         on_state_change: Callable[[], None] | None = None,
-        watch_idle_seconds: float = DEFAULT_WATCH_IDLE_SECONDS,
+        watch_idle_seconds: float = defaults.KUBERNETES_WATCH_IDLE_SECONDS,
         page_decoder: NodePageDecoder | None = None,
     ) -> None:
         """page_decoder: LIST pages go to it (a worker process) while the

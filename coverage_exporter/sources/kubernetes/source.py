@@ -19,6 +19,7 @@ from typing import Any
 
 from kubernetes.client import Configuration
 
+from coverage_exporter import defaults
 from coverage_exporter.health import SOURCE_KUBERNETES, SourceHealth
 from coverage_exporter.model.objects import (
     ClusterSnapshot,
@@ -41,7 +42,7 @@ from coverage_exporter.sources.kubernetes.kubeconfig import (
     load_configuration,
 )
 from coverage_exporter.sources.kubernetes.node_decoder import NodePageDecoder
-from coverage_exporter.sources.kubernetes.reflector import DEFAULT_WATCH_IDLE_SECONDS, Reflector
+from coverage_exporter.sources.kubernetes.reflector import Reflector
 
 log = logging.getLogger("coverage_exporter.kubernetes")
 
@@ -56,14 +57,9 @@ API = {
 """Every resource listed and watched, by the API path it is served under:
 what the shipped ClusterRole must grant (tests/unit/test_deploy.py)."""
 
-DEFAULT_MAX_POD_WATCHES = 500
-"""Each pod watch is one long-lived HTTP connection to the apiserver."""
 
-POD_FORM_TABLE = "table"
-POD_FORM_FULL = "full"
-POD_FORMS = (POD_FORM_TABLE, POD_FORM_FULL)
-"""How pods are read: the apiserver's Table (Name, Status, IP, Node cells;
-~150 B a pod, owners inferred, model.owners) or full objects (3.4-7 KB)."""
+POD_FORMS = defaults.KUBERNETES_POD_FORMS
+POD_FORM_TABLE, POD_FORM_FULL = POD_FORMS
 
 PodScopeKey = tuple[str, str]
 """(namespace, label selector string): Services with equal selectors in one
@@ -86,11 +82,11 @@ class KubernetesSource:
         page_size: int = 500,
         watch_timeout_seconds: int = 300,
         request_timeout_seconds: float = 60.0,
-        watch_idle_seconds: float = DEFAULT_WATCH_IDLE_SECONDS,
+        watch_idle_seconds: float = defaults.KUBERNETES_WATCH_IDLE_SECONDS,
         namespaces: Iterable[str] = (),
-        max_pod_watches: int = DEFAULT_MAX_POD_WATCHES,
+        max_pod_watches: int = defaults.KUBERNETES_MAX_POD_WATCHES,
         limits: Limits = DEFAULT_LIMITS,
-        pod_form: str = POD_FORM_TABLE,
+        pod_form: str = defaults.KUBERNETES_POD_FORM,
         node_decoder: NodePageDecoder | None = None,
     ) -> None:
         """configuration: an already loaded client Configuration (tests);

@@ -28,8 +28,9 @@ from typing import Any
 
 import yaml
 
+from coverage_exporter import defaults
 from coverage_exporter.model.topology import Declared
-from coverage_exporter.sources.prometheus.source import DEFAULT_TIMEOUT_SECONDS, PrometheusEndpoint
+from coverage_exporter.sources.prometheus.source import PrometheusEndpoint
 
 _SERVER_KEYS = {
     "name",
@@ -46,7 +47,7 @@ _SERVER_KEYS = {
 
 
 def load_fleet_file(
-    path: str, default_timeout: float = DEFAULT_TIMEOUT_SECONDS
+    path: str, default_timeout: float = defaults.PROMETHEUS_TIMEOUT_SECONDS
 ) -> list[PrometheusEndpoint]:
     """Raises ValueError with a message naming the file and the entry."""
     try:

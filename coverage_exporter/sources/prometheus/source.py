@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import msgspec
 
-from coverage_exporter import untrusted
+from coverage_exporter import defaults, untrusted
 from coverage_exporter.health import SOURCE_PROMETHEUS, SourceHealth
 from coverage_exporter.model.objects import PrometheusSnapshot, Target
 from coverage_exporter.model.topology import Declared, identify
@@ -66,7 +66,6 @@ at once (one broken server answers every pool the same way) each would
 otherwise count, as many as happened to finish before the first failure
 cancelled the others."""
 
-DEFAULT_TIMEOUT_SECONDS = 60.0
 DEFAULT_CONCURRENCY = 4
 
 
@@ -92,8 +91,8 @@ class PrometheusEndpoint:
     cert_file: str | None = None
     key_file: str | None = None
     insecure_skip_verify: bool = False
-    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
-    """Per request, body included: a big target list takes a while to send."""
+    timeout_seconds: float = defaults.PROMETHEUS_TIMEOUT_SECONDS
+    """Per request, body included."""
     declared: Declared = field(default_factory=Declared)
     """Where the server stands in its fleet, as the user declared it."""
 
