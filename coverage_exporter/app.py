@@ -400,7 +400,7 @@ async def _serve(
             cycle = first if first is not None else exporter.cycle.run_cycle()
             first = None
             done, result = await _until_stopped(cycle, stop)
-            if not done:
+            if not done or result is None:
                 break
             if isinstance(result, BaseException):
                 # Not a source's failure (those are handled per source):

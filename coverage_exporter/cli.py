@@ -15,6 +15,7 @@ import os
 import re
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from coverage_exporter import __version__, defaults
 
@@ -31,7 +32,7 @@ class _EnvParser:
     def __init__(self, parser: argparse.ArgumentParser) -> None:
         self.parser = parser
 
-    def add(self, flag: str, help: str, default: object = None, **kw: object) -> None:
+    def add(self, flag: str, help: str, default: object = None, **kw: Any) -> None:
         env = env_name(flag)
         raw = os.environ.get(env)
         action = kw.get("action")
@@ -47,7 +48,7 @@ class _EnvParser:
             flag,
             default=default,
             help=f"{help}{shown} [env {env}]",
-            **kw,  # type: ignore[arg-type]
+            **kw,
         )
 
 

@@ -30,7 +30,7 @@ class Decoder(Generic[T]):
 
     __slots__ = ("_decoder",)
 
-    def __init__(self, type_: Any) -> None:
+    def __init__(self, type_: type[T]) -> None:
         self._decoder: msgspec.json.Decoder[T] = msgspec.json.Decoder(type_)
 
     def decode(self, data: Any) -> T:

@@ -168,7 +168,7 @@ def build_report(
         coverage = service_coverage(
             service,
             cluster,
-            grouped.get(service.key, ()),
+            grouped.get(service.key, []),
             node_by_ip,
             fleet,
             meant_pools(service, prometheus, remembered, memo),

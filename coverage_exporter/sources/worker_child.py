@@ -12,7 +12,10 @@ queues' semaphores.
 
 from __future__ import annotations
 
+import importlib
+import zlib
 from collections.abc import Callable, Iterator
+from types import ModuleType
 from typing import Any
 
 import msgspec
@@ -20,10 +23,17 @@ import msgspec
 from coverage_exporter import heap, link
 from coverage_exporter.sources.errors import BodyTooLarge, SourceError
 
-try:
-    from isal import isal_zlib as _zlib
-except ImportError:  # same fallback as sources.httpclient
-    import zlib as _zlib
+
+def _inflate_module() -> ModuleType:
+    """ISA-L's zlib where it has a wheel (~2.4x faster, see
+    sources.httpclient), else zlib's: the same API."""
+    try:
+        return importlib.import_module("isal.isal_zlib")
+    except ImportError:
+        return zlib
+
+
+_zlib = _inflate_module()
 
 INFLATE_PIECE_BYTES = 1 << 20
 

@@ -38,6 +38,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 log = logging.getLogger("coverage_exporter.webconfig")
 
@@ -191,8 +192,8 @@ def parse(text: str, base: Path) -> WebConfig:
     )
 
 
-def _stamp(paths: list[Path]) -> tuple:
-    out = []
+def _stamp(paths: list[Path]) -> tuple[tuple[object, ...], ...]:
+    out: list[tuple[object, ...]] = []
     for p in paths:
         try:
             st = os.stat(p)
@@ -255,17 +256,18 @@ class WebConfigFile:
     def ssl_context(self) -> ssl.SSLContext | None:
         """The listening context. Each handshake swaps in the current one, so
         a rotated certificate or CA applies to the next connection."""
-        if self._context is None:
+        tls = self.config.tls
+        if self._context is None or tls is None:
             return None
-        listening = self.config.tls.context()  # type: ignore[union-attr]
+        listening = tls.context()
 
         def on_hello(
             sock: ssl.SSLObject | ssl.SSLSocket, _name: str | None, _ctx: object
         ) -> int | None:
             self.refresh()
-            if self._error is not None:
+            if self._error is not None or self._context is None:
                 return ssl.ALERT_DESCRIPTION_INTERNAL_ERROR
-            sock.context = self._context  # type: ignore[assignment]
+            sock.context = self._context
             return None
 
         listening.sni_callback = on_hello
@@ -306,9 +308,9 @@ class WebConfigFile:
 _DUMMY: list[bytes] = []
 
 
-def _dummy_hash(bcrypt: object) -> bytes:
+def _dummy_hash(bcrypt: ModuleType) -> bytes:
     if not _DUMMY:
-        _DUMMY.append(bcrypt.hashpw(b"not a password", bcrypt.gensalt(10)))  # type: ignore[attr-defined]
+        _DUMMY.append(bcrypt.hashpw(b"not a password", bcrypt.gensalt(10)))
     return _DUMMY[0]
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import itertools
 import logging
 import signal
@@ -67,7 +66,7 @@ class State(msgspec.Struct, tag=True):
 class Start(msgspec.Struct, tag=True):
     host: str | None
     port: int
-    limits: dict[str, float]
+    limits: ServerLimits
     web_config_file: str | None
     log_level: str
     log_format: str
@@ -170,7 +169,7 @@ async def _run_front(sock: socket.socket) -> int:
     asking = _Asking(writer)
     published = _Published(start.state, asking)
     try:
-        limits = ServerLimits(**start.limits)  # type: ignore[arg-type]
+        limits = start.limits
         web_config = WebConfigFile(start.web_config_file) if start.web_config_file else None
         server = MetricsServer(published, limits, web_config)
         port = await server.start(start.host, start.port)
@@ -248,7 +247,7 @@ class Front:
                 Start(
                     host,
                     port,
-                    dataclasses.asdict(limits),
+                    limits,
                     web_config_file,
                     log_level,
                     log_format,

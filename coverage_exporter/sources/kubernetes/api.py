@@ -111,14 +111,6 @@ class ApiClient:
             headers["Accept"] = accept
         return headers
 
-    def _request_kwargs(self) -> dict[str, object]:
-        kwargs: dict[str, object] = {"ssl": self._auth.ssl}
-        if self._auth.server_hostname:
-            kwargs["server_hostname"] = self._auth.server_hostname
-        if self._auth.proxy:
-            kwargs["proxy"] = self._auth.proxy
-        return kwargs
-
     def _note_warnings(self, response: aiohttp.ClientResponse) -> None:
         for warning in response.headers.getall("Warning", ()):
             if warning not in self._warnings_seen:
@@ -159,7 +151,9 @@ class ApiClient:
             headers=headers,
             timeout=limits,
             auto_decompress=not encoded,
-            **self._request_kwargs(),  # type: ignore[arg-type]
+            ssl=self._auth.ssl,
+            server_hostname=self._auth.server_hostname or None,
+            proxy=self._auth.proxy or None,
         ) as response:
             self._note_warnings(response)
             if response.status != 200:
@@ -208,7 +202,9 @@ class ApiClient:
             data=body,
             headers=headers,
             timeout=aiohttp.ClientTimeout(total=self._request_timeout),
-            **self._request_kwargs(),  # type: ignore[arg-type]
+            ssl=self._auth.ssl,
+            server_hostname=self._auth.server_hostname or None,
+            proxy=self._auth.proxy or None,
         ) as response:
             data = await response.read()
             self._health.response_bytes_total += len(data)

@@ -16,6 +16,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 from kubernetes import config as k8s_config
 from kubernetes.client import Configuration
@@ -248,7 +249,14 @@ class KubeAuth:
         log.info("kubernetes: %s: credentials reloaded", why)
 
 
-def _connection(configuration: Configuration) -> dict[str, object]:
+class _Connection(TypedDict):
+    host: str
+    ssl: ssl.SSLContext | bool
+    server_hostname: str | None
+    proxy: str | None
+
+
+def _connection(configuration: Configuration) -> _Connection:
     return {
         "host": configuration.host.rstrip("/"),
         "ssl": ssl_context(configuration),

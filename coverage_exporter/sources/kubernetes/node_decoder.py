@@ -92,6 +92,7 @@ class NodePageDecoder:
         assert isinstance(mirror, NodeMirror)
         # A bytearray is encoded as bytes, as is: no copy while it waits.
         answer = await asyncio.wrap_future(
+            # msgspec encodes a bytearray as bytes, but types the field as bytes.
             worker.submit(NodePageRequest(body, encoding, limit))  # type: ignore[arg-type]
         )
         if not isinstance(answer, NodePage) or mirror.broken:

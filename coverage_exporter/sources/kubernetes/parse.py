@@ -685,9 +685,10 @@ class ObjectParser(Generic[K, T]):
         self._decoder = untrusted.Decoder(raw_type)
         page_type = msgspec.defstruct(
             f"{kind}List",
+            # A type made at run time: mypy cannot check list[raw_type].
             [("metadata", ListMeta | None, None), ("items", list[raw_type] | None, None)],  # type: ignore[valid-type]
         )
-        self._page_decoder = untrusted.Decoder(page_type)
+        self._page_decoder: untrusted.Decoder[Any] = untrusted.Decoder(page_type)
         self._convert = convert
         self._key = key
 

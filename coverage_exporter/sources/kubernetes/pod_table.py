@@ -215,7 +215,7 @@ class PodTableParser(ObjectParser[ServiceKey, Pod]):
         except msgspec.DecodeError as exc:
             raise ParseError(f"Pod: bad Table event: {exc}") from exc
         columns = self._table(table, need_columns=False)
-        rows = table.rows or ()
+        rows = table.rows or []
         if len(rows) != 1:
             raise ParseError(f"Pod: watch event Table with {len(rows)} rows, 1 expected")
         try:
@@ -248,7 +248,7 @@ class PodTableParser(ObjectParser[ServiceKey, Pod]):
         rv = table.metadata.resource_version if table.metadata else None
         try:
             columns = self._table(table, need_columns=False)
-            rows = table.rows or ()
+            rows = table.rows or []
             if len(rows) != 1:
                 return None, rv
             # Cells as Any: a row bad in another cell still names its pod.

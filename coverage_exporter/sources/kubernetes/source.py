@@ -14,8 +14,8 @@ import collections
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
+from typing import Any, cast
 
 from kubernetes.client import Configuration
 
@@ -408,7 +408,7 @@ class KubernetesSource:
         memo = self._memo.get(name)
         stamp = (id(reflector), reflector.generation, id(prefixes))
         if memo is not None and memo[0] == stamp:
-            return memo[1]  # type: ignore[no-any-return]
+            return memo[1]
         namespace, _ = scope_key
         view = infer_daemonset_owners(
             reflector.cache.values(), namespace, self._pod_selectors.get(scope_key, {}), prefixes
@@ -444,8 +444,11 @@ class ReflectorGroup:
 
     @property
     def cache(self) -> Mapping[Any, Any]:
-        # Keys hold the namespace, so the members never collide.
-        return collections.ChainMap(*(r.cache for r in self.members))
+        # Keys hold the namespace, so the members never collide. Read only:
+        # ChainMap types its maps as mutable, the caches are not.
+        return collections.ChainMap(
+            *(cast("MutableMapping[Any, Any]", r.cache) for r in self.members)
+        )
 
     @property
     def generation(self) -> tuple[int, ...]:

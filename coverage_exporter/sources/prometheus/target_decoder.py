@@ -27,9 +27,9 @@ import contextlib
 import sys
 import weakref
 from array import array
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from itertools import chain, starmap
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
@@ -76,7 +76,7 @@ async def rebuild(
         values = map(table.__getitem__, indices[start : start + step])
         rows = zip(*[values] * FIELDS, strict=True)
         if known is None:
-            chunks.append(tuple(starmap(Target, rows)))
+            chunks.append(tuple(starmap(_TARGET, rows)))
         else:
             chunks.append(_reusing(known, list(rows)))
     return chunks[0] if len(chunks) == 1 else tuple(chain.from_iterable(chunks))
@@ -91,8 +91,8 @@ def _reusing(
     with contextlib.suppress(ValueError):
         while True:
             missing = out.index(None, missing + 1)
-            out[missing] = Target(*rows[missing])
-    return tuple(out)  # type: ignore[arg-type]  # no None is left
+            out[missing] = _TARGET(*rows[missing])
+    return cast("tuple[Target, ...]", tuple(out))  # no None is left
 
 
 class TargetMirror(Mirror):
@@ -113,6 +113,10 @@ _ANSWERS = msgspec.msgpack.Decoder(Decoded | Failed)
 def _start_worker() -> WorkerProcess:
     return WorkerProcess(target_worker.__name__, _ANSWERS, TargetMirror())
 
+
+_TARGET: Callable[..., Target] = Target
+"""Targets made from the worker's rows: its table holds each field's value
+(None only where the field allows it), which nothing here checks again."""
 
 READS_AHEAD = 8
 """Target reads in flight at once: one in the worker, the next ones
@@ -184,7 +188,7 @@ class TargetDecoder:
         assert isinstance(mirror, TargetMirror)
         # The bytearray itself (msgspec encodes it as bytes, as is): no copy
         # while it waits.
-        request = Request(body, encoding, only_pool, limit, piece_bytes)  # type: ignore[arg-type]
+        request = Request(body, encoding, only_pool, limit, piece_bytes)  # type: ignore[arg-type]  # a bytearray crosses as bytes
         decoded = await asyncio.wrap_future(worker.submit(request))
         if not isinstance(decoded, Decoded) or mirror.broken:
             worker.stop()

@@ -80,7 +80,7 @@ def _encode(name: str, pool: PoolTargets, new: list[str]) -> EncodedPool:
     unseen = list(dict.fromkeys(filterfalse(table.__contains__, flat)))
     base = len(table)
     table.update(zip(unseen, range(base, base + len(unseen)), strict=True))
-    new.extend(unseen)  # type: ignore[arg-type]  # None is always in the table
+    new.extend(unseen)  # None is in the table from the start: these are strings
     indices = _canonical(array("I", map(table.__getitem__, flat)).tobytes())
     return EncodedPool(
         name, pool.active, indices, hashlib.blake2b(indices, digest_size=16).digest()
