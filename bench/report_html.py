@@ -19,7 +19,7 @@ own Exporter and CycleRunner), then measures:
 
 Prints one JSON object; keeps report.html and a screenshot in the workdir.
 
-    python bench/report_html.py --nodes 100000 [--workdir DIR]
+    python -m bench.report_html --nodes 100000 [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -35,18 +35,15 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
-from aiohttp import ClientSession  # noqa: E402
-from coverage_exporter import app  # noqa: E402
-from coverage_exporter.cli import build_parser  # noqa: E402
-from coverage_exporter.exposition.html import render_page, render_services  # noqa: E402
-from coverage_exporter.web.server import MetricsServer, ServerLimits  # noqa: E402
-from coverage_exporter.web.view import ExporterView  # noqa: E402
-from testbed.chromium import Browser, Page  # noqa: E402
+from aiohttp import ClientSession
+from coverage_exporter import app
+from coverage_exporter.cli import build_parser
+from coverage_exporter.exposition.html import render_page, render_services
+from coverage_exporter.web.server import MetricsServer, ServerLimits
+from coverage_exporter.web.view import ExporterView
+from testbed.chromium import Browser, Page
 
-import run as bench_run  # noqa: E402
+from bench import run as bench_run
 
 
 async def collect(kubeconfig: Path, prometheus_urls: list[str]):

@@ -1,4 +1,4 @@
-"""Pods in the apiserver's Table form, for the benchmark's fake apiserver (issue #12).
+"""Pods in the apiserver's Table form, for the fake apiserver (issue #12).
 
 What kube-apiserver v1.36 answers to ``Accept: application/json;as=Table;g=meta.k8s.io;v=v1``
 with ``includeObject=None`` for pods (captured in
@@ -6,7 +6,8 @@ tests/fixtures/captured/kubernetes/pod_forms/): a Table with the pod printer's n
 columns, one row of cells per pod, ``object: null``; a watch event per change with
 one row, columnDefinitions in the first event only; a BOOKMARK is a one-row Table of
 an empty pod. Encoded like Go's encoding/json (``<`` ``>`` ``&`` escaped, compact).
-Self-contained on purpose: fake_api.py only switches on the Accept header.
+Written once for the tests and the benchmark; tests/local/test_pod_table.py
+holds it against the real server's captures.
 """
 
 from __future__ import annotations

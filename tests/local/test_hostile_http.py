@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestServer
 
 from coverage_exporter.web.server import MetricsServer, ServerLimits
 from coverage_exporter.web.view import ExporterView
-from tests.unit.k8s_fake_apiserver import FakeApiServer
+from fakes.apiserver import FakeApiServer
 
 SLOW_CLIENTS = 300
 

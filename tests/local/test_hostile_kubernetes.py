@@ -1,5 +1,5 @@
 """Hostile and broken answers on the Kubernetes side, from the local fake of
-the list/watch protocol (tests/unit/k8s_fake_apiserver.py): deep nesting,
+the list/watch protocol (fakes/apiserver.py): deep nesting,
 gzip bombs, escapes in error text, watches a proxy cuts at once, half-open
 connections, a pod scope that cannot list, the pod watch cap and the
 namespace narrowing. The real apiserver's faults (restart, compaction) are
@@ -31,9 +31,9 @@ from coverage_exporter.sources.kubernetes.api import (
 )
 from coverage_exporter.sources.kubernetes.reflector import MAX_EMPTY_WATCHES, Backoff, Reflector
 from coverage_exporter.sources.kubernetes.source import KubernetesSource
-from tests.unit.k8s_fake_apiserver import FakeApiServer, node, nodes, status
-from tests.unit.test_hostile_prometheus import ANSI_AND_NEWLINES, DEEP, assert_one_clean_line
-from tests.unit.test_reflector import (  # node_decoding: every test on both paths of a page
+from fakes.apiserver import FakeApiServer, node, nodes, status
+from tests.local.test_hostile_prometheus import ANSI_AND_NEWLINES, DEEP, assert_one_clean_line
+from tests.local.test_reflector import (  # node_decoding: every test on both paths of a page
     configuration,
     node_decoding,  # noqa: F401
     node_reflector,
@@ -41,14 +41,6 @@ from tests.unit.test_reflector import (  # node_decoding: every test on both pat
 )
 
 MiB = 1 << 20
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[FakeApiServer]:
-    fake = FakeApiServer()
-    await fake.start()
-    yield fake
-    await fake.stop()
 
 
 @pytest.fixture

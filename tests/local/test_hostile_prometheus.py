@@ -30,9 +30,9 @@ from coverage_exporter.sources.prometheus.source import (
     parse_scrape_pools,
     parse_targets,
 )
+from fakes.prometheus import NE_POOL, FakePrometheus, json_response
 from tests.unit import clusters
-from tests.unit.test_collector import StaticCluster, samples
-from tests.unit.test_prometheus_source import NE_POOL, FakePrometheus, json_response
+from tests.unit.test_cycle import StaticCluster, samples
 
 MiB = 1 << 20
 DEEP = b"[" * 20_000 + b"]" * 20_000
@@ -105,7 +105,7 @@ def test_a_count_that_is_not_a_count_is_ignored_not_fatal(value: str) -> None:
 async def test_inf_in_metrics_makes_the_pool_read_in_full_and_never_crashes(fake) -> None:
     """Used to raise OverflowError from int(float('+Inf')) out of the cycle."""
     server, url = fake
-    server.pool_files = {NE_POOL: server.pool_files[NE_POOL]}
+    server.answers.pool_files = {NE_POOL: server.answers.pool_files[NE_POOL]}
 
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(

@@ -19,10 +19,10 @@ from coverage_exporter.sources import httpclient
 from coverage_exporter.sources.errors import SourceError
 from coverage_exporter.sources.kubernetes.source import KubernetesSource
 from coverage_exporter.sources.prometheus.source import PrometheusEndpoint, PrometheusSource
-from tests.unit.k8s_fake_apiserver import FakeApiServer, node
+from fakes.apiserver import FakeApiServer, node
+from fakes.prometheus import FakePrometheus
+from tests.local.test_reflector import until
 from tests.unit.test_kubeconfig import write_kubeconfig
-from tests.unit.test_prometheus_source import FakePrometheus
-from tests.unit.test_reflector import until
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +19,9 @@ from coverage_exporter.sources.kubernetes import parse as k8s_parse
 from coverage_exporter.sources.kubernetes import pod_table
 from coverage_exporter.sources.kubernetes.reflector import Reflector
 from coverage_exporter.sources.kubernetes.source import KubernetesSource
-from tests.unit.k8s_fake_apiserver import FakeApiServer
-from tests.unit.test_reflector import _pod, _svc, configuration, until
+from fakes import pod_table as fake_table
+from fakes.apiserver import FakeApiServer
+from tests.local.test_reflector import _pod, _svc, configuration, until
 
 FORMS = Path(__file__).parent.parent / "fixtures/captured/kubernetes/pod_forms"
 REPO = Path(__file__).parent.parent.parent
@@ -294,11 +294,6 @@ def test_daemonset_template_labels_are_parsed() -> None:
 
 
 def test_the_bench_fakes_table_page_is_shaped_like_the_real_one() -> None:
-    sys.path.insert(0, str(REPO / "bench"))
-    try:
-        import pod_table as fake_table
-    finally:
-        sys.path.remove(str(REPO / "bench"))
     real_body = (FORMS / "list_pods_table.json").read_bytes()
     real = json.loads(real_body)
     pod = json.loads((FORMS.parent / "list_pods.json").read_bytes())["items"][0]

@@ -1,5 +1,6 @@
-"""PrometheusSource against a real aiohttp server on 127.0.0.1 serving
-responses in the shape Prometheus 3.x, 2.53 and Thanos Query give."""
+"""PrometheusSource against the fake Prometheus (fakes/prometheus.py) on
+127.0.0.1, serving the answers recorded from Prometheus 3.x, 2.53 and
+Thanos Query."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import shutil
 import socket
 import ssl
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -35,81 +36,19 @@ from coverage_exporter.sources.prometheus.source import (
     parse_prometheus_url,
     parse_targets,
 )
-
-FIXTURES = Path(__file__).parent.parent / "fixtures" / "prometheus"
-
-NE_POOL = "serviceMonitor/monitoring/node-exporter/0"
-KUBELET_POOL = "serviceMonitor/monitoring/kubelet/0"
-KSM_POOL = "serviceMonitor/monitoring/kube-state-metrics/0"
-AM_POOL = "serviceMonitor/monitoring/alertmanager-main/0"
-POD_POOL = "podMonitor/monitoring/fluent-bit/0"
-
-V3_POOL_FILES = {
-    NE_POOL: "v3_targets_node_exporter.json",
-    KUBELET_POOL: "v3_targets_kubelet.json",
-    KSM_POOL: "v3_targets_kube_state_metrics.json",
-    AM_POOL: "v3_targets_alertmanager_empty.json",
-    POD_POOL: "v3_targets_fluent_bit.json",
-}
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def fixture_bytes(name: str) -> bytes:
-    return (FIXTURES / name).read_bytes()
-
-
-def json_response(body: bytes, status: int = 200) -> web.Response:
-    return web.Response(body=body, status=status, content_type="application/json")
-
-
-class FakePrometheus:
-    """Serves fixture files by path and scrapePool; records every request."""
-
-    def __init__(self, flavour: str = "v3") -> None:
-        self.requests: list[web.Request] = []
-        self.overrides: dict[str, Handler] = {}
-        self.pool_files = dict(V3_POOL_FILES)
-        self.flavour = flavour
-        self.app = web.Application()
-        self.app.router.add_route("GET", "/{tail:.*}", self._dispatch)
-
-    @property
-    def paths(self) -> list[str]:
-        return [r.path for r in self.requests]
-
-    def target_requests(self) -> list[dict[str, str]]:
-        return [dict(r.query) for r in self.requests if r.path == "/api/v1/targets"]
-
-    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
-        self.requests.append(request)
-        override = self.overrides.get(request.path)
-        if override is not None:
-            return await override(request)
-        if request.path == "/api/v1/scrape_pools":
-            return self._scrape_pools()
-        if request.path == "/api/v1/targets":
-            return self._targets(request)
-        if request.path == "/metrics" and self.flavour == "v3":
-            return web.Response(body=fixture_bytes("v3_metrics.txt"), content_type="text/plain")
-        return web.Response(status=404, text="404 page not found\n")
-
-    def _scrape_pools(self) -> web.StreamResponse:
-        if self.flavour == "thanos":
-            return web.Response(status=404, body=fixture_bytes("thanos_scrape_pools_404.txt"))
-        if self.flavour == "v2.53":
-            return json_response(fixture_bytes("v2_53_scrape_pools.json"))
-        pools = list(self.pool_files)
-        return json_response(
-            json.dumps({"status": "success", "data": {"scrapePools": pools}}).encode()
-        )
-
-    def _targets(self, request: web.Request) -> web.StreamResponse:
-        if self.flavour == "thanos":
-            return json_response(fixture_bytes("thanos_targets.json"))
-        if self.flavour == "v2.53":
-            return json_response(fixture_bytes("v2_53_targets_kubelet.json"))
-        return json_response(fixture_bytes(self.pool_files[request.query["scrapePool"]]))
+from fakes.prometheus import (
+    AM_POOL,
+    FIXTURES,
+    KSM_POOL,
+    KUBELET_POOL,
+    NE_POOL,
+    POD_POOL,
+    V3_POOL_FILES,
+    FakePrometheus,
+    Handler,
+    fixture_bytes,
+    json_response,
+)
 
 
 @pytest.fixture
@@ -324,8 +263,9 @@ async def test_refresh_only_some_pools_reuses_the_others(fake) -> None:
         assert sorted(second.targets, key=repr) == sorted(first.targets, key=repr)
 
         # A new pool is fetched although not asked for; a vanished pool goes.
-        del server.pool_files[NE_POOL]
-        server.pool_files["serviceMonitor/monitoring/new/0"] = "v3_targets_alertmanager_empty.json"
+        del server.answers.pool_files[NE_POOL]
+        new_pool = "serviceMonitor/monitoring/new/0"
+        server.answers.pool_files[new_pool] = "v3_targets_alertmanager_empty.json"
         server.requests.clear()
         third = await source.collect(pools_to_refresh=())
         assert [q["scrapePool"] for q in server.target_requests()] == [
@@ -345,7 +285,7 @@ async def test_a_full_read_that_changed_nothing_is_the_same_snapshot(fake, decod
         again = await source.collect()
         assert sorted(again.targets, key=repr) == sorted(first.targets, key=repr)
         assert (again is first) == (decoding == "process")
-        del server.pool_files[NE_POOL]
+        del server.answers.pool_files[NE_POOL]
         changed = await source.collect()
         assert changed is not first
         assert NE_POOL not in {t.scrape_pool for t in changed.targets}
@@ -360,7 +300,7 @@ async def test_a_re_read_with_one_target_changed_keeps_the_other_targets(fake, d
 
     async def targets(request: web.Request) -> web.StreamResponse:
         pool = request.query["scrapePool"]
-        body = fixture_bytes(server.pool_files[pool])
+        body = fixture_bytes(server.answers.pool_files[pool])
         if flip[0] and pool == KUBELET_POOL:
             document = json.loads(body)
             target = document["data"]["activeTargets"][0]
@@ -453,7 +393,7 @@ async def test_bearer_token_is_sent_and_reread(fake, tmp_path: Path) -> None:
         await source.collect()
         token.write_text("rotated-token\n")
         await source.collect()
-    headers = [r.headers.get("Authorization") for r in server.requests]
+    headers = [r.authorization for r in server.requests]
     assert headers[0] == "Bearer first-token"
     assert headers[-1] == "Bearer rotated-token"
     assert set(headers) == {"Bearer first-token", "Bearer rotated-token"}
@@ -468,7 +408,7 @@ async def test_basic_auth_header(fake, tmp_path: Path) -> None:
     ) as source:
         await source.collect()
     expected = "Basic " + base64.b64encode("scraper:s3cr\u00e9t".encode()).decode()
-    assert {r.headers.get("Authorization") for r in server.requests} == {expected}
+    assert {r.authorization for r in server.requests} == {expected}
 
 
 async def test_unreadable_token_file_is_a_source_error(fake, tmp_path: Path) -> None:
@@ -582,7 +522,7 @@ async def test_body_cut_before_content_length(fake) -> None:
 
 async def test_empty_success_is_a_valid_empty_result(fake) -> None:
     server, url = fake
-    server.pool_files = {AM_POOL: "v3_targets_alertmanager_empty.json"}
+    server.answers.pool_files = {AM_POOL: "v3_targets_alertmanager_empty.json"}
     async with source_for(url) as source:
         snapshot = await source.collect()
         assert snapshot.targets == ()

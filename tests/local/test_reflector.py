@@ -21,7 +21,7 @@ from coverage_exporter.sources.kubernetes.kubeconfig import KubeAuth
 from coverage_exporter.sources.kubernetes.node_decoder import NodePageDecoder
 from coverage_exporter.sources.kubernetes.reflector import Backoff, Reflector
 from coverage_exporter.sources.kubernetes.source import KubernetesSource
-from tests.unit.k8s_fake_apiserver import FakeApiServer, node, nodes
+from fakes.apiserver import FakeApiServer, node, nodes
 
 
 async def until(check: Callable[[], Any], seconds: float = 5.0) -> None:
@@ -38,14 +38,6 @@ def configuration(url: str, token: str | None = None) -> Configuration:
     if token:
         cfg.api_key["BearerToken"] = f"Bearer {token}"
     return cfg
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[FakeApiServer]:
-    fake = FakeApiServer()
-    await fake.start()
-    yield fake
-    await fake.stop()
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ from coverage_exporter.model.objects import (
 from coverage_exporter.model.report import build_report
 from coverage_exporter.model.scope import Scope, parse_label_selector, parse_service_key
 from coverage_exporter.model.stages import service_gaps
+from fakes import controllers
 from tests.unit import clusters
 
 NE = ("monitoring", "node-exporter")
@@ -35,7 +36,7 @@ KUBELET = ("kube-system", "kubelet")
 def dropped_by_truncation(count: int) -> list[str]:
     """Independent truth: the nodes whose IPs sort last as strings."""
     by_ip = sorted(range(count), key=clusters.node_ip)
-    return sorted(clusters.node_name(i) for i in by_ip[clusters.MAX_CAPACITY :])
+    return sorted(clusters.node_name(i) for i in by_ip[controllers.ENDPOINTS_MAX_CAPACITY :])
 
 
 def report_for(snapshot: ClusterSnapshot, *prometheus: PrometheusSnapshot, **kw):
