@@ -444,7 +444,7 @@ class FakeApiServer:
         headers = {"Warning": self.warnings[resource]} if resource in self.warnings else {}
         override = self.overrides.get((resource, verb))
         if override is not None:
-            return await override(request)  # type: ignore[no-any-return]
+            return await override(request)
         if namespace in self.forbidden_namespaces:
             message = f'{resource} is forbidden in the namespace "{namespace}"'
             return _json(status(403, "Forbidden", message), 403)
