@@ -40,6 +40,7 @@ from coverage_exporter.sources.prometheus import (
     parse_prometheus_url,
 )
 from coverage_exporter.sources.reflector import DEFAULT_WATCH_IDLE_SECONDS
+from coverage_exporter.sources.server_kind import declare_kinds
 from coverage_exporter.view import ExporterView
 from coverage_exporter.webconfig import WebConfigFile
 
@@ -91,6 +92,7 @@ class Settings:
             )
         if args.prometheus_fleet_file:
             endpoints.extend(load_fleet_file(args.prometheus_fleet_file, args.prometheus_timeout))
+        endpoints = declare_kinds(endpoints, getattr(args, "prometheus_kind", None) or ())
         names = [e.name for e in endpoints]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:

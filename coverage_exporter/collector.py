@@ -22,6 +22,7 @@ from coverage_exporter.model.coverage import ServiceTargets, targets_by_service
 from coverage_exporter.model.fleet import ServerState
 from coverage_exporter.model.growth import GrowthTracker
 from coverage_exporter.model.objects import (
+    KIND_UNKNOWN,
     ClusterSnapshot,
     PrometheusSnapshot,
     ServerIdentity,
@@ -158,7 +159,9 @@ class TargetPoller:
         if counts is None:
             return None
         known = self.source.pool_active_counts
-        return {p for p in counts.keys() | known.keys() if counts.get(p) != known.get(p)}
+        # A pool without targets may be counted 0 or not listed at all (no
+        # scrape_pools API: vmagent lists only pools that have targets).
+        return {p for p in counts.keys() | known.keys() if counts.get(p, 0) != known.get(p, 0)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,7 +278,13 @@ class Collector:
             identity = last.server_identity if last else _declared_identity(poller.source, name)
             since = self._last_success.get(name)
             known = since is not None and now - since <= self._stale_after
-            out.append(ServerState(name, identity, known))
+            # A Thanos Query stands for the stores behind it, each a server
+            # whose own answer may be unusable (sources.thanos).
+            for snap in last.members if last and last.members else (last,):
+                why = snap.unknown_reason if snap else ""
+                if snap is not last:
+                    name, identity = snap.name, snap.server_identity
+                out.append(ServerState(name, identity, known and not why, why))
         return tuple(out)
 
     def _remember(
@@ -526,7 +535,7 @@ def _declared_identity(source: TargetSource, name: str) -> ServerIdentity:
     """A server that never answered: where the user declared it, else alone."""
     endpoint = getattr(source, "endpoint", None)
     declared = getattr(endpoint, "declared", None)
-    return identify(name, {}, (), declared)
+    return identify(name, {}, (), declared, getattr(source, "kind", KIND_UNKNOWN))
 
 
 def _configured_pools(snap: PrometheusSnapshot) -> set[str] | None:

@@ -126,8 +126,9 @@ def findings(s: ServiceCoverage) -> list[str]:
         if not p.known:
             out.append(
                 f"{name}: {_replica_name(p)} scrape pool {p.scrape_pool!r} (role {p.role}): "
-                f"coverage unknown for {p.unknown} of {s.expected}: a shard of the replica has "
-                f"not answered recently ({runbook('ScrapeCoverageUnknown')})."
+                f"coverage unknown for {p.unknown} of {s.expected}: "
+                f"{p.why_unknown or 'a shard of the replica has not answered recently'} "
+                f"({runbook('ScrapeCoverageUnknown')})."
             )
             continue
         if not p.missing_count:
@@ -261,6 +262,7 @@ def service_json(s: ServiceCoverage) -> dict[str, object]:
                     "known": p.known,
                     "discovered": p.discovered,
                     "unknown": p.unknown,
+                    "why_unknown": p.why_unknown or None,
                     "missing_count": p.missing_count,
                     "missing": None if p.missing is None else _missing_list(p.missing),
                 }
@@ -321,12 +323,15 @@ def render_json(
                 "replica": r.replica,
                 "shards": r.shards,
                 "known": r.known,
+                "why_unknown": r.why_unknown or None,
                 "servers": [
                     {
                         "server": sv.name,
+                        "kind": sv.identity.kind,
                         "shard": sv.identity.shard,
                         "topology": sv.identity.how,
                         "known": sv.known,
+                        "why_unknown": sv.why_unknown or None,
                     }
                     for sv in r.servers
                 ],

@@ -38,6 +38,7 @@ from coverage_exporter.model.objects import (
     ServiceKey,
     SliceEndpoint,
     Target,
+    each_server,
 )
 from coverage_exporter.model.scheduling import eligible_nodes
 
@@ -104,6 +105,10 @@ class PoolCoverage:
     meant: bool = False
     """The server's configuration (or an earlier cycle) says this pool
     should scrape the Service, whether or not it discovers anything."""
+    why_unknown: str = ""
+    """While unknown: why (a shard not answering, a Thanos Query answer
+    that cannot say which replica a target came from, targets without
+    the labels that name their Service)."""
 
     @property
     def known(self) -> bool:
@@ -447,13 +452,17 @@ def prometheus_stage(
     resolver: Resolver,
     fleet: Fleet,
     meant: Mapping[str, Mapping[str, str]] | None = None,
+    unjudged: Mapping[str, Mapping[str, str]] | None = None,
 ) -> tuple[dict[tuple[str, str, str, str], int], list[PoolCoverage]]:
     """Target counts per server and coverage per (replica, scrape pool).
 
     `targets` are this Service's targets per server; `meant` maps
     a server to the pools (pool -> role) meant to scrape the Service, with
-    or without targets. The shards of one replica form a union; each
-    replica is judged on its own, since each evaluates the alerts itself."""
+    or without targets; `unjudged` a server to its pools whose targets
+    cannot all be attributed to a Service (pool -> why): such a pool's
+    coverage is unknown, never covered and never missing. The shards of
+    one replica form a union; each replica is judged on its own, since
+    each evaluates the alerts itself."""
     counts: dict[tuple[str, str, str, str], int] = defaultdict(int)
     # What each replica's known shards found, per pool: lists of names,
     # made into one set per pool only when that pool is judged. Sets per
@@ -499,6 +508,10 @@ def prometheus_stage(
         replica = fleet.replica_of(server)
         for pool, role in pools.items():
             by_replica[replica.key][(pool, role)] = True
+    # Pool -> why, per replica: one unjudged shard makes the union unjudged.
+    blind: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
+    for server, pools in (unjudged or {}).items():
+        blind[fleet.replica_of(server).key].update(pools)
 
     out = []
     unnamed = expected.unnamed
@@ -507,7 +520,8 @@ def prometheus_stage(
         for (pool, role), is_meant in sorted(by_replica[replica_key].items()):
             present = set(chain.from_iterable(found.pop((replica_key, (pool, role)), ())))
             present.discard(None)
-            if replica.known:
+            why = replica.why_unknown or blind[replica_key].get(pool, "")
+            if not why:
                 missing = _missing(expected, present)
                 discovered = len(expected.keys) - len(missing)
                 out.append(
@@ -527,6 +541,7 @@ def prometheus_stage(
                         expected.count - discovered,
                         unnamed,
                         is_meant,
+                        why,
                     )
                 )
     return dict(counts), out
@@ -550,7 +565,7 @@ def targets_by_service(
     """Targets per Service; the work is C-level runs (groupby on a pool's
     consecutive targets), not a Python step per target."""
     held: dict[tuple[ServiceKey, str], list[Target]] = {}
-    for snap in prometheus:
+    for snap in each_server(prometheus):
         for (namespace, service, role), run in groupby(snap.targets, _BY_SERVICE):
             if role not in DISCOVERY_ROLES or not namespace or not service:
                 continue
@@ -576,6 +591,7 @@ def service_coverage(
     node_by_ip: Mapping[str, str],
     fleet: Fleet | None = None,
     meant: Mapping[str, Mapping[str, str]] | None = None,
+    unjudged: Mapping[str, Mapping[str, str]] | None = None,
 ) -> ServiceCoverage | None:
     endpoints = snapshot.endpoints.get(service.key)
     expected = expected_targets(service, snapshot, endpoints)
@@ -584,7 +600,12 @@ def service_coverage(
     pods = _live(snapshot.pods.get(service.key, ()))
     resolver = Resolver(node_by_ip, pods, ip_fallback=expected.source == SOURCE_LISTED)
     counts, pools = prometheus_stage(
-        targets, expected, resolver, fleet or Fleet.of_names({n for n, _ in targets}), meant
+        targets,
+        expected,
+        resolver,
+        fleet or Fleet.of_names({n for n, _ in targets}),
+        meant,
+        unjudged,
     )
     return ServiceCoverage(
         namespace=service.namespace,
