@@ -165,7 +165,10 @@ def verdict(report: CoverageReport | None, complete: bool) -> str:
     if not report.services:
         return "no Service compared: nothing to judge (check --service, --namespace, the scope)"
     if report.unknown_pools or not complete:
-        return "coverage unknown: a source did not answer (no gap seen in what did)"
+        return (
+            "coverage unknown: a source did not answer, or its answer cannot be judged "
+            "(no gap seen in what could)"
+        )
     return "full coverage"
 
 

@@ -479,12 +479,19 @@ def prometheus_stage(
         replica_key = fleet.replica_of(server).key
         replica_pools = by_replica[replica_key]
         known = fleet.server_known(server)
+        replica_known = fleet.replicas[replica_key].known
         for (pool, role), group in groupby(server_targets, _BY_POOL):
-            replica_pools.setdefault((pool, role), False)
             if not known:
                 # Its last answer is too old to count or to show as
-                # current; the pool is still listed, coverage unknown.
+                # current; the pool is still listed, coverage unknown. In a
+                # replica known through its other servers (the same
+                # Prometheus seen directly and through Thanos Query) such a
+                # pool says nothing that they do not: judged as absent
+                # there, it would be a gap that no server shows.
+                if not replica_known:
+                    replica_pools.setdefault((pool, role), False)
                 continue
+            replica_pools.setdefault((pool, role), False)
             run = list(group)
             for state, n in Counter(map(_HEALTH, run)).items():
                 counts[(server, pool, role, state)] += n

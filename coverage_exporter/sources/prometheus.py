@@ -693,7 +693,8 @@ class PrometheusSource:
             log.warning(
                 "%s: targets come without discoveredLabels (vmagent with "
                 "-promscrape.dropOriginalLabels?): matched by their namespace, service, node and "
-                "pod labels and instance; their discovery role is reported as unknown",
+                "pod labels and instance, their discovery role taken from the loaded configuration "
+                "(unknown without it); a pool whose targets name no Service cannot be judged",
                 self.endpoint.name,
             )
         self._final_labels_only = self._final_labels_only or bool(count)

@@ -266,3 +266,37 @@ def test_server_info_says_what_each_server_is() -> None:
     text = render_coverage(ExporterState(report)).decode()
     (line,) = [x for x in text.splitlines() if x.startswith("scrape_coverage_server_info{")]
     assert 'kind="vmagent"' in line and 'server="vm"' in line
+
+
+def test_a_known_replica_is_judged_on_its_known_servers_only() -> None:
+    """The same replica through a Query that merges replicas (unknown) and
+    through one that does not (known): the merged answer's pools, of both
+    replicas' roles, are not judged against the known replica."""
+    cluster = clusters.node_exporter(12)
+    slices = clusters.slice_targets(cluster, "ne", *NE)
+    endpoints = clusters.endpoints_targets(cluster, "ne", *NE)
+    stores = [Store("a", R0), Store("b", R1)]
+    split = _query({R0: {"ne": slices}, R1: {"ne": endpoints}}, stores)
+    merged = _query({SCRAPER: {"ne": slices + endpoints}}, stores)
+    merged = PrometheusSnapshot(
+        "merged",
+        (),
+        identity=merged.identity,
+        members=tuple(
+            PrometheusSnapshot(
+                "merged/" + m.name,
+                m.targets,
+                m.identity,
+                pools=m.pools,
+                unknown_reason=m.unknown_reason,
+            )
+            for m in merged.members
+        ),
+    )
+    report = build_report(Scope(), cluster, [split, merged])
+    pools = {(p.replica, p.role): p for p in only(report, NE).pools}
+    assert set(pools) == {
+        ("prometheus-thanos-0", "endpointslice"),
+        ("prometheus-thanos-1", "endpoints"),
+    }
+    assert all(p.known and p.missing == () for p in pools.values())
