@@ -213,10 +213,8 @@ def _pool_stages(s: ServiceCoverage, fleet: Fleet) -> list[StageView]:
         servers = sorted(sv.name for sv in replica.servers) if replica else []
         notes = [] if p.meant or p.discovered else ["not meant by the configuration"]
         if not p.known:
-            notes.append(
-                f"coverage unknown for {_n(p.unknown)}: a shard of the replica has not "
-                "answered recently"
-            )
+            why = p.why_unknown or "a shard of the replica has not answered recently"
+            notes.append(f"coverage unknown for {_n(p.unknown)}: {why}")
         out.append(
             StageView(
                 STAGE_PROMETHEUS,
@@ -270,7 +268,7 @@ def server_views(report: CoverageReport | None) -> dict[str, ServerView]:
         sv.name: ServerView(
             replica=_replica_name(r.scraper, r.replica),
             shard=f"{sv.identity.shard + 1} of {r.shards}" if r.shards > 1 else "",
-            topology=sv.identity.how,
+            topology=f"{sv.identity.kind}, {sv.identity.how}",
             known=sv.known,
         )
         for r in report.fleet.replicas.values()
@@ -489,8 +487,9 @@ def _next_steps(views: Sequence[ServiceView]) -> list[str]:
         )
     if any(st.kind == STAGE_PROMETHEUS and st.missing_count is None for st in stages):
         steps.append(
-            "Some coverage is unknown: a Prometheus shard has not answered: "
-            + _runbook("ScrapeCoverageSourceDown.md", "ScrapeCoverageSourceDown")
+            "Some coverage is unknown: a Prometheus shard has not answered, or its answer "
+            "cannot say what it scrapes: "
+            + _runbook("ScrapeCoverageUnknown.md", "ScrapeCoverageUnknown")
         )
     return steps
 

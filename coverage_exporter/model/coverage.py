@@ -527,30 +527,34 @@ def prometheus_stage(
         for (pool, role), is_meant in sorted(by_replica[replica_key].items()):
             present = set(chain.from_iterable(found.pop((replica_key, (pool, role)), ())))
             present.discard(None)
-            why = replica.why_unknown or blind[replica_key].get(pool, "")
+            why = replica.why_unknown
             if not why:
                 missing = _missing(expected, present)
+                # Targets that name no Service can only add to a pool: what
+                # the others cover is covered, the rest may be among them.
+                why = blind[replica_key].get(pool, "") if missing or unnamed else ""
+            if not why:
                 discovered = len(expected.keys) - len(missing)
                 out.append(
                     PoolCoverage(
                         pool, role, *replica_key, discovered, missing, 0, unnamed, is_meant
                     )
                 )
-            else:
-                discovered = len(present & expected.keys.keys())
-                out.append(
-                    PoolCoverage(
-                        pool,
-                        role,
-                        *replica_key,
-                        discovered,
-                        None,
-                        expected.count - discovered,
-                        unnamed,
-                        is_meant,
-                        why,
-                    )
+                continue
+            discovered = len(present & expected.keys.keys())
+            out.append(
+                PoolCoverage(
+                    pool,
+                    role,
+                    *replica_key,
+                    discovered,
+                    None,
+                    expected.count - discovered,
+                    unnamed,
+                    is_meant,
+                    why,
                 )
+            )
     return dict(counts), out
 
 

@@ -300,3 +300,18 @@ def test_a_known_replica_is_judged_on_its_known_servers_only() -> None:
         ("prometheus-thanos-1", "endpoints"),
     }
     assert all(p.known and p.missing == () for p in pools.values())
+
+
+def test_targets_that_name_no_service_cannot_hide_a_pool_that_covers_everything() -> None:
+    """They can only add to the pool: covered is covered; what is not may be
+    among them (unknown, not missing)."""
+    cluster = clusters.node_exporter(12)
+    slices = clusters.slice_targets(cluster, "bare", *NE)
+    why = {"bare": "2 of the pool's 14 targets came without discovered labels"}
+    full = PrometheusSnapshot("vm", slices, unjudged_pools=why)
+    (pool,) = only(build_report(Scope(), cluster, [full]), NE).pools
+    assert pool.known and pool.missing == () and pool.why_unknown == ""
+    part = PrometheusSnapshot("vm", slices[:10], unjudged_pools=why)
+    (pool,) = only(build_report(Scope(), cluster, [part]), NE).pools
+    assert (pool.missing, pool.discovered, pool.unknown) == (None, 10, 2)
+    assert pool.why_unknown == why["bare"]
