@@ -315,3 +315,41 @@ def test_targets_that_name_no_service_cannot_hide_a_pool_that_covers_everything(
     (pool,) = only(build_report(Scope(), cluster, [part]), NE).pools
     assert (pool.missing, pool.discovered, pool.unknown) == (None, 10, 2)
     assert pool.why_unknown == why["bare"]
+
+
+def test_a_kind_is_declared_by_flag_or_fleet_file(tmp_path) -> None:
+    from coverage_exporter import cli
+    from coverage_exporter.app import Settings
+
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text("servers:\n  - {name: tq, url: 'http://tq:10902', kind: thanos_query}\n")
+    args = cli.build_parser().parse_args(
+        [
+            "audit",
+            "--prometheus-url",
+            "vm=http://vm:8429",
+            "--prometheus-kind",
+            "vm=vmagent",
+            "--prometheus-fleet-file",
+            str(fleet),
+        ]
+    )
+    vm, tq = Settings.from_args(args).prometheus
+    assert (vm.declared.kind, tq.declared.kind) == ("vmagent", "thanos_query")
+    # A declared kind is what server_info says even before the server answers.
+    assert identify("vm", {}, (), vm.declared).kind == "vmagent"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--prometheus-kind", "vm=cortex"], "unknown server kind 'cortex'"),
+        (["--prometheus-kind", "other=vmagent"], "names no configured server: other"),
+        (["--prometheus-kind", "vmagent"], "expected NAME=KIND"),
+    ],
+)
+def test_a_wrong_kind_is_refused_with_the_choices(argv, message, capsys) -> None:
+    from coverage_exporter import cli
+
+    assert cli.main(["audit", "--prometheus-url", "vm=http://vm:8429", *argv]) == 2
+    assert message in capsys.readouterr().err
