@@ -311,7 +311,9 @@ class PrometheusSource:
         self._kind = endpoint.declared.kind or KIND_UNKNOWN
         """What answers on the URL (see sources.server_kind)."""
         self._stores = thanos.StoreMembers(endpoint.name)
-        self._metrics_probed = False
+        self._probed = False
+        """Whether /metrics and /api/v1/stores were asked (once, while
+        /api/v1/status/flags is not served)."""
 
     @property
     def kind(self) -> str:
@@ -435,7 +437,9 @@ class PrometheusSource:
     async def _recognise(self, headers: Mapping[str, str]) -> None:
         """What answers on the URL, asked every cycle (a server replaced by
         another kind is noticed at once): /api/v1/status/flags, a few KB;
-        where that is not served, /metrics, once (vmagent's build info).
+        where that is not served, once: /metrics (vmagent's build info),
+        then /api/v1/stores (only Thanos Query has it: read as one server,
+        its union of replicas would hide a replica that misses targets).
         A declared kind is not asked. Never fails the source."""
         if self.endpoint.declared.kind:
             return
@@ -443,20 +447,33 @@ class PrometheusSource:
             status, body = await self._request(server_kind.FLAGS_PATH, None, headers)
             kind = server_kind.kind_from_flags(body) if status == 200 else None
             if status == 200:
-                self._metrics_probed = False
-            elif self._kind == KIND_VMAGENT:
-                kind = KIND_VMAGENT
-            elif not self._metrics_probed:
-                self._metrics_probed = True
-                status, body = await self._request(METRICS_PATH, None, headers)
-                if status == 200:
-                    kind = server_kind.kind_from_metrics(body.decode("utf-8", "replace"))
+                self._probed = False
+            elif self._kind in (KIND_VMAGENT, KIND_THANOS_QUERY):
+                kind = self._kind
+            elif not self._probed:
+                self._probed = True
+                kind = await self._probe(headers)
         except SourceError as exc:
             log.debug("%s: kind not recognised this cycle: %s", self.endpoint.name, exc)
             return
         if kind is not None and kind != self._kind:
             log.info("%s: recognised as %s", self.endpoint.name, kind)
             self._kind = kind
+
+    async def _probe(self, headers: Mapping[str, str]) -> str | None:
+        status, body = await self._request(METRICS_PATH, None, headers)
+        if status == 200:
+            kind = server_kind.kind_from_metrics(body.decode("utf-8", "replace"))
+            if kind is not None:
+                return kind
+        status, body = await self._request(thanos.STORES_PATH, None, headers)
+        if status == 200:
+            try:
+                thanos.parse_stores(body)
+            except SourceError:
+                return None
+            return KIND_THANOS_QUERY
+        return None
 
     async def _collect_thanos(self) -> PrometheusSnapshot:
         """Query's stores, then its targets, each filed under its store (see

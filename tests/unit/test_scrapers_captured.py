@@ -205,3 +205,75 @@ def test_the_hand_written_thanos_fixture_has_the_real_shape() -> None:
     fake_keys = {k for t in fake["data"]["activeTargets"] for k in t}
     real_keys = {k for t in real["data"]["activeTargets"] for k in t}
     assert fake_keys == real_keys
+
+
+# --- the source, on the captured answers replayed ------------------------------------
+# A replay, not a fake of behaviour: each path answers the bytes and status the
+# real server gave (a proxy that refuses /api/v1/status/flags is the one
+# thing added: it cannot run here as the scrapers' own).
+
+
+def replay(answers: dict[str, tuple[int, bytes]]):
+    from aiohttp import web
+
+    async def handle(request: web.Request) -> web.Response:
+        status, body = answers.get(request.path, (404, b"404 page not found\n"))
+        kind = "application/json" if body[:1] == b"{" else "text/plain"
+        return web.Response(status=status, body=body, content_type=kind)
+
+    app = web.Application()
+    app.router.add_route("GET", "/{tail:.*}", handle)
+    return app
+
+
+async def _collect(answers: dict[str, tuple[int, bytes]], name: str):
+    from aiohttp.test_utils import TestServer
+
+    from coverage_exporter.sources.prometheus import PrometheusEndpoint, PrometheusSource
+
+    async with TestServer(replay(answers), host="127.0.0.1") as srv:
+        url = str(srv.make_url("")).rstrip("/")
+        async with PrometheusSource(PrometheusEndpoint(url=url, name=name)) as source:
+            config = await source.read_config()
+            return source.kind, config, await source.collect()
+
+
+async def test_thanos_query_behind_a_proxy_that_refuses_its_flags_is_still_split() -> None:
+    """Read as one server, Query's union would hide replica 1's losses: its
+    /api/v1/stores tells it, once /api/v1/status/flags is refused."""
+    kind, config, snap = await _collect(
+        {
+            "/api/v1/status/flags": (403, b"forbidden\n"),
+            "/api/v1/stores": (200, read("thanos-query/stores.json")),
+            "/api/v1/targets": (200, read("thanos-query/targets.json")),
+        },
+        "tq",
+    )
+    assert (kind, config) == (KIND_THANOS_QUERY, None)
+    assert snap.targets == () and len(snap.members) == 2
+    assert {m.server_identity.replica for m in snap.members} == {
+        "prometheus-thanos-0",
+        "prometheus-thanos-1",
+    }
+    assert all(m.server_identity.kind == KIND_THANOS_QUERY for m in snap.members)
+
+
+async def test_vmagent_is_read_with_its_own_answers() -> None:
+    kind, config, snap = await _collect(
+        {
+            "/api/v1/status/flags": (400, read("vmagent-common-flags/status_flags_400.txt")),
+            "/api/v1/scrape_pools": (400, read("vmagent-common-flags/scrape_pools_400.txt")),
+            "/api/v1/status/config": (200, read("vmagent-common-flags/config.json")),
+            "/metrics": (200, read("vmagent-common-flags/metrics.txt")),
+            "/api/v1/targets": (
+                200,
+                read("vmagent-common-flags/targets_node-exporter-endpoints.json"),
+            ),
+        },
+        "vm",
+    )
+    assert kind == KIND_VMAGENT and config is not None
+    assert snap.server_identity.kind == KIND_VMAGENT and not snap.discovered_labels
+    # No discovered labels: the role is the job's, from vmagent's configuration.
+    assert {t.role for t in snap.targets} == {"endpoints"}
+    assert snap.unjudged_pools == {}
