@@ -31,6 +31,7 @@ from coverage_exporter.sources.kubernetes.source import (
 )
 from coverage_exporter.sources.prometheus import target_decoder
 from coverage_exporter.sources.prometheus.fleet_file import load_fleet_file
+from coverage_exporter.sources.prometheus.server_kind import declare_kinds
 from coverage_exporter.sources.prometheus.source import (
     PrometheusEndpoint,
     PrometheusSource,
@@ -89,6 +90,7 @@ class Settings:
             )
         if args.prometheus_fleet_file:
             endpoints.extend(load_fleet_file(args.prometheus_fleet_file, args.prometheus_timeout))
+        endpoints = declare_kinds(endpoints, getattr(args, "prometheus_kind", None) or ())
         names = [e.name for e in endpoints]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:

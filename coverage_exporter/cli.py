@@ -96,6 +96,14 @@ def _common(p: _EnvParser) -> None:
         metavar="[NAME=]URL",
     )
     p.add(
+        "--prometheus-kind",
+        "what answers on a server's URL, where its answers cannot tell (an API proxy that "
+        "lets only the targets through): prometheus, prometheus_agent, vmagent or "
+        "thanos_query; repeatable",
+        action="append",
+        metavar="NAME=KIND",
+    )
+    p.add(
         "--prometheus-bearer-token-file",
         "file holding a bearer token for Prometheus (re-read every cycle)",
     )

@@ -99,6 +99,11 @@ class TargetSource(Protocol):
         ...
 
     @property
+    def kind(self) -> str:
+        """What answers on the URL (sources.prometheus.server_kind)."""
+        ...
+
+    @property
     def pool_active_counts(self) -> Mapping[str, int]: ...
 
     async def read_config(self) -> LoadedConfig | None: ...
@@ -158,7 +163,9 @@ class TargetPoller:
         if counts is None:
             return None
         known = self.source.pool_active_counts
-        return {p for p in counts.keys() | known.keys() if counts.get(p) != known.get(p)}
+        # A pool without targets may be counted 0 or not listed at all (no
+        # scrape_pools API: vmagent lists only pools that have targets).
+        return {p for p in counts.keys() | known.keys() if counts.get(p, 0) != known.get(p, 0)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,11 +286,19 @@ class CycleRunner:
             last = self._last_good.get(name)
             # A server that never answered: where the user declared it, else alone.
             identity = (
-                last.server_identity if last else identify(name, {}, (), poller.source.declared)
+                last.server_identity
+                if last
+                else identify(name, {}, (), poller.source.declared, poller.source.kind)
             )
             since = self._last_success.get(name)
             known = since is not None and now - since <= self._stale_after
-            out.append(ServerState(name, identity, known))
+            # A Thanos Query stands for the stores behind it, each a server
+            # whose own answer may be unusable (sources.prometheus.thanos).
+            for snap in last.members if last and last.members else (last,):
+                why = snap.unknown_reason if snap else ""
+                if snap is not None and snap is not last:
+                    name, identity = snap.name, snap.server_identity
+                out.append(ServerState(name, identity, known and not why, why))
         return tuple(out)
 
     def _remember(

@@ -121,8 +121,8 @@ def finding_words(s: ServiceCoverage, f: Finding) -> str:
     pool = f"{replica_name(st)} scrape pool {st.pool!r} (role {st.role})"
     if kind is FindingKind.COVERAGE_UNKNOWN:
         return (
-            f"{pool}: coverage unknown for {f.count} of {s.expected}: a shard of the replica "
-            "has not answered recently"
+            f"{pool}: coverage unknown for {f.count} of {s.expected}: "
+            f"{st.why_unknown or 'a shard of the replica has not answered recently'}"
         )
     misses = f"{pool} misses {f.count} of {s.expected}: {_names(st.missing or (), s.unnamed)}"
     if kind is FindingKind.POOL_READS_TRUNCATED:
@@ -162,7 +162,10 @@ VERDICT_WORDS = {
     Verdict.NOTHING_COMPARED: (
         "no Service compared: nothing to judge (check --service, --namespace, the scope)"
     ),
-    Verdict.UNKNOWN: "coverage unknown: a source did not answer (no gap seen in what did)",
+    Verdict.UNKNOWN: (
+        "coverage unknown: a source did not answer, or its answer cannot be judged "
+        "(no gap seen in what could)"
+    ),
     Verdict.FULL_COVERAGE: "full coverage",
 }
 
@@ -265,6 +268,7 @@ def service_json(s: ServiceCoverage) -> dict[str, object]:
                     "known": p.known,
                     "discovered": p.discovered,
                     "unknown": p.unknown,
+                    "why_unknown": p.why_unknown or None,
                     "missing_count": p.missing_count,
                     "missing": None if p.missing is None else _missing_list(p.missing),
                 }
@@ -325,12 +329,15 @@ def render_json(
                 "replica": r.replica,
                 "shards": r.shards,
                 "known": r.known,
+                "why_unknown": r.why_unknown or None,
                 "servers": [
                     {
                         "server": sv.name,
+                        "kind": sv.identity.kind,
                         "shard": sv.identity.shard,
                         "topology": sv.identity.how,
                         "known": sv.known,
+                        "why_unknown": sv.why_unknown or None,
                     }
                     for sv in r.servers
                 ],

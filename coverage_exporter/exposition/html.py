@@ -32,8 +32,8 @@ from coverage_exporter.model.findings import (
     RUNBOOK_INDEX,
     RUNBOOK_MIGRATION,
     RUNBOOK_MIRRORING_CAPPED,
-    RUNBOOK_SOURCE_DOWN,
     RUNBOOK_TARGETS_MISSING,
+    RUNBOOK_UNKNOWN,
     Finding,
     FindingKind,
     service_findings,
@@ -178,10 +178,8 @@ def _pool_views(s: ServiceCoverage, stages: Sequence[Stage], fleet: Fleet) -> li
         servers = sorted(sv.name for sv in replica.servers) if replica else []
         notes = [] if st.meant or st.holds else ["not meant by the configuration"]
         if not st.known:
-            notes.append(
-                f"coverage unknown for {_n(st.unknown)}: a shard of the replica has not "
-                "answered recently"
-            )
+            why = st.why_unknown or "a shard of the replica has not answered recently"
+            notes.append(f"coverage unknown for {_n(st.unknown)}: {why}")
         out.append(
             StageView(
                 st,
@@ -232,7 +230,7 @@ def server_views(report: CoverageReport | None) -> dict[str, ServerView]:
         sv.name: ServerView(
             replica=_replica_name(r.scraper, r.replica),
             shard=f"{sv.identity.shard + 1} of {r.shards}" if r.shards > 1 else "",
-            topology=sv.identity.how,
+            topology=f"{sv.identity.kind}, {sv.identity.how}",
             known=sv.known,
         )
         for r in report.fleet.replicas.values()
@@ -457,8 +455,8 @@ def _next_steps(views: Sequence[ServiceView]) -> list[str]:
         )
     if FindingKind.COVERAGE_UNKNOWN in kinds:
         steps.append(
-            "Some coverage is unknown: a Prometheus shard has not answered: "
-            + _runbook_link(RUNBOOK_SOURCE_DOWN, RUNBOOK_SOURCE_DOWN)
+            "Some coverage is unknown: a Prometheus shard has not answered, or its answer "
+            "cannot say what it scrapes: " + _runbook_link(RUNBOOK_UNKNOWN, RUNBOOK_UNKNOWN)
         )
     return steps
 

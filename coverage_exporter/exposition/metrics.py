@@ -188,6 +188,7 @@ def _server_info(state: ExporterState) -> Iterator[Sample]:
                     str(ident.shard),
                     str(replica.shards),
                     ident.how,
+                    ident.kind,
                 )
                 yield labels, 1
 
@@ -392,8 +393,8 @@ COVERAGE_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec(
         "server_info",
         "gauge",
-        "1 per configured Prometheus server, with where it stands in its fleet.",
-        ("server", "scraper", "scraper_replica", "shard", "shards", "topology"),
+        "1 per configured Prometheus server, with where it stands in its fleet and what it is.",
+        ("server", "scraper", "scraper_replica", "shard", "shards", "topology", "kind"),
         _server_info,
     ),
     MetricSpec(

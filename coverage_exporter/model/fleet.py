@@ -23,6 +23,9 @@ class ServerState:
     identity: ServerIdentity
     known: bool
     """Answered within the expiry bound; its last good targets count."""
+    why_unknown: str = ""
+    """Set when it answered, but its answer cannot be judged (see
+    PrometheusSnapshot.unknown_reason); known is then False."""
 
 
 @dataclass(slots=True)
@@ -40,6 +43,21 @@ class Replica:
     def known(self) -> bool:
         have = {s.identity.shard for s in self.servers if s.known}
         return all(i in have for i in range(self.shards))
+
+    @property
+    def why_unknown(self) -> str:
+        """Why its coverage is unknown ("" while known)."""
+        if self.known:
+            return ""
+        reasons = [s.why_unknown for s in self.servers if s.why_unknown]
+        if reasons:
+            return "; ".join(dict.fromkeys(reasons))
+        return "a shard of the replica has not answered recently"
+
+    @property
+    def missing_shards(self) -> list[int]:
+        have = {s.identity.shard for s in self.servers if s.known}
+        return [i for i in range(self.shards) if i not in have]
 
 
 @dataclass(slots=True)

@@ -22,6 +22,7 @@ from coverage_exporter.model.objects import (
     ScrapeJob,
     Service,
     ServiceKey,
+    each_server,
 )
 from coverage_exporter.model.scope import Scope, services_in_scope
 from coverage_exporter.model.stages import Stage, service_gaps
@@ -152,10 +153,15 @@ def build_report(
     the expiry bound) and where each stands in its fleet; None: every
     snapshot is known and judged on its own. `grouped` is
     targets_by_service(prometheus), for a caller that has it."""
+    prometheus = each_server(prometheus)
     if grouped is None:
         grouped = targets_by_service(prometheus)
     if servers is None:
-        servers = [ServerState(p.name, p.server_identity, True) for p in prometheus]
+        servers = [
+            ServerState(p.name, p.server_identity, not p.unknown_reason, p.unknown_reason)
+            for p in prometheus
+        ]
+    unjudged = {p.name: p.unjudged_pools for p in prometheus if p.unjudged_pools}
     remembered = remembered or {}
     fleet = Fleet.build(servers)
     node_by_ip = node_index(cluster)
@@ -172,6 +178,7 @@ def build_report(
             node_by_ip,
             fleet,
             meant_pools(service, prometheus, remembered, memo),
+            unjudged,
         )
         if coverage is None:
             reason = (

@@ -48,6 +48,9 @@ class Stage:
     """The scrape pool (STAGE_PROMETHEUS only), and where it runs:"""
     scraper: str = ""
     replica: str = ""
+    why_unknown: str = ""
+    """Why the coverage is unknown, where something more precise than "a
+    shard has not answered" is known (model.fleet)."""
     meant: bool = False
     """The server's configuration (or an earlier cycle) says this pool
     should scrape the Service, whether or not it discovers anything."""
@@ -102,6 +105,7 @@ def service_stages(s: ServiceCoverage) -> tuple[Stage, ...]:
             scraper=p.scraper,
             replica=p.replica,
             meant=p.meant,
+            why_unknown=p.why_unknown,
         )
         for p in s.pools
     )

@@ -25,7 +25,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from coverage_exporter.model.objects import RelabelRule, ScrapeJob, ServerIdentity
+from coverage_exporter.model.objects import KIND_UNKNOWN, RelabelRule, ScrapeJob, ServerIdentity
 
 OPERATOR_NAME_LABEL = "prometheus"
 OPERATOR_REPLICA_LABEL = "prometheus_replica"
@@ -40,6 +40,9 @@ class Declared:
     replica: str | None = None
     shard: int | None = None
     shards: int | None = None
+    kind: str | None = None
+    """What answers on the URL (objects.KIND_*), when its answers cannot
+    tell (an API proxy that lets only the targets through)."""
 
 
 def hashmod_shard(jobs: list[ScrapeJob] | tuple[ScrapeJob, ...]) -> tuple[int, int] | None:
@@ -71,7 +74,9 @@ def identify(
     external_labels: Mapping[str, str],
     jobs: list[ScrapeJob] | tuple[ScrapeJob, ...] = (),
     declared: Declared | None = None,
+    kind: str = KIND_UNKNOWN,
 ) -> ServerIdentity:
+    """kind: as recognised from the server's answers; a declared kind wins."""
     declared = declared or Declared()
     alone = ServerIdentity.alone(name)
     scraper, replica, how = alone.scraper, alone.replica, alone.how
@@ -108,4 +113,5 @@ def identify(
         shard=declared.shard if declared.shard is not None else shard,
         shards=declared.shards if declared.shards is not None else shards,
         how=how,
+        kind=declared.kind or kind,
     )

@@ -9,7 +9,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from coverage_exporter.cycle import CycleRunner
 from coverage_exporter.health import SourceHealth
-from coverage_exporter.model.objects import ClusterSnapshot, PrometheusSnapshot, Service
+from coverage_exporter.model.objects import (
+    KIND_UNKNOWN,
+    ClusterSnapshot,
+    PrometheusSnapshot,
+    Service,
+)
 from coverage_exporter.model.scope import Scope
 from coverage_exporter.model.topology import Declared
 from coverage_exporter.sources.errors import SourceError
@@ -53,6 +58,7 @@ class ScriptedPrometheus:
     ) -> None:
         self.health = SourceHealth("prometheus", name)
         self.declared = Declared()
+        self.kind = KIND_UNKNOWN
         self._answers = answers
         self._counts = counts or []
         self.collect_calls: list[Collection[str] | None] = []

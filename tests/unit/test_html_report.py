@@ -558,3 +558,25 @@ async def test_report_after_a_cycle_without_kubernetes_says_so(served) -> None:
     text = response.body.decode()
     assert "No coverage: Kubernetes could not be read." in text
     assert view.report_page.services_renders == 0
+
+
+def test_an_unknown_pool_says_why_and_each_server_what_it_is() -> None:
+    """A vmagent pool whose targets name no Service: the reason on the pool,
+    the server's kind beside its topology (issue #20)."""
+    from coverage_exporter.model.objects import KIND_VMAGENT
+    from coverage_exporter.model.topology import identify
+
+    cluster = clusters.node_exporter(12)
+    reason = "12 targets came without discovered labels"
+    # 10 of 12 name the Service; the 2 others may be among those that do not.
+    vm = PrometheusSnapshot(
+        "vm",
+        clusters.slice_targets(cluster, "bare", *NE)[:10],
+        identity=identify("vm", {}, (), None, KIND_VMAGENT),
+        unjudged_pools={"bare": reason},
+    )
+    report = build_report(Scope(), cluster, [vm])
+    text = render_page(report, info(sources=sources("vm"))).decode()
+    assert f"coverage unknown for 2: {reason}" in text
+    assert "vmagent, independent" in text
+    assert "Gaps found" not in text

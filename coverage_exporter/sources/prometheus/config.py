@@ -5,8 +5,11 @@ discovery of role endpoints or endpointslice (which Services each pool is
 meant to scrape, model.intent).
 
 Prometheus answers with the configuration as YAML inside JSON, every
-default filled in. Anything unexpected in it is a SourceError, never an
-exception that ends a cycle.
+default filled in. vmagent (v1.151.0 `app/vmagent/main.go`) answers the
+same path in the same envelope with its -promscrape.config as it parsed
+it: defaults left out, and its own relabeling extensions (a regex as a
+list, `if:` filters, actions such as `keep_if_equal`). Anything
+unexpected in it is a SourceError, never an exception that ends a cycle.
 """
 
 from __future__ import annotations
@@ -121,12 +124,19 @@ def _rule(raw: object) -> RelabelRule | None:
         modulus = int(raw.get("modulus") or 0)
     except (TypeError, ValueError):
         modulus = 0
+    regex = raw.get("regex", "(.*)")
+    if isinstance(regex, list):
+        # vmagent writes a regex without groups as the list of its
+        # alternatives (lib/promrelabel MultiLineRegex), and reads such a
+        # list back as them joined with "|".
+        regex = "|".join(str(r) for r in regex)
     return RelabelRule(
         action=str(raw.get("action") or "replace"),
         source_labels=tuple(str(s) for s in sources) if isinstance(sources, list) else (),
         separator=str(raw.get("separator", ";")),
-        regex=str(raw.get("regex", "(.*)")),
+        regex=str(regex),
         target_label=str(raw.get("target_label") or ""),
         replacement=str(raw.get("replacement", "$1")),
         modulus=modulus,
+        conditional=raw.get("if") is not None,
     )

@@ -15,6 +15,8 @@ servers:
     replica: a
     shard: 0
     shards: 2
+    kind: prometheus                 # optional: prometheus, prometheus_agent,
+                                     # vmagent, thanos_query (docs/scrapers.md)
 ```
 
 The keys follow Prometheus's own configuration (`authorization`,
@@ -30,6 +32,7 @@ import yaml
 
 from coverage_exporter import defaults
 from coverage_exporter.model.topology import Declared
+from coverage_exporter.sources.prometheus.server_kind import parse_kind
 from coverage_exporter.sources.prometheus.source import PrometheusEndpoint
 
 _SERVER_KEYS = {
@@ -43,6 +46,7 @@ _SERVER_KEYS = {
     "replica",
     "shard",
     "shards",
+    "kind",
 }
 
 
@@ -93,6 +97,7 @@ def _server(path: str, index: int, raw: Any, default_timeout: float) -> Promethe
                 replica=_opt_str(raw.get("replica")),
                 shard=_opt_int(where, raw, "shard"),
                 shards=_opt_int(where, raw, "shards"),
+                kind=None if raw.get("kind") is None else parse_kind(str(raw["kind"])),
             ),
         )
     except (TypeError, ValueError) as exc:

@@ -32,11 +32,19 @@ import msgspec
 
 from coverage_exporter import defaults, untrusted
 from coverage_exporter.health import SOURCE_PROMETHEUS, SourceHealth
-from coverage_exporter.model.objects import PrometheusSnapshot, Target
+from coverage_exporter.model.objects import (
+    KIND_THANOS_QUERY,
+    KIND_UNKNOWN,
+    KIND_VMAGENT,
+    ROLE_UNKNOWN,
+    PrometheusSnapshot,
+    ScrapeJob,
+    Target,
+)
 from coverage_exporter.model.topology import Declared, identify
 from coverage_exporter.sources import httpclient
 from coverage_exporter.sources.errors import DEFAULT_LIMITS, BodyTooLarge, Limits, SourceError
-from coverage_exporter.sources.prometheus import target_decoder
+from coverage_exporter.sources.prometheus import server_kind, target_decoder, thanos
 from coverage_exporter.sources.prometheus.config import (
     CONFIG_PATH,
     LoadedConfig,
@@ -176,22 +184,29 @@ def parse_scrape_pools(body: bytes) -> list[str]:
     return response.data.pools or []
 
 
-_POOL_TARGETS_PREFIX = "prometheus_target_scrape_pool_targets{"
+_POOL_TARGETS_PREFIXES = (
+    "prometheus_target_scrape_pool_targets{",
+    # vmagent (lib/promscrape/targetstatus.go): one series per status,
+    # "up" and "down", which add up to the job's active targets.
+    "vm_promscrape_scrape_pool_targets{",
+)
 _LABEL_RE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 _UNESCAPE = {"\\\\": "\\", '\\"': '"', "\\n": "\n"}
 
 
 def parse_pool_target_counts(text: str) -> dict[str, int] | None:
     """`prometheus_target_scrape_pool_targets{scrape_job=...}` per pool from
-    Prometheus's own /metrics text; None when the metric is not there at all
-    (Thanos Query, or not a Prometheus)."""
+    Prometheus's own /metrics text (vmagent's `vm_promscrape_scrape_pool_
+    targets`, summed over its statuses); None when the metric is not there
+    at all (Thanos Query, or not a Prometheus)."""
     counts: dict[str, int] | None = None
     for line in text.splitlines():
-        if not line.startswith(_POOL_TARGETS_PREFIX):
+        if not line.startswith(_POOL_TARGETS_PREFIXES):
             continue
+        start = line.find("{") + 1
         labels_end = line.rfind("}")
         fields = line[labels_end + 1 :].split()
-        labels = dict(_LABEL_RE.findall(line, len(_POOL_TARGETS_PREFIX), labels_end))
+        labels = dict(_LABEL_RE.findall(line, start, labels_end))
         job = labels.get("scrape_job")
         if job is None or not fields:
             continue
@@ -203,7 +218,8 @@ def parse_pool_target_counts(text: str) -> dict[str, int] | None:
             continue
         if counts is None:
             counts = {}
-        counts[re.sub(r"\\.", lambda m: _UNESCAPE.get(m[0], m[0]), job)] = count
+        job = re.sub(r"\\.", lambda m: _UNESCAPE.get(m[0], m[0]), job)
+        counts[job] = counts.get(job, 0) + count
     return counts
 
 
@@ -235,20 +251,21 @@ def _error_detail(body: bytes) -> str:
 class _Basis:
     """What a snapshot is made of, each pool's targets by identity."""
 
-    pools: list[tuple[str, Sequence[Target], int]]
+    pools: list[tuple[str, Sequence[Target], int, int]]
     config: LoadedConfig | None
     fallback: bool
     final_labels_only: bool
+    kind: str
 
     def same_as(self, other: _Basis) -> bool:
         return (
             len(self.pools) == len(other.pools)
             and all(
-                a[0] == b[0] and a[1] is b[1] and a[2] == b[2]
+                a[0] == b[0] and a[1] is b[1] and a[2:] == b[2:]
                 for a, b in zip(self.pools, other.pools, strict=True)
             )
-            and (self.config, self.fallback, self.final_labels_only)
-            == (other.config, other.fallback, other.final_labels_only)
+            and (self.config, self.fallback, self.final_labels_only, self.kind)
+            == (other.config, other.fallback, other.final_labels_only, other.kind)
         )
 
 
@@ -293,6 +310,16 @@ class PrometheusSource:
         self._config_read = False
         self._final_labels_only = False
         self._snapshot: tuple[_Basis, PrometheusSnapshot] | None = None
+        self._kind = endpoint.declared.kind or KIND_UNKNOWN
+        """What answers on the URL (see sources.prometheus.server_kind)."""
+        self._stores = thanos.StoreMembers(endpoint.name)
+        self._probed = False
+        """Whether /metrics and /api/v1/stores were asked (once, while
+        /api/v1/status/flags is not served)."""
+
+    @property
+    def kind(self) -> str:
+        return self._kind
 
     async def __aenter__(self) -> PrometheusSource:
         return self
@@ -329,21 +356,31 @@ class PrometheusSource:
         started = time.monotonic()
         collecting = _IN_COLLECTION.set(True)
         try:
-            pools = await self._collect(pools_to_refresh)
+            if self._kind == KIND_THANOS_QUERY:
+                snapshot = await self._collect_thanos()
+            else:
+                pools = await self._collect(pools_to_refresh)
         except SourceError as exc:
             self.health.record_error(str(exc))
             self.health.mark(False, time.monotonic() - started, str(exc))
             raise
         finally:
             _IN_COLLECTION.reset(collecting)
-        self._pools = pools
         self.health.mark(True, time.monotonic() - started)
+        if self._kind == KIND_THANOS_QUERY:
+            self._pools, self._snapshot = {}, None
+            return snapshot
+        self._pools = pools
         config = self._config
         basis = _Basis(
-            [(name, result.targets, result.active) for name, result in pools.items()],
+            [
+                (name, result.targets, result.active, result.unattributed)
+                for name, result in pools.items()
+            ],
             config,
             self._fallback,
             self._final_labels_only,
+            self._kind,
         )
         if self._snapshot is not None and basis.same_as(self._snapshot[0]):
             # Every pool came back as it was (the decoder hands out the very
@@ -352,6 +389,8 @@ class PrometheusSource:
             return self._snapshot[1]
         # A tuple: untracked by the garbage collector (see PoolTargets).
         targets = tuple(chain.from_iterable(result.targets for result in pools.values()))
+        if self._final_labels_only and config is not None:
+            targets = _roles_from_config(targets, config.jobs)
         snapshot = PrometheusSnapshot(
             name=self.endpoint.name,
             targets=targets,
@@ -360,10 +399,17 @@ class PrometheusSource:
                 config.external_labels if config else {},
                 config.jobs if config else (),
                 self.endpoint.declared,
+                self._kind,
             ),
             jobs=config.jobs if config else None,
             pools=tuple(pools),
             pools_listed=not self._fallback,
+            discovered_labels=not self._final_labels_only,
+            unjudged_pools={
+                name: _unattributed_reason(result.unattributed, result.active)
+                for name, result in pools.items()
+                if result.unattributed
+            },
         )
         self._snapshot = (basis, snapshot)
         return snapshot
@@ -372,8 +418,10 @@ class PrometheusSource:
         """The loaded configuration, read anew; None where the server does
         not serve it (Thanos Query, vmagent, an API proxy that allows only
         the targets). Raises SourceError on any other failure."""
-        status, body = await self._request(CONFIG_PATH, None, self._auth_headers())
-        if status in (401, 403, 404):
+        headers = self._auth_headers()
+        await self._recognise(headers)
+        status, body = await self._request(CONFIG_PATH, None, headers)
+        if status in (401, 403) or status in server_kind.NOT_SERVED:
             if not self._config_read:
                 log.info(
                     "%s: %s answers HTTP %d: the pools meant to scrape each Service and the "
@@ -392,6 +440,101 @@ class PrometheusSource:
             self._fail(f"GET {CONFIG_PATH}: {exc}")
         self._config_read, self._config = True, config
         return config
+
+    async def _recognise(self, headers: Mapping[str, str]) -> None:
+        """What answers on the URL, asked every cycle (a server replaced by
+        another kind is noticed at once): /api/v1/status/flags, a few KB;
+        where that is not served, once: /metrics (vmagent's build info),
+        then /api/v1/stores (only Thanos Query has it: read as one server,
+        its union of replicas would hide a replica that misses targets).
+        A declared kind is not asked. Never fails the source."""
+        if self.endpoint.declared.kind:
+            return
+        try:
+            status, body = await self._request(server_kind.FLAGS_PATH, None, headers)
+            kind = server_kind.kind_from_flags(body) if status == 200 else None
+            if status == 200:
+                self._probed = False
+            elif self._kind in (KIND_VMAGENT, KIND_THANOS_QUERY):
+                kind = self._kind
+            elif not self._probed:
+                self._probed = True
+                kind = await self._probe(headers)
+        except SourceError as exc:
+            log.debug("%s: kind not recognised this cycle: %s", self.endpoint.name, exc)
+            return
+        if kind is not None and kind != self._kind:
+            log.info("%s: recognised as %s", self.endpoint.name, kind)
+            self._kind = kind
+
+    async def _probe(self, headers: Mapping[str, str]) -> str | None:
+        status, body = await self._request(METRICS_PATH, None, headers)
+        if status == 200:
+            kind = server_kind.kind_from_metrics(body.decode("utf-8", "replace"))
+            if kind is not None:
+                return kind
+        status, body = await self._request(thanos.STORES_PATH, None, headers)
+        if status == 200:
+            try:
+                thanos.parse_stores(body)
+            except SourceError:
+                return None
+            return KIND_THANOS_QUERY
+        return None
+
+    async def _collect_thanos(self) -> PrometheusSnapshot:
+        """Query's stores, then its targets, each filed under its store (see
+        sources.prometheus.thanos); one snapshot holding a snapshot per store."""
+        headers = self._auth_headers()
+        name = self.endpoint.name
+        status, body = await self._request(thanos.STORES_PATH, None, headers)
+        stores: list[thanos.Store] | None = None
+        if status == 200:
+            try:
+                stores = await asyncio.to_thread(thanos.parse_stores, body)
+            except SourceError as exc:
+                self._fail(f"GET {thanos.STORES_PATH}: {exc}")
+        elif status not in server_kind.NOT_SERVED and status not in (401, 403):
+            self._fail(f"GET {thanos.STORES_PATH}: HTTP {status}: {_error_detail(body)}")
+        stream = thanos.StoreTargetStream(
+            thanos.label_names(stores or ()), max_buffered=self._limits.max_body_bytes
+        )
+        await self._stream_into(stream, {"state": "active"}, headers)
+        if stream.warnings:
+            warned = "; ".join(stream.warnings)
+            log.warning("%s: partial answer: %s", name, warned[:300])
+            self.health.record_error(f"prometheus {name}: partial answer: {warned}")
+        identity = identify(name, {}, (), self.endpoint.declared, KIND_THANOS_QUERY)
+        if stores is None:
+            # Nothing names the stores: the answer is the union of every
+            # replica behind Query, which is the coverage of none of them.
+            targets = tuple(
+                t for pools in stream.by_labels.values() for ts in pools.values() for t in ts
+            )
+            return PrometheusSnapshot(
+                name=name,
+                targets=targets,
+                identity=identity,
+                jobs=None,
+                pools=tuple(dict.fromkeys(t.scrape_pool for t in targets)),
+                pools_listed=False,
+                unknown_reason=(
+                    f"Thanos Query answers HTTP {status} to {thanos.STORES_PATH}: its targets "
+                    "cannot be told apart by replica; point the exporter at each Prometheus"
+                ),
+            )
+        members = self._stores.snapshots(
+            stores, stream.by_labels, stream.warnings, time.monotonic()
+        )
+        return PrometheusSnapshot(
+            name=name,
+            targets=(),
+            identity=identity,
+            jobs=None,
+            pools=(),
+            pools_listed=False,
+            members=tuple(members),
+        )
 
     async def pool_target_counts(self) -> dict[str, int] | None:
         """Active targets per pool from Prometheus's own /metrics: a cheap way
@@ -431,13 +574,14 @@ class PrometheusSource:
         request, and an upgraded Prometheus is picked up without a restart.
         """
         status, body = await self._request(SCRAPE_POOLS_PATH, None, headers)
-        if status == 404:
+        if status in server_kind.NOT_SERVED:
             if not self._fallback:
                 log.info(
-                    "%s: %s answers 404 (Thanos Query or Prometheus < 2.42): "
+                    "%s: %s answers HTTP %d (vmagent, Thanos Query or Prometheus < 2.42): "
                     "reading the unfiltered active target list instead",
                     self.endpoint.name,
                     SCRAPE_POOLS_PATH,
+                    status,
                 )
             self._fallback = True
             return None
@@ -452,11 +596,9 @@ class PrometheusSource:
             self._fail(f"GET {SCRAPE_POOLS_PATH}: {exc}")
 
     async def _fetch_all(self, headers: Mapping[str, str]) -> dict[str, PoolTargets]:
-        # Thanos accepts only `state`; state=active at least spares us the
-        # dropped targets, which dominate the full answer. partial_response
-        # =false makes Thanos fail rather than silently leave out the
-        # targets of a store that did not answer; Prometheus ignores it.
-        params = {"state": "active", "partial_response": "false"}
+        # state=active spares us the dropped targets, which dominate the
+        # full answer.
+        params = {"state": "active"}
         return await self._stream_targets(params, None, headers)
 
     async def _fetch_pools(
@@ -489,6 +631,14 @@ class PrometheusSource:
         stream = TargetStream(
             pool, piece_bytes=STREAM_PIECE_BYTES, max_buffered=self._limits.max_body_bytes
         )
+        result = await self._stream_into(stream, params, headers)
+        self._note_final_labels_only(stream.final_labels_only)
+        return result
+
+    async def _stream_into(
+        self, stream: TargetStream, params: Mapping[str, str], headers: Mapping[str, str]
+    ) -> dict[str, PoolTargets]:
+        """GET /api/v1/targets into `stream`, fed in worker threads."""
         pending = bytearray()
 
         async def sink(chunk: bytes) -> None:
@@ -505,11 +655,9 @@ class PrometheusSource:
             self._fail(f"{what}: HTTP {status}: {_error_detail(body)}")
         try:
             await asyncio.to_thread(stream.feed, pending)
-            result = await asyncio.to_thread(stream.finish)
+            return await asyncio.to_thread(stream.finish)
         except SourceError as exc:
             self._fail(f"{what}: {exc}")
-        self._note_final_labels_only(stream.final_labels_only)
-        return result
 
     async def _decode_out_of_process(
         self, params: Mapping[str, str], pool: str | None, headers: Mapping[str, str]
@@ -555,7 +703,9 @@ class PrometheusSource:
         body.clear()
         # The pool asked for is always there: TargetStream starts with it.
         result = {
-            sys.intern(p.name): PoolTargets(shared[p.name].targets, p.active, shared[p.name])
+            sys.intern(p.name): PoolTargets(
+                shared[p.name].targets, p.active, shared[p.name], p.unattributed
+            )
             for p in decoded.pools
         }
         self._note_final_labels_only(decoded.final_labels_only)
@@ -567,7 +717,8 @@ class PrometheusSource:
             log.warning(
                 "%s: targets come without discoveredLabels (vmagent with "
                 "-promscrape.dropOriginalLabels?): matched by their namespace, service, node and "
-                "pod labels and instance; their discovery role is reported as unknown",
+                "pod labels and instance, their discovery role taken from the loaded configuration "
+                "(unknown without it); a pool whose targets name no Service cannot be judged",
                 self.endpoint.name,
             )
         self._final_labels_only = self._final_labels_only or bool(count)
@@ -670,3 +821,30 @@ def _leaves(errors: BaseExceptionGroup) -> list[BaseException]:
     for exc in errors.exceptions:
         out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
     return out
+
+
+def _roles_from_config(
+    targets: tuple[Target, ...], jobs: Sequence[ScrapeJob]
+) -> tuple[Target, ...]:
+    """Targets that came without discovered labels get their job's role
+    from the loaded configuration (vmagent serves it), so that the pool is
+    compared as the role it reads, and with the pool its configuration
+    says is meant for the Service rather than beside it."""
+    roles = {job.name: job.role for job in jobs}
+    if not any(t.role == ROLE_UNKNOWN and t.scrape_pool in roles for t in targets):
+        return targets
+    return tuple(
+        msgspec.structs.replace(t, role=roles[t.scrape_pool])
+        if t.role == ROLE_UNKNOWN and t.scrape_pool in roles
+        else t
+        for t in targets
+    )
+
+
+def _unattributed_reason(unattributed: int, active: int) -> str:
+    return (
+        f"{unattributed} of the pool's {active} targets came without discovered labels "
+        "(vmagent -promscrape.dropOriginalLabels) and without namespace and service labels, "
+        "so which Service they belong to cannot be told; keep the original labels, or "
+        "copy namespace and service into the job's labels"
+    )

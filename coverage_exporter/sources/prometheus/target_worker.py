@@ -47,6 +47,8 @@ class EncodedPool(msgspec.Struct, frozen=True):
     order of these bytes (see _canonical)."""
     digest: bytes
     """Of `indices`: equal digests from one worker are equal targets."""
+    unattributed: int = 0
+    """See targets_json.PoolTargets."""
 
 
 class Decoded(msgspec.Struct, frozen=True, tag=True):
@@ -83,7 +85,11 @@ def _encode(name: str, pool: PoolTargets, new: list[str]) -> EncodedPool:
     new.extend(unseen)  # None is in the table from the start: these are strings
     indices = _canonical(array("I", map(table.__getitem__, flat)).tobytes())
     return EncodedPool(
-        name, pool.active, indices, hashlib.blake2b(indices, digest_size=16).digest()
+        name,
+        pool.active,
+        indices,
+        hashlib.blake2b(indices, digest_size=16).digest(),
+        pool.unattributed,
     )
 
 

@@ -106,6 +106,11 @@ class PoolTargets:
     keep: object = None
     """What keeps `targets` shared with equal answers alive (a
     target_decoder.SharedTargets); None when decoded in this process."""
+    unattributed: int = 0
+    """Active targets that came without discovered labels and whose final
+    labels name no namespace and Service (vmagent with
+    -promscrape.dropOriginalLabels, a job that does not copy them): no
+    Service can be told for them, so the pool cannot be judged."""
 
 
 def _intern(value: str | None) -> str | None:
@@ -247,6 +252,11 @@ class TargetStream:
     is simply buffered whole, as before.
     """
 
+    # What a piece of the array and the whole answer decode into: the
+    # Thanos Query stream (sources.prometheus.thanos) reads more of each target.
+    _list_decoder: untrusted.Decoder = _LIST_DECODER
+    _envelope_decoder: untrusted.Decoder = _TARGETS_DECODER
+
     def __init__(
         self,
         only_pool: str | None = None,
@@ -310,7 +320,7 @@ class TargetStream:
         buffer[cut] = 0x5D  # ']'
         try:
             with memoryview(buffer) as view:
-                targets = _LIST_DECODER.decode(view[: cut + 1])
+                targets = self._list_decoder.decode(view[: cut + 1])
         except msgspec.DecodeError:
             # Not a plain run of targets (the array ended inside the piece):
             # keep the rest whole; finish() decodes it with the envelope.
@@ -325,15 +335,19 @@ class TargetStream:
         """The targets by pool; SourceError for a broken or failed answer."""
         document = self._buffer if self._head is None else self._head + self._buffer
         try:
-            response = _TARGETS_DECODER.decode(document)
+            response = self._envelope_decoder.decode(document)
         except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
             raise SourceError(f"undecodable response: {exc}") from None
-        self._add(_check_envelope(response))
+        self._add(self._envelope(response))
         _report_skipped(self._total, self._malformed, self._foreign, self._only_pool)
         for name, result in self.pools.items():
             result.targets = tuple(self._kept[name])
         self._kept.clear()
         return self.pools
+
+    def _envelope(self, response: _TargetsResponse) -> list:
+        """The answer's last targets, once its status and warnings are checked."""
+        return _check_envelope(response)
 
     def _pool(self, pool: str) -> list[Target]:
         """The list a pool's Targets go to while the answer streams in."""
@@ -390,6 +404,8 @@ class TargetStream:
         target = _from_final_labels(raw.labels or _FinalLabels(), raw.health, pool)
         if target is not None:
             kept.append(target)
+        else:
+            self.pools[pool].unattributed += 1
 
 
 def parse_targets(body: bytes, only_pool: str | None = None) -> dict[str, PoolTargets]:
