@@ -14,7 +14,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
-from coverage_exporter import logs
+from coverage_exporter import exit_codes, flagtypes, logs
 from coverage_exporter.collector import Collector, CycleResult
 from coverage_exporter.exposition.audit import render_json, render_table
 from coverage_exporter.exposition.html import PageInfo, render_page
@@ -24,8 +24,10 @@ from coverage_exporter.front import Front, ListenError
 from coverage_exporter.http import ServerLimits, parse_listen_address
 from coverage_exporter.model.report import CoverageReport
 from coverage_exporter.model.scope import Scope, parse_label_selector, parse_service_key
+from coverage_exporter.progress import Progress
 from coverage_exporter.sources import httpclient, target_decoder
 from coverage_exporter.sources.health import SourceError, SourceHealth
+from coverage_exporter.sources.kubeconfig import KubeconfigError
 from coverage_exporter.sources.kubernetes import (
     DEFAULT_MAX_POD_WATCHES,
     POD_FORM_TABLE,
@@ -47,9 +49,11 @@ log = logging.getLogger("coverage_exporter")
 
 T = TypeVar("T")
 
-EXIT_FULL_COVERAGE = 0
-EXIT_GAPS = 1
-EXIT_NOT_COLLECTED = 2
+EXIT_FULL_COVERAGE = exit_codes.FULL_COVERAGE
+EXIT_GAPS = exit_codes.GAPS
+EXIT_USAGE = exit_codes.USAGE
+# Could not judge (exit_codes.CANNOT_JUDGE): a source failed, coverage unknown.
+EXIT_NOT_COLLECTED = exit_codes.CANNOT_JUDGE
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,11 +286,15 @@ async def _wait_for_cluster(sources: Sources, timeout: float) -> None:  # noqa: 
             if time.monotonic() - first_error >= AUDIT_FAIL_FAST_SECONDS:
                 raise SourceError(f"kubernetes: cannot list the cluster: {health.last_error}")
         await asyncio.sleep(0.2)
-    log.error("kubernetes: not every resource could be listed within %gs", timeout)
+    log.error(
+        "not every Kubernetes resource could be listed in time",
+        extra=logs.fields(timeout=flagtypes.format_seconds(timeout)),
+    )
 
 
 async def _audit(settings: Settings, output: str, guards: Guards | None = None) -> int:
     sources = Sources(settings, guards=guards)
+    progress = Progress.on_terminal(sources)
     try:
         await sources.start()
         result = await sources.collector.run_cycle(
@@ -295,9 +303,21 @@ async def _audit(settings: Settings, output: str, guards: Guards | None = None) 
         # Copies: closing the sources marks them down.
         health = [replace(h) for h in sources.health]
     except SourceError as err:
+        health = [replace(h) for h in sources.health]
+        if not health[0].last_error:  # failed before any request: say why there too
+            health[0].mark(False, 0.0, str(err))
+        if progress is not None:
+            progress.stop()
         print(f"coverage-exporter: {err}", file=sys.stderr)
-        return EXIT_NOT_COLLECTED
+        if output == "json":
+            # A CI job reads the document whatever happened: the same
+            # fields, with the sources and what failed.
+            sys.stdout.write(render_json(None, health, False, ()))
+            sys.stdout.flush()
+        return EXIT_USAGE if isinstance(err, KubeconfigError) else EXIT_NOT_COLLECTED
     finally:
+        if progress is not None:
+            progress.stop()
         await sources.close()
     if output == "json":
         sys.stdout.write(render_json(result.report, health, result.complete, result.readiness))
@@ -314,9 +334,9 @@ async def _audit(settings: Settings, output: str, guards: Guards | None = None) 
 
 def exit_code(report: CoverageReport | None, complete: bool) -> int:
     """1 for any gap (a gap seen in the data that did answer is real);
-    otherwise 2 when something could not be judged: a source down, a
+    otherwise 3 when something could not be judged: a source down, a
     replica's coverage unknown, or no Service compared at all; 0 only for
-    full coverage of at least one Service."""
+    full coverage of at least one Service (coverage_exporter/exit_codes.py)."""
     if report is None:
         return EXIT_NOT_COLLECTED
     if report.has_gaps:
@@ -359,7 +379,7 @@ async def _serve(
     # Started alongside the sources: its start-up (a Python process, ~0.1 s)
     # need not delay the cluster's first lists.
     listening = asyncio.ensure_future(server.start(host, port))
-    tls = "TLS" if web_config and web_config.tls_enabled else "plain HTTP"
+    tls = bool(web_config and web_config.tls_enabled)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -383,7 +403,12 @@ async def _serve(
         )
         await listening
         view.on_change = server.publish
-        log.info("serving on %s (%s); collecting every %.0fs", listen_address, tls, interval)
+        log.info(
+            "serving",
+            extra=logs.fields(
+                address=listen_address, tls=tls, interval=flagtypes.format_seconds(interval)
+            ),
+        )
         view.status = "waiting for the first list of the cluster"
         view.changed()
         view.expect_progress(settings.kubernetes_sync_timeout + cycle_budget, "the first list")
@@ -399,7 +424,10 @@ async def _serve(
             if isinstance(result, BaseException):
                 # Not a source's failure (those are handled per source):
                 # a bug. Keep serving the last result and try again.
-                log.error("collection cycle failed: %s: %s", type(result).__name__, result)
+                log.error(
+                    "collection cycle failed",
+                    extra=logs.fields(err=f"{type(result).__name__}: {result}"),
+                )
             else:
                 _publish(view, result)
                 # Copies: the sources update their health in place during the next cycle.
@@ -412,7 +440,7 @@ async def _serve(
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), max(0.0, remaining))
     except SourceError as err:
-        log.error("%s", err)
+        log.error("cannot start", extra=logs.fields(err=err))
         return 1
     finally:
         if first is not None:  # the front never listened
@@ -424,7 +452,8 @@ async def _serve(
             await asyncio.wait_for(sources.close(), guards.shutdown_seconds)
         except TimeoutError:
             log.warning(
-                "sources did not close within %.0fs; exiting anyway", guards.shutdown_seconds
+                "sources did not close in time; exiting anyway",
+                extra=logs.fields(timeout=flagtypes.format_seconds(guards.shutdown_seconds)),
             )
     if server.ended.is_set():
         return 1

@@ -18,6 +18,7 @@ from typing import Protocol
 
 from coverage_exporter import heap
 from coverage_exporter.exposition.metrics import ExporterState, render_coverage, render_exporter
+from coverage_exporter.logs import fields
 from coverage_exporter.model.coverage import ServiceTargets, targets_by_service
 from coverage_exporter.model.fleet import ServerState
 from coverage_exporter.model.growth import GrowthTracker
@@ -75,8 +76,8 @@ def _same_inputs(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
 
 
 def _mark_down(health: SourceHealth, started: float, message: str) -> None:
+    log.warning("cannot read a Prometheus", extra=fields(server=health.prometheus, err=message))
     message = f"prometheus {health.prometheus}: {message}"
-    log.warning("%s", message)
     health.record_error(message)
     health.mark(False, time.monotonic() - started, message)
 
@@ -250,7 +251,7 @@ class Collector:
             # health in collect(), but not every request of a poll goes
             # through it (the configuration read first): mark it here too,
             # or a dead Prometheus keeps source_up 1.
-            log.warning("%s", err)  # the message names the Prometheus already
+            log.warning("cannot read a Prometheus", extra=fields(server=health.prometheus, err=err))
             health.mark(False, time.monotonic() - started, str(err))
             return False
         except TimeoutError:
@@ -330,7 +331,7 @@ class Collector:
             objects = await self._operator.collect()
         except SourceError as err:
             # Readiness is advice: keep the last, never fail the cycle.
-            log.warning("migration readiness: %s", err)
+            log.warning("cannot assess migration readiness", extra=fields(err=err))
             return self._readiness
         if objects is None:
             self._readiness = []
@@ -356,7 +357,10 @@ class Collector:
         scrape_coverage_service_unresolved says it every cycle)."""
         now = {(u.namespace, u.service, u.reason) for u in report.unresolved}
         for namespace, service, reason in sorted(now - self._unresolved):
-            log.warning("%s/%s: cannot tell what it should hold: %s", namespace, service, reason)
+            log.warning(
+                "cannot tell what a Service should hold",
+                extra=fields(namespace=namespace, service=service, reason=reason),
+            )
         self._unresolved = now
 
     def _bump(self, server: str) -> None:
@@ -417,7 +421,7 @@ class Collector:
             # Services whose pods are not listed yet are withheld this cycle
             # (the model never guesses an empty expected set); next cycle
             # catches up.
-            log.warning("kubernetes: %s", err)
+            log.warning("pod scopes not listed yet", extra=fields(err=err))
         self._cluster.health.duration_seconds = time.monotonic() - start
         return self._cluster.snapshot()
 

@@ -55,7 +55,7 @@ if [[ $OPERATOR == 1 ]]; then
   echo
   echo "== coverage-exporter audit (exit code 1 = gaps found; each replica judged on its own) =="
   set +e
-  .venv/bin/coverage-exporter audit --kubeconfig "$KUBECONFIG" "${prometheus_flags[@]}" --log-level error
+  .venv/bin/coverage-exporter audit --kubeconfig "$KUBECONFIG" "${prometheus_flags[@]}" --log.level error
   set -e
   cat <<EOT
 
@@ -125,11 +125,11 @@ PY
 echo
 echo "== coverage-exporter audit (exit code 1 = gaps found; each server judged on its own) =="
 set +e
-.venv/bin/coverage-exporter audit --kubeconfig "$KUBECONFIG" "${prometheus_flags[@]}" --log-level error
+.venv/bin/coverage-exporter audit --kubeconfig "$KUBECONFIG" "${prometheus_flags[@]}" --log.level error
 # The same collection as one self-contained page: every missing node, where
 # it was lost, what to do.
 REPORT=$STATE/report.html
-.venv/bin/coverage-exporter audit --kubeconfig "$KUBECONFIG" "${prometheus_flags[@]}" --log-level error \
+.venv/bin/coverage-exporter audit --kubeconfig "$KUBECONFIG" "${prometheus_flags[@]}" --log.level error \
   --output html >"$REPORT"
 report_rc=$?
 set -e

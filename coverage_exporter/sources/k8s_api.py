@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 
 import aiohttp
 
+from coverage_exporter.logs import fields
 from coverage_exporter.sources import httpclient, untrusted
 from coverage_exporter.sources.health import SourceHealth
 from coverage_exporter.sources.k8s_parse import decode_status
@@ -121,7 +122,10 @@ class ApiClient:
         for warning in response.headers.getall("Warning", ()):
             if warning not in self._warnings_seen:
                 self._warnings_seen.add(warning)
-                log.warning("kubernetes API warning on %s: %s", response.url.path, warning)
+                log.warning(
+                    "the Kubernetes API warns",
+                    extra=fields(path=response.url.path, warning=untrusted.printable(warning)),
+                )
 
     @property
     def max_body_bytes(self) -> int:

@@ -19,6 +19,7 @@ from typing import Any
 
 from kubernetes.client import Configuration
 
+from coverage_exporter.logs import fields
 from coverage_exporter.model.objects import (
     ClusterSnapshot,
     DaemonSet,
@@ -148,7 +149,7 @@ class KubernetesSource:
         try:
             auth = KubeAuth.from_configuration(self._configuration, reload=reload, files=files)
         except (OSError, ValueError, SourceError) as exc:
-            raise SourceError(f"kubernetes TLS settings not usable: {exc}") from exc
+            raise SourceError(f"kubernetes connection settings not usable: {exc}") from exc
         self._api = ApiClient(
             auth, self.health, request_timeout_seconds=self._request_timeout, limits=self._limits
         )
@@ -166,7 +167,8 @@ class KubernetesSource:
         self.daemonsets = self._namespaced("daemonsets", k8s_parse.DAEMONSETS, "/apis/apps/v1")
         for reflector in self._cluster_reflectors():
             reflector.start()
-        log.info("kubernetes: watching %s", ", ".join(r.name for r in self._cluster_reflectors()))
+        watching = ",".join(r.name for r in self._cluster_reflectors())
+        log.info("watching the cluster", extra=fields(resources=watching))
 
     def _namespaced(self, resource: str, parser: Any, api: str = "/api/v1") -> Any:
         """One cluster-wide reflector, or one per --namespace merged into
@@ -251,7 +253,7 @@ class KubernetesSource:
         try:
             await self._wait(self.reflectors(), timeout)
         except SourceError as exc:
-            log.warning("kubernetes: %s", exc)
+            log.warning("not every resource is listed yet", extra=fields(err=exc))
             self.health.last_error = str(exc)
             return False
         return True
@@ -315,7 +317,7 @@ class KubernetesSource:
         for key in set(self._pod_reflectors) - wanted:
             reflector = self._pod_reflectors.pop(key)
             self._memo.pop(f"pods {key}", None)
-            log.info("kubernetes: %s left scope", reflector.name)
+            log.info("pod scope left", extra=fields(resource=reflector.name))
             # Stopping only cancels a task; no need to make the caller await.
             task = asyncio.get_running_loop().create_task(reflector.stop())
             self._stopping.add(task)
@@ -346,7 +348,7 @@ class KubernetesSource:
         pods in the snapshot, so they are withheld, never compared as empty."""
         if len(wanted) <= self.max_pod_watches:
             if self.pod_scopes_unwatched:
-                log.info("kubernetes: every pod scope is watched again")
+                log.info("every pod scope is watched again")
             self.pod_scopes_unwatched = 0
             return wanted
         kept = sorted(wanted & self._pod_reflectors.keys())[: self.max_pod_watches]
@@ -355,11 +357,9 @@ class KubernetesSource:
         unwatched = len(wanted) - len(kept)
         if unwatched != self.pod_scopes_unwatched:
             log.warning(
-                "kubernetes: %d pod scopes (namespace, selector) wanted, watching %d "
-                "(--kubernetes-max-pod-watches); the Services of the other %d are not compared",
-                len(wanted),
-                len(kept),
-                unwatched,
+                "more pod scopes (namespace, selector) than --kubernetes-max-pod-watches; "
+                "the Services of the others are not compared",
+                extra=fields(wanted=len(wanted), watching=len(kept), unwatched=unwatched),
             )
         self.pod_scopes_unwatched = unwatched
         return set(kept)

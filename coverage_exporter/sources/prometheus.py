@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import msgspec
 
+from coverage_exporter.logs import fields
 from coverage_exporter.model.objects import PrometheusSnapshot, Target
 from coverage_exporter.model.topology import Declared, identify
 from coverage_exporter.sources import httpclient, target_decoder, untrusted
@@ -188,16 +189,18 @@ def parse_pool_target_counts(text: str) -> dict[str, int] | None:
         if not line.startswith(_POOL_TARGETS_PREFIX):
             continue
         labels_end = line.rfind("}")
-        fields = line[labels_end + 1 :].split()
+        values = line[labels_end + 1 :].split()
         labels = dict(_LABEL_RE.findall(line, len(_POOL_TARGETS_PREFIX), labels_end))
         job = labels.get("scrape_job")
-        if job is None or not fields:
+        if job is None or not values:
             continue
-        count = _target_count(fields[0])
+        count = _target_count(values[0])
         if count is None:
             # Not a count (NaN, Inf, negative, fractional): this pool counts
             # as changed and is read in full, never taken as a size.
-            log.warning("ignoring pool target count %s", untrusted.printable(line))
+            log.warning(
+                "ignoring a pool target count", extra=fields(line=untrusted.printable(line))
+            )
             continue
         if counts is None:
             counts = {}
@@ -370,11 +373,9 @@ class PrometheusSource:
         if status in (401, 403, 404):
             if not self._config_read:
                 log.info(
-                    "%s: %s answers HTTP %d: the pools meant to scrape each Service and the "
+                    "no loaded configuration: the pools meant to scrape each Service and the "
                     "server's place among shards and replicas are taken from its targets only",
-                    self.endpoint.name,
-                    CONFIG_PATH,
-                    status,
+                    extra=fields(server=self.endpoint.name, path=CONFIG_PATH, status=status),
                 )
             self._config_read, self._config = True, None
             return None
@@ -400,7 +401,7 @@ class PrometheusSource:
             if status != 200:
                 self._fail(f"GET {METRICS_PATH}: HTTP {status}: {_error_detail(body)}")
         except SourceError as exc:
-            log.warning("%s", exc)
+            log.warning("cannot read the pool target counts", extra=fields(err=exc))
             return None
         return parse_pool_target_counts(body.decode("utf-8", "replace"))
 
@@ -428,17 +429,19 @@ class PrometheusSource:
         if status == 404:
             if not self._fallback:
                 log.info(
-                    "%s: %s answers 404 (Thanos Query or Prometheus < 2.42): "
+                    "no scrape pools API (Thanos Query or Prometheus < 2.42): "
                     "reading the unfiltered active target list instead",
-                    self.endpoint.name,
-                    SCRAPE_POOLS_PATH,
+                    extra=fields(server=self.endpoint.name, path=SCRAPE_POOLS_PATH, status=404),
                 )
             self._fallback = True
             return None
         if status != 200:
             self._fail(f"GET {SCRAPE_POOLS_PATH}: HTTP {status}: {_error_detail(body)}")
         if self._fallback:
-            log.info("%s: %s is available again", self.endpoint.name, SCRAPE_POOLS_PATH)
+            log.info(
+                "the scrape pools API is available again",
+                extra=fields(server=self.endpoint.name, path=SCRAPE_POOLS_PATH),
+            )
             self._fallback = False
         try:
             return list(dict.fromkeys(parse_scrape_pools(body)))
@@ -559,10 +562,10 @@ class PrometheusSource:
         """Targets matched by their final labels alone: said once."""
         if count and not self._final_labels_only:
             log.warning(
-                "%s: targets come without discoveredLabels (vmagent with "
+                "targets come without discoveredLabels (vmagent with "
                 "-promscrape.dropOriginalLabels?): matched by their namespace, service, node and "
                 "pod labels and instance; their discovery role is reported as unknown",
-                self.endpoint.name,
+                extra=fields(server=self.endpoint.name),
             )
         self._final_labels_only = self._final_labels_only or bool(count)
 
@@ -636,7 +639,7 @@ class PrometheusSource:
             self._fail(f"{_describe(path, params)}: timed out after {limit:g}s")
         except aiohttp.ClientError as exc:
             self.health.record_request(received)
-            self._fail(f"{_describe(path, params)}: {type(exc).__name__}: {exc}")
+            self._fail(f"{_describe(path, params)}: {httpclient.describe(exc)}")
         self.health.record_request(received)
         return resp.status, body
 
