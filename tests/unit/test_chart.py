@@ -209,6 +209,12 @@ def test_every_rendered_flag_is_a_flag_of_serve() -> None:
         args = _args(by_kind(render(values)))
         assert args[0] == "serve"
         build_parser().parse_args(args)  # exits (SystemExit) on an unknown flag
+    # Durations in Prometheus's spelling, read as the exporter reads them.
+    args = _args(by_kind(render()))
+    assert {"--interval=1m", "--prometheus-timeout=2m"} <= set(args)
+    parsed = build_parser().parse_args(args)
+    assert (parsed.interval, parsed.prometheus_timeout) == (60.0, 120.0)
+    assert parsed.prometheus_full_refresh_interval == 600.0
 
 
 def test_no_operator_values_render_no_operator_objects() -> None:
