@@ -46,7 +46,7 @@ if [[ $OPERATOR == 1 ]]; then
   for p in "${pods[@]}"; do prometheus_flags+=(--prometheus-url "$p"); done
   stop_exporter
   .venv/bin/coverage-exporter serve --kubeconfig "$KUBECONFIG" "${prometheus_flags[@]}" \
-    --web.listen-address "$EXPORTER_ADDRESS" --interval 15 >"$STATE/logs/coverage-exporter.log" 2>&1 &
+    --web.listen-address "$EXPORTER_ADDRESS" --interval 15s >"$STATE/logs/coverage-exporter.log" 2>&1 &
   echo $! >"$PIDFILE"
   for _ in $(seq 120); do
     curl -sf "http://$EXPORTER_ADDRESS/-/ready" >/dev/null && break
@@ -85,7 +85,7 @@ eval "$(testbed/testbed env)"
 prometheus_flags=(--prometheus-url "prometheus-3=$PROMETHEUS_3_URL" --prometheus-url "prometheus-2=$PROMETHEUS_2_URL")
 stop_exporter
 .venv/bin/coverage-exporter serve --kubeconfig "$KUBECONFIG" "${prometheus_flags[@]}" \
-  --web.listen-address "$EXPORTER_ADDRESS" --interval 15 >"$STATE/logs/coverage-exporter.log" 2>&1 &
+  --web.listen-address "$EXPORTER_ADDRESS" --interval 15s >"$STATE/logs/coverage-exporter.log" 2>&1 &
 echo $! >"$PIDFILE"
 
 echo "waiting for both Prometheus servers to discover the whole scenario and the exporter to be ready..." >&2
