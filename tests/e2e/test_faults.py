@@ -436,7 +436,8 @@ class _Messages(logging.Handler):
         self.messages: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
+        # The whole line: the error is a field of its own, not in msg.
+        self.messages.append(logs.LogfmtFormatter().format(record))
 
 
 def _patch_and_compact(testbed: Cluster, kube: Kube, value: str) -> None:
