@@ -191,7 +191,7 @@ def parse_bool(text: str) -> bool:
 
 def format_seconds(seconds: float) -> str:
     """A duration as Prometheus prints one (model.Duration.String: 1h30m, 90s
-    is 1m30s), for defaults shown in --help."""
+    is 1m30s), for log fields."""
     ms = round(seconds * 1000)
     if ms == 0:
         return "0s"
@@ -202,17 +202,3 @@ def format_seconds(seconds: float) -> str:
             out += f"{ms // size}{unit}"
             ms %= size
     return out
-
-
-def format_bytes(size: int) -> str:
-    """A size as units.Base2Bytes prints one: 256MiB, 1GiB512MiB."""
-    if size == 0:
-        return "0B"
-    out, rest = [], size
-    for i, prefix in enumerate(["", "K", "M", "G", "T", "P", "E"]):
-        if rest % 1024 or (i == 0 and rest == 0):
-            out.append(f"{rest % 1024}{prefix}{'iB' if prefix else 'B'}")
-        rest //= 1024
-        if rest == 0:
-            break
-    return "".join(reversed(out))

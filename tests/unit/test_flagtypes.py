@@ -129,15 +129,6 @@ def test_durations_print_as_prometheus_prints_them(seconds: float, text: str) ->
     assert flagtypes.parse_seconds(text) == seconds
 
 
-@pytest.mark.parametrize(("size", "text"), [(256 << 20, "256MiB"), (1 << 30, "1GiB"),
-                                            (1536 << 20, "1GiB512MiB"), (1000, "1000B")])
-def test_sizes_print_as_units_prints_them(
-    oracle: subprocess.Popen[str], size: int, text: str
-) -> None:
-    assert flagtypes.format_bytes(size) == text
-    assert ask(oracle, "bytes", text) == size
-
-
 @pytest.mark.parametrize(
     ("text", "value"),
     [("1", True), ("true", True), ("TRUE", True), ("True", True), ("t", True), ("yes", True),
