@@ -18,7 +18,9 @@ from typing import Protocol
 
 from coverage_exporter import defaults, heap
 from coverage_exporter.exposition.metrics import ExporterState, render_coverage, render_exporter
+from coverage_exporter.flagtypes import parse_seconds
 from coverage_exporter.health import SourceHealth
+from coverage_exporter.logs import fields
 from coverage_exporter.model.coverage import ServiceTargets, targets_by_service
 from coverage_exporter.model.fleet import ServerState
 from coverage_exporter.model.growth import GrowthTracker
@@ -70,8 +72,8 @@ def _same_inputs(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
 
 
 def _mark_down(health: SourceHealth, started: float, message: str) -> None:
+    log.warning("cannot read a Prometheus", extra=fields(server=health.prometheus, err=message))
     message = f"prometheus {health.prometheus}: {message}"
-    log.warning("%s", message)
     health.record_error(message)
     health.mark(False, time.monotonic() - started, message)
 
@@ -219,10 +221,10 @@ class CycleRunner:
         prometheus: Sequence[TargetSource],
         scope: Scope,
         missing_info_limit: int = defaults.MISSING_TARGET_SERIES_LIMIT,
-        pod_sync_timeout: float = defaults.KUBERNETES_SYNC_TIMEOUT_SECONDS,
+        pod_sync_timeout: float = parse_seconds(defaults.KUBERNETES_SYNC_TIMEOUT),
         full_refresh_seconds: float = 0.0,
-        stale_after_seconds: float = defaults.PROMETHEUS_STALE_AFTER_SECONDS,
-        source_deadline: float = defaults.SOURCE_DEADLINE_SECONDS,
+        stale_after_seconds: float = parse_seconds(defaults.PROMETHEUS_STALE_AFTER),
+        source_deadline: float = parse_seconds(defaults.SOURCE_DEADLINE),
     ) -> None:
         self._cluster = cluster
         self._prometheus = [TargetPoller(p, full_refresh_seconds) for p in prometheus]
@@ -262,7 +264,7 @@ class CycleRunner:
             # health in collect(), but not every request of a poll goes
             # through it (the configuration read first): mark it here too,
             # or a dead Prometheus keeps source_up 1.
-            log.warning("%s", err)  # the message names the Prometheus already
+            log.warning("cannot read a Prometheus", extra=fields(server=health.prometheus, err=err))
             health.mark(False, time.monotonic() - started, str(err))
             return False
         except TimeoutError:
@@ -353,7 +355,7 @@ class CycleRunner:
             objects = await self._operator.collect()
         except SourceError as err:
             # Readiness is advice: keep the last, never fail the cycle.
-            log.warning("migration readiness: %s", err)
+            log.warning("cannot assess migration readiness", extra=fields(err=err))
             return self._readiness
         if objects is None:
             self._readiness = []
@@ -379,7 +381,10 @@ class CycleRunner:
         scrape_coverage_service_unresolved says it every cycle)."""
         now = {(u.namespace, u.service, u.reason) for u in report.unresolved}
         for namespace, service, reason in sorted(now - self._unresolved):
-            log.warning("%s/%s: cannot tell what it should hold: %s", namespace, service, reason)
+            log.warning(
+                "cannot tell what a Service should hold",
+                extra=fields(namespace=namespace, service=service, reason=reason),
+            )
         self._unresolved = now
 
     def _bump(self, server: str) -> None:
@@ -440,7 +445,7 @@ class CycleRunner:
             # Services whose pods are not listed yet are withheld this cycle
             # (the model never guesses an empty expected set); next cycle
             # catches up.
-            log.warning("kubernetes: %s", err)
+            log.warning("pod scopes not listed yet", extra=fields(err=err))
         self._cluster.health.duration_seconds = time.monotonic() - start
         return self._cluster.snapshot()
 

@@ -46,7 +46,7 @@ if [[ $OPERATOR == 1 ]]; then
   for p in "${pods[@]}"; do prometheus_flags+=(--prometheus-url "$p"); done
   stop_exporter
   .venv/bin/coverage-exporter serve --kubeconfig "$KUBECONFIG" "${prometheus_flags[@]}" \
-    --web.listen-address "$EXPORTER_ADDRESS" --interval 15 >"$STATE/logs/coverage-exporter.log" 2>&1 &
+    --web.listen-address "$EXPORTER_ADDRESS" --interval 15s >"$STATE/logs/coverage-exporter.log" 2>&1 &
   echo $! >"$PIDFILE"
   for _ in $(seq 120); do
     curl -sf "http://$EXPORTER_ADDRESS/-/ready" >/dev/null && break
@@ -55,7 +55,7 @@ if [[ $OPERATOR == 1 ]]; then
   echo
   echo "== coverage-exporter audit (exit code 1 = gaps found; each replica judged on its own) =="
   set +e
-  .venv/bin/coverage-exporter audit --kubeconfig "$KUBECONFIG" "${prometheus_flags[@]}" --log-level error
+  .venv/bin/coverage-exporter audit --kubeconfig "$KUBECONFIG" "${prometheus_flags[@]}" --log.level error
   set -e
   cat <<EOT
 
@@ -85,7 +85,7 @@ eval "$(testbed/testbed env)"
 prometheus_flags=(--prometheus-url "prometheus-3=$PROMETHEUS_3_URL" --prometheus-url "prometheus-2=$PROMETHEUS_2_URL")
 stop_exporter
 .venv/bin/coverage-exporter serve --kubeconfig "$KUBECONFIG" "${prometheus_flags[@]}" \
-  --web.listen-address "$EXPORTER_ADDRESS" --interval 15 >"$STATE/logs/coverage-exporter.log" 2>&1 &
+  --web.listen-address "$EXPORTER_ADDRESS" --interval 15s >"$STATE/logs/coverage-exporter.log" 2>&1 &
 echo $! >"$PIDFILE"
 
 echo "waiting for both Prometheus servers to discover the whole scenario and the exporter to be ready..." >&2
@@ -125,11 +125,11 @@ PY
 echo
 echo "== coverage-exporter audit (exit code 1 = gaps found; each server judged on its own) =="
 set +e
-.venv/bin/coverage-exporter audit --kubeconfig "$KUBECONFIG" "${prometheus_flags[@]}" --log-level error
+.venv/bin/coverage-exporter audit --kubeconfig "$KUBECONFIG" "${prometheus_flags[@]}" --log.level error
 # The same collection as one self-contained page: every missing node, where
 # it was lost, what to do.
 REPORT=$STATE/report.html
-.venv/bin/coverage-exporter audit --kubeconfig "$KUBECONFIG" "${prometheus_flags[@]}" --log-level error \
+.venv/bin/coverage-exporter audit --kubeconfig "$KUBECONFIG" "${prometheus_flags[@]}" --log.level error \
   --output html >"$REPORT"
 report_rc=$?
 set -e

@@ -308,6 +308,9 @@ def readiness_json(r: Readiness) -> dict[str, object]:
     }
 
 
+JSON_VERSION = 1
+
+
 def render_json(
     report: CoverageReport | None,
     sources: Sequence[SourceHealth],
@@ -317,6 +320,9 @@ def render_json(
     fleet = report.fleet if report is not None else None
     complete = complete and report is not None and all(h.up for h in sources)
     document = {
+        # The document's format (docs/audit-json.md): raised when a field
+        # changes meaning or goes away; new fields may appear at any time.
+        "version": JSON_VERSION,
         "sources": [
             {"source": h.source, "server": h.prometheus, "up": h.up, "error": h.last_error}
             for h in sources

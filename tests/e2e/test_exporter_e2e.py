@@ -57,7 +57,7 @@ def prometheus_sees(url: str, nodes: int) -> bool:
 
 
 def exporter_args(testbed: Cluster, *urls: str) -> list[str]:
-    args = ["--kubeconfig", str(testbed.kubeconfig), "--log-level", "warning"]
+    args = ["--kubeconfig", str(testbed.kubeconfig), "--log.level", "warn"]
     for url in urls:
         args += ["--prometheus-url", url]
     return args
@@ -432,18 +432,19 @@ def test_pods_are_read_in_table_form_from_the_real_apiserver(testbed: Cluster) -
     fallback), and still finds their DaemonSet from the pod names."""
     url = testbed.prometheus_urls["prometheus-3"]
     binary = Path(sys.executable).parent / "coverage-exporter"
-    args = [*exporter_args(testbed, url), "--log-level", "info", "--output", "json"]
+    args = [*exporter_args(testbed, url), "--log.level", "info", "--output", "json"]
     out = subprocess.run(
         [str(binary), "audit", *args], capture_output=True, text=True, timeout=300, check=False
     )
     assert out.returncode in (0, 1), out.stderr
     listed = [
-        line for line in out.stderr.splitlines() if "pods monitoring" in line and "listed" in line
-    ]
-    assert listed and all("(Table form)" in line for line in listed), out.stderr[-3000:]
+        line for line in out.stderr.splitlines()
+        if 'resource="pods monitoring' in line and " msg=listed " in line
+    ]  # fmt: skip
+    assert listed and all(" form=table" in line for line in listed), out.stderr[-3000:]
     assert "falling back" not in out.stderr
     # Earlier tests may have scaled the scenario: compare with what was listed.
-    (count,) = {int(line.split(" listed ")[1].split()[0]) for line in listed}
+    (count,) = {int(line.split(" objects=")[1].split()[0]) for line in listed}
     ne = service(json.loads(out.stdout), *NE)
     assert (ne["source"], ne["expected"]) == ("daemonset", count) and count > 0
 

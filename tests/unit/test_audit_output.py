@@ -36,6 +36,7 @@ def test_json_without_kubernetes_says_nothing_was_compared() -> None:
     down = [SourceHealth("kubernetes", up=False, last_error="connection refused")]
     doc = json.loads(render_json(None, down))
     assert doc == {
+        "version": 1,
         "sources": [
             {"source": "kubernetes", "server": "", "up": False, "error": "connection refused"}
         ],

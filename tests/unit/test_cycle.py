@@ -283,5 +283,6 @@ async def test_an_unresolved_service_is_a_series_and_one_log_line(caplog) -> Non
             ("service", "node-exporter"),
         ): 1.0
     }
-    lines = [r for r in caplog.records if "cannot tell what it should hold" in r.getMessage()]
+    said = "cannot tell what a Service should hold"
+    lines = [r for r in caplog.records if said in r.getMessage()]
     assert len(lines) == 1

@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from coverage_exporter import defaults
+from coverage_exporter.flagtypes import parse_seconds
 from coverage_exporter.model.topology import Declared
 from coverage_exporter.sources.prometheus.server_kind import parse_kind
 from coverage_exporter.sources.prometheus.source import PrometheusEndpoint
@@ -51,7 +52,7 @@ _SERVER_KEYS = {
 
 
 def load_fleet_file(
-    path: str, default_timeout: float = defaults.PROMETHEUS_TIMEOUT_SECONDS
+    path: str, default_timeout: float = parse_seconds(defaults.PROMETHEUS_TIMEOUT)
 ) -> list[PrometheusEndpoint]:
     """Raises ValueError with a message naming the file and the entry."""
     try:
