@@ -165,6 +165,7 @@ def build_report(
     remembered = remembered or {}
     fleet = Fleet.build(servers)
     node_by_ip = node_index(cluster)
+    jobs = {p.name: {j.name: j for j in p.jobs or ()} for p in prometheus}
     services: list[ServiceCoverage] = []
     unresolved: list[Unresolved] = []
     discovered = set(grouped) | services_meant(cluster, prometheus, memo)
@@ -179,6 +180,7 @@ def build_report(
             fleet,
             meant_pools(service, prometheus, remembered, memo),
             unjudged,
+            jobs,
         )
         if coverage is None:
             reason = (
