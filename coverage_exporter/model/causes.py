@@ -26,7 +26,7 @@ docs/runbooks/causes.md, one line in docs/metrics.md.
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from itertools import compress
@@ -130,6 +130,18 @@ class StageCauses:
     def of(self, target: MissingTarget) -> Cause | None:
         return next((c for c, ts in self.named.items() if target in ts), None)
 
+    def lookup(self) -> Callable[[MissingTarget], Cause]:
+        """The cause of each of the stage's targets, for callers that walk
+        them in another order (by name, or their union over stages): the
+        largest group answers by default, the others by object id."""
+        if not self.named:
+            return lambda _: Cause.UNEXPLAINED
+        dominant = max(self.named, key=lambda c: len(self.named[c]))
+        others = {id(t): c for c, ts in self.named.items() if c is not dominant for t in ts}
+        if not others:
+            return lambda _: dominant
+        return lambda t: others.get(id(t), dominant)
+
 
 NO_CAUSES = StageCauses()
 
@@ -166,7 +178,9 @@ def _partition(
     return out
 
 
-def _counted(named: Mapping[Cause, tuple[MissingTarget, ...]], extra: Mapping[Cause, int]) -> dict:
+def _counted(
+    named: Mapping[Cause, tuple[MissingTarget, ...]], extra: Mapping[Cause, int]
+) -> dict[Cause, int]:
     counts = {c: len(ts) for c, ts in named.items()}
     for c, n in extra.items():
         if n:

@@ -4,10 +4,11 @@ from model.causes, with the funnel's precedence."""
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import msgspec
 
-from coverage_exporter.model.causes import Cause, target_state
+from coverage_exporter.model.causes import UNKNOWN_CAUSES, Cause, target_state
 from coverage_exporter.model.coverage import Expected, MissingTarget
 from coverage_exporter.model.fleet import ServerState
 from coverage_exporter.model.objects import (
@@ -323,3 +324,20 @@ def test_unknown_shares_say_why_down_or_still_discovering() -> None:
         pool = stages_of(report, NE)[("prometheus", "ne", "r0")]
         assert not pool.known and pool.causes.counts == {cause: 10}
         assert not report.has_gaps
+
+
+def test_every_cause_has_words_a_runbook_section_and_a_documented_reason() -> None:
+    """Adding a cause without its runbook or its docs line fails here."""
+    from pathlib import Path
+
+    from coverage_exporter.exposition.audit import CAUSE_WORDS
+
+    root = Path(__file__).resolve().parents[2]
+    runbook = (root / "docs/runbooks/causes.md").read_text()
+    metrics = (root / "docs/metrics.md").read_text()
+    sections = re.findall(r"^## (\w+)$", runbook, re.M)
+    assert sections == [c.value for c in Cause]
+    assert set(CAUSE_WORDS) == set(Cause)
+    for cause in Cause:
+        documented = f"| `{cause.value}` |" in metrics
+        assert documented == (cause not in UNKNOWN_CAUSES), cause
