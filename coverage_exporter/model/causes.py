@@ -130,14 +130,18 @@ class StageCauses:
     def of(self, target: MissingTarget) -> Cause | None:
         return next((c for c, ts in self.named.items() if target in ts), None)
 
-    def lookup(self) -> Callable[[MissingTarget], Cause]:
-        """The cause of each of the stage's targets, for callers that walk
-        them in another order (by name, or their union over stages): the
-        largest group answers by default, the others by object id."""
+    def split(self) -> tuple[Cause, dict[int, Cause]]:
+        """(the cause of the largest group, the others' causes by object
+        id): for callers that walk the targets in another order (by name,
+        or their union over stages) at 100k a time."""
         if not self.named:
-            return lambda _: Cause.UNEXPLAINED
+            return Cause.UNEXPLAINED, {}
         dominant = max(self.named, key=lambda c: len(self.named[c]))
         others = {id(t): c for c, ts in self.named.items() if c is not dominant for t in ts}
+        return dominant, others
+
+    def lookup(self) -> Callable[[MissingTarget], Cause]:
+        dominant, others = self.split()
         if not others:
             return lambda _: dominant
         return lambda t: others.get(id(t), dominant)
