@@ -29,9 +29,15 @@ from coverage_exporter.model.objects import (
     PrometheusSnapshot,
     Service,
     ServiceKey,
+    each_server,
 )
 from coverage_exporter.model.readiness import Readiness, assess
-from coverage_exporter.model.report import CoverageReport, SelectionMemo, build_report
+from coverage_exporter.model.report import (
+    CoverageReport,
+    SelectionMemo,
+    build_report,
+    services_scraped,
+)
 from coverage_exporter.model.scope import Scope, services_in_scope
 from coverage_exporter.model.topology import Declared, identify
 from coverage_exporter.sources.errors import SourceError
@@ -429,14 +435,20 @@ class CycleRunner:
         return cached[1]
 
     async def _cluster_snapshot(
-        self, grouped: Mapping[ServiceKey, object]
+        self, grouped: Mapping[ServiceKey, object], prometheus: Sequence[PrometheusSnapshot]
     ) -> ClusterSnapshot | None:
         """The cluster as the caches know it, with pods of every in-scope
         Service; None until the first complete list of every resource."""
         if not self._cluster.is_synced():
             return None
         start = time.monotonic()
-        self._scope_pods(self._cluster.snapshot(), grouped.keys())
+        cluster = self._cluster.snapshot()
+        # The Services that build_report compares: discovered, meant by a
+        # job, or remembered (issue #19 item 9).
+        scraped = services_scraped(
+            cluster, each_server(prometheus), grouped, self._remembered, self._selection
+        )
+        self._scope_pods(cluster, scraped)
         try:
             await self._cluster.ensure_pods_synced(
                 min(self._pod_sync_timeout, self._source_deadline)
@@ -527,7 +539,7 @@ class CycleRunner:
         grouped = await self._targets_by_service(prometheus)
         servers = self._server_states()
         self._remember(grouped, servers)
-        cluster = await self._cluster_snapshot(grouped)
+        cluster = await self._cluster_snapshot(grouped, prometheus)
         report, coverage = await self._compare(cluster, prometheus, grouped, servers)
         readiness = await self._assess_migration(cluster)
         self.cycles_total += 1
