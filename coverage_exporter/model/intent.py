@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from functools import lru_cache
 
 from coverage_exporter.model.objects import RelabelRule, ScrapeJob, Service
+from coverage_exporter.model.relabel_regex import RelabelRegex, compile_relabel_regex
 from coverage_exporter.model.scope import parse_label_selector
 
 _META = "__meta_kubernetes_"
@@ -96,31 +96,6 @@ def _service_level(label: str) -> bool:
     )
 
 
-@lru_cache(maxsize=4096)
-def _compiled(regex: str) -> re.Pattern[str] | None:
-    # Prometheus anchors every relabel regex. RE2 and Python's re agree on
-    # the syntax used in practice; a pattern Python cannot compile makes the
-    # rule unknown rather than failing the comparison.
-    try:
-        return re.compile(f"^(?:{regex})$")
-    except re.error:
-        return None
-
-
-def _expand(replacement: str, match: re.Match[str]) -> str:
-    """`$1`, `${1}` and `${name}` as Go's regexp.Expand fills them; an
-    unknown group is empty."""
-
-    def group(m: re.Match[str]) -> str:
-        ref = m.group(1) or m.group(2)
-        try:
-            return match.group(int(ref) if ref.isdigit() else ref) or ""
-        except (IndexError, KeyError):
-            return ""
-
-    return re.sub(r"\$\{(\w+)\}|\$(\w+)", group, replacement)
-
-
 class _Overlay:
     """The Service's meta labels under the labels the rules write: the base
     is shared by every job evaluated against the Service, not copied."""
@@ -160,7 +135,7 @@ class _Evaluation:
         self.known: _Overlay = _Overlay(labels)
         self.unknown: set[str] = set()
         self.decided_by_service = False
-        self.port_rules: list[tuple[bool, re.Pattern[str]]] = []
+        self.port_rules: list[tuple[bool, RelabelRegex]] = []
         """(keep?, regex) of the keep/drop rules on the port name."""
 
     def value(self, sources: Sequence[str], separator: str) -> str | None:
@@ -199,7 +174,7 @@ def job_selects(job: ScrapeJob, service: Service) -> bool:
         return True
     # Namespace-wide job: meant for the Services with a port it keeps.
     return any(
-        all((pattern.match(port) is not None) == keep for keep, pattern in ev.port_rules)
+        all(pattern.matches(port) == keep for keep, pattern in ev.port_rules)
         for port in service.port_names
     )
 
@@ -207,7 +182,7 @@ def job_selects(job: ScrapeJob, service: Service) -> bool:
 def _apply(rule: RelabelRule, ev: _Evaluation) -> bool | None:
     """False when the rule drops the Service; None otherwise."""
     action = rule.action.lower()
-    pattern = _compiled(rule.regex)
+    pattern = compile_relabel_regex(rule.regex)
     if action in ("keep", "drop"):
         if len(rule.source_labels) == 1 and rule.source_labels[0] in _PORT_LABELS:
             if pattern is not None:
@@ -218,7 +193,7 @@ def _apply(rule: RelabelRule, ev: _Evaluation) -> bool | None:
             return None
         if any(s != _META + "namespace" for s in rule.source_labels):
             ev.decided_by_service = True
-        matched = pattern.match(value) is not None
+        matched = pattern.matches(value)
         return False if matched != (action == "keep") else None
     if action in ("keepequal", "dropequal"):
         value = ev.value(rule.source_labels, rule.separator)
@@ -234,15 +209,13 @@ def _apply(rule: RelabelRule, ev: _Evaluation) -> bool | None:
         ev.known.pop(rule.target_label, None)
     elif action == "labelmap" and pattern is not None:
         for name, value in ev.known.items():
-            m = pattern.match(name)
-            if m:
-                ev.known[_expand(rule.replacement, m)] = value
+            mapped = pattern.expand(rule.replacement, name)
+            if mapped is not None:
+                ev.known[mapped] = value
     return None
 
 
-def _write(
-    rule: RelabelRule, ev: _Evaluation, pattern: re.Pattern[str] | None, action: str
-) -> None:
+def _write(rule: RelabelRule, ev: _Evaluation, pattern: RelabelRegex | None, action: str) -> None:
     target = rule.target_label
     value = ev.value(rule.source_labels, rule.separator)
     if "$" in target:
@@ -258,10 +231,10 @@ def _write(
     if action == "uppercase":
         ev.known[target] = value.upper()
         return
-    m = pattern.match(value)
-    if m is None:
+    replaced = pattern.expand(rule.replacement, value)
+    if replaced is None:
         return
-    ev.known[target] = _expand(rule.replacement, m)
+    ev.known[target] = replaced
     ev.unknown.discard(target)
 
 
