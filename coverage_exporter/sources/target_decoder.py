@@ -33,7 +33,7 @@ import msgspec
 
 from coverage_exporter.model.objects import Target
 from coverage_exporter.sources.decoder_worker import FIELDS, Decoded, EncodedPool, Request
-from coverage_exporter.sources.health import SourceError
+from coverage_exporter.sources.health import DEFAULT_LIMITS, SourceError
 from coverage_exporter.sources.worker_process import WorkerProcess, WorkerSlot
 
 REBUILD_CHUNK = 10_000
@@ -153,12 +153,13 @@ class DecoderPool:
         limit: int,
         piece_bytes: int,
         previous: Mapping[str, Sequence[Target]] | None = None,
+        max_held: int = DEFAULT_LIMITS.max_body_bytes,
     ) -> tuple[Decoded, dict[str, SharedTargets]]:
         """The answer and each pool's rebuilt Targets; `previous`: each
         pool's targets as last read, reused where unchanged (see rebuild)."""
         worker = self._get()
         # The bytearray itself (encoded as is): no copy while it waits.
-        request = Request(body, encoding, only_pool, limit, piece_bytes)  # type: ignore[arg-type]
+        request = Request(body, encoding, only_pool, limit, piece_bytes, max_held)  # type: ignore[arg-type]
         decoded = await asyncio.wrap_future(worker.submit(request))
         if not isinstance(decoded, Decoded) or worker.mirror.broken:
             worker.stop()
