@@ -208,7 +208,7 @@ class ApiClient:
             timeout=aiohttp.ClientTimeout(total=self._request_timeout),
             **self._request_kwargs(),  # type: ignore[arg-type]
         ) as response:
-            data = await response.read()
+            data = await self._read_body(response)
             self._health.response_bytes_total += len(data)
             if response.status not in (200, 201):
                 raise api_error(response.status, data)
