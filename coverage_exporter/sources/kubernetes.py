@@ -30,7 +30,7 @@ from coverage_exporter.model.objects import (
     ServiceKey,
 )
 from coverage_exporter.model.owners import daemonset_prefixes, infer_daemonset_owners
-from coverage_exporter.sources import httpclient, k8s_parse
+from coverage_exporter.sources import httpclient, k8s_parse, kubeconfig
 from coverage_exporter.sources.health import SOURCE_KUBERNETES, SourceError, SourceHealth
 from coverage_exporter.sources.k8s_api import ApiClient
 from coverage_exporter.sources.kubeconfig import KubeAuth, credential_files, load_configuration
@@ -142,7 +142,17 @@ class KubernetesSource:
         files: tuple[str, ...] = ()
         if self._configuration is None:
             # May run an exec credential plugin: keep it off the event loop.
-            self._configuration = await asyncio.to_thread(load_configuration, *self._config_args)
+            try:
+                # An exec plugin runs here too; see kubeconfig.EXEC_TIMEOUT_SECONDS.
+                self._configuration = await asyncio.wait_for(
+                    asyncio.to_thread(load_configuration, *self._config_args),
+                    kubeconfig.EXEC_TIMEOUT_SECONDS,
+                )
+            except TimeoutError:
+                raise SourceError(
+                    f"loading the kubeconfig did not finish within "
+                    f"{kubeconfig.EXEC_TIMEOUT_SECONDS:g}s (an exec plugin that hangs?)"
+                ) from None
             reload = functools.partial(load_configuration, *self._config_args)
             files = credential_files(self._configuration, *self._config_args[:2])
         try:
