@@ -157,7 +157,8 @@ class Guards:
     cluster."""
 
     source_deadline: float = 120.0
-    """Seconds one source may take per cycle."""
+    """Seconds one source may take per cycle (`serve`: 3/4 of --interval
+    unless given, see _source_deadline)."""
     limits: httpclient.Limits = httpclient.DEFAULT_LIMITS
     max_pod_watches: int = DEFAULT_MAX_POD_WATCHES
     watch_idle_seconds: float = DEFAULT_WATCH_IDLE_SECONDS
@@ -171,7 +172,7 @@ class Guards:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Guards:
         """Raises ValueError with a message fit for the user."""
-        deadline = float(args.source_deadline)
+        deadline = _source_deadline(args)
         if not deadline > 0:
             raise ValueError("--source-deadline must be positive")
         if int(args.max_response_bytes) <= 0:
@@ -198,6 +199,34 @@ class Guards:
             pod_form=pod_form,
             server=server,
         )
+
+
+SOURCE_DEADLINE_SHARE_OF_INTERVAL = 0.75
+"""serve's default --source-deadline, as a share of --interval: a source
+that trickles (a Prometheus at 1 byte/s, within its 120 s request timeout)
+is cut off in time for the cycle to end within its interval; the last
+quarter is left for the comparison (~1 s at 100k nodes, bench/analysis.md)
+and for the sources read after the Prometheus ones (the pod lists). Like
+Prometheus's scrape_timeout, which may not exceed scrape_interval."""
+MIN_DEFAULT_SOURCE_DEADLINE = 5.0
+"""...but never below this: with the short intervals of tests and benches
+(2-5 s) on a loaded machine, a healthy read would be cut off and flap to
+down. Below an interval of 6.7 s a slow source may make a cycle overrun by
+the difference."""
+AUDIT_SOURCE_DEADLINE = 120.0
+"""audit collects once and has no interval: a source gets what one
+request to a Prometheus gets by default (--prometheus-timeout)."""
+
+
+def _source_deadline(args: argparse.Namespace) -> float:
+    given = getattr(args, "source_deadline", None)
+    if given is not None:
+        return float(given)
+    interval = getattr(args, "interval", None)
+    if interval is None:
+        return AUDIT_SOURCE_DEADLINE
+    share = SOURCE_DEADLINE_SHARE_OF_INTERVAL * float(interval)
+    return max(share, MIN_DEFAULT_SOURCE_DEADLINE)
 
 
 class Sources:

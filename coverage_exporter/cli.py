@@ -170,8 +170,8 @@ def _guards(p: _EnvParser) -> None:
     p.add(
         "--source-deadline",
         "seconds one source (a Prometheus, the pod lists) may take per cycle; "
-        "a slower one is marked down and the cycle goes on",
-        default="120",
+        "a slower one is marked down and the cycle goes on (default: serve, 3/4 "
+        "of --interval and at least 5, so that the cycle completes within it; audit, 120)",
         type=positive_seconds,
     )
     p.add(
