@@ -20,14 +20,14 @@ which the reflector retries.
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
 from coverage_exporter.model.objects import Node
 from coverage_exporter.sources.decoder_worker import NodePage, NodePageRequest
 from coverage_exporter.sources.health import SourceError
 from coverage_exporter.sources.k8s_parse import NODES, ListMeta, ObjectParser, Page, Parsed
-from coverage_exporter.sources.worker_process import WorkerSlot
+from coverage_exporter.sources.worker_process import DEADLINE_SECONDS, WorkerSlot
+from coverage_exporter.sources.worker_process import answer as worker_answer
 
 
 class NodePageDecoder:
@@ -37,8 +37,8 @@ class NodePageDecoder:
     parser: ObjectParser[str, Node] = NODES
     """What the pages are parsed with (the reflector's parser must be it)."""
 
-    def __init__(self) -> None:
-        self._slot = WorkerSlot()
+    def __init__(self, deadline_seconds: float = DEADLINE_SECONDS) -> None:
+        self._slot = WorkerSlot(deadline_seconds)
 
     async def decode(
         self, body: bytes | bytearray, encoding: str, limit: int
@@ -46,9 +46,8 @@ class NodePageDecoder:
         """The page as `NODES.parse_page` gives it, and its size once
         inflated. Raises SourceError (BodyTooLarge past `limit`)."""
         worker, _ = self._slot.get()
-        answer = await asyncio.wrap_future(
-            worker.submit(NodePageRequest(body, encoding, limit))  # type: ignore[arg-type]
-        )
+        request = NodePageRequest(body, encoding, limit)  # type: ignore[arg-type]
+        answer = await worker_answer(worker, request, self._slot.deadline, "node decoding worker")
         if not isinstance(answer, NodePage) or worker.mirror.broken:
             self._slot.stop()
             raise SourceError("node decoding worker out of step; restarted")

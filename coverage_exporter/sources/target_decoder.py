@@ -34,7 +34,12 @@ import msgspec
 from coverage_exporter.model.objects import Target
 from coverage_exporter.sources.decoder_worker import FIELDS, Decoded, EncodedPool, Request
 from coverage_exporter.sources.health import DEFAULT_LIMITS, SourceError
-from coverage_exporter.sources.worker_process import WorkerProcess, WorkerSlot
+from coverage_exporter.sources.worker_process import (
+    DEADLINE_SECONDS,
+    WorkerProcess,
+    WorkerSlot,
+    answer,
+)
 
 REBUILD_CHUNK = 10_000
 """Targets rebuilt per step (~4 ms): one C-level call holds the GIL for
@@ -113,8 +118,8 @@ class DecoderPool:
     Prometheus source of the process (they take turns: one core is what
     the decoding needs, and the collector keeps the other)."""
 
-    def __init__(self) -> None:
-        self._slot = WorkerSlot()
+    def __init__(self, deadline_seconds: float = DEADLINE_SECONDS) -> None:
+        self._slot = WorkerSlot(deadline_seconds)
         self._turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
             weakref.WeakKeyDictionary()
         )
@@ -160,7 +165,7 @@ class DecoderPool:
         worker = self._get()
         # The bytearray itself (encoded as is): no copy while it waits.
         request = Request(body, encoding, only_pool, limit, piece_bytes, max_held)  # type: ignore[arg-type]
-        decoded = await asyncio.wrap_future(worker.submit(request))
+        decoded = await answer(worker, request, self._slot.deadline, "target decoding worker")
         if not isinstance(decoded, Decoded) or worker.mirror.broken:
             worker.stop()
             raise SourceError("target decoding worker out of step; restarted")
