@@ -158,7 +158,8 @@ class Guards:
     cluster."""
 
     source_deadline: float = parse_seconds(defaults.SOURCE_DEADLINE)
-    """Seconds one source may take per cycle."""
+    """Seconds one source may take per cycle (`serve`: 3/4 of --interval
+    unless given, see _source_deadline)."""
     limits: Limits = DEFAULT_LIMITS
     max_pod_watches: int = defaults.KUBERNETES_MAX_POD_WATCHES
     watch_idle_seconds: float = parse_seconds(defaults.KUBERNETES_WATCH_IDLE_TIMEOUT)
@@ -172,7 +173,7 @@ class Guards:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Guards:
         """Raises ValueError with a message fit for the user."""
-        deadline = float(args.source_deadline)
+        deadline = _source_deadline(args)
         if not deadline > 0:
             raise ValueError("--source-deadline must be positive")
         if int(args.max_response_bytes) <= 0:
@@ -200,6 +201,19 @@ class Guards:
             pod_form=pod_form,
             server=server,
         )
+
+
+def _source_deadline(args: argparse.Namespace) -> float:
+    """--source-deadline as given; else, for serve, a share of --interval
+    (defaults.py says why), and audit's fixed default."""
+    given = getattr(args, "source_deadline", None)
+    if given is not None:
+        return float(given)
+    interval = getattr(args, "interval", None)
+    if interval is None:
+        return parse_seconds(defaults.SOURCE_DEADLINE)
+    share = defaults.SOURCE_DEADLINE_SHARE_OF_INTERVAL * float(interval)
+    return max(share, parse_seconds(defaults.MIN_SOURCE_DEADLINE))
 
 
 class Exporter:
