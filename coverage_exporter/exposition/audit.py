@@ -338,6 +338,8 @@ def service_json(s: ServiceCoverage) -> dict[str, object]:
         "expected": s.expected,
         "expected_unnamed": s.unnamed,
         "endpoints": endpoints,
+        "endpoints_unmaintained": s.endpoints_unmaintained,
+        "slices_unmirrored": s.slices_unmirrored,
         "endpointslices": {
             "endpoints": [
                 {"managed_by": m, "ready": r, "count": c}
@@ -384,6 +386,18 @@ def service_json(s: ServiceCoverage) -> dict[str, object]:
             for st in service_gaps(s)
         ],
         "findings": findings(s),
+    }
+
+
+def controllers_json(report: CoverageReport) -> dict[str, object]:
+    """What the read objects say of the Endpoints and mirroring controllers
+    (model.controllers): the Services that show each one not running."""
+    c = report.controllers
+    return {
+        "endpoints_down": c.endpoints_down,
+        "endpoints_witnesses": [f"{ns}/{name}" for ns, name in c.endpoints_witnesses],
+        "mirroring_down": c.mirroring_down,
+        "mirroring_witnesses": [f"{ns}/{name}" for ns, name in c.mirroring_witnesses],
     }
 
 
@@ -457,6 +471,7 @@ def render_json(
             "not_ready": report.nodes_not_ready,
         },
         "services": [] if report is None else [service_json(s) for s in report.services],
+        "controllers": None if report is None else controllers_json(report),
         "migration": [readiness_json(r) for r in readiness],
         "unresolved": []
         if report is None

@@ -5,7 +5,11 @@ claimed from it; a cluster without evidence is not judged."""
 
 from __future__ import annotations
 
+import json
+
 from coverage_exporter import runbooks
+from coverage_exporter.exposition.audit import render_json
+from coverage_exporter.health import SourceHealth
 from coverage_exporter.model.causes import Cause
 from coverage_exporter.model.controllers import RUNNING, controllers
 from coverage_exporter.model.findings import FindingKind, service_findings
@@ -170,3 +174,23 @@ def test_frozen_capped_mirror_is_unmaintained_not_the_cap() -> None:
 def test_a_runbook_section_has_its_own_url() -> None:
     assert runbooks.runbook_url("causes.md#unmaintained").endswith("/causes.md#unmaintained")
     assert runbooks.runbook_url("README").endswith("/README.md")
+
+
+def test_the_json_names_the_witnesses_and_what_is_unmaintained() -> None:
+    cluster = merged(clusters.node_exporter(1200), new_service_without_endpoints())
+    prom = PrometheusSnapshot("prom", clusters.endpoints_targets(cluster, "ne", *NE))
+    report = build_report(Scope(frozenset({NE})), cluster, [prom])
+    doc = json.loads(render_json(report, [SourceHealth("kubernetes", up=True)]))
+    assert doc["controllers"] == {
+        "endpoints_down": True,
+        "endpoints_witnesses": ["shop/catalog"],
+        "mirroring_down": False,
+        "mirroring_witnesses": [],
+    }
+    (svc,) = doc["services"]
+    assert svc["endpoints_unmaintained"] is True and svc["slices_unmirrored"] is False
+    assert svc["endpoints"]["truncated"] is False
+    assert svc["endpoints"]["causes"] == {"unmaintained": 200}
+    (line,) = [f for f in svc["findings"] if "reads the Endpoints object, which no" in f]
+    assert "misses 200 of 1200" in line and "causes.md#unmaintained" in line
+    assert not any("truncated" in f.lower() for f in svc["findings"])
