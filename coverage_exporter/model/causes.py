@@ -332,11 +332,11 @@ def service_causes(
         if role in roles
     }
     out = [ep, sl]
-    absent = None
+    no_endpoints: Cause | None = None
     if endpoints is None:
-        absent = Cause.UNMAINTAINED if ep_unmaintained else Cause.ENDPOINTS_ABSENT
+        no_endpoints = Cause.UNMAINTAINED if ep_unmaintained else Cause.ENDPOINTS_ABSENT
     for p in pools:
-        out.append(_pool_causes(service, p, first, upstream, absent, fleet, jobs, count_only))
+        out.append(_pool_causes(service, p, first, upstream, no_endpoints, fleet, jobs, count_only))
     return tuple(out)
 
 
