@@ -32,6 +32,9 @@ Content-Security-Policy, and here their values must be printable ASCII
 the event loop, and their results are cached (100 entries); a password
 over 72 bytes is checked on its first 72, as Go's bcrypt does.
 
+One departure from the toolkit: /-/healthy and /-/ready need no basic auth
+(PROBE_PATHS says why).
+
 Not supported (refused at start, rather than silently ignored):
 cipher_suites, curve_preferences, client_allowed_sans, RequestClientCert
 and RequireAnyClientCert (Python's ssl cannot ask for a certificate without
@@ -356,14 +359,16 @@ class WebConfigFile:
         cache[key] = ok
         return ok
 
-    async def deny(self, headers: Mapping[str, str]) -> tuple[int, bytes, dict[str, str]] | None:
+    async def deny(
+        self, headers: Mapping[str, str], path: str
+    ) -> tuple[int, bytes, dict[str, str]] | None:
         """None when the request may go on; else (status, body, headers).
-        Basic auth on every path when users are configured, as the toolkit
-        does (probes need credentials too); `headers` by lower-case name."""
+        Basic auth on every path but the probes' when users are configured;
+        `headers` by lower-case name, `path` without its query."""
         self.refresh()
         if self._error is not None:
             return 500, b"web config is invalid; see the exporter's log\n", {}
-        if not self.config.users:
+        if path in PROBE_PATHS or not self.config.users:
             return None
         verdict = await _authorized(self, headers.get("authorization", ""))
         if verdict is None:
@@ -382,6 +387,15 @@ _UNKNOWN_USER_HASH = b"$2b$10$CfqDHIS01uDs/XdLzEQRPOyOQqdM0ZXXfGwHtNfaYb31OA9T5b
 """Checked for a user that does not exist, so that timing does not tell
 which users do (cost 10, as htpasswd -B makes them; made once with
 bcrypt.hashpw, for no password anyone uses)."""
+
+# Answered without credentials. The toolkit asks for them on every path, but
+# a kubelet probe cannot read a Secret: the password would sit in clear in
+# the pod spec, readable by whoever may read Deployments (Prometheus's own
+# request for this: prometheus/prometheus#9166, exporter-toolkit#106, open).
+# kube-apiserver grants /livez and /readyz to system:unauthenticated the same
+# way. These two answer one bit and a fixed phrase (web/server.py, route);
+# TLS, when on, still applies. Exact paths: no prefix or variant matches.
+PROBE_PATHS = frozenset({"/-/healthy", "/-/ready"})
 
 
 async def _authorized(config: WebConfigFile, header: str) -> bool | None:

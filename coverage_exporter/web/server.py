@@ -378,10 +378,11 @@ class MetricsServer:
         length = _content_length(headers)
         if length > limits.max_body_bytes:
             raise _BadRequest(413, "request body too large")
+        path = path.partition("?")[0]
         response: Response | None = None
         if method not in ("GET", "HEAD"):
             response = Response(405, b"only GET and HEAD\n")
-        elif self.web_config and (denied := await self.web_config.deny(headers)):
+        elif self.web_config and (denied := await self.web_config.deny(headers, path)):
             response = Response(denied[0], denied[1], headers=denied[2])
         if response is not None:
             # Refused before its body is read: an unauthorized client holds
@@ -393,7 +394,7 @@ class MetricsServer:
                 await reader.readexactly(length)
         keep_alive = _keep_alive(version, headers)
         conn.answering = True
-        response = await route(self.view, path.partition("?")[0], headers)
+        response = await route(self.view, path, headers)
         large = len(response.body) > LARGE_ANSWER_BYTES and method == "GET"
         if large and self._large_answers >= limits.max_large_answers:
             self.shed_total += 1
