@@ -123,9 +123,13 @@ class Reflector(Generic[K, T]):
         on_state_change: Callable[[], None] | None = None,
         watch_idle_seconds: float = parse_seconds(defaults.KUBERNETES_WATCH_IDLE_TIMEOUT),
         page_decoder: NodePageDecoder | None = None,
+        list_deadline_seconds: float | None = None,
     ) -> None:
         """page_decoder: LIST pages go to it (a worker process) while the
-        reflector's parser is the decoder's; watch events never do."""
+        reflector's parser is the decoder's; watch events never do.
+        list_deadline_seconds: a relist (all its pages) still under way after
+        this long makes the reflector down until it completes (_list_overdue);
+        None: no deadline."""
         self.api = api
         self.path = path
         self.parser = parser
@@ -136,6 +140,7 @@ class Reflector(Generic[K, T]):
         self._watch_timeout = watch_timeout_seconds
         self._watch_idle = watch_idle_seconds
         self._page_decoder = page_decoder
+        self._list_deadline = list_deadline_seconds
         self._ahead: tuple[str, asyncio.Task[tuple[bytes, str]]] | None = None
         """The next LIST page, asked for before this one is parsed, and its
         continue token (see _page)."""
@@ -368,6 +373,12 @@ class Reflector(Generic[K, T]):
 
     async def _list(self) -> None:
         started = time.monotonic()
+        self.listing_objects = 0
+        overdue = None
+        # A relist only: before the first list completes there is no cache
+        # to take for current (not synced is down already).
+        if self._list_deadline is not None and self.synced:
+            overdue = asyncio.get_running_loop().call_later(self._list_deadline, self._list_overdue)
         try:
             for _attempt in range(_MAX_LIST_RESTARTS):
                 try:
@@ -383,6 +394,8 @@ class Reflector(Generic[K, T]):
                     410, f"list restarted {_MAX_LIST_RESTARTS} times on expired continue"
                 )
         finally:
+            if overdue is not None:
+                overdue.cancel()
             self._drop_ahead()
             if self._page_decoder is not None:
                 self._page_decoder.release()
@@ -411,6 +424,28 @@ class Reflector(Generic[K, T]):
         self._set_healthy(True)
         if first and self._on_state_change:
             self._on_state_change()
+
+    def _list_overdue(self) -> None:
+        """The LIST is past its deadline. A relist (after a 410) keeps the
+        last complete list in the cache, no longer current: down until the
+        LIST completes, so that no cycle serves it as current. The LIST goes
+        on (each page is bounded by the request timeout): dropped and
+        retried, one that takes longer than the deadline even when healthy
+        (a busy control plane, 100k Nodes) would never complete."""
+        message = (
+            f"LIST not complete after {self._list_deadline:g}s "
+            f"({self.listing_objects} objects so far); "
+            "the cached objects are those of the last complete list"
+        )
+        log.warning(
+            "list overdue; down until it completes",
+            extra=fields(resource=self.name, err=message, cached=len(self._cache)),
+        )
+        self._health.record_error(f"{self.name}: {message}")
+        if not self.last_error:
+            self._failing_since = time.monotonic()
+        self.last_error = message
+        self._set_healthy(False)
 
     async def _list_pages(self) -> tuple[dict[K, T], str | None, int, int]:
         items: dict[K, T] = {}
