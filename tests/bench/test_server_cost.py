@@ -1,0 +1,122 @@
+"""The server-cost harness's own parts (bench/server_cost.py), without a
+testbed: the Prometheus configuration it runs is one the real Prometheus
+3.16 loads (promtool of that version checks it), with the Operator's pools;
+the goals' figures are the arithmetic the docs say. The harness end to end
+is tests/bench/test_server_cost_smoke.py."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from bench import server_cost
+from tools import chart
+
+
+def test_prometheus_config_loads_in_prometheus_3(tmp_path: Path) -> None:
+    token, ca = tmp_path / "token", tmp_path / "ca.crt"
+    token.write_text("x\n")
+    ca.write_text("")
+    cfg = server_cost.prometheus_config(
+        "https://127.0.0.1:6443", token, ca, "http://127.0.0.1:1", "1m"
+    )
+    path = tmp_path / "prometheus.yml"
+    path.write_text(yaml.safe_dump(cfg))
+    promtool = chart.tool("promtool", "PROMETHEUS3_VERSION")
+    done = subprocess.run(
+        [str(promtool), "check", "config", "--syntax-only", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    jobs = cfg["scrape_configs"]
+    assert [j["job_name"] for j in jobs] == [
+        *server_cost.KUBELET_POOLS,
+        server_cost.NODE_EXPORTER_POOL,
+    ]
+    for job in jobs:
+        sd = job["kubernetes_sd_configs"]
+        assert sd[0]["role"] == "endpoints" and sd[0]["api_server"] == "https://127.0.0.1:6443"
+        assert job["proxy_url"] == "http://127.0.0.1:1"
+        assert job["scrape_interval"] == "1m" and job["scrape_timeout"] == "10s"
+        # one shard: the Operator's hashmod keeps everything
+        hashmod = [r for r in job["relabel_configs"] if r.get("action") == "hashmod"]
+        assert [r["modulus"] for r in hashmod] == [1]
+    # kube-prometheus's own intervals when none is forced
+    own = server_cost.prometheus_config("https://127.0.0.1:6443", token, ca, "http://x:1", None)
+    assert [j["scrape_interval"] for j in own["scrape_configs"]] == [
+        "30s",
+        "30s",
+        "30s",
+        "5s",
+        "15s",
+    ]
+
+
+def test_expected_pools() -> None:
+    assert server_cost.expected_pools(2000) == {
+        **dict.fromkeys(server_cost.KUBELET_POOLS, 2000),
+        server_cost.NODE_EXPORTER_POOL: 1000,
+    }
+    assert server_cost.expected_pools(300)[server_cost.NODE_EXPORTER_POOL] == 300
+
+
+def _window(cpu: float, wall: float, prom_cpu: float | None = None, **extra: object) -> dict:
+    api = {
+        "cpu_s": cpu,
+        "rss_mb_start": 100.0,
+        "rss_mb_peak_hwm": 100.0 + cpu,
+        "rss_mb_peak_sampled": 100.0,
+        "heap_inuse_mb_start": 50.0,
+        "heap_inuse_mb_end": 50.0 + cpu,
+    }
+    w: dict = {"wall_s": wall, "apiserver": api, "audit": None, **extra}
+    if prom_cpu is not None:
+        w["prometheus"] = {
+            "cpu_s": prom_cpu,
+            "heap_inuse_mb_median": 80.0,
+            "heap_inuse_mb_max": 84.0,
+            "http_requests": {"/api/v1/targets": 10},
+        }
+    return w
+
+
+def test_goal_figures() -> None:
+    result = {
+        "nodes": 2000,
+        "windows": {
+            "idle": _window(1.0, 20.0),
+            "prometheus_discovery": _window(3.0, 10.0),
+            "exporter_initial_sync": _window(2.0, 8.0),
+            "steady_with_exporter": _window(0.5, 120.0, 12.0, exporter_cycles=2),
+            "steady_without_exporter": _window(0.5, 120.0, 11.0),
+            "full_rereads": _window(0.5, 120.0, 15.0),
+        },
+    }
+    goals = server_cost.per_goal(result)
+    sync = goals["initial_sync_vs_prometheus_discovery"]
+    assert sync["apiserver_cpu_s"] == [2.0, 3.0]
+    assert sync["apiserver_rss_growth_mb"] == [2.0, 3.0]
+    assert goals["apiserver_idle_cpu_s_per_s"] == 0.05
+    steady = goals["prometheus_steady"]
+    assert steady["cpu_s_extra"] == 1.0 and steady["cpu_s_per_cycle"] == 0.5
+    full = goals["prometheus_full_reread"]
+    # 10 reads of /api/v1/targets over 5 pools: 2 full re-reads of 2 s each
+    assert full["full_rereads"] == 2 and full["cpu_s_per_full_reread"] == 2.0
+    assert full["heap_growth_pct"] == 5.0
+    hour = goals["prometheus_default_flags_per_hour"]
+    assert hour["cpu_s"] == 60 * 0.5 + 6 * 2.0
+
+
+def test_testbed_control_plane_only_with_audit(tmp_path: Path) -> None:
+    from testbed.cluster import CONTROL_PLANE, Cluster
+
+    c = Cluster(tmp_path, monitoring=False, audit_log=True)
+    assert c.components == list(CONTROL_PLANE)
+    assert c.prometheus_urls == {}
+    assert c.audit_log_path == tmp_path.resolve() / "audit.log"
+    assert Cluster(tmp_path).audit_log_path is None
+    assert "prometheus-3" in Cluster(tmp_path).components
