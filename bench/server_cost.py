@@ -122,12 +122,12 @@ GROUP_BY = {
     "apiserver_request_duration_seconds_count": ("verb", "resource"),
     "apiserver_response_sizes_sum": ("verb", "resource"),
     "apiserver_response_sizes_count": ("verb", "resource"),
-    "apiserver_watch_events_total": ("kind",),
-    "apiserver_watch_events_sizes_sum": ("kind",),
-    "apiserver_watch_events_sizes_count": ("kind",),
-    "apiserver_cache_list_total": ("resource_prefix",),
-    "apiserver_cache_list_fetched_objects_total": ("resource_prefix",),
-    "apiserver_cache_list_returned_objects_total": ("resource_prefix",),
+    "apiserver_watch_events_total": ("resource",),
+    "apiserver_watch_events_sizes_sum": ("resource",),
+    "apiserver_watch_events_sizes_count": ("resource",),
+    "apiserver_cache_list_total": ("resource",),
+    "apiserver_cache_list_fetched_objects_total": ("resource",),
+    "apiserver_cache_list_returned_objects_total": ("resource",),
     "apiserver_storage_list_total": ("resource",),
     "apiserver_storage_list_fetched_objects_total": ("resource",),
     "apiserver_storage_list_returned_objects_total": ("resource",),
@@ -135,8 +135,19 @@ GROUP_BY = {
     "apiserver_watch_list_duration_seconds_count": ("resource",),
     "apiserver_watch_list_duration_seconds_sum": ("resource",),
     "apiserver_longrunning_requests": ("verb", "resource"),
+    "prometheus_http_requests_total": ("handler",),
+    "prometheus_http_request_duration_seconds_sum": ("handler",),
+    "prometheus_http_response_size_bytes_sum": ("handler",),
 }
-PROM_COUNTERS = ("prometheus_http_requests_total",)
+# The Prometheus under test: requests, time spent serving them and bytes
+# sent, per handler (what the exporter asked for, and what it cost).
+PROM_COUNTERS = (
+    "prometheus_http_requests_total",
+    "prometheus_http_request_duration_seconds_sum",
+    "prometheus_http_response_size_bytes_sum",
+)
+# What the exporter lists once and then watches (its reflectors).
+WATCHED = frozenset({"nodes", "services", "endpoints", "endpointslices", "pods", "daemonsets"})
 
 
 class Timeout(Exception):
@@ -567,7 +578,7 @@ class Run:
         )
         if p0 and prom is not None:
             heap = sampler.samples["prom_heap_inuse"]
-            http = grouped_http(delta(prom.http_requests(), p0["http"]))
+            http = grouped(delta(prom.http_requests(), p0["http"]))
             out["prometheus"] = {
                 "cpu_s": round(cpu_seconds(prom.pid) - p0["cpu"], 3),
                 "heap_inuse_mb_median": round(statistics.median(heap) / 2**20, 1) if heap else None,
@@ -577,7 +588,18 @@ class Run:
                 "rss_mb_peak_hwm": round(status_mb(prom.pid, "VmHWM:"), 1)
                 if p0["hwm_reset"]
                 else None,
-                "http_requests": http,
+                "http_requests": {
+                    k.removeprefix("handler="): v
+                    for k, v in http.get("prometheus_http_requests_total", {}).items()
+                },
+                "http_seconds": {
+                    k.removeprefix("handler="): v
+                    for k, v in http.get("prometheus_http_request_duration_seconds_sum", {}).items()
+                },
+                "http_bytes": {
+                    k.removeprefix("handler="): v
+                    for k, v in http.get("prometheus_http_response_size_bytes_sum", {}).items()
+                },
             }
         self.windows[name] = out
 
@@ -585,14 +607,6 @@ class Run:
 def _mb(groups: dict[str, dict[str, float]], name: str) -> float | None:
     v = sum(groups.get(name, {}).values())
     return round(v / 2**20, 1) if v else None
-
-
-def grouped_http(series: dict[tuple[str, tuple], float]) -> dict[str, float]:
-    out: Counter[str] = Counter()
-    for (_, labels), v in series.items():
-        if v:
-            out[dict(labels).get("handler", "?")] += v
-    return dict(sorted(out.items()))
 
 
 # --- the run ---------------------------------------------------------------------
@@ -677,18 +691,34 @@ def per_goal(result: dict[str, Any]) -> dict[str, Any]:
             }
     idle = w.get("idle")
     if idle:
-        out["apiserver_idle_cpu_s_per_s"] = round(idle["apiserver"]["cpu_s"] / idle["wall_s"], 4)
+        rate = idle["apiserver"]["cpu_s"] / idle["wall_s"]
+        out["apiserver_idle_cpu_s_per_s"] = round(rate, 4)
+        # the same comparison with the background (kwok, controllers) taken out
+        for key, pair in list(out.items()):
+            if key.startswith("initial_sync_vs_"):
+                pair["apiserver_cpu_s_net_of_idle"] = [
+                    round(cpu - rate * wall, 3)
+                    for cpu, wall in zip(pair["apiserver_cpu_s"], pair["wall_s"], strict=True)
+                ]
     steady = w.get("steady_with_exporter")
     if steady and steady.get("audit"):
         exp = steady["audit"]["by_client"].get("coverage-exporter", {})
         out["steady_exporter_requests"] = exp
-        out["steady_exporter_lists"] = sum(v for k, v in exp.items() if k.startswith("list "))
+        lists = {k.split()[1]: v for k, v in exp.items() if k.startswith("list ")}
+        # A relist is a LIST of a resource the exporter watches; the
+        # Operator's objects (CRs, ServiceMonitors, namespaces) are read,
+        # not watched, once per --operator-refresh-interval by design.
+        out["steady_exporter_relists"] = sum(v for r, v in lists.items() if r in WATCHED)
+        out["steady_exporter_other_lists"] = {r: v for r, v in lists.items() if r not in WATCHED}
     base = w.get("steady_without_exporter")
     rereads = w.get("full_rereads")
     if steady and base and "prometheus" in steady and "prometheus" in base:
         extra = steady["prometheus"]["cpu_s"] - base["prometheus"]["cpu_s"]
         cycles = steady.get("exporter_cycles") or 0
+        serving = _serving_s(steady["prometheus"], base["prometheus"])
         out["prometheus_steady"] = {
+            "serving_s": serving,
+            "serving_s_per_cycle": round(serving / cycles, 4) if cycles else None,
             "cpu_s_with": steady["prometheus"]["cpu_s"],
             "cpu_s_without": base["prometheus"]["cpu_s"],
             "cpu_s_extra": round(extra, 3),
@@ -703,7 +733,9 @@ def per_goal(result: dict[str, Any]) -> dict[str, Any]:
         full = reads / pools if pools else 0
         steady_heap = base["prometheus"]["heap_inuse_mb_median"]
         peak = rereads["prometheus"]["heap_inuse_mb_max"]
+        serving = _serving_s(rereads["prometheus"], base["prometheus"])
         out["prometheus_full_reread"] = {
+            "serving_s_per_full_reread": round(serving / full, 4) if full else None,
             "cpu_s_extra": round(extra, 3),
             "full_rereads": full,
             "cpu_s_per_full_reread": round(extra / full, 4) if full else None,
@@ -723,6 +755,17 @@ def per_goal(result: dict[str, Any]) -> dict[str, Any]:
                 "(--prometheus-full-refresh-interval 10m), each at its measured cost",
             }
     return out
+
+
+def _serving_s(with_: dict[str, Any], without: dict[str, Any]) -> float:
+    """Seconds the Prometheus spent serving the exporter's requests
+    (prometheus_http_request_duration_seconds): every handler but /metrics,
+    and /metrics beyond the harness's own samples (the window without the
+    exporter reads it as often). Less noisy than CPU deltas; an upper bound
+    of their CPU when requests wait on nothing else."""
+    w, wo = with_["http_seconds"], without["http_seconds"]
+    other = sum(v for h, v in w.items() if h != "/metrics")
+    return round(other + max(0.0, w.get("/metrics", 0.0) - wo.get("/metrics", 0.0)), 4)
 
 
 def _growth(api: dict[str, Any]) -> float | None:

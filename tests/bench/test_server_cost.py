@@ -1,11 +1,13 @@
 """The server-cost harness's own parts (bench/server_cost.py), without a
 testbed: the Prometheus configuration it runs is one the real Prometheus
 3.16 loads (promtool of that version checks it), with the Operator's pools;
+the audit log is read per client from lines the real kube-apiserver wrote;
 the goals' figures are the arithmetic the docs say. The harness end to end
 is tests/bench/test_server_cost_smoke.py."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -13,6 +15,17 @@ import yaml
 
 from bench import server_cost
 from tools import chart
+
+# Lines the testbed's kube-apiserver v1.36 wrote under testbed.cluster's
+# AUDIT_POLICY during a bench/server_cost.py run (300 nodes), one per
+# (client, verb, stage, resource).
+AUDIT = (
+    Path(__file__).resolve().parents[1]
+    / "fixtures"
+    / "captured"
+    / "kubernetes"
+    / "audit-reads.jsonl"
+)
 
 
 def test_prometheus_config_loads_in_prometheus_3(tmp_path: Path) -> None:
@@ -64,6 +77,32 @@ def test_expected_pools() -> None:
     assert server_cost.expected_pools(300)[server_cost.NODE_EXPORTER_POOL] == 300
 
 
+def test_audit_requests_per_client() -> None:
+    size = AUDIT.stat().st_size
+    out = server_cost.audit_requests(AUDIT, 0, size)
+    lines = [json.loads(x) for x in AUDIT.read_text().splitlines()]
+    lists = sum(1 for e in lines if e["verb"] == "list" and e["stage"] == "ResponseComplete")
+    watches = sum(1 for e in lines if e["verb"] == "watch" and e["stage"] == "ResponseStarted")
+    counted = out["by_client"]
+    total = sum(
+        v for c in counted.values() for k, v in c.items() if k.split()[0] in ("list", "watch")
+    )
+    assert total == lists + watches
+    assert "coverage-exporter" in counted and "Prometheus" in counted
+    # a watch counts once (its ResponseComplete is not a second watch), a
+    # paginated LIST once per page; the queries say how each was asked
+    assert counted["coverage-exporter"]["watch nodes"] == 1
+    assert counted["coverage-exporter"]["list nodes"] == 1
+    queries = out["queries"]
+    assert queries["coverage-exporter"]["list nodes limit=set"] == 1
+    assert queries["coverage-exporter"]["watch nodes resourceVersion=1875"] == 1
+    # Prometheus 3.16 (client-go 0.37) asks for streaming lists
+    assert all("sendInitialEvents=true" in k for k in queries["Prometheus"]), queries
+    # an offset range reads only its part
+    half = server_cost.audit_requests(AUDIT, size, size)
+    assert half["by_client"] == {}
+
+
 def _window(cpu: float, wall: float, prom_cpu: float | None = None, **extra: object) -> dict:
     api = {
         "cpu_s": cpu,
@@ -80,6 +119,7 @@ def _window(cpu: float, wall: float, prom_cpu: float | None = None, **extra: obj
             "heap_inuse_mb_median": 80.0,
             "heap_inuse_mb_max": 84.0,
             "http_requests": {"/api/v1/targets": 10},
+            "http_seconds": {"/api/v1/targets": prom_cpu / 10, "/metrics": 0.1},
         }
     return w
 
@@ -103,6 +143,8 @@ def test_goal_figures() -> None:
     assert goals["apiserver_idle_cpu_s_per_s"] == 0.05
     steady = goals["prometheus_steady"]
     assert steady["cpu_s_extra"] == 1.0 and steady["cpu_s_per_cycle"] == 0.5
+    # serving time: every handler but /metrics, which both windows read alike
+    assert steady["serving_s"] == 1.2 and steady["serving_s_per_cycle"] == 0.6
     full = goals["prometheus_full_reread"]
     # 10 reads of /api/v1/targets over 5 pools: 2 full re-reads of 2 s each
     assert full["full_rereads"] == 2 and full["cpu_s_per_full_reread"] == 2.0
