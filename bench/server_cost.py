@@ -763,7 +763,7 @@ def _serving_s(with_: dict[str, Any], without: dict[str, Any]) -> float:
     and /metrics beyond the harness's own samples (the window without the
     exporter reads it as often). Less noisy than CPU deltas; an upper bound
     of their CPU when requests wait on nothing else."""
-    w, wo = with_["http_seconds"], without["http_seconds"]
+    w, wo = with_.get("http_seconds", {}), without.get("http_seconds", {})
     other = sum(v for h, v in w.items() if h != "/metrics")
     return round(other + max(0.0, w.get("/metrics", 0.0) - wo.get("/metrics", 0.0)), 4)
 
@@ -801,6 +801,132 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
             )
     lines.append("goals: " + json.dumps(result["goals"], indent=1))
     return lines
+
+
+GOALS = (
+    "apiserver, initial sync: no more CPU and no more peak memory than one "
+    "Prometheus's discovery of the same objects",
+    "apiserver, steady state: watches only, no relist in an hour without faults, and the "
+    "watch cost per event no higher than client-go's",
+    "each Prometheus, default flags, averaged over an hour: under 1% of one core",
+    "each Prometheus, one full re-read: heap growth under 5% of its steady heap",
+)
+
+
+def _clients(w: dict[str, Any], client: str) -> str:
+    reqs = ((w.get("audit") or {}).get("by_client") or {}).get(client) or {}
+    verbs: Counter[str] = Counter()
+    for k, v in reqs.items():
+        verbs[k.split()[0]] += v
+    return ", ".join(f"{v} {k}" for k, v in sorted(verbs.items())) or "-"
+
+
+def render_section(results: list[dict[str, Any]]) -> list[str]:
+    """RESULTS.md's section for bench/server_cost.py runs (bench/report.py
+    adds it from bench/results/server_cost/*.json)."""
+    lines = [
+        "## What the exporter costs the servers it reads (issue #24)",
+        "",
+        "`bench/server_cost.py` on the real servers: the testbed's kube-apiserver v1.36.3 "
+        "(kwok Nodes, real controllers) and Prometheus 3.16.0 running the Operator's "
+        "kube-prometheus pools (kubelet x4, node-exporter; role endpoints, one shard). "
+        'How it is measured: bench/analysis.md, "The servers\' side".',
+        "",
+    ]
+    for r in sorted(results, key=lambda r: r["nodes"]):
+        g, w = r["goals"], r["windows"]
+        f = r["flags"]
+        lines += [
+            f"### {r['nodes']:,} nodes (revision `{r['revision']}`, {r['started']}, "
+            f"load average {r['load_average_start'][0]:.1f} at the start)",
+            "",
+            f"Windows: steady {f['steady']:.0f} s each, idle {f['idle']:.0f} s, "
+            f"{f['tail']:.0f} s kept after discovery or sync; scrape interval "
+            f"{f['scrape_interval'] or 'kube-prometheus'}; re-read window at `--interval "
+            f"{f['reread_interval']}`."
+            + (f" Stopped early: {r['error']}." if r.get("error") else ""),
+            "",
+            "| goal | measured |",
+            "| --- | --- |",
+        ]
+        for i, goal in enumerate(GOALS):
+            lines.append(f"| {goal} | {_goal_line(i, g, w)} |")
+        lines += [
+            "",
+            "| window | s | apiserver CPU s | apiserver RSS MB start / peak | apiserver heap MB "
+            "start / end | exporter requests | Prometheus requests | Prometheus CPU s | "
+            "Prometheus heap MB median / max |",
+            "| --- | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: |",
+        ]
+        for name, x in w.items():
+            api, prom = x["apiserver"], x.get("prometheus") or {}
+            pcpu = prom.get("cpu_s", x.get("prometheus_cpu_s"))
+            lines.append(
+                f"| {name} | {x['wall_s']:.1f} | {api['cpu_s']:.2f} | {api['rss_mb_start']:.0f} / "
+                f"{(api['rss_mb_peak_hwm'] or api['rss_mb_peak_sampled']):.0f} | "
+                f"{api['heap_inuse_mb_start']} / {api['heap_inuse_mb_end']} | "
+                f"{_clients(x, 'coverage-exporter')} | {_clients(x, 'Prometheus')} | "
+                f"{'-' if pcpu is None else f'{pcpu:.2f}'} | "
+                f"{prom.get('heap_inuse_mb_median', '-')} / {prom.get('heap_inuse_mb_max', '-')} |"
+            )
+        lines.append("")
+    return lines
+
+
+def _cost_text(who: str, c: dict[str, Any], net: list[Any], k: int) -> str:
+    return (
+        f"{who}: {c['apiserver_cpu_s'][k]:.2f} CPU s ({net[k]} net of idle), RSS "
+        f"+{c['apiserver_rss_growth_mb'][k]} MB, heap +{c['apiserver_heap_growth_mb'][k]} MB"
+    )
+
+
+def _goal_line(i: int, g: dict[str, Any], w: dict[str, Any]) -> str:
+    if i == 0:
+        parts = []
+        for ref, label in (
+            ("prometheus_discovery", "the first Prometheus"),
+            ("prometheus_discovery_warm", "a second Prometheus, after the exporter"),
+        ):
+            c = g.get(f"initial_sync_vs_{ref}")
+            if not c:
+                continue
+            net = c.get("apiserver_cpu_s_net_of_idle", [None, None])
+            if not parts:
+                parts.append(_cost_text("exporter", c, net, 0))
+            parts.append(_cost_text(label, c, net, 1))
+        return "; ".join(parts) or "not measured"
+    if i == 1:
+        steady = w.get("steady_with_exporter")
+        if not steady:
+            return "not measured"
+        other = g.get("steady_exporter_other_lists") or {}
+        return (
+            f"{g.get('steady_exporter_relists')} relists in {steady['wall_s']:.0f} s "
+            f"(not an hour); exporter requests {g.get('steady_exporter_requests') or 'none'}"
+            + (f" (Operator objects read on their 5-min refresh: {other})" if other else "")
+            + "; per-event watch cost per client is not told apart by the apiserver's metrics: "
+            "not measured"
+        )
+    if i == 2:
+        h = g.get("prometheus_default_flags_per_hour")
+        s = g.get("prometheus_steady") or {}
+        if not h:
+            return "not measured"
+        return (
+            f"{h['share_of_core_pct']:.3f}% of one core ({h['cpu_s']:.1f} CPU s per hour, from "
+            f"{s.get('cpu_s_per_cycle')} s per steady cycle and "
+            f"{(g.get('prometheus_full_reread') or {}).get('cpu_s_per_full_reread')} s per full "
+            f"re-read); serving time {s.get('serving_s_per_cycle')} s per steady cycle"
+        )
+    full = g.get("prometheus_full_reread")
+    if not full:
+        return "not measured"
+    return (
+        f"+{full['heap_growth_pct']}% (heap_inuse peak {full['peak_heap_mb_during_rereads']} MB "
+        f"during {full['full_rereads']:.0f} full re-reads against a steady median of "
+        f"{full['steady_heap_mb']} MB); serving time {full['serving_s_per_full_reread']} s "
+        f"per full re-read"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

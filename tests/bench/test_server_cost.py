@@ -151,6 +151,26 @@ def test_goal_figures() -> None:
     assert full["heap_growth_pct"] == 5.0
     hour = goals["prometheus_default_flags_per_hour"]
     assert hour["cpu_s"] == 60 * 0.5 + 6 * 2.0
+    # RESULTS.md's section: one line per goal of the issue, then the windows
+    result.update(
+        revision="abc1234",
+        started="2026-12-08 00:00:00 UTC",
+        load_average_start=[1.0, 1.0, 1.0],
+        flags={
+            "steady": 120.0,
+            "idle": 20.0,
+            "tail": 10.0,
+            "scrape_interval": "1m",
+            "reread_interval": "20s",
+        },
+        goals=goals,
+    )
+    md = "\n".join(server_cost.render_section([result]))
+    assert "### 2,000 nodes" in md
+    for goal in server_cost.GOALS:
+        line = next(x for x in md.splitlines() if x.startswith(f"| {goal} |"))
+        assert "not measured" not in line or goal.startswith("apiserver, steady"), line
+    assert "exporter: 2.00 CPU s" in md and "+5.0%" in md
 
 
 def test_testbed_control_plane_only_with_audit(tmp_path: Path) -> None:
