@@ -882,7 +882,7 @@ def _cost_text(who: str, c: dict[str, Any], net: list[Any], k: int) -> str:
 
 def _goal_line(i: int, g: dict[str, Any], w: dict[str, Any]) -> str:
     if i == 0:
-        parts = []
+        parts: list[str] = []
         for ref, label in (
             ("prometheus_discovery", "the first Prometheus"),
             ("prometheus_discovery_warm", "a second Prometheus, after the exporter"),
@@ -1035,8 +1035,8 @@ def main(argv: list[str] | None = None) -> int:
         result["error"] = str(e)
         status = 1
     finally:
-        for e in exporters:
-            e.stop()
+        for exp in exporters:
+            exp.stop()
         for p in proms:
             p.stop()
         cluster.down(remove_state=False)
