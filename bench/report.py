@@ -371,9 +371,9 @@ def render(rows: dict[int, dict]) -> str:
         lines.append("")
     cost = [json.loads(f.read_text()) for f in sorted((RESULTS / "server_cost").glob("*.json"))]
     if cost:
-        from bench import server_cost
+        from bench import server_cost_goals
 
-        lines += server_cost.render_section(cost)
+        lines += server_cost_goals.render_section(cost)
     analysis = HERE / "analysis.md"
     if analysis.exists():
         lines += [analysis.read_text().rstrip(), ""]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from bench import server_cost
+from bench import server_cost, server_cost_goals
 from tools import chart
 
 # Lines the testbed's kube-apiserver v1.36 wrote under testbed.cluster's
@@ -136,7 +136,7 @@ def test_goal_figures() -> None:
             "full_rereads": _window(0.5, 120.0, 15.0),
         },
     }
-    goals = server_cost.per_goal(result)
+    goals = server_cost_goals.per_goal(result)
     sync = goals["initial_sync_vs_prometheus_discovery"]
     assert sync["apiserver_cpu_s"] == [2.0, 3.0]
     assert sync["apiserver_rss_growth_mb"] == [2.0, 3.0]
@@ -165,9 +165,9 @@ def test_goal_figures() -> None:
         },
         goals=goals,
     )
-    md = "\n".join(server_cost.render_section([result]))
+    md = "\n".join(server_cost_goals.render_section([result]))
     assert "### 2,000 nodes" in md
-    for goal in server_cost.GOALS:
+    for goal in server_cost_goals.GOALS:
         line = next(x for x in md.splitlines() if x.startswith(f"| {goal} |"))
         assert "not measured" not in line or goal.startswith("apiserver, steady"), line
     assert "exporter: 2.00 CPU s" in md and "+5.0%" in md

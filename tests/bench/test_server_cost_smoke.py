@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.server_cost import WATCHED
+from bench.server_cost_goals import WATCHED
 
 REPO = Path(__file__).resolve().parents[2]
 WINDOWS = (
