@@ -163,7 +163,8 @@ def render_section(results: list[dict[str, Any]]) -> list[str]:
             f"{f['tail']:.0f} s kept after discovery or sync; scrape interval "
             f"{f['scrape_interval'] or 'kube-prometheus'}; re-read window at `--interval "
             f"{f['reread_interval']}`."
-            + (f" Stopped early: {r['error']}." if r.get("error") else ""),
+            + (f" Stopped early: {r['error']}." if r.get("error") else "")
+            + (f" Note: {r['note']}." if r.get("note") else ""),
             "",
             "| goal | measured |",
             "| --- | --- |",
