@@ -104,12 +104,16 @@ def per_goal(result: dict[str, Any]) -> dict[str, Any]:
 def _serving_s(with_: dict[str, Any], without: dict[str, Any]) -> float:
     """Seconds the Prometheus spent serving the exporter's requests
     (prometheus_http_request_duration_seconds): every handler but /metrics,
-    and /metrics beyond the harness's own samples (the window without the
-    exporter reads it as often). Less noisy than CPU deltas; an upper bound
-    of their CPU when requests wait on nothing else."""
-    w, wo = with_.get("http_seconds", {}), without.get("http_seconds", {})
+    and /metrics only for the reads beyond the harness's own samples (the
+    window without the exporter makes as many), at their mean duration.
+    Steadier than CPU deltas; an upper bound of their CPU when requests
+    wait on nothing else."""
+    w = with_.get("http_seconds", {})
+    n, no = with_.get("http_requests", {}), without.get("http_requests", {})
     other = sum(v for h, v in w.items() if h != "/metrics")
-    return round(other + max(0.0, w.get("/metrics", 0.0) - wo.get("/metrics", 0.0)), 4)
+    extra = n.get("/metrics", 0.0) - no.get("/metrics", 0.0)
+    mean = w.get("/metrics", 0.0) / n["/metrics"] if n.get("/metrics") else 0.0
+    return round(other + max(0.0, extra) * mean, 4)
 
 
 def _growth(api: dict[str, Any]) -> float | None:
