@@ -602,13 +602,19 @@ def serve(
     guards: Guards | None = None,
     web_config_file: str | None = None,
 ) -> int:
-    try:
-        return _run_and_exit(
-            _serve(settings, listen_address, interval, full_refresh, guards, web_config_file)
-        )
-    except ValueError as err:
-        print(f"coverage-exporter: {err}", file=sys.stderr)
-        return 2
-    except ListenError as err:
-        print(f"coverage-exporter: {err}", file=sys.stderr)
-        return 1
+
+    async def main() -> int:
+        # The errors become exit codes inside the loop, so that a thread left
+        # busy (see _run_and_exit) cannot hold these exits either.
+        try:
+            return await _serve(
+                settings, listen_address, interval, full_refresh, guards, web_config_file
+            )
+        except ValueError as err:
+            print(f"coverage-exporter: {err}", file=sys.stderr)
+            return 2
+        except ListenError as err:
+            print(f"coverage-exporter: {err}", file=sys.stderr)
+            return 1
+
+    return _run_and_exit(main())
