@@ -34,8 +34,10 @@ from coverage_exporter.model.findings import Finding, FindingKind
 from coverage_exporter.model.objects import ServiceKey
 
 TOO_MANY_ADDRESSES_TO_MIRROR = "TooManyAddressesToMirror"
-MIRRORING_CONTROLLER = "endpointslice-mirroring-controller"
-"""The event's source component (EventRecorder of that controller)."""
+MIRRORING_CONTROLLER = "endpoint-slice-mirroring-controller"
+"""The event's source.component: the controller's EventRecorder names
+itself so (pkg/controller/endpointslicemirroring), though the controller
+is enabled as `endpointslice-mirroring-controller`."""
 
 EVIDENCE: Mapping[FindingKind, str] = {
     FindingKind.MIRRORING_CAPPED: TOO_MANY_ADDRESSES_TO_MIRROR,

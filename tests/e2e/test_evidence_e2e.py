@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from coverage_exporter.model.evidence import MIRRORING_CONTROLLER
 from testbed import scenarios as s
 from testbed.cluster import Cluster
 from testbed.kube import Kube
@@ -88,7 +89,7 @@ def test_the_controllers_event_is_shown_with_the_mirroring_finding(
     assert said["finding"] == "mirroring_capped"
     assert said["reason"] == REASON
     assert said["component"] == event["source"]["component"]
-    assert said["component"] == "endpointslice-mirroring-controller"
+    assert said["component"] == MIRRORING_CONTROLLER
     assert said["message"] == event["message"]
     assert said["skipped"] == skipped
     assert said["count"] >= 1

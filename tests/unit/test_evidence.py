@@ -43,7 +43,7 @@ def capped(
         message,
         3,
         last,
-        "endpointslice-mirroring-controller",
+        "endpoint-slice-mirroring-controller",
     )
 
 
@@ -69,7 +69,7 @@ def test_audit_words_and_json_show_the_event_with_the_finding() -> None:
     (line,) = [x for x in findings(s, evidence) if "mirroring controller left" in x]
     assert line.endswith(
         "Kubernetes says so: Warning TooManyAddressesToMirror from "
-        "endpointslice-mirroring-controller x3, last 2026-12-08T00:10:00Z: "
+        "endpoint-slice-mirroring-controller x3, last 2026-12-08T00:10:00Z: "
         f'"{CAP_MESSAGE}".'
     )
     doc = json.loads(render_json(report, [], True, (), evidence))
@@ -79,7 +79,7 @@ def test_audit_words_and_json_show_the_event_with_the_finding() -> None:
         {
             "finding": "mirroring_capped",
             "reason": "TooManyAddressesToMirror",
-            "component": "endpointslice-mirroring-controller",
+            "component": "endpoint-slice-mirroring-controller",
             "message": CAP_MESSAGE,
             "count": 3,
             "last_seen": "2026-12-08T00:10:00Z",
@@ -144,12 +144,12 @@ def core_event(**over: object) -> bytes:
         },
         "reason": "TooManyAddressesToMirror",
         "message": CAP_MESSAGE,
-        "source": {"component": "endpointslice-mirroring-controller"},
+        "source": {"component": "endpoint-slice-mirroring-controller"},
         "firstTimestamp": "2026-12-08T00:00:00Z",
         "lastTimestamp": "2026-12-08T00:10:00Z",
         "count": 3,
         "type": "Warning",
-        "reportingComponent": "endpointslice-mirroring-controller",
+        "reportingComponent": "endpoint-slice-mirroring-controller",
     }
     body.update(over)
     return msgspec.json.encode(body)
@@ -169,7 +169,7 @@ def test_parse_core_and_events_v1_shapes() -> None:
     assert (series.count, series.last_seen, series.component) == (
         7,
         "2026-12-08T00:20:00.000000Z",
-        "endpointslice-mirroring-controller",
+        "endpoint-slice-mirroring-controller",
     )
 
 
