@@ -50,7 +50,8 @@ def audit(testbed: Cluster, *extra: str) -> dict[str, Any]:
     assert done.returncode in (0, 1), done.stderr
     assert "Traceback" not in done.stderr, done.stderr
     assert "pod owners not confirmed" not in done.stderr, done.stderr
-    (svc,) = json.loads(done.stdout)["services"]
+    doc = json.loads(done.stdout)
+    (svc,) = [x for x in doc["services"] if (x["namespace"], x["service"]) == (NS, NAME)]
     return svc
 
 
