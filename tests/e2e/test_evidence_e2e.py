@@ -41,7 +41,7 @@ def audit(testbed: Cluster, kubeconfig: Path) -> dict[str, Any]:
          "--prometheus-url", f"prometheus-3={url}", "--service", KUBELET, "--output", "json"],
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
-    assert done.returncode in (0, 1), done.stderr
+    assert done.returncode in (0, 1, 3), done.stderr  # judged, gaps, or a source unknown
     assert "Traceback" not in done.stderr, done.stderr
     return json.loads(done.stdout)
 
