@@ -11,16 +11,9 @@ import msgspec
 
 from coverage_exporter import runbooks
 from coverage_exporter.health import SourceHealth
+from coverage_exporter.model import evidence as kube_evidence
 from coverage_exporter.model.causes import Cause, StageCauses
 from coverage_exporter.model.coverage import MissingTarget, ServiceCoverage
-from coverage_exporter.model.evidence import (
-    NO_EVIDENCE,
-    ControllerEvent,
-    EventsRead,
-    Evidence,
-    evidence_unread,
-    finding_evidence,
-)
 from coverage_exporter.model.findings import RUNBOOK_MIGRATION, Finding, FindingKind
 from coverage_exporter.model.findings import service_findings as model_findings
 from coverage_exporter.model.gaps import STAGE_PROMETHEUS
@@ -210,7 +203,9 @@ def finding_words(s: ServiceCoverage, f: Finding) -> str:
     return misses
 
 
-def finding_line(s: ServiceCoverage, f: Finding, evidence: Evidence = NO_EVIDENCE) -> str:
+def finding_line(
+    s: ServiceCoverage, f: Finding, evidence: kube_evidence.Evidence = kube_evidence.NO_EVIDENCE
+) -> str:
     """The finding as the audit prints it, its runbook as a URL, then what
     Kubernetes itself says of it (model.evidence)."""
     runbook = f" ({runbooks.runbook_url(f.runbook)})" if f.runbook else ""
@@ -219,7 +214,7 @@ def finding_line(s: ServiceCoverage, f: Finding, evidence: Evidence = NO_EVIDENC
     return f"{s.namespace}/{s.service}: {finding_words(s, f)}{why}{runbook}.{said}"
 
 
-def event_words(e: ControllerEvent) -> str:
+def event_words(e: kube_evidence.ControllerEvent) -> str:
     """One event as Kubernetes wrote it (escaped and cut at reading)."""
     seen = f", last {e.last_seen}" if e.last_seen else ""
     times = f" x{e.count}" if e.count > 1 else ""
@@ -227,15 +222,15 @@ def event_words(e: ControllerEvent) -> str:
     return f'Warning {e.reason}{who}{times}{seen}: "{e.message}"'
 
 
-def evidence_words(f: Finding, evidence: Evidence) -> str:
+def evidence_words(f: Finding, evidence: kube_evidence.Evidence) -> str:
     """' Kubernetes says so: ...' for a finding its events confirm; a note
     when they could not be read; nothing otherwise (a finding without an
     event is still a finding: the controller records none while nothing
     changes, and events expire)."""
-    events = finding_evidence(f, evidence)
+    events = kube_evidence.finding_evidence(f, evidence)
     if events:
         return " Kubernetes says so: " + "; ".join(event_words(e) for e in events) + "."
-    if evidence_unread(f, evidence):
+    if kube_evidence.evidence_unread(f, evidence):
         return f" (Kubernetes events not read: {evidence.detail})"
     return ""
 
@@ -249,7 +244,9 @@ def _finding_causes(f: Finding) -> str:
     return f"; {words}" if words else ""
 
 
-def findings(s: ServiceCoverage, evidence: Evidence = NO_EVIDENCE) -> list[str]:
+def findings(
+    s: ServiceCoverage, evidence: kube_evidence.Evidence = kube_evidence.NO_EVIDENCE
+) -> list[str]:
     """What is wrong with one Service, in words, with what to do. Lines
     that describe a gap say so; the rest are findings that lose nothing
     today (no pool reads the stage)."""
@@ -307,10 +304,10 @@ def render_table(
     sources: Sequence[SourceHealth],
     complete: bool = True,
     readiness: Sequence[Readiness] = (),
-    evidence: Evidence = NO_EVIDENCE,
+    evidence: kube_evidence.Evidence = kube_evidence.NO_EVIDENCE,
 ) -> str:
     lines = [_source_line(h) for h in sources]
-    if evidence.state in (EventsRead.FORBIDDEN, EventsRead.FAILED):
+    if evidence.state in (kube_evidence.EventsRead.FORBIDDEN, kube_evidence.EventsRead.FAILED):
         lines.append(f"Kubernetes events: not read ({evidence.detail})")
     if report is None:
         return "\n".join([*lines, verdict(None, complete)]) + "\n"
@@ -350,7 +347,7 @@ def _causes_json(causes: StageCauses) -> dict[str, object]:
     }
 
 
-def evidence_json(s: ServiceCoverage, evidence: Evidence) -> list[dict[str, object]]:
+def evidence_json(s: ServiceCoverage, evidence: kube_evidence.Evidence) -> list[dict[str, object]]:
     """The events that confirm the Service's findings, each with the kind
     of the finding it confirms."""
     return [
@@ -364,11 +361,13 @@ def evidence_json(s: ServiceCoverage, evidence: Evidence) -> list[dict[str, obje
             "skipped": e.skipped,
         }
         for f in model_findings(s)
-        for e in finding_evidence(f, evidence)
+        for e in kube_evidence.finding_evidence(f, evidence)
     ]
 
 
-def service_json(s: ServiceCoverage, evidence: Evidence = NO_EVIDENCE) -> dict[str, object]:
+def service_json(
+    s: ServiceCoverage, evidence: kube_evidence.Evidence = kube_evidence.NO_EVIDENCE
+) -> dict[str, object]:
     stages = service_stages(s)
     ep_causes, sl_causes = stages[0].causes, stages[1].causes
     pool_causes = [st.causes for st in stages[2:]]
@@ -480,7 +479,7 @@ def render_json(
     sources: Sequence[SourceHealth],
     complete: bool = True,
     readiness: Sequence[Readiness] = (),
-    evidence: Evidence = NO_EVIDENCE,
+    evidence: kube_evidence.Evidence = kube_evidence.NO_EVIDENCE,
 ) -> str:
     fleet = report.fleet if report is not None else None
     complete = complete and report is not None and all(h.up for h in sources)
