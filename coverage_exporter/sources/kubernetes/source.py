@@ -151,6 +151,7 @@ class KubernetesSource:
         self._owner_facts: dict[PodKey, Owner] = {}
         """Owners read from pods' metadata (model.owners, issue #19 item 8)."""
         self._owner_facts_version = 0
+        self._confirm_memo: dict[PodScopeKey, tuple[tuple[Any, ...], list[str]]] = {}
         self.owners_unconfirmed = 0
         """Pods whose owner should be read from metadata and is not yet."""
         self._stopping: set[asyncio.Task[None]] = set()
@@ -319,9 +320,19 @@ class KubernetesSource:
             if not reflector.synced or reflector.parser.accept != pod_table.TABLE_ACCEPT:
                 continue
             view = self._pod_view(scope_key, reflector, prefixes)
-            selector = self._pod_selectors.get(scope_key, {})
-            names = owners_to_confirm(view, namespace, selector, prefixes, self._owner_facts)
+            # The same view (memoised) and facts give the same answer: a
+            # steady cycle does not walk 100k pods again.
+            stamp = (id(reflector), reflector.generation, id(prefixes), self._owner_facts_version)
+            memo = self._confirm_memo.get(scope_key)
+            if memo is not None and memo[0] == stamp:
+                names = memo[1]
+            else:
+                selector = self._pod_selectors.get(scope_key, {})
+                names = owners_to_confirm(view, namespace, selector, prefixes, self._owner_facts)
+                self._confirm_memo[scope_key] = (stamp, names)
             wanted += [(namespace, n) for n in names]
+        for scope_key in self._confirm_memo.keys() - self._pod_reflectors.keys():
+            del self._confirm_memo[scope_key]
         gone = [k for k in self._owner_facts if k not in live]
         for key in gone:
             del self._owner_facts[key]
