@@ -21,6 +21,11 @@ servers:
 
 The keys follow Prometheus's own configuration (`authorization`,
 `basic_auth`, `tls_config`) so that they read as users already know them.
+The file is read strictly, because a key dropped in silence fails open: an
+unknown key at any level is refused by name, `insecure_skip_verify` must
+be a real boolean (the string "false" was true), and secrets are read from
+files only (an inline `credentials` or `password` was dropped, and the
+server was asked with an empty password).
 """
 
 from __future__ import annotations
@@ -49,6 +54,12 @@ _SERVER_KEYS = {
     "shards",
     "kind",
 }
+_SECTION_KEYS = {
+    "authorization": {"type", "credentials_file"},
+    "basic_auth": {"username", "password_file"},
+    "tls_config": {"ca_file", "cert_file", "key_file", "insecure_skip_verify"},
+}
+_INLINE_SECRETS = {"authorization": "credentials", "basic_auth": "password"}
 
 
 def load_fleet_file(
@@ -81,6 +92,18 @@ def _server(path: str, index: int, raw: Any, default_timeout: float) -> Promethe
     auth = _mapping(where, raw, "authorization")
     basic = _mapping(where, raw, "basic_auth")
     tls = _mapping(where, raw, "tls_config")
+    kind = auth.get("type", "Bearer")
+    if not isinstance(kind, str) or kind.lower() != "bearer":
+        raise ValueError(f"{where}: authorization.type must be Bearer, got {kind!r}")
+    skip_verify = tls.get("insecure_skip_verify", False)
+    if not isinstance(skip_verify, bool):
+        raise ValueError(
+            f"{where}: tls_config.insecure_skip_verify must be true or false, "
+            f"not {type(skip_verify).__name__} {skip_verify!r}"
+        )
+    timeout = raw.get("timeout", default_timeout)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise ValueError(f"{where}: 'timeout' must be a number of seconds, got {timeout!r}")
     try:
         return PrometheusEndpoint(
             url=url,
@@ -91,8 +114,8 @@ def _server(path: str, index: int, raw: Any, default_timeout: float) -> Promethe
             ca_file=_opt_str(tls.get("ca_file")),
             cert_file=_opt_str(tls.get("cert_file")),
             key_file=_opt_str(tls.get("key_file")),
-            insecure_skip_verify=bool(tls.get("insecure_skip_verify", False)),
-            timeout_seconds=float(raw.get("timeout", default_timeout)),
+            insecure_skip_verify=skip_verify,
+            timeout_seconds=float(timeout),
             declared=Declared(
                 scraper=_opt_str(raw.get("scraper")),
                 replica=_opt_str(raw.get("replica")),
@@ -109,6 +132,15 @@ def _mapping(where: str, raw: dict[str, Any], key: str) -> dict[str, Any]:
     value = raw.get(key) or {}
     if not isinstance(value, dict):
         raise ValueError(f"{where}: '{key}' must be a mapping")
+    inline = _INLINE_SECRETS.get(key)
+    if inline is not None and inline in value:
+        raise ValueError(
+            f"{where}: {key}.{inline} inline is not read; put the secret in a file "
+            f"and name it with {key}.{inline.removesuffix('s')}_file"
+        )
+    unknown = sorted(set(map(str, value)) - _SECTION_KEYS[key])
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {', '.join(f'{key}.{k}' for k in unknown)}")
     return value
 
 
