@@ -59,6 +59,7 @@ class Settings:
     missing_info_limit: int
     kubernetes_sync_timeout: float
     stale_after_seconds: float = parse_seconds(defaults.PROMETHEUS_STALE_AFTER)
+    discovery_grace_seconds: float = parse_seconds(defaults.PROMETHEUS_DISCOVERY_GRACE)
     operator_refresh_seconds: float = parse_seconds(defaults.OPERATOR_REFRESH_INTERVAL)
     decode_in_process: bool = False
     """Target lists decoded in this process, not in the worker process of
@@ -109,6 +110,7 @@ class Settings:
             missing_info_limit=args.missing_target_series_limit,
             kubernetes_sync_timeout=args.kubernetes_sync_timeout,
             stale_after_seconds=args.prometheus_stale_after,
+            discovery_grace_seconds=args.prometheus_discovery_grace,
             # serve only: audit reads the Operator's objects once anyway.
             operator_refresh_seconds=getattr(
                 args, "operator_refresh_interval", parse_seconds(defaults.OPERATOR_REFRESH_INTERVAL)
@@ -238,6 +240,7 @@ class Exporter:
             settings.kubernetes_sync_timeout,
             full_refresh_seconds=full_refresh_seconds,
             stale_after_seconds=settings.stale_after_seconds,
+            discovery_grace_seconds=settings.discovery_grace_seconds,
             source_deadline=guards.source_deadline,
         )
 

@@ -329,3 +329,44 @@ async def test_a_service_only_a_pool_that_discovers_nothing_is_meant_for_is_miss
     (pool_stage,) = [st for st in service_stages(svc) if st.pool]
     assert pool_stage.causes.counts == {Cause.POOL_DISCOVERS_NOTHING: 10}
     assert result.report.has_gaps
+
+
+async def test_a_server_within_its_discovery_grace_is_still_discovering_never_a_gap() -> None:
+    """A fresh replica's pools are empty until its discovery delivers: the
+    same empty pool is `still_discovering` (coverage unknown) within the
+    grace period after the server's start, and a loss once past it."""
+    import time
+
+    cluster = clusters.node_exporter(10)
+    cluster.services = {
+        NE: Service(*NE, {"app": "node-exporter"}, {"app": "node-exporter"}, {}, ("metrics",))
+    }
+    job = ScrapeJob(
+        "serviceMonitor/monitoring/node-exporter/0",
+        "endpointslice",
+        ("monitoring",),
+        (RelabelRule("keep", ("__meta_kubernetes_service_label_app",), regex="node-exporter"),),
+    )
+
+    def fresh(uptime: float) -> PrometheusSnapshot:
+        started = time.time() - uptime
+        return PrometheusSnapshot("p", [], jobs=(job,), pools=(job.name,), started=started)
+
+    prom = ScriptedPrometheus("p", [fresh(5), fresh(130), PrometheusSnapshot("p", [])])
+    collector = CycleRunner(ScopedCluster(cluster), [prom], Scope(), discovery_grace_seconds=120)
+    young = await collector.run_cycle()
+    assert young.report is not None and not young.report.has_gaps and not young.complete
+    (svc,) = young.report.services
+    (pool_stage,) = [st for st in service_stages(svc) if st.pool]
+    assert pool_stage.count is None
+    assert pool_stage.causes.counts == {Cause.STILL_DISCOVERING: 10}
+    (replica,) = young.report.fleet.replicas.values()
+    assert replica.discovering
+    assert "still discovering: started 5s ago" in replica.why_unknown
+    assert prometheus_missing(young.exposition) == []
+
+    past = await collector.run_cycle()
+    assert past.report is not None and past.report.has_gaps
+    (svc,) = past.report.services
+    (pool_stage,) = [st for st in service_stages(svc) if st.pool]
+    assert pool_stage.causes.counts == {Cause.POOL_DISCOVERS_NOTHING: 10}
