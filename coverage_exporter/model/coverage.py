@@ -134,6 +134,9 @@ class ServiceCoverage:
     causes: Sequence[StageCauses] = ()
     """Why each stage misses what it misses (model.causes), in
     model.stages.service_stages' order: Endpoints, slices, then pools."""
+    daemonsets: Sequence[DaemonSet] = ()
+    """The DaemonSets whose pods back it (SOURCE_DAEMONSET), for
+    model.unreached."""
 
     @property
     def key(self) -> ServiceKey:
@@ -634,6 +637,7 @@ def service_coverage(
         target_counts=counts,
         pools=pools,
         unnamed=expected.unnamed,
+        daemonsets=expected.daemonsets,
         causes=service_causes(
             service, snapshot, expected, endpoints_seen, slices, pools, fleet, jobs or {}
         ),

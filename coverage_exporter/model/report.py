@@ -26,6 +26,7 @@ from coverage_exporter.model.objects import (
 )
 from coverage_exporter.model.scope import Scope, services_in_scope
 from coverage_exporter.model.stages import Stage, service_gaps
+from coverage_exporter.model.unreached import Unreached, unreached_nodes
 
 Remembered = Mapping[str, Mapping[ServiceKey, Mapping[str, str]]]
 """server -> Service -> {scrape pool: role} that discovered targets of the
@@ -48,6 +49,9 @@ class CoverageReport:
     fleet: Fleet = field(default_factory=Fleet)
     unresolved: Sequence[Unresolved] = field(default_factory=list)
     """In-scope Services whose expected targets could not be determined."""
+    unreached: Sequence[Unreached] = ()
+    """Nodes a node-level DaemonSet behind a compared Service never
+    reaches, kept off by a taint (model.unreached): findings, not gaps."""
 
     @property
     def gaps(self) -> list[Stage]:
@@ -216,4 +220,5 @@ def build_report(
         nodes_not_ready=len(cluster.nodes) - ready,
         fleet=fleet,
         unresolved=unresolved,
+        unreached=unreached_nodes((d for s in services for d in s.daemonsets), cluster.nodes),
     )

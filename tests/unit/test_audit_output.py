@@ -52,6 +52,7 @@ def test_json_without_kubernetes_says_nothing_was_compared() -> None:
         "nodes": None,
         "services": [],
         "unresolved": [],
+        "unreached": [],
     }
 
 
