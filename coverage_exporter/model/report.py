@@ -220,5 +220,20 @@ def build_report(
         nodes_not_ready=len(cluster.nodes) - ready,
         fleet=fleet,
         unresolved=unresolved,
-        unreached=unreached_nodes((d for s in services for d in s.daemonsets), cluster.nodes),
+        unreached=_unreached(services, cluster),
     )
+
+
+def _unreached(services: Sequence[ServiceCoverage], cluster: ClusterSnapshot) -> list[Unreached]:
+    """model.unreached for the DaemonSets behind the compared Services,
+    with the Nodes where their pods are."""
+    daemonsets = [d for s in services for d in s.daemonsets]
+    if not daemonsets:
+        return []
+    running: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for s in services:
+        if s.daemonsets:
+            for p in cluster.pods.get(s.key, ()):
+                if p.owner_kind == "DaemonSet" and p.owner_name and p.node_name:
+                    running[(s.namespace, p.owner_name)].add(p.node_name)
+    return unreached_nodes(daemonsets, cluster.nodes, running)

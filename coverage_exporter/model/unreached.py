@@ -26,7 +26,7 @@ select are already the expected set's (cause no_pod_taint).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from coverage_exporter.model.objects import DaemonSet, Node, Taint
@@ -54,9 +54,17 @@ class Unreached:
         return sorted(n for names in self.by_taint.values() for n in names)
 
 
-def unreached_nodes(daemonsets: Iterable[DaemonSet], nodes: Mapping[str, Node]) -> list[Unreached]:
+def unreached_nodes(
+    daemonsets: Iterable[DaemonSet],
+    nodes: Mapping[str, Node],
+    running: Mapping[tuple[str, str], Collection[str]] | None = None,
+) -> list[Unreached]:
     """For each distinct node-level DaemonSet (selects no Nodes, placement
-    known), the Nodes a taint keeps it off; those with none are left out."""
+    known), the Nodes a taint keeps it off; those with none are left out.
+    `running`: (namespace, DaemonSet) -> the Nodes that hold one of its
+    pods, left out: a NoSchedule taint set after the pod was placed keeps
+    no pod away (the controller evicts for NoExecute only)."""
+    running = running or {}
     out: list[Unreached] = []
     seen: set[tuple[str, str]] = set()
     for d in daemonsets:
@@ -65,6 +73,7 @@ def unreached_nodes(daemonsets: Iterable[DaemonSet], nodes: Mapping[str, Node]) 
         if key in seen or placement is None or selects_nodes(placement):
             continue
         seen.add(key)
+        there = running.get(key, ())
         # Nodes share their taints tuple by distinct set (sources.k8s_parse):
         # one answer per set, not per Node (100k Nodes, a handful of sets).
         memo: dict[int, Taint | None] = {}
@@ -76,7 +85,7 @@ def unreached_nodes(daemonsets: Iterable[DaemonSet], nodes: Mapping[str, Node]) 
             if at not in memo:
                 memo[at] = keeping_taint(placement, node)
             taint = memo[at]
-            if taint is not None:
+            if taint is not None and name not in there:
                 by_taint.setdefault(taint, []).append(name)
         if by_taint:
             out.append(

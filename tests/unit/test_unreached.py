@@ -72,3 +72,11 @@ def test_one_finding_per_daemonset_even_behind_two_services() -> None:
         ("node-exporter", 3),
         ("windows-exporter", 3),
     ]
+
+
+def test_a_node_that_holds_a_pod_is_not_unreached() -> None:
+    """A NoSchedule taint set after the pod was placed evicts nothing."""
+    placement = PodPlacement(tolerations=NO_SCHEDULE_ONLY)
+    running = {("monitoring", "node-exporter"): {"ingest-1"}}
+    (u,) = unreached_nodes([ds(placement)], nodes(), running)
+    assert u.by_taint == {INGEST: ("ingest-0", "ingest-2")}
