@@ -122,6 +122,12 @@ class TargetSource(Protocol):
 
     async def pool_target_counts(self) -> dict[str, int] | None: ...
 
+    @property
+    def discovery_settled(self) -> bool:
+        """Its discovery has delivered to every pool it runs, as its last
+        pool counts tell (sources.prometheus.source.discovery_settled)."""
+        ...
+
 
 class TargetPoller:
     """Decides how much of one Prometheus to read this cycle.
@@ -312,7 +318,15 @@ class CycleRunner:
                 if snap is not None and snap is not last:
                     name, identity = snap.name, snap.server_identity
                 discovering = False
-                if known and not why and snap is not None and snap.started is not None:
+                if (
+                    known
+                    and not why
+                    and snap is not None
+                    and snap.started is not None
+                    # Thanos stores (members) tell no start; the counts
+                    # are the polled server's own.
+                    and not (snap is last and poller.source.discovery_settled)
+                ):
                     uptime = wall - snap.started
                     if uptime < self._discovery_grace:
                         discovering = True

@@ -68,6 +68,7 @@ class ScriptedPrometheus:
         self._counts = counts or []
         self.collect_calls: list[Collection[str] | None] = []
         self._active: dict[str, int] = {}
+        self.discovery_settled = False
 
     @property
     def pool_active_counts(self) -> Mapping[str, int]:
@@ -368,5 +369,40 @@ async def test_a_server_within_its_discovery_grace_is_still_discovering_never_a_
     past = await collector.run_cycle()
     assert past.report is not None and past.report.has_gaps
     (svc,) = past.report.services
+    (pool_stage,) = [st for st in service_stages(svc) if st.pool]
+    assert pool_stage.causes.counts == {Cause.POOL_DISCOVERS_NOTHING: 10}
+
+
+async def test_a_fresh_server_whose_discovery_has_settled_is_judged_within_the_grace() -> None:
+    """The grace period ends early once the server's own counts say its
+    discovery delivered to every pool (sources.prometheus.source.
+    discovery_settled): then an empty pool is a loss, as it would be
+    after the grace."""
+    import time
+
+    cluster = clusters.node_exporter(10)
+    cluster.services = {
+        NE: Service(*NE, {"app": "node-exporter"}, {"app": "node-exporter"}, {}, ("metrics",))
+    }
+    job = ScrapeJob(
+        "serviceMonitor/monitoring/node-exporter/0",
+        "endpointslice",
+        ("monitoring",),
+        (RelabelRule("keep", ("__meta_kubernetes_service_label_app",), regex="node-exporter"),),
+    )
+    fresh = PrometheusSnapshot("p", [], jobs=(job,), pools=(job.name,), started=time.time() - 15)
+    prom = ScriptedPrometheus("p", [fresh, fresh])
+    collector = CycleRunner(ScopedCluster(cluster), [prom], Scope(), discovery_grace_seconds=120)
+    unsettled = await collector.run_cycle()
+    assert unsettled.report is not None and not unsettled.report.has_gaps
+    (replica,) = unsettled.report.fleet.replicas.values()
+    assert replica.discovering
+
+    prom.discovery_settled = True
+    settled = await collector.run_cycle()
+    assert settled.report is not None and settled.report.has_gaps
+    (replica,) = settled.report.fleet.replicas.values()
+    assert not replica.discovering and replica.why_unknown == ""
+    (svc,) = settled.report.services
     (pool_stage,) = [st for st in service_stages(svc) if st.pool]
     assert pool_stage.causes.counts == {Cause.POOL_DISCOVERS_NOTHING: 10}

@@ -229,6 +229,32 @@ def parse_pool_target_counts(text: str) -> dict[str, int] | None:
 
 
 _START_TIME = "process_start_time_seconds "
+_SETTLE_SECONDS = 10.0
+"""How long every pool's count must hold still on a server's /metrics
+before its discovery is taken as delivered: two rounds of Prometheus's
+discovery manager (it sends every 5 s) and scrape manager (it reloads
+every 5 s), so that a delivery cut by a send tick is seen to grow."""
+
+
+def discovery_settled(
+    counts: Mapping[str, int] | None, pools: Collection[str], steady_for: float
+) -> bool:
+    """Whether a server's discovery has delivered to every pool it runs, so
+    that its coverage can be judged before the grace period after its start
+    ends (cycle.CycleRunner): every pool counted above zero on its /metrics,
+    the counts unchanged for _SETTLE_SECONDS.
+
+    A count of zero proves nothing: Prometheus counts every pool, at zero,
+    from its first discovery send (about 5 s after its start), before its
+    Kubernetes informers have listed anything (discovery/manager.go sends
+    empty lists for pools without targets; checked on the real 3.16 with
+    an API server that never answers, tests/local/test_prometheus_source.py).
+    So a server with a pool that discovers nothing, or not yet, waits the
+    grace period out; vmagent does not list a pool without targets at all,
+    which counts as zero."""
+    if counts is None or not pools or steady_for < _SETTLE_SECONDS:
+        return False
+    return all(counts.get(pool, 0) > 0 for pool in pools)
 
 
 def parse_start_time(text: str) -> float | None:
@@ -350,6 +376,9 @@ class PrometheusSource:
         self._started: float | None = None
         """PrometheusSnapshot.started: set when the told start changes (a
         restart), then kept, so that snapshots stay equal while it runs."""
+        self._steady: tuple[dict[str, int] | None, float] = (None, 0.0)
+        """The pool counts its /metrics last told, and since when
+        (time.monotonic()) it has told the same (discovery_settled)."""
 
     @property
     def kind(self) -> str:
@@ -600,10 +629,29 @@ class PrometheusSource:
                 self._fail(f"GET {METRICS_PATH}: HTTP {status}: {_error_detail(body)}")
         except SourceError as exc:
             log.warning("cannot read the pool target counts", extra=fields(err=exc))
+            self._steady = (None, 0.0)  # not seen holding still
             return None
         text = body.decode("utf-8", "replace")
         self._note_start(parse_start_time(text), dates[0] if dates else "")
-        return parse_pool_target_counts(text)
+        counts = parse_pool_target_counts(text)
+        if counts != self._steady[0]:
+            self._steady = (counts, time.monotonic())
+        return counts
+
+    @property
+    def discovery_settled(self) -> bool:
+        """Its discovery has delivered to every pool it runs (see
+        `discovery_settled`), as of its last /metrics read: cycle.CycleRunner
+        then judges it before the grace period after its start ends. The
+        pools it runs: its configuration's jobs, the pools it listed and the
+        pools it counts (before its first reload it lists and counts none)."""
+        counts, since = self._steady
+        if self._started is None:
+            return False
+        pools = set(counts or ()) | self._pools.keys()
+        if self._config is not None:
+            pools.update(job.name for job in self._config.jobs)
+        return discovery_settled(counts, pools, time.monotonic() - since)
 
     def _note_start(self, told: float | None, date: str) -> None:
         """The server's start on this exporter's clock: now minus its own
@@ -612,9 +660,11 @@ class PrometheusSource:
         once per start told, so a steady server gives a steady value."""
         if told is None:
             self._start_told = self._started = None
+            self._steady = (None, 0.0)
             return
         if told == self._start_told:
             return
+        self._steady = (None, 0.0)  # a restart: its counts start over
         now = time.time()
         try:
             server_now = parsedate_to_datetime(date).timestamp() if date else now
