@@ -7,6 +7,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from coverage_exporter.model.controllers import RUNNING, Controllers, controllers
 from coverage_exporter.model.coverage import (
     ServiceCoverage,
     ServiceTargets,
@@ -52,6 +53,9 @@ class CoverageReport:
     unreached: Sequence[Unreached] = ()
     """Nodes a node-level DaemonSet behind a compared Service never
     reaches, kept off by a taint (model.unreached): findings, not gaps."""
+    controllers: Controllers = RUNNING
+    """What the cluster's objects say of the Endpoints and mirroring
+    controllers (model.controllers)."""
 
     @property
     def gaps(self) -> list[Stage]:
@@ -191,6 +195,7 @@ def build_report(
     services: list[ServiceCoverage] = []
     unresolved: list[Unresolved] = []
     discovered = services_scraped(cluster, prometheus, grouped, remembered, memo)
+    found = controllers(cluster)
     for service in services_in_scope(scope, cluster, discovered):
         coverage = service_coverage(
             service,
@@ -201,6 +206,7 @@ def build_report(
             meant_pools(service, prometheus, remembered, memo),
             unjudged,
             jobs,
+            found,
         )
         if coverage is None:
             reason = (
@@ -221,6 +227,7 @@ def build_report(
         fleet=fleet,
         unresolved=unresolved,
         unreached=_unreached(services, cluster),
+        controllers=found,
     )
 
 
