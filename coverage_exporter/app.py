@@ -373,14 +373,13 @@ async def after_discovery(
 
 
 def _discovering(result: CycleResult) -> list[str]:
+    """Every server still discovering, also in a replica that is unknown
+    for another reason too (a shard down): its share is then counted once
+    settled, rather than left out."""
     if result.report is None:
         return []
     return sorted(
-        s.name
-        for r in result.report.fleet.replicas.values()
-        if r.discovering
-        for s in r.servers
-        if s.discovering
+        s.name for r in result.report.fleet.replicas.values() for s in r.servers if s.discovering
     )
 
 
