@@ -124,6 +124,12 @@ class TargetSource(Protocol):
 
     async def pool_target_counts(self) -> dict[str, int] | None: ...
 
+    @property
+    def discovery_settled(self) -> bool:
+        """Its discovery has delivered to every pool it runs, as its last
+        pool counts tell (sources.prometheus.source.discovery_settled)."""
+        ...
+
 
 class TargetPoller:
     """Decides how much of one Prometheus to read this cycle.
@@ -235,10 +241,14 @@ class CycleRunner:
         full_refresh_seconds: float = 0.0,
         stale_after_seconds: float = parse_seconds(defaults.PROMETHEUS_STALE_AFTER),
         source_deadline: float = parse_seconds(defaults.SOURCE_DEADLINE),
+        discovery_grace_seconds: float = parse_seconds(defaults.PROMETHEUS_DISCOVERY_GRACE),
     ) -> None:
         self._cluster = cluster
         self._prometheus = [TargetPoller(p, full_refresh_seconds) for p in prometheus]
         self._stale_after = stale_after_seconds
+        self._discovery_grace = discovery_grace_seconds
+        """How long after a server's start its empty pools are not losses
+        (defaults.PROMETHEUS_DISCOVERY_GRACE says why)."""
         self._last_success: dict[str, float] = {}
         """Monotonic time of each server's last good answer."""
         self._remembered: dict[str, dict[ServiceKey, dict[str, str]]] = {}
@@ -293,6 +303,7 @@ class CycleRunner:
         """Every configured server, known or not, with its place in the
         fleet as its last good answer told it."""
         now = time.monotonic()
+        wall = time.time()
         out = []
         for poller in self._prometheus:
             name = poller.source.health.prometheus
@@ -311,7 +322,25 @@ class CycleRunner:
                 why = snap.unknown_reason if snap else ""
                 if snap is not None and snap is not last:
                     name, identity = snap.name, snap.server_identity
-                out.append(ServerState(name, identity, known and not why, why))
+                discovering = False
+                if (
+                    known
+                    and not why
+                    and snap is not None
+                    and snap.started is not None
+                    # Thanos stores (members) tell no start; the counts
+                    # are the polled server's own.
+                    and not (snap is last and poller.source.discovery_settled)
+                ):
+                    uptime = wall - snap.started
+                    if uptime < self._discovery_grace:
+                        discovering = True
+                        why = (
+                            f"still discovering: started {max(0.0, uptime):.0f}s ago, its service "
+                            f"discovery may not have delivered every target within "
+                            f"{self._discovery_grace:g}s"
+                        )
+                out.append(ServerState(name, identity, known and not why, why, discovering))
         return tuple(out)
 
     def _remember(

@@ -18,10 +18,11 @@ from coverage_exporter.model.findings import RUNBOOK_MIGRATION, Finding, Finding
 from coverage_exporter.model.findings import service_findings as model_findings
 from coverage_exporter.model.gaps import STAGE_PROMETHEUS
 from coverage_exporter.model.intent import RuleRef
-from coverage_exporter.model.objects import ROLE_ENDPOINTS
+from coverage_exporter.model.objects import ROLE_ENDPOINTS, Taint
 from coverage_exporter.model.readiness import Readiness
 from coverage_exporter.model.report import CoverageReport
 from coverage_exporter.model.stages import Stage, service_gaps, service_stages
+from coverage_exporter.model.unreached import RUNBOOK_UNREACHED, Unreached
 from coverage_exporter.model.verdict import Verdict, decide
 from coverage_exporter.untrusted import printable
 
@@ -324,11 +325,52 @@ def render_table(
         f"{u.namespace}/{u.service}: cannot tell what it should hold ({u.reason})"
         for u in report.unresolved
     ]
+    words += unreached_lines(report)
     migration = migration_lines(readiness)
     if migration:
         migration = ["Prometheus Operator migration to EndpointSlice discovery:", *migration, ""]
     body = [*lines, "", *table, "", *words, *migration, verdict(report, complete)]
     return "\n".join(body) + "\n"
+
+
+_NAMES_SHOWN = 10
+"""Nodes named per taint in a line; the JSON names them all."""
+
+
+def _taint(taint: Taint) -> str:
+    key, value, effect = taint
+    return printable(f"{key}={value}:{effect}" if value else f"{key}:{effect}")
+
+
+def unreached_lines(report: CoverageReport) -> list[str]:
+    """Nodes a node-level DaemonSet never reaches (model.unreached), one
+    line per DaemonSet and taint, with the nodes' names."""
+    out = []
+    url = runbooks.runbook_url(RUNBOOK_UNREACHED)
+    for u in report.unreached:
+        for taint, nodes in u.by_taint.items():
+            shown = ", ".join(nodes[:_NAMES_SHOWN])
+            more = len(nodes) - _NAMES_SHOWN
+            if more > 0:
+                shown += f" and {more} more"
+            out.append(
+                f"DaemonSet {u.namespace}/{u.daemonset}: {len(nodes)} nodes never get its pod: "
+                f"it selects no nodes, but does not tolerate their taint {_taint(taint)} "
+                f"({shown}); not counted as missing targets ({url})."
+            )
+    return out
+
+
+def unreached_json(u: Unreached) -> dict[str, object]:
+    return {
+        "namespace": u.namespace,
+        "daemonset": u.daemonset,
+        "count": u.count,
+        "taints": [
+            {"key": key, "value": value, "effect": effect, "nodes": list(nodes)}
+            for (key, value, effect), nodes in u.by_taint.items()
+        ],
+    }
 
 
 def _missing_list(missing: Sequence[MissingTarget], causes: StageCauses) -> list[dict[str, str]]:
@@ -544,6 +586,7 @@ def render_json(
             {"namespace": u.namespace, "service": u.service, "reason": u.reason}
             for u in report.unresolved
         ],
+        "unreached": [] if report is None else [unreached_json(u) for u in report.unreached],
     }
     # msgspec, not json.dumps: at 100k nodes the document lists every
     # missing node (~600k entries) and json.dumps(indent=2) takes seconds.

@@ -30,6 +30,7 @@ from coverage_exporter.exposition.audit import (
     evidence_words,
     finding_words,
     replica_name,
+    unreached_lines,
 )
 from coverage_exporter.health import SOURCE_KUBERNETES, SourceHealth
 from coverage_exporter.model.causes import Cause
@@ -669,7 +670,7 @@ def render_services(report: CoverageReport, evidence: Evidence = NO_EVIDENCE) ->
         '<th scope="col" class="n">Missing</th><th scope="col">Verdict</th></tr></thead><tbody>'
         + ("".join(summary) or '<tr><td colspan="8">no Service in scope</td></tr>')
         + "</tbody></table>",
-        _findings_html(views, unresolved_lines(report)),
+        _findings_html(views, [*unresolved_lines(report), *unreached_lines(report)]),
     ]
     details = [
         '<h2 id="funnels">Where targets are lost, per Service</h2>',

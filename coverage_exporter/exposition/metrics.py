@@ -170,6 +170,18 @@ def _unresolved(state: ExporterState) -> Iterator[Sample]:
             yield (u.namespace, u.service, u.reason), 1
 
 
+def _unreached(state: ExporterState) -> Iterator[Sample]:
+    """Per DaemonSet and taint key and effect (the value is left out: a
+    tenant's name in it would multiply the series)."""
+    if state.report is not None:
+        for u in state.report.unreached:
+            counts: dict[tuple[str, str], int] = {}
+            for (key, _, effect), names in u.by_taint.items():
+                counts[(key, effect)] = counts.get((key, effect), 0) + len(names)
+            for (key, effect), n in sorted(counts.items()):
+                yield (u.namespace, u.daemonset, key, effect), n
+
+
 def _replica_known(state: ExporterState) -> Iterator[Sample]:
     if state.report is not None:
         for key, replica in sorted(state.report.fleet.replicas.items()):
@@ -383,6 +395,14 @@ COVERAGE_METRICS: tuple[MetricSpec, ...] = (
         "1 for an in-scope Service whose expected targets cannot be determined.",
         (*SERVICE, "reason"),
         _unresolved,
+    ),
+    MetricSpec(
+        "daemonset_unreached_nodes",
+        "gauge",
+        "Nodes that a DaemonSet behind a compared Service, selecting no Nodes, never "
+        "reaches: kept off by a taint it does not tolerate.",
+        ("namespace", "daemonset", "taint_key", "taint_effect"),
+        _unreached,
     ),
     MetricSpec(
         "replica_coverage_known",

@@ -140,6 +140,9 @@ class ServiceCoverage:
     causes: Sequence[StageCauses] = ()
     """Why each stage misses what it misses (model.causes), in
     model.stages.service_stages' order: Endpoints, slices, then pools."""
+    daemonsets: Sequence[DaemonSet] = ()
+    """The DaemonSets whose pods back it (SOURCE_DAEMONSET), for
+    model.unreached."""
     endpoints_unmaintained: bool = False
     """No controller maintains the Endpoints object (model.controllers):
     it is absent or frozen, and its truncation marker is not believed."""
@@ -664,6 +667,7 @@ def service_coverage(
         target_counts=counts,
         pools=pools,
         unnamed=expected.unnamed,
+        daemonsets=expected.daemonsets,
         causes=service_causes(
             service,
             snapshot,

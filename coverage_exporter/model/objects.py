@@ -335,6 +335,11 @@ class PrometheusSnapshot:
     members: Sequence[PrometheusSnapshot] = ()
     """Thanos Query: one snapshot per store behind it, each a server of the
     fleet in its own right; the Query's own snapshot then holds no target."""
+    started: float | None = None
+    """When the server started, on this exporter's wall clock (its own
+    uptime, from its /metrics `process_start_time_seconds` and the Date of
+    that answer, so that a skewed clock on either side does not count);
+    None when not told (Thanos Query, a /metrics that is not served)."""
 
     @property
     def server_identity(self) -> ServerIdentity:
