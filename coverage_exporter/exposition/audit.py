@@ -34,6 +34,7 @@ CAUSE_WORDS: dict[Cause, str] = {
     Cause.ENDPOINTS_ABSENT: "no Endpoints object",
     Cause.ENDPOINTS_TRUNCATED: "cut from the truncated Endpoints",
     Cause.MIRRORING_CAPPED: "left out by the mirroring cap",
+    Cause.ADDRESS_FAMILY: "only in the slices of the address family Prometheus skips",
     Cause.RELABEL_DROPPED: "dropped by the pool's relabel rule",
     Cause.POOL_DISCOVERS_NOTHING: "the pool discovers nothing",
     Cause.NO_SHARD_KEEPS: "no shard keeps its hashmod share",

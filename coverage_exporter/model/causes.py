@@ -81,6 +81,11 @@ class Cause(StrEnum):
     MIRRORING_CAPPED = "mirroring_capped"
     """In the Endpoints object, left out of the mirrored slices (the
     mirroring controller copies 1000 addresses per subset)."""
+    ADDRESS_FAMILY = "address_family"
+    """Only the slices of the Service's secondary address family carry it,
+    and Prometheus 3.11+ reads only its primary family's slices of a
+    dual-stack Service (prometheus #18192; the Operator's IPv4-only kubelet
+    slices on IPv6-primary clusters, operator #8681)."""
     RELABEL_DROPPED = "relabel_dropped"
     """The pool's own relabel rules drop it (StageCauses.rule names which)."""
     POOL_DISCOVERS_NOTHING = "pool_discovers_nothing"
@@ -320,7 +325,10 @@ def service_causes(
     out = [ep, sl]
     absent = endpoints is None
     for p in pools:
-        out.append(_pool_causes(service, p, first, upstream, absent, fleet, jobs, count_only))
+        pool = _pool_causes(
+            service, p, first, upstream, absent, fleet, jobs, count_only, slices.unread_family
+        )
+        out.append(pool)
     return tuple(out)
 
 
@@ -333,6 +341,7 @@ def _pool_causes(
     fleet: Fleet,
     jobs: Mapping[str, Mapping[str, ScrapeJob]],
     count_only: Mapping[Cause, int],
+    unread_family: frozenset[str] = frozenset(),
 ) -> StageCauses:
     replica = fleet.replicas.get((p.scraper, p.replica))
     if p.missing is None:
@@ -353,8 +362,23 @@ def _pool_causes(
     up = upstream.get(p.role, [])
     if p.role == ROLE_ENDPOINTS and no_endpoints:
         up = [(Cause.ENDPOINTS_ABSENT, _ids(p.missing))]
+    if p.role == ROLE_ENDPOINTSLICE and unread_family:
+        up = up + _family_claims(p.missing, unread_family)
     named = _partition(p.missing, first + up, own)
     return StageCauses(named, _counted(named, count_only), rule)
+
+
+def _family_claims(missing: Sequence[MissingTarget], unread: frozenset[str]) -> _Claims:
+    """ADDRESS_FAMILY for the targets only the skipped family carries, when
+    the pool misses exactly all of them: a server that reads every slice
+    (Prometheus before 3.11) discovers some, and then the family is not
+    why it misses the others."""
+    pod_backed = bool(missing) and bool(missing[0].pod)
+    names = map(operator.attrgetter("pod" if pod_backed else "node"), missing)
+    hit = tuple(compress(missing, map(unread.__contains__, names)))
+    if len(hit) != len(unread):
+        return []
+    return [(Cause.ADDRESS_FAMILY, _ids(hit))]
 
 
 def _unkept_share(jobs: Sequence[ScrapeJob]) -> RuleRef | None:

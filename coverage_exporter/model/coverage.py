@@ -80,6 +80,11 @@ class SlicesStage:
     mirroring_skipped: int | None
     """Addresses the mirroring controller left out; None where it does not apply."""
     missing: tuple[MissingTarget, ...]
+    families: Mapping[str, int] = field(default_factory=dict)
+    """Expected-or-not targets named by each address family's slices."""
+    unread_family: frozenset[str] = frozenset()
+    """Expected targets (identities) that only slices of a family other
+    than Service.read_family carry: Prometheus 3.11+ discovers none of them."""
 
 
 @dataclass(slots=True)
@@ -416,16 +421,41 @@ def slices_stage(
             if e.terminating:
                 terminating[s.managed_by].add(ident)
 
-    present = (
-        resolver.identity(expected.node_wide, e.node_name, e.target_kind, e.target_name, e.address)
-        for s in slices
-        for e in s.endpoints
-    )
+    node_wide = expected.node_wide
+    identity = resolver.identity
+    present: set[str | None] = set()
+    unread: set[str | None] = set()
+    families: dict[str, int] = {}
+    read = service.read_family
+    for family, family_slices in sorted(by_family.items()):
+        found = {
+            identity(node_wide, e.node_name, e.target_kind, e.target_name, e.address)
+            for s in family_slices
+            for e in s.endpoints
+        }
+        found.discard(None)
+        families[family] = len(found)
+        if present:
+            present |= found
+        else:
+            present = found
+        if read is not None and family != read:
+            unread |= found
+    if unread:
+        # Only in a family Prometheus 3.11+ skips (Service.read_family).
+        unread -= {
+            identity(node_wide, e.node_name, e.target_kind, e.target_name, e.address)
+            for s in by_family.get(read or "", ())
+            for e in s.endpoints
+        }
+        unread &= expected.keys.keys()
     return SlicesStage(
         endpoints={k: len(v) for k, v in counted.items()},
         terminating={k: len(v) for k, v in terminating.items()},
         mirroring_skipped=_mirroring_skipped(service, endpoints, primary),
         missing=_missing(expected, present),
+        families=families,
+        unread_family=frozenset(unread),  # type: ignore[arg-type]
     )
 
 
