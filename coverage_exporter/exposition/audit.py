@@ -13,7 +13,12 @@ from coverage_exporter import runbooks
 from coverage_exporter.health import SourceHealth
 from coverage_exporter.model.causes import Cause, StageCauses
 from coverage_exporter.model.coverage import MissingTarget, ServiceCoverage
-from coverage_exporter.model.findings import RUNBOOK_MIGRATION, Finding, FindingKind
+from coverage_exporter.model.findings import (
+    EXTRA_TARGETS,
+    RUNBOOK_MIGRATION,
+    Finding,
+    FindingKind,
+)
 from coverage_exporter.model.findings import service_findings as model_findings
 from coverage_exporter.model.gaps import STAGE_PROMETHEUS
 from coverage_exporter.model.intent import RuleRef
@@ -68,6 +73,11 @@ def _names(missing: Sequence[MissingTarget], unnamed: int = 0) -> str:
     if unnamed:
         out += (" and " if out else "") + f"{unnamed} without a name (no pod yet)"
     return out
+
+
+def _plain_names(names: Sequence[str]) -> str:
+    more = len(names) - NAMES_SHOWN
+    return ", ".join(names[:NAMES_SHOWN]) + (f" and {more} more" if more > 0 else "")
 
 
 def _endpoints_cell(s: ServiceCoverage) -> str:
@@ -161,6 +171,18 @@ def finding_words(s: ServiceCoverage, f: Finding) -> str:
             f"{pool}: coverage unknown for {f.count} of {s.expected}: "
             f"{st.why_unknown or 'a shard of the replica has not answered recently'}"
         )
+    if kind is FindingKind.POOL_DUPLICATES:
+        return (
+            f"{pool} discovers {f.count} targets more than once, each scraped as often: "
+            f"{_plain_names(st.duplicated)} (prometheus-operator #8682: both address "
+            "families of each node in the kubelet Endpoints; or two Services for one target)"
+        )
+    if kind is FindingKind.POOL_GHOSTS:
+        return (
+            f"{pool} discovers {f.count} targets of nodes or pods that no longer exist: "
+            f"{_plain_names(st.ghosts)} (a stale EndpointSlice or Endpoints object left "
+            "behind; delete it)"
+        )
     misses = f"{pool} misses {f.count} of {s.expected}: {_names(st.missing or (), s.unnamed)}"
     if kind is FindingKind.POOL_READS_TRUNCATED:
         return (
@@ -185,7 +207,7 @@ def finding_line(s: ServiceCoverage, f: Finding) -> str:
 def _finding_causes(f: Finding) -> str:
     """The stage's counts per cause, for the findings about lost or unknown
     targets (not for the mirroring count, which is about addresses)."""
-    if f.kind is FindingKind.MIRRORING_CAPPED:
+    if f.kind in (FindingKind.MIRRORING_CAPPED, *EXTRA_TARGETS):
         return ""
     words = cause_words(f.stage.causes)
     return f"; {words}" if words else ""
@@ -318,6 +340,7 @@ def service_json(s: ServiceCoverage) -> dict[str, object]:
             ],
             "terminating": dict(sorted(s.slices.terminating.items())),
             "mirroring_skipped": s.slices.mirroring_skipped,
+            "families": dict(s.slices.families),
             "missing_count": s.slices_missing_count(),
             "missing": _missing_list(s.slices.missing, sl_causes),
             **_causes_json(sl_causes),
@@ -341,6 +364,8 @@ def service_json(s: ServiceCoverage) -> dict[str, object]:
                     "missing_count": p.missing_count,
                     "missing": None if p.missing is None else _missing_list(p.missing, c),
                     **_causes_json(c),
+                    "duplicated": list(p.duplicated),
+                    "ghosts": list(p.ghosts),
                 }
                 for p, c in zip(s.pools, pool_causes, strict=True)
             ],
