@@ -104,6 +104,23 @@ def find_binaries(
     return b
 
 
+KCM_CONTROLLERS = (
+    "endpoints-controller",
+    "endpointslice-controller",
+    "endpointslice-mirroring-controller",
+    "namespace-controller",
+)
+"""What the testbed's kube-controller-manager runs (a cluster needs no
+other for the scenarios)."""
+
+
+def _checked_controllers(names: Sequence[str]) -> list[str]:
+    unknown = set(names) - set(KCM_CONTROLLERS)
+    if unknown:
+        raise ValueError(f"unknown controllers {sorted(unknown)}: not in {KCM_CONTROLLERS}")
+    return sorted(names)
+
+
 class Cluster:
     """One testbed. ``up()`` starts everything; ``start``/``stop`` act on one
     component by name (see CONTROL_PLANE and MONITORING)."""
@@ -119,9 +136,13 @@ class Cluster:
         target_interval: str = "15s",
         operator: bool = False,
         scrapers: Sequence[str] = (),
+        without_controllers: Sequence[str] = (),
     ) -> None:
         """scrapers: kinds of testbed.scrapers (vmagent, agent, thanos) to
-        run beside the Prometheus servers."""
+        run beside the Prometheus servers. without_controllers: names of
+        KCM_CONTROLLERS the kube-controller-manager does not run (KEP-4974's
+        cluster runs without endpoints-controller and
+        endpointslice-mirroring-controller)."""
         self.state_dir = Path(state_dir) if state_dir else state_dir_default()
         self.state_dir = self.state_dir.resolve()
         self._state: dict[str, Any] = {
@@ -134,6 +155,7 @@ class Cluster:
             # (--kubelet-endpoints, --kubelet-endpointslice) of the operator.
             "kubelet_flags": list(op.KUBELET_FLAGS["start"]),
             "scrapers": scr.components(list(scrapers)),
+            "without_controllers": _checked_controllers(without_controllers),
             "ports": {},
             "pids": {},
         }
@@ -453,6 +475,18 @@ class Cluster:
             self._state["pids"].pop(name, None)
             self._save()
 
+    def set_without_controllers(self, names: Sequence[str]) -> None:
+        """Restarts the kube-controller-manager without these controllers
+        (none: all of KCM_CONTROLLERS). Objects stay as they were written."""
+        self._state["without_controllers"] = _checked_controllers(names)
+        self._save()
+        self.restart("kube-controller-manager")
+
+    @property
+    def kcm_controllers(self) -> list[str]:
+        off = set(self._state.get("without_controllers", ()))
+        return [c for c in KCM_CONTROLLERS if c not in off]
+
     def set_kubelet_flags(self, endpoints: bool, endpointslice: bool) -> None:
         """Restarts the operator with these kubelet flags: it reloads none."""
         self._state["kubelet_flags"] = [endpoints, endpointslice]
@@ -529,8 +563,7 @@ class Cluster:
                 str(b.kube_controller_manager),
                 f"--kubeconfig={self.kubeconfig}",
                 "--leader-elect=false",
-                "--controllers=endpoints-controller,endpointslice-controller,"
-                "endpointslice-mirroring-controller,namespace-controller",
+                f"--controllers={','.join(self.kcm_controllers)}",
                 "--bind-address=127.0.0.1", f"--secure-port={port('kube-controller-manager')}",
                 f"--cert-dir={s / 'kcm-certs'}",
                 # Defaults stated on purpose: they are what the scenario tests.

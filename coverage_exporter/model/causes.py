@@ -101,6 +101,10 @@ class Cause(StrEnum):
     not delivered yet (every pool of a fresh replica is empty)."""
     UNEXPLAINED = "unexplained"
     """Missing for no cause the model knows."""
+    UNMAINTAINED = "unmaintained"
+    """Read from an object no controller maintains: the Endpoints controller
+    or the mirroring controller does not run (model.controllers), and the
+    Endpoints object or the mirrored slices are absent or frozen."""
 
 
 _TARGET_STATE = (
@@ -278,10 +282,15 @@ def service_causes(
     pools: Sequence[PoolCoverage],
     fleet: Fleet,
     jobs: Mapping[str, Mapping[str, ScrapeJob]],
+    unmaintained: tuple[bool, bool] = (False, False),
 ) -> tuple[StageCauses, ...]:
     """The causes of each stage, in model.stages.service_stages' order:
     the Endpoints object, the slices, then each replica's pools. `jobs`:
-    server -> scrape pool -> its job, from the loaded configurations."""
+    server -> scrape pool -> its job, from the loaded configurations.
+    `unmaintained`: (no controller maintains the Endpoints object, none
+    mirrors it), from model.controllers: the stage's own cause is then
+    UNMAINTAINED, never truncation nor the cap."""
+    ep_unmaintained, unmirrored = unmaintained
     unnamed = expected.unnamed
     any_missing = (
         endpoints is None
@@ -301,15 +310,20 @@ def service_causes(
         # address for under their own cause.
         by_state = {c: len(ts) for c, ts in state.items()}
         absent = max(0, expected.count - sum(by_state.values()) - unnamed)
-        extra = {**by_state, **count_only, Cause.ENDPOINTS_ABSENT: absent}
+        why_absent = Cause.UNMAINTAINED if ep_unmaintained else Cause.ENDPOINTS_ABSENT
+        extra = {**by_state, **count_only, why_absent: absent}
         ep = StageCauses({}, _counted({}, extra))
     else:
         own = Cause.ENDPOINTS_TRUNCATED if endpoints.truncated else Cause.UNEXPLAINED
+        if ep_unmaintained:
+            own = Cause.UNMAINTAINED
         named = _partition(endpoints.missing, first, own)
         ep = StageCauses(named, _counted(named, count_only))
 
     mirrored = slices.mirroring_skipped is not None
     own = Cause.MIRRORING_CAPPED if slices.mirroring_skipped else Cause.UNEXPLAINED
+    if unmirrored:
+        own = Cause.UNMAINTAINED
     up = _upstream_claims(ep) if mirrored else []
     if mirrored and endpoints is None:
         up = [(Cause.ENDPOINTS_ABSENT, _ids(slices.missing))]
@@ -323,10 +337,12 @@ def service_causes(
         if role in roles
     }
     out = [ep, sl]
-    absent = endpoints is None
+    no_endpoints: Cause | None = None
+    if endpoints is None:
+        no_endpoints = Cause.UNMAINTAINED if ep_unmaintained else Cause.ENDPOINTS_ABSENT
     for p in pools:
         pool = _pool_causes(
-            service, p, first, upstream, absent, fleet, jobs, count_only, slices.unread_family
+            service, p, first, upstream, no_endpoints, fleet, jobs, count_only, slices.unread_family
         )
         out.append(pool)
     return tuple(out)
@@ -337,7 +353,7 @@ def _pool_causes(
     p: PoolCoverage,
     first: _Claims,
     upstream: Mapping[str, _Claims],
-    no_endpoints: bool,
+    no_endpoints: Cause | None,
     fleet: Fleet,
     jobs: Mapping[str, Mapping[str, ScrapeJob]],
     count_only: Mapping[Cause, int],
@@ -360,8 +376,8 @@ def _pool_causes(
         if rule is not None:
             own = Cause.NO_SHARD_KEEPS
     up = upstream.get(p.role, [])
-    if p.role == ROLE_ENDPOINTS and no_endpoints:
-        up = [(Cause.ENDPOINTS_ABSENT, _ids(p.missing))]
+    if p.role == ROLE_ENDPOINTS and no_endpoints is not None:
+        up = [(no_endpoints, _ids(p.missing))]
     if p.role == ROLE_ENDPOINTSLICE and unread_family:
         up = up + _family_claims(p.missing, unread_family)
     named = _partition(p.missing, first + up, own)

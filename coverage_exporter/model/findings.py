@@ -12,7 +12,7 @@ from enum import StrEnum
 
 from coverage_exporter.model.coverage import ServiceCoverage
 from coverage_exporter.model.gaps import STAGE_ENDPOINTS, STAGE_ENDPOINTSLICES, STAGE_PROMETHEUS
-from coverage_exporter.model.objects import ROLE_ENDPOINTS
+from coverage_exporter.model.objects import ROLE_ENDPOINTS, ROLE_ENDPOINTSLICE
 from coverage_exporter.model.stages import Stage, service_stages
 
 # Runbook pages (docs/runbooks/<page>.md), named after the alerts they serve.
@@ -28,6 +28,8 @@ page: the two findings share it)."""
 RUNBOOK_INDEX = "README"
 RUNBOOK_CAUSES = "causes"
 """One section per model.causes.Cause, anchored by its value."""
+RUNBOOK_UNMAINTAINED = "causes.md#unmaintained"
+"""The section on objects no controller maintains."""
 
 
 class FindingKind(StrEnum):
@@ -54,6 +56,15 @@ class FindingKind(StrEnum):
     POOL_GHOSTS = "pool_ghosts"
     """A pool discovers targets of nodes or pods that no longer exist: a
     stale slice or Endpoints object (prometheus-operator #7678)."""
+    ENDPOINTS_UNMAINTAINED = "endpoints_unmaintained"
+    """No Endpoints controller maintains the Service's Endpoints object: it
+    is absent or frozen (model.controllers); no truncation is claimed."""
+    SLICES_UNMIRRORED = "slices_unmirrored"
+    """No mirroring controller mirrors the selector-less Endpoints: the
+    mirrored slices are absent or frozen; no mirroring cap is claimed."""
+    POOL_READS_UNMAINTAINED = "pool_reads_unmaintained"
+    """A pool reads an object no controller updates: role endpoints an
+    unmaintained Endpoints object, role endpointslice unmirrored slices."""
 
 
 EXTRA_TARGETS = frozenset({FindingKind.POOL_DUPLICATES, FindingKind.POOL_GHOSTS})
@@ -92,13 +103,17 @@ def service_findings(s: ServiceCoverage) -> list[Finding]:
         out.append(Finding(kind, s.namespace, s.service, stage, count, runbook))
 
     endpoints_count = endpoints.count or 0
-    if s.endpoints is None:
+    if s.endpoints_unmaintained:
+        add(FindingKind.ENDPOINTS_UNMAINTAINED, endpoints, endpoints_count, RUNBOOK_UNMAINTAINED)
+    elif s.endpoints is None:
         if endpoints.read:
             add(FindingKind.ENDPOINTS_ABSENT, endpoints, s.expected)
     elif s.endpoints.truncated:
         add(FindingKind.ENDPOINTS_TRUNCATED, endpoints, endpoints_count)
     elif endpoints_count and s.endpoints.skip_mirror is not None:
         add(FindingKind.ENDPOINTS_STALE, endpoints, endpoints_count)
+    if s.slices_unmirrored:
+        add(FindingKind.SLICES_UNMIRRORED, slices, slices.count or 0, RUNBOOK_UNMAINTAINED)
     if s.slices.mirroring_skipped:
         add(
             FindingKind.MIRRORING_CAPPED,
@@ -112,6 +127,10 @@ def service_findings(s: ServiceCoverage) -> list[Finding]:
             continue
         if st.count is None:
             add(FindingKind.COVERAGE_UNKNOWN, st, st.unknown, RUNBOOK_UNKNOWN)
+        elif _reads_unmaintained(s, st):
+            # Said even when it misses nothing yet: what it reads will not
+            # follow the next change.
+            add(FindingKind.POOL_READS_UNMAINTAINED, st, st.count, RUNBOOK_UNMAINTAINED)
         elif not st.count:
             continue
         elif st.role == ROLE_ENDPOINTS and truncated:
@@ -127,3 +146,9 @@ def service_findings(s: ServiceCoverage) -> list[Finding]:
         if st.ghosts:
             add(FindingKind.POOL_GHOSTS, st, len(st.ghosts), RUNBOOK_TARGETS_EXTRA)
     return out
+
+
+def _reads_unmaintained(s: ServiceCoverage, st: Stage) -> bool:
+    if st.role == ROLE_ENDPOINTS:
+        return s.endpoints_unmaintained
+    return st.role == ROLE_ENDPOINTSLICE and s.slices_unmirrored
