@@ -217,6 +217,17 @@ def finding_words(s: ServiceCoverage, f: Finding) -> str:
             f"{': ' + _names(st.missing or (), s.unnamed) if f.count else ''}. Migrate "
             "this job to role endpointslice (with slices that a controller writes)"
         )
+    family = st.causes.counts.get(Cause.ADDRESS_FAMILY, 0)
+    if family:
+        # The usual advice (RBAC, selectors) would send the user the wrong
+        # way: discovery works, and skips these slices on purpose.
+        return (
+            f"{misses}. {'All' if family == f.count else family} of them are only in the "
+            "slices of an address family Prometheus 3.11+ skips: it reads only the primary "
+            "family (spec.ipFamilies[0]) of a dual-stack Service (prometheus #18192). Have "
+            "the slices written in that family too (Prometheus Operator 0.93+ for the "
+            "kubelet), or make the Service single-stack"
+        )
     if kind is FindingKind.POOL_DISCOVERS_NOTHING:
         return (
             f"{misses}. It discovers none of them: check its service discovery (RBAC for "

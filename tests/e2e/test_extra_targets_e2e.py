@@ -215,7 +215,7 @@ def world(
             sd_job(testbed, "stale", f"{NS}/{STALE}", PORT, "endpointslice"),
         ]
         for prom in servers:
-            prom.write(jobs, {"server": prom.name})
+            prom.write(jobs, {})
             prom.start()
         v3, v2 = servers
         # 2.53 reads the mirrored IPv4 slices: once it has all of them (the

@@ -118,3 +118,25 @@ def test_a_single_stack_service_reads_every_slice() -> None:
     )
     _, st = stages(cluster, prom, KUBELET)
     assert st[("prometheus", "kubelet")].count == 0
+
+
+def test_the_finding_names_the_family_not_the_discovery() -> None:
+    """A pool that discovers nothing because its slices are all of the
+    skipped family: the audit says so, rather than send the user to check
+    RBAC and selectors; a pool that misses for another cause keeps that
+    advice."""
+    from coverage_exporter.exposition.audit import findings
+
+    cluster = clusters.kubelet(30, skip_mirror=True)
+    dual_stack(cluster, KUBELET, ("IPv6", "IPv4"))
+    prom = PrometheusSnapshot("prom", [], jobs=[KUBELET_JOB], pools=[KUBELET_JOB.name])
+    svc, _ = stages(cluster, prom, KUBELET)
+    (line,) = [w for w in findings(svc) if KUBELET_JOB.name in w]
+    assert "misses 30 of 30" in line
+    assert "All of them are only in the slices of an address family" in line
+    assert "prometheus #18192" in line and "RBAC" not in line
+
+    single = clusters.kubelet(30, skip_mirror=True)
+    svc, _ = stages(single, prom, KUBELET)
+    (line,) = [w for w in findings(svc) if KUBELET_JOB.name in w]
+    assert "address family" not in line and "RBAC" in line
