@@ -227,7 +227,20 @@ def world(
         v3.wait_targets("twice", 2 * N, timeout=180)
         assert v3.active("v6-primary") == []
         slices = kube.list(SLICES, labelSelector=f"{s.SERVICE_NAME}={V6_PRIMARY}")
-        _, doc = audit(testbed, *servers)
+        rc, doc = audit(testbed, *servers)
+        figures = {
+            (name, p["replica"], p["scrape_pool"]): (
+                p["discovered"],
+                p["causes"],
+                len(p["duplicated"]),
+                p["ghosts"],
+            )
+            for name in (V6_PRIMARY, TWICE, STALE)
+            for p in service(doc, name)["prometheus"]["pools"]
+        }
+        print(f"\naudit exit {rc}; (discovered, causes, duplicated, ghosts) per pool:")
+        for key, value in sorted(figures.items()):
+            print(f"  {key}: {value}")
         yield doc, {"slices": slices}
     finally:
         for prom in servers:
