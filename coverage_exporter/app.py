@@ -26,6 +26,7 @@ from coverage_exporter.model.scope import Scope, parse_label_selector, parse_ser
 from coverage_exporter.model.verdict import Verdict, decide
 from coverage_exporter.progress import Progress
 from coverage_exporter.sources.errors import DEFAULT_LIMITS, Limits, SourceError
+from coverage_exporter.sources.kubernetes.events import EventSource
 from coverage_exporter.sources.kubernetes.kubeconfig import KubeconfigError
 from coverage_exporter.sources.kubernetes.node_decoder import NodePageDecoder
 from coverage_exporter.sources.kubernetes.operator import OperatorSource
@@ -148,6 +149,7 @@ def page_info(
         prometheus_urls={e.name: e.url for e in settings.prometheus},
         complete=result.complete,
         readiness=result.readiness,
+        evidence=result.evidence,
     )
 
 
@@ -250,6 +252,13 @@ class Exporter:
             self.cycle.set_operator(
                 OperatorSource(api, refresh_seconds=self._settings.operator_refresh_seconds)
             )
+            self.cycle.set_events(
+                EventSource(
+                    api,
+                    sorted(self._settings.scope.namespaces),
+                    refresh_seconds=self._settings.operator_refresh_seconds,
+                )
+            )
 
     @property
     def health(self) -> list[SourceHealth]:
@@ -322,14 +331,18 @@ async def _audit(settings: Settings, output: str, guards: Guards | None = None) 
             progress.stop()
         await exporter.close()
     if output == "json":
-        sys.stdout.write(render_json(result.report, health, result.complete, result.readiness))
+        sys.stdout.write(
+            render_json(result.report, health, result.complete, result.readiness, result.evidence)
+        )
     elif output == "prometheus":
         sys.stdout.buffer.write(result.exposition)
     elif output == "html":
         info = page_info(settings, health, cluster_name(settings), result)
         sys.stdout.buffer.write(render_page(result.report, info))
     else:
-        sys.stdout.write(render_table(result.report, health, result.complete, result.readiness))
+        sys.stdout.write(
+            render_table(result.report, health, result.complete, result.readiness, result.evidence)
+        )
     sys.stdout.flush()
     return exit_code(result.report, result.complete)
 

@@ -22,6 +22,7 @@ from coverage_exporter.flagtypes import parse_seconds
 from coverage_exporter.health import SourceHealth
 from coverage_exporter.logs import fields
 from coverage_exporter.model.coverage import ServiceTargets, targets_by_service
+from coverage_exporter.model.evidence import NO_EVIDENCE, Evidence
 from coverage_exporter.model.fleet import ServerState
 from coverage_exporter.model.growth import GrowthTracker
 from coverage_exporter.model.objects import (
@@ -41,6 +42,7 @@ from coverage_exporter.model.report import (
 from coverage_exporter.model.scope import Scope, services_in_scope
 from coverage_exporter.model.topology import Declared, identify
 from coverage_exporter.sources.errors import SourceError
+from coverage_exporter.sources.kubernetes.events import EventSource
 from coverage_exporter.sources.kubernetes.operator import OperatorSource
 from coverage_exporter.sources.prometheus.config import LoadedConfig
 
@@ -213,6 +215,8 @@ class CycleResult:
     readiness: Sequence[Readiness] = ()
     """Migration readiness per Prometheus Operator CR; empty where the
     Operator is absent."""
+    evidence: Evidence = NO_EVIDENCE
+    """Kubernetes' events that confirm findings (model.evidence)."""
 
 
 class CycleRunner:
@@ -242,6 +246,7 @@ class CycleRunner:
         self._remembered_version: dict[str, int] = {}
         self._unresolved: set[tuple[str, str, str]] = set()
         self._operator: OperatorSource | None = None
+        self._events: EventSource | None = None
         self._growth = GrowthTracker()
         self._selection = SelectionMemo()
         self._readiness: list[Readiness] = []
@@ -353,6 +358,15 @@ class CycleRunner:
     def set_operator(self, source: OperatorSource | None) -> None:
         """Turn on migration readiness (sources.operator)."""
         self._operator = source
+
+    def set_events(self, source: EventSource | None) -> None:
+        """Read Kubernetes' events as evidence (sources.kubernetes.events)."""
+        self._events = source
+
+    async def _evidence(self) -> Evidence:
+        # EventSource.collect says how the read went and never raises for
+        # what the server answers: evidence never fails a cycle.
+        return NO_EVIDENCE if self._events is None else await self._events.collect()
 
     async def _assess_migration(self, cluster: ClusterSnapshot | None) -> list[Readiness]:
         if self._operator is None or cluster is None:
@@ -542,6 +556,7 @@ class CycleRunner:
         cluster = await self._cluster_snapshot(grouped, prometheus)
         report, coverage = await self._compare(cluster, prometheus, grouped, servers)
         readiness = await self._assess_migration(cluster)
+        evidence = await self._evidence() if report is not None else NO_EVIDENCE
         self.cycles_total += 1
         state = ExporterState(
             report=report,
@@ -559,7 +574,7 @@ class CycleRunner:
             and report is not None
             and all(s.known for s in servers)
         )
-        return CycleResult(report, exposition, complete, readiness)
+        return CycleResult(report, exposition, complete, readiness, evidence)
 
 
 def _configured_pools(snap: PrometheusSnapshot) -> set[str] | None:
