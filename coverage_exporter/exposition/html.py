@@ -37,11 +37,13 @@ from coverage_exporter.model.causes import Cause
 from coverage_exporter.model.coverage import MissingTarget, ServiceCoverage
 from coverage_exporter.model.evidence import NO_EVIDENCE, Evidence
 from coverage_exporter.model.findings import (
+    EXTRA_TARGETS,
     RUNBOOK_CAUSES,
     RUNBOOK_ENDPOINTS_TRUNCATED,
     RUNBOOK_INDEX,
     RUNBOOK_MIGRATION,
     RUNBOOK_MIRRORING_CAPPED,
+    RUNBOOK_TARGETS_EXTRA,
     RUNBOOK_TARGETS_MISSING,
     RUNBOOK_UNKNOWN,
     RUNBOOK_UNMAINTAINED,
@@ -477,6 +479,11 @@ def _next_steps(views: Sequence[ServiceView]) -> list[str]:
         steps.append(
             "Scrape pools miss expected targets: the tables below show at which stage each "
             "was lost: " + _runbook_link(RUNBOOK_TARGETS_MISSING, RUNBOOK_TARGETS_MISSING)
+        )
+    if kinds & EXTRA_TARGETS:
+        steps.append(
+            "Scrape pools discover some targets twice, or targets of nodes and pods that are "
+            "gone: " + _runbook_link(RUNBOOK_TARGETS_EXTRA, RUNBOOK_TARGETS_EXTRA)
         )
     if FindingKind.COVERAGE_UNKNOWN in kinds:
         steps.append(

@@ -151,6 +151,16 @@ def _prometheus_missing(state: ExporterState) -> Iterator[Sample]:
             yield _pool_labels(s, st), st.count
 
 
+def _prometheus_duplicates(state: ExporterState) -> Iterator[Sample]:
+    for s, st in _pools(state):
+        yield _pool_labels(s, st), len(st.duplicated)
+
+
+def _prometheus_ghosts(state: ExporterState) -> Iterator[Sample]:
+    for s, st in _pools(state):
+        yield _pool_labels(s, st), len(st.ghosts)
+
+
 def _prometheus_unknown(state: ExporterState) -> Iterator[Sample]:
     for s, st in _pools(state):
         if not st.known:
@@ -362,6 +372,22 @@ COVERAGE_METRICS: tuple[MetricSpec, ...] = (
         "has not answered within --prometheus-stale-after, or never.",
         POOL,
         _prometheus_unknown,
+    ),
+    MetricSpec(
+        "prometheus_duplicate_targets",
+        "gauge",
+        "Nodes (or pods) whose target one server of the replica discovers more than once in "
+        "the scrape pool: scraped twice. The audit names them.",
+        POOL,
+        _prometheus_duplicates,
+    ),
+    MetricSpec(
+        "prometheus_ghost_targets",
+        "gauge",
+        "Nodes (or pods) that no longer exist and that the replica's scrape pool still "
+        "discovers targets for (a stale EndpointSlice or Endpoints). The audit names them.",
+        POOL,
+        _prometheus_ghosts,
     ),
     MetricSpec(
         "gap_targets",
