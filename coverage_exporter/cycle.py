@@ -22,6 +22,7 @@ from coverage_exporter.flagtypes import parse_seconds
 from coverage_exporter.health import SourceHealth
 from coverage_exporter.logs import fields
 from coverage_exporter.model.coverage import ServiceTargets, targets_by_service
+from coverage_exporter.model.evidence import NO_EVIDENCE, Evidence
 from coverage_exporter.model.fleet import ServerState
 from coverage_exporter.model.growth import GrowthTracker
 from coverage_exporter.model.objects import (
@@ -41,6 +42,7 @@ from coverage_exporter.model.report import (
 from coverage_exporter.model.scope import Scope, services_in_scope
 from coverage_exporter.model.topology import Declared, identify
 from coverage_exporter.sources.errors import SourceError
+from coverage_exporter.sources.kubernetes.events import EventSource
 from coverage_exporter.sources.kubernetes.operator import OperatorSource
 from coverage_exporter.sources.prometheus.config import LoadedConfig
 
@@ -121,6 +123,12 @@ class TargetSource(Protocol):
     ) -> PrometheusSnapshot: ...
 
     async def pool_target_counts(self) -> dict[str, int] | None: ...
+
+    @property
+    def discovery_settled(self) -> bool:
+        """Its discovery has delivered to every pool it runs, as its last
+        pool counts tell (sources.prometheus.source.discovery_settled)."""
+        ...
 
 
 class TargetPoller:
@@ -213,6 +221,8 @@ class CycleResult:
     readiness: Sequence[Readiness] = ()
     """Migration readiness per Prometheus Operator CR; empty where the
     Operator is absent."""
+    evidence: Evidence = NO_EVIDENCE
+    """Kubernetes' events that confirm findings (model.evidence)."""
 
 
 class CycleRunner:
@@ -231,10 +241,14 @@ class CycleRunner:
         full_refresh_seconds: float = 0.0,
         stale_after_seconds: float = parse_seconds(defaults.PROMETHEUS_STALE_AFTER),
         source_deadline: float = parse_seconds(defaults.SOURCE_DEADLINE),
+        discovery_grace_seconds: float = parse_seconds(defaults.PROMETHEUS_DISCOVERY_GRACE),
     ) -> None:
         self._cluster = cluster
         self._prometheus = [TargetPoller(p, full_refresh_seconds) for p in prometheus]
         self._stale_after = stale_after_seconds
+        self._discovery_grace = discovery_grace_seconds
+        """How long after a server's start its empty pools are not losses
+        (defaults.PROMETHEUS_DISCOVERY_GRACE says why)."""
         self._last_success: dict[str, float] = {}
         """Monotonic time of each server's last good answer."""
         self._remembered: dict[str, dict[ServiceKey, dict[str, str]]] = {}
@@ -242,6 +256,7 @@ class CycleRunner:
         self._remembered_version: dict[str, int] = {}
         self._unresolved: set[tuple[str, str, str]] = set()
         self._operator: OperatorSource | None = None
+        self._events: EventSource | None = None
         self._growth = GrowthTracker()
         self._selection = SelectionMemo()
         self._readiness: list[Readiness] = []
@@ -288,6 +303,7 @@ class CycleRunner:
         """Every configured server, known or not, with its place in the
         fleet as its last good answer told it."""
         now = time.monotonic()
+        wall = time.time()
         out = []
         for poller in self._prometheus:
             name = poller.source.health.prometheus
@@ -306,7 +322,25 @@ class CycleRunner:
                 why = snap.unknown_reason if snap else ""
                 if snap is not None and snap is not last:
                     name, identity = snap.name, snap.server_identity
-                out.append(ServerState(name, identity, known and not why, why))
+                discovering = False
+                if (
+                    known
+                    and not why
+                    and snap is not None
+                    and snap.started is not None
+                    # Thanos stores (members) tell no start; the counts
+                    # are the polled server's own.
+                    and not (snap is last and poller.source.discovery_settled)
+                ):
+                    uptime = wall - snap.started
+                    if uptime < self._discovery_grace:
+                        discovering = True
+                        why = (
+                            f"still discovering: started {max(0.0, uptime):.0f}s ago, its service "
+                            f"discovery may not have delivered every target within "
+                            f"{self._discovery_grace:g}s"
+                        )
+                out.append(ServerState(name, identity, known and not why, why, discovering))
         return tuple(out)
 
     def _remember(
@@ -353,6 +387,15 @@ class CycleRunner:
     def set_operator(self, source: OperatorSource | None) -> None:
         """Turn on migration readiness (sources.operator)."""
         self._operator = source
+
+    def set_events(self, source: EventSource | None) -> None:
+        """Read Kubernetes' events as evidence (sources.kubernetes.events)."""
+        self._events = source
+
+    async def _evidence(self) -> Evidence:
+        # EventSource.collect says how the read went and never raises for
+        # what the server answers: evidence never fails a cycle.
+        return NO_EVIDENCE if self._events is None else await self._events.collect()
 
     async def _assess_migration(self, cluster: ClusterSnapshot | None) -> list[Readiness]:
         if self._operator is None or cluster is None:
@@ -542,6 +585,7 @@ class CycleRunner:
         cluster = await self._cluster_snapshot(grouped, prometheus)
         report, coverage = await self._compare(cluster, prometheus, grouped, servers)
         readiness = await self._assess_migration(cluster)
+        evidence = await self._evidence() if report is not None else NO_EVIDENCE
         self.cycles_total += 1
         state = ExporterState(
             report=report,
@@ -559,7 +603,7 @@ class CycleRunner:
             and report is not None
             and all(s.known for s in servers)
         )
-        return CycleResult(report, exposition, complete, readiness)
+        return CycleResult(report, exposition, complete, readiness, evidence)
 
 
 def _configured_pools(snap: PrometheusSnapshot) -> set[str] | None:

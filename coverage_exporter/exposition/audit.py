@@ -11,16 +11,23 @@ import msgspec
 
 from coverage_exporter import runbooks
 from coverage_exporter.health import SourceHealth
+from coverage_exporter.model import evidence as kube_evidence
 from coverage_exporter.model.causes import Cause, StageCauses
 from coverage_exporter.model.coverage import MissingTarget, ServiceCoverage
-from coverage_exporter.model.findings import RUNBOOK_MIGRATION, Finding, FindingKind
+from coverage_exporter.model.findings import (
+    EXTRA_TARGETS,
+    RUNBOOK_MIGRATION,
+    Finding,
+    FindingKind,
+)
 from coverage_exporter.model.findings import service_findings as model_findings
 from coverage_exporter.model.gaps import STAGE_PROMETHEUS
 from coverage_exporter.model.intent import RuleRef
-from coverage_exporter.model.objects import ROLE_ENDPOINTS
+from coverage_exporter.model.objects import ROLE_ENDPOINTS, Taint
 from coverage_exporter.model.readiness import Readiness
 from coverage_exporter.model.report import CoverageReport
 from coverage_exporter.model.stages import Stage, service_gaps, service_stages
+from coverage_exporter.model.unreached import RUNBOOK_UNREACHED, Unreached
 from coverage_exporter.model.verdict import Verdict, decide
 from coverage_exporter.untrusted import printable
 
@@ -35,6 +42,7 @@ CAUSE_WORDS: dict[Cause, str] = {
     Cause.ENDPOINTS_ABSENT: "no Endpoints object",
     Cause.ENDPOINTS_TRUNCATED: "cut from the truncated Endpoints",
     Cause.MIRRORING_CAPPED: "left out by the mirroring cap",
+    Cause.ADDRESS_FAMILY: "only in the slices of the address family Prometheus skips",
     Cause.RELABEL_DROPPED: "dropped by the pool's relabel rule",
     Cause.POOL_DISCOVERS_NOTHING: "the pool discovers nothing",
     Cause.NO_SHARD_KEEPS: "no shard keeps its hashmod share",
@@ -69,6 +77,11 @@ def _names(missing: Sequence[MissingTarget], unnamed: int = 0) -> str:
     if unnamed:
         out += (" and " if out else "") + f"{unnamed} without a name (no pod yet)"
     return out
+
+
+def _plain_names(names: Sequence[str]) -> str:
+    more = len(names) - NAMES_SHOWN
+    return ", ".join(names[:NAMES_SHOWN]) + (f" and {more} more" if more > 0 else "")
 
 
 def _endpoints_cell(s: ServiceCoverage) -> str:
@@ -177,6 +190,18 @@ def finding_words(s: ServiceCoverage, f: Finding) -> str:
             f"{pool}: coverage unknown for {f.count} of {s.expected}: "
             f"{st.why_unknown or 'a shard of the replica has not answered recently'}"
         )
+    if kind is FindingKind.POOL_DUPLICATES:
+        return (
+            f"{pool} discovers {f.count} targets more than once, each scraped as often: "
+            f"{_plain_names(st.duplicated)} (prometheus-operator #8682: both address "
+            "families of each node in the kubelet Endpoints; or two Services for one target)"
+        )
+    if kind is FindingKind.POOL_GHOSTS:
+        return (
+            f"{pool} discovers {f.count} targets of nodes or pods that no longer exist: "
+            f"{_plain_names(st.ghosts)} (a stale EndpointSlice or Endpoints object left "
+            "behind; delete it)"
+        )
     misses = f"{pool} misses {f.count} of {s.expected}: {_names(st.missing or (), s.unnamed)}"
     if kind is FindingKind.POOL_READS_TRUNCATED:
         return (
@@ -194,6 +219,17 @@ def finding_words(s: ServiceCoverage, f: Finding) -> str:
             f"{': ' + _names(st.missing or (), s.unnamed) if f.count else ''}. Migrate "
             "this job to role endpointslice (with slices that a controller writes)"
         )
+    family = st.causes.counts.get(Cause.ADDRESS_FAMILY, 0)
+    if family:
+        # The usual advice (RBAC, selectors) would send the user the wrong
+        # way: discovery works, and skips these slices on purpose.
+        return (
+            f"{misses}. {'All' if family == f.count else family} of them are only in the "
+            "slices of an address family Prometheus 3.11+ skips: it reads only the primary "
+            "family (spec.ipFamilies[0]) of a dual-stack Service (prometheus #18192). Have "
+            "the slices written in that family too (Prometheus Operator 0.93+ for the "
+            "kubelet), or make the Service single-stack"
+        )
     if kind is FindingKind.POOL_DISCOVERS_NOTHING:
         return (
             f"{misses}. It discovers none of them: check its service discovery (RBAC for "
@@ -202,27 +238,54 @@ def finding_words(s: ServiceCoverage, f: Finding) -> str:
     return misses
 
 
-def finding_line(s: ServiceCoverage, f: Finding) -> str:
-    """The finding as the audit prints it, its runbook as a URL."""
+def finding_line(
+    s: ServiceCoverage, f: Finding, evidence: kube_evidence.Evidence = kube_evidence.NO_EVIDENCE
+) -> str:
+    """The finding as the audit prints it, its runbook as a URL, then what
+    Kubernetes itself says of it (model.evidence)."""
     runbook = f" ({runbooks.runbook_url(f.runbook)})" if f.runbook else ""
     why = _finding_causes(f)
-    return f"{s.namespace}/{s.service}: {finding_words(s, f)}{why}{runbook}."
+    said = evidence_words(f, evidence)
+    return f"{s.namespace}/{s.service}: {finding_words(s, f)}{why}{runbook}.{said}"
+
+
+def event_words(e: kube_evidence.ControllerEvent) -> str:
+    """One event as Kubernetes wrote it (escaped and cut at reading)."""
+    seen = f", last {e.last_seen}" if e.last_seen else ""
+    times = f" x{e.count}" if e.count > 1 else ""
+    who = f" from {e.component}" if e.component else ""
+    return f'Warning {e.reason}{who}{times}{seen}: "{e.message}"'
+
+
+def evidence_words(f: Finding, evidence: kube_evidence.Evidence) -> str:
+    """' Kubernetes says so: ...' for a finding its events confirm; a note
+    when they could not be read; nothing otherwise (a finding without an
+    event is still a finding: the controller records none while nothing
+    changes, and events expire)."""
+    events = kube_evidence.finding_evidence(f, evidence)
+    if events:
+        return " Kubernetes says so: " + "; ".join(event_words(e) for e in events) + "."
+    if kube_evidence.evidence_unread(f, evidence):
+        return f" (Kubernetes events not read: {evidence.detail})"
+    return ""
 
 
 def _finding_causes(f: Finding) -> str:
     """The stage's counts per cause, for the findings about lost or unknown
     targets (not for the mirroring count, which is about addresses)."""
-    if f.kind is FindingKind.MIRRORING_CAPPED:
+    if f.kind in (FindingKind.MIRRORING_CAPPED, *EXTRA_TARGETS):
         return ""
     words = cause_words(f.stage.causes)
     return f"; {words}" if words else ""
 
 
-def findings(s: ServiceCoverage) -> list[str]:
+def findings(
+    s: ServiceCoverage, evidence: kube_evidence.Evidence = kube_evidence.NO_EVIDENCE
+) -> list[str]:
     """What is wrong with one Service, in words, with what to do. Lines
     that describe a gap say so; the rest are findings that lose nothing
     today (no pool reads the stage)."""
-    return [finding_line(s, f) for f in model_findings(s)]
+    return [finding_line(s, f, evidence) for f in model_findings(s)]
 
 
 def _source_line(h: SourceHealth) -> str:
@@ -261,6 +324,11 @@ def migration_lines(readiness: Sequence[Readiness]) -> list[str]:
             f"{r.kubelet_state}; ServiceAccount {r.cr.service_account} {rbac} list "
             f"EndpointSlices; Services over 1000 addresses: {over}"
             + (f"; soon: {soon}" if soon else "")
+            + "".join(
+                f"; ServiceMonitor {m.namespace}/{m.name} sets role {m.role}"
+                for m in r.monitors
+                if m.own
+            )
             + f". Next step: {r.next_step}"
             + (" (UNSAFE now)" if not r.safe_now else "")
             + f": {r.advice}"
@@ -276,23 +344,67 @@ def render_table(
     sources: Sequence[SourceHealth],
     complete: bool = True,
     readiness: Sequence[Readiness] = (),
+    evidence: kube_evidence.Evidence = kube_evidence.NO_EVIDENCE,
 ) -> str:
     lines = [_source_line(h) for h in sources]
+    if evidence.state in (kube_evidence.EventsRead.FORBIDDEN, kube_evidence.EventsRead.FAILED):
+        lines.append(f"Kubernetes events: not read ({evidence.detail})")
     if report is None:
         return "\n".join([*lines, verdict(None, complete)]) + "\n"
     rows = _rows(report)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     table = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    words = [f for s in report.services for f in findings(s)]
+    words = [f for s in report.services for f in findings(s, evidence)]
     words += [
         f"{u.namespace}/{u.service}: cannot tell what it should hold ({u.reason})"
         for u in report.unresolved
     ]
+    words += unreached_lines(report)
     migration = migration_lines(readiness)
     if migration:
         migration = ["Prometheus Operator migration to EndpointSlice discovery:", *migration, ""]
     body = [*lines, "", *table, "", *words, *migration, verdict(report, complete)]
     return "\n".join(body) + "\n"
+
+
+_NAMES_SHOWN = 10
+"""Nodes named per taint in a line; the JSON names them all."""
+
+
+def _taint(taint: Taint) -> str:
+    key, value, effect = taint
+    return printable(f"{key}={value}:{effect}" if value else f"{key}:{effect}")
+
+
+def unreached_lines(report: CoverageReport) -> list[str]:
+    """Nodes a node-level DaemonSet never reaches (model.unreached), one
+    line per DaemonSet and taint, with the nodes' names."""
+    out = []
+    url = runbooks.runbook_url(RUNBOOK_UNREACHED)
+    for u in report.unreached:
+        for taint, nodes in u.by_taint.items():
+            shown = ", ".join(nodes[:_NAMES_SHOWN])
+            more = len(nodes) - _NAMES_SHOWN
+            if more > 0:
+                shown += f" and {more} more"
+            out.append(
+                f"DaemonSet {u.namespace}/{u.daemonset}: {len(nodes)} nodes never get its pod: "
+                f"it selects no nodes, but does not tolerate their taint {_taint(taint)} "
+                f"({shown}); not counted as missing targets ({url})."
+            )
+    return out
+
+
+def unreached_json(u: Unreached) -> dict[str, object]:
+    return {
+        "namespace": u.namespace,
+        "daemonset": u.daemonset,
+        "count": u.count,
+        "taints": [
+            {"key": key, "value": value, "effect": effect, "nodes": list(nodes)}
+            for (key, value, effect), nodes in u.by_taint.items()
+        ],
+    }
 
 
 def _missing_list(missing: Sequence[MissingTarget], causes: StageCauses) -> list[dict[str, str]]:
@@ -316,7 +428,27 @@ def _causes_json(causes: StageCauses) -> dict[str, object]:
     }
 
 
-def service_json(s: ServiceCoverage) -> dict[str, object]:
+def evidence_json(s: ServiceCoverage, evidence: kube_evidence.Evidence) -> list[dict[str, object]]:
+    """The events that confirm the Service's findings, each with the kind
+    of the finding it confirms."""
+    return [
+        {
+            "finding": f.kind.value,
+            "reason": e.reason,
+            "component": e.component,
+            "message": e.message,
+            "count": e.count,
+            "last_seen": e.last_seen,
+            "skipped": e.skipped,
+        }
+        for f in model_findings(s)
+        for e in kube_evidence.finding_evidence(f, evidence)
+    ]
+
+
+def service_json(
+    s: ServiceCoverage, evidence: kube_evidence.Evidence = kube_evidence.NO_EVIDENCE
+) -> dict[str, object]:
     stages = service_stages(s)
     ep_causes, sl_causes = stages[0].causes, stages[1].causes
     pool_causes = [st.causes for st in stages[2:]]
@@ -347,6 +479,7 @@ def service_json(s: ServiceCoverage) -> dict[str, object]:
             ],
             "terminating": dict(sorted(s.slices.terminating.items())),
             "mirroring_skipped": s.slices.mirroring_skipped,
+            "families": dict(s.slices.families),
             "missing_count": s.slices_missing_count(),
             "missing": _missing_list(s.slices.missing, sl_causes),
             **_causes_json(sl_causes),
@@ -370,6 +503,8 @@ def service_json(s: ServiceCoverage) -> dict[str, object]:
                     "missing_count": p.missing_count,
                     "missing": None if p.missing is None else _missing_list(p.missing, c),
                     **_causes_json(c),
+                    "duplicated": list(p.duplicated),
+                    "ghosts": list(p.ghosts),
                 }
                 for p, c in zip(s.pools, pool_causes, strict=True)
             ],
@@ -385,7 +520,8 @@ def service_json(s: ServiceCoverage) -> dict[str, object]:
             }
             for st in service_gaps(s)
         ],
-        "findings": findings(s),
+        "findings": findings(s, evidence),
+        "evidence": evidence_json(s, evidence),
     }
 
 
@@ -412,6 +548,10 @@ def readiness_json(r: Readiness) -> dict[str, object]:
         "kubelet_state": r.kubelet_state,
         "services_over_capacity": [f"{ns}/{n}" for ns, n in r.over_capacity],
         "services_soon_over_capacity": [f"{ns}/{n}" for ns, n in r.soon_over_capacity],
+        "service_monitors": [
+            {"namespace": m.namespace, "name": m.name, "role": m.role, "own_role": m.own}
+            for m in r.monitors
+        ],
         "next_step": r.next_step,
         "safe_now": r.safe_now,
         "advice": r.advice,
@@ -427,6 +567,7 @@ def render_json(
     sources: Sequence[SourceHealth],
     complete: bool = True,
     readiness: Sequence[Readiness] = (),
+    evidence: kube_evidence.Evidence = kube_evidence.NO_EVIDENCE,
 ) -> str:
     fleet = report.fleet if report is not None else None
     complete = complete and report is not None and all(h.up for h in sources)
@@ -470,7 +611,10 @@ def render_json(
             "ready": report.nodes_ready,
             "not_ready": report.nodes_not_ready,
         },
-        "services": [] if report is None else [service_json(s) for s in report.services],
+        "services": [] if report is None else [service_json(s, evidence) for s in report.services],
+        "events": None
+        if report is None
+        else {"read": evidence.state.value, "detail": evidence.detail or None},
         "controllers": None if report is None else controllers_json(report),
         "migration": [readiness_json(r) for r in readiness],
         "unresolved": []
@@ -479,6 +623,7 @@ def render_json(
             {"namespace": u.namespace, "service": u.service, "reason": u.reason}
             for u in report.unresolved
         ],
+        "unreached": [] if report is None else [unreached_json(u) for u in report.unreached],
     }
     # msgspec, not json.dumps: at 100k nodes the document lists every
     # missing node (~600k entries) and json.dumps(indent=2) takes seconds.

@@ -47,12 +47,14 @@ def test_json_without_kubernetes_says_nothing_was_compared() -> None:
         "replicas": [],
         "verdict": "no coverage: Kubernetes could not be read",
         "migration": [],
+        "events": None,
         "complete": False,
         "gaps": None,
         "nodes": None,
         "services": [],
         "controllers": None,
         "unresolved": [],
+        "unreached": [],
     }
 
 

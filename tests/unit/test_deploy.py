@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from coverage_exporter.sources.kubernetes import operator
+from coverage_exporter.sources.kubernetes import events, operator
 from coverage_exporter.sources.kubernetes import source as kubernetes
 
 DEPLOY = Path(__file__).parent.parent.parent / "deploy" / "kubernetes.yaml"
@@ -37,6 +37,8 @@ def test_cluster_role_grants_list_and_watch_on_every_watched_resource() -> None:
     }
     listed[("", "namespaces")] = {"list"}
     asked = {resource_of(operator.SAR): {"create"}}
+    # Kubernetes' events as evidence (sources/kubernetes/events.py).
+    listed[resource_of(events.EVENTS)] = {"list"}
     assert granted == watched | listed | asked
 
 
