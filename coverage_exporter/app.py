@@ -242,6 +242,7 @@ class Exporter:
             limits=guards.limits,
             pod_form=guards.pod_form,
             node_decoder=None if settings.decode_nodes_in_process else NodePageDecoder(),
+            list_deadline_seconds=guards.source_deadline,
         )
         decoder = None if settings.decode_in_process else target_decoder.SHARED
         if decoder is not None and settings.prometheus:

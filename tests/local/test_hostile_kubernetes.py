@@ -35,6 +35,7 @@ from coverage_exporter.sources.kubernetes.source import KubernetesSource
 from fakes.apiserver import FakeApiServer, node, nodes, status
 from tests.local.test_hostile_prometheus import ANSI_AND_NEWLINES, DEEP, assert_one_clean_line
 from tests.local.test_reflector import (  # node_decoding: every test on both paths of a page
+    NODE_DECODER,
     configuration,
     node_decoding,  # noqa: F401
     node_reflector,
@@ -238,6 +239,70 @@ async def test_a_half_open_watch_is_noticed(
     # (sent until one lands: each watch lives only 0.2s here).
     await until(lambda: server.bookmark() or r.healthy)
     assert r.last_error == ""
+
+
+async def test_a_relist_past_its_deadline_is_down_not_stale_nodes_served_as_current(
+    server: FakeApiServer,
+) -> None:
+    """A relist (after a 410 on the watch) whose pages trickle in, each well
+    within the request timeout: used to keep the source up for the whole
+    relist, however long, serving the Nodes of before the 410 as current."""
+    for each in nodes(40):
+        server.put("nodes", each)
+    source = KubernetesSource(
+        configuration(server.url),
+        page_size=1,
+        list_deadline_seconds=1.0,
+        node_decoder=NODE_DECODER[0],
+    )
+    await source.start()
+    gates: list[asyncio.Event] = []
+
+    async def trickle() -> None:
+        # One page every 0.2 s: 40 pages take 8 s, every one on time.
+        while True:
+            gates.append(asyncio.Event())
+            server.page_gate = gates[-1]
+            await asyncio.sleep(0.2)
+            gates[-1].set()
+
+    trickling = asyncio.create_task(trickle())
+    try:
+        assert await source.wait_synced(30)
+        source.snapshot()
+        assert source.health.up
+        assert source.nodes is not None
+        server.put("nodes", node("joined"))
+        await until(lambda: "joined" in source.snapshot().nodes)
+        # The watch is told its resourceVersion is gone, and the Node leaves
+        # after that (an event that watch never delivers): the Nodes relist.
+        gone = {"type": "ERROR", "object": status(410, "Expired", "too old resource version")}
+        server.put_raw_event("nodes", json.dumps(gone).encode() + b"\n")
+        server.delete("nodes", "joined")
+        lists = len(server.lists("nodes"))
+        await until(lambda: len(server.lists("nodes")) > lists)
+
+        def down_or_relisted() -> bool:
+            source.snapshot()
+            return not source.health.up or "joined" not in source.nodes.cache
+
+        await until(down_or_relisted, 60)
+        assert not source.health.up, "the relist completed with the source up all along"
+        assert "joined" in source.snapshot().nodes, "the last complete list is kept, as down"
+        assert "LIST not complete after 1s" in source.health.last_error
+        # The relist goes on and completes: up again, with the Nodes of now.
+        trickling.cancel()
+        server.page_gate = None
+        for gate in gates:
+            gate.set()
+        await until(lambda: (source.snapshot(), source.health.up)[1], 30)
+        assert "joined" not in source.snapshot().nodes
+    finally:
+        trickling.cancel()
+        server.page_gate = None
+        for gate in gates:
+            gate.set()
+        await source.stop()
 
 
 # --- pod scopes -----------------------------------------------------------------------

@@ -122,6 +122,23 @@ async def test_a_body_of_4_gib_is_refused_and_the_worker_lives_on(pool: TargetDe
     assert again.worker == first.worker, "the worker was not lost for it"
 
 
+async def test_a_node_page_of_4_gib_is_refused_and_the_worker_lives_on(
+    pages: NodePageDecoder,
+) -> None:
+    """The Node decoding worker's side of the same (issue #21 item 9): a
+    page of 4 GiB or more is one source error, the writer thread and the
+    worker live on."""
+    await pages.decode(NODE_PAGE, "", LIMIT)
+    worker = pages._slot._worker
+    for size in (4 << 30, (4 << 30) + 1, link.MAX_FRAME + 1):
+        huge = untouched(size)
+        with pytest.raises(SourceError, match="too large for the decoding worker"):
+            await asyncio.wait_for(pages.decode(huge, "gzip", LIMIT), HANG_GUARD_SECONDS)
+        huge.close()
+    page, _ = await asyncio.wait_for(pages.decode(NODE_PAGE, "", LIMIT), HANG_GUARD_SECONDS)
+    assert len(page.items) == 3 and pages._slot._worker is worker, "the worker was not lost"
+
+
 def untouched(size: int) -> bytearray:
     """`size` zero bytes that take no memory until touched (an anonymous
     mapping; a bytearray would be zeroed, 4 GiB of RSS), with a short repr

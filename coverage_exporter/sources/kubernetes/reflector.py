@@ -60,6 +60,13 @@ _MAX_LOGGED_BAD_OBJECTS = 10
 # restart or a load balancer's rotation, several are a proxy that cuts
 # every watch, and a cache that silently stops following the cluster.
 MAX_EMPTY_WATCHES = 3
+# A watch open this long without being ended was not cut "at once": what
+# tells a proxy that ends every watch right after its headers (ms) from a
+# quiet watch, long before the apiserver's first bookmark (about a minute)
+# could prove anything. Well under the shortest --interval the tests use (2
+# s), so that a reflector is back within one cycle of the first watch that
+# stays open.
+WATCH_STAYS_OPEN_SECONDS = 1.0
 # Watch requests in a row answered with an error (not 410) before the
 # reflector gives up on its resourceVersion and lists again.
 MAX_WATCH_ERRORS = 3
@@ -116,9 +123,13 @@ class Reflector(Generic[K, T]):
         on_state_change: Callable[[], None] | None = None,
         watch_idle_seconds: float = parse_seconds(defaults.KUBERNETES_WATCH_IDLE_TIMEOUT),
         page_decoder: NodePageDecoder | None = None,
+        list_deadline_seconds: float | None = None,
     ) -> None:
         """page_decoder: LIST pages go to it (a worker process) while the
-        reflector's parser is the decoder's; watch events never do."""
+        reflector's parser is the decoder's; watch events never do.
+        list_deadline_seconds: a relist (all its pages) still under way after
+        this long makes the reflector down until it completes (_list_overdue);
+        None: no deadline."""
         self.api = api
         self.path = path
         self.parser = parser
@@ -129,11 +140,18 @@ class Reflector(Generic[K, T]):
         self._watch_timeout = watch_timeout_seconds
         self._watch_idle = watch_idle_seconds
         self._page_decoder = page_decoder
+        self._list_deadline = list_deadline_seconds
         self._ahead: tuple[str, asyncio.Task[tuple[bytes, str]]] | None = None
         """The next LIST page, asked for before this one is parsed, and its
         continue token (see _page)."""
         self._empty_watches = 0
         """Watches in a row that delivered nothing."""
+        self._silent_watch = False
+        """One of those stayed open and still delivered nothing (a half-open
+        connection, a proxy that holds the stream back): only a delivered
+        event or bookmark proves the watch works again, not staying open."""
+        self._watch_opened = 0.0
+        """Monotonic time the current watch's headers arrived (0: none)."""
         self._lines_this_watch = 0
         self._watch_errors = 0
         self._backoff = backoff or Backoff()
@@ -202,20 +220,28 @@ class Reflector(Generic[K, T]):
             try:
                 if self.resource_version is None:
                     await self._list()
-                started = time.monotonic()
+                self._watch_opened = 0.0
                 try:
                     await self._watch()
                 except TimeoutError:
                     why = f"no byte and no bookmark for {self._watch_idle:g}s (half-open?)"
+                    self._silent_watch = True
                     await self._after_empty_watch(why)
                     continue
-                if self._lines_this_watch == 0:
-                    await self._after_empty_watch("watch ended without an event or bookmark")
+                stayed_open = (
+                    self._watch_opened > 0
+                    and time.monotonic() - self._watch_opened > WATCH_STAYS_OPEN_SECONDS
+                )
                 # The server closed the watch (timeoutSeconds): resume at once,
                 # unless it keeps closing immediately (a misbehaving proxy).
-                if time.monotonic() - started > 1.0:
+                if stayed_open:
                     self._backoff.reset()
-                else:
+                if self._lines_this_watch == 0:
+                    self._silent_watch |= stayed_open
+                    await self._after_empty_watch(
+                        "watch ended without an event or bookmark", cut=not stayed_open
+                    )
+                elif not stayed_open:
                     await asyncio.sleep(self._backoff.next())
             except FormUnsupported as exc:
                 if not self._fall_back(str(exc)):
@@ -271,18 +297,41 @@ class Reflector(Generic[K, T]):
         self.resource_version = None
         return True
 
-    async def _after_empty_watch(self, why: str) -> None:
-        """A watch delivered nothing. Resume at once while that may be
-        chance; after MAX_EMPTY_WATCHES in a row the reflector is down (its
-        cache no longer follows the cluster) until a watch delivers again."""
+    async def _after_empty_watch(self, why: str, cut: bool = False) -> None:
+        """A watch delivered nothing (cut: it ended at once). Resume while
+        that may be chance (after a backoff if it was cut); after
+        MAX_EMPTY_WATCHES in a row the reflector is down (its cache no
+        longer follows the cluster) until a watch delivers again or, if
+        every one of them was cut, stays open (_stayed_open). One backoff
+        per watch: two (this and the cut's) let the retries of a long cut
+        drift a minute apart, and the first good watch that much late."""
         self._empty_watches += 1
         if self._empty_watches < MAX_EMPTY_WATCHES:
             log.info(
                 "watch ended; resuming",
                 extra=fields(resource=self.name, why=why, resource_version=self.resource_version),
             )
+            if cut:
+                await asyncio.sleep(self._backoff.next())
             return
         await self._failed(f"{why}, {MAX_EMPTY_WATCHES} times in a row or more")
+
+    def _stayed_open(self) -> None:
+        """The watch after a run of cut ones stayed open: whatever cut them
+        (a proxy, a load balancer) lets watches through again, so the
+        reflector is back now, not at the next event or bookmark (a quiet
+        cluster sends a bookmark about once a minute). An event missed
+        meanwhile is not lost: this watch resumed from the last
+        resourceVersion seen, and the apiserver replays what came after."""
+        if not self._empty_watches:
+            return  # an event came first and did the same
+        log.info(
+            "watches stay open again",
+            extra=fields(resource=self.name, cut_in_a_row=self._empty_watches),
+        )
+        self._empty_watches = 0
+        self._backoff.reset()
+        self._set_healthy(True)
 
     async def _failed(self, message: str, retry_after: float = 0.0) -> None:
         delay = max(self._backoff.next(), retry_after)
@@ -324,6 +373,12 @@ class Reflector(Generic[K, T]):
 
     async def _list(self) -> None:
         started = time.monotonic()
+        self.listing_objects = 0
+        overdue = None
+        # A relist only: before the first list completes there is no cache
+        # to take for current (not synced is down already).
+        if self._list_deadline is not None and self.synced:
+            overdue = asyncio.get_running_loop().call_later(self._list_deadline, self._list_overdue)
         try:
             for _attempt in range(_MAX_LIST_RESTARTS):
                 try:
@@ -339,6 +394,8 @@ class Reflector(Generic[K, T]):
                     410, f"list restarted {_MAX_LIST_RESTARTS} times on expired continue"
                 )
         finally:
+            if overdue is not None:
+                overdue.cancel()
             self._drop_ahead()
             if self._page_decoder is not None:
                 self._page_decoder.release()
@@ -367,6 +424,28 @@ class Reflector(Generic[K, T]):
         self._set_healthy(True)
         if first and self._on_state_change:
             self._on_state_change()
+
+    def _list_overdue(self) -> None:
+        """The LIST is past its deadline. A relist (after a 410) keeps the
+        last complete list in the cache, no longer current: down until the
+        LIST completes, so that no cycle serves it as current. The LIST goes
+        on (each page is bounded by the request timeout): dropped and
+        retried, one that takes longer than the deadline even when healthy
+        (a busy control plane, 100k Nodes) would never complete."""
+        message = (
+            f"LIST not complete after {self._list_deadline:g}s "
+            f"({self.listing_objects} objects so far); "
+            "the cached objects are those of the last complete list"
+        )
+        log.warning(
+            "list overdue; down until it completes",
+            extra=fields(resource=self.name, err=message, cached=len(self._cache)),
+        )
+        self._health.record_error(f"{self.name}: {message}")
+        if not self.last_error:
+            self._failing_since = time.monotonic()
+        self.last_error = message
+        self._set_healthy(False)
 
     async def _list_pages(self) -> tuple[dict[K, T], str | None, int, int]:
         items: dict[K, T] = {}
@@ -461,17 +540,29 @@ class Reflector(Generic[K, T]):
                 "watching", extra=fields(resource=self.name, resource_version=self.resource_version)
             )
             # A watch that only opens proves little (a proxy that cuts it
-            # at once also answers 200): after a run of empty watches only
-            # a delivered event or bookmark brings the reflector back.
+            # at once also answers 200): after a run of empty watches, a
+            # delivered event or bookmark brings the reflector back, or the
+            # watch staying open if every empty one was cut at once.
+            self._watch_opened = time.monotonic()
             if self._empty_watches < MAX_EMPTY_WATCHES:
                 self._set_healthy(True)
-            async for line in lines:
-                self._handle_event(line)
-                self._lines_this_watch += 1
-                self._watch_errors = 0
-                if self._empty_watches:
-                    self._empty_watches = 0
-                    self._set_healthy(True)
+            stays_open = None
+            if self._empty_watches and not self._silent_watch:
+                stays_open = asyncio.get_running_loop().call_later(
+                    WATCH_STAYS_OPEN_SECONDS, self._stayed_open
+                )
+            try:
+                async for line in lines:
+                    self._handle_event(line)
+                    self._lines_this_watch += 1
+                    self._watch_errors = 0
+                    if self._empty_watches:
+                        self._empty_watches = 0
+                        self._set_healthy(True)
+                    self._silent_watch = False
+            finally:
+                if stays_open is not None:
+                    stays_open.cancel()
 
     def _handle_event(self, line: bytes) -> None:
         # A line that is not an event means the stream framing is broken:

@@ -105,6 +105,7 @@ class KubernetesSource:
         limits: Limits = DEFAULT_LIMITS,
         pod_form: str = defaults.KUBERNETES_POD_FORM,
         node_decoder: NodePageDecoder | None = None,
+        list_deadline_seconds: float = parse_seconds(defaults.SOURCE_DEADLINE),
     ) -> None:
         """configuration: an already loaded client Configuration (tests);
         otherwise it is loaded at start() from kubeconfig/context/in_cluster
@@ -116,7 +117,16 @@ class KubernetesSource:
         cluster. max_pod_watches bounds the pod reflectors (one watch each).
         pod_form: POD_FORM_TABLE (a scope whose server cannot serve it falls
         back to full objects on its own) or POD_FORM_FULL. node_decoder:
-        where the Node LIST pages are parsed (a worker process; None: here)."""
+        where the Node LIST pages are parsed (a worker process; None: here).
+
+        list_deadline_seconds: --source-deadline. A relist (after a 410),
+        the Nodes' above all (all pages; 5 s at 100k Nodes here,
+        bench/analysis.md), still under way after it makes the source down
+        until it completes: a relist runs outside the cycles, but leaves them
+        reading the previous list, as stale as the last answer of a
+        Prometheus that missed its deadline. Not the request timeout: that
+        bounds each page (a stuck one fails), not a relist whose pages each
+        come in time."""
         self.health = SourceHealth(source=SOURCE_KUBERNETES)
         self._configuration = configuration
         self._config_args = (kubeconfig, context, in_cluster)
@@ -124,6 +134,7 @@ class KubernetesSource:
             "page_size": page_size,
             "watch_timeout_seconds": watch_timeout_seconds,
             "watch_idle_seconds": watch_idle_seconds,
+            "list_deadline_seconds": list_deadline_seconds,
         }
         self._request_timeout = request_timeout_seconds
         self._namespaces = tuple(sorted(set(namespaces)))
