@@ -401,7 +401,8 @@ def without_explicit(
     or fleet-file entry is that entry: judged once, as the user named it."""
     given = {address_key(u) for u in explicit_urls}
     given.discard(None)
-    keep, dropped = [], []
+    keep: list[FoundServer] = []
+    dropped: list[FoundServer] = []
     for server in found:
         (dropped if server.url and address_key(server.url) in given else keep).append(server)
     return keep, dropped

@@ -95,8 +95,8 @@ class _Web(msgspec.Struct, rename="camel"):
     tls_config: msgspec.Raw = _ABSENT
 
 
-_SPEC = untrusted.Decoder(_Spec)
-_WEB = untrusted.Decoder(_Web)
+_SPEC: untrusted.Decoder[_Spec] = untrusted.Decoder(_Spec)
+_WEB: untrusted.Decoder[_Web] = untrusted.Decoder(_Web)
 _FIELD: dict[type, untrusted.Decoder[Any]] = {
     t: untrusted.Decoder(t | None) for t in (int, str, bool)
 }
@@ -232,7 +232,7 @@ class _ResourceList(msgspec.Struct):
     resources: list[_Resource] | None = None
 
 
-_RESOURCE_LIST = untrusted.Decoder(_ResourceList)
+_RESOURCE_LIST: untrusted.Decoder[_ResourceList] = untrusted.Decoder(_ResourceList)
 
 
 # --- the source --------------------------------------------------------------------------
