@@ -123,6 +123,29 @@ def _common(p: _EnvParser) -> None:
         "optionally its shard/replica (docs/prometheus-fleet.md); adds to --prometheus-url",
     )
     p.add(
+        "--prometheus-discovery",
+        "find every Prometheus and PrometheusAgent of the Prometheus Operator, each shard and "
+        "replica read at its pod IP (adds to --prometheus-url and the fleet file); off: only those",
+        default="on",
+        choices=["on", "off"],
+    )
+    p.add(
+        "--prometheus-pod-selector",
+        "also judge the pods this label selector matches (Prometheus servers the Operator does "
+        "not run), each at its pod IP and --prometheus-pod-port; as kubectl takes it: a=b,c",
+    )
+    p.add(
+        "--prometheus-pod-port",
+        "container port (name or number) of the pods --prometheus-pod-selector finds",
+        default="web",
+    )
+    p.add(
+        "--prometheus-discovery-namespace",
+        "look for Prometheus objects and pods only in this namespace (then RBAC is needed only "
+        "there); repeatable; default: the whole cluster",
+        action="append",
+    )
+    p.add(
         "--prometheus-stale-after",
         "seconds a Prometheus that stopped answering still covers its targets with its last "
         "good answer; after that its share is reported as unknown",

@@ -10,6 +10,7 @@ import msgspec
 
 from coverage_exporter import runbooks
 from coverage_exporter.model.coverage import MissingTarget, PoolCoverage, ServiceCoverage
+from coverage_exporter.model.discovery import DiscoveryFinding, FoundServer
 from coverage_exporter.model.gaps import service_gaps
 from coverage_exporter.model.objects import ROLE_ENDPOINTS, ROLE_ENDPOINTSLICE
 from coverage_exporter.model.readiness import Readiness
@@ -163,6 +164,12 @@ def verdict(report: CoverageReport | None, complete: bool) -> str:
         return "gaps found"
     if not report.services:
         return "no Service compared: nothing to judge (check --service, --namespace, the scope)"
+    if not report.fleet.replicas:
+        return (
+            "nothing judged: no Prometheus server was found or given (discovery finds the "
+            "Prometheus Operator's servers and --prometheus-pod-selector pods; "
+            "--prometheus-url and the fleet file name others)"
+        )
     if report.unknown_pools or not complete:
         return "coverage unknown: a source did not answer (no gap seen in what did)"
     return "full coverage"
@@ -195,8 +202,16 @@ def render_table(
     sources: Sequence[SourceHealth],
     complete: bool = True,
     readiness: Sequence[Readiness] = (),
+    found: Sequence[DiscoveryFinding] = (),
+    unread: Sequence[FoundServer] = (),
 ) -> str:
     lines = [_source_line(h) for h in sources]
+    lines += [
+        f"server {s.name} ({s.found_by}): not read, {s.unreadable}; its replica's coverage "
+        "is unknown"
+        for s in unread
+    ]
+    lines += [f"discovery: {f.message}" for f in found]
     if report is None:
         return "\n".join([*lines, verdict(None, complete)]) + "\n"
     rows = _rows(report)
@@ -305,6 +320,8 @@ def render_json(
     sources: Sequence[SourceHealth],
     complete: bool = True,
     readiness: Sequence[Readiness] = (),
+    found: Sequence[DiscoveryFinding] = (),
+    unread: Sequence[FoundServer] = (),
 ) -> str:
     fleet = report.fleet if report is not None else None
     complete = complete and report is not None and all(h.up for h in sources)
@@ -326,6 +343,7 @@ def render_json(
                         "server": sv.name,
                         "shard": sv.identity.shard,
                         "topology": sv.identity.how,
+                        "discovery": sv.found_by,
                         "known": sv.known,
                     }
                     for sv in r.servers
@@ -344,6 +362,14 @@ def render_json(
         },
         "services": [] if report is None else [service_json(s) for s in report.services],
         "migration": [readiness_json(r) for r in readiness],
+        "discovery": {
+            "findings": [
+                {"subject": f.subject, "reason": f.reason, "message": f.message} for f in found
+            ],
+            "not_read": [
+                {"server": s.name, "discovery": s.found_by, "reason": s.unreadable} for s in unread
+            ],
+        },
         "unresolved": []
         if report is None
         else [

@@ -739,7 +739,9 @@ def _display_url(url: str) -> str:
 
 
 def _source_name(h: SourceHealth) -> str:
-    return "Kubernetes" if h.source == SOURCE_KUBERNETES else f"Prometheus {h.prometheus}"
+    if h.source == SOURCE_KUBERNETES:
+        return "Kubernetes"
+    return f"Prometheus {h.prometheus}" if h.prometheus else h.source.capitalize()
 
 
 def _sources_table(info: PageInfo, servers: Mapping[str, ServerView]) -> str:

@@ -187,8 +187,14 @@ def _server_info(state: ExporterState) -> Iterator[Sample]:
                     str(ident.shard),
                     str(replica.shards),
                     ident.how,
+                    server.found_by,
                 )
                 yield labels, 1
+
+
+def _servers(state: ExporterState) -> Iterator[Sample]:
+    if state.report is not None:
+        yield (), sum(len(r.servers) for r in state.report.fleet.replicas.values())
 
 
 def _nodes(state: ExporterState) -> Iterator[Sample]:
@@ -391,9 +397,17 @@ COVERAGE_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec(
         "server_info",
         "gauge",
-        "1 per configured Prometheus server, with where it stands in its fleet.",
-        ("server", "scraper", "scraper_replica", "shard", "shards", "topology"),
+        "1 per Prometheus server given or found, with where it stands in its fleet and how "
+        "the exporter knows of it.",
+        ("server", "scraper", "scraper_replica", "shard", "shards", "topology", "discovery"),
         _server_info,
+    ),
+    MetricSpec(
+        "servers",
+        "gauge",
+        "Prometheus servers given or found, readable or not; 0: nothing was judged.",
+        (),
+        _servers,
     ),
     MetricSpec(
         "nodes", "gauge", "Nodes in the cluster by their Ready condition.", ("ready",), _nodes

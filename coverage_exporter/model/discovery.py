@@ -48,6 +48,8 @@ PREFIX = {PROMETHEUS: "prometheus", PROMETHEUS_AGENT: "prom-agent"}
 NAME_LABEL = "operator.prometheus.io/name"
 SHARD_LABEL = "operator.prometheus.io/shard"
 DEFAULT_PORT_NAME = "web"
+SELECTED = "pod selector"
+"""FoundServer.credentials of every pod found by the selector."""
 HOW_DISCOVERED = "discovered"
 """ServerIdentity.how of a server placed by its Operator object."""
 
@@ -141,8 +143,8 @@ class FoundServer:
     replica's coverage is then unknown, never covered nor missing. Empty
     when it is read."""
     credentials: str = ""
-    """Which credentials it is read with: the object's `kind ns/name`, or
-    the selector; see the fleet file's `discovery` entries."""
+    """Which credentials it is read with: its object (`Prometheus ns/name`)
+    or SELECTED; see the fleet file's `discovered` entries."""
 
     @property
     def readable(self) -> bool:
@@ -384,10 +386,35 @@ def selector_servers(
                 url=url,
                 pod_uid=pod.uid,
                 unreadable=why,
-                credentials=found_by,
+                credentials=SELECTED,
             )
         )
     return Discovery(tuple(servers), tuple(findings))
+
+
+# --- a server's configuration against its object ----------------------------------------
+
+
+def configuration_lags(identity: ServerIdentity, shard: tuple[int, int] | None) -> str:
+    """Why a discovered server's loaded configuration is not yet the one its
+    object asks for, or "" when it is (or cannot be told: no hashmod rule).
+
+    shard: (shard, shards) of the hashmod rule the server loaded
+    (model.topology.hashmod_shard). When the object's shard count changes,
+    the Operator rewrites the Secret at once, but each pod loads it only
+    after its reloader sees it (the kubelet's Secret refresh: a minute or
+    more in a cluster). Until then the shards of a replica split the
+    targets by the old count, and their union is not the whole: judged,
+    that would be a gap that is only a reload pending."""
+    if identity.how != HOW_DISCOVERED or shard is None:
+        return ""
+    if shard == (identity.shard, identity.shards):
+        return ""
+    return (
+        f"its loaded configuration keeps shard {shard[0]} of {shard[1]}, its object asks "
+        f"for shard {identity.shard} of {identity.shards}: the new configuration is not "
+        "loaded yet"
+    )
 
 
 # --- combining and following --------------------------------------------------------------

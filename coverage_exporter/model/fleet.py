@@ -23,6 +23,9 @@ class ServerState:
     identity: ServerIdentity
     known: bool
     """Answered within the expiry bound; its last good targets count."""
+    found_by: str = ""
+    """How the exporter knows of it: the flag, the fleet file, or the
+    object or selector discovery found it by (model.discovery)."""
 
 
 @dataclass(slots=True)

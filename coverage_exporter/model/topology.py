@@ -40,6 +40,9 @@ class Declared:
     replica: str | None = None
     shard: int | None = None
     shards: int | None = None
+    how: str = "declared"
+    """ServerIdentity.how when scraper or replica is declared: "declared"
+    (the fleet file), "discovered" (placed by its Operator object)."""
 
 
 def hashmod_shard(jobs: list[ScrapeJob] | tuple[ScrapeJob, ...]) -> tuple[int, int] | None:
@@ -100,7 +103,7 @@ def identify(
         scraper = "jobs:" + ",".join(sorted(j.name for j in jobs))
         replica = scraper
     if declared.scraper is not None or declared.replica is not None:
-        how = "declared"
+        how = declared.how
     return ServerIdentity(
         scraper=declared.scraper if declared.scraper is not None else scraper,
         replica=declared.replica if declared.replica is not None else replica,

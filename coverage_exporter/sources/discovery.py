@@ -18,6 +18,7 @@ and healthy and the last CRD check answered.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -404,6 +405,21 @@ class DiscoverySource:
         """Every watch has listed once and the CRDs were checked once: only
         then does 'no server found' mean there is none."""
         return (self._check_ok or not self.operator) and all(r.synced for r in self._all())
+
+    async def wait_synced(self, timeout: float) -> bool:  # noqa: ASYNC109
+        """Until every watch has listed once (True), or the CRD check or a
+        watch's first list has failed (RBAC, the apiserver: False at once,
+        its error in the health), or timeout (False)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            await self.refresh()
+            if self.synced():
+                return True
+            failed_check = self.operator and not self._check_ok and self.health.errors_total
+            if failed_check or any(r.last_error and not r.synced for r in self._all()):
+                return False
+            await asyncio.sleep(0.05)
+        return False
 
     def installed(self) -> Mapping[str, bool]:
         return dict(self._present)

@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import msgspec
 
+from coverage_exporter.model.answerers import process_token
 from coverage_exporter.model.objects import PrometheusSnapshot, Target
 from coverage_exporter.model.topology import Declared, identify
 from coverage_exporter.sources import httpclient, target_decoder, untrusted
@@ -68,6 +69,7 @@ DEFAULT_CONCURRENCY = 4
 
 
 SCRAPE_POOLS_PATH = "/api/v1/scrape_pools"
+RUNTIMEINFO_PATH = "/api/v1/status/runtimeinfo"
 TARGETS_PATH = "/api/v1/targets"
 METRICS_PATH = "/metrics"
 
@@ -89,10 +91,17 @@ class PrometheusEndpoint:
     cert_file: str | None = None
     key_file: str | None = None
     insecure_skip_verify: bool = False
+    server_name: str | None = None
+    """The name its TLS certificate is checked against, when it is not the
+    URL's host (a pod read at its IP whose certificate names its Service)."""
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
     """Per request, body included: a big target list takes a while to send."""
     declared: Declared = field(default_factory=Declared)
-    """Where the server stands in its fleet, as the user declared it."""
+    """Where the server stands in its fleet, as the user declared it (or
+    its Operator object, for a server discovery found)."""
+    found_by: str = "--prometheus-url"
+    """How the exporter knows of it: the flag, "fleet file", or the object
+    or pod selector discovery found it by."""
 
     def __post_init__(self) -> None:
         self.url = _check_url(self.url)
@@ -153,6 +162,20 @@ class _ScrapePoolsResponse(msgspec.Struct):
     error: str = ""
 
 
+class _RuntimeInfo(msgspec.Struct, rename="camel"):
+    start_time: str = ""
+    hostname: str = ""  # Prometheus 3.x
+
+
+class _RuntimeInfoResponse(msgspec.Struct):
+    data: _RuntimeInfo | None = None
+
+
+_RUNTIMEINFO_DECODER: untrusted.Decoder[_RuntimeInfoResponse] = untrusted.Decoder(
+    _RuntimeInfoResponse
+)
+
+
 class _ErrorResponse(msgspec.Struct):
     error_type: str = msgspec.field(name="errorType", default="")
     error: str = ""
@@ -203,6 +226,31 @@ def parse_pool_target_counts(text: str) -> dict[str, int] | None:
             counts = {}
         counts[re.sub(r"\\.", lambda m: _UNESCAPE.get(m[0], m[0]), job)] = count
     return counts
+
+
+_POOL_SYNCS_PREFIX = "prometheus_target_scrape_pool_sync_total{"
+
+
+def parse_synced_pools(text: str) -> set[str] | None:
+    """The scrape pools that have received targets from service discovery
+    at least once (`prometheus_target_scrape_pool_sync_total`, one series
+    per pool from its first sync on: none at all before, which client_golang
+    writes as no line, not even HELP); None when the text is not a
+    Prometheus's (no `prometheus_build_info`: Thanos Query, vmagent)."""
+    pools: set[str] | None = None
+    for line in text.splitlines():
+        if line.startswith("prometheus_build_info{") and pools is None:
+            pools = set()
+        if not line.startswith(_POOL_SYNCS_PREFIX):
+            continue
+        labels_end = line.rfind("}")
+        labels = dict(_LABEL_RE.findall(line, len(_POOL_SYNCS_PREFIX), labels_end))
+        job = labels.get("scrape_job")
+        if job is not None:
+            if pools is None:
+                pools = set()
+            pools.add(re.sub(r"\\.", lambda m: _UNESCAPE.get(m[0], m[0]), job))
+    return pools
 
 
 def _target_count(text: str) -> int | None:
@@ -387,6 +435,34 @@ class PrometheusSource:
         self._config_read, self._config = True, config
         return config
 
+    async def runtime_tokens(self, probes: int) -> list[str]:
+        """Who answers: `probes` reads of runtimeinfo, each on a connection
+        of its own (`Connection: close`), since a Service balances
+        connections, not requests (model.answerers). Empty where the server
+        does not say (Thanos Query answers 404); never an error: the
+        collection reads the server anyway."""
+        headers = {**self._auth_headers(), "Connection": "close"}
+        tokens: list[str] = []
+        for _ in range(probes):
+            try:
+                status, body = await self._request(RUNTIMEINFO_PATH, None, headers)
+            except SourceError:
+                return tokens
+            if status != 200:
+                return tokens
+            try:
+                info = _RUNTIMEINFO_DECODER.decode(body).data
+            except msgspec.DecodeError:
+                return tokens
+            if info is not None and info.start_time:
+                tokens.append(
+                    process_token(
+                        untrusted.printable(info.start_time, 60),
+                        untrusted.printable(info.hostname, 100),
+                    )
+                )
+        return tokens
+
     async def pool_target_counts(self) -> dict[str, int] | None:
         """Active targets per pool from Prometheus's own /metrics: a cheap way
         to notice that a pool changed size. Equal counts do not prove equal
@@ -403,6 +479,19 @@ class PrometheusSource:
             log.warning("%s", exc)
             return None
         return parse_pool_target_counts(body.decode("utf-8", "replace"))
+
+    async def synced_pools(self) -> set[str] | None:
+        """The pools service discovery has delivered to at least once
+        (parse_synced_pools); None when the server does not say. A server
+        that just started answers before its discovery has listed
+        anything: its pools then look empty."""
+        try:
+            status, body = await self._request(METRICS_PATH, None, self._auth_headers())
+        except SourceError:
+            return None
+        if status != 200:
+            return None
+        return parse_synced_pools(body.decode("utf-8", "replace"))
 
     async def _collect(self, pools_to_refresh: Collection[str] | None) -> dict[str, PoolTargets]:
         headers = self._auth_headers()
@@ -609,6 +698,7 @@ class PrometheusSource:
                 # Plain http needs no context (and building one loads the
                 # system CAs).
                 ssl=self._tls.context() if self.endpoint.url.startswith("https") else True,
+                server_hostname=self.endpoint.server_name,
                 timeout=self._timeout,
             ) as resp:
                 if resp.status != 200:

@@ -14,11 +14,13 @@ import pytest
 
 from coverage_exporter.model import discovery as d
 from coverage_exporter.model.objects import ServerIdentity
+from coverage_exporter.model.topology import hashmod_shard
 from coverage_exporter.sources.discovery import (
     SCRAPER_PODS,
     RawScraper,
     scraper_from_raw,
 )
+from coverage_exporter.sources.prometheus_config import parse_config_response
 
 CAPTURED = Path(__file__).parents[1] / "fixtures" / "captured" / "operator" / "discovery"
 
@@ -319,3 +321,21 @@ def test_urls() -> None:
     assert d.address_key("http://[FD00:0::1]:9090/x") == ("http", "fd00::1", 9090)
     assert d.address_key("https://prom.example") == ("https", "prom.example", 443)
     assert d.address_key("http://a:notaport") is None
+
+
+# --- a configuration that lags its object ---------------------------------------------------
+
+
+def test_a_shard_whose_loaded_config_lags_its_object_is_not_judged() -> None:
+    """The config shard-1-0 loaded from the real Operator's Secret (2 shards):
+    fine while the CR says 2 shards, lagging once it says 3 (reload pending)."""
+    body = (CAPTURED.parent / "config-endpoints-shard-1-0.json").read_bytes()
+    loaded = hashmod_shard(parse_config_response(body).jobs)
+    assert loaded == (1, 2)
+    ident = ServerIdentity("monitoring/k8s", "prometheus-k8s-0", 1, 2, d.HOW_DISCOVERED)
+    assert d.configuration_lags(ident, loaded) == ""
+    lag = d.configuration_lags(replace(ident, shards=3), loaded)
+    assert "keeps shard 1 of 2" in lag and "shard 1 of 3" in lag
+    # Servers not placed by an object, or with no hashmod rule: nothing to compare.
+    assert d.configuration_lags(replace(ident, shards=3, how="operator"), loaded) == ""
+    assert d.configuration_lags(replace(ident, shards=3), None) == ""
