@@ -30,6 +30,7 @@ from testbed import certs, procs
 from testbed import operator as op
 from testbed import pods as oppods
 from testbed import prometheus as promcfg
+from testbed.scenarios import SERVER_POD_SELECTOR
 
 REPO = Path(__file__).resolve().parent.parent
 TESTBED = REPO / "testbed"
@@ -268,6 +269,9 @@ class Cluster:
         }
         for name, url in self.prometheus_urls.items():
             env[name.upper().replace("-", "_") + "_URL"] = url
+        if not self.operator:
+            # The servers as pods (scenarios.register_server_pods).
+            env["PROMETHEUS_POD_SELECTOR"] = SERVER_POD_SELECTOR
         if self.operator:
             # NAME=URL, as --prometheus-url takes it (comma-separated in
             # COVERAGE_EXPORTER_PROMETHEUS_URL); the names are the pod names.

@@ -281,6 +281,12 @@ def set_role(cluster: Cluster, kube: Kube, role: str) -> Targets:
     return settle(cluster, kube, since=_syncs(cluster))
 
 
+def set_shards(cluster: Cluster, kube: Kube, shards: int) -> Targets:
+    """PATCH the CR's shards; returns once its pods are the CR's and settled."""
+    op.patch_cr(kube, {"shards": shards})
+    return settle(cluster, kube, since=_syncs(cluster))
+
+
 def set_endpointslice_rbac(cluster: Cluster, kube: Kube, allowed: bool) -> Targets:
     """Grants or revokes the ServiceAccount's endpointslices rule."""
     since = _syncs(cluster)

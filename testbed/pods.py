@@ -404,7 +404,10 @@ class Runner:
             while not stopping:
                 try:
                     self.step()
-                except (ApiException, OSError) as e:
+                except Exception as e:
+                    # A slow or restarting apiserver (urllib3 timeouts are not
+                    # OSErrors): the pods keep running; try again next pass,
+                    # as a kubelet would.
                     self.log(f"pass failed: {type(e).__name__}: {str(e)[:300]}")
                 time.sleep(LOOP_SECONDS)
         finally:
