@@ -1,6 +1,6 @@
 # Slim, non-root image running `coverage-exporter serve`.
 #   docker build --build-arg REVISION="$(git rev-parse HEAD)" -t coverage-exporter .
-# The build stage's install steps are run by tests/unit/test_image.py (no
+# The build stage's install steps are run by tests/local/test_image.py (no
 # Docker engine in CI): the same RUN lines, into a clean venv, then `serve`
 # as UID 65532 on a read-only tree with only /tmp writable.
 

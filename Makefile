@@ -13,8 +13,10 @@ down:  ## stop the demo: exporter and testbed
 setup:
 	bash scripts/setup.sh
 
-lint:
+lint:  ## ruff, and mypy (strict on coverage_exporter/model; pyproject.toml [tool.mypy])
 	.venv/bin/ruff check .
+	.venv/bin/ruff format --check coverage_exporter
+	.venv/bin/mypy
 
 golden:  ## accept changed exposition golden files
 	UPDATE_GOLDEN=1 .venv/bin/pytest -q tests/unit/test_exposition.py

@@ -47,7 +47,7 @@ install_pint() {
 
 install_promtool
 install_pint
-# promtool 3 (tests/unit/test_rules_lint.py: --lint=all --lint-fatal, and the
+# promtool 3 (tests/local/test_rules_lint.py: --lint=all --lint-fatal, and the
 # rule tests under Prometheus 3's PromQL) is built from the Prometheus 3
 # module by testbed/build.sh promtool, which testbed/install-deps.sh runs.
 echo "promtool 3: built by testbed/build.sh promtool (cache: ~/.cache/coverage-exporter/promtool/)"

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-RUNBOOK_BASE_URL = "https://github.com/coverage-exporter/coverage-exporter/blob/main/docs/runbooks/"
+from coverage_exporter.runbooks import DEFAULT_BASE_URL as RUNBOOK_BASE_URL
+
 DEFAULT_EXPORTER_SELECTOR = 'job=~".*coverage-exporter.*"'
 
 # The endpoints controller's maxCapacity, the mirroring controller's cap per subset.

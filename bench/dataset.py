@@ -56,10 +56,9 @@ import re
 from dataclasses import dataclass, field
 
 import msgspec
+from fakes import controllers
 
-MAX_ENDPOINTS_CAPACITY = 1000
 SLICE_SIZE = 100
-MIRRORING_MAX = 1000
 NOT_READY_EVERY = 200
 
 CREATED = "2025-09-14T07:21:43Z"
@@ -1340,17 +1339,12 @@ def build(
         )
         ep_labels = {**svc_labels, **({"service.kubernetes.io/headless": ""} if headless else {})}
         # Endpoints: controller-made, truncated past 1000 addresses.
-        ready_pods = sorted((p for p in pods if p.ready), key=lambda p: p.ip)
-        not_ready_pods = sorted((p for p in pods if not p.ready), key=lambda p: p.ip)
-        truncated = len(pods) > MAX_ENDPOINTS_CAPACITY
-        if truncated:
-            kept_ready = ready_pods[:MAX_ENDPOINTS_CAPACITY]
-            kept_not_ready = not_ready_pods[: max(0, MAX_ENDPOINTS_CAPACITY - len(kept_ready))]
-        else:
-            kept_ready, kept_not_ready = ready_pods, not_ready_pods
+        kept_ready, kept_not_ready, truncated = controllers.truncate_endpoints(
+            [p for p in pods if p.ready], [p for p in pods if not p.ready], lambda p: p.ip
+        )
         ep_ann = {"endpoints.kubernetes.io/last-change-trigger-time": HEARTBEAT}
         if truncated:
-            ep_ann["endpoints.kubernetes.io/over-capacity"] = "truncated"
+            ep_ann[controllers.OVER_CAPACITY_ANNOTATION] = "truncated"
 
         def addr(p: PodInfo, ns=ds.namespace) -> dict:
             return {
@@ -1625,7 +1619,7 @@ def build(
         ),
         rv.v,
     )
-    mirrored = kubelet_nodes[:MIRRORING_MAX]
+    mirrored = controllers.mirrored(kubelet_nodes)
     mirror_labels = {
         **kubelet_labels,
         "endpointslice.kubernetes.io/managed-by": "endpointslicemirroring-controller.k8s.io",

@@ -12,7 +12,7 @@ naive script knows nothing of shards and replicas).
 
 Prints one JSON object with the gaps and its own wall time.
 
-Usage: python bench/naive.py --kubeconfig FILE --prometheus-url [NAME=]URL ...
+Usage: python -m bench.naive --kubeconfig FILE --prometheus-url [NAME=]URL ...
 """
 
 from __future__ import annotations

@@ -67,7 +67,7 @@ from typing import Any
 import msgspec
 import yaml
 from coverage_exporter.model.objects import POD_PHASES_DONE, Pod
-from coverage_exporter.sources import k8s_parse
+from coverage_exporter.sources.kubernetes import parse as k8s_parse
 
 REPO = Path(__file__).resolve().parent.parent
 JSON = "application/json"

@@ -5,7 +5,7 @@ sampling) while sampling the process's RSS every 50 ms, then prints the
 pyinstrument text report and an RSS timeline annotated with the requests
 the fake server saw, so the memory peak can be tied to a phase.
 
-    python bench/profile_exporter.py --nodes 100000 [--workdir DIR]
+    python -m bench.profile_exporter --nodes 100000 [--workdir DIR]
 
 Outputs in the workdir: profile.txt, profile.html, rss.tsv.
 """
@@ -21,9 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-import run as bench_run  # noqa: E402
+from bench import run as bench_run
 
 
 def main(argv=None) -> int:

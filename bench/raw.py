@@ -9,7 +9,7 @@ group (one paginated list, one scrape pool) run in order; groups run
 concurrently, as the exporter's reflectors and pool fetches do. Prints one
 JSON object: requests, bytes (decompressed body bytes read), wall seconds.
 
-Usage: python bench/raw.py --base http://127.0.0.1:PORT --requests FILE
+Usage: python -m bench.raw --base http://127.0.0.1:PORT --requests FILE
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Benchmark of the HTML coverage report on the bench data set.
 
 Collects once against bench/fake_api.py (in this process, the exporter's
-own Sources and Collector), then measures:
+own Exporter and CycleRunner), then measures:
 
 1. rendering: render_services (the per-report part: every missing target)
    and render_page, best and median of --repeat runs; page size, gzipped
@@ -19,7 +19,7 @@ own Sources and Collector), then measures:
 
 Prints one JSON object; keeps report.html and a screenshot in the workdir.
 
-    python bench/report_html.py --nodes 100000 [--workdir DIR]
+    python -m bench.report_html --nodes 100000 [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -35,17 +35,15 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
-from aiohttp import ClientSession, web  # noqa: E402
-from coverage_exporter import app  # noqa: E402
-from coverage_exporter.cli import build_parser  # noqa: E402
-from coverage_exporter.exposition.html import render_page, render_services  # noqa: E402
-from coverage_exporter.view import ExporterView, make_app  # noqa: E402
-from testbed.chromium import Browser, Page  # noqa: E402
+from aiohttp import ClientSession
+from coverage_exporter import app
+from coverage_exporter.cli import build_parser
+from coverage_exporter.exposition.html import render_page, render_services
+from coverage_exporter.web.server import MetricsServer, ServerLimits
+from coverage_exporter.web.view import ExporterView
+from testbed.chromium import Browser, Page
 
-import run as bench_run  # noqa: E402
+from bench import run as bench_run
 
 
 async def collect(kubeconfig: Path, prometheus_urls: list[str]):
@@ -53,14 +51,14 @@ async def collect(kubeconfig: Path, prometheus_urls: list[str]):
         ["audit", "--kubeconfig", str(kubeconfig), *bench_run.prometheus_args(prometheus_urls)]
     )
     settings = app.Settings.from_args(args)
-    sources = app.Sources(settings)
+    exporter = app.Exporter(settings)
     try:
-        await sources.kubernetes.start()
-        await sources.kubernetes.wait_synced(settings.kubernetes_sync_timeout)
-        result = await sources.collector.run_cycle()
-        health = [replace(h) for h in sources.health]
+        await exporter.kubernetes.start()
+        await exporter.kubernetes.wait_synced(settings.kubernetes_sync_timeout)
+        result = await exporter.cycle.run_cycle()
+        health = [replace(h) for h in exporter.health]
     finally:
-        await sources.close()
+        await exporter.close()
     return settings, result, health
 
 
@@ -75,10 +73,10 @@ def timed(fn, repeat: int) -> tuple[object, list[float]]:
 
 
 async def http_report(view: ExporterView, info_next) -> dict:
-    runner = web.AppRunner(make_app(view), access_log=None)
-    await runner.setup()
-    port = bench_run.free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    # serve's own HTTP server, in this process (serve runs it in the front
+    # process, which asks the collector's view for /report the same way).
+    server = MetricsServer(view, ServerLimits())
+    port = await server.start("127.0.0.1", 0)
     url = f"http://127.0.0.1:{port}/report"
     out: dict = {"url": url}
     try:
@@ -101,7 +99,7 @@ async def http_report(view: ExporterView, info_next) -> dict:
             out["next_cycle_request_s"] = time.perf_counter() - t
             out["services_renders"] = view.report_page.services_renders
     finally:
-        out["runner"] = runner
+        out["server"] = server
     return out
 
 
@@ -176,7 +174,7 @@ async def main_async(args) -> dict:
     out: dict = {"nodes": args.nodes, "exporter_revision": bench_run.exporter_revision()}
     bench_run.log(f"starting fake API with {args.nodes} nodes (workdir {workdir})")
     fake = bench_run.FakeApi(args.nodes, workdir, lifetime=3600)
-    runner = None
+    server = None
     try:
         kubeconfig = workdir / "kubeconfig"
         bench_run.write_kubeconfig(kubeconfig, fake.base)
@@ -209,7 +207,7 @@ async def main_async(args) -> dict:
         view = ExporterView(lambda: b"")
         view.publish_report(report, info)
         served = await http_report(view, app.page_info(settings, health, cluster, result))
-        runner = served.pop("runner")
+        server = served.pop("server")
         out["http"] = served
 
         bench_run.log("headless Chromium")
@@ -222,8 +220,8 @@ async def main_async(args) -> dict:
         out["browser"]["idle_before_typing_s"] = args.idle_before_typing
         out["workdir"] = str(workdir)
     finally:
-        if runner is not None:
-            await runner.cleanup()
+        if server is not None:
+            await server.close()
         fake.stop()
     return out
 

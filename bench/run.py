@@ -18,7 +18,7 @@ Everything runs on 127.0.0.1, in separate processes:
    .json() on the full /api/v1/targets), bounded by --naive-timeout and
    --naive-memory-gb (RLIMIT_AS); when it does not finish, the JSON says so.
 
-Usage: python bench/run.py --nodes 1000 --json
+Usage: python -m bench.run --nodes 1000 --json (from the repository's root)
 """
 
 from __future__ import annotations
@@ -175,7 +175,8 @@ def run_raw(fake: FakeApi, workdir: Path, requests: int) -> dict:
         r = measured(
             [
                 PY,
-                str(HERE / "raw.py"),
+                "-m",
+                "bench.raw",
                 "--base",
                 fake.base,
                 "--requests",
@@ -310,7 +311,8 @@ class FakeApi:
         self.proc = subprocess.Popen(
             [
                 PY,
-                str(HERE / "fake_api.py"),
+                "-m",
+                "bench.fake_api",
                 "--nodes",
                 str(nodes),
                 "--ready-file",
@@ -842,7 +844,8 @@ def main(argv=None) -> int:
                 n = measured(
                     [
                         PY,
-                        str(HERE / "naive.py"),
+                        "-m",
+                        "bench.naive",
                         "--kubeconfig",
                         str(kubeconfig),
                         *prometheus_args(fake.prometheus_urls),

@@ -1,4 +1,4 @@
-"""Wires sources, collector and output together for `serve` and `audit`."""
+"""Wires the sources, the cycle and the output together for `serve` and `audit`."""
 
 from __future__ import annotations
 
@@ -14,39 +14,37 @@ from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
-from coverage_exporter import logs
-from coverage_exporter.collector import NO_SERVER, Collector, CycleResult
+from coverage_exporter import defaults, logs
+from coverage_exporter.cycle import NO_SERVER, CycleResult, CycleRunner
 from coverage_exporter.exposition.audit import render_json, render_table
 from coverage_exporter.exposition.html import PageInfo, render_page
 from coverage_exporter.exposition.metrics import ExporterState, render
-from coverage_exporter.fleet_file import Credentials, load_fleet
-from coverage_exporter.front import Front, ListenError
-from coverage_exporter.http import ServerLimits, parse_listen_address
+from coverage_exporter.health import SourceHealth
 from coverage_exporter.model.discovery import FoundServer
 from coverage_exporter.model.report import CoverageReport
 from coverage_exporter.model.scope import Scope, parse_label_selector, parse_service_key
 from coverage_exporter.model.topology import Declared
+from coverage_exporter.model.verdict import Verdict, decide
 from coverage_exporter.servers import CheckedSource, Followed
-from coverage_exporter.sources import httpclient, target_decoder
-from coverage_exporter.sources.discovery import DiscoverySource
-from coverage_exporter.sources.health import SourceError, SourceHealth
-from coverage_exporter.sources.kubernetes import (
-    DEFAULT_MAX_POD_WATCHES,
-    POD_FORM_TABLE,
-    POD_FORMS,
+from coverage_exporter.sources.errors import DEFAULT_LIMITS, Limits, SourceError
+from coverage_exporter.sources.kubernetes.discovery import DiscoverySource
+from coverage_exporter.sources.kubernetes.node_decoder import NodePageDecoder
+from coverage_exporter.sources.kubernetes.operator import OperatorSource
+from coverage_exporter.sources.kubernetes.source import (
     KubernetesSource,
 )
-from coverage_exporter.sources.node_decoder import NodePageDecoder
-from coverage_exporter.sources.operator import OperatorSource
-from coverage_exporter.sources.prometheus import (
-    DEFAULT_TIMEOUT_SECONDS,
+from coverage_exporter.sources.prometheus import target_decoder
+from coverage_exporter.sources.prometheus.fleet_file import Credentials, load_fleet
+from coverage_exporter.sources.prometheus.server_kind import declare_kinds
+from coverage_exporter.sources.prometheus.source import (
     PrometheusEndpoint,
     PrometheusSource,
     parse_prometheus_url,
 )
-from coverage_exporter.sources.reflector import DEFAULT_WATCH_IDLE_SECONDS
-from coverage_exporter.view import ExporterView
-from coverage_exporter.webconfig import WebConfigFile
+from coverage_exporter.web.config import WebConfigFile
+from coverage_exporter.web.front import Front, ListenError
+from coverage_exporter.web.server import ServerLimits, parse_listen_address
+from coverage_exporter.web.view import ExporterView
 
 log = logging.getLogger("coverage_exporter")
 
@@ -63,11 +61,11 @@ class DiscoverySettings:
 
     operator: bool = True
     pod_selector: str = ""
-    pod_port: str = "web"
+    pod_port: str = defaults.PROMETHEUS_POD_PORT
     namespaces: tuple[str, ...] = ()
     credentials: Mapping[str, Credentials] = field(default_factory=dict)
     """The fleet file's `discovered` entries: how to read what is found."""
-    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
+    timeout_seconds: float = defaults.PROMETHEUS_TIMEOUT_SECONDS
 
     @classmethod
     def from_args(
@@ -80,10 +78,10 @@ class DiscoverySettings:
                 parse_label_selector(selector)
             except ValueError as exc:
                 raise ValueError(f"--prometheus-pod-selector: {exc}") from None
-        port = (getattr(args, "prometheus_pod_port", None) or "web").strip()
+        port = (getattr(args, "prometheus_pod_port", None) or defaults.PROMETHEUS_POD_PORT).strip()
         if not port:
             raise ValueError("--prometheus-pod-port must name a port")
-        operator = getattr(args, "prometheus_discovery", "on")
+        operator = getattr(args, "prometheus_discovery", defaults.PROMETHEUS_DISCOVERY)
         if operator not in ("on", "off"):
             # An environment default escapes argparse's choices check.
             raise ValueError("--prometheus-discovery must be on or off")
@@ -93,7 +91,9 @@ class DiscoverySettings:
             pod_port=port,
             namespaces=tuple(getattr(args, "prometheus_discovery_namespace", None) or ()),
             credentials=credentials or {},
-            timeout_seconds=float(getattr(args, "prometheus_timeout", DEFAULT_TIMEOUT_SECONDS)),
+            timeout_seconds=float(
+                getattr(args, "prometheus_timeout", defaults.PROMETHEUS_TIMEOUT_SECONDS)
+            ),
         )
 
     def endpoint(self, server: FoundServer) -> PrometheusEndpoint:
@@ -136,8 +136,8 @@ class Settings:
     scope: Scope
     missing_info_limit: int
     kubernetes_sync_timeout: float
-    stale_after_seconds: float = 300.0
-    operator_refresh_seconds: float = 300.0
+    stale_after_seconds: float = defaults.PROMETHEUS_STALE_AFTER_SECONDS
+    operator_refresh_seconds: float = defaults.OPERATOR_REFRESH_SECONDS
     decode_in_process: bool = False
     """Target lists decoded in this process, not in the worker process of
     sources.target_decoder."""
@@ -145,7 +145,7 @@ class Settings:
     """Node LIST pages decoded in this process, not in the worker process
     of sources.node_decoder."""
     discovery: DiscoverySettings = field(default_factory=DiscoverySettings)
-    """Which servers are found in the cluster (sources.discovery)."""
+    """Which servers are found in the cluster (sources.kubernetes.discovery)."""
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
@@ -172,6 +172,7 @@ class Settings:
             fleet = load_fleet(args.prometheus_fleet_file, args.prometheus_timeout)
             endpoints.extend(fleet.servers)
             credentials = fleet.discovered
+        endpoints = declare_kinds(endpoints, getattr(args, "prometheus_kind", None) or ())
         names = [e.name for e in endpoints]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -193,7 +194,9 @@ class Settings:
             kubernetes_sync_timeout=args.kubernetes_sync_timeout,
             stale_after_seconds=args.prometheus_stale_after,
             # serve only: audit reads the Operator's objects once anyway.
-            operator_refresh_seconds=getattr(args, "operator_refresh_interval", 300.0),
+            operator_refresh_seconds=getattr(
+                args, "operator_refresh_interval", defaults.OPERATOR_REFRESH_SECONDS
+            ),
             discovery=discovery,
             decode_in_process=bool(getattr(args, "prometheus_decode_in_process", False)),
             decode_nodes_in_process=bool(getattr(args, "kubernetes_decode_in_process", False)),
@@ -239,12 +242,12 @@ class Guards:
     (README, "Under faults"). Flags in cli.py; defaults fit a 100k-node
     cluster."""
 
-    source_deadline: float = 120.0
+    source_deadline: float = defaults.SOURCE_DEADLINE_SECONDS
     """Seconds one source may take per cycle."""
-    limits: httpclient.Limits = httpclient.DEFAULT_LIMITS
-    max_pod_watches: int = DEFAULT_MAX_POD_WATCHES
-    watch_idle_seconds: float = DEFAULT_WATCH_IDLE_SECONDS
-    pod_form: str = POD_FORM_TABLE
+    limits: Limits = DEFAULT_LIMITS
+    max_pod_watches: int = defaults.KUBERNETES_MAX_POD_WATCHES
+    watch_idle_seconds: float = defaults.KUBERNETES_WATCH_IDLE_SECONDS
+    pod_form: str = defaults.KUBERNETES_POD_FORM
     """--kubernetes-pod-form: not a bound, but a cost knob like the others."""
     server: ServerLimits = field(default_factory=ServerLimits)
     shutdown_seconds: float = 5.0
@@ -263,10 +266,11 @@ class Guards:
             raise ValueError("--kubernetes-max-pod-watches must be 0 or more")
         if not float(args.kubernetes_watch_idle_timeout) > 0:
             raise ValueError("--kubernetes-watch-idle-timeout must be positive")
-        pod_form = getattr(args, "kubernetes_pod_form", POD_FORM_TABLE)
-        if pod_form not in POD_FORMS:
+        pod_form = getattr(args, "kubernetes_pod_form", defaults.KUBERNETES_POD_FORM)
+        if pod_form not in defaults.KUBERNETES_POD_FORMS:
             # An environment default escapes argparse's choices check.
-            raise ValueError(f"--kubernetes-pod-form must be one of {', '.join(POD_FORMS)}")
+            forms = ", ".join(defaults.KUBERNETES_POD_FORMS)
+            raise ValueError(f"--kubernetes-pod-form must be one of {forms}")
         server = ServerLimits()
         if getattr(args, "web_max_connections", None) is not None:
             server = ServerLimits(
@@ -275,7 +279,7 @@ class Guards:
             )
         return cls(
             source_deadline=deadline,
-            limits=httpclient.Limits(max_body_bytes=int(args.max_response_bytes)),
+            limits=Limits(max_body_bytes=int(args.max_response_bytes)),
             max_pod_watches=int(args.kubernetes_max_pod_watches),
             watch_idle_seconds=float(args.kubernetes_watch_idle_timeout),
             pod_form=pod_form,
@@ -283,8 +287,10 @@ class Guards:
         )
 
 
-class Sources:
-    """The Kubernetes source and one source per Prometheus, opened together."""
+class Exporter:
+    """What one run of `serve` or `audit` collects with: the Kubernetes
+    source, one source per Prometheus, the target decoder, and the cycle
+    runner that reads them; opened and closed together."""
 
     def __init__(
         self, settings: Settings, full_refresh_seconds: float = 0.0, guards: Guards | None = None
@@ -301,7 +307,7 @@ class Sources:
             pod_form=guards.pod_form,
             node_decoder=None if settings.decode_nodes_in_process else NodePageDecoder(),
         )
-        decoder = None if settings.decode_in_process else target_decoder.POOL
+        decoder = None if settings.decode_in_process else target_decoder.SHARED
         found = settings.discovery
         if decoder is not None and (settings.prometheus or found.enabled):
             # Spawned now, so its start-up overlaps the cluster's first lists.
@@ -324,7 +330,7 @@ class Sources:
             if found.enabled
             else None
         )
-        self.collector = Collector(
+        self.cycle = CycleRunner(
             self.kubernetes,
             self.prometheus,
             settings.scope,
@@ -342,12 +348,12 @@ class Sources:
         await self.kubernetes.start()
         api = self.kubernetes.api
         if api is not None:
-            self.collector.set_operator(
+            self.cycle.set_operator(
                 OperatorSource(api, refresh_seconds=self._settings.operator_refresh_seconds)
             )
         if api is not None and self.discovery is not None:
             await self.discovery.start(api)
-            self.collector.set_discovery(
+            self.cycle.set_discovery(
                 Followed(
                     self.discovery,
                     self._found_source,
@@ -362,7 +368,7 @@ class Sources:
         """Discovery's first lists, which the first cycle waits for: it must
         know which servers to read. Bounded; a list that fails ends it."""
         assert self.discovery is not None
-        timeout = min(self._settings.kubernetes_sync_timeout, DISCOVERY_SYNC_SECONDS)
+        timeout = min(self._settings.kubernetes_sync_timeout, defaults.DISCOVERY_SYNC_SECONDS)
         if not await self.discovery.wait_synced(timeout):
             log.warning(
                 "discovery: not every watch listed within %gs (%s); servers are found as "
@@ -378,20 +384,16 @@ class Sources:
     @property
     def health(self) -> list[SourceHealth]:
         """Every source of the last cycle (found servers come and go)."""
-        return self.collector.health()
+        return self.cycle.health()
 
     async def close(self) -> None:
         await self.kubernetes.stop()
         if self.discovery is not None:
             await self.discovery.stop()
-        await self.collector.close_sources()
+        await self.cycle.close_sources()
         if self._decoder is not None:
             self._decoder.shutdown()
 
-
-DISCOVERY_SYNC_SECONDS = 60.0
-"""Longest wait at start for discovery's first lists (a few small objects;
-a forbidden list fails at once)."""
 
 # How long `audit` waits on an apiserver that answers every list with an
 # error before giving up: a few retries' worth, not the sync timeout meant
@@ -399,11 +401,11 @@ a forbidden list fails at once)."""
 AUDIT_FAIL_FAST_SECONDS = 5.0
 
 
-async def _wait_for_cluster(sources: Sources, timeout: float) -> None:  # noqa: ASYNC109
+async def _wait_for_cluster(exporter: Exporter, timeout: float) -> None:  # noqa: ASYNC109
     """Until every resource is listed; SourceError early when the apiserver
     refuses (connection refused, 401, 403) for AUDIT_FAIL_FAST_SECONDS
     without a single list having succeeded."""
-    kubernetes = sources.kubernetes
+    kubernetes = exporter.kubernetes
     health = kubernetes.health
     deadline = time.monotonic() + timeout
     first_error: float | None = None
@@ -420,19 +422,19 @@ async def _wait_for_cluster(sources: Sources, timeout: float) -> None:  # noqa: 
 
 
 async def _audit(settings: Settings, output: str, guards: Guards | None = None) -> int:
-    sources = Sources(settings, guards=guards)
+    exporter = Exporter(settings, guards=guards)
     try:
-        await sources.start()
-        result = await sources.collector.run_cycle(
-            _wait_for_cluster(sources, settings.kubernetes_sync_timeout)
+        await exporter.start()
+        result = await exporter.cycle.run_cycle(
+            _wait_for_cluster(exporter, settings.kubernetes_sync_timeout)
         )
         # Copies: closing the sources marks them down.
-        health = [replace(h) for h in sources.health]
+        health = [replace(h) for h in exporter.health]
     except SourceError as err:
         print(f"coverage-exporter: {err}", file=sys.stderr)
         return EXIT_NOT_COLLECTED
     finally:
-        await sources.close()
+        await exporter.close()
     if not result.servers and result.report is not None:
         print(f"coverage-exporter: {NO_SERVER}", file=sys.stderr)
     found, unread = result.findings, result.unread
@@ -453,18 +455,22 @@ async def _audit(settings: Settings, output: str, guards: Guards | None = None) 
     return exit_code(result.report, result.complete)
 
 
+EXIT_CODES = {
+    Verdict.GAPS: EXIT_GAPS,
+    Verdict.FULL_COVERAGE: EXIT_FULL_COVERAGE,
+    Verdict.NOT_COLLECTED: EXIT_NOT_COLLECTED,
+    Verdict.NOTHING_COMPARED: EXIT_NOT_COLLECTED,
+    Verdict.NO_SERVER: EXIT_NOT_COLLECTED,
+    Verdict.UNKNOWN: EXIT_NOT_COLLECTED,
+}
+"""1 for any gap (a gap seen in the data that did answer is real);
+otherwise 2 when something could not be judged: a source down, a
+replica's coverage unknown, or no Service compared at all; 0 only for
+full coverage of at least one Service."""
+
+
 def exit_code(report: CoverageReport | None, complete: bool) -> int:
-    """1 for any gap (a gap seen in the data that did answer is real);
-    otherwise 2 when something could not be judged: a source down, a
-    replica's coverage unknown, or no Service compared at all; 0 only for
-    full coverage of at least one Service."""
-    if report is None:
-        return EXIT_NOT_COLLECTED
-    if report.has_gaps:
-        return EXIT_GAPS
-    if not complete or not report.services or report.unknown_pools:
-        return EXIT_NOT_COLLECTED
-    return EXIT_FULL_COVERAGE
+    return EXIT_CODES[decide(report, complete)]
 
 
 def audit(settings: Settings, output: str, guards: Guards | None = None) -> int:
@@ -484,12 +490,12 @@ async def _serve(
     # Loaded here too (certificates included), so that a bad file fails at
     # start as it always has; the front process loads and reloads its own.
     web_config = WebConfigFile(web_config_file) if web_config_file else None
-    sources = Sources(settings, full_refresh_seconds=full_refresh, guards=guards)
+    exporter = Exporter(settings, full_refresh_seconds=full_refresh, guards=guards)
     cluster = cluster_name(settings)
     view = ExporterView(
         lambda: render(
             ExporterState(
-                report=None, sources=sources.health, missing_info_limit=settings.missing_info_limit
+                report=None, sources=exporter.health, missing_info_limit=settings.missing_info_limit
             )
         )
     )
@@ -512,13 +518,13 @@ async def _serve(
     cycle_budget = 2 * guards.source_deadline + 60.0
     first: asyncio.Future[CycleResult] | None = None
     try:
-        await sources.start()
+        await exporter.start()
         # The first cycle waits for the cluster's first lists too. It starts
         # now, not once the front listens: the Prometheus reads are in it,
         # and at 100k nodes the front's start-up (~0.3 s) held them back.
         first = asyncio.ensure_future(
-            sources.collector.run_cycle(
-                sources.kubernetes.wait_synced(settings.kubernetes_sync_timeout)
+            exporter.cycle.run_cycle(
+                exporter.kubernetes.wait_synced(settings.kubernetes_sync_timeout)
             )
         )
         await listening
@@ -531,10 +537,10 @@ async def _serve(
             started = time.monotonic()
             if first is None:
                 view.expect_progress(cycle_budget, "the running collection cycle")
-            cycle = first if first is not None else sources.collector.run_cycle()
+            cycle = first if first is not None else exporter.cycle.run_cycle()
             first = None
             done, result = await _until_stopped(cycle, stop)
-            if not done:
+            if not done or result is None:
                 break
             if isinstance(result, BaseException):
                 # Not a source's failure (those are handled per source):
@@ -545,7 +551,7 @@ async def _serve(
                 # Copies: the sources update their health in place during the next cycle.
                 view.publish_report(
                     result.report,
-                    page_info(settings, [replace(h) for h in sources.health], cluster, result),
+                    page_info(settings, [replace(h) for h in exporter.health], cluster, result),
                 )
             remaining = interval - (time.monotonic() - started)
             view.expect_progress(max(0.0, remaining) + cycle_budget, "the next collection cycle")
@@ -561,7 +567,7 @@ async def _serve(
         front_gone.cancel()
         await server.close()
         try:
-            await asyncio.wait_for(sources.close(), guards.shutdown_seconds)
+            await asyncio.wait_for(exporter.close(), guards.shutdown_seconds)
         except TimeoutError:
             log.warning(
                 "sources did not close within %.0fs; exiting anyway", guards.shutdown_seconds

@@ -15,8 +15,9 @@ import os
 import re
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from coverage_exporter import __version__
+from coverage_exporter import __version__, defaults
 
 ENV_PREFIX = "COVERAGE_EXPORTER_"
 
@@ -31,7 +32,7 @@ class _EnvParser:
     def __init__(self, parser: argparse.ArgumentParser) -> None:
         self.parser = parser
 
-    def add(self, flag: str, help: str, default: object = None, **kw: object) -> None:
+    def add(self, flag: str, help: str, default: object = None, **kw: Any) -> None:
         env = env_name(flag)
         raw = os.environ.get(env)
         action = kw.get("action")
@@ -47,8 +48,13 @@ class _EnvParser:
             flag,
             default=default,
             help=f"{help}{shown} [env {env}]",
-            **kw,  # type: ignore[arg-type]
+            **kw,
         )
+
+
+def _shown(value: float) -> str:
+    """A default as a flag takes it: 120, not 120.0."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def positive_seconds(text: str) -> float:
@@ -90,6 +96,14 @@ def _common(p: _EnvParser) -> None:
         metavar="[NAME=]URL",
     )
     p.add(
+        "--prometheus-kind",
+        "what answers on a server's URL, where its answers cannot tell (an API proxy that "
+        "lets only the targets through): prometheus, prometheus_agent, vmagent or "
+        "thanos_query; repeatable",
+        action="append",
+        metavar="NAME=KIND",
+    )
+    p.add(
         "--prometheus-bearer-token-file",
         "file holding a bearer token for Prometheus (re-read every cycle)",
     )
@@ -107,7 +121,7 @@ def _common(p: _EnvParser) -> None:
     p.add(
         "--prometheus-timeout",
         "seconds one request to Prometheus may take",
-        default="120",
+        default=_shown(defaults.PROMETHEUS_TIMEOUT_SECONDS),
         type=positive_seconds,
     )
     p.add(
@@ -126,7 +140,7 @@ def _common(p: _EnvParser) -> None:
         "--prometheus-discovery",
         "find every Prometheus and PrometheusAgent of the Prometheus Operator, each shard and "
         "replica read at its pod IP (adds to --prometheus-url and the fleet file); off: only those",
-        default="on",
+        default=defaults.PROMETHEUS_DISCOVERY,
         choices=["on", "off"],
     )
     p.add(
@@ -137,7 +151,7 @@ def _common(p: _EnvParser) -> None:
     p.add(
         "--prometheus-pod-port",
         "container port (name or number) of the pods --prometheus-pod-selector finds",
-        default="web",
+        default=defaults.PROMETHEUS_POD_PORT,
     )
     p.add(
         "--prometheus-discovery-namespace",
@@ -149,7 +163,7 @@ def _common(p: _EnvParser) -> None:
         "--prometheus-stale-after",
         "seconds a Prometheus that stopped answering still covers its targets with its last "
         "good answer; after that its share is reported as unknown",
-        default="300",
+        default=_shown(defaults.PROMETHEUS_STALE_AFTER_SECONDS),
         type=positive_seconds,
     )
     p.add(
@@ -167,19 +181,24 @@ def _common(p: _EnvParser) -> None:
         "--missing-target-series-limit",
         "cap on scrape_coverage_missing_target series, shared fairly between Services, stages "
         "and scrape pools",
-        default="1000",
+        default=_shown(defaults.MISSING_TARGET_SERIES_LIMIT),
         type=int,
     )
     p.add(
         "--kubernetes-sync-timeout",
         "seconds to wait for the first full list of the cluster",
-        default="300",
+        default=_shown(defaults.KUBERNETES_SYNC_TIMEOUT_SECONDS),
         type=positive_seconds,
     )
-    p.add("--log.level", "debug, info, warning or error", default="info", dest="log_level")
+    p.add(
+        "--log.level",
+        "debug, info, warning or error",
+        default=defaults.LOG_LEVEL,
+        dest="log_level",
+    )
     # The name before --log.level (Prometheus's spelling); kept for old command lines.
     p.add("--log-level", "deprecated alias of --log.level", dest="log_level_deprecated")
-    p.add("--log.format", "logfmt or json", default="logfmt", dest="log_format")
+    p.add("--log.format", "logfmt or json", default=defaults.LOG_FORMAT, dest="log_format")
     p.add(
         "--runbook-base-url",
         "base URL of the runbook pages that findings link to "
@@ -194,20 +213,20 @@ def _guards(p: _EnvParser) -> None:
         "--source-deadline",
         "seconds one source (a Prometheus, the pod lists) may take per cycle; "
         "a slower one is marked down and the cycle goes on",
-        default="120",
+        default=_shown(defaults.SOURCE_DEADLINE_SECONDS),
         type=positive_seconds,
     )
     p.add(
         "--max-response-bytes",
         "largest answer held whole (a list page, a watch event, an error body), "
         "counted after decompression",
-        default=str(256 << 20),
+        default=_shown(defaults.MAX_RESPONSE_BYTES),
         type=int,
     )
     p.add(
         "--kubernetes-max-pod-watches",
         "most pod watches (one per namespace and Service selector in scope)",
-        default="500",
+        default=_shown(defaults.KUBERNETES_MAX_POD_WATCHES),
         type=int,
     )
     p.add(
@@ -215,8 +234,8 @@ def _guards(p: _EnvParser) -> None:
         "how pods are listed and watched: table (the apiserver's Table, ~150 B "
         "a pod; DaemonSet owners inferred from pod names) or full (the objects, "
         "3-7 KB a pod); a scope whose server refuses the Table falls back to full",
-        default="table",
-        choices=["table", "full"],
+        default=defaults.KUBERNETES_POD_FORM,
+        choices=list(defaults.KUBERNETES_POD_FORMS),
     )
     p.add(
         "--kubernetes-decode-in-process",
@@ -230,7 +249,7 @@ def _guards(p: _EnvParser) -> None:
         "--kubernetes-watch-idle-timeout",
         "seconds of silence (no event, no bookmark) after which a watch is "
         "taken for a dead connection",
-        default="90",
+        default=_shown(defaults.KUBERNETES_WATCH_IDLE_SECONDS),
         type=positive_seconds,
     )
 
@@ -252,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add(
         "--web.listen-address",
         "address to serve /metrics on",
-        default=":9842",
+        default=defaults.LISTEN_ADDRESS,
         dest="listen_address",
     )
     serve.add(
@@ -262,32 +281,35 @@ def build_parser() -> argparse.ArgumentParser:
         dest="web_config_file",
     )
     serve.add(
-        "--interval", "seconds between collection cycles", default="60", type=positive_seconds
+        "--interval",
+        "seconds between collection cycles",
+        default=_shown(defaults.INTERVAL_SECONDS),
+        type=positive_seconds,
     )
     serve.add(
         "--operator-refresh-interval",
         "seconds between reads of the Prometheus Operator's objects for migration readiness",
-        default="300",
+        default=_shown(defaults.OPERATOR_REFRESH_SECONDS),
         type=positive_seconds,
     )
     serve.add(
         "--prometheus-full-refresh-interval",
         "seconds between full re-reads of every "
         "scrape pool (0: every cycle); in between only pools whose target count changed are read",
-        default="600",
+        default=_shown(defaults.PROMETHEUS_FULL_REFRESH_SECONDS),
         type=non_negative_seconds,
     )
     serve.add(
         "--web.max-connections",
         "most open HTTP connections; at the cap the longest-waiting one is dropped",
-        default="200",
+        default=_shown(defaults.WEB_MAX_CONNECTIONS),
         type=int,
         dest="web_max_connections",
     )
     serve.add(
         "--web.header-timeout",
         "seconds a client has to send its request head",
-        default="10",
+        default=_shown(defaults.WEB_HEADER_TIMEOUT_SECONDS),
         type=positive_seconds,
         dest="web_header_timeout",
     )

@@ -3,8 +3,10 @@
 The default is the runbooks' page in the project's repository for this
 release (docs/runbooks/ there), so that a pip user's `audit` prints links
 that open; a company that mirrors the runbooks sets its own base (the
-chart's runbookBaseUrl). The alert rules carry the same default base
-(alerts/rules.py RUNBOOK_BASE_URL; a test keeps them equal).
+chart's runbookBaseUrl). Every link the exporter makes, in the audit and
+in the HTML report, is made by `runbook_url`; the alert rules' default
+`runbook_url` annotations are made from DEFAULT_BASE_URL (alerts/rules.py).
+The pages a finding names are data of the finding (model/findings.py).
 """
 
 from __future__ import annotations
@@ -22,10 +24,6 @@ def set_base_url(url: str | None) -> None:
     if not url.startswith(("http://", "https://", "file://")):
         raise ValueError(f"--runbook-base-url must be an http(s) or file URL, got {url!r}")
     _base_url = url if url.endswith("/") else url + "/"
-
-
-def base_url() -> str:
-    return _base_url
 
 
 def runbook_url(page: str) -> str:

@@ -1,5 +1,5 @@
 """The Prometheus servers a cycle reads: those given (`--prometheus-url`, the
-fleet file) and those discovery finds (sources.discovery, model.discovery),
+fleet file) and those discovery finds (sources.kubernetes.discovery, model.discovery),
 kept in step with the cluster from one cycle to the next.
 
 - A server found is read from the next cycle; one that goes (scaled down,
@@ -20,6 +20,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
+from coverage_exporter.health import SourceHealth
 from coverage_exporter.model.answerers import AnswererCheck, labels_token
 from coverage_exporter.model.discovery import (
     Discovery,
@@ -29,10 +30,10 @@ from coverage_exporter.model.discovery import (
     without_explicit,
 )
 from coverage_exporter.model.objects import PrometheusSnapshot
-from coverage_exporter.model.topology import hashmod_shard
-from coverage_exporter.sources.health import SourceError, SourceHealth
-from coverage_exporter.sources.prometheus import PrometheusEndpoint, PrometheusSource
-from coverage_exporter.sources.prometheus_config import LoadedConfig
+from coverage_exporter.model.topology import Declared, hashmod_shard
+from coverage_exporter.sources.errors import SourceError
+from coverage_exporter.sources.prometheus.config import LoadedConfig
+from coverage_exporter.sources.prometheus.source import PrometheusEndpoint, PrometheusSource
 
 log = logging.getLogger("coverage_exporter.servers")
 
@@ -63,7 +64,7 @@ def _key(server: FoundServer) -> _Key | None:
 
 
 class FoundBy(Protocol):
-    """What Followed needs of sources.discovery.DiscoverySource."""
+    """What Followed needs of sources.kubernetes.discovery.DiscoverySource."""
 
     def synced(self) -> bool: ...
 
@@ -214,6 +215,14 @@ class CheckedSource:
         self.endpoint: PrometheusEndpoint = inner.endpoint
         self.health: SourceHealth = inner.health
         self._check = AnswererCheck()
+
+    @property
+    def declared(self) -> Declared:
+        return self.inner.declared
+
+    @property
+    def kind(self) -> str:
+        return self.inner.kind
 
     @property
     def pool_active_counts(self) -> Mapping[str, int]:

@@ -42,7 +42,7 @@ bash testbed/install-deps.sh
 log "downloading the Prometheus Operator module (its CRDs)"
 PATH="$PATH:/usr/local/go/bin" GOFLAGS=-mod=mod go mod download \
   "github.com/prometheus-operator/prometheus-operator@${OPERATOR_VERSION:-v0.85.0}"
-# tests/unit/test_image.py installs the image's steps with Debian's Python
+# tests/local/test_image.py installs the image's steps with Debian's Python
 # 3.11 (the base image's), which needs its venv module and procps (pgrep).
 for pkg in python3-venv procps; do
   if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then

@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check coverage_exporter
+.venv/bin/mypy
 set +e
 .venv/bin/pytest -ra "$@"
 rc=$?

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from testbed import scenarios
+from testbed import scenarios, scrapers
 from testbed.cluster import DEFAULT_EXPORTER_ADDRESS, Cluster, state_dir_default
 
 
@@ -31,7 +31,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     start = time.monotonic()
     versions = ["3"] if args.operator else _versions(args.prometheus)
     c = Cluster(state, prometheus=versions, rule_files=args.rule_file,
-                exporter_address=args.exporter_address, operator=args.operator)
+                exporter_address=args.exporter_address, operator=args.operator,
+                scrapers=scrapers.kinds_of(args.scrapers) if args.scrapers else ())
     try:
         c.up()
         t_up = time.monotonic() - start
@@ -152,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--exporter-address", default=DEFAULT_EXPORTER_ADDRESS,
                     help="where Prometheus scrapes coverage-exporter")
     up.add_argument("--restart", action="store_true", help="stop a running testbed first")
+    up.add_argument("--scrapers", default="", metavar="KINDS",
+                    help="also run other scrapers: vmagent,agent,thanos or all "
+                    "(testbed/scrapers.py)")
     up.add_argument("--operator", action="store_true",
                     help="run the real Prometheus Operator (kube-system/kubelet, CR monitoring/k8s "
                          "with 2 shards x 2 replicas on Prometheus 3.x) instead of hand-written "

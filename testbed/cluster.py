@@ -30,6 +30,7 @@ from testbed import certs, procs
 from testbed import operator as op
 from testbed import pods as oppods
 from testbed import prometheus as promcfg
+from testbed import scrapers as scr
 from testbed.scenarios import SERVER_POD_SELECTOR
 
 REPO = Path(__file__).resolve().parent.parent
@@ -121,7 +122,10 @@ class Cluster:
         scrape_proxy: str = DEFAULT_SCRAPE_PROXY,
         target_interval: str = "15s",
         operator: bool = False,
+        scrapers: Sequence[str] = (),
     ) -> None:
+        """scrapers: kinds of testbed.scrapers (vmagent, agent, thanos) to
+        run beside the Prometheus servers."""
         self.state_dir = Path(state_dir) if state_dir else state_dir_default()
         self.state_dir = self.state_dir.resolve()
         self._state: dict[str, Any] = {
@@ -133,6 +137,7 @@ class Cluster:
             "operator": operator,
             # (--kubelet-endpoints, --kubelet-endpointslice) of the operator.
             "kubelet_flags": list(op.KUBELET_FLAGS["start"]),
+            "scrapers": scr.components(list(scrapers)),
             "ports": {},
             "pids": {},
         }
@@ -169,7 +174,22 @@ class Cluster:
     def components(self) -> list[str]:
         mon = [m for m in MONITORING if not m.startswith("prometheus-")]
         mon += [f"prometheus-{v}" for v in self._state["prometheus"]]
-        return [*CONTROL_PLANE, *mon, *(OPERATOR if self.operator else ())]
+        return [*CONTROL_PLANE, *mon, *(OPERATOR if self.operator else ()), *self.scrapers]
+
+    @property
+    def scrapers(self) -> list[str]:
+        """Components of testbed.scrapers this testbed runs."""
+        return list(self._state.get("scrapers", ()))
+
+    @property
+    def target_interval(self) -> str:
+        return self._state.get("target_interval", "15s")
+
+    def port_of(self, name: str) -> int:
+        return self._port(name)
+
+    def prometheus_binary(self, version: str) -> Path:
+        return find_binaries((version,)).prometheus[version]
 
     # ---- addresses and files -----------------------------------------------
 
@@ -272,6 +292,9 @@ class Cluster:
         if not self.operator:
             # The servers as pods (scenarios.register_server_pods).
             env["PROMETHEUS_POD_SELECTOR"] = SERVER_POD_SELECTOR
+        if self.scrapers:
+            # NAME=URL, as --prometheus-url takes it.
+            env["SCRAPER_URLS"] = ",".join(f"{n}={u}" for n, u in scr.urls(self).items())
         if self.operator:
             # NAME=URL, as --prometheus-url takes it (comma-separated in
             # COVERAGE_EXPORTER_PROMETHEUS_URL); the names are the pod names.
@@ -342,7 +365,8 @@ class Cluster:
 
     def _prepare(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        names = [*self.components, "etcd-peer", "kube-controller-manager", "kwok"]
+        names = [*self.components, "etcd-peer", "kube-controller-manager", "kwok",
+                 *(scr.GRPC[n] for n in self.scrapers if n in scr.GRPC)]
         needed = [n for n in dict.fromkeys(names) if n not in self._state["ports"]]
         for n, port in zip(needed, procs.free_ports(len(needed)), strict=True):
             self._state["ports"][n] = port
@@ -383,6 +407,24 @@ class Cluster:
                 target_interval=self._state.get("target_interval", "15s"),
             )
             promcfg.write_yaml(self.state_dir / f"prometheus-{v}" / "prometheus.yml", cfg)
+        scr.write_configs(self, self.scrapers)
+
+    def start_scrapers(self, kinds: Sequence[str], timeout: float = 120) -> list[str]:
+        """Starts the scrapers of these kinds beside a running testbed;
+        returns their component names (``stop_scrapers`` stops them)."""
+        added = [n for n in scr.components(list(kinds)) if n not in self.scrapers]
+        self._state["scrapers"] = [*self.scrapers, *added]
+        self._prepare()
+        for name in self.scrapers:
+            if not self.is_running(name):
+                self.start(name, timeout=timeout)
+        return added
+
+    def stop_scrapers(self) -> None:
+        for name in reversed(self.scrapers):
+            self.stop(name)
+        self._state["scrapers"] = []
+        self._save()
 
     def reload_prometheus(
         self, rule_files: Sequence[Path | str] | None = None, exporter_address: str | None = None,
@@ -459,7 +501,7 @@ class Cluster:
         self.start(name, timeout=timeout)
 
     def down(self, *, remove_state: bool = True) -> None:
-        for name in reversed([*CONTROL_PLANE, *MONITORING, *OPERATOR]):
+        for name in reversed([*CONTROL_PLANE, *MONITORING, *OPERATOR, *scr.COMPONENTS]):
             self.stop(name)
         if remove_state:
             shutil.rmtree(self.state_dir, ignore_errors=True)
@@ -558,6 +600,8 @@ class Cluster:
             return [sys.executable, "-m", "testbed.pods", "run",
                     f"--state-dir={s}", f"--kubeconfig={self.kubeconfig}",
                     f"--prometheus={b.prometheus['3']}", f"--pod-cidr={self.pod_cidr}"]
+        if name in scr.COMPONENTS:
+            return scr.argv(self, name, self._state["ports"])
         if name.startswith("prometheus-"):
             v = name.removeprefix("prometheus-")
             d = s / name
@@ -591,5 +635,7 @@ class Cluster:
             return op.operator_ready(port, *self.kubelet_flags)
         if name == "prometheus-pods":
             return (self.state_dir / oppods.STATE_FILE).exists()
+        if name in scr.COMPONENTS:
+            return scr.ready(name, port)
         return procs.http_get(f"http://127.0.0.1:{port}/-/ready")[0] == 200
 

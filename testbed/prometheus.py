@@ -89,6 +89,18 @@ def _sd_job(
     return cfg
 
 
+def scenario_job(
+    prefix: str, role: str, k8s: dict[str, Any], proxy_url: str, interval: str,
+) -> dict:
+    """One scenario job (``<prefix>-<role>``) for another scraper's config."""
+    return _sd_job(prefix, JOBS[prefix], role, k8s, proxy_url, interval)
+
+
+def all_scenario_jobs(k8s: dict[str, Any], proxy_url: str, interval: str) -> list[dict]:
+    """The scenario's six jobs, as the testbed's Prometheus servers run them."""
+    return [_sd_job(p, j, r, k8s, proxy_url, interval) for p, j in JOBS.items() for r in ROLES]
+
+
 def render_prometheus(
     *,
     api_server: str,
@@ -112,9 +124,7 @@ def render_prometheus(
         "authorization": {"credentials_file": str(token_file)},
         "tls_config": {"ca_file": str(ca_file)},
     }
-    jobs = [
-        _sd_job(p, j, r, k8s, proxy_url, target_interval) for p, j in JOBS.items() for r in ROLES
-    ] if scenario_jobs else []
+    jobs = all_scenario_jobs(k8s, proxy_url, target_interval) if scenario_jobs else []
     jobs.append({
         "job_name": "coverage-exporter",
         "static_configs": [{"targets": [exporter_address]}],

@@ -1,6 +1,7 @@
 """The `audit` command's output for people (a table and findings in words)
-and for programs (JSON). Both read the gaps from `model.gaps`, the one
-definition the exit code and the metrics use too."""
+and for programs (JSON). The stages, gaps, findings and verdict come from
+the model (model.stages, model.findings, model.verdict), which the exit
+code, the metrics and the HTML report read too; this only words them."""
 
 from __future__ import annotations
 
@@ -9,21 +10,19 @@ from collections.abc import Sequence
 import msgspec
 
 from coverage_exporter import runbooks
-from coverage_exporter.model.coverage import MissingTarget, PoolCoverage, ServiceCoverage
+from coverage_exporter.health import SourceHealth
+from coverage_exporter.model.coverage import MissingTarget, ServiceCoverage
 from coverage_exporter.model.discovery import DiscoveryFinding, FoundServer
-from coverage_exporter.model.gaps import service_gaps
-from coverage_exporter.model.objects import ROLE_ENDPOINTS, ROLE_ENDPOINTSLICE
+from coverage_exporter.model.findings import RUNBOOK_MIGRATION, Finding, FindingKind
+from coverage_exporter.model.findings import service_findings as model_findings
+from coverage_exporter.model.gaps import STAGE_PROMETHEUS
 from coverage_exporter.model.readiness import Readiness
 from coverage_exporter.model.report import CoverageReport
-from coverage_exporter.sources.health import SourceHealth
-from coverage_exporter.sources.untrusted import printable
+from coverage_exporter.model.stages import Stage, service_gaps, service_stages
+from coverage_exporter.model.verdict import Verdict, decide
+from coverage_exporter.untrusted import printable
 
 NAMES_SHOWN = 5
-
-
-def runbook(name: str) -> str:
-    # A URL a pip user can open (--runbook-base-url; default: docs/runbooks/ on GitHub).
-    return runbooks.runbook_url(name)
 
 
 def _names(missing: Sequence[MissingTarget], unnamed: int = 0) -> str:
@@ -46,21 +45,23 @@ def _slices_cell(s: ServiceCoverage) -> str:
     return str(sum(s.slices.endpoints.values()))
 
 
-def _replica_name(p: PoolCoverage) -> str:
-    return p.replica if p.replica == p.scraper else f"{p.scraper}/{p.replica}"
+def replica_name(st: Stage) -> str:
+    """A scrape pool's replica as people read it: the replica alone when it
+    is its own scraper, else scraper/replica."""
+    return st.replica if st.replica == st.scraper else f"{st.scraper}/{st.replica}"
 
 
-def _pool_cell(p: PoolCoverage) -> str:
-    found = str(p.discovered) if p.known else f"{p.discovered}+{p.unknown} unknown"
+def _pool_cell(st: Stage) -> str:
+    found = str(st.holds) if st.known else f"{st.holds}+{st.unknown} unknown"
     # A pool name comes from the server's answer: escaped for the terminal.
-    return f"{_replica_name(p)} {printable(p.scrape_pool)} ({p.role}) {found}"
+    return f"{replica_name(st)} {printable(st.pool)} ({st.role}) {found}"
 
 
 def _rows(report: CoverageReport) -> list[list[str]]:
     rows = [["SERVICE", "SOURCE", "EXPECTED", "ENDPOINTS", "SLICES", "PROMETHEUS", "GAP"]]
     for s in report.services:
-        pools = [_pool_cell(p) for p in s.pools] or ["-"]
-        gap = max((g.missing for g in service_gaps(s)), default=0)
+        pools = [_pool_cell(st) for st in service_stages(s) if st.kind == STAGE_PROMETHEUS] or ["-"]
+        gap = max((st.count or 0 for st in service_gaps(s)), default=0)
         for i, pool in enumerate(pools):
             first = i == 0
             rows.append(
@@ -77,79 +78,78 @@ def _rows(report: CoverageReport) -> list[list[str]]:
     return rows
 
 
+def finding_words(s: ServiceCoverage, f: Finding) -> str:
+    """One finding in words, without the Service's name in front and
+    without its runbook and final period, which the caller adds (a URL
+    here, a link in the HTML report)."""
+    st = f.stage
+    kind = f.kind
+    if kind is FindingKind.ENDPOINTS_ABSENT:
+        return (
+            "has no Endpoints object, yet a scrape pool reads it with role endpoints; "
+            f"{s.expected} expected targets are lost"
+        )
+    if kind is FindingKind.ENDPOINTS_TRUNCATED:
+        lost = (
+            "a scrape pool reads it with role endpoints"
+            if st.read
+            else "no scrape pool reads it with role endpoints, so nothing is lost"
+        )
+        return (
+            f"Endpoints truncated to {st.holds} of {s.expected} expected (annotation "
+            f"endpoints.kubernetes.io/over-capacity); {f.count} missing: "
+            f"{_names(st.missing or (), s.unnamed)}; {lost}"
+        )
+    if kind is FindingKind.ENDPOINTS_STALE:
+        state = "read with role endpoints" if st.read else "read by no scrape pool"
+        return (
+            f"the Endpoints object misses {f.count} expected targets "
+            f"({_names(st.missing or (), s.unnamed)}): it is stale (its owner no longer "
+            f"writes it, e.g. --kubelet-endpoints=false) and {state}"
+        )
+    if kind is FindingKind.MIRRORING_CAPPED:
+        lost = (
+            "a scrape pool reads the slices with role endpointslice and misses them"
+            if st.read
+            else "no scrape pool reads the slices yet; switching to role endpointslice "
+            "now would lose them"
+        )
+        return (
+            f"the EndpointSlice mirroring controller left {f.count} addresses out of its "
+            f"slices (it mirrors at most 1000 per subset); {lost}. Let the owner write its "
+            "own slices (Prometheus Operator: --kubelet-endpointslice=true)"
+        )
+    pool = f"{replica_name(st)} scrape pool {st.pool!r} (role {st.role})"
+    if kind is FindingKind.COVERAGE_UNKNOWN:
+        return (
+            f"{pool}: coverage unknown for {f.count} of {s.expected}: "
+            f"{st.why_unknown or 'a shard of the replica has not answered recently'}"
+        )
+    misses = f"{pool} misses {f.count} of {s.expected}: {_names(st.missing or (), s.unnamed)}"
+    if kind is FindingKind.POOL_READS_TRUNCATED:
+        return (
+            f"{misses}. Role endpoints reads the truncated Endpoints object: migrate this "
+            "job to role endpointslice"
+        )
+    if kind is FindingKind.POOL_DISCOVERS_NOTHING:
+        return (
+            f"{misses}. It discovers none of them: check its service discovery (RBAC for "
+            "endpointslices after a role switch, selectors, port names)"
+        )
+    return misses
+
+
+def finding_line(s: ServiceCoverage, f: Finding) -> str:
+    """The finding as the audit prints it, its runbook as a URL."""
+    runbook = f" ({runbooks.runbook_url(f.runbook)})" if f.runbook else ""
+    return f"{s.namespace}/{s.service}: {finding_words(s, f)}{runbook}."
+
+
 def findings(s: ServiceCoverage) -> list[str]:
     """What is wrong with one Service, in words, with what to do. Lines
     that describe a gap say so; the rest are findings that lose nothing
     today (no pool reads the stage)."""
-    name = f"{s.namespace}/{s.service}"
-    out = []
-    reads_endpoints = s.reads(ROLE_ENDPOINTS)
-    reads_slices = s.reads(ROLE_ENDPOINTSLICE)
-    if s.endpoints is None:
-        if reads_endpoints:
-            out.append(
-                f"{name}: has no Endpoints object, yet a scrape pool reads it with role "
-                f"endpoints; {s.expected} expected targets are lost."
-            )
-    elif s.endpoints.truncated:
-        lost = (
-            "a scrape pool reads it with role endpoints"
-            if reads_endpoints
-            else "no scrape pool reads it with role endpoints, so nothing is lost"
-        )
-        out.append(
-            f"{name}: Endpoints truncated to {s.endpoints.ready + s.endpoints.not_ready} of "
-            f"{s.expected} expected (annotation endpoints.kubernetes.io/over-capacity); "
-            f"{s.endpoints_missing_count()} missing: "
-            f"{_names(s.endpoints.missing, s.unnamed)}; {lost}."
-        )
-    elif s.endpoints_missing_count() and s.endpoints.skip_mirror is not None:
-        state = "read with role endpoints" if reads_endpoints else "read by no scrape pool"
-        out.append(
-            f"{name}: the Endpoints object misses {s.endpoints_missing_count()} expected "
-            f"targets ({_names(s.endpoints.missing, s.unnamed)}): it is stale (its owner no "
-            f"longer writes it, e.g. --kubelet-endpoints=false) and {state}."
-        )
-    if s.slices.mirroring_skipped:
-        lost = (
-            "a scrape pool reads the slices with role endpointslice and misses them"
-            if reads_slices
-            else "no scrape pool reads the slices yet; switching to role endpointslice "
-            "now would lose them"
-        )
-        out.append(
-            f"{name}: the EndpointSlice mirroring controller left {s.slices.mirroring_skipped} "
-            f"addresses out of its slices (it mirrors at most 1000 per subset); {lost}. Let "
-            "the owner write its own slices (Prometheus Operator: --kubelet-endpointslice=true)"
-            f" ({runbook('ScrapeCoverageEndpointSliceMirroringCapped')})."
-        )
-    for p in s.pools:
-        if not p.known:
-            out.append(
-                f"{name}: {_replica_name(p)} scrape pool {p.scrape_pool!r} (role {p.role}): "
-                f"coverage unknown for {p.unknown} of {s.expected}: a shard of the replica has "
-                f"not answered recently ({runbook('ScrapeCoverageUnknown')})."
-            )
-            continue
-        if not p.missing_count:
-            continue
-        advice = ""
-        if p.role == ROLE_ENDPOINTS and s.endpoints is not None and s.endpoints.truncated:
-            advice = (
-                " Role endpoints reads the truncated Endpoints object: migrate this job to role "
-                f"endpointslice ({runbook('ScrapeCoverageEndpointsTruncated')})."
-            )
-        elif p.discovered == 0:
-            advice = (
-                " It discovers none of them: check its service discovery (RBAC for "
-                "endpointslices after a role switch, selectors, port names) "
-                f"({runbook('ScrapeCoverageTargetsMissing')})."
-            )
-        out.append(
-            f"{name}: {_replica_name(p)} scrape pool {p.scrape_pool!r} (role {p.role}) misses "
-            f"{p.missing_count} of {s.expected}: {_names(p.missing or (), p.unnamed)}.{advice}"
-        )
-    return out
+    return [finding_line(s, f) for f in model_findings(s)]
 
 
 def _source_line(h: SourceHealth) -> str:
@@ -157,22 +157,28 @@ def _source_line(h: SourceHealth) -> str:
     return f"{who}: " + ("up" if h.up else f"DOWN ({h.last_error or 'no answer'})")
 
 
+VERDICT_WORDS = {
+    Verdict.NOT_COLLECTED: "no coverage: Kubernetes could not be read",
+    Verdict.GAPS: "gaps found",
+    Verdict.NOTHING_COMPARED: (
+        "no Service compared: nothing to judge (check --service, --namespace, the scope)"
+    ),
+    Verdict.NO_SERVER: (
+        "nothing judged: no Prometheus server was found or given (discovery finds the "
+        "Prometheus Operator's servers and --prometheus-pod-selector pods; "
+        "--prometheus-url and the fleet file name others)"
+    ),
+    Verdict.UNKNOWN: (
+        "coverage unknown: a source did not answer, or its answer cannot be judged "
+        "(no gap seen in what could)"
+    ),
+    Verdict.FULL_COVERAGE: "full coverage",
+}
+
+
 def verdict(report: CoverageReport | None, complete: bool) -> str:
-    if report is None:
-        return "no coverage: Kubernetes could not be read"
-    if report.has_gaps:
-        return "gaps found"
-    if not report.services:
-        return "no Service compared: nothing to judge (check --service, --namespace, the scope)"
-    if not report.fleet.replicas:
-        return (
-            "nothing judged: no Prometheus server was found or given (discovery finds the "
-            "Prometheus Operator's servers and --prometheus-pod-selector pods; "
-            "--prometheus-url and the fleet file name others)"
-        )
-    if report.unknown_pools or not complete:
-        return "coverage unknown: a source did not answer (no gap seen in what did)"
-    return "full coverage"
+    """The model's verdict (model.verdict) in words."""
+    return VERDICT_WORDS[decide(report, complete)]
 
 
 def migration_lines(readiness: Sequence[Readiness]) -> list[str]:
@@ -193,7 +199,7 @@ def migration_lines(readiness: Sequence[Readiness]) -> list[str]:
         )
         out.append(line)
         if r.action:
-            out.append(f"  do: {r.action} ({runbook('migrate-to-endpointslice')})")
+            out.append(f"  do: {r.action} ({runbooks.runbook_url(RUNBOOK_MIGRATION)})")
     return out
 
 
@@ -276,6 +282,7 @@ def service_json(s: ServiceCoverage) -> dict[str, object]:
                     "known": p.known,
                     "discovered": p.discovered,
                     "unknown": p.unknown,
+                    "why_unknown": p.why_unknown or None,
                     "missing_count": p.missing_count,
                     "missing": None if p.missing is None else _missing_list(p.missing),
                 }
@@ -284,14 +291,14 @@ def service_json(s: ServiceCoverage) -> dict[str, object]:
         },
         "gaps": [
             {
-                "stage": g.stage,
-                "role": g.role,
-                "scrape_pool": g.scrape_pool,
-                "scraper": g.scraper,
-                "replica": g.replica,
-                "missing": g.missing,
+                "stage": st.kind,
+                "role": st.role,
+                "scrape_pool": st.pool,
+                "scraper": st.scraper,
+                "replica": st.replica,
+                "missing": st.count,
             }
-            for g in service_gaps(s)
+            for st in service_gaps(s)
         ],
         "findings": findings(s),
     }
@@ -338,13 +345,16 @@ def render_json(
                 "replica": r.replica,
                 "shards": r.shards,
                 "known": r.known,
+                "why_unknown": r.why_unknown or None,
                 "servers": [
                     {
                         "server": sv.name,
+                        "kind": sv.identity.kind,
                         "shard": sv.identity.shard,
                         "topology": sv.identity.how,
                         "discovery": sv.found_by,
                         "known": sv.known,
+                        "why_unknown": sv.why_unknown or None,
                     }
                     for sv in r.servers
                 ],

@@ -17,40 +17,34 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
-import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from urllib.parse import urlsplit, urlunsplit
 
-from coverage_exporter import __version__
-from coverage_exporter.exposition.audit import findings, verdict
-from coverage_exporter.model.coverage import (
-    STAGE_ENDPOINTS,
-    STAGE_ENDPOINTSLICES,
-    STAGE_PROMETHEUS,
-    MissingTarget,
-    ServiceCoverage,
+from coverage_exporter import __version__, runbooks
+from coverage_exporter.exposition.audit import VERDICT_WORDS, finding_words, replica_name
+from coverage_exporter.health import SOURCE_KUBERNETES, SourceHealth
+from coverage_exporter.model.coverage import MissingTarget, ServiceCoverage
+from coverage_exporter.model.findings import (
+    RUNBOOK_ENDPOINTS_TRUNCATED,
+    RUNBOOK_INDEX,
+    RUNBOOK_MIGRATION,
+    RUNBOOK_MIRRORING_CAPPED,
+    RUNBOOK_TARGETS_MISSING,
+    RUNBOOK_UNKNOWN,
+    Finding,
+    FindingKind,
+    service_findings,
 )
 from coverage_exporter.model.fleet import Fleet
-from coverage_exporter.model.gaps import service_gaps
-from coverage_exporter.model.objects import (
-    ROLE_ENDPOINTS,
-    ROLE_ENDPOINTSLICE,
-    SOURCE_DAEMONSET,
-    SOURCE_NODES,
-    SOURCE_PODS,
-)
+from coverage_exporter.model.gaps import STAGE_ENDPOINTS, STAGE_ENDPOINTSLICES, STAGE_PROMETHEUS
+from coverage_exporter.model.objects import SOURCE_DAEMONSET, SOURCE_NODES, SOURCE_PODS
 from coverage_exporter.model.readiness import Readiness
 from coverage_exporter.model.report import CoverageReport
-from coverage_exporter.sources.health import SOURCE_KUBERNETES, SourceHealth
-
-# Where the runbooks are published; the same base as the alerts'
-# runbook_url (alerts/rules.py, a test keeps them equal). The findings name
-# runbooks as docs/runbooks/<page>.md; the page links them here.
-RUNBOOK_BASE_URL = "https://github.com/coverage-exporter/coverage-exporter/blob/main/docs/runbooks/"
-_RUNBOOK_REF = re.compile(r"docs/runbooks/([A-Za-z0-9_-]+\.md)")
+from coverage_exporter.model.stages import Stage, service_stages
+from coverage_exporter.model.verdict import Verdict, decide, service_verdict
 
 CHUNK_ROWS = 500
 """Rows per table of a Service's missing targets. Each chunk is a table of
@@ -83,32 +77,17 @@ def _n(value: int) -> str:
 
 
 # --- the one place that reads the coverage model ------------------------------
-# Everything below this section renders the views only, so a change of the
-# model (report.py, coverage.py, gaps.py) is adapted here.
+# Everything below this section renders the views only. The stages, their
+# gaps, the findings and the verdicts are the model's (model.stages,
+# model.findings, model.verdict); a view adds only how they are shown.
 
 
 @dataclass(frozen=True, slots=True)
 class StageView:
-    """One stage of a Service's funnel: a Kubernetes object, or one scrape
-    pool as one replica runs it."""
+    """One stage of a Service's funnel (the model's Stage) as shown."""
 
-    kind: str
-    """STAGE_ENDPOINTS, STAGE_ENDPOINTSLICES or STAGE_PROMETHEUS."""
+    stage: Stage
     label: str
-    holds: int
-    """What the stage holds: addresses, endpoints, discovered targets."""
-    missing: Sequence[MissingTarget] | None
-    """The expected targets absent here, by name; None: unknown."""
-    missing_count: int | None
-    """With those known by count only (unnamed, or no Endpoints object)."""
-    gap: bool
-    """The model counts this loss as a gap (model.gaps); else a finding."""
-    unknown: int = 0
-    """Expected targets whose coverage cannot be told (a shard not answering)."""
-    pool: str = ""
-    role: str = ""
-    scraper: str = ""
-    scraper_replica: str = ""
     alarm: str = ""
     notes: tuple[str, ...] = ()
     per_server: tuple[tuple[str, int, int], ...] = ()
@@ -116,7 +95,7 @@ class StageView:
 
     @property
     def replica(self) -> str:
-        return _replica_name(self.scraper, self.scraper_replica)
+        return replica_name(self.stage)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,9 +106,15 @@ class ServiceView:
     unnamed: int
     """Expected targets known by count only: missing everywhere, unlisted."""
     stages: tuple[StageView, ...]
-    findings: tuple[str, ...]
-    has_gap: bool
+    findings: tuple[Finding, ...]
+    findings_html: tuple[str, ...]
+    """Each finding in words, its runbook linked (without the Service's name)."""
+    verdict: Verdict
     node_wide: bool
+
+    @property
+    def has_gap(self) -> bool:
+        return self.verdict is Verdict.GAPS
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,39 +132,25 @@ def _replica_name(scraper: str, replica: str) -> str:
     return replica if replica == scraper else f"{scraper}/{replica}"
 
 
-def _unread(s: ServiceCoverage, role: str, missing: int) -> tuple[str, ...]:
-    if missing and not s.reads(role):
-        return (f"no scrape pool reads it with role {role}: a finding, nothing lost today",)
+def _unread(st: Stage) -> tuple[str, ...]:
+    if st.count and not st.read:
+        return (f"no scrape pool reads it with role {st.role}: a finding, nothing lost today",)
     return ()
 
 
-def _endpoints_stage(s: ServiceCoverage, gap_stages: set[str]) -> StageView:
+def _endpoints_view(s: ServiceCoverage, st: Stage) -> StageView:
     ep = s.endpoints
-    count = s.endpoints_missing_count()
-    gap = STAGE_ENDPOINTS in gap_stages
     if ep is None:
-        return StageView(
-            STAGE_ENDPOINTS, "Endpoints", 0, (), count, gap, alarm="NO ENDPOINTS OBJECT"
-        )
+        return StageView(st, "Endpoints", alarm="NO ENDPOINTS OBJECT")
     notes = [f"{_n(ep.not_ready)} not ready"] if ep.not_ready else []
     if ep.skip_mirror:
         notes.append("labelled skip-mirror: the owner writes its own slices")
-    notes += _unread(s, ROLE_ENDPOINTS, count)
-    return StageView(
-        STAGE_ENDPOINTS,
-        "Endpoints",
-        ep.ready + ep.not_ready,
-        ep.missing,
-        count,
-        gap,
-        alarm="TRUNCATED" if ep.truncated else "",
-        notes=tuple(notes),
-    )
+    notes += _unread(st)
+    return StageView(st, "Endpoints", alarm="TRUNCATED" if ep.truncated else "", notes=tuple(notes))
 
 
-def _slices_stage(s: ServiceCoverage, gap_stages: set[str]) -> StageView:
+def _slices_view(s: ServiceCoverage, st: Stage) -> StageView:
     sl = s.slices
-    count = s.slices_missing_count()
     notes = [
         f"{_n(c)} {'ready' if ready else 'not ready'} by {managed_by}"
         for (managed_by, ready), c in sorted(sl.endpoints.items())
@@ -187,74 +158,63 @@ def _slices_stage(s: ServiceCoverage, gap_stages: set[str]) -> StageView:
     notes += [f"{_n(c)} terminating by {m}" for m, c in sorted(sl.terminating.items()) if c]
     if sl.mirroring_skipped:
         notes.append(f"mirroring left {_n(sl.mirroring_skipped)} addresses out")
-    notes += _unread(s, ROLE_ENDPOINTSLICE, count)
+    notes += _unread(st)
     return StageView(
-        STAGE_ENDPOINTSLICES,
+        st,
         "EndpointSlices",
-        sum(sl.endpoints.values()),
-        sl.missing,
-        count,
-        STAGE_ENDPOINTSLICES in gap_stages,
         alarm="MIRRORING CAPPED" if sl.mirroring_skipped else "",
         notes=tuple(notes),
     )
 
 
-def _pool_stages(s: ServiceCoverage, fleet: Fleet) -> list[StageView]:
-    counts: dict[tuple[str, str, str], list[int]] = {}
+def _pool_views(s: ServiceCoverage, stages: Sequence[Stage], fleet: Fleet) -> list[StageView]:
+    counts: dict[tuple[str, str, str], tuple[int, int]] = {}
     for (server, pool, role, health), count in s.target_counts.items():
-        totals = counts.setdefault((server, pool, role), [0, 0])
-        totals[0] += count
-        if health == "down":
-            totals[1] += count
+        active, down = counts.get((server, pool, role), (0, 0))
+        counts[(server, pool, role)] = (active + count, down + (count if health == "down" else 0))
     out = []
-    for p in s.pools:
-        replica = fleet.replicas.get((p.scraper, p.replica))
+    for st in stages:
+        replica = fleet.replicas.get((st.scraper, st.replica))
         servers = sorted(sv.name for sv in replica.servers) if replica else []
-        notes = [] if p.meant or p.discovered else ["not meant by the configuration"]
-        if not p.known:
-            notes.append(
-                f"coverage unknown for {_n(p.unknown)}: a shard of the replica has not "
-                "answered recently"
-            )
+        notes = [] if st.meant or st.holds else ["not meant by the configuration"]
+        if not st.known:
+            why = st.why_unknown or "a shard of the replica has not answered recently"
+            notes.append(f"coverage unknown for {_n(st.unknown)}: {why}")
         out.append(
             StageView(
-                STAGE_PROMETHEUS,
-                f"scrape pool {p.scrape_pool}",
-                p.discovered,
-                p.missing,
-                p.missing_count,
-                bool(p.missing_count),
-                unknown=p.unknown,
-                pool=p.scrape_pool,
-                role=p.role,
-                scraper=p.scraper,
-                scraper_replica=p.replica,
+                st,
+                f"scrape pool {st.pool}",
                 notes=tuple(notes),
                 per_server=tuple(
-                    (name, *counts.get((name, p.scrape_pool, p.role), (0, 0)))  # type: ignore[misc]
-                    for name in servers
+                    (name, *counts.get((name, st.pool, st.role), (0, 0))) for name in servers
                 ),
             )
         )
     return out
 
 
+def _finding_html(s: ServiceCoverage, f: Finding) -> str:
+    """A finding in words, escaped, with a link to its runbook."""
+    link = f" ({_runbook_link(f.runbook, f.runbook)})" if f.runbook else ""
+    return f"{_e(finding_words(s, f))}{link}."
+
+
 def service_view(s: ServiceCoverage, fleet: Fleet) -> ServiceView:
-    gaps = service_gaps(s)
-    gap_stages = {g.stage for g in gaps if g.stage != STAGE_PROMETHEUS}
+    endpoints, slices, *pools = service_stages(s)
+    found = tuple(service_findings(s))
     return ServiceView(
         name=f"{s.namespace}/{s.service}",
         source=s.source,
         expected=s.expected,
         unnamed=s.unnamed,
         stages=(
-            _endpoints_stage(s, gap_stages),
-            _slices_stage(s, gap_stages),
-            *_pool_stages(s, fleet),
+            _endpoints_view(s, endpoints),
+            _slices_view(s, slices),
+            *_pool_views(s, pools, fleet),
         ),
-        findings=tuple(findings(s)),
-        has_gap=bool(gaps),
+        findings=found,
+        findings_html=tuple(_finding_html(s, f) for f in found),
+        verdict=service_verdict(s),
         node_wide=s.source != SOURCE_PODS,
     )
 
@@ -270,7 +230,7 @@ def server_views(report: CoverageReport | None) -> dict[str, ServerView]:
         sv.name: ServerView(
             replica=_replica_name(r.scraper, r.replica),
             shard=f"{sv.identity.shard + 1} of {r.shards}" if r.shards > 1 else "",
-            topology=sv.identity.how,
+            topology=f"{sv.identity.kind}, {sv.identity.how}",
             known=sv.known,
         )
         for r in report.fleet.replicas.values()
@@ -285,17 +245,22 @@ def unresolved_lines(report: CoverageReport) -> list[str]:
     ]
 
 
+VERDICT_CSS = {
+    Verdict.GAPS: "gaps",
+    Verdict.FULL_COVERAGE: "ok",
+    Verdict.NOT_COLLECTED: "unknown",
+    Verdict.NOTHING_COMPARED: "unknown",
+    Verdict.NO_SERVER: "unknown",
+    Verdict.UNKNOWN: "unknown",
+}
+"""The page's colour for each verdict: nothing or not everything judged is
+shown as unknown."""
+
+
 def report_verdict(report: CoverageReport | None, complete: bool) -> tuple[str, str]:
-    """(kind, words): the audit's own verdict in words, and its kind for the
-    page's colour: gaps, ok, or unknown (nothing or not everything judged)."""
-    words = verdict(report, complete)
-    if report is None:
-        return "unknown", words
-    if report.has_gaps:
-        return "gaps", words
-    if not report.services or report.unknown_pools or not complete:
-        return "unknown", words
-    return "ok", words
+    """(colour, words) of the model's verdict (model.verdict)."""
+    decided = decide(report, complete)
+    return VERDICT_CSS[decided], VERDICT_WORDS[decided]
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,11 +338,11 @@ class ServicesPart:
 
 def _bar(st: StageView | None, expected: int) -> str:
     """Present (green), unknown (hatched) and lost (red) shares."""
-    if st is None or st.missing_count is None:
-        present = st.holds if st is not None else expected
-        unknown = st.unknown if st is not None else 0
+    if st is None or st.stage.count is None:
+        present = st.stage.holds if st is not None else expected
+        unknown = st.stage.unknown if st is not None else 0
     else:
-        present, unknown = expected - st.missing_count, 0
+        present, unknown = expected - st.stage.count, 0
     if not expected:
         return '<span class="bar"><span style="width:100%"></span></span>'
     ok = max(0.0, min(100.0, 100.0 * present / expected))
@@ -391,10 +356,10 @@ def _bar(st: StageView | None, expected: int) -> str:
 
 
 def _stage_label(st: StageView) -> str:
-    if st.kind != STAGE_PROMETHEUS:
+    if st.stage.kind != STAGE_PROMETHEUS:
         return _e(st.label)
     return (
-        f"scrape pool <code>{_e(st.pool)}</code> <small>role {_e(st.role)} · replica "
+        f"scrape pool <code>{_e(st.stage.pool)}</code> <small>role {_e(st.stage.role)} · replica "
         f"{_e(st.replica)}</small>"
     )
 
@@ -421,22 +386,23 @@ def _funnel(v: ServiceView) -> str:
             + "</span>"
             for name, active, down in st.per_server
         ]
-        attrs = f'data-stage="{_e(st.kind)}"'
-        if st.pool:
+        attrs = f'data-stage="{_e(st.stage.kind)}"'
+        stage = st.stage
+        if stage.pool:
             attrs += (
-                f' data-pool="{_e(st.pool)}" data-role="{_e(st.role)}"'
-                f' data-scraper="{_e(st.scraper)}" data-scraper-replica="{_e(st.scraper_replica)}"'
+                f' data-pool="{_e(stage.pool)}" data-role="{_e(stage.role)}"'
+                f' data-scraper="{_e(stage.scraper)}" data-scraper-replica="{_e(stage.replica)}"'
                 f' data-replica="{_e(st.replica)}"'
             )
-        css = "gap" if st.gap else ("finding" if st.missing_count else "")
-        if st.missing_count is None:
+        css = "gap" if st.stage.gap else ("finding" if st.stage.count else "")
+        if st.stage.count is None:
             miss = '<td class="n miss">unknown</td>'
         else:
-            lost = " lostn" if st.gap else ""
-            miss = f'<td class="n miss{lost}">{_n(st.missing_count)}</td>'
+            lost = " lostn" if st.stage.gap else ""
+            miss = f'<td class="n miss{lost}">{_n(st.stage.count)}</td>'
         rows.append(
             f'<tr {attrs}{f" class={css}" if css else ""}><th scope="row">{_stage_label(st)}</th>'
-            f'<td class="n holds">{_n(st.holds)}</td>{miss}'
+            f'<td class="n holds">{_n(st.stage.holds)}</td>{miss}'
             f'<td class="cov">{_bar(st, v.expected)}</td>'
             f"<td>{'<br>'.join(notes)}</td></tr>"
         )
@@ -449,48 +415,49 @@ def _funnel(v: ServiceView) -> str:
     )
 
 
-def _linked(text: str) -> str:
-    """Escapes a finding and links the runbooks it names."""
-    return _RUNBOOK_REF.sub(
-        lambda m: f'<a href="{_e(RUNBOOK_BASE_URL + m.group(1))}">{m.group(0)}</a>', _e(text)
-    )
-
-
-def _runbook(page: str, text: str) -> str:
-    return f'<a href="{_e(RUNBOOK_BASE_URL + page)}">{_e(text)}</a>'
+def _runbook_link(page: str, text: str) -> str:
+    """A link to a runbook page, where --runbook-base-url says they are."""
+    return f'<a href="{_e(runbooks.runbook_url(page))}">{_e(text)}</a>'
 
 
 def _next_steps(views: Sequence[ServiceView]) -> list[str]:
-    stages = [st for v in views for st in v.stages]
+    """What to do first, from the findings' kinds."""
+    found = [f for v in views for f in v.findings]
+    kinds = {f.kind for f in found}
     steps = []
-    if any(st.kind == STAGE_ENDPOINTS and st.alarm and st.gap for st in stages):
+    # A Service without an Endpoints object that a pool of role endpoints
+    # reads is helped by the same move as a truncated one.
+    if any(
+        f.gap and f.kind in (FindingKind.ENDPOINTS_TRUNCATED, FindingKind.ENDPOINTS_ABSENT)
+        for f in found
+    ):
         steps.append(
             "Endpoints truncated at 1000 addresses and read with role <code>endpoints</code>: "
             "move those scrape jobs to role <code>endpointslice</code>: "
-            + _runbook("migrate-to-endpointslice.md", "migrate-to-endpointslice")
+            + _runbook_link(RUNBOOK_MIGRATION, RUNBOOK_MIGRATION)
             + ", "
-            + _runbook("ScrapeCoverageEndpointsTruncated.md", "ScrapeCoverageEndpointsTruncated")
+            + _runbook_link(RUNBOOK_ENDPOINTS_TRUNCATED, RUNBOOK_ENDPOINTS_TRUNCATED)
         )
-    if any(st.kind == STAGE_ENDPOINTSLICES and st.alarm for st in stages):
+    if FindingKind.MIRRORING_CAPPED in kinds:
         steps.append(
             "Mirrored EndpointSlices capped at 1000 per subset: have the owner of the "
             "Endpoints write its own slices (Prometheus Operator: "
             "<code>--kubelet-endpointslice=true</code>) before any job reads them: "
-            + _runbook(
-                "ScrapeCoverageEndpointSliceMirroringCapped.md",
-                "ScrapeCoverageEndpointSliceMirroringCapped",
-            )
+            + _runbook_link(RUNBOOK_MIRRORING_CAPPED, RUNBOOK_MIRRORING_CAPPED)
         )
-    if any(st.kind == STAGE_PROMETHEUS and st.gap for st in stages):
+    if kinds & {
+        FindingKind.POOL_MISSES,
+        FindingKind.POOL_READS_TRUNCATED,
+        FindingKind.POOL_DISCOVERS_NOTHING,
+    }:
         steps.append(
             "Scrape pools miss expected targets: the tables below show at which stage each "
-            "was lost: "
-            + _runbook("ScrapeCoverageTargetsMissing.md", "ScrapeCoverageTargetsMissing")
+            "was lost: " + _runbook_link(RUNBOOK_TARGETS_MISSING, RUNBOOK_TARGETS_MISSING)
         )
-    if any(st.kind == STAGE_PROMETHEUS and st.missing_count is None for st in stages):
+    if FindingKind.COVERAGE_UNKNOWN in kinds:
         steps.append(
-            "Some coverage is unknown: a Prometheus shard has not answered: "
-            + _runbook("ScrapeCoverageSourceDown.md", "ScrapeCoverageSourceDown")
+            "Some coverage is unknown: a Prometheus shard has not answered, or its answer "
+            "cannot say what it scrapes: " + _runbook_link(RUNBOOK_UNKNOWN, RUNBOOK_UNKNOWN)
         )
     return steps
 
@@ -499,24 +466,24 @@ def _missing_table(i: int, v: ServiceView) -> tuple[str, int, int]:
     """Every target this Service misses at some stage, one row per target,
     one column per stage that names what it misses. Returns (html, rows,
     targets lost at a stage that is a gap); ("", 0, 0) when none is named."""
-    stages = [st for st in v.stages if st.missing]
-    sets = [frozenset(st.missing or ()) for st in stages]
+    stages = [st for st in v.stages if st.stage.missing]
+    sets = [frozenset(st.stage.missing or ()) for st in stages]
     union: set[MissingTarget] = set().union(*sets)
     gap_union: set[MissingTarget] = set().union(
-        *(s for s, st in zip(sets, stages, strict=True) if st.gap)
+        *(s for s, st in zip(sets, stages, strict=True) if st.stage.gap)
     )
     gap_targets = len(gap_union) + (v.unnamed if v.has_gap else 0)
     if not union:
         return "", 0, gap_targets
     head = [f'<th scope="col">{"Node" if v.node_wide else "Pod, on node"}</th>']
     for st in stages:
-        read = "" if st.gap else "<br><small>a finding: not read</small>"
-        if st.pool:
-            label = f"{_e(st.pool)}<br><small>{_e(st.role)} · {_e(st.replica)}</small>"
-            data = f' data-pool="{_e(st.pool)}" data-replica="{_e(st.replica)}"'
+        read = "" if st.stage.gap else "<br><small>a finding: not read</small>"
+        if st.stage.pool:
+            label = f"{_e(st.stage.pool)}<br><small>{_e(st.stage.role)} · {_e(st.replica)}</small>"
+            data = f' data-pool="{_e(st.stage.pool)}" data-replica="{_e(st.replica)}"'
         else:
             label, data = _e(st.label) + read, ""
-        head.append(f'<th scope="col" data-kind="{_e(st.kind)}"{data}>{label}</th>')
+        head.append(f'<th scope="col" data-kind="{_e(st.stage.kind)}"{data}>{label}</th>')
     lost, empty = "<td>" + LOST, "<td>"
     patterns: dict[tuple[bool, ...], str] = {}
     rows = []
@@ -546,7 +513,7 @@ def _missing_table(i: int, v: ServiceView) -> tuple[str, int, int]:
             f'<table class="missing">{caption if not start else ""}{thead}<tbody>\n'
             f"{''.join(part)}</tbody></table></div>"
         )
-    where = ", ".join(f"{_e(st.pool or st.label)} {_n(st.missing_count or 0)}" for st in stages)
+    where = ", ".join(f"{_e(st.stage.pool or st.label)} {_n(st.stage.count or 0)}" for st in stages)
     unnamed = (
         f"; and {_n(v.unnamed)} known by count only, not listed (no pod yet)" if v.unnamed else ""
     )
@@ -562,22 +529,22 @@ def _missing_table(i: int, v: ServiceView) -> tuple[str, int, int]:
 def _count_cell(st: StageView) -> str:
     """What a stage holds, what it is told, and what it loses."""
     tag = f' <span class="tag bad">{_e(st.alarm)}</span>' if st.alarm else ""
-    if st.missing_count is None:
+    if st.stage.count is None:
         lost = ' <span class="tag warn">UNKNOWN</span>'
-    elif st.missing_count:
-        css = "lostn" if st.gap else "muted"
-        lost = f' <span class="{css}">&minus;{_n(st.missing_count)}</span>'
+    elif st.stage.count:
+        css = "lostn" if st.stage.gap else "muted"
+        lost = f' <span class="{css}">&minus;{_n(st.stage.count)}</span>'
     else:
         lost = ""
-    return f"{_n(st.holds)}{tag}{lost}"
+    return f"{_n(st.stage.holds)}{tag}{lost}"
 
 
 def _pools_cell(stages: Sequence[StageView]) -> str:
     """One line per pool, its replicas side by side."""
     by_pool: dict[tuple[str, str], list[StageView]] = {}
     for st in stages:
-        if st.kind == STAGE_PROMETHEUS:
-            by_pool.setdefault((st.pool, st.role), []).append(st)
+        if st.stage.kind == STAGE_PROMETHEUS:
+            by_pool.setdefault((st.stage.pool, st.stage.role), []).append(st)
     lines = [
         f'<div class="pool"><code>{_e(pool)}</code> '
         + " ".join(
@@ -591,7 +558,7 @@ def _pools_cell(stages: Sequence[StageView]) -> str:
 
 
 def _summary_row(i: int, v: ServiceView, rows: int) -> str:
-    k8s = [_count_cell(st) for st in v.stages if st.kind != STAGE_PROMETHEUS]
+    k8s = [_count_cell(st) for st in v.stages if st.stage.kind != STAGE_PROMETHEUS]
     return (
         f'<tr{" class=gap" if v.has_gap else ""}><th scope="row">'
         f'<a href="#service-{i}">{_e(v.name)}</a></th><td>{_e(v.source)}</td>'
@@ -601,12 +568,15 @@ def _summary_row(i: int, v: ServiceView, rows: int) -> str:
     )
 
 
+_VERDICT_TAGS = {
+    Verdict.GAPS: '<span class="tag bad">GAP</span>',
+    Verdict.UNKNOWN: '<span class="tag warn">UNKNOWN</span>',
+    Verdict.FULL_COVERAGE: '<span class="tag good">OK</span>',
+}
+
+
 def _verdict_tag(v: ServiceView) -> str:
-    if v.has_gap:
-        return '<span class="tag bad">GAP</span>'
-    if any(st.missing_count is None for st in v.stages):
-        return '<span class="tag warn">UNKNOWN</span>'
-    return '<span class="tag good">OK</span>'
+    return _VERDICT_TAGS[v.verdict]
 
 
 def render_services(report: CoverageReport) -> ServicesPart:
@@ -624,8 +594,8 @@ def render_services(report: CoverageReport) -> ServicesPart:
             tables.append(table)
         gap_targets += gaps
         for st in v.stages:
-            if st.pool and st.missing:
-                pools[st.pool] = None
+            if st.stage.pool and st.stage.missing:
+                pools[st.stage.pool] = None
                 replicas[st.replica] = None
         summary.append(_summary_row(i, v, rows))
         tag = _verdict_tag(v)
@@ -633,7 +603,7 @@ def render_services(report: CoverageReport) -> ServicesPart:
             f'<section class="service" id="service-{i}" aria-labelledby="service-{i}-h">'
             f'<h3 id="service-{i}-h">{_e(v.name)} {tag}</h3>'
             + _funnel(v)
-            + "".join(f'<p class="finding">{_linked(f)}</p>' for f in v.findings)
+            + "".join(f'<p class="finding">{_e(v.name)}: {f}</p>' for f in v.findings_html)
             + (f'<p><a href="#missing-{i}">{_n(rows)} missing targets</a></p>' if rows else "")
             + "</section>"
         )
@@ -668,9 +638,9 @@ def render_services(report: CoverageReport) -> ServicesPart:
 
 def _findings_html(views: Sequence[ServiceView], unresolved: Iterable[str]) -> str:
     items = [
-        f'<li><a href="#service-{i}">{_e(v.name)}</a>: {_linked(f.split(": ", 1)[-1])}'
+        f'<li><a href="#service-{i}">{_e(v.name)}</a>: {f}'
         for i, v in enumerate(views)
-        for f in v.findings
+        for f in v.findings_html
     ]
     items += [f"<li>{_e(u)}" for u in unresolved]
     steps = _next_steps(views)
@@ -803,7 +773,7 @@ def _readiness_table(info: PageInfo) -> str:
     return (
         '<h2 id="migration">Migration readiness</h2><table class="migration"><caption>Each '
         "Prometheus Operator CR on the way from role Endpoints to role EndpointSlice: "
-        + _runbook("migrate-to-endpointslice.md", "migrate-to-endpointslice")
+        + _runbook_link(RUNBOOK_MIGRATION, RUNBOOK_MIGRATION)
         + '</caption><thead><tr><th scope="col">Prometheus CR</th><th scope="col">Role</th>'
         '<th scope="col">Kubelet slices</th><th scope="col">ServiceAccount</th>'
         '<th scope="col">Services over 1000</th><th scope="col">Next step</th></tr></thead>'
@@ -895,7 +865,7 @@ def render_page(
     summary, details = (part.html, part.details) if part is not None else ("", "")
     tail = (
         f"</main><footer>coverage-exporter {_e(__version__)} · "
-        f"{_runbook('README.md', 'runbooks')}</footer>"
+        f"{_runbook_link(RUNBOOK_INDEX, 'runbooks')}</footer>"
         f"<script>{JS}</script></body></html>\n"
     )
     sources = _sources_table(info, servers) + _readiness_table(info)

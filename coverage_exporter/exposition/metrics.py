@@ -15,19 +15,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from coverage_exporter import build
-from coverage_exporter.model.coverage import (
-    STAGE_ENDPOINTS,
-    STAGE_ENDPOINTSLICES,
-    STAGE_PROMETHEUS,
-    MissingTarget,
-    PoolCoverage,
-    ServiceCoverage,
-)
-from coverage_exporter.model.gaps import stage_losses
+from coverage_exporter import build, defaults
+from coverage_exporter.health import SOURCE_KUBERNETES, SourceHealth
+from coverage_exporter.model.coverage import MissingTarget, ServiceCoverage
+from coverage_exporter.model.gaps import STAGE_PROMETHEUS
 from coverage_exporter.model.readiness import Readiness
 from coverage_exporter.model.report import CoverageReport
-from coverage_exporter.sources.health import SOURCE_KUBERNETES, SourceHealth
+from coverage_exporter.model.stages import Stage, judged_stages, service_stages
 
 PREFIX = "scrape_coverage_"
 
@@ -46,7 +40,7 @@ class ExporterState:
     report: CoverageReport | None
     """None until the first cycle with Kubernetes data."""
     sources: Sequence[SourceHealth] = ()
-    missing_info_limit: int = 1000
+    missing_info_limit: int = defaults.MISSING_TARGET_SERIES_LIMIT
     cycles_total: int = 0
     cycle_duration_seconds: float = 0.0
     last_cycle_timestamp: float = 0.0
@@ -124,8 +118,9 @@ def _mirroring_skipped(state: ExporterState) -> Iterator[Sample]:
 
 def _missing_targets(state: ExporterState) -> Iterator[Sample]:
     for s in _services(state):
-        yield (s.namespace, s.service, STAGE_ENDPOINTS), s.endpoints_missing_count()
-        yield (s.namespace, s.service, STAGE_ENDPOINTSLICES), s.slices_missing_count()
+        for st in service_stages(s):
+            if st.kind != STAGE_PROMETHEUS:
+                yield (s.namespace, s.service, st.kind), st.count or 0
 
 
 def _expected_unnamed(state: ExporterState) -> Iterator[Sample]:
@@ -139,28 +134,34 @@ def _prometheus_targets(state: ExporterState) -> Iterator[Sample]:
             yield (s.namespace, s.service, server, pool, role, health), count
 
 
-def _pool_labels(s: ServiceCoverage, p: PoolCoverage) -> tuple[str, ...]:
-    return (s.namespace, s.service, p.scrape_pool, p.role, p.scraper, p.replica)
+def _pools(state: ExporterState) -> Iterator[tuple[ServiceCoverage, Stage]]:
+    for s in _services(state):
+        for st in service_stages(s):
+            if st.kind == STAGE_PROMETHEUS:
+                yield s, st
+
+
+def _pool_labels(s: ServiceCoverage, st: Stage) -> tuple[str, ...]:
+    return (s.namespace, s.service, st.pool, st.role, st.scraper, st.replica)
 
 
 def _prometheus_missing(state: ExporterState) -> Iterator[Sample]:
-    for s in _services(state):
-        for p in s.pools:
-            if p.missing_count is not None:
-                yield _pool_labels(s, p), p.missing_count
+    for s, st in _pools(state):
+        if st.count is not None:
+            yield _pool_labels(s, st), st.count
 
 
 def _prometheus_unknown(state: ExporterState) -> Iterator[Sample]:
-    for s in _services(state):
-        for p in s.pools:
-            if not p.known:
-                yield _pool_labels(s, p), p.unknown
+    for s, st in _pools(state):
+        if not st.known:
+            yield _pool_labels(s, st), st.unknown
 
 
 def _gap_targets(state: ExporterState) -> Iterator[Sample]:
     for s in _services(state):
-        for g in stage_losses(s):
-            yield g.labels, g.missing
+        for st in judged_stages(s):
+            labels = (s.namespace, s.service, st.kind, st.pool, st.role, st.scraper, st.replica)
+            yield labels, st.count or 0
 
 
 def _unresolved(state: ExporterState) -> Iterator[Sample]:
@@ -187,6 +188,7 @@ def _server_info(state: ExporterState) -> Iterator[Sample]:
                     str(ident.shard),
                     str(replica.shards),
                     ident.how,
+                    ident.kind,
                     server.found_by,
                 )
                 yield labels, 1
@@ -397,9 +399,18 @@ COVERAGE_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec(
         "server_info",
         "gauge",
-        "1 per Prometheus server given or found, with where it stands in its fleet and how "
-        "the exporter knows of it.",
-        ("server", "scraper", "scraper_replica", "shard", "shards", "topology", "discovery"),
+        "1 per Prometheus server given or found, with where it stands in its fleet, what it "
+        "is and how the exporter knows of it.",
+        (
+            "server",
+            "scraper",
+            "scraper_replica",
+            "shard",
+            "shards",
+            "topology",
+            "kind",
+            "discovery",
+        ),
         _server_info,
     ),
     MetricSpec(
@@ -554,20 +565,12 @@ MissingGroup = tuple[tuple[str, str, str, str, str, str], Sequence[MissingTarget
 
 
 def _missing_groups(report: CoverageReport) -> list[MissingGroup]:
-    out: list[MissingGroup] = []
-    for s in report.services:
-        if s.endpoints is not None:
-            out.append(((s.namespace, s.service, STAGE_ENDPOINTS, "", "", ""), s.endpoints.missing))
-        out.append(((s.namespace, s.service, STAGE_ENDPOINTSLICES, "", "", ""), s.slices.missing))
-        out.extend(
-            (
-                (s.namespace, s.service, STAGE_PROMETHEUS, p.scrape_pool, p.scraper, p.replica),
-                p.missing,
-            )
-            for p in s.pools
-            if p.missing is not None
-        )
-    return [g for g in out if g[1]]
+    return [
+        ((s.namespace, s.service, st.kind, st.pool, st.scraper, st.replica), st.missing)
+        for s in report.services
+        for st in service_stages(s)
+        if st.missing
+    ]
 
 
 def fair_shares(sizes: Sequence[int], limit: int) -> list[int]:

@@ -38,12 +38,9 @@ from coverage_exporter.model.objects import (
     ServiceKey,
     SliceEndpoint,
     Target,
+    each_server,
 )
 from coverage_exporter.model.scheduling import eligible_nodes
-
-STAGE_ENDPOINTS = "endpoints"
-STAGE_ENDPOINTSLICES = "endpointslices"
-STAGE_PROMETHEUS = "prometheus"
 
 DISCOVERY_ROLES = (ROLE_ENDPOINTS, ROLE_ENDPOINTSLICE, ROLE_UNKNOWN)
 
@@ -104,6 +101,10 @@ class PoolCoverage:
     meant: bool = False
     """The server's configuration (or an earlier cycle) says this pool
     should scrape the Service, whether or not it discovers anything."""
+    why_unknown: str = ""
+    """While unknown: why (a shard not answering, a Thanos Query answer
+    that cannot say which replica a target came from, targets without
+    the labels that name their Service)."""
 
     @property
     def known(self) -> bool:
@@ -447,13 +448,17 @@ def prometheus_stage(
     resolver: Resolver,
     fleet: Fleet,
     meant: Mapping[str, Mapping[str, str]] | None = None,
+    unjudged: Mapping[str, Mapping[str, str]] | None = None,
 ) -> tuple[dict[tuple[str, str, str, str], int], list[PoolCoverage]]:
     """Target counts per server and coverage per (replica, scrape pool).
 
     `targets` are this Service's targets per server; `meant` maps
     a server to the pools (pool -> role) meant to scrape the Service, with
-    or without targets. The shards of one replica form a union; each
-    replica is judged on its own, since each evaluates the alerts itself."""
+    or without targets; `unjudged` a server to its pools whose targets
+    cannot all be attributed to a Service (pool -> why): such a pool's
+    coverage is unknown, never covered and never missing. The shards of
+    one replica form a union; each replica is judged on its own, since
+    each evaluates the alerts itself."""
     counts: dict[tuple[str, str, str, str], int] = defaultdict(int)
     # What each replica's known shards found, per pool: lists of names,
     # made into one set per pool only when that pool is judged. Sets per
@@ -470,12 +475,19 @@ def prometheus_stage(
         replica_key = fleet.replica_of(server).key
         replica_pools = by_replica[replica_key]
         known = fleet.server_known(server)
+        replica_known = fleet.replicas[replica_key].known
         for (pool, role), group in groupby(server_targets, _BY_POOL):
-            replica_pools.setdefault((pool, role), False)
             if not known:
                 # Its last answer is too old to count or to show as
-                # current; the pool is still listed, coverage unknown.
+                # current; the pool is still listed, coverage unknown. In a
+                # replica known through its other servers (the same
+                # Prometheus seen directly and through Thanos Query) such a
+                # pool says nothing that they do not: judged as absent
+                # there, it would be a gap that no server shows.
+                if not replica_known:
+                    replica_pools.setdefault((pool, role), False)
                 continue
+            replica_pools.setdefault((pool, role), False)
             run = list(group)
             for state, n in Counter(map(_HEALTH, run)).items():
                 counts[(server, pool, role, state)] += n
@@ -499,6 +511,10 @@ def prometheus_stage(
         replica = fleet.replica_of(server)
         for pool, role in pools.items():
             by_replica[replica.key][(pool, role)] = True
+    # Pool -> why, per replica: one unjudged shard makes the union unjudged.
+    blind: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
+    for server, pools in (unjudged or {}).items():
+        blind[fleet.replica_of(server).key].update(pools)
 
     out = []
     unnamed = expected.unnamed
@@ -507,28 +523,34 @@ def prometheus_stage(
         for (pool, role), is_meant in sorted(by_replica[replica_key].items()):
             present = set(chain.from_iterable(found.pop((replica_key, (pool, role)), ())))
             present.discard(None)
-            if replica.known:
+            why = replica.why_unknown
+            if not why:
                 missing = _missing(expected, present)
+                # Targets that name no Service can only add to a pool: what
+                # the others cover is covered, the rest may be among them.
+                why = blind[replica_key].get(pool, "") if missing or unnamed else ""
+            if not why:
                 discovered = len(expected.keys) - len(missing)
                 out.append(
                     PoolCoverage(
                         pool, role, *replica_key, discovered, missing, 0, unnamed, is_meant
                     )
                 )
-            else:
-                discovered = len(present & expected.keys.keys())
-                out.append(
-                    PoolCoverage(
-                        pool,
-                        role,
-                        *replica_key,
-                        discovered,
-                        None,
-                        expected.count - discovered,
-                        unnamed,
-                        is_meant,
-                    )
+                continue
+            discovered = len(present & expected.keys.keys())
+            out.append(
+                PoolCoverage(
+                    pool,
+                    role,
+                    *replica_key,
+                    discovered,
+                    None,
+                    expected.count - discovered,
+                    unnamed,
+                    is_meant,
+                    why,
                 )
+            )
     return dict(counts), out
 
 
@@ -550,7 +572,7 @@ def targets_by_service(
     """Targets per Service; the work is C-level runs (groupby on a pool's
     consecutive targets), not a Python step per target."""
     held: dict[tuple[ServiceKey, str], list[Target]] = {}
-    for snap in prometheus:
+    for snap in each_server(prometheus):
         for (namespace, service, role), run in groupby(snap.targets, _BY_SERVICE):
             if role not in DISCOVERY_ROLES or not namespace or not service:
                 continue
@@ -576,6 +598,7 @@ def service_coverage(
     node_by_ip: Mapping[str, str],
     fleet: Fleet | None = None,
     meant: Mapping[str, Mapping[str, str]] | None = None,
+    unjudged: Mapping[str, Mapping[str, str]] | None = None,
 ) -> ServiceCoverage | None:
     endpoints = snapshot.endpoints.get(service.key)
     expected = expected_targets(service, snapshot, endpoints)
@@ -584,7 +607,12 @@ def service_coverage(
     pods = _live(snapshot.pods.get(service.key, ()))
     resolver = Resolver(node_by_ip, pods, ip_fallback=expected.source == SOURCE_LISTED)
     counts, pools = prometheus_stage(
-        targets, expected, resolver, fleet or Fleet.of_names({n for n, _ in targets}), meant
+        targets,
+        expected,
+        resolver,
+        fleet or Fleet.of_names({n for n, _ in targets}),
+        meant,
+        unjudged,
     )
     return ServiceCoverage(
         namespace=service.namespace,

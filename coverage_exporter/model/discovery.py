@@ -27,7 +27,7 @@ What the Operator v0.85.0 does, read in its source:
   move the API when `routePrefix` is unset (the issue text assumed it did;
   the flag the Operator passes wins over Prometheus's own default).
 
-Pure: plain data in (model objects built by sources.discovery), plain data
+Pure: plain data in (model objects built by sources.kubernetes.discovery), plain data
 out; the collector turns the result into the servers it reads.
 """
 

@@ -23,6 +23,9 @@ class ServerState:
     identity: ServerIdentity
     known: bool
     """Answered within the expiry bound; its last good targets count."""
+    why_unknown: str = ""
+    """Set when it answered, but its answer cannot be judged (see
+    PrometheusSnapshot.unknown_reason); known is then False."""
     found_by: str = ""
     """How the exporter knows of it: the flag, the fleet file, or the
     object or selector discovery found it by (model.discovery)."""
@@ -40,13 +43,19 @@ class Replica:
         return (self.scraper, self.replica)
 
     @property
-    def known_servers(self) -> list[str]:
-        return [s.name for s in self.servers if s.known]
-
-    @property
     def known(self) -> bool:
         have = {s.identity.shard for s in self.servers if s.known}
         return all(i in have for i in range(self.shards))
+
+    @property
+    def why_unknown(self) -> str:
+        """Why its coverage is unknown ("" while known)."""
+        if self.known:
+            return ""
+        reasons = [s.why_unknown for s in self.servers if s.why_unknown]
+        if reasons:
+            return "; ".join(dict.fromkeys(reasons))
+        return "a shard of the replica has not answered recently"
 
     @property
     def missing_shards(self) -> list[int]:
@@ -84,9 +93,7 @@ class Fleet:
     @classmethod
     def of_names(cls, names: Iterable[str]) -> Fleet:
         """Independent servers, all known: for callers without a topology."""
-        return cls.build(
-            [ServerState(n, ServerIdentity(scraper=n, replica=n), True) for n in sorted(names)]
-        )
+        return cls.build([ServerState(n, ServerIdentity.alone(n), True) for n in sorted(names)])
 
     def server_known(self, server: str) -> bool:
         replica = self.replica_of(server)
@@ -97,7 +104,7 @@ class Fleet:
         if replica is None:
             # A server outside the fleet (a caller's shortcut): on its own.
             replica = Replica(
-                server, server, 1, [ServerState(server, ServerIdentity(server, server), True)]
+                server, server, 1, [ServerState(server, ServerIdentity.alone(server), True)]
             )
             self.replicas[replica.key] = replica
             self._by_server[server] = replica

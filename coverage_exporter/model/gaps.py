@@ -1,6 +1,6 @@
 """The one definition of a gap. The audit's exit code, its table and JSON,
-the `scrape_coverage_gap_targets` series and through it the alert rules
-all come from `service_gaps`.
+the HTML report, the `scrape_coverage_gap_targets` series and through it
+the alert rules all read it, through `Stage.gap` (model.stages).
 
 A loss is a gap when
 - a replica's scrape pool misses expected targets (each replica on its
@@ -9,86 +9,35 @@ A loss is a gap when
   role reading that stage reads: the Endpoints object for role
   `endpoints`, the EndpointSlices for role `endpointslice`.
 
-Everything else that looks wrong is a finding, shown but not a gap: a
-truncated Endpoints object that no pool reads with role `endpoints` (the
-state after a safe migration), a frozen or stale Endpoints object nobody
-reads, capped mirrored slices that no pool reads. A pool whose coverage is
-unknown is neither: the audit says it could not tell (exit 2).
+Everything else that looks wrong is a finding (model.findings), shown but
+not a gap: a truncated Endpoints object that no pool reads with role
+`endpoints` (the state after a safe migration), a frozen or stale
+Endpoints object nobody reads, capped mirrored slices that no pool reads.
+A pool whose coverage is unknown is neither: the audit says it could not
+tell (exit 2).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from coverage_exporter.model.coverage import (
-    STAGE_ENDPOINTS,
-    STAGE_ENDPOINTSLICES,
-    STAGE_PROMETHEUS,
-    ServiceCoverage,
-)
 from coverage_exporter.model.objects import ROLE_ENDPOINTS, ROLE_ENDPOINTSLICE
 
+STAGE_ENDPOINTS = "endpoints"
+STAGE_ENDPOINTSLICES = "endpointslices"
+STAGE_PROMETHEUS = "prometheus"
+
 STAGE_ROLE = {STAGE_ENDPOINTS: ROLE_ENDPOINTS, STAGE_ENDPOINTSLICES: ROLE_ENDPOINTSLICE}
+"""The discovery role that reads each Kubernetes stage."""
 
 
-@dataclass(frozen=True, slots=True)
-class Gap:
-    namespace: str
-    service: str
-    stage: str
-    role: str
-    """For a Kubernetes stage: the role that reads it."""
-    missing: int
-    scrape_pool: str = ""
-    scraper: str = ""
-    replica: str = ""
-
-    @property
-    def labels(self) -> tuple[str, str, str, str, str, str, str]:
-        return (
-            self.namespace,
-            self.service,
-            self.stage,
-            self.scrape_pool,
-            self.role,
-            self.scraper,
-            self.replica,
-        )
+def judged(kind: str, read: bool, count: int | None) -> bool:
+    """Whether a loss at this stage would be a gap, so that its count, 0
+    included, is what `scrape_coverage_gap_targets` exports: a Kubernetes
+    stage that some pool of its role reads, and a scrape pool whose
+    coverage is known."""
+    if count is None:
+        return False
+    return kind == STAGE_PROMETHEUS or read
 
 
-def stage_losses(s: ServiceCoverage) -> list[Gap]:
-    """Every comparison that could be a gap, with its missing count (0 when
-    nothing is lost): the Kubernetes stages that some pool reads, and every
-    known (replica, pool). What the gap series exports."""
-    out = []
-    for stage, count in (
-        (STAGE_ENDPOINTS, s.endpoints_missing_count()),
-        (STAGE_ENDPOINTSLICES, s.slices_missing_count()),
-    ):
-        role = STAGE_ROLE[stage]
-        if s.reads(role):
-            out.append(Gap(s.namespace, s.service, stage, role, count))
-    for p in s.pools:
-        count = p.missing_count
-        if count is not None:
-            out.append(
-                Gap(
-                    s.namespace,
-                    s.service,
-                    STAGE_PROMETHEUS,
-                    p.role,
-                    count,
-                    p.scrape_pool,
-                    p.scraper,
-                    p.replica,
-                )
-            )
-    return out
-
-
-def service_gaps(s: ServiceCoverage) -> list[Gap]:
-    return [g for g in stage_losses(s) if g.missing > 0]
-
-
-def unknown_pools(s: ServiceCoverage) -> int:
-    return sum(1 for p in s.pools if not p.known)
+def is_gap(kind: str, read: bool, count: int | None) -> bool:
+    return judged(kind, read, count) and bool(count)

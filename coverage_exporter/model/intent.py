@@ -24,7 +24,7 @@ Service of the cluster.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 
 from coverage_exporter.model.objects import RelabelRule, ScrapeJob, Service
@@ -204,9 +204,32 @@ def job_selects(job: ScrapeJob, service: Service) -> bool:
     )
 
 
+_FILTERS = frozenset({"keep", "drop", "keepequal", "dropequal"})
+
+
+def _undecidable(rule: RelabelRule, action: str) -> bool:
+    """A rule that may drop targets in a way not evaluated here: vmagent's
+    `if:` filters and its own filtering actions (keep_if_equal,
+    drop_if_contains, ...). The job is then not taken as meant for the
+    Service from its configuration: the Service is still compared for it
+    once it discovers targets, and a pool wrongly taken as meant would
+    report every expected target missing."""
+    if rule.conditional:
+        return action in _FILTERS or action.startswith(("keep", "drop"))
+    return action.startswith(("keep", "drop")) and action not in _FILTERS
+
+
 def _apply(rule: RelabelRule, ev: _Evaluation) -> bool | None:
     """False when the rule drops the Service; None otherwise."""
     action = rule.action.lower()
+    if _undecidable(rule, action):
+        return False
+    if rule.conditional:
+        # A write that may or may not happen: its label is unknown after.
+        if rule.target_label and "$" not in rule.target_label:
+            ev.unknown.add(rule.target_label)
+            ev.known.pop(rule.target_label, None)
+        return None
     pattern = _compiled(rule.regex)
     if action in ("keep", "drop"):
         if len(rule.source_labels) == 1 and rule.source_labels[0] in _PORT_LABELS:
@@ -263,8 +286,3 @@ def _write(
         return
     ev.known[target] = _expand(rule.replacement, m)
     ev.unknown.discard(target)
-
-
-def pools_meant_for(service: Service, jobs: Iterable[ScrapeJob]) -> list[tuple[str, str]]:
-    """(scrape pool, role) of every job meant to scrape the Service."""
-    return [(job.name, job.role) for job in jobs if job_selects(job, service)]

@@ -39,7 +39,25 @@ plane), not every Node."""
 ROLE_ENDPOINTS = "endpoints"
 ROLE_ENDPOINTSLICE = "endpointslice"
 ROLE_UNKNOWN = "unknown"
-"""A target that came without its discovered labels (vmagent)."""
+"""A target that came without its discovered labels (vmagent), where no
+loaded configuration names its job's role either."""
+
+# What answers on a server's URL (docs/scrapers.md): each serves the
+# Prometheus targets API in its own way.
+KIND_PROMETHEUS = "prometheus"
+KIND_PROMETHEUS_AGENT = "prometheus_agent"
+"""Prometheus run with --agent: targets, pools and configuration as a
+server; no query API, which nothing here uses."""
+KIND_VMAGENT = "vmagent"
+"""VictoriaMetrics' vmagent: no /api/v1/scrape_pools, and with
+-promscrape.dropOriginalLabels no discovered labels."""
+KIND_THANOS_QUERY = "thanos_query"
+"""Thanos Query: the targets of every Prometheus behind it, each with its
+sidecar's external labels; split into one server per store where the
+answer says which store a target came from."""
+KIND_UNKNOWN = "unknown"
+"""Not recognised yet (never answered) and not declared."""
+SERVER_KINDS = (KIND_PROMETHEUS, KIND_PROMETHEUS_AGENT, KIND_VMAGENT, KIND_THANOS_QUERY)
 
 OVER_CAPACITY_ANNOTATION = "endpoints.kubernetes.io/over-capacity"
 SKIP_MIRROR_LABEL = "endpointslice.kubernetes.io/skip-mirror"
@@ -238,6 +256,9 @@ class RelabelRule:
     target_label: str = ""
     replacement: str = "$1"
     modulus: int = 0
+    conditional: bool = False
+    """vmagent's `if:` series selector: the rule acts only on targets that
+    match it, which the exporter does not evaluate."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,6 +289,14 @@ class ServerIdentity:
     shards: int = 1
     how: str = "independent"
     """How it was recognised: declared, operator, external_labels, hashmod, independent."""
+    kind: str = KIND_UNKNOWN
+    """What answers on its URL (KIND_*), recognised from its answers or declared."""
+
+    @classmethod
+    def alone(cls, name: str) -> ServerIdentity:
+        """A server judged on its own: its own scraper and its own replica,
+        of one shard (model.topology, the last rule)."""
+        return cls(scraper=name, replica=name)
 
 
 @dataclass(slots=True)
@@ -277,7 +306,7 @@ class PrometheusSnapshot:
     name: str
     targets: Sequence[Target]
     identity: ServerIdentity | None = None
-    """None: judged on its own (scraper and replica = name)."""
+    """None: judged on its own (ServerIdentity.alone)."""
     jobs: Sequence[ScrapeJob] | None = None
     """None when the configuration could not be read (Thanos, vmagent):
     then only the pools that discovered something are known."""
@@ -289,8 +318,27 @@ class PrometheusSnapshot:
     discovered_labels: bool = True
     """False when the server sent no discoveredLabels (vmagent with
     -promscrape.dropOriginalLabels): targets were matched by their final
-    labels, and their discovery role is unknown."""
+    labels, and their discovery role is the configuration's, or unknown."""
+    unjudged_pools: Mapping[str, str] = field(default_factory=dict)
+    """Pool -> why its coverage cannot be judged: it holds targets that
+    came without discovered labels and whose final labels do not name
+    their namespace and Service (vmagent with -promscrape.dropOriginalLabels
+    and a job that does not copy them), so that any Service the pool is
+    meant for may be among them."""
+    unknown_reason: str = ""
+    """Set when none of this server's targets can be judged (a store that
+    Thanos Query's answer left out, or whose targets it merged with another
+    replica's): its replica's coverage is then unknown. Its targets, if any,
+    only list its pools."""
+    members: Sequence[PrometheusSnapshot] = ()
+    """Thanos Query: one snapshot per store behind it, each a server of the
+    fleet in its own right; the Query's own snapshot then holds no target."""
 
     @property
     def server_identity(self) -> ServerIdentity:
-        return self.identity or ServerIdentity(scraper=self.name, replica=self.name)
+        return self.identity or ServerIdentity.alone(self.name)
+
+
+def each_server(snapshots: Sequence[PrometheusSnapshot]) -> list[PrometheusSnapshot]:
+    """The servers of the fleet: a Thanos Query's stores in its place."""
+    return [m for snap in snapshots for m in (snap.members or (snap,))]

@@ -197,8 +197,8 @@ def assess(
         for k in services
         if k in growth
         and k not in over
-        and growth[k].days_to_capacity is not None
-        and growth[k].days_to_capacity <= FORECAST_DAYS
+        and (days := growth[k].days_to_capacity) is not None
+        and days <= FORECAST_DAYS
     )
     state, kubelet = kubelet_state(cluster)
     kubelet_name = f"{kubelet[0]}/{kubelet[1]}" if kubelet else "kube-system/kubelet"

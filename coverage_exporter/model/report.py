@@ -15,7 +15,6 @@ from coverage_exporter.model.coverage import (
     targets_by_service,
 )
 from coverage_exporter.model.fleet import Fleet, ServerState
-from coverage_exporter.model.gaps import Gap, service_gaps
 from coverage_exporter.model.intent import job_selects
 from coverage_exporter.model.objects import (
     ClusterSnapshot,
@@ -23,12 +22,14 @@ from coverage_exporter.model.objects import (
     ScrapeJob,
     Service,
     ServiceKey,
+    each_server,
 )
 from coverage_exporter.model.scope import Scope, services_in_scope
+from coverage_exporter.model.stages import Stage, service_gaps
 
 Remembered = Mapping[str, Mapping[ServiceKey, Mapping[str, str]]]
 """server -> Service -> {scrape pool: role} that discovered targets of the
-Service in an earlier cycle (see Collector): a pool whose targets vanish
+Service in an earlier cycle (see CycleRunner): a pool whose targets vanish
 during a run stays meant for the Service."""
 
 
@@ -49,7 +50,7 @@ class CoverageReport:
     """In-scope Services whose expected targets could not be determined."""
 
     @property
-    def gaps(self) -> list[Gap]:
+    def gaps(self) -> list[Stage]:
         return [g for s in self.services for g in service_gaps(s)]
 
     @property
@@ -152,10 +153,15 @@ def build_report(
     the expiry bound) and where each stands in its fleet; None: every
     snapshot is known and judged on its own. `grouped` is
     targets_by_service(prometheus), for a caller that has it."""
+    prometheus = each_server(prometheus)
     if grouped is None:
         grouped = targets_by_service(prometheus)
     if servers is None:
-        servers = [ServerState(p.name, p.server_identity, True) for p in prometheus]
+        servers = [
+            ServerState(p.name, p.server_identity, not p.unknown_reason, p.unknown_reason)
+            for p in prometheus
+        ]
+    unjudged = {p.name: p.unjudged_pools for p in prometheus if p.unjudged_pools}
     remembered = remembered or {}
     fleet = Fleet.build(servers)
     node_by_ip = node_index(cluster)
@@ -168,10 +174,11 @@ def build_report(
         coverage = service_coverage(
             service,
             cluster,
-            grouped.get(service.key, ()),
+            grouped.get(service.key, []),
             node_by_ip,
             fleet,
             meant_pools(service, prometheus, remembered, memo),
+            unjudged,
         )
         if coverage is None:
             reason = (

@@ -44,7 +44,9 @@ _EXISTS_RE = re.compile(rf"^(!?)\s*({_KEY})$")
 
 def _split_top_level(text: str) -> list[str]:
     """Split on commas outside parentheses: `a in (x,y),b` -> 2 parts."""
-    parts, depth, current = [], 0, []
+    parts: list[str] = []
+    current: list[str] = []
+    depth = 0
     for ch in text:
         if ch == "(":
             depth += 1

@@ -25,7 +25,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from coverage_exporter.model.objects import RelabelRule, ScrapeJob, ServerIdentity
+from coverage_exporter.model.objects import KIND_UNKNOWN, RelabelRule, ScrapeJob, ServerIdentity
 
 OPERATOR_NAME_LABEL = "prometheus"
 OPERATOR_REPLICA_LABEL = "prometheus_replica"
@@ -40,6 +40,9 @@ class Declared:
     replica: str | None = None
     shard: int | None = None
     shards: int | None = None
+    kind: str | None = None
+    """What answers on the URL (objects.KIND_*), when its answers cannot
+    tell (an API proxy that lets only the targets through)."""
     how: str = "declared"
     """ServerIdentity.how when scraper or replica is declared: "declared"
     (the fleet file), "discovered" (placed by its Operator object)."""
@@ -74,9 +77,12 @@ def identify(
     external_labels: Mapping[str, str],
     jobs: list[ScrapeJob] | tuple[ScrapeJob, ...] = (),
     declared: Declared | None = None,
+    kind: str = KIND_UNKNOWN,
 ) -> ServerIdentity:
+    """kind: as recognised from the server's answers; a declared kind wins."""
     declared = declared or Declared()
-    scraper, replica, how = name, name, "independent"
+    alone = ServerIdentity.alone(name)
+    scraper, replica, how = alone.scraper, alone.replica, alone.how
     shard_info = hashmod_shard(jobs)
     shard, shards = shard_info if shard_info else (0, 1)
     if shard_info:
@@ -110,4 +116,5 @@ def identify(
         shard=declared.shard if declared.shard is not None else shard,
         shards=declared.shards if declared.shards is not None else shards,
         how=how,
+        kind=declared.kind or kind,
     )

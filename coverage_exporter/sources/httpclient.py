@@ -6,6 +6,7 @@ Generic on purpose: nothing here knows about Prometheus or Kubernetes.
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 import os
 import ssl
@@ -14,13 +15,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 
-from coverage_exporter.sources.health import (  # noqa: F401  (httpclient's API)
-    DEFAULT_LIMITS,
-    BodyTooLarge,
-    Limits,
-    MiB,
-    SourceError,
-)
+from coverage_exporter.sources.errors import BodyTooLarge, MiB, SourceError
 
 log = logging.getLogger("coverage_exporter.tls")
 
@@ -30,10 +25,10 @@ try:
     # JSON in the first cycle). ISA-L's inflate is ~2.4x faster than zlib's
     # on that JSON (bench/analysis.md); aiohttp supports it as a backend.
     from isal import isal_zlib
-except ImportError:  # no wheel for this platform: zlib, slower but the same
-    isal_zlib = None
-if isal_zlib is not None:
+
     aiohttp.set_zlib_backend(isal_zlib)
+except ImportError:  # no wheel for this platform: zlib, slower but the same
+    pass
 
 
 async def iter_body(response: aiohttp.ClientResponse, limit: int) -> AsyncIterator[bytes]:
@@ -132,12 +127,13 @@ class ReloadingTLS:
         insecure_skip_verify: bool = False,
         check_seconds: float = 10.0,
     ) -> None:
-        self._args = {
-            "ca_file": ca_file,
-            "cert_file": cert_file,
-            "key_file": key_file,
-            "insecure_skip_verify": insecure_skip_verify,
-        }
+        self._build = functools.partial(
+            ssl_context,
+            ca_file=ca_file,
+            cert_file=cert_file,
+            key_file=key_file,
+            insecure_skip_verify=insecure_skip_verify,
+        )
         self._paths = tuple(p for p in (ca_file, cert_file, key_file) if p)
         self._check_seconds = check_seconds
         self._checked = time.monotonic()
@@ -145,25 +141,24 @@ class ReloadingTLS:
         # Files are checked now, so that a bad CA path fails at start-up;
         # a context without files (loading the system CAs costs ~25 ms,
         # once per server) is built only when a first https request needs it.
-        self._context: ssl.SSLContext | None = (
-            ssl_context(**self._args) if self._paths else None  # type: ignore[arg-type]
-        )
+        self._context: ssl.SSLContext | None = self._build() if self._paths else None
         self.reloads_total = 0
 
     def context(self) -> ssl.SSLContext:
         if not self._paths:
             if self._context is None:
-                self._context = ssl_context(**self._args)  # type: ignore[arg-type]
+                self._context = self._build()
             return self._context
         now = time.monotonic()
         if now - self._checked < self._check_seconds:
+            assert self._context is not None  # built in __init__ when there are files
             return self._context
         self._checked = now
         stamp = _fingerprint(self._paths)
         if stamp != self._stamp:
             self._stamp = stamp
             try:
-                self._context = ssl_context(**self._args)  # type: ignore[arg-type]
+                self._context = self._build()
             except SourceError as exc:
                 log.warning("TLS files changed but do not load, keeping the old ones: %s", exc)
             else:

@@ -1,8 +1,9 @@
-"""The collector's side of one decoding worker process (the worker itself
-is `decoder_worker.py`): requests go out in order, answers come back in
-the same order, and the worker's tables of strings and label sets are
-mirrored here, interned. Shared by the target decoder and the Node page
-decoder, which run one worker process each.
+"""The collector's side of one decoding worker process (the worker's own
+side is `worker_child.py`): requests go out in order, answers come back in
+the same order, and the worker's tables (of strings, of label sets) are
+mirrored here, by the `Mirror` of its kind. Shared by the target decoder
+(`prometheus/target_decoder.py`) and the Node page decoder
+(`kubernetes/node_decoder.py`), which run one worker process each.
 
 A worker that dies (OOM-killed, crashed) fails the requests it holds as
 source errors; the next request starts a new worker.
@@ -14,58 +15,36 @@ import contextlib
 import queue
 import socket
 import subprocess
-import sys
 import threading
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
+from typing import Any
 
 import msgspec
 
 from coverage_exporter import link
-from coverage_exporter.model.objects import Taint
-from coverage_exporter.sources.decoder_worker import (
-    ANSWER_DECODER,
-    REQUEST_ENCODER,
-    Answer,
-    Decoded,
-    Failed,
-    NodePage,
-    NodePageRequest,
-    Request,
-)
-from coverage_exporter.sources.health import BodyTooLarge, SourceError
+from coverage_exporter.sources.errors import BodyTooLarge, SourceError
+from coverage_exporter.sources.worker_child import Failed
 
 ENDED = "decoding worker process ended; retried next cycle"
 
 
+_REQUESTS = msgspec.msgpack.Encoder()
+
+
 class Mirror:
-    """The collector's copy of one worker's tables, interned: strings
-    (targets) and label sets and taints (Nodes). Extended by the reader
-    thread for every answer, in the worker's order (see WorkerProcess._read)."""
+    """The collector's copy of one worker's tables, extended by the reader
+    thread for every answer, in the worker's order (see WorkerProcess._read).
+    Each kind of worker has its own (target_decoder, node_decoder)."""
 
     def __init__(self) -> None:
-        self.table: list[str | None] = [None]
-        self.label_sets: list[dict[str, str]] = []
-        self.taint_sets: list[tuple[Taint, ...]] = []
         self.broken = False
 
-    def follow(self, answer: Answer) -> None:
-        if isinstance(answer, Decoded):
-            self._extend(self.table, answer.table_start, map(sys.intern, answer.strings))
-        elif isinstance(answer, NodePage):
-            self._extend(
-                self.label_sets,
-                answer.label_sets_start,
-                ({sys.intern(k): sys.intern(v) for k, v in s.items()} for s in answer.label_sets),
-            )
-            self._extend(
-                self.taint_sets,
-                answer.taint_sets_start,
-                (tuple(tuple(map(sys.intern, t)) for t in ts) for ts in answer.taint_sets),  # type: ignore[misc]
-            )
+    def follow(self, answer: Any) -> None:
+        """Take in the new table entries an answer carries."""
 
-    def _extend(self, table: list, start: int, values: Iterable[object]) -> None:  # type: ignore[type-arg]
+    def _extend(self, table: list[Any], start: int, values: Iterable[object]) -> None:
         if start != len(table):
             self.broken = True  # never expected; the owner then restarts the worker
             return
@@ -77,27 +56,30 @@ class WorkerProcess:
     rather than the event loop, so that a worker serves every loop of the
     process (the tests run many) and a busy worker never blocks one."""
 
-    def __init__(self) -> None:
+    def __init__(self, module: str, answers: msgspec.msgpack.Decoder[Any], mirror: Mirror) -> None:
+        """module: the worker's program (its `__name__`, so that a move
+        shows as an import error); answers: a decoder of its answers and
+        of `Failed`."""
         mine, theirs = socket.socketpair()
         with theirs:
             self.process = subprocess.Popen(
-                link.child_command("coverage_exporter.sources.decoder_worker", theirs),
-                pass_fds=(theirs.fileno(),),
+                link.child_command(module, theirs), pass_fds=(theirs.fileno(),)
             )
         self._sock = mine
-        self.mirror = Mirror()
+        self._answers = answers
+        self.mirror = mirror
         self.alive = True
         self._lock = threading.Lock()
-        self._pending: deque[Future[Answer]] = deque()
-        self._outbox: queue.SimpleQueue[Request | NodePageRequest | None] = queue.SimpleQueue()
+        self._pending: deque[Future[Any]] = deque()
+        self._outbox: queue.SimpleQueue[msgspec.Struct | None] = queue.SimpleQueue()
         """Encoded one at a time by the writer: the bodies waiting for the
         worker are held once, by their requests."""
         for target, name in ((self._write, "decoder writer"), (self._read, "decoder reader")):
             threading.Thread(target=target, name=name, daemon=True).start()
 
-    def submit(self, request: Request | NodePageRequest) -> Future[Answer]:
+    def submit(self, request: msgspec.Struct) -> Future[Any]:
         """The answer, or a SourceError (BodyTooLarge) for a Failed one."""
-        future: Future[Answer] = Future()
+        future: Future[Any] = Future()
         with self._lock:
             if not self.alive:
                 future.set_exception(SourceError(ENDED))
@@ -106,14 +88,10 @@ class WorkerProcess:
             self._outbox.put(request)
         return future
 
-    @property
-    def idle(self) -> bool:
-        return not self._pending
-
     def _write(self) -> None:
         while (request := self._outbox.get()) is not None:
             try:
-                link.send_frame(self._sock, REQUEST_ENCODER.encode(request))
+                link.send_frame(self._sock, _REQUESTS.encode(request))
             except OSError:
                 self._end()
                 return
@@ -122,7 +100,7 @@ class WorkerProcess:
     def _read(self) -> None:
         try:
             while (payload := link.recv_frame(self._sock)) is not None:
-                answer = ANSWER_DECODER.decode(payload)
+                answer = self._answers.decode(payload)
                 with self._lock:
                     future = self._pending.popleft()
                 # Always, in the worker's order, even for a request that was
@@ -171,7 +149,8 @@ class WorkerSlot:
     """At most one worker process: started on first use, and again after
     it ended."""
 
-    def __init__(self) -> None:
+    def __init__(self, start: Callable[[], WorkerProcess]) -> None:
+        self._start = start
         self._worker: WorkerProcess | None = None
         self._lock = threading.Lock()
 
@@ -183,7 +162,7 @@ class WorkerSlot:
                 return worker, False
             if worker is not None:
                 worker.stop()
-            worker = self._worker = WorkerProcess()
+            worker = self._worker = self._start()
             return worker, True
 
     def stop(self) -> None:

@@ -45,7 +45,8 @@ def test_bench_1k_end_to_end(tmp_path: Path) -> None:
     proc = subprocess.run(
         [
             sys.executable,
-            str(REPO / "bench" / "run.py"),
+            "-m",
+            "bench.run",
             "--nodes",
             "1000",
             "--json",

@@ -1,4 +1,5 @@
-"""The fake Prometheus servers of bench/fake_api.py answer in the shapes a
+"""The benchmark's Prometheus servers (bench/fake_api.py over
+fakes/prometheus.py) answer in the shapes a
 real Prometheus 3.16 gave for the Prometheus Operator v0.85.0's config:
 same keys in the same order, same label names, same relabel rules. The
 real answers are in tests/fixtures/captured/operator/ (see its README.md);
@@ -8,17 +9,15 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from bench import dataset, fake_api
+
 REPO = Path(__file__).resolve().parents[2]
 CAPTURED = REPO / "tests" / "fixtures" / "captured" / "operator"
-sys.path.insert(0, str(REPO / "bench"))
-
-import dataset  # noqa: E402
 
 POOLS = {
     "kubelet-0": "serviceMonitor/monitoring/kubelet/0",
@@ -78,13 +77,18 @@ def test_target_shape(built: dataset.Dataset, pool: str) -> None:
         assert fake["labels"]["metrics_path"] == real["labels"]["metrics_path"]
 
 
+def _targets(bench: fake_api.Bench, pool: str) -> dict:
+    """What the first server of shard 0 answers for a pool."""
+    body = bench.prometheus[0].answers.targets("active", pool)
+    assert body is not None
+    return json.loads(b"".join(body.chunks))
+
+
 def test_targets_response_shape(built: dataset.Dataset) -> None:
     """The envelope of /api/v1/targets?state=active&scrapePool=..."""
-    import fake_api
-
-    # a data set of its own: the Server keeps only the joined blobs
-    server = fake_api.Server(dataset.build(60, built.role, 2, 2), _Args())
-    body = json.loads(b"".join(server.targets_chunks("active", POOLS["kubelet-0"], 0)))
+    # a data set of its own: the Bench keeps only the joined blobs
+    bench = fake_api.Bench(dataset.build(60, built.role, 2, 2), _Args())
+    body = _targets(bench, POOLS["kubelet-0"])
     real = _captured_targets(built.role, "kubelet-0")
     assert list(body) == list(real)
     assert list(body["data"]) == list(real["data"])
@@ -94,12 +98,10 @@ def test_targets_response_shape(built: dataset.Dataset) -> None:
 def test_target_churn_flips_health_and_keeps_every_target(built: dataset.Dataset) -> None:
     """--target-churn: the other variant of a pool differs in health only,
     for one target in 100, so counts (what the exporter polls) stay put."""
-    import fake_api
-
-    server = fake_api.Server(dataset.build(400, built.role, 2, 2), _ChurnArgs())
+    bench = fake_api.Bench(dataset.build(400, built.role, 2, 2), _ChurnArgs())
     pool = POOLS["kubelet-0"]
-    plain = json.loads(b"".join(server.targets_chunks("active", pool, 0)))
-    churned = json.loads(b"".join(server.targets_chunks("active", pool, 0, churned=True)))
+    plain = _targets(bench, pool)  # every other read of a pool is the churned one
+    churned = _targets(bench, pool)
     a, b = plain["data"]["activeTargets"], churned["data"]["activeTargets"]
     assert len(a) == len(b) > 100
     flipped = [i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
@@ -187,7 +189,7 @@ def _rule_key_orders(real: dict) -> list[list[str]]:
 def test_exporter_reads_the_fake_config(built: dataset.Dataset) -> None:
     """The exporter's own parser finds the Operator topology in each server."""
     from coverage_exporter.model.topology import identify
-    from coverage_exporter.sources.prometheus_config import parse_config_response
+    from coverage_exporter.sources.prometheus.config import parse_config_response
 
     seen = {}
     for server in built.servers:
@@ -220,6 +222,7 @@ class _Args:
     gzip = False
     gzip_cache_mb = 64
     target_churn = False
+    bookmark_interval = 60.0
 
 
 class _ChurnArgs(_Args):

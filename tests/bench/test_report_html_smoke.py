@@ -20,7 +20,8 @@ def test_report_bench_2k(tmp_path: Path) -> None:
     proc = subprocess.run(
         [
             sys.executable,
-            str(REPO / "bench" / "report_html.py"),
+            "-m",
+            "bench.report_html",
             "--nodes",
             "2000",
             "--repeat",

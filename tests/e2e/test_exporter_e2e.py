@@ -456,8 +456,8 @@ def test_a_table_watch_follows_a_pod_from_creation_to_deletion(testbed: Cluster)
     import asyncio
 
     from coverage_exporter.model.objects import Service
-    from coverage_exporter.sources import k8s_parse
-    from coverage_exporter.sources.kubernetes import KubernetesSource
+    from coverage_exporter.sources.kubernetes import pod_table
+    from coverage_exporter.sources.kubernetes.source import KubernetesSource
 
     labels = {"e2e": "pod-table"}
     kube = Kube(testbed.kubeconfig)
@@ -471,7 +471,7 @@ def test_a_table_watch_follows_a_pod_from_creation_to_deletion(testbed: Cluster)
             source.set_pod_scope([Service(NE[0], "e2e-pod-table", labels)])
             await source.ensure_pods_synced(60)
             (reflector,) = [r for r in source.reflectors() if r.name.startswith("pods ")]
-            assert isinstance(reflector.parser, k8s_parse.PodTableParser)  # no fallback
+            assert isinstance(reflector.parser, pod_table.PodTableParser)  # no fallback
             assert source.snapshot().pods[(NE[0], "e2e-pod-table")] == ()
             body = {
                 "metadata": {"generateName": "e2e-pod-table-", "labels": labels},
@@ -497,7 +497,7 @@ def test_a_table_watch_follows_a_pod_from_creation_to_deletion(testbed: Cluster)
             assert pods()[0].node_name == s.node_name(1)
             await asyncio.to_thread(kube.delete, f"{pods_path}/{name}", grace=0)
             await until(lambda: pods() == (), "the deletion")
-            assert isinstance(reflector.parser, k8s_parse.PodTableParser)
+            assert isinstance(reflector.parser, pod_table.PodTableParser)
             assert reflector.lists_total == 1  # followed by the watch, not relists
         finally:
             await source.stop()

@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from coverage_exporter.sources.kubernetes import KubernetesSource
+from coverage_exporter.sources.kubernetes.source import KubernetesSource
 from testbed import scenarios as s
 from testbed.cluster import Cluster
 from testbed.kube import Kube

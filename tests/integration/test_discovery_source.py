@@ -1,4 +1,4 @@
-"""sources.discovery against a real kube-apiserver (and etcd): the
+"""sources.kubernetes.discovery against a real kube-apiserver (and etcd): the
 Prometheus Operator's own CRDs (its module's jsonnet JSON) appearing and
 going while the source runs, the captured CR and pods of the real Operator
 (tests/fixtures/captured/operator/discovery) written back, pods changing.
@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 
 from coverage_exporter.model.discovery import Discovery
-from coverage_exporter.sources.discovery import DiscoverySource
-from coverage_exporter.sources.kubernetes import KubernetesSource
+from coverage_exporter.sources.kubernetes.discovery import DiscoverySource
+from coverage_exporter.sources.kubernetes.source import KubernetesSource
 from testbed import operator as op
 from testbed.cluster import Cluster, _versions, find_binaries
 from testbed.kube import Kube

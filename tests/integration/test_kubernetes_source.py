@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from coverage_exporter.model.scope import over_capacity_services
-from coverage_exporter.sources.kubernetes import KubernetesSource
+from coverage_exporter.sources.kubernetes.source import KubernetesSource
 from testbed.cluster import Cluster, find_binaries
 from testbed.kube import Kube
 

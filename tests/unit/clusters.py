@@ -1,5 +1,5 @@
 """Plain-data clusters for the model tests, built the way the real
-controllers build them (the truncation rule is restated here on purpose,
+controllers build them (their rules: fakes/controllers.py, written
 independently of the exporter)."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from coverage_exporter.model.objects import (
     SliceEndpoint,
     Target,
 )
+from fakes import controllers
 
-MAX_CAPACITY = 1000
 # What the Prometheus Operator's kubelet controller puts on its Service.
 OPERATOR_LABELS = {
     "k8s-app": "kubelet",
@@ -39,11 +39,6 @@ def nodes(count: int) -> dict[str, Node]:
     return {node_name(i): Node(node_name(i), (node_ip(i),), True) for i in range(count)}
 
 
-def truncate(addresses: list[EndpointAddress]) -> list[EndpointAddress]:
-    """The endpoints controller's rule: sort by IP as a string, keep 1000."""
-    return sorted(addresses, key=lambda a: a.ip)[:MAX_CAPACITY]
-
-
 def node_exporter(count: int, slice_size: int = 100) -> ClusterSnapshot:
     """A DaemonSet-backed hostNetwork Service on `count` nodes."""
     ns, name = "monitoring", "node-exporter"
@@ -52,14 +47,14 @@ def node_exporter(count: int, slice_size: int = 100) -> ClusterSnapshot:
         for i in range(count)
     ]
     addresses = [EndpointAddress(p.ip or "", p.node_name, "Pod", p.name) for p in pods]
-    kept = truncate(addresses)
+    kept, _, truncated = controllers.truncate_endpoints(addresses, [], lambda a: a.ip)
     endpoints = Endpoints(
         ns,
         name,
         ready=tuple(kept),
         not_ready=(),
         subset_sizes=(len(kept),),
-        over_capacity="truncated" if len(addresses) > MAX_CAPACITY else None,
+        over_capacity="truncated" if truncated else None,
     )
     slice_endpoints = [SliceEndpoint(a.ip, a.node_name, "Pod", a.target_name) for a in addresses]
     slices = [
@@ -96,7 +91,7 @@ def kubelet(count: int, skip_mirror: bool = False) -> ClusterSnapshot:
     if skip_mirror:
         managed_by, size, mirrored = "prometheus-operator", 512, addresses
     else:
-        managed_by, size, mirrored = MANAGED_BY_MIRRORING, 1000, addresses[:MAX_CAPACITY]
+        managed_by, size, mirrored = MANAGED_BY_MIRRORING, 1000, controllers.mirrored(addresses)
     slice_endpoints = [SliceEndpoint(a.ip, a.node_name, "Node", a.target_name) for a in mirrored]
     slices = [
         EndpointSlice(

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 from coverage_exporter.exposition.audit import render_json, render_table
+from coverage_exporter.health import SourceHealth
 from coverage_exporter.model.objects import PrometheusSnapshot
 from coverage_exporter.model.report import build_report
 from coverage_exporter.model.scope import Scope
-from coverage_exporter.sources.health import SourceHealth
 from tests.unit import clusters
 
 NE = ("monitoring", "node-exporter")

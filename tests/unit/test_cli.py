@@ -111,10 +111,49 @@ def test_bounds_must_make_sense(flag: str, capsys: pytest.CaptureFixture[str]) -
 def test_decoding_workers_follow_their_flags(
     flags: list[str], nodes_in_worker: bool, targets_in_worker: bool
 ) -> None:
-    from coverage_exporter.app import Sources
-    from coverage_exporter.sources.node_decoder import NodePageDecoder
+    from coverage_exporter.app import Exporter
+    from coverage_exporter.sources.kubernetes.node_decoder import NodePageDecoder
 
     args = cli.build_parser().parse_args(["audit", *flags])
-    sources = Sources(Settings.from_args(args))
-    assert isinstance(sources.kubernetes._node_decoder, NodePageDecoder) is nodes_in_worker
-    assert (sources._decoder is not None) is targets_in_worker
+    exporter = Exporter(Settings.from_args(args))
+    assert isinstance(exporter.kubernetes._node_decoder, NodePageDecoder) is nodes_in_worker
+    assert (exporter._decoder is not None) is targets_in_worker
+
+
+def test_each_default_is_the_flags_and_the_codes_alike(tmp_path) -> None:
+    """A default is kept once (coverage_exporter/defaults.py): what --help
+    says is what the code does when the flag is not given."""
+    import inspect
+
+    from coverage_exporter.app import Guards
+    from coverage_exporter.cycle import CycleRunner
+    from coverage_exporter.sources.kubernetes.operator import OperatorSource
+    from coverage_exporter.sources.kubernetes.source import KubernetesSource
+    from coverage_exporter.sources.prometheus.fleet_file import load_fleet_file
+    from coverage_exporter.sources.prometheus.source import PrometheusEndpoint
+
+    def default(fn: object, name: str) -> object:
+        return inspect.signature(fn).parameters[name].default  # type: ignore[arg-type]
+
+    args = cli.build_parser().parse_args(["serve"])
+    assert Guards.from_args(args) == Guards()
+    settings = Settings.from_args(args)
+    assert (
+        settings.stale_after_seconds == Settings.__dataclass_fields__["stale_after_seconds"].default
+    )
+    assert settings.operator_refresh_seconds == default(OperatorSource, "refresh_seconds")
+    assert PrometheusEndpoint("http://127.0.0.1:1").timeout_seconds == args.prometheus_timeout
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text("servers: [{url: 'http://127.0.0.1:1'}]\n")
+    assert load_fleet_file(str(fleet))[0].timeout_seconds == args.prometheus_timeout
+    assert default(CycleRunner, "missing_info_limit") == args.missing_target_series_limit
+    assert default(CycleRunner, "stale_after_seconds") == args.prometheus_stale_after
+    assert default(CycleRunner, "source_deadline") == args.source_deadline
+    assert default(CycleRunner, "pod_sync_timeout") == args.kubernetes_sync_timeout
+    assert default(KubernetesSource, "max_pod_watches") == args.kubernetes_max_pod_watches
+    assert default(KubernetesSource, "watch_idle_seconds") == args.kubernetes_watch_idle_timeout
+    assert default(KubernetesSource, "pod_form") == args.kubernetes_pod_form
+    help_text = cli.build_parser()._subparsers._group_actions[0].choices["serve"].format_help()  # type: ignore[union-attr]
+    assert "seconds one request to Prometheus may take (default: 120)" in " ".join(
+        help_text.split()
+    )

@@ -10,7 +10,6 @@ import pytest
 
 from coverage_exporter.model.coverage import MissingTarget, targets_by_service
 from coverage_exporter.model.fleet import ServerState
-from coverage_exporter.model.gaps import service_gaps
 from coverage_exporter.model.objects import (
     ClusterSnapshot,
     EndpointAddress,
@@ -26,6 +25,8 @@ from coverage_exporter.model.objects import (
 )
 from coverage_exporter.model.report import build_report
 from coverage_exporter.model.scope import Scope, parse_label_selector, parse_service_key
+from coverage_exporter.model.stages import service_gaps
+from fakes import controllers
 from tests.unit import clusters
 
 NE = ("monitoring", "node-exporter")
@@ -35,7 +36,7 @@ KUBELET = ("kube-system", "kubelet")
 def dropped_by_truncation(count: int) -> list[str]:
     """Independent truth: the nodes whose IPs sort last as strings."""
     by_ip = sorted(range(count), key=clusters.node_ip)
-    return sorted(clusters.node_name(i) for i in by_ip[clusters.MAX_CAPACITY :])
+    return sorted(clusters.node_name(i) for i in by_ip[controllers.ENDPOINTS_MAX_CAPACITY :])
 
 
 def report_for(snapshot: ClusterSnapshot, *prometheus: PrometheusSnapshot, **kw):
@@ -277,7 +278,7 @@ def test_each_ha_replica_is_judged_on_its_own() -> None:
         t.node_name for t in targets[500:]
     )
     (gap,) = service_gaps(svc)
-    assert (gap.stage, gap.replica, gap.missing) == ("prometheus", "prometheus-k8s-1", 400)
+    assert (gap.kind, gap.replica, gap.count) == ("prometheus", "prometheus-k8s-1", 400)
 
 
 def test_independent_servers_are_never_a_union() -> None:
@@ -370,7 +371,7 @@ def test_a_service_without_endpoints_object_is_a_gap_only_where_a_pool_reads_it(
     job = ScrapeJob("ne", "endpoints", None)
     prom = PrometheusSnapshot("p", [], jobs=[job], pools=("ne",))
     report = report_for(cluster, prom, services=frozenset({NE}))
-    gaps = {(g.stage, g.missing) for g in report.gaps}
+    gaps = {(g.kind, g.count) for g in report.gaps}
     assert gaps == {("endpoints", 10), ("prometheus", 10)}
 
 

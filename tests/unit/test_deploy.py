@@ -6,7 +6,8 @@ from pathlib import Path
 
 import yaml
 
-from coverage_exporter.sources import discovery, kubernetes, operator
+from coverage_exporter.sources.kubernetes import discovery, operator
+from coverage_exporter.sources.kubernetes import source as kubernetes
 
 DEPLOY = Path(__file__).parent.parent.parent / "deploy" / "kubernetes.yaml"
 
@@ -25,14 +26,7 @@ def test_cluster_role_grants_list_and_watch_on_every_watched_resource() -> None:
         for group in rule["apiGroups"]:
             for resource in rule["resources"]:
                 granted.setdefault((group, resource), set()).update(rule["verbs"])
-    paths = [
-        kubernetes.NODES_PATH,
-        kubernetes.SERVICES_PATH,
-        kubernetes.ENDPOINTS_PATH,
-        kubernetes.ENDPOINTSLICES_PATH,
-        kubernetes.DAEMONSETS_PATH,
-        "/api/v1/pods",
-    ]
+    paths = [f"{api}/{resource}" for resource, api in kubernetes.API.items()]
     watched = {resource_of(p): {"list", "watch"} for p in paths}
     # Migration readiness lists the Operator's objects each cycle and asks
     # SubjectAccessReviews (sources/operator.py); nothing else, no Secrets.

@@ -15,12 +15,12 @@ import pytest
 from coverage_exporter.model import discovery as d
 from coverage_exporter.model.objects import ServerIdentity
 from coverage_exporter.model.topology import hashmod_shard
-from coverage_exporter.sources.discovery import (
+from coverage_exporter.sources.kubernetes.discovery import (
     SCRAPER_PODS,
     RawScraper,
     scraper_from_raw,
 )
-from coverage_exporter.sources.prometheus_config import parse_config_response
+from coverage_exporter.sources.prometheus.config import parse_config_response
 
 CAPTURED = Path(__file__).parents[1] / "fixtures" / "captured" / "operator" / "discovery"
 

@@ -11,14 +11,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from coverage_exporter.exposition.metrics import METRICS, ExporterState, exported_names, render
+from coverage_exporter.health import SourceHealth
 from coverage_exporter.model.objects import ClusterSnapshot, PrometheusSnapshot
 from coverage_exporter.model.report import build_report
 from coverage_exporter.model.scope import Scope
-from coverage_exporter.sources.health import SourceHealth
 from tests.unit import clusters
+from tools.contract import METRICS_DOC, documented_metrics
 
 GOLDEN = Path(__file__).parent.parent / "golden"
-METRICS_DOC = Path(__file__).parent.parent.parent / "docs" / "metrics.md"
 NE = ("monitoring", "node-exporter")
 KUBELET = ("kube-system", "kubelet")
 
@@ -118,14 +118,10 @@ def test_exposition_parses_and_every_family_is_declared() -> None:
     assert names == declared
 
 
-def documented_metrics() -> set[str]:
-    """Metric names in the tables of docs/metrics.md, before 'Recording rules'."""
-    text = METRICS_DOC.read_text().split("## Recording rules")[0]
-    return set(re.findall(r"^\| `(scrape_coverage_[a-z_]+)` \|", text, re.MULTILINE))
-
-
 def test_metrics_doc_lists_exactly_what_the_code_exports() -> None:
-    assert documented_metrics() == set(exported_names())
+    # The contract's one reader (tools/contract.py), which the rule and
+    # dashboard tests use too.
+    assert documented_metrics()["exporter"] == set(exported_names())
 
 
 @pytest.mark.parametrize("spec", METRICS, ids=lambda m: m.name)

@@ -7,7 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from coverage_exporter.fleet_file import SERVICE_ACCOUNT_TOKEN, Credentials, load_fleet
+from coverage_exporter.sources.prometheus.fleet_file import (
+    SERVICE_ACCOUNT_TOKEN,
+    Credentials,
+    load_fleet,
+)
 
 
 def fleet(tmp_path: Path, text: str) -> Path:

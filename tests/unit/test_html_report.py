@@ -12,18 +12,17 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
-from alerts.rules import RUNBOOK_BASE_URL as ALERTS_RUNBOOK_BASE_URL
+from coverage_exporter import runbooks
 from coverage_exporter.exposition import html as report_html
 from coverage_exporter.exposition.html import (
     CHUNK_ROWS,
     JS,
     LOST,
-    RUNBOOK_BASE_URL,
     PageInfo,
     render_page,
 )
+from coverage_exporter.health import SourceHealth
 from coverage_exporter.model.fleet import ServerState
 from coverage_exporter.model.objects import (
     ClusterSnapshot,
@@ -39,8 +38,8 @@ from coverage_exporter.model.objects import (
 from coverage_exporter.model.readiness import PrometheusCR, Readiness
 from coverage_exporter.model.report import CoverageReport, build_report
 from coverage_exporter.model.scope import Scope
-from coverage_exporter.sources.health import SourceHealth
-from coverage_exporter.view import ExporterView, make_app
+from coverage_exporter.web.server import Response, route
+from coverage_exporter.web.view import ExporterView
 from tests.unit import clusters
 from tests.unit.test_exposition import merged
 
@@ -173,19 +172,68 @@ def test_the_funnel_shows_the_models_numbers() -> None:
     assert "Gaps found: 400 expected targets lost, in 2 of 2 Services." in page
 
 
+RUNBOOK_BASE = runbooks.DEFAULT_BASE_URL
+
+
 def test_findings_come_from_the_audit_and_link_their_runbooks() -> None:
     page = render_page(scenario_report(), info()).decode()
-    link = f'<a href="{RUNBOOK_BASE_URL}ScrapeCoverageEndpointsTruncated.md">'
-    assert link + "docs/runbooks/ScrapeCoverageEndpointsTruncated.md</a>" in page
+    link = f'<a href="{RUNBOOK_BASE}ScrapeCoverageEndpointsTruncated.md">'
+    assert link + "ScrapeCoverageEndpointsTruncated</a>" in page
     assert "migrate this job to role endpointslice" in page
-    assert f'{RUNBOOK_BASE_URL}ScrapeCoverageEndpointSliceMirroringCapped.md"' in page
-    assert f'{RUNBOOK_BASE_URL}migrate-to-endpointslice.md"' in page
-    for page_name in re.findall(re.escape(RUNBOOK_BASE_URL) + r'([^"]+)"', page):
+    assert f'{RUNBOOK_BASE}ScrapeCoverageEndpointSliceMirroringCapped.md"' in page
+    assert f'{RUNBOOK_BASE}migrate-to-endpointslice.md"' in page
+    for page_name in re.findall(re.escape(RUNBOOK_BASE) + r'([^"]+)"', page):
         assert (REPO / "docs" / "runbooks" / page_name).is_file(), page_name
 
 
-def test_runbook_base_is_the_alerts_one() -> None:
-    assert RUNBOOK_BASE_URL == ALERTS_RUNBOOK_BASE_URL
+def _runbook_links(page: str) -> list[str]:
+    """Every link of the page that names a runbook page."""
+    hrefs = [dict(attrs).get("href") or "" for tag, attrs in Page(page).tags if tag == "a"]
+    runbook = re.compile(r"/(ScrapeCoverage\w+|migrate-to-endpointslice|README)\.md$")
+    return [h for h in hrefs if runbook.search(h)]
+
+
+@pytest.mark.parametrize("base", ["https://runbooks.example.com/coverage/", "file:///srv/runbooks/"])
+def test_every_runbook_link_follows_the_runbook_base_url(base: str) -> None:
+    """--runbook-base-url reaches every link of the report: the findings',
+    the next steps', the migration table's and the footer's."""
+    report = scenario_report()
+    cr = PrometheusCR("Prometheus", "monitoring", "k8s", "Endpoints", "prometheus-k8s", None, None)
+    readiness = Readiness(
+        cr=cr,
+        role="Endpoints",
+        over_capacity=(NE,),
+        soon_over_capacity=(),
+        endpointslice_rbac=None,
+        kubelet_state="mirrored_capped",
+        next_step="dual-write",
+        safe_now=True,
+        advice="write the slices",
+        action="--kubelet-endpointslice=true",
+    )
+    runbooks.set_base_url(base)
+    try:
+        page = render_page(report, info(readiness=(readiness,))).decode()
+    finally:
+        runbooks.set_base_url(None)
+    links = _runbook_links(page)
+    pages = {h.rsplit("/", 1)[1] for h in links}
+    assert {
+        "ScrapeCoverageEndpointsTruncated.md",
+        "ScrapeCoverageEndpointSliceMirroringCapped.md",
+        "ScrapeCoverageTargetsMissing.md",
+        "migrate-to-endpointslice.md",
+        "README.md",
+    } <= pages
+    assert all(h.startswith(base) for h in links), links
+    assert RUNBOOK_BASE not in page and "docs/runbooks/" not in page
+    for name in pages:
+        assert (REPO / "docs" / "runbooks" / name).is_file(), name
+    # Each finding with a runbook links it, once, where it is listed.
+    listed = page.split('<ol class="findings">')[1].split("</ol>")[0].split("<li>")[1:]
+    with_runbook = [f for f in listed if "migrate this job" in f or "mirroring controller" in f]
+    assert len(with_runbook) >= 2
+    assert all(f.count(f'<a href="{base}') == 1 for f in with_runbook), with_runbook
 
 
 HOSTILE_NODES = [
@@ -393,26 +441,34 @@ def test_assets_ship_as_package_data() -> None:
 # --- /report in serve ---------------------------------------------------------
 
 
+class Client:
+    """serve's routing (web.server.route, what the front process and the
+    server answer with) driven directly, as a client would."""
+
+    def __init__(self, view: ExporterView) -> None:
+        self.view = view
+
+    async def get(self, path: str, headers: dict[str, str] | None = None) -> Response:
+        return await route(self.view, path, {k.lower(): v for k, v in (headers or {}).items()})
+
+
 @pytest.fixture
-async def served():
+def served():
     view = ExporterView(lambda: b"")
-    client = TestClient(TestServer(make_app(view), host="127.0.0.1"))
-    await client.start_server()
-    yield client, view
-    await client.close()
+    return Client(view), view
 
 
 async def test_report_before_the_first_cycle_is_503_and_collects_nothing(served) -> None:
     client, view = served
     response = await client.get("/report")
     assert response.status == 503
-    assert "No report yet" in await response.text()
+    assert "No report yet" in response.body.decode()
     assert view.report_page.services_renders == 0
 
 
 async def test_landing_links_the_report(served) -> None:
     client, _ = served
-    assert '<a href="report">' in await (await client.get("/")).text()
+    assert '<a href="report">' in (await client.get("/")).body.decode()
 
 
 async def test_report_revalidates_and_renders_once_per_report(served) -> None:
@@ -421,11 +477,11 @@ async def test_report_revalidates_and_renders_once_per_report(served) -> None:
     view.publish_report(report, info())
     first = await client.get("/report", headers={"Accept-Encoding": "identity"})
     assert first.status == 200
-    assert first.headers["Content-Type"] == "text/html; charset=utf-8"
+    assert first.content_type == "text/html; charset=utf-8"
     assert first.headers["Cache-Control"] == "no-cache"
     assert "default-src 'none'" in first.headers["Content-Security-Policy"]
     etag = first.headers["ETag"]
-    body = await first.read()
+    body = first.body
     assert b"monitoring/node-exporter" in body
 
     again = await client.get(
@@ -452,9 +508,9 @@ async def test_report_is_gzipped_when_asked_with_its_own_etag(served) -> None:
     client, view = served
     view.publish_report(scenario_report(), info())
     plain = await client.get("/report", headers={"Accept-Encoding": "identity"})
-    zipped = await client.get("/report", headers={"Accept-Encoding": "gzip"}, auto_decompress=False)
+    zipped = await client.get("/report", headers={"Accept-Encoding": "gzip"})
     assert zipped.headers["Content-Encoding"] == "gzip"
-    assert gzip.decompress(await zipped.read()) == await plain.read()
+    assert gzip.decompress(zipped.body) == plain.body
     assert zipped.headers["ETag"] != plain.headers["ETag"]
     revalidated = await client.get(
         "/report",
@@ -499,6 +555,28 @@ async def test_report_after_a_cycle_without_kubernetes_says_so(served) -> None:
     view.publish_report(None, info(sources=down, complete=False))
     response = await client.get("/report")
     assert response.status == 200
-    text = await response.text()
+    text = response.body.decode()
     assert "No coverage: Kubernetes could not be read." in text
     assert view.report_page.services_renders == 0
+
+
+def test_an_unknown_pool_says_why_and_each_server_what_it_is() -> None:
+    """A vmagent pool whose targets name no Service: the reason on the pool,
+    the server's kind beside its topology (issue #20)."""
+    from coverage_exporter.model.objects import KIND_VMAGENT
+    from coverage_exporter.model.topology import identify
+
+    cluster = clusters.node_exporter(12)
+    reason = "12 targets came without discovered labels"
+    # 10 of 12 name the Service; the 2 others may be among those that do not.
+    vm = PrometheusSnapshot(
+        "vm",
+        clusters.slice_targets(cluster, "bare", *NE)[:10],
+        identity=identify("vm", {}, (), None, KIND_VMAGENT),
+        unjudged_pools={"bare": reason},
+    )
+    report = build_report(Scope(), cluster, [vm])
+    text = render_page(report, info(sources=sources("vm"))).decode()
+    assert f"coverage unknown for 2: {reason}" in text
+    assert "vmagent, independent" in text
+    assert "Gaps found" not in text

@@ -16,8 +16,8 @@ from coverage_exporter.model.objects import (
     Pod,
     SliceEndpoint,
 )
-from coverage_exporter.sources import k8s_parse
-from coverage_exporter.sources.k8s_parse import ObjectParser, ParseError
+from coverage_exporter.sources.kubernetes import parse as k8s_parse
+from coverage_exporter.sources.kubernetes.parse import ObjectParser, ParseError
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "kubernetes"
 

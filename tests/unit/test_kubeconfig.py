@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import yaml
 
-from coverage_exporter.sources.health import SourceError
-from coverage_exporter.sources.kubeconfig import KubeAuth, load_configuration
-from coverage_exporter.sources.kubernetes import KubernetesSource
+from coverage_exporter.sources.errors import SourceError
+from coverage_exporter.sources.kubernetes.kubeconfig import KubeAuth, load_configuration
+from coverage_exporter.sources.kubernetes.source import KubernetesSource
 
 
 def write_kubeconfig(

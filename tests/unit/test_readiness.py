@@ -10,7 +10,7 @@ import pytest
 from coverage_exporter.model import readiness as r
 from coverage_exporter.model.growth import GrowthTracker
 from coverage_exporter.model.objects import ClusterSnapshot, Endpoints
-from coverage_exporter.sources.operator import parse_crs, parse_service_monitors
+from coverage_exporter.sources.kubernetes.operator import parse_crs, parse_service_monitors
 from tests.unit import clusters
 
 KUBELET = ("kube-system", "kubelet")
@@ -165,33 +165,11 @@ def test_kubelet_state_without_the_operator_is_none() -> None:
     assert r.kubelet_state(clusters.node_exporter(10)) == (r.KUBELET_NONE, None)
 
 
-async def test_an_unreachable_apiserver_is_a_source_error_not_a_crash() -> None:
-    """Readiness is advice: a refused connection must end as SourceError,
-    which the collector logs, never as an exception that ends serve."""
-    from kubernetes.client import Configuration
-
-    from coverage_exporter.sources.health import SourceError, SourceHealth
-    from coverage_exporter.sources.k8s_api import ApiClient
-    from coverage_exporter.sources.kubeconfig import KubeAuth
-    from coverage_exporter.sources.operator import OperatorSource
-    from testbed.procs import free_ports
-
-    port = free_ports(1)[0]
-    auth = KubeAuth(configuration=Configuration(), host=f"http://127.0.0.1:{port}", ssl=False)
-    api = ApiClient(auth, SourceHealth("kubernetes"))
-    await api.open()
-    try:
-        with pytest.raises(SourceError, match="ClientConnectorError"):
-            await OperatorSource(api).collect()
-    finally:
-        await api.close()
-
-
 async def test_operator_objects_are_read_at_most_every_refresh_interval() -> None:
     """A steady cycle makes no Kubernetes request: the Operator's objects
     are read again only after refresh_seconds."""
-    from coverage_exporter.sources.k8s_api import ApiError
-    from coverage_exporter.sources.operator import OperatorSource
+    from coverage_exporter.sources.kubernetes.api import ApiError
+    from coverage_exporter.sources.kubernetes.operator import OperatorSource
 
     class Api:
         calls = 0

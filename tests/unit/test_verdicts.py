@@ -35,7 +35,7 @@ from coverage_exporter.model.report import build_report
 from coverage_exporter.model.scheduling import eligible_nodes, should_run
 from coverage_exporter.model.scope import Scope
 from coverage_exporter.model.topology import Declared, identify
-from coverage_exporter.sources.prometheus_config import parse_config_yaml
+from coverage_exporter.sources.prometheus.config import parse_config_yaml
 from tests.unit import clusters
 
 NE = ("monitoring", "node-exporter")
@@ -513,8 +513,8 @@ def test_bad_fleet_files_are_refused_with_the_entry_named(text, message, tmp_pat
 
 
 def test_a_partial_thanos_answer_is_never_taken_as_complete() -> None:
-    from coverage_exporter.sources.health import SourceError
-    from coverage_exporter.sources.prometheus import parse_targets
+    from coverage_exporter.sources.errors import SourceError
+    from coverage_exporter.sources.prometheus.source import parse_targets
 
     body = json.dumps(
         {
@@ -528,7 +528,7 @@ def test_a_partial_thanos_answer_is_never_taken_as_complete() -> None:
 
 
 def test_vmagent_targets_without_discovered_labels_are_matched_by_final_labels() -> None:
-    from coverage_exporter.sources.prometheus import parse_targets
+    from coverage_exporter.sources.prometheus.source import parse_targets
 
     body = json.dumps(
         {

@@ -1,0 +1,389 @@
+"""The HTTP face of `serve`: /metrics, /report, /-/healthy, /-/ready and a landing page.
+
+/metrics returns bytes rendered at the end of the last cycle (plus the
+process's own runtime metrics): a scrape never reaches Kubernetes or
+Prometheus, so it costs the same at 1,000 nodes as at 100,000. /report is
+the HTML coverage report of the last cycle, never a new collection.
+
+The server is a small HTTP/1.1 server of its own on asyncio streams, not
+aiohttp's: aiohttp's has no deadline for receiving a request's headers, so
+clients that open a connection and send half a request hold it for ever,
+and a few hundred of them starve the scrapes that matter. Here every
+connection must deliver its request head within `header_timeout`, its
+body (only GETs are served: bodies are read and dropped) within
+`body_timeout`, and read its answer within `write_timeout`; an idle
+keep-alive connection is closed after `idle_timeout`; and at
+`max_connections` the connection that has been waiting longest for a
+request is dropped to admit the new one, so a scraper always gets in.
+`serve` runs it in a process of its own (`front.py`); `view.py` holds
+the collector's side (the report page).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from coverage_exporter import __version__, defaults
+from coverage_exporter.web.config import WebConfigFile
+
+log = logging.getLogger("coverage_exporter.http")
+
+# The classic text format, which is what generate_latest() writes; newer
+# client libraries default the header to 1.0.0, which Prometheus 2.x does
+# not know.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+LANDING = """<!doctype html>
+<html><head><title>coverage-exporter</title></head>
+<body>
+<h1>coverage-exporter {version}</h1>
+<p>Finds the nodes Prometheus does not scrape: truncated Endpoints,
+capped EndpointSlice mirroring, scrape pools that miss targets.</p>
+<ul>
+<li><a href="report">coverage report</a>: every Service, where targets are lost, every
+missing node</li>
+<li><a href="metrics">metrics</a></li>
+<li><a href="-/healthy">healthy</a></li>
+<li><a href="-/ready">ready</a> ({ready})</li>
+</ul>
+<p>{status}</p>
+</body></html>
+"""
+
+
+class ServingState:
+    """What /metrics, /-/healthy, /-/ready and the landing page answer from:
+    all that the front process (`front.py`) holds. The collector's side,
+    with the report, is view.ExporterView."""
+
+    def __init__(self) -> None:
+        self.ready = False
+        self.status = "starting: the first collection cycle has not completed"
+        self._progress_deadline = float("inf")
+        self._waiting_for = ""
+        self.on_change: Callable[[], None] | None = None
+        """Called after each change (the front publishes it)."""
+
+    def metrics(self) -> bytes:
+        raise NotImplementedError
+
+    async def answer(self, path: str, headers: Mapping[str, str]) -> Response:
+        """Every other path: the /report page of view.ExporterView; the
+        front process asks the collector."""
+        return Response(404, b"404 page not found\n")
+
+    def changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+    def expect_progress(self, within_seconds: float, what: str) -> None:
+        """The serve loop promises its next step (`what`) within this many
+        seconds; /-/healthy fails once the promise is broken, so that a
+        wedged collection loop gets the pod restarted."""
+        self._progress_deadline = time.monotonic() + within_seconds
+        self._waiting_for = what
+        self.changed()
+
+    @property
+    def progress(self) -> tuple[float, str]:
+        """The promised deadline (time.monotonic()) and what it is for."""
+        return self._progress_deadline, self._waiting_for
+
+    def wedged(self) -> str | None:
+        """Why the collection loop looks stuck, or None."""
+        late = time.monotonic() - self._progress_deadline
+        if late <= 0:
+            return None
+        return f"{self._waiting_for} is {late:.0f}s overdue"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    """What one client may cost the server; flags in cli.py."""
+
+    header_timeout: float = defaults.WEB_HEADER_TIMEOUT_SECONDS
+    body_timeout: float = 10.0
+    write_timeout: float = 30.0
+    idle_timeout: float = 75.0
+    """Keep-alive: Prometheus reuses its connection every scrape interval;
+    Go's idle timeout is 90s, so 75s lets the client close first."""
+    max_connections: int = defaults.WEB_MAX_CONNECTIONS
+    max_header_bytes: int = 16 << 10
+    max_body_bytes: int = 64 << 10
+
+    def __post_init__(self) -> None:
+        if min(self.header_timeout, self.body_timeout, self.write_timeout) <= 0:
+            raise ValueError("HTTP timeouts must be positive")
+        if self.max_connections < 1:
+            raise ValueError("--web.max-connections must be 1 or more")
+
+
+@dataclass(slots=True)
+class Response:
+    status: int
+    body: bytes
+    content_type: str = "text/plain; charset=utf-8"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+_REASONS = {
+    200: "OK",
+    304: "Not Modified",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    411: "Length Required",
+    413: "Content Too Large",
+    431: "Request Header Fields Too Large",
+    503: "Service Unavailable",
+}
+
+
+async def route(view: ServingState, path: str, headers: Mapping[str, str]) -> Response:
+    """The answer to a GET of `path`; `headers` by lower-case name. One
+    routing for every server (the front process and MetricsServer)."""
+    if path == "/metrics":
+        return Response(200, view.metrics(), CONTENT_TYPE)
+    if path == "/-/healthy":
+        why = view.wedged()
+        if why:
+            return Response(503, f"coverage-exporter is not healthy: {why}\n".encode())
+        return Response(200, b"coverage-exporter is healthy.\n")
+    if path == "/-/ready":
+        if view.ready:
+            return Response(200, b"coverage-exporter is ready.\n")
+        return Response(503, f"coverage-exporter is not ready: {view.status}\n".encode())
+    if path == "/":
+        page = LANDING.format(
+            version=__version__,
+            ready="yes" if view.ready else "not yet",
+            status=html.escape(view.status),
+        )
+        return Response(200, page.encode(), "text/html; charset=utf-8")
+    return await view.answer(path, headers)
+
+
+class _Idle(Exception):
+    """No byte of a request arrived: close without an answer."""
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(eq=False)
+class _Connection:
+    writer: asyncio.StreamWriter
+    waiting_since: float = field(default_factory=time.monotonic)
+    busy: bool = False
+    """Between a complete request head and the end of its answer."""
+
+
+class MetricsServer:
+    def __init__(
+        self,
+        view: ServingState,
+        limits: ServerLimits | None = None,
+        web_config: WebConfigFile | None = None,
+    ) -> None:
+        self.view = view
+        self.limits = limits or ServerLimits()
+        # --web.config.file: TLS on the listener, basic auth and headers per request.
+        self.web_config = web_config
+        self._server: asyncio.Server | None = None
+        self._connections: set[_Connection] = set()
+        self.evicted_total = 0
+
+    @property
+    def connections(self) -> int:
+        return len(self._connections)
+
+    async def start(self, host: str | None, port: int) -> int:
+        """Listen; returns the port (useful with port 0)."""
+        self._server = await asyncio.start_server(
+            self._serve_connection,
+            host,
+            port,
+            limit=self.limits.max_header_bytes,
+            backlog=1024,
+            ssl=self.web_config.ssl_context() if self.web_config else None,
+        )
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        """Stop listening and drop every connection at once: on SIGTERM
+        nothing a client does may hold the exit."""
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self._connections):
+            conn.writer.transport.abort()
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+            self._server = None
+
+    def _admit(self, conn: _Connection) -> bool:
+        if len(self._connections) >= self.limits.max_connections:
+            idle = [c for c in self._connections if not c.busy]
+            if not idle:
+                return False
+            oldest = min(idle, key=lambda c: c.waiting_since)
+            oldest.writer.transport.abort()
+            self._connections.discard(oldest)
+            self.evicted_total += 1
+        self._connections.add(conn)
+        return True
+
+    async def _serve_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        conn = _Connection(writer)
+        if not self._admit(conn):
+            writer.transport.abort()
+            return
+        try:
+            first = True
+            while True:
+                conn.busy = False
+                conn.waiting_since = time.monotonic()
+                # The first request must come quickly; a kept-alive
+                # connection may rest until idle_timeout, but once a byte of
+                # the next request arrives the head is due like the first.
+                wait = self.limits.header_timeout if first else self.limits.idle_timeout
+                try:
+                    keep_alive = await self._one_request(reader, writer, conn, wait)
+                except _Idle:
+                    return
+                except (TimeoutError, _BadRequest) as exc:
+                    status = exc.status if isinstance(exc, _BadRequest) else 408
+                    answer = Response(status, f"{_REASONS[status]}\n".encode())
+                    with contextlib.suppress(Exception):
+                        await self._write(writer, answer, keep_alive=False)
+                    return
+                if not keep_alive:
+                    return
+                first = False
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return
+        finally:
+            self._connections.discard(conn)
+            # close() flushes what is buffered; a peer that stopped reading
+            # gets aborted once the write timeout has passed.
+            writer.close()
+            asyncio.get_running_loop().call_later(self.limits.write_timeout, writer.transport.abort)
+
+    async def _one_request(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        conn: _Connection,
+        wait: float,
+    ) -> bool:
+        """Serve one request; False when the connection must close."""
+        limits = self.limits
+        try:
+            async with asyncio.timeout(wait):
+                first_byte = await reader.read(1)
+        except TimeoutError:
+            raise _Idle from None
+        if not first_byte:
+            raise _Idle
+        async with asyncio.timeout(limits.header_timeout):
+            try:
+                head = first_byte + await reader.readuntil(b"\r\n\r\n")
+            except asyncio.LimitOverrunError:
+                raise _BadRequest(431, "request head too large") from None
+        if len(head) > limits.max_header_bytes:
+            raise _BadRequest(431, "request head too large")
+        conn.busy = True
+        method, path, version, headers = _parse_head(head)
+        if "transfer-encoding" in headers:
+            raise _BadRequest(411, "chunked request bodies are not accepted")
+        length = _content_length(headers)
+        if length > limits.max_body_bytes:
+            raise _BadRequest(413, "request body too large")
+        if length:
+            async with asyncio.timeout(limits.body_timeout):
+                await reader.readexactly(length)
+        keep_alive = _keep_alive(version, headers)
+        if method not in ("GET", "HEAD"):
+            response = Response(405, b"only GET and HEAD\n")
+        elif self.web_config and (denied := self.web_config.deny(headers)):
+            response = Response(denied[0], denied[1], headers=denied[2])
+        else:
+            response = await route(self.view, path.partition("?")[0], headers)
+        if self.web_config:
+            response.headers.update(self.web_config.response_headers())
+        await self._write(writer, response, keep_alive, head_only=method == "HEAD")
+        return keep_alive
+
+    async def _write(
+        self,
+        writer: asyncio.StreamWriter,
+        response: Response,
+        keep_alive: bool,
+        head_only: bool = False,
+    ) -> None:
+        lines = [f"HTTP/1.1 {response.status} {_REASONS.get(response.status, '')}"]
+        if response.content_type:
+            lines.append(f"Content-Type: {response.content_type}")
+        lines += [f"{name}: {value}" for name, value in response.headers.items()]
+        lines.append(f"Content-Length: {len(response.body)}")
+        lines.append(f"Connection: {'keep-alive' if keep_alive else 'close'}")
+        head = "\r\n".join(lines) + "\r\n\r\n"
+        writer.write(head.encode("ascii"))
+        if not head_only:
+            writer.write(response.body)
+        # A client that does not read its answer is dropped, not waited for.
+        async with asyncio.timeout(self.limits.write_timeout):
+            await writer.drain()
+
+
+def _parse_head(head: bytes) -> tuple[str, str, str, dict[str, str]]:
+    try:
+        text = head.decode("latin-1")
+        request_line, *lines = text[:-4].split("\r\n")
+        method, target, version = request_line.split(" ")
+    except ValueError:
+        raise _BadRequest(400, "malformed request line") from None
+    if not version.startswith("HTTP/1.") or not target.startswith("/"):
+        raise _BadRequest(400, "malformed request line")
+    headers: dict[str, str] = {}
+    for line in lines:
+        name, sep, value = line.partition(":")
+        if not sep or not name or name != name.strip():
+            raise _BadRequest(400, "malformed header")
+        headers[name.lower()] = value.strip()
+    return method, target, version, headers
+
+
+def _content_length(headers: dict[str, str]) -> int:
+    raw = headers.get("content-length", "0")
+    if not raw.isdigit():
+        raise _BadRequest(400, "bad Content-Length")
+    return int(raw)
+
+
+def _keep_alive(version: str, headers: dict[str, str]) -> bool:
+    connection = headers.get("connection", "").lower()
+    if version == "HTTP/1.0":
+        return connection == "keep-alive"
+    return connection != "close"
+
+
+def parse_listen_address(address: str) -> tuple[str | None, int]:
+    """`:9842` (every interface), `127.0.0.1:9842` or `[::1]:9842`."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected [HOST]:PORT, got {address!r}")
+    host = host.strip("[]")
+    return (host or None, int(port))

@@ -1,0 +1,287 @@
+"""The cycle's orchestration on plain data: failed sources keep their last
+good data, and a Prometheus is re-read only as much as needed."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from coverage_exporter.cycle import CycleRunner
+from coverage_exporter.health import SourceHealth
+from coverage_exporter.model.objects import (
+    KIND_UNKNOWN,
+    ClusterSnapshot,
+    PrometheusSnapshot,
+    Service,
+)
+from coverage_exporter.model.scope import Scope
+from coverage_exporter.model.topology import Declared
+from coverage_exporter.sources.errors import SourceError
+from coverage_exporter.sources.prometheus.config import LoadedConfig
+from tests.unit import clusters
+
+NE = ("monitoring", "node-exporter")
+
+
+class StaticCluster:
+    def __init__(self, snapshot: ClusterSnapshot, synced: bool = True) -> None:
+        self.health = SourceHealth("kubernetes", up=synced)
+        self._snapshot = snapshot
+        self.synced = synced
+        self.scope: list[Service] = []
+
+    def snapshot(self) -> ClusterSnapshot:
+        return self._snapshot
+
+    def set_pod_scope(self, services: Sequence[Service]) -> None:
+        self.scope = list(services)
+
+    async def ensure_pods_synced(self, timeout: float) -> None:  # noqa: ASYNC109
+        return None
+
+    def scope_ready(self) -> bool:
+        return self.is_synced()
+
+    def is_synced(self) -> bool:
+        return self.synced
+
+
+class ScriptedPrometheus:
+    """Answers from a list of snapshots; an exception in the list is raised."""
+
+    def __init__(
+        self,
+        name: str,
+        answers: list[PrometheusSnapshot | Exception],
+        counts: list[dict[str, int] | None] | None = None,
+    ) -> None:
+        self.health = SourceHealth("prometheus", name)
+        self.declared = Declared()
+        self.kind = KIND_UNKNOWN
+        self._answers = answers
+        self._counts = counts or []
+        self.collect_calls: list[Collection[str] | None] = []
+        self._active: dict[str, int] = {}
+
+    @property
+    def pool_active_counts(self) -> Mapping[str, int]:
+        return self._active
+
+    async def collect(self, pools_to_refresh: Collection[str] | None = None) -> PrometheusSnapshot:
+        self.collect_calls.append(pools_to_refresh)
+        answer = self._answers.pop(0)
+        if isinstance(answer, Exception):
+            self.health.mark(False, 0.1, str(answer))
+            raise answer
+        self.health.mark(True, 0.1)
+        self._active = {}
+        for t in answer.targets:
+            self._active[t.scrape_pool] = self._active.get(t.scrape_pool, 0) + 1
+        return answer
+
+    async def pool_target_counts(self) -> dict[str, int] | None:
+        return self._counts.pop(0) if self._counts else None
+
+    async def read_config(self) -> LoadedConfig | None:
+        # The configuration is read first in every poll: a failing server
+        # fails there, as the real one would.
+        if self._answers and isinstance(self._answers[0], Exception):
+            self.health.mark(False, 0.1, str(self._answers[0]))
+            raise self._answers.pop(0)
+        return self.config
+
+    config: LoadedConfig | None = None
+
+
+def samples(exposition: bytes, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    for family in text_string_to_metric_families(exposition.decode()):
+        if family.name == name:
+            return {tuple(sorted(s.labels.items())): s.value for s in family.samples}
+    return {}
+
+
+def prometheus_missing(exposition: bytes) -> list[float]:
+    return list(samples(exposition, "scrape_coverage_prometheus_missing_targets").values())
+
+
+async def test_a_failing_prometheus_keeps_its_last_good_targets_not_zero() -> None:
+    cluster = clusters.node_exporter(1200)
+    good = PrometheusSnapshot("p", clusters.endpoints_targets(cluster, "ne", *NE))
+    prom = ScriptedPrometheus("p", [good, SourceError("HTTP 503 from p")])
+    collector = CycleRunner(StaticCluster(cluster), [prom], Scope())
+
+    first = await collector.run_cycle()
+    assert first.complete and prometheus_missing(first.exposition) == [200.0]
+
+    second = await collector.run_cycle()
+    assert not second.complete
+    assert prometheus_missing(second.exposition) == [200.0]
+    up = samples(second.exposition, "scrape_coverage_source_up")
+    assert up[(("server", "p"), ("source", "prometheus"))] == 0.0
+    assert samples(second.exposition, "scrape_coverage_prometheus_targets") == samples(
+        first.exposition, "scrape_coverage_prometheus_targets"
+    )
+
+
+async def test_a_prometheus_that_never_answered_publishes_no_pool_figures() -> None:
+    cluster = clusters.node_exporter(1200)
+    prom = ScriptedPrometheus("p", [SourceError("connection refused")])
+    result = await CycleRunner(StaticCluster(cluster), [prom], Scope(frozenset({NE}))).run_cycle()
+    assert not result.complete
+    assert prometheus_missing(result.exposition) == []
+    assert samples(result.exposition, "scrape_coverage_gap_targets") == {}
+    # The Kubernetes stages are still known and published.
+    missing = samples(result.exposition, "scrape_coverage_missing_targets")
+    assert (
+        missing[(("namespace", "monitoring"), ("service", "node-exporter"), ("stage", "endpoints"))]
+        == 200.0
+    )
+
+
+async def test_unsynced_kubernetes_publishes_no_coverage_at_all() -> None:
+    prom = ScriptedPrometheus("p", [PrometheusSnapshot("p", [])])
+    collector = CycleRunner(StaticCluster(ClusterSnapshot(), synced=False), [prom], Scope())
+    result = await collector.run_cycle()
+    assert result.report is None and not result.complete
+    assert samples(result.exposition, "scrape_coverage_missing_targets") == {}
+    assert samples(result.exposition, "scrape_coverage_cycles")[()] == 1.0
+
+
+async def test_pod_scope_follows_the_services_prometheus_discovers() -> None:
+    cluster = clusters.node_exporter(10)
+    kube = StaticCluster(cluster)
+    prom = ScriptedPrometheus(
+        "p", [PrometheusSnapshot("p", clusters.slice_targets(cluster, "ne", *NE))]
+    )
+    await CycleRunner(kube, [prom], Scope()).run_cycle()
+    assert [s.key for s in kube.scope] == [NE]
+
+
+async def test_unchanged_counts_skip_the_target_lists() -> None:
+    cluster = clusters.node_exporter(1200)
+    targets = clusters.endpoints_targets(cluster, "ne", *NE)
+    snapshot = PrometheusSnapshot("p", targets)
+    prom = ScriptedPrometheus(
+        "p", [snapshot, snapshot], counts=[{"ne": 1000}, {"ne": 1000, "other": 5}]
+    )
+    collector = CycleRunner(StaticCluster(cluster), [prom], Scope(), full_refresh_seconds=3600)
+    await collector.run_cycle()
+    second = await collector.run_cycle()
+    assert prom.collect_calls == [None]
+    assert second.complete and prometheus_missing(second.exposition) == [200.0]
+    await collector.run_cycle()
+    assert prom.collect_calls == [None, {"other"}]
+
+
+async def test_unavailable_counts_mean_a_full_read_every_cycle() -> None:
+    cluster = clusters.node_exporter(10)
+    snapshot = PrometheusSnapshot("p", [])
+    prom = ScriptedPrometheus("p", [snapshot, snapshot])
+    collector = CycleRunner(StaticCluster(cluster), [prom], Scope(), full_refresh_seconds=3600)
+    await collector.run_cycle()
+    await collector.run_cycle()
+    assert prom.collect_calls == [None, None]
+
+
+async def test_unchanged_sources_reuse_the_report_and_a_change_recomputes_it() -> None:
+    cluster = clusters.node_exporter(1200)
+    endpoints_only = PrometheusSnapshot("p", clusters.endpoints_targets(cluster, "ne", *NE))
+    fixed = PrometheusSnapshot("p", clusters.slice_targets(cluster, "ne", *NE))
+    prom = ScriptedPrometheus("p", [endpoints_only, endpoints_only, fixed])
+    collector = CycleRunner(StaticCluster(cluster), [prom], Scope())
+    first = await collector.run_cycle()
+    second = await collector.run_cycle()
+    assert second.report is first.report
+    assert samples(second.exposition, "scrape_coverage_cycles")[()] == 2.0
+    third = await collector.run_cycle()
+    assert third.report is not first.report
+    assert prometheus_missing(first.exposition) == [200.0]
+    assert prometheus_missing(third.exposition) == [0.0]
+
+
+async def test_pods_of_truncated_services_are_listed_while_prometheus_is_read() -> None:
+    cluster = clusters.node_exporter(1200)
+    kube = StaticCluster(cluster)
+    seen_during_collect: list[list[tuple[str, str]]] = []
+
+    class Watching(ScriptedPrometheus):
+        async def collect(self, pools_to_refresh=None):
+            seen_during_collect.append([s.key for s in kube.scope])
+            return await super().collect(pools_to_refresh)
+
+    prom = Watching("p", [PrometheusSnapshot("p", [])])
+    await CycleRunner(kube, [prom], Scope()).run_cycle()
+    assert seen_during_collect == [[NE]]
+
+
+async def test_a_prometheus_down_longer_than_stale_after_stops_covering() -> None:
+    """A shard down for hours must not keep covering its targets."""
+    import asyncio
+
+    cluster = clusters.node_exporter(1200)
+    good = PrometheusSnapshot("p", clusters.slice_targets(cluster, "ne", *NE))
+    prom = ScriptedPrometheus("p", [good, SourceError("refused"), SourceError("refused")])
+    collector = CycleRunner(StaticCluster(cluster), [prom], Scope(), stale_after_seconds=0.2)
+    first = await collector.run_cycle()
+    assert prometheus_missing(first.exposition) == [0.0]
+    within = await collector.run_cycle()  # still within the bound: last good data
+    assert prometheus_missing(within.exposition) == [0.0] and not within.complete
+    await asyncio.sleep(0.3)
+    expired = await collector.run_cycle()
+    assert prometheus_missing(expired.exposition) == []
+    unknown = samples(expired.exposition, "scrape_coverage_prometheus_unknown_targets")
+    assert list(unknown.values()) == [1200.0]
+    assert samples(expired.exposition, "scrape_coverage_prometheus_targets") == {}
+    known = samples(expired.exposition, "scrape_coverage_replica_coverage_known")
+    assert known == {(("scraper", "p"), ("scraper_replica", "p")): 0.0}
+    assert expired.report is not None and not expired.report.has_gaps
+
+
+async def test_a_pool_whose_targets_vanish_during_a_run_reports_all_missing() -> None:
+    """A selector typo: the pool still runs but discovers nothing; its
+    earlier targets say which Service it was meant for."""
+    cluster = clusters.node_exporter(1200)
+    before = PrometheusSnapshot("p", clusters.slice_targets(cluster, "ne", *NE), pools=("ne",))
+    after = PrometheusSnapshot("p", [], pools=("ne",))
+    gone = PrometheusSnapshot("p", [], pools=())
+    prom = ScriptedPrometheus("p", [before, after, gone])
+    collector = CycleRunner(StaticCluster(cluster), [prom], Scope())
+    first = await collector.run_cycle()
+    assert prometheus_missing(first.exposition) == [0.0]
+    second = await collector.run_cycle()
+    assert prometheus_missing(second.exposition) == [1200.0]
+    assert second.report is not None and second.report.has_gaps
+    # The job itself was removed: nothing is meant any more.
+    third = await collector.run_cycle()
+    assert prometheus_missing(third.exposition) == []
+
+
+async def test_a_reload_is_read_at_once_even_when_counts_did_not_move() -> None:
+    cluster = clusters.node_exporter(10)
+    snapshot = PrometheusSnapshot("p", [])
+    prom = ScriptedPrometheus("p", [snapshot, snapshot], counts=[{}, {}])
+    collector = CycleRunner(StaticCluster(cluster), [prom], Scope(), full_refresh_seconds=3600)
+    await collector.run_cycle()
+    prom.config = LoadedConfig({}, ())
+    await collector.run_cycle()
+    assert prom.collect_calls == [None, None]
+
+
+async def test_an_unresolved_service_is_a_series_and_one_log_line(caplog) -> None:
+    cluster = clusters.node_exporter(10)
+    cluster.pods = {}
+    prom = ScriptedPrometheus("p", [PrometheusSnapshot("p", []), PrometheusSnapshot("p", [])])
+    collector = CycleRunner(StaticCluster(cluster), [prom], Scope(frozenset({NE})))
+    first = await collector.run_cycle()
+    await collector.run_cycle()
+    unresolved = samples(first.exposition, "scrape_coverage_service_unresolved")
+    assert unresolved == {
+        (
+            ("namespace", "monitoring"),
+            ("reason", "its pods are not listed yet"),
+            ("service", "node-exporter"),
+        ): 1.0
+    }
+    lines = [r for r in caplog.records if "cannot tell what it should hold" in r.getMessage()]
+    assert len(lines) == 1
