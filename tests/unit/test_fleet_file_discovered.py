@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from coverage_exporter.app import DiscoverySettings
+from coverage_exporter.model.discovery import SELECTED, FoundServer
+from coverage_exporter.model.objects import ServerIdentity
 from coverage_exporter.sources.prometheus.fleet_file import (
     SERVICE_ACCOUNT_TOKEN,
     Credentials,
@@ -77,3 +80,51 @@ def test_servers_alone_still_load(tmp_path: Path) -> None:
 def test_bad_entries_are_refused_naming_them(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         load_fleet(str(fleet(tmp_path, text)))
+
+
+def test_found_servers_get_their_objects_credentials_and_none_by_default(tmp_path: Path) -> None:
+    loaded = load_fleet(
+        str(
+            fleet(
+                tmp_path,
+                "discovered:\n"
+                "  - prometheus: monitoring/k8s\n"
+                "    authorization: {service_account_token: true}\n"
+                "    tls_config: {server_name: prometheus-k8s.monitoring.svc}\n"
+                "    timeout: 30\n",
+            )
+        )
+    )
+    settings = DiscoverySettings(credentials=loaded.discovered, timeout_seconds=120)
+    ident = ServerIdentity("monitoring/k8s", "prometheus-k8s-1", 1, 2, "discovered")
+    k8s = FoundServer(
+        name="monitoring/prometheus-k8s-shard-1-1",
+        found_by="Prometheus monitoring/k8s",
+        url="https://10.0.0.7:9090",
+        identity=ident,
+        credentials="Prometheus monitoring/k8s",
+    )
+    endpoint = settings.endpoint(k8s)
+    assert (endpoint.url, endpoint.name) == (k8s.url, k8s.name)
+    assert endpoint.bearer_token_file == SERVICE_ACCOUNT_TOKEN
+    assert endpoint.server_name == "prometheus-k8s.monitoring.svc"
+    assert endpoint.timeout_seconds == 30 and endpoint.found_by == k8s.found_by
+    declared = endpoint.declared
+    assert (declared.scraper, declared.replica, declared.shard, declared.shards, declared.how) == (
+        "monitoring/k8s",
+        "prometheus-k8s-1",
+        1,
+        2,
+        "discovered",
+    )
+    # Another object, or the selected pods without an entry: no credentials.
+    other = settings.endpoint(
+        FoundServer(
+            name="x/p-0",
+            found_by="pod selector a=b",
+            url="http://10.0.0.8:9090",
+            credentials=SELECTED,
+        )
+    )
+    assert other.bearer_token_file is None and other.basic_auth_user is None
+    assert other.timeout_seconds == 120 and other.declared.scraper is None
