@@ -1,13 +1,18 @@
 """The single source of the recording and alerting rules.
 
 `generate.py` renders these into the plain rule file and the PrometheusRule
-manifest; tests render them again with the fast timing. Every figure an
-operator may want to tune is a field of `Timing` or `Thresholds`.
+manifest; `tools/chart.py` into the Helm chart's rule template and
+`tools/mixin.py` into the jsonnet mixin; tests render them again with the
+fast timing. Every figure a team may want to tune is a field of `Tuning`,
+and the chart value and mixin `_config` key that set it are written next
+to it, so the three outputs cannot name them differently.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 from coverage_exporter.runbooks import DEFAULT_BASE_URL as RUNBOOK_BASE_URL
 
@@ -17,43 +22,141 @@ DEFAULT_EXPORTER_SELECTOR = 'job=~".*coverage-exporter.*"'
 ENDPOINTS_CAPACITY = 1000
 
 
+def _tunable(default: Any, chart: str, mixin: str, doc: str) -> Any:
+    """A Tuning field: its default, the chart value that sets it (a path
+    under .Values) and the mixin's _config key."""
+    return field(default=default, metadata={"chart": chart, "mixin": mixin, "doc": doc})
+
+
 @dataclass(frozen=True)
-class Timing:
-    """`for:` durations and range windows; the fast copy serves end-to-end tests."""
+class Tuning:
+    """What a team tunes without forking: the label that tells clusters
+    apart, the exporter's scrape job, where runbooks live, thresholds and
+    `for:` durations. The fast copy (FAST) serves end-to-end tests."""
 
-    truncated_for: str
-    missing_warning_for: str
-    missing_critical_for: str
-    mirroring_for: str
-    near_capacity_for: str
-    forecast_for: str
-    forecast_window: str
-    exporter_down_for: str
-    exporter_absent_for: str
-    source_down_for: str
-    stale_for: str
-    stale_after_seconds: int
-
-
-NORMAL = Timing(
-    truncated_for="15m",
+    cluster_label: str = _tunable(
+        "cluster",
+        "clusterLabel",
+        "clusterLabel",
+        "label that tells clusters apart where one Thanos or Mimir holds several; kept in "
+        "every by() and on() of the rules and in the dashboard's cluster variable",
+    )
+    exporter_selector: str = _tunable(
+        DEFAULT_EXPORTER_SELECTOR,
+        "prometheusRule.exporterSelector",
+        "exporterSelector",
+        "label matchers that select the exporter's own scrape job",
+    )
+    runbook_base_url: str = _tunable(
+        RUNBOOK_BASE_URL, "runbookBaseUrl", "runbookBaseUrl", "base of every runbook_url"
+    )
+    critical_missing_share: float = _tunable(
+        0.1,
+        "prometheusRule.thresholds.criticalMissingShare",
+        "criticalMissingShare",
+        "share of a Service's expected targets a replica's pool may miss before "
+        "ScrapeCoverageTargetsMissing turns critical",
+    )
+    near_capacity_addresses: int = _tunable(
+        900,
+        "prometheusRule.thresholds.nearCapacityAddresses",
+        "nearCapacityAddresses",
+        "addresses in an Endpoints object read with role endpoints that fire "
+        "ScrapeCoverageEndpointsNearCapacity",
+    )
+    forecast_horizon_days: int = _tunable(
+        4,
+        "prometheusRule.thresholds.forecastHorizonDays",
+        "forecastHorizonDays",
+        "ScrapeCoverageEndpointsCapacityForecast: days ahead",
+    )
+    forecast_window: str = _tunable(
+        "6h",
+        "prometheusRule.thresholds.forecastWindow",
+        "forecastWindow",
+        "ScrapeCoverageEndpointsCapacityForecast: the growth window predict_linear reads",
+    )
+    stale_after_seconds: int = _tunable(
+        900,
+        "prometheusRule.thresholds.staleAfterSeconds",
+        "staleAfterSeconds",
+        "ScrapeCoverageExporterStale: age of the last completed cycle",
+    )
+    truncated_for: str = _tunable(
+        "15m",
+        "prometheusRule.for.endpointsTruncated",
+        "endpointsTruncatedFor",
+        "ScrapeCoverageEndpointsTruncated, ScrapeCoverageMigrationUnsafeToSwitch",
+    )
     # Node churn makes single targets go missing for a refresh or two; only a
     # gap that outlives that is worth a ticket.
-    missing_warning_for="30m",
-    missing_critical_for="15m",
-    mirroring_for="15m",
-    near_capacity_for="1h",
-    forecast_for="1h",
-    forecast_window="6h",
-    exporter_down_for="15m",
-    exporter_absent_for="15m",
-    source_down_for="15m",
+    missing_warning_for: str = _tunable(
+        "30m",
+        "prometheusRule.for.targetsMissingWarning",
+        "targetsMissingWarningFor",
+        "ScrapeCoverageTargetsMissing (warning)",
+    )
+    missing_critical_for: str = _tunable(
+        "15m",
+        "prometheusRule.for.targetsMissingCritical",
+        "targetsMissingCriticalFor",
+        "ScrapeCoverageTargetsMissing (critical), ScrapeCoverageMigrationSwitchedUnsafely",
+    )
+    mirroring_for: str = _tunable(
+        "15m",
+        "prometheusRule.for.mirroringCapped",
+        "mirroringCappedFor",
+        "ScrapeCoverageEndpointSliceMirroringCapped",
+    )
+    near_capacity_for: str = _tunable(
+        "1h",
+        "prometheusRule.for.nearCapacity",
+        "nearCapacityFor",
+        "ScrapeCoverageEndpointsNearCapacity",
+    )
+    forecast_for: str = _tunable(
+        "1h",
+        "prometheusRule.for.capacityForecast",
+        "capacityForecastFor",
+        "ScrapeCoverageEndpointsCapacityForecast",
+    )
+    exporter_down_for: str = _tunable(
+        "15m",
+        "prometheusRule.for.exporterDown",
+        "exporterDownFor",
+        "ScrapeCoverageExporterDown",
+    )
+    exporter_absent_for: str = _tunable(
+        "15m",
+        "prometheusRule.for.exporterAbsent",
+        "exporterAbsentFor",
+        "ScrapeCoverageExporterAbsent",
+    )
+    source_down_for: str = _tunable(
+        "15m",
+        "prometheusRule.for.sourceDown",
+        "sourceDownFor",
+        "ScrapeCoverageSourceDown, ScrapeCoverageUnknown",
+    )
     # Long enough for the first cycle of a restarted exporter on a large cluster.
-    stale_for="10m",
-    stale_after_seconds=900,
-)
+    stale_for: str = _tunable(
+        "10m", "prometheusRule.for.exporterStale", "exporterStaleFor", "ScrapeCoverageExporterStale"
+    )
+    show_multi_cluster: bool = _tunable(
+        False,
+        "dashboard.multiCluster",
+        "showMultiCluster",
+        "show the dashboard's cluster variable (hidden for one cluster, as in the mixins)",
+    )
 
-FAST = Timing(
+    def values(self) -> dict[str, Any]:
+        """Field name -> value."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+NORMAL = Tuning()
+FAST = replace(
+    NORMAL,
     truncated_for="15s",
     missing_warning_for="30s",
     missing_critical_for="15s",
@@ -68,17 +171,64 @@ FAST = Timing(
     stale_after_seconds=120,
 )
 
+# A placeholder stands for a field's value in text (an expression, an
+# annotation); `fill` puts values in, the chart and the mixin their own
+# references to the value (Helm's `.Values...`, jsonnet's `$._config...`).
+PLACEHOLDER = re.compile(r"@@([a-z_]+)@@")
 
-@dataclass(frozen=True)
-class Thresholds:
-    critical_missing_share: float = 0.10
-    near_capacity_addresses: int = 900
-    forecast_horizon_days: int = 4
+
+def placeholder(name: str) -> str:
+    return f"@@{name}@@"
+
+
+PLACEHOLDERS = Tuning(**{f.name: placeholder(f.name) for f in fields(Tuning)})
+
+
+def fill(doc: Any, tuning: Tuning) -> Any:
+    """`doc` (rules or a dashboard rendered with PLACEHOLDERS) with the
+    values of `tuning` in place of every placeholder."""
+    return substitute(doc, lambda name: _text(getattr(tuning, name)), whole=_whole(tuning))
+
+
+def _text(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _whole(tuning: Tuning):
+    def typed(name: str) -> Any:
+        if name == "cluster_variable_hide":
+            return 0 if tuning.show_multi_cluster else 2
+        return getattr(tuning, name)
+
+    return typed
+
+
+def substitute(doc: Any, text, whole=None) -> Any:
+    """Walks `doc`: a string that is one placeholder becomes `whole(name)`
+    (keeping the value's type); placeholders inside text become `text(name)`."""
+    if isinstance(doc, dict):
+        return {k: substitute(v, text, whole) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [substitute(v, text, whole) for v in doc]
+    if isinstance(doc, str):
+        m = PLACEHOLDER.fullmatch(doc)
+        if m and whole is not None:
+            return whole(m.group(1))
+        return PLACEHOLDER.sub(lambda m: text(m.group(1)), doc)
+    return doc
+
+
+def placeholders_in(text: str) -> set[str]:
+    return set(PLACEHOLDER.findall(text))
 
 
 # Recorded series. Every aggregation lists the labels it keeps, which drops
 # the exporter's own target labels (job, instance, pod), and takes `max`
-# first, so two exporter replicas never double a count.
+# first, so two exporter replicas never double a count. The cluster label
+# is kept too (absent on a single cluster's Prometheus, set as an external
+# label in Thanos or Mimir), so that rules evaluated centrally never merge
+# two clusters' Services; the names stay those of one cluster, as the
+# kubernetes-mixin's do.
 EXPECTED = "namespace_service:scrape_coverage_expected_targets:max"
 STAGE_MISSING = "namespace_service_stage:scrape_coverage_missing_targets:max"
 GAP = "namespace_service_stage_scrape_pool_replica:scrape_coverage_gap_targets:max"
@@ -91,52 +241,58 @@ ENDPOINTS_ADDRESSES = "namespace_service:scrape_coverage_endpoints_addresses:sum
 ENDPOINTS_TRUNCATED = "namespace_service:scrape_coverage_endpoints_truncated:max"
 SLICE_ENDPOINTS = "namespace_service:scrape_coverage_endpointslice_endpoints:sum"
 
-GAP_LABELS = "namespace, service, stage, scrape_pool, role, scraper, scraper_replica"
-UNKNOWN_LABELS = "namespace, service, scrape_pool, role, scraper, scraper_replica"
-PROM_POOL_LABELS = "namespace, service, server, scrape_pool, role"
+
+def labels(t: Tuning, *names: str) -> str:
+    """A by()/on() list: the cluster label, then `names`."""
+    return ", ".join((t.cluster_label, *names))
 
 
-def recording_rules() -> list[dict]:
+def recording_rules(t: Tuning = PLACEHOLDERS) -> list[dict]:
+    svc = labels(t, "namespace", "service")
+    gap = labels(t, "namespace", "service", "stage", "scrape_pool", "role", "scraper")
+    gap += ", scraper_replica"
+    unknown = labels(t, "namespace", "service", "scrape_pool", "role", "scraper", "scraper_replica")
+    pool = labels(t, "namespace", "service", "server", "scrape_pool", "role")
     return [
-        _record(EXPECTED, "max by (namespace, service) (scrape_coverage_expected_targets)"),
+        _record(EXPECTED, f"max by ({svc}) (scrape_coverage_expected_targets)"),
         _record(
             STAGE_MISSING,
-            "max by (namespace, service, stage) (scrape_coverage_missing_targets)",
+            f"max by ({svc}, stage) (scrape_coverage_missing_targets)",
         ),
         # The one definition of a gap (coverage_exporter/model/gaps.py).
-        _record(GAP, f"max by ({GAP_LABELS}) (scrape_coverage_gap_targets)"),
+        _record(GAP, f"max by ({gap}) (scrape_coverage_gap_targets)"),
         # clamp_min keeps a Service with no expected targets at 0, not NaN.
         _record(
             GAP_RATIO,
-            f"{GAP}\n/ on (namespace, service) group_left ()\nclamp_min({EXPECTED}, 1)",
+            f"{GAP}\n/ on ({svc}) group_left ()\nclamp_min({EXPECTED}, 1)",
         ),
-        _record(
-            POOL_UNKNOWN, f"max by ({UNKNOWN_LABELS}) (scrape_coverage_prometheus_unknown_targets)"
-        ),
+        _record(POOL_UNKNOWN, f"max by ({unknown}) (scrape_coverage_prometheus_unknown_targets)"),
         _record(
             POOL_TARGETS,
-            f"sum by ({PROM_POOL_LABELS}) (\n"
-            f"  max by ({PROM_POOL_LABELS}, health) (scrape_coverage_prometheus_targets)\n)",
+            f"sum by ({pool}) (\n"
+            f"  max by ({pool}, health) (scrape_coverage_prometheus_targets)\n)",
         ),
         _record(
             ENDPOINTS_ADDRESSES,
-            "sum by (namespace, service) (\n"
-            "  max by (namespace, service, ready) (scrape_coverage_endpoints_addresses)\n)",
+            f"sum by ({svc}) (\n"
+            f"  max by ({svc}, ready) (scrape_coverage_endpoints_addresses)\n)",
         ),
         _record(
             ENDPOINTS_TRUNCATED,
-            "max by (namespace, service) (scrape_coverage_endpoints_truncated)",
+            f"max by ({svc}) (scrape_coverage_endpoints_truncated)",
         ),
         _record(
             SLICE_ENDPOINTS,
-            "sum by (namespace, service) (\n"
-            "  max by (namespace, service, managed_by, ready)"
+            f"sum by ({svc}) (\n"
+            f"  max by ({svc}, managed_by, ready)"
             " (scrape_coverage_endpointslice_endpoints)\n)",
         ),
     ]
 
 
-def coverage_alerts(t: Timing, th: Thresholds) -> list[dict]:
+def coverage_alerts(t: Tuning = PLACEHOLDERS) -> list[dict]:
+    c = t.cluster_label
+    on_svc = f"on ({labels(t, 'namespace', 'service')})"
     endpoints_role = f'({POOL_TARGETS}{{role="endpoints"}} > 0)'
     svc = "{{ $labels.namespace }}/{{ $labels.service }}"
     pool = (
@@ -144,21 +300,22 @@ def coverage_alerts(t: Timing, th: Thresholds) -> list[dict]:
         "{{ $labels.scraper }} replica {{ $labels.scraper_replica }}"
     )
     gap_args = (
-        "$labels.namespace $labels.service $labels.stage $labels.scrape_pool $labels.role "
-        "$labels.scraper $labels.scraper_replica"
+        f"$labels.{c} $labels.namespace $labels.service $labels.stage $labels.scrape_pool "
+        "$labels.role $labels.scraper $labels.scraper_replica"
     )
-    svc_args = "$labels.namespace $labels.service"
+    svc_args = f"$labels.{c} $labels.namespace $labels.service"
     gap_fmt = (
-        GAP + "{namespace=%q,service=%q,stage=%q,scrape_pool=%q,role=%q,scraper=%q,"
+        GAP + f"{{{c}=%q,namespace=%q,service=%q,stage=%q,scrape_pool=%q,role=%q,scraper=%q,"
         "scraper_replica=%q}"
     )
-    svc_fmt = EXPECTED + "{namespace=%q,service=%q}"
-    horizon = th.forecast_horizon_days
+    svc_fmt = EXPECTED + f"{{{c}=%q,namespace=%q,service=%q}}"
+    horizon = t.forecast_horizon_days
     return [
         _alert(
+            t,
             "ScrapeCoverageEndpointsTruncated",
             f'({GAP}{{stage="endpoints"}} > 0)\n'
-            f"and on (namespace, service) ({ENDPOINTS_TRUNCATED} == 1)",
+            f"and {on_svc} ({ENDPOINTS_TRUNCATED} == 1)",
             t.truncated_for,
             "warning",
             "Truncated Endpoints hide targets from a Prometheus using role endpoints.",
@@ -170,6 +327,7 @@ def coverage_alerts(t: Timing, th: Thresholds) -> list[dict]:
             + " are missing from it.",
         ),
         _alert(
+            t,
             "ScrapeCoverageTargetsMissing",
             f'{GAP}{{stage="prometheus"}} > 0',
             t.missing_warning_for,
@@ -181,8 +339,9 @@ def coverage_alerts(t: Timing, th: Thresholds) -> list[dict]:
             "scrape them and its alerts cannot see them.",
         ),
         _alert(
+            t,
             "ScrapeCoverageTargetsMissing",
-            f'{GAP_RATIO}{{stage="prometheus"}} > {th.critical_missing_share}',
+            f'{GAP_RATIO}{{stage="prometheus"}} > {t.critical_missing_share}',
             t.missing_critical_for,
             "critical",
             "A Prometheus replica misses a large share of a Service's expected targets.",
@@ -193,10 +352,12 @@ def coverage_alerts(t: Timing, th: Thresholds) -> list[dict]:
             + f" are not discovered by {pool}, so that replica does not scrape them.",
         ),
         _alert(
+            t,
             "ScrapeCoverageEndpointSliceMirroringCapped",
             f'({GAP}{{stage="endpointslices"}} > 0)\n'
-            "and on (namespace, service)\n"
-            "(max by (namespace, service) (scrape_coverage_endpointslice_mirroring_skipped) > 0)",
+            f"and {on_svc}\n"
+            f"(max by ({labels(t, 'namespace', 'service')})"
+            " (scrape_coverage_endpointslice_mirroring_skipped) > 0)",
             t.mirroring_for,
             "warning",
             "EndpointSlice mirroring left out addresses that a Prometheus reads.",
@@ -206,8 +367,10 @@ def coverage_alerts(t: Timing, th: Thresholds) -> list[dict]:
             "with role endpointslice, so it misses them.",
         ),
         _alert(
+            t,
             "ScrapeCoverageUnknown",
-            "max by (scraper, scraper_replica) (scrape_coverage_replica_coverage_known) == 0",
+            f"max by ({labels(t, 'scraper', 'scraper_replica')})"
+            " (scrape_coverage_replica_coverage_known) == 0",
             t.source_down_for,
             "warning",
             "The scrape coverage of a Prometheus replica cannot be told.",
@@ -216,10 +379,11 @@ def coverage_alerts(t: Timing, th: Thresholds) -> list[dict]:
             "no ScrapeCoverageTargetsMissing alert can fire for it.",
         ),
         _alert(
+            t,
             "ScrapeCoverageEndpointsNearCapacity",
-            f"{ENDPOINTS_ADDRESSES} > {th.near_capacity_addresses}\n"
-            f"and on (namespace, service) ({ENDPOINTS_TRUNCATED} == 0)\n"
-            f"and on (namespace, service) {endpoints_role}",
+            f"{ENDPOINTS_ADDRESSES} > {t.near_capacity_addresses}\n"
+            f"and {on_svc} ({ENDPOINTS_TRUNCATED} == 0)\n"
+            f"and {on_svc} {endpoints_role}",
             t.near_capacity_for,
             "warning",
             "Endpoints discovered with role endpoints is close to the 1000-address limit.",
@@ -229,13 +393,14 @@ def coverage_alerts(t: Timing, th: Thresholds) -> list[dict]:
             "discovery before then.",
         ),
         _alert(
+            t,
             "ScrapeCoverageEndpointsCapacityForecast",
-            f"{ENDPOINTS_ADDRESSES} <= {th.near_capacity_addresses}\n"
-            "and on (namespace, service)\n"
+            f"{ENDPOINTS_ADDRESSES} <= {t.near_capacity_addresses}\n"
+            f"and {on_svc}\n"
             f"predict_linear({ENDPOINTS_ADDRESSES}[{t.forecast_window}], "
             f"{horizon} * 86400) >= {ENDPOINTS_CAPACITY}\n"
-            f"and on (namespace, service) ({ENDPOINTS_TRUNCATED} == 0)\n"
-            f"and on (namespace, service) {endpoints_role}",
+            f"and {on_svc} ({ENDPOINTS_TRUNCATED} == 0)\n"
+            f"and {on_svc} {endpoints_role}",
             t.forecast_for,
             "warning",
             "Endpoints discovered with role endpoints will reach 1000 addresses within "
@@ -248,18 +413,21 @@ def coverage_alerts(t: Timing, th: Thresholds) -> list[dict]:
     ]
 
 
-def migration_alerts(t: Timing) -> list[dict]:
+def migration_alerts(t: Tuning = PLACEHOLDERS) -> list[dict]:
     """From the migration readiness of Prometheus Operator CRs
     (coverage_exporter/model/readiness.py)."""
+    c = t.cluster_label
+    cr_labels = labels(t, "namespace", "name", "kind")
     cr = "{{ $labels.kind }} {{ $labels.namespace }}/{{ $labels.name }}"
     info = "scrape_coverage_operator_migration_info"
     return [
         _alert(
+            t,
             "ScrapeCoverageMigrationUnsafeToSwitch",
-            f"max by (namespace, name, kind) ({info}{{service_discovery_role=\"Endpoints\","
+            f"max by ({cr_labels}) ({info}{{service_discovery_role=\"Endpoints\","
             'next_step=~"dual-write|grant-endpointslice-rbac"})\n'
-            "and on (namespace, name, kind)\n"
-            "(max by (namespace, name, kind)"
+            f"and on ({cr_labels})\n"
+            f"(max by ({cr_labels})"
             " (scrape_coverage_operator_services_over_capacity) > 0)",
             t.truncated_for,
             "warning",
@@ -267,17 +435,18 @@ def migration_alerts(t: Timing) -> list[dict]:
             f"{cr} discovers with role Endpoints and scrapes Services at or near 1000 addresses, "
             "so it needs role EndpointSlice; but switching now would lose targets: "
             + _with_query(
-                info + "{namespace=%q,name=%q,kind=%q}",
-                "$labels.namespace $labels.name $labels.kind",
+                info + f"{{{c}=%q,namespace=%q,name=%q,kind=%q}}",
+                f"$labels.{c} $labels.namespace $labels.name $labels.kind",
                 "the next safe step is {{ . | first | label \"next_step\" }}",
             )
             + " (the Operator's own kubelet slices, or EndpointSlice RBAC, come first).",
         ),
         _alert(
+            t,
             "ScrapeCoverageMigrationSwitchedUnsafely",
-            f'max by (namespace, name, kind) ({info}{{service_discovery_role="EndpointSlice"}})\n'
-            "and on (namespace, name, kind)\n"
-            "(max by (namespace, name, kind) (scrape_coverage_operator_migration_safe) == 0)",
+            f"max by ({cr_labels}) ({info}{{service_discovery_role=\"EndpointSlice\"}})\n"
+            f"and on ({cr_labels})\n"
+            f"(max by ({cr_labels}) (scrape_coverage_operator_migration_safe) == 0)",
             t.missing_critical_for,
             "critical",
             "A Prometheus switched to EndpointSlice discovery loses targets.",
@@ -288,41 +457,53 @@ def migration_alerts(t: Timing) -> list[dict]:
     ]
 
 
-def exporter_alerts(t: Timing, selector: str) -> list[dict]:
+def exporter_alerts(t: Tuning = PLACEHOLDERS) -> list[dict]:
+    selector = t.exporter_selector
     source = (
         "{{ $labels.source }}{{ if $labels.server }} "
         "({{ $labels.server }}){{ end }}"
     )
     return [
         _alert(
+            t,
             "ScrapeCoverageExporterDown",
             f"up{{{selector}}} == 0",
             t.exporter_down_for,
             "warning",
-            "coverage-exporter cannot be scraped.",
+            "Prometheus cannot scrape coverage-exporter.",
             "Prometheus cannot scrape coverage-exporter {{ $labels.instance }} "
             "(job {{ $labels.job }}). Scrape coverage is not being checked: no other "
             "ScrapeCoverage alert can fire.",
         ),
-        # Without this, losing the exporter would quietly silence every other alert.
+        # Without this, losing the exporter would quietly silence every other
+        # alert. absent() sees every cluster at once: evaluated centrally, it
+        # fires only when no cluster's exporter answers, so each cluster's
+        # Prometheus should load it (the chart's PrometheusRule does).
         _alert(
+            t,
             "ScrapeCoverageExporterAbsent",
             f"absent(scrape_coverage_build_info{{{selector}}})\n"
             f"unless on () (up{{{selector}}} == 0)",
             t.exporter_absent_for,
             "warning",
-            "coverage-exporter metrics are absent.",
+            "The metrics of coverage-exporter are absent.",
             f"No Prometheus target matching {{{selector}}} serves "
-            "scrape_coverage_build_info. Scrape coverage is not being checked: no "
+            "scrape_coverage_build_info: "
+            # A raw (backquoted) Go string: the selector holds double quotes.
+            f"{{{{ with query `count(up{{{selector}}} == 1)` }}}}"
+            "{{ . | first | value }} targets match and are up, but serve other metrics "
+            "(does the selector name the right job?)"
+            "{{ else }}no target matches{{ end }}. Scrape coverage is not being checked: no "
             "other ScrapeCoverage alert can fire.",
         ),
         _alert(
+            t,
             "ScrapeCoverageSourceDown",
             "(time() - scrape_coverage_source_last_success_timestamp_seconds)\n"
             "and (scrape_coverage_source_up == 0)",
             t.source_down_for,
             "warning",
-            "coverage-exporter cannot collect from one of its sources.",
+            "A source of coverage-exporter cannot be read.",
             f"coverage-exporter {{{{ $labels.instance }}}} fails to collect from {source}; "
             "its last success was {{ $value | humanizeDuration }} ago. Coverage is "
             "computed from that source's last good data for up to --prometheus-stale-after, "
@@ -341,12 +522,13 @@ def exporter_alerts(t: Timing, selector: str) -> list[dict]:
             "alert can fire.",
         ),
         _alert(
+            t,
             "ScrapeCoverageExporterStale",
             "time() - scrape_coverage_last_cycle_timestamp_seconds"
             f" > {t.stale_after_seconds}",
             t.stale_for,
             "warning",
-            "coverage-exporter has not completed a collection cycle recently.",
+            "No collection cycle of coverage-exporter completed recently.",
             "coverage-exporter {{ $labels.instance }} completed its last collection "
             "cycle {{ $value | humanizeDuration }} ago: every coverage figure it "
             "serves is that old.",
@@ -359,7 +541,7 @@ def _record(name: str, expr: str) -> dict:
 
 
 def _alert(
-    name: str, expr: str, for_: str, severity: str, summary: str, description: str
+    t: Tuning, name: str, expr: str, for_: Any, severity: str, summary: str, description: str
 ) -> dict:
     return {
         "alert": name,
@@ -369,7 +551,7 @@ def _alert(
         "annotations": {
             "summary": summary,
             "description": description,
-            "runbook_url": f"{RUNBOOK_BASE_URL}{name}.md",
+            "runbook_url": f"{t.runbook_base_url}{name}.md",
         },
     }
 

@@ -14,20 +14,23 @@ from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
-from coverage_exporter import defaults, logs
+from coverage_exporter import defaults, exit_codes, flagtypes, logs
 from coverage_exporter.cycle import NO_SERVER, CycleResult, CycleRunner
 from coverage_exporter.exposition.audit import render_json, render_table
 from coverage_exporter.exposition.html import PageInfo, render_page
 from coverage_exporter.exposition.metrics import ExporterState, render
+from coverage_exporter.flagtypes import parse_seconds
 from coverage_exporter.health import SourceHealth
 from coverage_exporter.model.discovery import FoundServer
 from coverage_exporter.model.report import CoverageReport
 from coverage_exporter.model.scope import Scope, parse_label_selector, parse_service_key
 from coverage_exporter.model.topology import Declared
 from coverage_exporter.model.verdict import Verdict, decide
+from coverage_exporter.progress import Progress
 from coverage_exporter.servers import CheckedSource, Followed
 from coverage_exporter.sources.errors import DEFAULT_LIMITS, Limits, SourceError
 from coverage_exporter.sources.kubernetes.discovery import DiscoverySource
+from coverage_exporter.sources.kubernetes.kubeconfig import KubeconfigError
 from coverage_exporter.sources.kubernetes.node_decoder import NodePageDecoder
 from coverage_exporter.sources.kubernetes.operator import OperatorSource
 from coverage_exporter.sources.kubernetes.source import (
@@ -50,10 +53,6 @@ log = logging.getLogger("coverage_exporter")
 
 T = TypeVar("T")
 
-EXIT_FULL_COVERAGE = 0
-EXIT_GAPS = 1
-EXIT_NOT_COLLECTED = 2
-
 
 @dataclass(frozen=True, slots=True)
 class DiscoverySettings:
@@ -65,7 +64,7 @@ class DiscoverySettings:
     namespaces: tuple[str, ...] = ()
     credentials: Mapping[str, Credentials] = field(default_factory=dict)
     """The fleet file's `discovered` entries: how to read what is found."""
-    timeout_seconds: float = defaults.PROMETHEUS_TIMEOUT_SECONDS
+    timeout_seconds: float = flagtypes.parse_seconds(defaults.PROMETHEUS_TIMEOUT)
 
     @classmethod
     def from_args(
@@ -92,7 +91,8 @@ class DiscoverySettings:
             namespaces=tuple(getattr(args, "prometheus_discovery_namespace", None) or ()),
             credentials=credentials or {},
             timeout_seconds=float(
-                getattr(args, "prometheus_timeout", defaults.PROMETHEUS_TIMEOUT_SECONDS)
+                getattr(args, "prometheus_timeout", None)
+                or flagtypes.parse_seconds(defaults.PROMETHEUS_TIMEOUT)
             ),
         )
 
@@ -136,8 +136,8 @@ class Settings:
     scope: Scope
     missing_info_limit: int
     kubernetes_sync_timeout: float
-    stale_after_seconds: float = defaults.PROMETHEUS_STALE_AFTER_SECONDS
-    operator_refresh_seconds: float = defaults.OPERATOR_REFRESH_SECONDS
+    stale_after_seconds: float = parse_seconds(defaults.PROMETHEUS_STALE_AFTER)
+    operator_refresh_seconds: float = parse_seconds(defaults.OPERATOR_REFRESH_INTERVAL)
     decode_in_process: bool = False
     """Target lists decoded in this process, not in the worker process of
     sources.target_decoder."""
@@ -195,7 +195,7 @@ class Settings:
             stale_after_seconds=args.prometheus_stale_after,
             # serve only: audit reads the Operator's objects once anyway.
             operator_refresh_seconds=getattr(
-                args, "operator_refresh_interval", defaults.OPERATOR_REFRESH_SECONDS
+                args, "operator_refresh_interval", parse_seconds(defaults.OPERATOR_REFRESH_INTERVAL)
             ),
             discovery=discovery,
             decode_in_process=bool(getattr(args, "prometheus_decode_in_process", False)),
@@ -242,11 +242,11 @@ class Guards:
     (README, "Under faults"). Flags in cli.py; defaults fit a 100k-node
     cluster."""
 
-    source_deadline: float = defaults.SOURCE_DEADLINE_SECONDS
+    source_deadline: float = parse_seconds(defaults.SOURCE_DEADLINE)
     """Seconds one source may take per cycle."""
     limits: Limits = DEFAULT_LIMITS
     max_pod_watches: int = defaults.KUBERNETES_MAX_POD_WATCHES
-    watch_idle_seconds: float = defaults.KUBERNETES_WATCH_IDLE_SECONDS
+    watch_idle_seconds: float = parse_seconds(defaults.KUBERNETES_WATCH_IDLE_TIMEOUT)
     pod_form: str = defaults.KUBERNETES_POD_FORM
     """--kubernetes-pod-form: not a bound, but a cost knob like the others."""
     server: ServerLimits = field(default_factory=ServerLimits)
@@ -368,7 +368,7 @@ class Exporter:
         """Discovery's first lists, which the first cycle waits for: it must
         know which servers to read. Bounded; a list that fails ends it."""
         assert self.discovery is not None
-        timeout = min(self._settings.kubernetes_sync_timeout, defaults.DISCOVERY_SYNC_SECONDS)
+        timeout = min(self._settings.kubernetes_sync_timeout, DISCOVERY_SYNC_SECONDS)
         if not await self.discovery.wait_synced(timeout):
             log.warning(
                 "discovery: not every watch listed within %gs (%s); servers are found as "
@@ -395,6 +395,10 @@ class Exporter:
             self._decoder.shutdown()
 
 
+DISCOVERY_SYNC_SECONDS = 60.0
+"""Longest the first cycle waits for discovery's first lists (a few small
+objects; a list that fails ends the wait at once)."""
+
 # How long `audit` waits on an apiserver that answers every list with an
 # error before giving up: a few retries' worth, not the sync timeout meant
 # for large clusters that list slowly.
@@ -418,11 +422,15 @@ async def _wait_for_cluster(exporter: Exporter, timeout: float) -> None:  # noqa
             if time.monotonic() - first_error >= AUDIT_FAIL_FAST_SECONDS:
                 raise SourceError(f"kubernetes: cannot list the cluster: {health.last_error}")
         await asyncio.sleep(0.2)
-    log.error("kubernetes: not every resource could be listed within %gs", timeout)
+    log.error(
+        "not every Kubernetes resource could be listed in time",
+        extra=logs.fields(timeout=flagtypes.format_seconds(timeout)),
+    )
 
 
 async def _audit(settings: Settings, output: str, guards: Guards | None = None) -> int:
     exporter = Exporter(settings, guards=guards)
+    progress = Progress.on_terminal(exporter)
     try:
         await exporter.start()
         result = await exporter.cycle.run_cycle(
@@ -431,9 +439,23 @@ async def _audit(settings: Settings, output: str, guards: Guards | None = None) 
         # Copies: closing the sources marks them down.
         health = [replace(h) for h in exporter.health]
     except SourceError as err:
+        health = [replace(h) for h in exporter.health]
+        if not health[0].last_error:  # failed before any request: say why there too
+            health[0].mark(False, 0.0, str(err))
+        if progress is not None:
+            progress.stop()
         print(f"coverage-exporter: {err}", file=sys.stderr)
-        return EXIT_NOT_COLLECTED
+        if output == "json":
+            # A CI job reads the document whatever happened: the same
+            # fields, with the sources and what failed.
+            sys.stdout.write(render_json(None, health, False, ()))
+            sys.stdout.flush()
+        if isinstance(err, KubeconfigError):  # a file named by a flag: usage
+            return exit_codes.USAGE
+        return exit_code(None, False)
     finally:
+        if progress is not None:
+            progress.stop()
         await exporter.close()
     if not result.servers and result.report is not None:
         print(f"coverage-exporter: {NO_SERVER}", file=sys.stderr)
@@ -456,17 +478,20 @@ async def _audit(settings: Settings, output: str, guards: Guards | None = None) 
 
 
 EXIT_CODES = {
-    Verdict.GAPS: EXIT_GAPS,
-    Verdict.FULL_COVERAGE: EXIT_FULL_COVERAGE,
-    Verdict.NOT_COLLECTED: EXIT_NOT_COLLECTED,
-    Verdict.NOTHING_COMPARED: EXIT_NOT_COLLECTED,
-    Verdict.NO_SERVER: EXIT_NOT_COLLECTED,
-    Verdict.UNKNOWN: EXIT_NOT_COLLECTED,
+    Verdict.GAPS: exit_codes.GAPS,
+    Verdict.FULL_COVERAGE: exit_codes.FULL_COVERAGE,
+    Verdict.NOT_COLLECTED: exit_codes.CANNOT_JUDGE,
+    Verdict.NOTHING_COMPARED: exit_codes.CANNOT_JUDGE,
+    Verdict.NO_SERVER: exit_codes.CANNOT_JUDGE,
+    Verdict.UNKNOWN: exit_codes.CANNOT_JUDGE,
 }
-"""1 for any gap (a gap seen in the data that did answer is real);
-otherwise 2 when something could not be judged: a source down, a
-replica's coverage unknown, or no Service compared at all; 0 only for
-full coverage of at least one Service."""
+"""The audit's exit code for each verdict, the one map from one to the
+other (the codes are named in exit_codes.py): 1 for any gap (a gap seen
+in the data that did answer is real); otherwise 3 when something could not
+be judged: a source down, a replica's coverage unknown, or no Service
+compared at all; 0 only for full coverage of at least one Service. 2, a
+usage error, is no verdict: a flag refused (cli.py) or a kubeconfig it
+names that cannot be used (KubeconfigError, in _audit)."""
 
 
 def exit_code(report: CoverageReport | None, complete: bool) -> int:
@@ -505,7 +530,7 @@ async def _serve(
     # Started alongside the sources: its start-up (a Python process, ~0.1 s)
     # need not delay the cluster's first lists.
     listening = asyncio.ensure_future(server.start(host, port))
-    tls = "TLS" if web_config and web_config.tls_enabled else "plain HTTP"
+    tls = bool(web_config and web_config.tls_enabled)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -529,7 +554,12 @@ async def _serve(
         )
         await listening
         view.on_change = server.publish
-        log.info("serving on %s (%s); collecting every %.0fs", listen_address, tls, interval)
+        log.info(
+            "serving",
+            extra=logs.fields(
+                address=listen_address, tls=tls, interval=flagtypes.format_seconds(interval)
+            ),
+        )
         view.status = "waiting for the first list of the cluster"
         view.changed()
         view.expect_progress(settings.kubernetes_sync_timeout + cycle_budget, "the first list")
@@ -545,7 +575,10 @@ async def _serve(
             if isinstance(result, BaseException):
                 # Not a source's failure (those are handled per source):
                 # a bug. Keep serving the last result and try again.
-                log.error("collection cycle failed: %s: %s", type(result).__name__, result)
+                log.error(
+                    "collection cycle failed",
+                    extra=logs.fields(err=f"{type(result).__name__}: {result}"),
+                )
             else:
                 _publish(view, result)
                 # Copies: the sources update their health in place during the next cycle.
@@ -558,7 +591,7 @@ async def _serve(
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), max(0.0, remaining))
     except SourceError as err:
-        log.error("%s", err)
+        log.error("cannot start", extra=logs.fields(err=err))
         return 1
     finally:
         if first is not None:  # the front never listened
@@ -570,7 +603,8 @@ async def _serve(
             await asyncio.wait_for(exporter.close(), guards.shutdown_seconds)
         except TimeoutError:
             log.warning(
-                "sources did not close within %.0fs; exiting anyway", guards.shutdown_seconds
+                "sources did not close in time; exiting anyway",
+                extra=logs.fields(timeout=flagtypes.format_seconds(guards.shutdown_seconds)),
             )
     if server.ended.is_set():
         return 1

@@ -18,7 +18,9 @@ from typing import Protocol
 
 from coverage_exporter import defaults, heap
 from coverage_exporter.exposition.metrics import ExporterState, render_coverage, render_exporter
+from coverage_exporter.flagtypes import parse_seconds
 from coverage_exporter.health import SourceHealth
+from coverage_exporter.logs import fields
 from coverage_exporter.model.coverage import ServiceTargets, targets_by_service
 from coverage_exporter.model.discovery import (
     DiscoveryFinding,
@@ -33,9 +35,15 @@ from coverage_exporter.model.objects import (
     ServerIdentity,
     Service,
     ServiceKey,
+    each_server,
 )
 from coverage_exporter.model.readiness import Readiness, assess
-from coverage_exporter.model.report import CoverageReport, SelectionMemo, build_report
+from coverage_exporter.model.report import (
+    CoverageReport,
+    SelectionMemo,
+    build_report,
+    services_scraped,
+)
 from coverage_exporter.model.scope import Scope, services_in_scope
 from coverage_exporter.model.topology import Declared, hashmod_shard, identify
 from coverage_exporter.servers import Followed, SeveralServers
@@ -83,8 +91,8 @@ def _same_inputs(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
 
 
 def _mark_down(health: SourceHealth, started: float, message: str) -> None:
+    log.warning("cannot read a Prometheus", extra=fields(server=health.prometheus, err=message))
     message = f"prometheus {health.prometheus}: {message}"
-    log.warning("%s", message)
     health.record_error(message)
     health.mark(False, time.monotonic() - started, message)
 
@@ -241,10 +249,10 @@ class CycleRunner:
         prometheus: Sequence[TargetSource],
         scope: Scope,
         missing_info_limit: int = defaults.MISSING_TARGET_SERIES_LIMIT,
-        pod_sync_timeout: float = defaults.KUBERNETES_SYNC_TIMEOUT_SECONDS,
+        pod_sync_timeout: float = parse_seconds(defaults.KUBERNETES_SYNC_TIMEOUT),
         full_refresh_seconds: float = 0.0,
-        stale_after_seconds: float = defaults.PROMETHEUS_STALE_AFTER_SECONDS,
-        source_deadline: float = defaults.SOURCE_DEADLINE_SECONDS,
+        stale_after_seconds: float = parse_seconds(defaults.PROMETHEUS_STALE_AFTER),
+        source_deadline: float = parse_seconds(defaults.SOURCE_DEADLINE),
     ) -> None:
         self._cluster = cluster
         self._given = [TargetPoller(p, full_refresh_seconds) for p in prometheus]
@@ -367,7 +375,7 @@ class CycleRunner:
             # health in collect(), but not every request of a poll goes
             # through it (the configuration read first): mark it here too,
             # or a dead Prometheus keeps source_up 1.
-            log.warning("%s", err)  # the message names the Prometheus already
+            log.warning("cannot read a Prometheus", extra=fields(server=health.prometheus, err=err))
             health.mark(False, time.monotonic() - started, str(err))
             return False
         except TimeoutError:
@@ -419,6 +427,7 @@ class CycleRunner:
             )
             since = self._last_success.get(name)
             known = since is not None and now - since <= self._stale_after
+            discovering = False
             if known and last is not None and last.jobs is not None:
                 lag = configuration_lags(identity, hashmod_shard(tuple(last.jobs)))
                 unsynced = self._unsynced.get(name)
@@ -426,6 +435,7 @@ class CycleRunner:
                     # Bounded: a pool whose discovery never delivers (no
                     # object in its namespaces) is judged after stale-after.
                     lag = f"still discovering: {len(unsynced)} pool(s) not synced yet"
+                    discovering = True
                 self._say_lag(name, lag)
                 known = not lag
             found_by = self._found_by(poller)
@@ -435,7 +445,16 @@ class CycleRunner:
                 why = snap.unknown_reason if snap else ""
                 if snap is not None and snap is not last:
                     name, identity = snap.name, snap.server_identity
-                out.append(ServerState(name, identity, known and not why, why, found_by))
+                out.append(
+                    ServerState(
+                        name,
+                        identity,
+                        known and not why,
+                        why,
+                        discovering=discovering,
+                        found_by=found_by,
+                    )
+                )
         for server in self._followed.placeholders if self._followed else ():
             # Found, not readable (no pod yet, not Ready, listenLocal...):
             # a server that never answers, its replica's share unknown.
@@ -495,7 +514,7 @@ class CycleRunner:
             objects = await self._operator.collect()
         except SourceError as err:
             # Readiness is advice: keep the last, never fail the cycle.
-            log.warning("migration readiness: %s", err)
+            log.warning("cannot assess migration readiness", extra=fields(err=err))
             return self._readiness
         if objects is None:
             self._readiness = []
@@ -521,7 +540,10 @@ class CycleRunner:
         scrape_coverage_service_unresolved says it every cycle)."""
         now = {(u.namespace, u.service, u.reason) for u in report.unresolved}
         for namespace, service, reason in sorted(now - self._unresolved):
-            log.warning("%s/%s: cannot tell what it should hold: %s", namespace, service, reason)
+            log.warning(
+                "cannot tell what a Service should hold",
+                extra=fields(namespace=namespace, service=service, reason=reason),
+            )
         self._unresolved = now
 
     def _bump(self, server: str) -> None:
@@ -566,14 +588,20 @@ class CycleRunner:
         return cached[1]
 
     async def _cluster_snapshot(
-        self, grouped: Mapping[ServiceKey, object]
+        self, grouped: Mapping[ServiceKey, object], prometheus: Sequence[PrometheusSnapshot]
     ) -> ClusterSnapshot | None:
         """The cluster as the caches know it, with pods of every in-scope
         Service; None until the first complete list of every resource."""
         if not self._cluster.is_synced():
             return None
         start = time.monotonic()
-        self._scope_pods(self._cluster.snapshot(), grouped.keys())
+        cluster = self._cluster.snapshot()
+        # The Services that build_report compares: discovered, meant by a
+        # job, or remembered (issue #19 item 9).
+        scraped = services_scraped(
+            cluster, each_server(prometheus), grouped, self._remembered, self._selection
+        )
+        self._scope_pods(cluster, scraped)
         try:
             await self._cluster.ensure_pods_synced(
                 min(self._pod_sync_timeout, self._source_deadline)
@@ -582,7 +610,7 @@ class CycleRunner:
             # Services whose pods are not listed yet are withheld this cycle
             # (the model never guesses an empty expected set); next cycle
             # catches up.
-            log.warning("kubernetes: %s", err)
+            log.warning("pod scopes not listed yet", extra=fields(err=err))
         self._cluster.health.duration_seconds = time.monotonic() - start
         return self._cluster.snapshot()
 
@@ -668,7 +696,7 @@ class CycleRunner:
         grouped = await self._targets_by_service(prometheus)
         servers = self._server_states()
         self._remember(grouped, servers)
-        cluster = await self._cluster_snapshot(grouped)
+        cluster = await self._cluster_snapshot(grouped, prometheus)
         report, coverage = await self._compare(cluster, prometheus, grouped, servers)
         readiness = await self._assess_migration(cluster)
         self.cycles_total += 1

@@ -1,58 +1,55 @@
-"""The default of every flag, once. cli.py shows them in --help and passes
-them on; the code they configure (its dataclasses and constructors) reads
-the same names, so a default cannot say one thing in the help and do
-another. Plain values and no imports: `--help` loads this module alone.
+"""The default of every flag, once, spelled as the flag takes it: durations
+as Prometheus writes them ("2m"), sizes with their unit ("256MiB"), counts
+as numbers. cli.py shows them in --help and passes them to the flags'
+parsers; the code they configure (its dataclasses and constructors) reads
+the same names through the same parsers (flagtypes.parse_seconds,
+flagtypes.parse_bytes), so a default cannot say one thing in the help and
+do another. Plain values and no imports: `--help` loads this module alone.
 Why each value: the flag's help (cli.py) and README.md, "Under faults".
 """
 
 from __future__ import annotations
 
 # --- Prometheus --------------------------------------------------------------
-PROMETHEUS_TIMEOUT_SECONDS = 120.0
+PROMETHEUS_TIMEOUT = "2m"
 """One request to a Prometheus, body included: a big target list takes a
 while to send."""
-PROMETHEUS_STALE_AFTER_SECONDS = 300.0
+PROMETHEUS_STALE_AFTER = "5m"
 """How long a Prometheus that stopped answering still covers its targets
 with its last good answer: long enough for a restart or a reload, short
 enough that a shard down for hours stops "covering" anything."""
-PROMETHEUS_FULL_REFRESH_SECONDS = 600.0
+PROMETHEUS_FULL_REFRESH_INTERVAL = "10m"
 PROMETHEUS_DISCOVERY = "on"
 """Find the Prometheus Operator's servers by themselves (docs/discovery.md)."""
 PROMETHEUS_POD_PORT = "web"
 """Container port of the pods --prometheus-pod-selector finds: the
 Operator's name for the web port."""
-DISCOVERY_CRD_CHECK_SECONDS = 30.0
-"""How often the monitoring.coreos.com CRDs are looked for again (they may
-be installed or removed while the exporter runs)."""
-DISCOVERY_SYNC_SECONDS = 60.0
-"""Longest the first cycle waits for discovery's first lists (a few small
-objects; a list that fails ends the wait at once)."""
 
 # --- Kubernetes -----------------------------------------------------------------
-KUBERNETES_SYNC_TIMEOUT_SECONDS = 300.0
+KUBERNETES_SYNC_TIMEOUT = "5m"
 KUBERNETES_MAX_POD_WATCHES = 500
 """Each pod watch is one long-lived HTTP connection to the apiserver."""
 KUBERNETES_POD_FORMS = ("table", "full")
 """How pods are read: the apiserver's Table (Name, Status, IP, Node cells;
 ~150 B a pod, owners inferred, model.owners) or full objects (3.4-7 KB)."""
 KUBERNETES_POD_FORM = "table"
-KUBERNETES_WATCH_IDLE_SECONDS = 90.0
+KUBERNETES_WATCH_IDLE_TIMEOUT = "90s"
 """The apiserver bookmarks every minute; 90 s of silence is a dead connection."""
-OPERATOR_REFRESH_SECONDS = 300.0
+OPERATOR_REFRESH_INTERVAL = "5m"
 
 # --- every source, every cycle ----------------------------------------------------
-SOURCE_DEADLINE_SECONDS = 120.0
-MAX_RESPONSE_BYTES = 256 << 20
+SOURCE_DEADLINE = "2m"
+MAX_RESPONSE_SIZE = "256MiB"
 """One body held whole: a LIST page, one watch event, scrape_pools,
 /metrics, an error answer. A page of 500 Endpoints objects of 1000
 addresses each is ~80 MB."""
 MISSING_TARGET_SERIES_LIMIT = 1000
-INTERVAL_SECONDS = 60.0
+INTERVAL = "1m"
 
 # --- the HTTP face ----------------------------------------------------------------
 LISTEN_ADDRESS = ":9842"
 WEB_MAX_CONNECTIONS = 200
-WEB_HEADER_TIMEOUT_SECONDS = 10.0
+WEB_HEADER_TIMEOUT = "10s"
 
 # --- logs -------------------------------------------------------------------------
 LOG_LEVEL = "info"

@@ -4,16 +4,21 @@
     python -m dashboards.generate --check   # exit 1 when the JSON is out of date
 
 `panel_queries()` hands every panel's PromQL to tests that run it against a
-real Prometheus.
+real Prometheus. The dashboard is built once with a placeholder for the
+cluster label, the exporter's selector and whether the cluster variable
+shows (alerts.rules.Tuning): `render()` fills in the defaults for the plain
+JSON, tools/chart.py and tools/mixin.py their own references.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from grafana_foundation_sdk.builders import bargauge, common, dashboard, stat, table, timeseries
 from grafana_foundation_sdk.builders.prometheus import Dataquery
@@ -22,18 +27,24 @@ from grafana_foundation_sdk.models.common import LegendDisplayMode, LegendPlacem
 from grafana_foundation_sdk.models.dashboard import (
     DataSourceRef,
     DataTransformerConfig,
+    DynamicConfigValue,
+    VariableHide,
     VariableRefresh,
     VariableSort,
 )
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
+from alerts.rules import NORMAL, Tuning, fill, placeholder
 from dashboards import queries as q
 
 DASHBOARD_FILE = Path(__file__).resolve().parent / "coverage-exporter.json"
 UID = "coverage-exporter"
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
 # What a test substitutes for the dashboard's variables to get plain PromQL.
+# One cluster: its series carry no cluster label, and the hidden variable
+# is empty (cluster="" matches a missing label), as in the mixins.
 VARIABLE_VALUES = {
+    "$cluster": "",
     "$namespace": ".*",
     "$service": ".*",
     "$__rate_interval": "5m",
@@ -47,6 +58,8 @@ class Query:
     legend: str = ""
     column: str = ""
     """Column title in a table; table queries are instant."""
+    unit: str = ""
+    """A table column's unit, where it is not the table's (short)."""
 
 
 def _targets(queries: list[Query], instant: bool) -> list[Dataquery]:
@@ -85,7 +98,12 @@ def _table(title: str, desc: str, queries: list[Query], w: int = 24, h: int = 9)
     if len(queries) == 1:  # Grafana suffixes the query's refId only when there are several
         rename = {"Value": queries[0].column}
     organize = {"excludeByName": {"Time": True}, "renameByName": rename}
-    panel = table.Panel().title(title).description(desc).show_header(True)
+    # mixtool's dashboard lint (panel-units-rule) wants a unit on every table.
+    panel = table.Panel().title(title).description(desc).show_header(True).unit("short")
+    for qu in queries:
+        if qu.unit:
+            unit = DynamicConfigValue(id_val="unit", value=qu.unit)
+            panel = panel.override_by_name(qu.column, [unit])
     panel = panel.targets(_targets(queries, True))
     panel = panel.with_transformation(DataTransformerConfig(id_val="merge", options={}))
     panel = panel.with_transformation(DataTransformerConfig(id_val="organize", options=organize))
@@ -102,9 +120,9 @@ def _rows() -> list[tuple[str, list]]:
     return [
         ("Overview", [
             _stat("Services in scope", "Services checked in the last cycle.",
-                  "max(scrape_coverage_services)"),
+                  f"max(scrape_coverage_services{{{q.CL}}})"),
             _stat("Nodes", "Nodes in the cluster.",
-                  "sum(max by (ready) (scrape_coverage_nodes))"),
+                  f"sum(max by (ready) (scrape_coverage_nodes{{{q.CL}}}))"),
             _stat("Targets missing from Prometheus",
                   "Expected targets the worst replica of each scrape pool does not discover.",
                   q.MISSING_TOTAL),
@@ -191,7 +209,7 @@ def _rows() -> list[tuple[str, list]]:
             _table("Coverage per replica and scrape pool",
                    "Share of the expected targets each replica's scrape pool discovered.",
                    [Query(f"1 - {q.GAP_RATIO}{{{q.SEL}, stage=\"prometheus\"}}",
-                          column="Coverage"),
+                          column="Coverage", unit="percentunit"),
                     Query(q.POOL_GAP, column="Missing")]),
         ]),
         ("Prometheus Operator migration", [
@@ -200,15 +218,18 @@ def _rows() -> list[tuple[str, list]]:
                    "discovery, and its next safe step (coverage-exporter audit prints the exact "
                    "patch or flag).",
                    [Query("max by (namespace, name, kind, service_discovery_role, "
-                          "kubelet_state, next_step) (scrape_coverage_operator_migration_info)",
+                          "kubelet_state, next_step) "
+                          f"(scrape_coverage_operator_migration_info{{{q.CL}}})",
                           column="Info"),
                     Query("max by (namespace, name, kind) "
-                          "(scrape_coverage_operator_migration_safe)", column="Safe now"),
+                          f"(scrape_coverage_operator_migration_safe{{{q.CL}}})",
+                          column="Safe now"),
                     Query("max by (namespace, name, kind) "
-                          '(scrape_coverage_operator_services_over_capacity{capacity="reached"})',
+                          f'(scrape_coverage_operator_services_over_capacity{{{q.CL}, '
+                          'capacity="reached"})',
                           column="Services over 1000"),
                     Query("max by (namespace, name, kind) "
-                          "(scrape_coverage_operator_endpointslice_rbac)",
+                          f"(scrape_coverage_operator_endpointslice_rbac{{{q.CL}}})",
                           column="EndpointSlice RBAC")], w=24),
         ]),
         ("Exporter health", [
@@ -218,12 +239,13 @@ def _rows() -> list[tuple[str, list]]:
             _ts("Collection duration", "Time the last collection of each source and cycle took.",
                 [Query(q.per_source("scrape_coverage_source_duration_seconds"),
                        "{{source}} {{server}}"),
-                 Query("max(scrape_coverage_cycle_duration_seconds)", "cycle")], "s", w=8),
+                 Query(f"max(scrape_coverage_cycle_duration_seconds{{{q.CL}}})", "cycle")],
+                "s", w=8),
             _ts("Time since last success", "Age of the data the exporter computes from.",
                 [Query("time() - "
                        + q.per_source("scrape_coverage_source_last_success_timestamp_seconds"),
                        "{{source}} {{server}}"),
-                 Query("time() - max(scrape_coverage_last_cycle_timestamp_seconds)",
+                 Query(f"time() - max(scrape_coverage_last_cycle_timestamp_seconds{{{q.CL}}})",
                        "last cycle")], "s", w=8),
             _ts("Source errors and requests", "Failed and total requests to each source.",
                 [Query(q.source_rate("scrape_coverage_source_errors_total"),
@@ -238,22 +260,36 @@ def _rows() -> list[tuple[str, list]]:
             .reduce_options(_last_value())
             .targets(_targets([Query("sum(max by (namespace, service, stage, scrape_pool, "
                                      "scraper, scraper_replica) "
-                                     "(scrape_coverage_missing_target_series_omitted))",
+                                     f"(scrape_coverage_missing_target_series_omitted{{{q.CL}}}))",
                                      "omitted"),
-                               Query("max(scrape_coverage_missing_target_series_limit)",
+                               Query("max(scrape_coverage_missing_target_series_limit"
+                                     f"{{{q.CL}}})",
                                      "limit")],
                               False)).datasource(DATASOURCE).span(8).height(8),
         ]),
     ]
 
 
+# The cluster variable's `hide`: 2 (hidden) unless Tuning.show_multi_cluster.
+CLUSTER_VARIABLE_HIDE = placeholder("cluster_variable_hide")
+
+
 def _variables() -> list:
     datasource = dashboard.DatasourceVariable("datasource").label("Data source").type("prometheus")
-    out = [datasource]
+    # The cluster label of each exporter's series, as Thanos or Mimir adds it
+    # (an external label); hidden, and empty, where there is one cluster.
+    cluster = (
+        dashboard.QueryVariable("cluster").label("Cluster")
+        .query(f"label_values(scrape_coverage_build_info, {q.C})")
+        .datasource(DATASOURCE).refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(VariableSort.ALPHABETICAL_ASC).hide(VariableHide.HIDE_VARIABLE)
+    )
+    out = [datasource, cluster]
     for name, query in (
-        ("namespace", "label_values(scrape_coverage_expected_targets, namespace)"),
+        ("namespace", f"label_values(scrape_coverage_expected_targets{{{q.CL}}}, namespace)"),
         ("service",
-         'label_values(scrape_coverage_expected_targets{namespace=~"$namespace"}, service)'),
+         f'label_values(scrape_coverage_expected_targets{{{q.CL}, namespace=~"$namespace"}}, '
+         "service)"),
     ):
         out.append(
             dashboard.QueryVariable(name).label(name.capitalize()).query(query)
@@ -284,11 +320,26 @@ def build() -> dashboard.Dashboard:
     return board
 
 
-def render() -> str:
-    return JSONEncoder(sort_keys=True, indent=2).encode(build().build()) + "\n"
+def board() -> dict[str, Any]:
+    """The dashboard as JSON data, with placeholders (alerts.rules.PLACEHOLDERS)."""
+    doc = json.loads(JSONEncoder(sort_keys=True).encode(build().build()))
+    for variable in doc["templating"]["list"]:
+        if variable["name"] == "cluster":
+            variable["hide"] = CLUSTER_VARIABLE_HIDE
+    return doc
 
 
-def panel_queries(substitute: bool = False) -> list[tuple[str, str]]:
+def to_json(doc: dict[str, Any]) -> str:
+    return json.dumps(doc, sort_keys=True, indent=2) + "\n"
+
+
+def render(tuning: Tuning = NORMAL) -> str:
+    return to_json(fill(board(), tuning))
+
+
+def panel_queries(
+    substitute: bool = False, tuning: Tuning = NORMAL
+) -> list[tuple[str, str]]:
     """(panel title, PromQL) for every query of every panel.
 
     With `substitute`, dashboard variables are replaced by VARIABLE_VALUES so
@@ -299,8 +350,8 @@ def panel_queries(substitute: bool = False) -> list[tuple[str, str]]:
         for panel in panels:
             built = panel.build()
             for target in built.targets or []:
-                expr = substitute_variables(target.expr) if substitute else target.expr
-                out.append((built.title, expr))
+                expr = fill(target.expr, tuning)
+                out.append((built.title, substitute_variables(expr) if substitute else expr))
     return out
 
 

@@ -1,27 +1,32 @@
 """The PromQL behind every dashboard panel, kept apart from the layout.
 
 Recorded series come from alerts/rules.py, so the dashboard and the alerts
-count the same way. `$namespace` and `$service` are the dashboard's
-variables; `SEL` filters on both.
+count the same way. `$cluster`, `$namespace` and `$service` are the
+dashboard's variables; `CL` selects the cluster (every series selector
+carries it, so two clusters in one Thanos never mix), `SEL` all three.
+The cluster label's name is a placeholder (alerts.rules.Tuning), filled in
+for the plain JSON, the chart and the mixin.
 """
 
 from __future__ import annotations
 
 from alerts.rules import (
-    DEFAULT_EXPORTER_SELECTOR,
     ENDPOINTS_ADDRESSES,
     ENDPOINTS_CAPACITY,
     ENDPOINTS_TRUNCATED,
     EXPECTED,
     GAP,
     GAP_RATIO,
+    PLACEHOLDERS,
     POOL_TARGETS,
     POOL_UNKNOWN,
     SLICE_ENDPOINTS,
     STAGE_MISSING,
 )
 
-SEL = 'namespace=~"$namespace", service=~"$service"'
+C = PLACEHOLDERS.cluster_label
+CL = f'{C}="$cluster"'
+SEL = f'{CL}, namespace=~"$namespace", service=~"$service"'
 # An Endpoints object this full is worth watching before it reaches the cap.
 AT_SCALE_ADDRESSES = 500
 
@@ -58,7 +63,7 @@ def endpoints_role_pools_at_scale(value: str) -> str:
     return (
         f"{value}\n+ on (namespace, service) group_right ()\n"
         f'(0 * {POOL_TARGETS}{{{SEL}, role="endpoints"}})\n'
-        f"and on (namespace, service) ({ENDPOINTS_ADDRESSES} > {AT_SCALE_ADDRESSES})"
+        f"and on (namespace, service) ({ENDPOINTS_ADDRESSES}{{{SEL}}} > {AT_SCALE_ADDRESSES})"
     )
 
 
@@ -71,14 +76,14 @@ def selector_less_only(expr: str) -> str:
 
 
 def per_source(metric: str) -> str:
-    return f"max by (source, server) ({metric})"
+    return f"max by (source, server) ({metric}{{{CL}}})"
 
 
 def source_rate(counter: str) -> str:
-    return f"sum by (source, server) (rate({counter}[$__rate_interval]))"
+    return f"sum by (source, server) (rate({counter}{{{CL}}}[$__rate_interval]))"
 
 
-EXPORTER_UP = f"sum(up{{{DEFAULT_EXPORTER_SELECTOR}}})"
+EXPORTER_UP = f"sum(up{{{CL}, {PLACEHOLDERS.exporter_selector}}})"
 # The worst replica per (Service, pool): replicas each miss their own.
 MISSING_TOTAL = (
     f"sum(max by (namespace, service, scrape_pool, role) ({POOL_GAP})) or vector(0)"

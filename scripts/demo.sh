@@ -45,7 +45,7 @@ if [[ $OPERATOR == 1 ]]; then
   IFS=, read -ra pods <<<"$PROMETHEUS_URLS"
   stop_exporter
   .venv/bin/coverage-exporter serve --kubeconfig "$KUBECONFIG" \
-    --web.listen-address "$EXPORTER_ADDRESS" --interval 15 >"$STATE/logs/coverage-exporter.log" 2>&1 &
+    --web.listen-address "$EXPORTER_ADDRESS" --interval 15s >"$STATE/logs/coverage-exporter.log" 2>&1 &
   echo $! >"$PIDFILE"
   for _ in $(seq 120); do
     curl -sf "http://$EXPORTER_ADDRESS/-/ready" >/dev/null && break
@@ -54,7 +54,7 @@ if [[ $OPERATOR == 1 ]]; then
   echo
   echo "== coverage-exporter audit (exit code 1 = gaps found; each replica judged on its own) =="
   set +e
-  .venv/bin/coverage-exporter audit --kubeconfig "$KUBECONFIG" --log-level error
+  .venv/bin/coverage-exporter audit --kubeconfig "$KUBECONFIG" --log.level error
   set -e
   cat <<EOT
 
@@ -89,7 +89,7 @@ eval "$(testbed/testbed env)"
 discovery_flags=(--prometheus-pod-selector "$PROMETHEUS_POD_SELECTOR" --prometheus-pod-port web)
 stop_exporter
 .venv/bin/coverage-exporter serve --kubeconfig "$KUBECONFIG" "${discovery_flags[@]}" \
-  --web.listen-address "$EXPORTER_ADDRESS" --interval 15 >"$STATE/logs/coverage-exporter.log" 2>&1 &
+  --web.listen-address "$EXPORTER_ADDRESS" --interval 15s >"$STATE/logs/coverage-exporter.log" 2>&1 &
 echo $! >"$PIDFILE"
 
 echo "waiting for both Prometheus servers to discover the whole scenario and the exporter to be ready..." >&2
@@ -129,11 +129,11 @@ PY
 echo
 echo "== coverage-exporter audit (exit code 1 = gaps found; each server judged on its own) =="
 set +e
-.venv/bin/coverage-exporter audit --kubeconfig "$KUBECONFIG" "${discovery_flags[@]}" --log-level error
+.venv/bin/coverage-exporter audit --kubeconfig "$KUBECONFIG" "${discovery_flags[@]}" --log.level error
 # The same collection as one self-contained page: every missing node, where
 # it was lost, what to do.
 REPORT=$STATE/report.html
-.venv/bin/coverage-exporter audit --kubeconfig "$KUBECONFIG" "${discovery_flags[@]}" --log-level error \
+.venv/bin/coverage-exporter audit --kubeconfig "$KUBECONFIG" "${discovery_flags[@]}" --log.level error \
   --output html >"$REPORT"
 report_rc=$?
 set -e

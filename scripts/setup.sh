@@ -43,14 +43,13 @@ log "downloading the Prometheus Operator module (its CRDs)"
 PATH="$PATH:/usr/local/go/bin" GOFLAGS=-mod=mod go mod download \
   "github.com/prometheus-operator/prometheus-operator@${OPERATOR_VERSION:-v0.85.0}"
 # tests/local/test_image.py installs the image's steps with Debian's Python
-# 3.11 (the base image's), which needs its venv module and procps (pgrep).
-for pkg in python3-venv procps; do
+# 3.11 (the base image's), which needs its venv module and procps (pgrep);
+# actionlint runs shellcheck on the release workflow's scripts.
+for pkg in python3-venv procps shellcheck; do
   if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
     log "installing $pkg"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg"
   fi
 done
-log "copying the rules and dashboard into the chart (python -m tools.chart files)"
-.venv/bin/python -m tools.chart files
 
 log "done in $((SECONDS - start)) s"

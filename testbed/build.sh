@@ -3,7 +3,7 @@
 # version, into a cache outside the repository:
 #   ${COVERAGE_EXPORTER_CACHE:-~/.cache/coverage-exporter}/<what>/<version>/
 # A finished build leaves a ".done" stamp; a second call is a no-op.
-# Usage: testbed/build.sh [all|kubernetes|etcd|kwok|prometheus3|prometheus2|operator|helm|promtool|kubeconform|vmagent|thanos]
+# Usage: testbed/build.sh [all|kubernetes|etcd|kwok|prometheus3|prometheus2|operator|helm|promtool|kubeconform|vmagent|thanos|jsonnet|actionlint|oracle]
 set -euo pipefail
 
 . "$(dirname "$0")/versions.env"
@@ -188,14 +188,58 @@ build_thanos() {
   )
 }
 
+build_jsonnet() {
+  # go-jsonnet, the reference implementation in Go, renders the mixin
+  # (tests/local/test_mixin.py); the version kube-prometheus builds with.
+  go_install jsonnet "$JSONNET_VERSION" github.com/google/go-jsonnet/cmd/jsonnet ""
+}
+
+build_actionlint() {
+  # Checks the release workflow (.github/workflows/, tests/local/test_release.py).
+  local mod=github.com/rhysd/actionlint
+  go_install actionlint "$ACTIONLINT_VERSION" "$mod/cmd/actionlint" "-X $mod.version=$ACTIONLINT_VERSION"
+}
+
+build_oracle() {
+  # tests/oracle: Prometheus's duration and size parsers (prometheus/common
+  # model.ParseDuration, alecthomas/units ParseBase2Bytes, the versions the
+  # Prometheus 3 build uses), for tests/local/test_flagtypes.py. A local main
+  # package: copied next to its build, with the versions pinned here.
+  local v=$PROMETHEUS3_MODULE out="$CACHE/oracle/$PROMETHEUS3_MODULE"
+  # Rebuilt when tests/oracle/main.go changes (its copy is kept next to the build).
+  if [[ -f "$out/.done" ]] && cmp -s "$out/main.go" "$(dirname "$0")/../tests/oracle/main.go"; then
+    log "oracle $v cached in $out"; return
+  fi
+  mkdir -p "$out"
+  local start=$SECONDS work="$out/src"
+  rm -rf "$work" && mkdir -p "$work"
+  cp "$(dirname "$0")/../tests/oracle/main.go" "$work/"
+  local gomod
+  gomod=$(go mod download -json "github.com/prometheus/prometheus@$v" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+  {
+    echo "module coverage-exporter.local/oracle"
+    echo
+    echo "go $(go env GOVERSION | sed 's/^go//; s/\.[0-9]*$//').0"
+    echo
+    grep -E "^\s+github.com/(prometheus/common|alecthomas/units) " "$gomod" | sed 's/^\s*/require /'
+  } >"$work/go.mod"
+  (cd "$work" && go mod tidy >/dev/null 2>&1 || go mod tidy)
+  (cd "$work" && go build -trimpath -ldflags "-s -w" -o "$out/oracle" .)
+  cp "$work/main.go" "$out/main.go"
+  rm -rf "$work"
+  touch "$out/.done"
+  log "oracle $v built in $((SECONDS - start)) s"
+}
+
 main() {
   local target=${1:-all}
   case $target in
     all)
       build_etcd; build_kwok; build_prometheus3; build_promtool; build_prometheus2; build_kubernetes
-      build_operator; build_helm; build_kubeconform; build_vmagent; build_thanos ;;
-    kubernetes|etcd|kwok|prometheus3|prometheus2|operator|helm|promtool|kubeconform|vmagent|thanos) "build_$target" ;;
-    *) echo "usage: $0 [all|kubernetes|etcd|kwok|prometheus3|prometheus2|operator|helm|promtool|kubeconform|vmagent|thanos]" >&2; exit 2 ;;
+      build_operator; build_helm; build_kubeconform; build_vmagent; build_thanos
+      build_jsonnet; build_actionlint; build_oracle ;;
+    kubernetes|etcd|kwok|prometheus3|prometheus2|operator|helm|promtool|kubeconform|vmagent|thanos|jsonnet|actionlint|oracle) "build_$target" ;;
+    *) echo "usage: $0 [all|kubernetes|etcd|kwok|prometheus3|prometheus2|operator|helm|promtool|kubeconform|vmagent|thanos|jsonnet|actionlint|oracle]" >&2; exit 2 ;;
   esac
 }
 

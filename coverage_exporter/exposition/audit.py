@@ -11,11 +11,13 @@ import msgspec
 
 from coverage_exporter import runbooks
 from coverage_exporter.health import SourceHealth
+from coverage_exporter.model.causes import Cause, StageCauses
 from coverage_exporter.model.coverage import MissingTarget, ServiceCoverage
 from coverage_exporter.model.discovery import DiscoveryFinding, FoundServer
 from coverage_exporter.model.findings import RUNBOOK_MIGRATION, Finding, FindingKind
 from coverage_exporter.model.findings import service_findings as model_findings
 from coverage_exporter.model.gaps import STAGE_PROMETHEUS
+from coverage_exporter.model.intent import RuleRef
 from coverage_exporter.model.readiness import Readiness
 from coverage_exporter.model.report import CoverageReport
 from coverage_exporter.model.stages import Stage, service_gaps, service_stages
@@ -23,6 +25,40 @@ from coverage_exporter.model.verdict import Verdict, decide
 from coverage_exporter.untrusted import printable
 
 NAMES_SHOWN = 5
+
+CAUSE_WORDS: dict[Cause, str] = {
+    Cause.NO_POD_TAINT: "no pod: a taint the DaemonSet does not tolerate",
+    Cause.NO_POD_PLACEMENT: "no pod: the DaemonSet's node selector or affinity",
+    Cause.POD_NOT_SCHEDULED: "pod not scheduled yet",
+    Cause.POD_NOT_READY: "pod not started (no IP)",
+    Cause.POD_TERMINATING: "pod terminating",
+    Cause.ENDPOINTS_ABSENT: "no Endpoints object",
+    Cause.ENDPOINTS_TRUNCATED: "cut from the truncated Endpoints",
+    Cause.MIRRORING_CAPPED: "left out by the mirroring cap",
+    Cause.RELABEL_DROPPED: "dropped by the pool's relabel rule",
+    Cause.POOL_DISCOVERS_NOTHING: "the pool discovers nothing",
+    Cause.NO_SHARD_KEEPS: "no shard keeps its hashmod share",
+    Cause.SHARE_UNKNOWN: "a shard's share is unknown",
+    Cause.STILL_DISCOVERING: "the server is still discovering",
+    Cause.UNEXPLAINED: "unexplained",
+}
+"""Each cause in words (model.causes.Cause); the runbook section is the value."""
+
+
+def rule_words(rule: RuleRef | None) -> str:
+    return "" if rule is None else f"relabel_configs[{rule[0]}] ({rule[1]})"
+
+
+def cause_words(causes: StageCauses) -> str:
+    """The counts per cause of one stage: "why: 200 cut from the truncated
+    Endpoints, 1 pod terminating"; "" when there is none."""
+    parts = []
+    for cause, n in sorted(causes.counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        words = CAUSE_WORDS[cause]
+        if cause in (Cause.RELABEL_DROPPED, Cause.NO_SHARD_KEEPS) and causes.rule:
+            words += f" {rule_words(causes.rule)}"
+        parts.append(f"{n} {words} [{cause.value}]")
+    return ("why: " + ", ".join(parts)) if parts else ""
 
 
 def _names(missing: Sequence[MissingTarget], unnamed: int = 0) -> str:
@@ -142,7 +178,17 @@ def finding_words(s: ServiceCoverage, f: Finding) -> str:
 def finding_line(s: ServiceCoverage, f: Finding) -> str:
     """The finding as the audit prints it, its runbook as a URL."""
     runbook = f" ({runbooks.runbook_url(f.runbook)})" if f.runbook else ""
-    return f"{s.namespace}/{s.service}: {finding_words(s, f)}{runbook}."
+    why = _finding_causes(f)
+    return f"{s.namespace}/{s.service}: {finding_words(s, f)}{why}{runbook}."
+
+
+def _finding_causes(f: Finding) -> str:
+    """The stage's counts per cause, for the findings about lost or unknown
+    targets (not for the mirroring count, which is about addresses)."""
+    if f.kind is FindingKind.MIRRORING_CAPPED:
+        return ""
+    words = cause_words(f.stage.causes)
+    return f"; {words}" if words else ""
 
 
 def findings(s: ServiceCoverage) -> list[str]:
@@ -235,11 +281,31 @@ def render_table(
     return "\n".join(body) + "\n"
 
 
-def _missing_list(missing: Sequence[MissingTarget]) -> list[dict[str, str]]:
-    return [{"node": m.node, "pod": m.pod} if m.pod else {"node": m.node} for m in missing]
+def _missing_list(missing: Sequence[MissingTarget], causes: StageCauses) -> list[dict[str, str]]:
+    cause = causes.lookup()
+    return [
+        {"node": m.node, "pod": m.pod, "cause": cause(m).value}
+        if m.pod
+        else {"node": m.node, "cause": cause(m).value}
+        for m in missing
+    ]
+
+
+def _causes_json(causes: StageCauses) -> dict[str, object]:
+    """Counts per cause (named or not; a pool's unknown targets while
+    unknown), and the relabel rule where a cause names one."""
+    return {
+        "causes": {c.value: n for c, n in sorted(causes.counts.items())},
+        "cause_rule": None
+        if causes.rule is None
+        else {"index": causes.rule[0], "action": causes.rule[1]},
+    }
 
 
 def service_json(s: ServiceCoverage) -> dict[str, object]:
+    stages = service_stages(s)
+    ep_causes, sl_causes = stages[0].causes, stages[1].causes
+    pool_causes = [st.causes for st in stages[2:]]
     endpoints = None
     if s.endpoints is not None:
         endpoints = {
@@ -248,7 +314,8 @@ def service_json(s: ServiceCoverage) -> dict[str, object]:
             "truncated": s.endpoints.truncated,
             "skip_mirror": s.endpoints.skip_mirror,
             "missing_count": s.endpoints_missing_count(),
-            "missing": _missing_list(s.endpoints.missing),
+            "missing": _missing_list(s.endpoints.missing, ep_causes),
+            **_causes_json(ep_causes),
         }
     return {
         "namespace": s.namespace,
@@ -265,7 +332,8 @@ def service_json(s: ServiceCoverage) -> dict[str, object]:
             "terminating": dict(sorted(s.slices.terminating.items())),
             "mirroring_skipped": s.slices.mirroring_skipped,
             "missing_count": s.slices_missing_count(),
-            "missing": _missing_list(s.slices.missing),
+            "missing": _missing_list(s.slices.missing, sl_causes),
+            **_causes_json(sl_causes),
         },
         "prometheus": {
             "targets": [
@@ -284,9 +352,10 @@ def service_json(s: ServiceCoverage) -> dict[str, object]:
                     "unknown": p.unknown,
                     "why_unknown": p.why_unknown or None,
                     "missing_count": p.missing_count,
-                    "missing": None if p.missing is None else _missing_list(p.missing),
+                    "missing": None if p.missing is None else _missing_list(p.missing, c),
+                    **_causes_json(c),
                 }
-                for p in s.pools
+                for p, c in zip(s.pools, pool_causes, strict=True)
             ],
         },
         "gaps": [
@@ -322,6 +391,9 @@ def readiness_json(r: Readiness) -> dict[str, object]:
     }
 
 
+JSON_VERSION = 1
+
+
 def render_json(
     report: CoverageReport | None,
     sources: Sequence[SourceHealth],
@@ -333,6 +405,9 @@ def render_json(
     fleet = report.fleet if report is not None else None
     complete = complete and report is not None and all(h.up for h in sources)
     document = {
+        # The document's format (docs/audit-json.md): raised when a field
+        # changes meaning or goes away; new fields may appear at any time.
+        "version": JSON_VERSION,
         "sources": [
             {"source": h.source, "server": h.prometheus, "up": h.up, "error": h.last_error}
             for h in sources

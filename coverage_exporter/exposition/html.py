@@ -24,10 +24,17 @@ from importlib import resources
 from urllib.parse import urlsplit, urlunsplit
 
 from coverage_exporter import __version__, runbooks
-from coverage_exporter.exposition.audit import VERDICT_WORDS, finding_words, replica_name
+from coverage_exporter.exposition.audit import (
+    CAUSE_WORDS,
+    VERDICT_WORDS,
+    finding_words,
+    replica_name,
+)
 from coverage_exporter.health import SOURCE_KUBERNETES, SourceHealth
+from coverage_exporter.model.causes import Cause
 from coverage_exporter.model.coverage import MissingTarget, ServiceCoverage
 from coverage_exporter.model.findings import (
+    RUNBOOK_CAUSES,
     RUNBOOK_ENDPOINTS_TRUNCATED,
     RUNBOOK_INDEX,
     RUNBOOK_MIGRATION,
@@ -476,6 +483,7 @@ def _missing_table(i: int, v: ServiceView) -> tuple[str, int, int]:
     if not union:
         return "", 0, gap_targets
     head = [f'<th scope="col">{"Node" if v.node_wide else "Pod, on node"}</th>']
+    splits = [st.stage.causes.split() for st in stages]
     for st in stages:
         read = "" if st.stage.gap else "<br><small>a finding: not read</small>"
         if st.stage.pool:
@@ -484,8 +492,11 @@ def _missing_table(i: int, v: ServiceView) -> tuple[str, int, int]:
         else:
             label, data = _e(st.label) + read, ""
         head.append(f'<th scope="col" data-kind="{_e(st.stage.kind)}"{data}>{label}</th>')
+    # Last, so that the stage columns keep their places (report.js).
+    head.append('<th scope="col" data-kind="cause">Why (cause)</th>')
     lost, empty = "<td>" + LOST, "<td>"
     patterns: dict[tuple[bool, ...], str] = {}
+    why_cells: dict[tuple[Cause, ...], str] = {}
     rows = []
     # Minimal markup (optional </td> left out): at 100k nodes this is
     # ~300k rows, and every byte counts ~0.3 MB.
@@ -494,12 +505,25 @@ def _missing_table(i: int, v: ServiceView) -> tuple[str, int, int]:
         cells = patterns.get(flags)
         if cells is None:
             cells = patterns[flags] = "".join(lost if f else empty for f in flags)
+        # Its cause at each stage that misses it, each said once, in the
+        # funnel's order (model.causes).
+        key = id(m)
+        why = tuple(
+            dict.fromkeys(
+                others.get(key, dominant)
+                for f, (dominant, others) in zip(flags, splits, strict=True)
+                if f
+            )
+        )
+        why_cell = why_cells.get(why)
+        if why_cell is None:
+            why_cell = why_cells[why] = "<td>" + "; ".join(c.value for c in why)
         if m.pod:
             name = f'{_e(m.pod)} <span class="muted">on {_e(m.node) or "no node"}</span>'
         else:
             name = _e(m.node)
         # </tr> closes the last cell too: a newline inside it would be text.
-        rows.append(f"<tr><td>{name}{cells}</tr>\n")
+        rows.append(f"<tr><td>{name}{cells}{why_cell}</tr>\n")
     thead = f"<thead><tr>{''.join(head)}</tr></thead>"
     caption = (
         f"<caption>Each target of {_e(v.name)} missing at some stage; "
@@ -517,13 +541,26 @@ def _missing_table(i: int, v: ServiceView) -> tuple[str, int, int]:
     unnamed = (
         f"; and {_n(v.unnamed)} known by count only, not listed (no pod yet)" if v.unnamed else ""
     )
+    legend = _causes_legend({c for why in why_cells for c in why})
     table = (
         f'<details class="missing" id="missing-{i}" open><summary>{_e(v.name)}: '
         f'<span class="count">{_n(len(union))} missing</span> '
-        f'<small>lost at: {where}{unnamed}</small></summary><div class="scroll">'
+        f'<small>lost at: {where}{unnamed}</small></summary>{legend}<div class="scroll">'
         f"{''.join(chunks)}</div></details>"
     )
     return table, len(union), gap_targets
+
+
+def _causes_legend(causes: Iterable[Cause]) -> str:
+    """The causes a table names, in words, each linked to its runbook
+    section: the rows carry the bare value (300k rows at 100k nodes)."""
+    items = [
+        f'<li><code>{c.value}</code>: <a href="{_e(runbooks.runbook_url(RUNBOOK_CAUSES))}'
+        f'#{c.value}">{_e(CAUSE_WORDS[c])}</a></li>'
+        for c in Cause
+        if c in causes
+    ]
+    return f'<ul class="causes">{"".join(items)}</ul>' if items else ""
 
 
 def _count_cell(st: StageView) -> str:

@@ -17,7 +17,7 @@ from prometheus_client.registry import Collector
 
 from coverage_exporter import build, defaults
 from coverage_exporter.health import SOURCE_KUBERNETES, SourceHealth
-from coverage_exporter.model.coverage import MissingTarget, ServiceCoverage
+from coverage_exporter.model.coverage import ServiceCoverage
 from coverage_exporter.model.gaps import STAGE_PROMETHEUS
 from coverage_exporter.model.readiness import Readiness
 from coverage_exporter.model.report import CoverageReport
@@ -369,9 +369,10 @@ COVERAGE_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec(
         "missing_target",
         "gauge",
-        "1 per missing target, capped by --missing-target-series-limit shared fairly "
+        "1 per missing target, with why it is missing (reason, a closed set: "
+        "docs/runbooks/causes.md), capped by --missing-target-series-limit shared fairly "
         "between Services, stages and pools.",
-        (*SERVICE, "stage", "scrape_pool", "scraper", "scraper_replica", "node", "pod"),
+        (*SERVICE, "stage", "scrape_pool", "scraper", "scraper_replica", "node", "pod", "reason"),
         lambda s: s.missing_series()[0],
     ),
     MetricSpec(
@@ -560,13 +561,13 @@ def exported_names() -> list[str]:
     return [PREFIX + m.name + ("_total" if m.kind == "counter" else "") for m in METRICS]
 
 
-MissingGroup = tuple[tuple[str, str, str, str, str, str], Sequence[MissingTarget]]
-"""(namespace, service, stage, scrape_pool, scraper, replica) and its missing list."""
+MissingGroup = tuple[tuple[str, str, str, str, str, str], Stage]
+"""(namespace, service, stage, scrape_pool, scraper, replica) and the stage."""
 
 
 def _missing_groups(report: CoverageReport) -> list[MissingGroup]:
     return [
-        ((s.namespace, s.service, st.kind, st.pool, st.scraper, st.replica), st.missing)
+        ((s.namespace, s.service, st.kind, st.pool, st.scraper, st.replica), st)
         for s in report.services
         for st in service_stages(s)
         if st.missing
@@ -593,11 +594,13 @@ def capped_missing(report: CoverageReport, limit: int) -> tuple[list[Sample], li
     cap left out. Walks the stages' lists without copying them: a cut at
     100k nodes is hundreds of thousands of missing entries."""
     groups = _missing_groups(report)
-    shares = fair_shares([len(m) for _, m in groups], limit)
+    shares = fair_shares([len(st.missing or ()) for _, st in groups], limit)
     samples: list[Sample] = []
     omitted: list[Sample] = []
-    for (key, missing), share in zip(groups, shares, strict=True):
-        samples.extend(((*key, m.node, m.pod), 1.0) for m in missing[:share])
+    for (key, st), share in zip(groups, shares, strict=True):
+        missing = st.missing or ()
+        cause = st.causes.lookup()
+        samples.extend(((*key, m.node, m.pod, cause(m).value), 1.0) for m in missing[:share])
         omitted.append((key, len(missing) - share))
     return samples, omitted
 

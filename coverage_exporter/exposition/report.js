@@ -25,8 +25,10 @@
 
   function build(ix) {
     var head = ix.table.tHead.rows[0].cells;
+    // The last column is the cause (html.py): searched with the name, not a stage.
+    var stages = head.length - 1;
     ix.cols = [];
-    for (var i = 1; i < head.length; i++) {
+    for (var i = 1; i < stages; i++) {
       ix.cols.push({ kind: head[i].getAttribute("data-kind") || "",
                      pool: head[i].getAttribute("data-pool") || "",
                      replica: head[i].getAttribute("data-replica") || "" });
@@ -37,8 +39,8 @@
     for (var r = 0; r < ix.rows.length; r++) {
       var cells = ix.rows[r].cells;
       var flags = "";
-      ix.names[r] = cells[0].textContent.toLowerCase();
-      for (var c = 1; c < cells.length; c++) flags += cells[c].textContent ? "1" : "0";
+      ix.names[r] = (cells[0].textContent + " " + cells[stages].textContent).toLowerCase();
+      for (var c = 1; c < stages; c++) flags += cells[c].textContent ? "1" : "0";
       ix.lost[r] = flags;
     }
     ix.visible = new Uint8Array(ix.rows.length).fill(1);

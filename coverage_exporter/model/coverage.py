@@ -16,6 +16,7 @@ from operator import attrgetter
 
 import msgspec
 
+from coverage_exporter.model.causes import StageCauses, service_causes
 from coverage_exporter.model.fleet import Fleet
 from coverage_exporter.model.objects import (
     MANAGED_BY_MIRRORING,
@@ -34,6 +35,7 @@ from coverage_exporter.model.objects import (
     EndpointSlice,
     Pod,
     PrometheusSnapshot,
+    ScrapeJob,
     Service,
     ServiceKey,
     SliceEndpoint,
@@ -129,6 +131,9 @@ class ServiceCoverage:
     pools: Sequence[PoolCoverage] = ()
     unnamed: int = 0
     """Expected targets known by count only (see Expected.unnamed)."""
+    causes: Sequence[StageCauses] = ()
+    """Why each stage misses what it misses (model.causes), in
+    model.stages.service_stages' order: Endpoints, slices, then pools."""
 
     @property
     def key(self) -> ServiceKey:
@@ -158,6 +163,8 @@ class Expected:
     name -> the pod's node ("" if unscheduled) for SOURCE_PODS, node name
     or bare IP for SOURCE_LISTED. Plain strings: MissingTarget objects are
     made only for what is missing."""
+    daemonsets: Sequence[DaemonSet] = ()
+    """SOURCE_DAEMONSET: the DaemonSets that own the selected pods."""
     made: dict[str, MissingTarget] = field(default_factory=dict, repr=False, compare=False)
     """The MissingTarget of each identity made so far: the stages and the
     pools of every replica of one Service share one object per target
@@ -245,7 +252,9 @@ def expected_targets(
     live = _live(pods)
     daemonsets = _owning_daemonsets(service, pods, snapshot)
     if daemonsets:
-        return _daemonset_expected(daemonsets, live, snapshot)
+        expected = _daemonset_expected(daemonsets, live, snapshot)
+        expected.daemonsets = tuple(daemonsets)
+        return expected
 
     # Terminating pods are left out of Endpoints by design; expecting them
     # would report every rollout as a gap.
@@ -599,31 +608,33 @@ def service_coverage(
     fleet: Fleet | None = None,
     meant: Mapping[str, Mapping[str, str]] | None = None,
     unjudged: Mapping[str, Mapping[str, str]] | None = None,
+    jobs: Mapping[str, Mapping[str, ScrapeJob]] | None = None,
 ) -> ServiceCoverage | None:
+    """`jobs`: server -> scrape pool -> its job (the loaded configurations),
+    for the causes that name a relabel rule."""
     endpoints = snapshot.endpoints.get(service.key)
     expected = expected_targets(service, snapshot, endpoints)
     if expected is None:
         return None
     pods = _live(snapshot.pods.get(service.key, ()))
     resolver = Resolver(node_by_ip, pods, ip_fallback=expected.source == SOURCE_LISTED)
-    counts, pools = prometheus_stage(
-        targets,
-        expected,
-        resolver,
-        fleet or Fleet.of_names({n for n, _ in targets}),
-        meant,
-        unjudged,
+    fleet = fleet or Fleet.of_names({n for n, _ in targets})
+    counts, pools = prometheus_stage(targets, expected, resolver, fleet, meant, unjudged)
+    endpoints_seen = endpoints_stage(service, endpoints, expected, resolver)
+    slices = slices_stage(
+        service, snapshot.endpointslices.get(service.key, ()), endpoints, expected, resolver
     )
     return ServiceCoverage(
         namespace=service.namespace,
         service=service.name,
         source=expected.source,
         expected=expected.count,
-        endpoints=endpoints_stage(service, endpoints, expected, resolver),
-        slices=slices_stage(
-            service, snapshot.endpointslices.get(service.key, ()), endpoints, expected, resolver
-        ),
+        endpoints=endpoints_seen,
+        slices=slices,
         target_counts=counts,
         pools=pools,
         unnamed=expected.unnamed,
+        causes=service_causes(
+            service, snapshot, expected, endpoints_seen, slices, pools, fleet, jobs or {}
+        ),
     )

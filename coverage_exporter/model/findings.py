@@ -23,6 +23,8 @@ RUNBOOK_UNKNOWN = "ScrapeCoverageUnknown"
 RUNBOOK_SOURCE_DOWN = "ScrapeCoverageSourceDown"
 RUNBOOK_MIGRATION = "migrate-to-endpointslice"
 RUNBOOK_INDEX = "README"
+RUNBOOK_CAUSES = "causes"
+"""One section per model.causes.Cause, anchored by its value."""
 
 
 class FindingKind(StrEnum):

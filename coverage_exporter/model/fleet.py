@@ -26,6 +26,10 @@ class ServerState:
     why_unknown: str = ""
     """Set when it answered, but its answer cannot be judged (see
     PrometheusSnapshot.unknown_reason); known is then False."""
+    discovering: bool = False
+    """It answered, but started too recently for its service discovery to
+    have delivered every target (see PrometheusSnapshot.started): known is
+    then False, and its empty pools are not losses."""
     found_by: str = ""
     """How the exporter knows of it: the flag, the fleet file, or the
     object or selector discovery found it by (model.discovery)."""
@@ -56,6 +60,16 @@ class Replica:
         if reasons:
             return "; ".join(dict.fromkeys(reasons))
         return "a shard of the replica has not answered recently"
+
+    @property
+    def discovering(self) -> bool:
+        """Unknown only because a shard is still discovering: every shard
+        without a known server has one that answered while starting."""
+        if self.known:
+            return False
+        have = {s.identity.shard for s in self.servers if s.known}
+        starting = {s.identity.shard for s in self.servers if s.discovering}
+        return all(i in have or i in starting for i in range(self.shards))
 
     @property
     def missing_shards(self) -> list[int]:

@@ -14,7 +14,7 @@ not a gap: a truncated Endpoints object that no pool reads with role
 `endpoints` (the state after a safe migration), a frozen or stale
 Endpoints object nobody reads, capped mirrored slices that no pool reads.
 A pool whose coverage is unknown is neither: the audit says it could not
-tell (exit 2).
+tell (exit 3, coverage_exporter/exit_codes.py).
 """
 
 from __future__ import annotations

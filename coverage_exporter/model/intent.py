@@ -160,8 +160,8 @@ class _Evaluation:
         self.known: _Overlay = _Overlay(labels)
         self.unknown: set[str] = set()
         self.decided_by_service = False
-        self.port_rules: list[tuple[bool, re.Pattern[str]]] = []
-        """(keep?, regex) of the keep/drop rules on the port name."""
+        self.port_rules: list[_PortRule] = []
+        """The keep/drop rules on the port name."""
 
     def value(self, sources: Sequence[str], separator: str) -> str | None:
         parts = []
@@ -179,29 +179,72 @@ class _Evaluation:
         return separator.join(parts)
 
 
+RuleRef = tuple[int, str]
+"""A relabel rule of a job: its index in relabel_configs (from 0) and its action."""
+
+
 def job_selects(job: ScrapeJob, service: Service) -> bool:
     """True when `job` is meant to scrape `service` (see the module doc)."""
+    return _decide(job, service)[0]
+
+
+def dropping_rule(job: ScrapeJob, service: Service) -> RuleRef | None:
+    """The relabel rule of `job` that drops every target of `service`, as
+    far as rules on the Service's own metadata and port names tell: the
+    Service-level rule that drops it, else a port rule that no port of the
+    Service passes. None when no evaluated rule drops it all (the
+    namespaces or service selectors of the SD config are not rules)."""
+    selected, rule, ev = _decide(job, service)
+    if not selected:
+        return rule
+    if ev is None or not ev.port_rules:
+        return None
+    return _port_rule_dropping_all(ev.port_rules, service.port_names)
+
+
+_PortRule = tuple[bool, re.Pattern[str], RuleRef]
+"""(keep?, regex, the rule) of a keep/drop rule on the port name."""
+
+
+def _passes(rule: _PortRule, port: str) -> bool:
+    return (rule[1].match(port) is not None) == rule[0]
+
+
+def _port_rule_dropping_all(rules: list[_PortRule], ports: tuple[str, ...]) -> RuleRef | None:
+    if any(all(_passes(r, port) for r in rules) for port in ports):
+        return None
+    # The first rule that no port passes; else (each port stopped by a
+    # different rule) the first port rule.
+    for r in rules:
+        if not any(_passes(r, port) for port in ports):
+            return r[2]
+    return rules[0][2]
+
+
+def _decide(job: ScrapeJob, service: Service) -> tuple[bool, RuleRef | None, _Evaluation | None]:
+    """(meant?, the rule that dropped the Service, the evaluation)."""
     if job.namespaces is not None and service.namespace not in job.namespaces:
-        return False
+        return False, None, None
     for selector in job.service_label_selectors:
         try:
             requirements = parse_label_selector(selector)
         except ValueError:
             continue
         if not all(r.matches(service.labels) for r in requirements):
-            return False
+            return False, None, None
     ev = _Evaluation(_meta_labels(service))
-    for rule in job.relabel:
-        outcome = _apply(rule, ev)
+    for index, rule in enumerate(job.relabel):
+        outcome = _apply(rule, ev, index)
         if outcome is False:
-            return False
+            # An undecidable rule is no proof that the Service is dropped.
+            known = not _undecidable(rule, rule.action.lower())
+            return False, (index, rule.action.lower()) if known else None, ev
     if ev.decided_by_service or not ev.port_rules:
-        return True
+        return True, None, ev
     # Namespace-wide job: meant for the Services with a port it keeps.
-    return any(
-        all((pattern.match(port) is not None) == keep for keep, pattern in ev.port_rules)
-        for port in service.port_names
-    )
+    if any(all(_passes(r, port) for r in ev.port_rules) for port in service.port_names):
+        return True, None, ev
+    return False, _port_rule_dropping_all(ev.port_rules, service.port_names), ev
 
 
 _FILTERS = frozenset({"keep", "drop", "keepequal", "dropequal"})
@@ -219,7 +262,7 @@ def _undecidable(rule: RelabelRule, action: str) -> bool:
     return action.startswith(("keep", "drop")) and action not in _FILTERS
 
 
-def _apply(rule: RelabelRule, ev: _Evaluation) -> bool | None:
+def _apply(rule: RelabelRule, ev: _Evaluation, index: int) -> bool | None:
     """False when the rule drops the Service; None otherwise."""
     action = rule.action.lower()
     if _undecidable(rule, action):
@@ -234,7 +277,7 @@ def _apply(rule: RelabelRule, ev: _Evaluation) -> bool | None:
     if action in ("keep", "drop"):
         if len(rule.source_labels) == 1 and rule.source_labels[0] in _PORT_LABELS:
             if pattern is not None:
-                ev.port_rules.append((action == "keep", pattern))
+                ev.port_rules.append((action == "keep", pattern, (index, action)))
             return None
         value = ev.value(rule.source_labels, rule.separator)
         if value is None or pattern is None:

@@ -139,6 +139,24 @@ def services_meant(
     return out
 
 
+def services_scraped(
+    cluster: ClusterSnapshot,
+    prometheus: Sequence[PrometheusSnapshot],
+    grouped: Mapping[ServiceKey, object],
+    remembered: Remembered | None = None,
+    memo: SelectionMemo | None = None,
+) -> set[ServiceKey]:
+    """The Services some pool scrapes or is meant to: those it discovered
+    targets of, those a configured job selects, those a pool discovered in
+    an earlier cycle. Their pods are listed (cycle.py) and they are compared
+    here: a Service that only a pool which discovers nothing is meant for
+    must come out missing, not unresolved for want of its pods."""
+    out = set(grouped) | services_meant(cluster, prometheus, memo)
+    for server_pools in (remembered or {}).values():
+        out.update(server_pools)
+    return out
+
+
 def build_report(
     scope: Scope,
     cluster: ClusterSnapshot,
@@ -165,11 +183,10 @@ def build_report(
     remembered = remembered or {}
     fleet = Fleet.build(servers)
     node_by_ip = node_index(cluster)
+    jobs = {p.name: {j.name: j for j in p.jobs or ()} for p in prometheus}
     services: list[ServiceCoverage] = []
     unresolved: list[Unresolved] = []
-    discovered = set(grouped) | services_meant(cluster, prometheus, memo)
-    for server_pools in remembered.values():
-        discovered.update(server_pools)
+    discovered = services_scraped(cluster, prometheus, grouped, remembered, memo)
     for service in services_in_scope(scope, cluster, discovered):
         coverage = service_coverage(
             service,
@@ -179,6 +196,7 @@ def build_report(
             fleet,
             meant_pools(service, prometheus, remembered, memo),
             unjudged,
+            jobs,
         )
         if coverage is None:
             reason = (

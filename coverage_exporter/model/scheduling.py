@@ -86,16 +86,24 @@ def _tolerates(tolerations: tuple[Toleration, ...], taint: Taint) -> bool:
     return False
 
 
-def should_run(placement: PodPlacement, node: Node) -> bool:
-    """True when the DaemonSet controller would place a pod on the node."""
+KEPT_OFF_BY_PLACEMENT = "placement"
+"""The node selector or the required node affinity leaves the Node out."""
+KEPT_OFF_BY_TAINT = "taint"
+"""A NoSchedule or NoExecute taint that the pod template does not tolerate."""
+
+
+def kept_off(placement: PodPlacement, node: Node) -> str | None:
+    """Why the DaemonSet controller would place no pod on the node
+    (KEPT_OFF_BY_*), or None when it would place one. Placement is asked
+    before taints, as the controller's predicates are."""
     labels = node.labels
     if any(_label(labels, k, node.name) != v for k, v in placement.node_selector.items()):
-        return False
+        return KEPT_OFF_BY_PLACEMENT
     terms = placement.terms or ()
     if terms and not any(
         all(_requirement_matches(r, labels, node.name) for r in term) for term in terms
     ):
-        return False
+        return KEPT_OFF_BY_PLACEMENT
     for taint in node.taints:
         key, _, effect = taint
         if effect not in ("NoSchedule", "NoExecute"):
@@ -103,8 +111,13 @@ def should_run(placement: PodPlacement, node: Node) -> bool:
         if key in _DAEMON_TOLERATED or (placement.host_network and key in _HOST_NETWORK_TOLERATED):
             continue
         if not _tolerates(placement.tolerations, taint):
-            return False
-    return True
+            return KEPT_OFF_BY_TAINT
+    return None
+
+
+def should_run(placement: PodPlacement, node: Node) -> bool:
+    """True when the DaemonSet controller would place a pod on the node."""
+    return kept_off(placement, node) is None
 
 
 def eligible_nodes(placement: PodPlacement | None, nodes: Mapping[str, Node]) -> set[str] | None:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from coverage_exporter.model import gaps
+from coverage_exporter.model.causes import NO_CAUSES, StageCauses
 from coverage_exporter.model.coverage import MissingTarget, ServiceCoverage
 from coverage_exporter.model.gaps import (
     STAGE_ENDPOINTS,
@@ -54,6 +55,9 @@ class Stage:
     meant: bool = False
     """The server's configuration (or an earlier cycle) says this pool
     should scrape the Service, whether or not it discovers anything."""
+    causes: StageCauses = NO_CAUSES
+    """Why each target is missing here, or why the unknown ones cannot be
+    told (model.causes)."""
 
     @property
     def known(self) -> bool:
@@ -74,6 +78,7 @@ def service_stages(s: ServiceCoverage) -> tuple[Stage, ...]:
     """Endpoints, EndpointSlices, then each (replica, scrape pool) in the
     comparison's order."""
     endpoints = s.endpoints
+    causes = s.causes or (NO_CAUSES,) * (2 + len(s.pools))
     out = [
         Stage(
             STAGE_ENDPOINTS,
@@ -82,6 +87,7 @@ def service_stages(s: ServiceCoverage) -> tuple[Stage, ...]:
             () if endpoints is None else endpoints.missing,
             s.endpoints_missing_count(),
             s.reads(STAGE_ROLE[STAGE_ENDPOINTS]),
+            causes=causes[0],
         ),
         Stage(
             STAGE_ENDPOINTSLICES,
@@ -90,6 +96,7 @@ def service_stages(s: ServiceCoverage) -> tuple[Stage, ...]:
             s.slices.missing,
             s.slices_missing_count(),
             s.reads(STAGE_ROLE[STAGE_ENDPOINTSLICES]),
+            causes=causes[1],
         ),
     ]
     out.extend(
@@ -106,8 +113,9 @@ def service_stages(s: ServiceCoverage) -> tuple[Stage, ...]:
             replica=p.replica,
             meant=p.meant,
             why_unknown=p.why_unknown,
+            causes=c,
         )
-        for p in s.pools
+        for p, c in zip(s.pools, causes[2:], strict=True)
     )
     return tuple(out)
 

@@ -53,13 +53,14 @@ def hashmod_shard(jobs: list[ScrapeJob] | tuple[ScrapeJob, ...]) -> tuple[int, i
     a `hashmod` into a label, then a `keep` of that label equal to a number
     (the Operator's `$(SHARD);|.+;.+` once the reloader has filled it in)."""
     for job in jobs:
-        found = _job_shard(job.relabel)
+        found = job_shard(job.relabel)
         if found is not None:
             return found
     return None
 
 
-def _job_shard(rules: tuple[RelabelRule, ...]) -> tuple[int, int] | None:
+def job_shard(rules: tuple[RelabelRule, ...]) -> tuple[int, int] | None:
+    """(the share this job keeps, the hashmod modulus), or None."""
     moduli: dict[str, int] = {}
     for rule in rules:
         action = rule.action.lower()

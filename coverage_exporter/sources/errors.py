@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from coverage_exporter import defaults, untrusted
+from coverage_exporter.flagtypes import parse_bytes
 from coverage_exporter.health import ERROR_MESSAGE_CHARS
 
 
@@ -34,7 +35,7 @@ class Limits:
     to gigabytes, so the compressed size bounds nothing.
     """
 
-    max_body_bytes: int = defaults.MAX_RESPONSE_BYTES
+    max_body_bytes: int = parse_bytes(defaults.MAX_RESPONSE_SIZE)
     """One body held whole (--max-response-bytes)."""
     max_stream_bytes: int = 8192 * MiB
     """One target list decoded while it arrives (memory stays at a few

@@ -15,6 +15,8 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 
+from coverage_exporter import untrusted
+from coverage_exporter.logs import fields
 from coverage_exporter.sources.errors import BodyTooLarge, MiB, SourceError
 
 log = logging.getLogger("coverage_exporter.tls")
@@ -160,10 +162,12 @@ class ReloadingTLS:
             try:
                 self._context = self._build()
             except SourceError as exc:
-                log.warning("TLS files changed but do not load, keeping the old ones: %s", exc)
+                log.warning(
+                    "TLS files changed but do not load; keeping the old ones", extra=fields(err=exc)
+                )
             else:
                 self.reloads_total += 1
-                log.info("TLS files changed: reloaded %s", ", ".join(self._paths))
+                log.info("TLS files changed: reloaded", extra=fields(files=",".join(self._paths)))
         assert self._context is not None  # built in __init__ when there are files
         return self._context
 
@@ -204,3 +208,40 @@ def new_session(*, connection_limit: int = 8) -> aiohttp.ClientSession:
     """
     connector = aiohttp.TCPConnector(limit=connection_limit)
     return aiohttp.ClientSession(connector=connector, trust_env=False)
+
+
+def describe(exc: BaseException) -> str:
+    """A transport failure in words, as kubectl gives them ("dial tcp
+    127.0.0.1:6443: connect: connection refused"): what could not be
+    reached and why, never aiohttp's repr of an SSL context."""
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "connection lost mid-response"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the server closed the connection before answering"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        where = f"{exc.host}:{exc.port}"
+        if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+            return f"TLS certificate of {where} not accepted: {_reason(exc.certificate_error)}"
+        if isinstance(exc, aiohttp.ClientConnectorSSLError):
+            return f"TLS handshake with {where} failed: {_reason(exc.os_error)}"
+        if isinstance(exc, aiohttp.ClientProxyConnectionError):
+            return f"cannot connect to the proxy {where}: {_reason(exc.os_error)}"
+        if isinstance(exc, aiohttp.ClientConnectorDNSError):
+            return f"cannot resolve {exc.host}: {_reason(exc.os_error)}"
+        return f"cannot connect to {where}: {_reason(exc.os_error)}"
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        return f"the proxy refused: HTTP {exc.status} {exc.message}"
+    return untrusted.printable(str(exc)) or type(exc).__name__
+
+
+def _reason(error: BaseException) -> str:
+    """The OS's words for an errno (connection refused), else the message."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return error.verify_message or str(error)
+    if isinstance(error, OSError) and error.errno and error.errno > 0:
+        return os.strerror(error.errno).lower()
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror.lower()
+    return untrusted.printable(str(error)) or type(error).__name__

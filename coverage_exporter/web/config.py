@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
+from coverage_exporter.logs import fields
+
 log = logging.getLogger("coverage_exporter.webconfig")
 
 _TOP_KEYS = {"tls_server_config", "http_server_config", "basic_auth_users"}
@@ -237,17 +239,20 @@ class WebConfigFile:
                 config, context = self._load()
             except WebConfigError as err:
                 if self._error != str(err):
-                    log.error("web config %s: %s; refusing connections until fixed", self.path, err)
+                    log.error(
+                        "web config does not load; refusing connections until fixed",
+                        extra=fields(file=self.path, err=err),
+                    )
                 self._error = str(err)
                 return
             if (config.tls is not None) != self.tls_enabled:
                 self._error = "TLS cannot be turned on or off without a restart"
-                log.error("web config %s: %s", self.path, self._error)
+                log.error("web config refused", extra=fields(file=self.path, err=self._error))
                 return
             self.config, self._context, self._error = config, context, None
             self._passwords.clear()
             self._stamp = self._current_stamp(config)
-            log.info("web config %s re-read", self.path)
+            log.info("web config re-read", extra=fields(file=self.path))
 
     @property
     def error(self) -> str | None:

@@ -34,6 +34,7 @@ from collections.abc import Mapping
 import msgspec
 
 from coverage_exporter import link
+from coverage_exporter.logs import fields
 from coverage_exporter.web.server import MetricsServer, Response, ServerLimits, ServingState, route
 
 log = logging.getLogger("coverage_exporter.front")
@@ -306,7 +307,7 @@ class Front:
         try:
             response = await route(self._view, ask.path, ask.headers)
         except Exception:
-            log.exception("answering %s for the front", ask.path)
+            log.exception("answering for the front failed", extra=fields(path=ask.path))
             response = Response(500, b"internal error; see the exporter's log\n")
         if self._writer is not None and not self._writer.is_closing():
             self._writer.write(

@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from coverage_exporter import __version__, defaults
+from coverage_exporter.flagtypes import parse_seconds
 from coverage_exporter.web.config import WebConfigFile
 
 log = logging.getLogger("coverage_exporter.http")
@@ -107,7 +108,7 @@ class ServingState:
 class ServerLimits:
     """What one client may cost the server; flags in cli.py."""
 
-    header_timeout: float = defaults.WEB_HEADER_TIMEOUT_SECONDS
+    header_timeout: float = parse_seconds(defaults.WEB_HEADER_TIMEOUT)
     body_timeout: float = 10.0
     write_timeout: float = 30.0
     idle_timeout: float = 75.0

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from coverage_exporter import exit_codes
 from testbed import migration as mg
 from testbed import operator as op
 from testbed.cluster import Cluster
@@ -36,17 +37,29 @@ from tests.e2e.waiting import eventually
 EXPORTER = Path(sys.executable).parent / "coverage-exporter"
 SCRAPER = f"{op.MONITORING}/{op.NAME}"
 FOUND_BY = f"Prometheus {SCRAPER}"
-EXIT_GAPS = 1
-EXIT_NOT_JUDGED = 2
 
 
 def run_audit(cluster: Cluster, *flags: str) -> tuple[int, dict[str, Any], str]:
     out = subprocess.run(
-        [str(EXPORTER), "audit", "--kubeconfig", str(cluster.kubeconfig), "--log.level",
-         "warning", "--output", "json", *flags],
-        capture_output=True, text=True, timeout=300, check=False,
+        [
+            str(EXPORTER),
+            "audit",
+            "--kubeconfig",
+            str(cluster.kubeconfig),
+            "--log.level",
+            "warning",
+            "--output",
+            "json",
+            *flags,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
-    assert out.returncode in (0, 1, 2), out.stderr
+    assert out.returncode in (exit_codes.FULL_COVERAGE, exit_codes.GAPS, exit_codes.CANNOT_JUDGE), (
+        out.stderr
+    )
     return out.returncode, json.loads(out.stdout), out.stderr
 
 
@@ -59,8 +72,11 @@ def explicit_flags(cluster: Cluster) -> list[str]:
 
 
 def servers(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {sv["server"]: {**sv, "replica": r["replica"], "shards": r["shards"]}
-            for r in doc["replicas"] for sv in r["servers"]}
+    return {
+        sv["server"]: {**sv, "replica": r["replica"], "shards": r["shards"]}
+        for r in doc["replicas"]
+        for sv in r["servers"]
+    }
 
 
 def judged(doc: dict[str, Any]) -> dict[str, Any]:
@@ -70,8 +86,13 @@ def judged(doc: dict[str, Any]) -> dict[str, Any]:
     out = {k: doc[k] for k in ("verdict", "gaps", "nodes", "unresolved")}
     out["services"] = [_health_free(s) for s in doc["services"]]
     out["replicas"] = [
-        {**r, "servers": [{k: v for k, v in sv.items() if k not in ("topology", "discovery")}
-                          for sv in r["servers"]]}
+        {
+            **r,
+            "servers": [
+                {k: v for k, v in sv.items() if k not in ("topology", "discovery")}
+                for sv in r["servers"]
+            ],
+        }
         for r in doc["replicas"]
     ]
     return out
@@ -93,13 +114,29 @@ class Serve:
         self.log = log
         with log.open("wb") as out:
             self.process = subprocess.Popen(
-                [str(EXPORTER), "serve", "--kubeconfig", str(cluster.kubeconfig),
-                 "--web.listen-address", self.address, "--interval", "3",
-                 "--prometheus-full-refresh-interval", "0", "--log.level", "info",
-                 # A hung Prometheus holds a cycle up to the deadline (120 s
-                 # by default): short here, so the tests see the next cycle.
-                 "--source-deadline", "10", "--prometheus-timeout", "10"],
-                stdout=out, stderr=subprocess.STDOUT)
+                [
+                    str(EXPORTER),
+                    "serve",
+                    "--kubeconfig",
+                    str(cluster.kubeconfig),
+                    "--web.listen-address",
+                    self.address,
+                    "--interval",
+                    "3",
+                    "--prometheus-full-refresh-interval",
+                    "0",
+                    "--log.level",
+                    "info",
+                    # A hung Prometheus holds a cycle up to the deadline (120 s
+                    # by default): short here, so the tests see the next cycle.
+                    "--source-deadline",
+                    "10",
+                    "--prometheus-timeout",
+                    "10",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
 
     def samples(self) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
         with urllib.request.urlopen(f"http://{self.address}/metrics", timeout=10) as r:
@@ -111,8 +148,10 @@ class Serve:
         return out
 
     def server_info(self) -> dict[str, dict[str, str]]:
-        return {dict(k)["server"]: dict(k) for k in
-                self.samples().get("scrape_coverage_server_info", {})}
+        return {
+            dict(k)["server"]: dict(k)
+            for k in self.samples().get("scrape_coverage_server_info", {})
+        }
 
     def cycles(self) -> int:
         return int(next(iter(self.samples()["scrape_coverage_cycles_total"].values())))
@@ -145,7 +184,7 @@ def test_no_server_flag_finds_the_four_pods_and_audits_as_the_explicit_run(
     assert len(pods) == 4
     rc_explicit, explicit, _ = run_audit(c, *explicit_flags(c))
     rc_found, found, _ = run_audit(c)
-    assert rc_explicit == rc_found == EXIT_GAPS  # node-exporter's Endpoints is truncated
+    assert rc_explicit == rc_found == exit_codes.GAPS  # node-exporter's Endpoints is truncated
     assert judged(found) == judged(explicit)
     assert found["complete"] and explicit["complete"]
     # Each server found at its pod IP, placed by the CR and its pod.
@@ -154,13 +193,15 @@ def test_no_server_flag_finds_the_four_pods_and_audits_as_the_explicit_run(
     for name, pod in pods.items():
         sv = got[name]
         assert (sv["shard"], sv["replica"], sv["shards"]) == (
-            pod.shard, f"prometheus-{op.NAME}-{pod.replica}", 2)
+            pod.shard,
+            f"prometheus-{op.NAME}-{pod.replica}",
+            2,
+        )
         assert (sv["topology"], sv["discovery"]) == ("discovered", FOUND_BY)
     assert {sv["discovery"] for sv in servers(explicit).values()} == {"--prometheus-url"}
     by_source = {(s["source"], s["server"]): s for s in found["sources"]}
     assert by_source[("discovery", "")]["up"]
-    assert {(s, n) for s, n in by_source if s == "prometheus"} == {
-        ("prometheus", n) for n in pods}
+    assert {(s, n) for s, n in by_source if s == "prometheus"} == {("prometheus", n) for n in pods}
 
 
 def test_a_new_shard_is_judged_within_one_cycle_and_leaves_without_a_trace(
@@ -179,29 +220,50 @@ def test_a_new_shard_is_judged_within_one_cycle_and_leaves_without_a_trace(
         # exporter judges them as shard 2: the issue's figure.
         ready_at = eventually(
             lambda: serve.cycles() if _ready(okube) >= set(new) else None,
-            "shard 2's pods Ready", 180, every=0.2)
+            "shard 2's pods Ready",
+            180,
+            every=0.2,
+        )
         discovered_at = eventually(
             lambda: serve.cycles() if all(_synced(c, n) for n in new) else None,
-            "shard 2's first targets", 120, every=0.2)
-        judged_at = eventually(lambda: serve.cycles() if _judged(serve, new) else None,
-                               "shard 2 judged", 120, every=0.2)
-        print(f"\ncycles from shard 2 Ready to judged: {judged_at - ready_at}, "
-              f"from its first targets: {judged_at - discovered_at}")
+            "shard 2's first targets",
+            120,
+            every=0.2,
+        )
+        judged_at = eventually(
+            lambda: serve.cycles() if _judged(serve, new) else None,
+            "shard 2 judged",
+            120,
+            every=0.2,
+        )
+        print(
+            f"\ncycles from shard 2 Ready to judged: {judged_at - ready_at}, "
+            f"from its first targets: {judged_at - discovered_at}"
+        )
         # The cycle running when they got their targets, then the next one.
         assert judged_at - discovered_at <= 2
         mg.settle(c, okube)
     finally:
         mg.set_shards(c, okube, 2)
-    eventually(lambda: set(serve.server_info()) == {
-        f"{p.namespace}/{p.name}" for p in c.operator_pods()}, "shard 2 gone", 120, every=0.5)
+    eventually(
+        lambda: set(serve.server_info()) == {f"{p.namespace}/{p.name}" for p in c.operator_pods()},
+        "shard 2 gone",
+        120,
+        every=0.5,
+    )
     watch.stop()
     # At no moment of either change a false gap (a gap series above what it
     # was, or a new one), nor a server reported down: while a shard's
     # configuration lags its CR, or its discovery has not delivered, its
     # replica is unknown, not missing.
-    false_gaps = [{dict(k).get("scrape_pool") or dict(k).get("stage"): v
-                   for k, v in seen.items() if v > gaps_before.get(k, 0)}
-                  for seen in watch.gaps_seen]
+    false_gaps = [
+        {
+            dict(k).get("scrape_pool") or dict(k).get("stage"): v
+            for k, v in seen.items()
+            if v > gaps_before.get(k, 0)
+        }
+        for seen in watch.gaps_seen
+    ]
     assert not [g for g in false_gaps if g], false_gaps
     assert watch.down_seen == set(), watch.down_seen
     samples = serve.samples()
@@ -233,8 +295,11 @@ class Watch:
             gaps = samples.get("scrape_coverage_gap_targets", {})
             if not self.gaps_seen or self.gaps_seen[-1] != gaps:
                 self.gaps_seen.append(gaps)
-            self.down_seen |= {dict(k).get("server", "") for k, v in
-                               samples.get("scrape_coverage_source_up", {}).items() if v != 1.0}
+            self.down_seen |= {
+                dict(k).get("server", "")
+                for k, v in samples.get("scrape_coverage_source_up", {}).items()
+                if v != 1.0
+            }
 
     def stop(self) -> None:
         self._stop.set()
@@ -248,17 +313,27 @@ def _synced(c: Cluster, name: str) -> bool:
         return False
     with urllib.request.urlopen(f"{pod.url}/metrics", timeout=5) as r:
         text = r.read().decode()
-    synced = {line.split('"')[1] for line in text.splitlines()
-              if line.startswith("prometheus_target_scrape_pool_sync_total{")}
+    synced = {
+        line.split('"')[1]
+        for line in text.splitlines()
+        if line.startswith("prometheus_target_scrape_pool_sync_total{")
+    }
     return set(op.POOLS) <= synced
 
 
 def _ready(kube: Kube) -> set[str]:
-    pods = kube.list(f"/api/v1/namespaces/{op.MONITORING}/pods",
-                     labelSelector=f"operator.prometheus.io/name={op.NAME}")
-    return {p["metadata"]["name"] for p in pods
-            if any(c["type"] == "Ready" and c["status"] == "True"
-                   for c in p["status"].get("conditions") or [])}
+    pods = kube.list(
+        f"/api/v1/namespaces/{op.MONITORING}/pods",
+        labelSelector=f"operator.prometheus.io/name={op.NAME}",
+    )
+    return {
+        p["metadata"]["name"]
+        for p in pods
+        if any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in p["status"].get("conditions") or []
+        )
+    }
 
 
 def _judged(serve: Serve, new: list[str]) -> bool:
@@ -292,21 +367,38 @@ def test_a_pod_not_ready_makes_its_replica_unknown_and_a_replaced_pod_is_read_an
         eventually(lambda: state(replica) == 0.0, "replica 1 unknown", 60, every=0.5)
         assert state(other) == 1.0
         assert "scrape_coverage_prometheus_missing_targets" not in {
-            n for n, v in serve.samples().items()
-            for k in v if dict(k).get("scraper_replica") == replica["scraper_replica"]}
+            n
+            for n, v in serve.samples().items()
+            for k in v
+            if dict(k).get("scraper_replica") == replica["scraper_replica"]
+        }
     finally:
         os.kill(pod.pid, signal.SIGCONT)
     eventually(lambda: state(replica) == 1.0, "replica 1 known again", 60, every=0.5)
 
     # Replaced: deleted, the statefulset controller makes a new pod (new UID).
     okube.delete(f"/api/v1/namespaces/{op.MONITORING}/pods/{pod.name}", grace=0)
-    eventually(lambda: any(p.name == pod.name and p.uid != pod.uid and p.ready
-                           for p in c.operator_pods()), "the new pod running", 120)
+    eventually(
+        lambda: any(p.name == pod.name and p.uid != pod.uid and p.ready for p in c.operator_pods()),
+        "the new pod running",
+        120,
+    )
     new = next(p for p in c.operator_pods() if p.name == pod.name)
     print(f"\nreplaced pod: {pod.ip} -> {new.ip}")
-    eventually(lambda: state(replica) == 1.0 and f"{pod.namespace}/{pod.name}" in [
-        line.split("msg=\"")[1].split(" ")[0] for line in serve.log.read_text().splitlines()
-        if "replaced, now read" in line], "the new pod read", 60, every=0.5)
+    eventually(
+        lambda: (
+            state(replica) == 1.0
+            and f"{pod.namespace}/{pod.name}"
+            in [
+                line.split('msg="')[1].split(" ")[0]
+                for line in serve.log.read_text().splitlines()
+                if "replaced, now read" in line
+            ]
+        ),
+        "the new pod read",
+        60,
+        every=0.5,
+    )
     mg.settle(c, okube)
 
 
@@ -315,25 +407,29 @@ def test_one_url_in_front_of_two_replicas_is_not_judged(operator_testbed: Cluste
     pod. A round-robin proxy on loopback stands in for the Service."""
     c = operator_testbed
     pods = {p.name: p for p in c.operator_pods()}
-    for pair in ([f"prometheus-{op.NAME}-0", f"prometheus-{op.NAME}-1"],  # two replicas
-                 [f"prometheus-{op.NAME}-0", f"prometheus-{op.NAME}-shard-1-0"]):  # two shards
+    for pair in (
+        [f"prometheus-{op.NAME}-0", f"prometheus-{op.NAME}-1"],  # two replicas
+        [f"prometheus-{op.NAME}-0", f"prometheus-{op.NAME}-shard-1-0"],
+    ):  # two shards
         backends = [pods[n].url.removeprefix("http://") for n in pair]
         with round_robin(backends) as url:
-            rc, doc, stderr = run_audit(c, "--prometheus-discovery", "off",
-                                        "--prometheus-url", f"operated={url}")
-        assert rc == EXIT_NOT_JUDGED, (pair, doc["verdict"])
+            rc, doc, stderr = run_audit(
+                c, "--prometheus-discovery", "off", "--prometheus-url", f"operated={url}"
+            )
+        assert rc == exit_codes.CANNOT_JUDGE, (pair, doc["verdict"])
         (src,) = [s for s in doc["sources"] if s["server"] == "operated"]
         assert not src["up"]
         assert "different servers" in src["error"] and "discovery" in src["error"]
         assert "different servers" in stderr
         assert not doc["complete"]
         # Never compared as one server: no pool of it is judged.
-        assert not [p for s in doc["services"] for p in s["prometheus"]["pools"]
-                    if p.get("known")], pair
+        assert not [
+            p for s in doc["services"] for p in s["prometheus"]["pools"] if p.get("known")
+        ], pair
 
 
 def test_nothing_found_nor_given_is_not_green(operator_testbed: Cluster) -> None:
     rc, doc, stderr = run_audit(operator_testbed, "--prometheus-discovery", "off")
-    assert rc == EXIT_NOT_JUDGED
+    assert rc == exit_codes.CANNOT_JUDGE
     assert not doc["complete"] and doc["replicas"] == []
     assert "no Prometheus server" in stderr + json.dumps(doc)

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from coverage_exporter import exit_codes
 from testbed import scenarios as s
 from testbed.cluster import Cluster
 from tests.e2e.waiting import eventually
@@ -23,11 +24,25 @@ SELECTOR = ["--prometheus-pod-selector", s.SERVER_POD_SELECTOR, "--prometheus-po
 
 def audit(testbed: Cluster, *flags: str) -> tuple[int, dict[str, Any]]:
     out = subprocess.run(
-        [str(EXPORTER), "audit", "--kubeconfig", str(testbed.kubeconfig), "--log.level",
-         "warning", "--output", "json", *flags],
-        capture_output=True, text=True, timeout=300, check=False,
+        [
+            str(EXPORTER),
+            "audit",
+            "--kubeconfig",
+            str(testbed.kubeconfig),
+            "--log.level",
+            "warning",
+            "--output",
+            "json",
+            *flags,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
-    assert out.returncode in (0, 1, 2), out.stderr
+    assert out.returncode in (exit_codes.FULL_COVERAGE, exit_codes.GAPS, exit_codes.CANNOT_JUDGE), (
+        out.stderr
+    )
     return out.returncode, json.loads(out.stdout)
 
 
@@ -61,19 +76,19 @@ def test_pods_found_by_selector_are_judged_as_their_urls(testbed: Cluster) -> No
         return (rc_given, rc_found, found) if same else None
 
     rc_given, rc_found, found = eventually(both, "the same audit both ways", 180, 2)
-    assert rc_given == rc_found == 1  # the scenario's gaps
+    assert rc_given == rc_found == exit_codes.GAPS  # the scenario's gaps
     servers = {sv["server"]: sv for r in found["replicas"] for sv in r["servers"]}
     assert set(servers) == {f"{s.MONITORING}/prometheus-3-0", f"{s.MONITORING}/prometheus-2-0"}
-    assert {sv["discovery"] for sv in servers.values()} == {
-        f"pod selector {s.SERVER_POD_SELECTOR}"}
+    assert {sv["discovery"] for sv in servers.values()} == {f"pod selector {s.SERVER_POD_SELECTOR}"}
     # Not an Operator object: placed by its own answers (no external labels: alone).
     assert {sv["topology"] for sv in servers.values()} == {"independent"}
 
 
 def test_a_missing_port_name_is_said_and_nothing_is_judged(testbed: Cluster) -> None:
-    rc, doc = audit(testbed, "--prometheus-pod-selector", s.SERVER_POD_SELECTOR,
-                    "--prometheus-pod-port", "http")
-    assert rc == 2
+    rc, doc = audit(
+        testbed, "--prometheus-pod-selector", s.SERVER_POD_SELECTOR, "--prometheus-pod-port", "http"
+    )
+    assert rc == exit_codes.CANNOT_JUDGE
     reasons = {f["reason"] for f in doc["discovery"]["findings"]}
     assert reasons == {"port_missing"}
     assert not doc["complete"]

@@ -49,6 +49,12 @@ POOLS = {
     ("kube-system", "kubelet-skip-mirror", "kubelet-skip-mirror-endpointslice"): lambda n: set(),
 }
 
+CAUSES = {
+    ("monitoring", "node-exporter", "node-exporter-endpoints"): "endpoints_truncated",
+    ("kube-system", "kubelet", "kubelet-endpointslice"): "mirroring_capped",
+}
+"""Why each pool of POOLS misses what it misses (model.causes)."""
+
 
 def prometheus_sees(url: str, nodes: int) -> bool:
     """Prometheus discovered what the controllers now hold for `nodes`."""
@@ -57,7 +63,7 @@ def prometheus_sees(url: str, nodes: int) -> bool:
 
 
 def exporter_args(testbed: Cluster, *urls: str) -> list[str]:
-    args = ["--kubeconfig", str(testbed.kubeconfig), "--log-level", "warning"]
+    args = ["--kubeconfig", str(testbed.kubeconfig), "--log.level", "warn"]
     for url in urls:
         args += ["--prometheus-url", url]
     return args
@@ -95,6 +101,9 @@ def test_audit_equals_the_truth(testbed: Cluster, version: str) -> None:
     assert (ne["source"], ne["expected"]) == ("daemonset", N)
     assert ne["endpoints"]["ready"] == 1000 and ne["endpoints"]["truncated"] is True
     assert names(ne["endpoints"]["missing"]) == s.endpoints_dropped_nodes(N)
+    cut = len(s.endpoints_dropped_nodes(N))
+    assert ne["endpoints"]["causes"] == {"endpoints_truncated": cut}
+    assert {m["cause"] for m in ne["endpoints"]["missing"]} == {"endpoints_truncated"}
     assert sum(e["count"] for e in ne["endpointslices"]["endpoints"]) == N
     assert ne["endpointslices"]["missing"] == []
 
@@ -102,6 +111,8 @@ def test_audit_equals_the_truth(testbed: Cluster, version: str) -> None:
     assert (kubelet["source"], kubelet["expected"]) == ("nodes", N)
     assert kubelet["endpointslices"]["mirroring_skipped"] == N - 1000
     assert names(kubelet["endpointslices"]["missing"]) == s.mirroring_dropped_nodes(N)
+    capped = len(s.mirroring_dropped_nodes(N))
+    assert kubelet["endpointslices"]["causes"] == {"mirroring_capped": capped}
 
     skip = service(doc, "kube-system", "kubelet-skip-mirror")
     assert skip["endpoints"]["skip_mirror"] is True
@@ -115,6 +126,11 @@ def test_audit_equals_the_truth(testbed: Cluster, version: str) -> None:
             p for p in service(doc, ns, name)["prometheus"]["pools"] if p["scrape_pool"] == pool
         ]
         assert names(p["missing"]) == dropped(N), pool
+        # The pool's cause is the stage it reads (issue #19): the cut for
+        # role endpoints, the mirroring cap for the kubelet's slices.
+        cause = CAUSES.get((ns, name, pool))
+        assert p["causes"] == ({cause: len(dropped(N))} if dropped(N) else {}), pool
+        assert {m["cause"] for m in p["missing"]} == ({cause} if dropped(N) else set()), pool
         assert p["discovered"] == N - len(dropped(N)), pool
         assert p["role"] == ("endpoints" if pool.endswith("-endpoints") else "endpointslice")
 
@@ -432,18 +448,19 @@ def test_pods_are_read_in_table_form_from_the_real_apiserver(testbed: Cluster) -
     fallback), and still finds their DaemonSet from the pod names."""
     url = testbed.prometheus_urls["prometheus-3"]
     binary = Path(sys.executable).parent / "coverage-exporter"
-    args = [*exporter_args(testbed, url), "--log-level", "info", "--output", "json"]
+    args = [*exporter_args(testbed, url), "--log.level", "info", "--output", "json"]
     out = subprocess.run(
         [str(binary), "audit", *args], capture_output=True, text=True, timeout=300, check=False
     )
     assert out.returncode in (0, 1), out.stderr
     listed = [
-        line for line in out.stderr.splitlines() if "pods monitoring" in line and "listed" in line
-    ]
-    assert listed and all("(Table form)" in line for line in listed), out.stderr[-3000:]
+        line for line in out.stderr.splitlines()
+        if 'resource="pods monitoring' in line and " msg=listed " in line
+    ]  # fmt: skip
+    assert listed and all(" form=table" in line for line in listed), out.stderr[-3000:]
     assert "falling back" not in out.stderr
     # Earlier tests may have scaled the scenario: compare with what was listed.
-    (count,) = {int(line.split(" listed ")[1].split()[0]) for line in listed}
+    (count,) = {int(line.split(" objects=")[1].split()[0]) for line in listed}
     ne = service(json.loads(out.stdout), *NE)
     assert (ne["source"], ne["expected"]) == ("daemonset", count) and count > 0
 

@@ -32,6 +32,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from coverage_exporter import logs
 from coverage_exporter.sources.kubernetes.source import KubernetesSource
 from testbed import scenarios as s
 from testbed.cluster import Cluster
@@ -268,7 +269,10 @@ def test_one_of_two_prometheus_killed_and_restarted(
         )
         assert exporter.value("scrape_coverage_missing_targets", **GAP) == N - 1000
         text = log_since(exporter, offset)
-        assert f"prometheus {PROM_DIRECT}: GET /api/v1/" in text, text[-2000:]
+        assert any(
+            f"server={PROM_DIRECT}" in line and "GET /api/v1/" in line
+            for line in text.splitlines()
+        ), text[-2000:]
         assert "Traceback" not in text
     finally:
         testbed.start("prometheus-2")
@@ -301,8 +305,10 @@ def test_a_slow_prometheus_is_cut_off_and_does_not_delay_the_other(
         assert up(exporter, **KUBE) == 1
         assert exporter.value("scrape_coverage_missing_targets", **GAP) == N - 1000
         text = log_since(exporter, offset)
-        assert f"prometheus {PROM_PROXIED}: not done within the {DEADLINE}s source deadline" in (
-            text
+        assert any(
+            f"server={PROM_PROXIED}" in line
+            and f"not done within the {DEADLINE}s source deadline" in line
+            for line in text.splitlines()
         ), text[-2000:]
     finally:
         proxy.delay = 0.0
@@ -358,14 +364,14 @@ def test_etcd_compaction_forces_410_on_continue_and_on_watch(
         kubeconfig.write_text(yaml.safe_dump(config))
         with caplog.at_level(logging.INFO, logger="coverage_exporter.kubernetes"):
             asyncio.run(_compaction_scenario(testbed, kube, kubeconfig, url))
-    messages = [r.getMessage() for r in caplog.records]
+    messages = [logs.LogfmtFormatter().format(r) for r in caplog.records]
     assert any("continue token expired mid-list" in m for m in messages), messages
     # etcd answers a watch from a compacted revision with 410 Expired, or
     # now and then (the compaction raced the changes) with a 500 "PrevKv=nil"
     # ERROR event for the first event it lost: both are real, both relist.
     gone = any("too old" in m and "relisting" in m for m in messages)
     prevkv = any("PrevKv=nil" in m for m in messages) and any(
-        "watch failed 3 times in a row; relisting" in m for m in messages
+        "watch failed repeatedly; relisting" in m and "failures=3" in m for m in messages
     )
     print(f"watch after compaction: {'410 Expired' if gone else '500 PrevKv=nil'}, relisted")
     assert gone or prevkv, messages
@@ -430,7 +436,8 @@ class _Messages(logging.Handler):
         self.messages: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
+        # The whole line: the error is a field of its own, not in msg.
+        self.messages.append(logs.LogfmtFormatter().format(record))
 
 
 def _patch_and_compact(testbed: Cluster, kube: Kube, value: str) -> None:

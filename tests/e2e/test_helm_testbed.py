@@ -52,7 +52,6 @@ RULE_LABELS = {"release": "kube-prometheus-stack"}  # ci/default-values.yaml
 
 
 def helm(testbed: Cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    chart.copy_files()
     env = {**os.environ, "KUBECONFIG": str(testbed.kubeconfig), "HELM_CACHE_HOME": "/tmp/helm"}
     done = subprocess.run(
         [str(chart.helm()), *args], capture_output=True, text=True, timeout=300, env=env

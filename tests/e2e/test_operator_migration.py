@@ -79,7 +79,7 @@ class Exporter:
 
 
 def url_flags(cluster: Cluster) -> list[str]:
-    flags = ["--kubeconfig", str(cluster.kubeconfig), "--log-level", "warning"]
+    flags = ["--kubeconfig", str(cluster.kubeconfig), "--log.level", "warn"]
     for name, url in cluster.operator_prometheus_urls.items():
         flags += ["--prometheus-url", f"{name}={url}"]
     return flags

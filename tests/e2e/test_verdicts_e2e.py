@@ -62,8 +62,8 @@ def audit(testbed: Cluster, *args: str) -> tuple[int, dict[str, Any]]:
             "audit",
             "--kubeconfig",
             str(testbed.kubeconfig),
-            "--log-level",
-            "warning",
+            "--log.level",
+            "warn",
             "--output",
             "json",
             *args,
@@ -73,7 +73,7 @@ def audit(testbed: Cluster, *args: str) -> tuple[int, dict[str, Any]]:
         timeout=300,
         check=False,
     )
-    assert out.returncode in (0, 1, 2), out.stderr
+    assert out.returncode in (0, 1, 3), out.stderr
     assert "Traceback" not in out.stderr, out.stderr
     return out.returncode, json.loads(out.stdout)
 
@@ -139,6 +139,9 @@ def test_pool_refused_endpointslices_reports_every_target_missing_from_the_start
     assert pool["meant"] and pool["known"] and pool["discovered"] == 0
     assert pool["role"] == "endpointslice"
     assert names(pool["missing"]) == set(s.nodes(N))
+    # The slices hold every node: nothing earlier explains the loss.
+    assert pool["causes"] == {"pool_discovers_nothing": N}
+    assert {m["cause"] for m in pool["missing"]} == {"pool_discovers_nothing"}
     assert {g["stage"] for g in service(doc, NE)["gaps"]} == {"prometheus"}
 
 
@@ -153,6 +156,7 @@ def test_reload_that_switches_the_role_starts_from_nothing_and_is_reported(
     before = pools(doc, NE)[("role-switch", "ne")]
     assert rc == 1 and before["role"] == "endpoints"
     assert names(before["missing"]) == s.endpoints_dropped_nodes(N)
+    assert before["causes"] == {"endpoints_truncated": len(s.endpoints_dropped_nodes(N))}
 
     # The migration's own step, without the RBAC it needs.
     prom.write([sd_job(testbed, "ne", NE, "metrics", "endpointslice", refused_token)], {})
@@ -163,6 +167,8 @@ def test_reload_that_switches_the_role_starts_from_nothing_and_is_reported(
     assert rc == 1
     assert (after["role"], after["meant"], after["discovered"]) == ("endpointslice", True, 0)
     assert names(after["missing"]) == set(s.nodes(N))
+    # Role endpointslice reads the slices, which hold every node.
+    assert after["causes"] == {"pool_discovers_nothing": N}
 
 
 # --- 2. replicas are not shards ------------------------------------------------
@@ -255,7 +261,7 @@ def test_a_shard_that_never_answered_makes_its_share_unknown_not_missing(
         "      scraper: monitoring/k8s, replica: prometheus-k8s-0, shard: 1, shards: 2}\n"
     )
     rc, doc = audit(testbed, "--prometheus-fleet-file", str(fleet))
-    assert rc == 2
+    assert rc == 3  # could not judge (coverage_exporter/exit_codes.py)
     assert doc["verdict"].startswith("coverage unknown")
     (pool,) = service(doc, NE)["prometheus"]["pools"]
     assert (pool["known"], pool["missing"], pool["missing_count"]) == (False, None, None)
@@ -537,3 +543,5 @@ def test_daemonset_nodes_without_a_running_pod_are_named(
     svc = eventually(settled, "the Endpoints of the 3 running pods", 90)
     assert (svc["source"], svc["expected"], svc["expected_unnamed"]) == ("daemonset", 5, 0)
     assert names(svc["endpoints"]["missing"]) == {d["failed"], d["without_pod"]}
+    # Evicted or never created: no running pod where the DaemonSet should run one.
+    assert svc["endpoints"]["causes"] == {"pod_not_scheduled": 2}

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from coverage_exporter import logs
 from coverage_exporter.model.scope import over_capacity_services
 from coverage_exporter.sources.kubernetes.source import KubernetesSource
 from testbed.cluster import Cluster, find_binaries
@@ -57,6 +58,11 @@ async def until(check: Callable[[], Any], what: str, seconds: float = 30) -> Non
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+def _lines(caplog: pytest.LogCaptureFixture) -> str:
+    """The log as the exporter writes it: message and fields."""
+    return "\n".join(logs.LogfmtFormatter().format(r) for r in caplog.records)
 
 
 def node_body(name: str) -> dict[str, Any]:
@@ -213,7 +219,7 @@ async def test_list_watch_and_apiserver_restart(
         )
         assert snap.daemonsets[key].desired_number_scheduled == NODES
         # The v1 Endpoints deprecation warning (Kubernetes v1.33+): logged once.
-        assert caplog.text.count("v1 Endpoints is deprecated") == 1
+        assert _lines(caplog).count("v1 Endpoints is deprecated") == 1
 
         # Pods of the in-scope Service, through a labelSelector watch.
         source.set_pod_scope([snap.services[key]])
@@ -244,7 +250,7 @@ async def test_list_watch_and_apiserver_restart(
             "pod changes",
         )
         assert [r.lists_total for r in source.reflectors()] == lists_before
-        assert caplog.text.count("v1 Endpoints is deprecated") == 1
+        assert _lines(caplog).count("v1 Endpoints is deprecated") == 1
 
         # The apiserver goes away: unhealthy, cache kept.
         await asyncio.to_thread(cluster.stop, "kube-apiserver")

@@ -42,7 +42,6 @@ def test_there_are_ci_values_files() -> None:
 
 @pytest.mark.parametrize("values", [None, *CI_VALUES], ids=lambda p: p.name if p else "defaults")
 def test_helm_lint_strict(values: Path | None) -> None:
-    chart.copy_files()
     cmd = [str(chart.helm()), "lint", "--strict", str(chart.CHART)]
     if values:
         cmd += ["--values", str(values)]
@@ -82,6 +81,7 @@ def test_deploy_manifests_are_rendered_from_the_chart() -> None:
 
 
 def test_prometheus_rule_and_dashboard_are_the_generated_files() -> None:
+    # With the default values the chart renders exactly the plain files.
     docs = by_kind(render(CI_VALUES[0]))
     rule_file = yaml.safe_load((chart.REPO / "alerts" / "coverage-exporter.rules.yml").read_text())
     assert docs["PrometheusRule"]["spec"] == rule_file
@@ -89,7 +89,30 @@ def test_prometheus_rule_and_dashboard_are_the_generated_files() -> None:
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     (content,) = dashboard["data"].values()
     source = (chart.REPO / "dashboards" / "coverage-exporter.json").read_text()
-    assert json.loads(content) == json.loads(source)
+    assert content == source.rstrip("\n")
+
+
+def test_chart_files_are_committed_and_generated() -> None:
+    # The chart renders from git (helm install ./charts/..., Argo CD, Flux):
+    # its files/ are committed, and fail this test when they drift from
+    # alerts/rules.py and dashboards/generate.py.
+    tracked = subprocess.run(
+        ["git", "ls-files", "--error-unmatch", *map(str, chart.chart_files())],
+        cwd=chart.REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert tracked.returncode == 0, tracked.stderr
+    assert chart.stale_files() == [], "run python -m tools.chart files"
+    assert chart.main(["files", "--check"]) == 0
+
+
+def test_files_check_catches_a_drift(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    drifted = tmp_path / chart.RULES_TEMPLATE.name
+    drifted.write_text(chart.RULES_TEMPLATE.read_text().replace("for: ", "for:  ", 1))
+    monkeypatch.setattr(chart, "RULES_TEMPLATE", drifted)
+    assert chart.stale_files() == [drifted]
+    assert chart.main(["files", "--check"]) == 1
 
 
 def test_missing_source_files_fail_the_render(tmp_path: Path) -> None:
@@ -186,6 +209,12 @@ def test_every_rendered_flag_is_a_flag_of_serve() -> None:
         args = _args(by_kind(render(values)))
         assert args[0] == "serve"
         build_parser().parse_args(args)  # exits (SystemExit) on an unknown flag
+    # Durations in Prometheus's spelling, read as the exporter reads them.
+    args = _args(by_kind(render()))
+    assert {"--interval=1m", "--prometheus-timeout=2m"} <= set(args)
+    parsed = build_parser().parse_args(args)
+    assert (parsed.interval, parsed.prometheus_timeout) == (60.0, 120.0)
+    assert parsed.prometheus_full_refresh_interval == 600.0
 
 
 def test_no_operator_values_render_no_operator_objects() -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from coverage_exporter import logs
 from coverage_exporter.health import SOURCE_KUBERNETES, SourceHealth
 from coverage_exporter.model.objects import Service
 from coverage_exporter.sources.errors import Limits, SourceError
@@ -105,7 +106,7 @@ async def test_a_deeply_nested_watch_event_restarts_the_watch_cleanly(
         await until(lambda: len(server.watches("nodes")) >= 2)
     assert dict(r.cache).keys() == {"a"}
     assert_one_clean_line(caplog)
-    assert any("nested too deeply" in rec.getMessage() for rec in caplog.records)
+    assert any("nested too deeply" in logs.LogfmtFormatter().format(rec) for rec in caplog.records)
 
 
 async def test_a_gzip_bomb_list_page_is_cut_off(

@@ -19,6 +19,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from coverage_exporter import logs
 from coverage_exporter.cycle import CycleRunner, TargetPoller
 from coverage_exporter.model.scope import Scope
 from coverage_exporter.sources.errors import DEFAULT_LIMITS, Limits, SourceError
@@ -83,11 +84,12 @@ def source(url: str, name: str = "hostile", **limits: int) -> PrometheusSource:
 
 
 def assert_one_clean_line(caplog: pytest.LogCaptureFixture) -> None:
-    """Every record is one printable line without a traceback."""
+    """Every record is one printable line without a traceback, its fields
+    included."""
     for record in caplog.records:
         assert record.exc_info is None, record.getMessage()
-        message = record.getMessage()
-        assert "\n" not in message and "\x1b" not in message, message
+        line = logs.LogfmtFormatter().format(record)
+        assert "\n" not in line and "\x1b" not in line, line
 
 
 # --- /metrics counts -------------------------------------------------------------

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from coverage_exporter import __version__
+
 REPO = Path(__file__).resolve().parent.parent.parent
 DOCKERFILE = REPO / "Dockerfile"
 DEBIAN_PYTHON = Path("/usr/bin/python3")
@@ -244,3 +246,13 @@ def test_serve_runs_as_65532_on_a_read_only_tree(built: Path) -> None:
         proc.terminate()
         proc.wait(timeout=15)
     assert "Read-only file system" not in log.read_text()
+
+
+def test_version_names_the_revision_the_image_was_built_from(built: Path) -> None:
+    venv = built / "opt" / "coverage-exporter"
+    done = subprocess.run(
+        [str(venv / "bin" / "coverage-exporter"), "--version"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    first = done.stdout.splitlines()[0]
+    assert first == f"coverage-exporter, version {__version__} (revision: {REVISION})"

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from coverage_exporter import logs
 from coverage_exporter.health import SOURCE_KUBERNETES, SourceHealth
 from coverage_exporter.model.coverage import expected_targets
 from coverage_exporter.model.objects import ClusterSnapshot, DaemonSet, Pod, Service
@@ -161,7 +162,7 @@ async def test_406_falls_back_to_full_objects_with_one_log_line(
         await source.ensure_pods_synced(5)
         assert [p.name for p in source.snapshot().pods[("mon", "ne")]] == ["ne-abcde"]
         fallbacks = [r for r in caplog.records if "falling back" in r.getMessage()]
-        assert len(fallbacks) == 1 and "406" in fallbacks[0].getMessage()
+        assert len(fallbacks) == 1 and "406" in logs.LogfmtFormatter().format(fallbacks[0])
         pod_lists = server.lists("pods")
         assert "as=Table" in (pod_lists[0].accept or "")
         assert pod_lists[-1].accept == "application/json"

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from kubernetes.client import Configuration
 
+from coverage_exporter import logs
 from coverage_exporter.health import SOURCE_KUBERNETES, SourceHealth
 from coverage_exporter.model.objects import Node, Service
 from coverage_exporter.model.scope import over_capacity_services
@@ -392,7 +393,7 @@ async def test_bad_objects_are_skipped(
         r.start()
         assert await r.wait_synced(5)
         assert set(r.cache) == {"good"}
-        assert "skipping bad object" in caplog.text
+        assert "skipping a bad object" in caplog.text
         await until(lambda: server.open_watches == 1)
         # A good object turning bad is dropped: its old state is not true any more.
         server.put("nodes", {"metadata": {"name": "good"}, "status": {"conditions": 5}})
@@ -440,7 +441,8 @@ async def test_deprecation_warning_logged_once(
         r.start()
         assert await r.wait_synced(5)
         await until(lambda: len(server.watches()) >= 3, seconds=10)
-    assert caplog.text.count("v1 Endpoints is deprecated") == 1
+    lines = [logs.LogfmtFormatter().format(r) for r in caplog.records]
+    assert sum("v1 Endpoints is deprecated" in line for line in lines) == 1
 
 
 # --- KubernetesSource on the fake apiserver ----------------------------------------------

@@ -131,8 +131,7 @@ def test_alert_has_severity_annotations_and_runbook(alert: dict) -> None:
     if alert["expr"].startswith("absent("):
         # absent() has no series to quote: the description names what is missing.
         assert generate.DEFAULT_EXPORTER_SELECTOR in annotations["description"]
-    else:
-        assert "{{" in annotations["description"], "description should carry values"
+    assert "{{" in annotations["description"], "description should carry values"
     assert annotations["runbook_url"] == f"{RUNBOOK_BASE_URL}{alert['alert']}.md"
     runbook = RUNBOOKS / f"{alert['alert']}.md"
     assert runbook.is_file(), f"missing runbook {runbook}"
@@ -195,8 +194,10 @@ def test_metric_name_parser_sees_through_promql() -> None:
     assert metric_names(expr) == {"scrape_coverage_cycles_total", "foo:bar:max", "up"}
 
 
-# Target labels Prometheus puts on the exporter's series; the rules drop them.
-_EXPORTER_TARGET_LABELS = {"job", "instance"}
+# Target labels Prometheus puts on the exporter's series (the rules drop
+# them), and the external label that tells clusters apart in a central
+# Thanos or Mimir (the rules keep it).
+_EXPORTER_TARGET_LABELS = {"job", "instance", "cluster"}
 
 
 def _documented_labels(part: str = "exporter") -> dict[str, set[str]]:

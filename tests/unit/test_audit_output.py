@@ -28,14 +28,19 @@ def test_json_names_every_missing_node_and_the_finding() -> None:
     assert svc["endpoints"]["truncated"] is True
     (pool,) = svc["prometheus"]["pools"]
     assert (pool["scrape_pool"], pool["role"], pool["discovered"]) == ("ne", "endpoints", 1000)
-    assert len(pool["missing"]) == 200 and pool["missing"][0] == {"node": "node-1000"}
-    assert any("migrate this job to role endpointslice" in f for f in svc["findings"])
+    assert len(pool["missing"]) == 200
+    assert pool["missing"][0] == {"node": "node-1000", "cause": "endpoints_truncated"}
+    assert pool["causes"] == {"endpoints_truncated": 200} and pool["cause_rule"] is None
+    assert svc["endpoints"]["causes"] == {"endpoints_truncated": 200}
+    (line,) = [f for f in svc["findings"] if "migrate this job to role endpointslice" in f]
+    assert "why: 200 cut from the truncated Endpoints [endpoints_truncated]" in line
 
 
 def test_json_without_kubernetes_says_nothing_was_compared() -> None:
     down = [SourceHealth("kubernetes", up=False, last_error="connection refused")]
     doc = json.loads(render_json(None, down))
     assert doc == {
+        "version": 1,
         "sources": [
             {"source": "kubernetes", "server": "", "up": False, "error": "connection refused"}
         ],

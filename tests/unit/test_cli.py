@@ -1,11 +1,21 @@
-"""Flags, their environment variables and the errors a user sees."""
+"""Flags, their environment variables, the errors a user sees and the
+exit codes `audit` gives them. What needs a process or a socket (--version,
+--help as printed, an apiserver that refuses) is in tests/local/test_cli.py."""
 
 from __future__ import annotations
 
 import pytest
 
-from coverage_exporter import cli
+from coverage_exporter import cli, exit_codes
 from coverage_exporter.app import Settings
+
+
+def main(argv: list[str]) -> int:
+    """cli.main, with argparse's own exit (a bad flag) as its code."""
+    try:
+        return cli.main(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
 
 
 def test_env_names_follow_the_flags() -> None:
@@ -66,17 +76,18 @@ def test_scope_flags() -> None:
         (["audit", "--log-level", "loud"], "log-level"),
     ],
 )
-def test_bad_input_exits_2_with_a_message(argv, message, capsys) -> None:
-    assert cli.main(argv) == 2
+def test_bad_input_is_a_usage_error_with_a_message(argv, message, capsys) -> None:
+    assert main(argv) == exit_codes.USAGE == 2
     assert message in capsys.readouterr().err
 
 
-def test_audit_without_any_kubeconfig_cannot_collect(tmp_path, monkeypatch, capsys) -> None:
+def test_audit_without_any_kubeconfig_is_a_usage_error(tmp_path, monkeypatch, capsys) -> None:
+    # Nothing names a cluster: the flags or the environment must change.
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    assert cli.main(["audit"]) == 2
-    assert "kube" in capsys.readouterr().err.lower()
+    assert cli.main(["audit"]) == exit_codes.USAGE
+    assert "no Kubernetes configuration found" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -92,11 +103,8 @@ def test_audit_without_any_kubeconfig_cannot_collect(tmp_path, monkeypatch, caps
     ],
 )
 def test_bounds_must_make_sense(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
-    try:
-        code = cli.main(["serve", "--prometheus-url=http://p:9090", flag])
-    except SystemExit as exit_:  # refused by the flag's type, with usage
-        code = exit_.code
-    assert code == 2
+    code = main(["serve", "--prometheus-url=http://p:9090", flag])
+    assert code == exit_codes.USAGE
     assert flag.split("=")[0].lstrip("-") in capsys.readouterr().err
 
 
@@ -154,6 +162,100 @@ def test_each_default_is_the_flags_and_the_codes_alike(tmp_path) -> None:
     assert default(KubernetesSource, "watch_idle_seconds") == args.kubernetes_watch_idle_timeout
     assert default(KubernetesSource, "pod_form") == args.kubernetes_pod_form
     help_text = cli.build_parser()._subparsers._group_actions[0].choices["serve"].format_help()  # type: ignore[union-attr]
-    assert "seconds one request to Prometheus may take (default: 120)" in " ".join(
+    # Shown as the flag takes it, and parsed by the flag's own parser.
+    assert "how long one request to Prometheus may take (default: 2m)" in " ".join(
         help_text.split()
     )
+    assert args.prometheus_timeout == 120.0
+    assert Guards().limits.max_body_bytes == args.max_response_bytes == 256 << 20
+
+
+# --- Prometheus's dialect ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "interval", "timeout", "max_bytes"),
+    [
+        (["--interval", "1m", "--prometheus-timeout", "90s", "--max-response-bytes", "512MiB"],
+         60.0, 90.0, 512 << 20),
+        (["--interval", "1h30m", "--prometheus-timeout", "250ms", "--max-response-bytes", "1GB"],
+         5400.0, 0.25, 1 << 30),
+        # Bare numbers, as the flags took them before: seconds and bytes.
+        (["--interval", "60", "--prometheus-timeout", "120", "--max-response-bytes", "1048576"],
+         60.0, 120.0, 1 << 20),
+        ([], 60.0, 120.0, 256 << 20),
+    ],
+)  # fmt: skip
+def test_durations_and_sizes_as_prometheus_spells_them(
+    flags: list[str], interval: float, timeout: float, max_bytes: int
+) -> None:
+    args = cli.build_parser().parse_args(["serve", *flags])
+    assert (args.interval, args.prometheus_timeout, args.max_response_bytes) == (
+        interval,
+        timeout,
+        max_bytes,
+    )
+
+
+@pytest.mark.parametrize("value", ["1min", "1s1m", "-1m", "1.5m", "0s", "inf"])
+def test_a_bad_duration_is_a_usage_error(value: str, capsys) -> None:
+    assert main(["serve", "--interval", value]) == exit_codes.USAGE
+    err = capsys.readouterr().err
+    assert "--interval" in err
+
+
+def test_durations_come_from_the_environment_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COVERAGE_EXPORTER_INTERVAL", "2m")
+    monkeypatch.setenv("COVERAGE_EXPORTER_MAX_RESPONSE_BYTES", "64MiB")
+    args = cli.build_parser().parse_args(["serve"])
+    assert (args.interval, args.max_response_bytes) == (120.0, 64 << 20)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "reason"),
+    [
+        ("COVERAGE_EXPORTER_PROMETHEUS_INSECURE_SKIP_VERIFY", "ture", "not a boolean"),
+        ("COVERAGE_EXPORTER_INTERVAL", "1min", "unknown unit"),
+        ("COVERAGE_EXPORTER_MAX_RESPONSE_BYTES", "1kB", "unknown unit"),
+        ("COVERAGE_EXPORTER_LOG_FORMAT", "xml", "not one of logfmt, json"),
+        ("COVERAGE_EXPORTER_LOG_LEVEL", "loud", "one of debug, info, warn, error"),
+    ],
+)
+def test_a_bad_environment_value_is_a_usage_error_naming_the_variable(
+    variable: str, value: str, reason: str, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    # Never a silent default: "ture" was read as false before.
+    monkeypatch.setenv(variable, value)
+    assert main(["serve"]) == exit_codes.USAGE
+    err = capsys.readouterr().err
+    assert f"{variable}={value!r}" in err and reason in err
+
+
+def test_help_and_version_work_whatever_the_environment(monkeypatch, capsys) -> None:
+    monkeypatch.setenv("COVERAGE_EXPORTER_INTERVAL", "nonsense")
+    assert main(["--version"]) == 0
+    assert main(["serve", "--help"]) == 0
+
+
+@pytest.mark.parametrize("level", ["debug", "info", "warn", "error", "WARN", "warning"])
+def test_promslog_level_names(level: str) -> None:
+    args = cli.build_parser().parse_args(["audit", "--log.level", level])
+    assert args.log_level == ("warn" if level.lower().startswith("warn") else level.lower())
+
+
+def test_the_log_level_variable_is_the_new_flags_only(monkeypatch, capsys) -> None:
+    # It used to feed the deprecated --log-level as well, which then warned
+    # about a flag nobody had given.
+    monkeypatch.setenv("COVERAGE_EXPORTER_LOG_LEVEL", "warn")
+    args = cli.build_parser().parse_args(["serve"])
+    assert (args.log_level, args.log_level_deprecated) == ("warn", None)
+    assert cli.env_name("--log-level") == "COVERAGE_EXPORTER_LOG_LEVEL"  # why it must not read it
+
+
+def test_environment_names_are_unique_per_command() -> None:
+    parser = cli.build_parser()
+    for command in ("serve", "audit"):
+        sub = parser._subparsers._group_actions[0].choices[command]  # type: ignore[union-attr]
+        flags = [a.option_strings[0] for a in sub._actions if a.option_strings[0] != "-h"]
+        read = [cli.env_name(f) for f in flags if f != "--log-level"]
+        assert len(read) == len(set(read)), command

@@ -3,19 +3,24 @@ good data, and a Prometheus is re-read only as much as needed."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Collection, Mapping, Sequence
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from coverage_exporter.cycle import CycleRunner
 from coverage_exporter.health import SourceHealth
+from coverage_exporter.model.causes import Cause
 from coverage_exporter.model.objects import (
     KIND_UNKNOWN,
     ClusterSnapshot,
     PrometheusSnapshot,
+    RelabelRule,
+    ScrapeJob,
     Service,
 )
 from coverage_exporter.model.scope import Scope
+from coverage_exporter.model.stages import service_stages
 from coverage_exporter.model.topology import Declared
 from coverage_exporter.sources.errors import SourceError
 from coverage_exporter.sources.prometheus.config import LoadedConfig
@@ -283,5 +288,44 @@ async def test_an_unresolved_service_is_a_series_and_one_log_line(caplog) -> Non
             ("service", "node-exporter"),
         ): 1.0
     }
-    lines = [r for r in caplog.records if "cannot tell what it should hold" in r.getMessage()]
+    said = "cannot tell what a Service should hold"
+    lines = [r for r in caplog.records if said in r.getMessage()]
     assert len(lines) == 1
+
+
+class ScopedCluster(StaticCluster):
+    """As the real source: pods are in the snapshot only for the Services
+    whose pod scope was set (KubernetesSource.set_pod_scope)."""
+
+    def snapshot(self) -> ClusterSnapshot:
+        full = super().snapshot()
+        scoped = {s.key for s in self.scope}
+        return dataclasses.replace(full, pods={k: v for k, v in full.pods.items() if k in scoped})
+
+
+async def test_a_service_only_a_pool_that_discovers_nothing_is_meant_for_is_missing() -> None:
+    """Issue #19 item 9: the meant pool discovers nothing (RBAC refused, a
+    port renamed), so no target names the Service; its pods must still be
+    listed, and the Service judged missing with its cause, not unresolved."""
+    cluster = clusters.node_exporter(10)
+    cluster.services = {
+        NE: Service(*NE, {"app": "node-exporter"}, {"app": "node-exporter"}, {}, ("metrics",))
+    }
+    job = ScrapeJob(
+        "serviceMonitor/monitoring/node-exporter/0",
+        "endpointslice",
+        ("monitoring",),
+        (RelabelRule("keep", ("__meta_kubernetes_service_label_app",), regex="node-exporter"),),
+    )
+    snapshot = PrometheusSnapshot("p", [], jobs=(job,), pools=(job.name,))
+    prom = ScriptedPrometheus("p", [snapshot])
+    result = await CycleRunner(ScopedCluster(cluster), [prom], Scope()).run_cycle()
+    assert result.report is not None
+    assert result.report.unresolved == []
+    (svc,) = result.report.services
+    (pool,) = svc.pools
+    assert (pool.scrape_pool, pool.meant, pool.discovered) == (job.name, True, 0)
+    assert pool.missing_count == 10
+    (pool_stage,) = [st for st in service_stages(svc) if st.pool]
+    assert pool_stage.causes.counts == {Cause.POOL_DISCOVERS_NOTHING: 10}
+    assert result.report.has_gaps

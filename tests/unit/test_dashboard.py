@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from alerts.rules import NORMAL
 from dashboards import generate
 from tools.contract import (
     PROMETHEUS_BUILTINS,
@@ -65,10 +68,21 @@ def test_required_views_are_there(board: dict) -> None:
         assert title in titles
 
 
-def test_variables_for_datasource_namespace_service(board: dict) -> None:
+def test_variables_for_datasource_cluster_namespace_service(board: dict) -> None:
     variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert list(variables) == ["datasource", "cluster", "namespace", "service"]
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "prometheus"
+    # One cluster per variable value, hidden where there is one cluster
+    # (the mixins' showMultiCluster; the chart's dashboard.multiCluster).
+    cluster = variables["cluster"]
+    assert cluster["hide"] == 2 and not cluster.get("multi") and not cluster.get("includeAll")
+    assert cluster["query"] == "label_values(scrape_coverage_build_info, cluster)"
+    assert json.loads(generate.render(replace(NORMAL, show_multi_cluster=True)))["templating"][
+        "list"
+    ][1]["hide"] == 0
+    for name in ("namespace", "service"):
+        assert 'cluster="$cluster"' in variables[name]["query"]
     for name in ("namespace", "service"):
         assert variables[name]["type"] == "query"
         assert variables[name]["datasource"]["uid"] == "${datasource}"
@@ -106,6 +120,19 @@ def test_coverage_panels_follow_the_variables(board: dict) -> None:
             assert "$namespace" in target["expr"] and "$service" in target["expr"], p["title"]
 
 
+def test_every_series_selector_selects_one_cluster(board: dict) -> None:
+    # Two clusters' series in one Thanos or Mimir never mix in a panel: every
+    # selector carries the cluster matcher, in every panel, every row.
+    exprs = [(p["title"], t["expr"]) for p in _panels(board) for t in p["targets"]]
+    selectors = 0
+    for title, expr in exprs:
+        for name, matchers in re.findall(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?", expr):
+            if name in metric_names(expr):
+                selectors += 1
+                assert 'cluster="$cluster"' in matchers, f"{title}: {name} in {expr}"
+    assert selectors > 50
+
+
 def test_table_columns_are_named(board: dict) -> None:
     for panel in _panels(board):
         if panel["type"] != "table":
@@ -130,10 +157,12 @@ def test_queries_read_only_documented_metrics(board: dict) -> None:
     for title, expr in generate.panel_queries():
         unknown = metric_names(expr) - known
         assert unknown == set(), f"{title}: {unknown}"
+    wanted = {"cluster": "scrape_coverage_build_info"}
     for variable in board["templating"]["list"][1:]:
         # label_values(<series selector>, <label>)
         selector = variable["query"].split("(", 1)[1].rsplit(",", 1)[0]
-        assert metric_names(selector) == {"scrape_coverage_expected_targets"}
+        metric = wanted.get(variable["name"], "scrape_coverage_expected_targets")
+        assert metric_names(selector) == {metric}
 
 
 def test_queries_parse(tmp_path: Path) -> None:

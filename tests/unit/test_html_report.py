@@ -140,10 +140,16 @@ def test_every_missing_node_is_listed_with_the_stages_that_lost_it() -> None:
     assert len(dropped) == 200
     # node-exporter: lost at Endpoints and by the endpoints-role pool only.
     assert {r[0] for r in rows["monitoring/node-exporter"]} == dropped
-    assert all(r[1:] == [LOST, LOST] for r in rows["monitoring/node-exporter"])
+    # ... each for the cut, the cause of both (the pool reads the Endpoints).
+    assert all(
+        r[1:] == [LOST, LOST, "endpoints_truncated"] for r in rows["monitoring/node-exporter"]
+    )
     mirrored_out = {m.node for m in kubelet.slices.missing}
     assert {r[0] for r in rows["kube-system/kubelet"]} == mirrored_out
+    assert all(r[-1] == "mirroring_capped" for r in rows["kube-system/kubelet"])
     assert len(mirrored_out) == 200
+    # The legend says each cause in words and links its runbook section.
+    assert f'href="{RUNBOOK_BASE}causes.md#endpoints_truncated">cut from the truncated' in page
 
 
 def test_the_funnel_shows_the_models_numbers() -> None:
@@ -183,7 +189,11 @@ def test_findings_come_from_the_audit_and_link_their_runbooks() -> None:
     assert f'{RUNBOOK_BASE}ScrapeCoverageEndpointSliceMirroringCapped.md"' in page
     assert f'{RUNBOOK_BASE}migrate-to-endpointslice.md"' in page
     for page_name in re.findall(re.escape(RUNBOOK_BASE) + r'([^"]+)"', page):
+        page_name, _, anchor = page_name.partition("#")
         assert (REPO / "docs" / "runbooks" / page_name).is_file(), page_name
+        if anchor:
+            text = (REPO / "docs" / "runbooks" / page_name).read_text()
+            assert f"\n## {anchor}\n" in text, anchor
 
 
 def _runbook_links(page: str) -> list[str]:
@@ -425,7 +435,7 @@ def test_long_lists_come_in_chunks_that_hold_every_row() -> None:
     # "lost" to the filter).
     assert not any(re.search(r"<td>[^<]*\n", c) for c in chunks)
     # Every chunk repeats the column headers, for screen readers and print.
-    assert all(c.count('<th scope="col"') == 3 for c in chunks)
+    assert all(c.count('<th scope="col"') == 4 for c in chunks)  # node, 2 stages, cause
     assert len(missing_rows(page)["monitoring/node-exporter"]) == 3 * CHUNK_ROWS + 7
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+import os
+import re
 import ssl
 import sys
 from pathlib import Path
@@ -11,7 +14,13 @@ import pytest
 import yaml
 
 from coverage_exporter.sources.errors import SourceError
-from coverage_exporter.sources.kubernetes.kubeconfig import KubeAuth, load_configuration
+from coverage_exporter.sources.kubernetes import kubeconfig as kubeconfig_module
+from coverage_exporter.sources.kubernetes.kubeconfig import (
+    KubeAuth,
+    KubeconfigError,
+    credential_files,
+    load_configuration,
+)
 from coverage_exporter.sources.kubernetes.source import KubernetesSource
 
 
@@ -151,3 +160,115 @@ async def test_bad_ca_file_is_a_source_error(tmp_path: Path) -> None:
     source = KubernetesSource(kubeconfig=str(path))
     with pytest.raises(SourceError, match="TLS"):
         await source.start()
+
+
+# --- errors as kubectl gives them -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, r"kubeconfig {path}: no such file or directory$"),
+        ("clusters: [a\n  b: c", r"kubeconfig {path}: not YAML at line 2, column 4: "),
+        ("just a string\n", r"kubeconfig {path}: not a kubeconfig: it holds a string, not a "
+                            r"mapping with clusters, contexts and users"),
+        ("- a\n- b\n", r"it holds a list"),
+        ("clusters: c\n", r'kubeconfig {path}: "clusters" must be a list, not a string'),
+        ("users: [{user: {token: t}}]\n", r"kubeconfig {path}: users\[0\] has no name"),
+        ("contexts: [{name: x, context: yes}]\n",
+         r'kubeconfig {path}: contexts\[0\] \("x"\): "context" must be a mapping'),
+    ],
+)  # fmt: skip
+def test_a_bad_kubeconfig_is_told_as_kubectl_tells_it(
+    tmp_path: Path, content: str | None, message: str
+) -> None:
+    path = tmp_path / "kc"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(KubeconfigError, match=message.format(path=re.escape(str(path)))) as err:
+        load_configuration(kubeconfig=str(path))
+    # Never the client's own words for it, nor a Python type error.
+    text = str(err.value)
+    assert "Invalid kube-config file" not in text and "object" not in text
+
+
+def test_an_unknown_context_names_the_known_ones(tmp_path: Path) -> None:
+    path = write_kubeconfig(tmp_path / "kc", {"token": "abc"})
+    with pytest.raises(KubeconfigError, match=r'context "nope" does not exist \(contexts: main, '
+                                               r"other\)"):  # fmt: skip
+        load_configuration(kubeconfig=str(path), context="nope")
+
+
+def test_token_files_of_merged_kubeconfigs_without_the_clients_private_loader(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # $KUBECONFIG lists two files: the first to define a name wins, and a
+    # relative tokenFile is relative to the file that defines the user.
+    first = tmp_path / "a" / "kc"
+    first.parent.mkdir()
+    write_kubeconfig(first, {"tokenFile": "token"})
+    second = tmp_path / "b" / "kc"
+    second.parent.mkdir()
+    cfg = yaml.safe_load(first.read_text())
+    cfg["users"] = [{"name": "u", "user": {"tokenFile": "other-token"}}]
+    cfg["current-context"] = "other"
+    second.write_text(yaml.safe_dump(cfg))
+    (first.parent / "token").write_text("t\n")
+    monkeypatch.setenv("KUBECONFIG", f"{first}{os.pathsep}{second}")
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    configuration = load_configuration()
+    files = credential_files(configuration)
+    assert str(first.parent / "token") in files
+    assert str(second.parent / "other-token") not in files
+    assert {str(first), str(second)} <= set(files)
+
+
+def test_no_private_api_of_the_kubernetes_client_is_used() -> None:
+    # A renamed private function would silently turn token-file rotation off:
+    # only the client's public functions and attributes are used.
+    package = Path(kubeconfig_module.__file__).parent.parent
+    for path in package.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_"):
+                base = ast.unparse(node.value)
+                assert not base.startswith(("k8s_config", "kubernetes", "loader")), (
+                    f"{path.name}:{node.lineno}: {base}.{node.attr}"
+                )
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("kubernetes"):
+                assert all(not a.name.startswith("_") for a in node.names), path.name
+                assert ".config.kube_config" not in (node.module or ""), path.name
+
+
+# --- proxies, as client-go reads them ---------------------------------------------
+
+
+def _auth(tmp_path: Path, cluster: dict[str, Any]) -> KubeAuth:
+    path = write_kubeconfig(tmp_path / "kc", {"token": "abc"}, cluster)
+    return KubeAuth.from_configuration(load_configuration(kubeconfig=str(path)))
+
+
+def test_https_proxy_reaches_the_api_server_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "proxy.corp:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    assert _auth(tmp_path, {"server": "https://kube.example:6443"}).proxy == "http://proxy.corp:3128"
+    monkeypatch.setenv("NO_PROXY", ".example")
+    assert _auth(tmp_path, {"server": "https://kube.example:6443"}).proxy is None
+    # The cluster's proxy-url wins over the environment.
+    cluster = {"server": "https://kube.example:6443", "proxy-url": "http://other:8080"}
+    assert _auth(tmp_path, cluster).proxy == "http://other:8080"
+    # Loopback is never proxied.
+    monkeypatch.delenv("NO_PROXY")
+    assert _auth(tmp_path, {"server": "https://127.0.0.1:6443"}).proxy is None
+
+
+def test_a_proxy_aiohttp_cannot_speak_is_said(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "socks5://proxy.corp:1080")
+    with pytest.raises(SourceError, match=r"HTTPS_PROXY/HTTP_PROXY is socks5://proxy.corp:1080: "
+                                          r"only http:// and https:// proxies"):  # fmt: skip
+        _auth(tmp_path, {"server": "https://kube.example:6443"})

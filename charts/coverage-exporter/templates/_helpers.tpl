@@ -68,14 +68,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
 {{/*
-A file that tools/chart.py copies into files/ from alerts/ or dashboards/
-(the single sources); rendering fails with the fix when it is missing, rather
-than shipping an empty rule group or dashboard.
+A generated file of files/ (tools/chart.py writes them from alerts/ and
+dashboards/, and they are committed); rendering fails with the fix when one
+is missing, rather than shipping an empty rule group or dashboard.
 */}}
 {{- define "coverage-exporter.sourceFile" -}}
 {{- $content := .root.Files.Get .path }}
 {{- if not $content }}
-{{- fail (printf "%s is missing: run `python -m tools.chart files` (it copies the rules and dashboard from alerts/ and dashboards/), or install the packaged chart" .path) }}
+{{- fail (printf "%s is missing: run `python -m tools.chart files` (it writes the rules and dashboard from alerts/ and dashboards/)" .path) }}
 {{- end }}
 {{- $content }}
 {{- end }}

@@ -16,6 +16,7 @@ import aiohttp
 
 from coverage_exporter import untrusted
 from coverage_exporter.health import SourceHealth
+from coverage_exporter.logs import fields
 from coverage_exporter.sources import httpclient
 from coverage_exporter.sources.errors import DEFAULT_LIMITS, BodyTooLarge, Limits
 from coverage_exporter.sources.kubernetes.kubeconfig import KubeAuth
@@ -115,7 +116,10 @@ class ApiClient:
         for warning in response.headers.getall("Warning", ()):
             if warning not in self._warnings_seen:
                 self._warnings_seen.add(warning)
-                log.warning("kubernetes API warning on %s: %s", response.url.path, warning)
+                log.warning(
+                    "the Kubernetes API warns",
+                    extra=fields(path=response.url.path, warning=untrusted.printable(warning)),
+                )
 
     @property
     def max_body_bytes(self) -> int:

@@ -28,6 +28,7 @@ import aiohttp
 import msgspec
 
 from coverage_exporter import defaults, untrusted
+from coverage_exporter.flagtypes import parse_seconds
 from coverage_exporter.health import SourceHealth
 from coverage_exporter.model.discovery import (
     DEFAULT_PORT_NAME,
@@ -41,6 +42,7 @@ from coverage_exporter.model.discovery import (
     selector_servers,
 )
 from coverage_exporter.model.objects import ServiceKey
+from coverage_exporter.sources import httpclient
 from coverage_exporter.sources.kubernetes.api import ApiClient, ApiError
 from coverage_exporter.sources.kubernetes.parse import (
     Meta,
@@ -61,6 +63,9 @@ RESOURCES = {
     "prometheusagents": ("v1alpha1", PROMETHEUS_AGENT),
 }
 OPERATOR_POD_SELECTOR = "operator.prometheus.io/name"
+CRD_CHECK_SECONDS = 30.0
+"""How often the CRDs are looked for again: they may be installed or removed
+while the exporter runs; one small discovery document each time."""
 
 
 # --- the objects -------------------------------------------------------------------
@@ -251,8 +256,8 @@ class DiscoverySource:
         pod_selector: str = "",
         pod_port: str = defaults.PROMETHEUS_POD_PORT,
         namespaces: Sequence[str] = (),
-        crd_check_seconds: float = defaults.DISCOVERY_CRD_CHECK_SECONDS,
-        watch_idle_seconds: float = defaults.KUBERNETES_WATCH_IDLE_SECONDS,
+        crd_check_seconds: float = CRD_CHECK_SECONDS,
+        watch_idle_seconds: float = parse_seconds(defaults.KUBERNETES_WATCH_IDLE_TIMEOUT),
     ) -> None:
         """operator: follow the Operator's objects; pod_selector (a label
         selector as kubectl takes it) and pod_port: also servers the
@@ -329,7 +334,12 @@ class DiscoverySource:
                     if v == version:
                         out[resource] = resource in names
         except (ApiError, aiohttp.ClientError, TimeoutError, msgspec.DecodeError) as exc:
-            message = f"discovery: cannot tell whether the {GROUP} CRDs are installed: {exc}"
+            why = (
+                httpclient.describe(exc)
+                if isinstance(exc, (aiohttp.ClientError, TimeoutError))
+                else untrusted.printable(str(exc))
+            )
+            message = f"discovery: cannot tell whether the {GROUP} CRDs are installed: {why}"
             if self._check_ok:
                 log.warning("%s", message)
             self.health.record_error(message)

@@ -1,10 +1,19 @@
 """Where the Kubernetes API is and how to authenticate to it.
 
-The official `kubernetes` client only loads the configuration: it knows
-every kubeconfig variant (exec plugins, token files, client certificates,
+The official `kubernetes` client only loads the configuration, through its
+public functions (load_kube_config, load_incluster_config): it knows every
+kubeconfig variant (exec plugins, token files, client certificates,
 in-cluster service-account tokens that rotate). The HTTP itself is done by
-`sources.k8s_api` with aiohttp, which this module feeds with a base URL,
-an SSL context and a fresh Authorization header per request.
+`sources/kubernetes/api.py` with aiohttp, which this module feeds with a base URL,
+an SSL context, the proxy (the cluster's proxy-url, else HTTPS_PROXY and
+NO_PROXY as client-go reads them: sources/kubernetes/proxy_env.py) and a fresh
+Authorization header per request.
+
+Before the client sees a kubeconfig, the files are read and checked here
+(read_kubeconfig), so that a missing or malformed file is told as kubectl
+tells it, and not as whatever the client's parser raises; the merged
+contexts and users also say which tokenFile to watch, without reaching
+into the client's private loader.
 """
 
 from __future__ import annotations
@@ -16,18 +25,155 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypedDict
+from typing import Any, TypedDict
+from urllib.parse import urlsplit
 
+import yaml
 from kubernetes import config as k8s_config
 from kubernetes.client import Configuration
 
 from coverage_exporter import untrusted
+from coverage_exporter.logs import fields
 from coverage_exporter.sources import httpclient
 from coverage_exporter.sources.errors import SourceError
+from coverage_exporter.sources.kubernetes import proxy_env
 
 log = logging.getLogger("coverage_exporter.kubernetes")
 
 _SERVICE_HOST_ENV = "KUBERNETES_SERVICE_HOST"
+_SECTIONS = {"clusters": "cluster", "contexts": "context", "users": "user"}
+
+
+class KubeconfigError(SourceError):
+    """No usable cluster is named: a file that does not exist or is no
+    kubeconfig, an unknown context. A usage error for `audit` (exit 2): the
+    flags or the environment must change, not the cluster."""
+
+
+@dataclass(frozen=True)
+class Kubeconfig:
+    """The files of $KUBECONFIG (or --kubeconfig) merged as client-go merges
+    them: the first file to set current-context, or to define a name, wins."""
+
+    paths: tuple[str, ...]
+    current_context: str
+    entries: dict[str, dict[str, tuple[str, dict[str, Any]]]]
+    """section (clusters, contexts, users) -> name -> (file, the entry's body)"""
+
+    def context(self, name: str | None) -> tuple[str, dict[str, Any]]:
+        """(name, body) of the context to use; KubeconfigError as kubectl words it."""
+        chosen = name or self.current_context
+        if not chosen:
+            raise KubeconfigError(
+                f"kubeconfig {os.pathsep.join(self.paths)}: current-context is not set; "
+                "pass --context"
+            )
+        contexts = self.entries["contexts"]
+        if chosen not in contexts:
+            known = ", ".join(sorted(contexts)) or "none"
+            raise KubeconfigError(
+                f'kubeconfig {os.pathsep.join(self.paths)}: context "{chosen}" does not exist '
+                f"(contexts: {known})"
+            )
+        return chosen, contexts[chosen][1]
+
+    def proxy_url(self, context: str | None) -> str | None:
+        """The context's cluster's proxy-url, if it has one."""
+        try:
+            _, body = self.context(context)
+        except KubeconfigError:
+            return None
+        cluster = self.entries["clusters"].get(str(body.get("cluster") or ""))
+        url = cluster[1].get("proxy-url") if cluster is not None else None
+        return str(url) if url else None
+
+    def user(self, context: str | None) -> tuple[str, dict[str, Any]] | None:
+        """(file that defines it, body) of the context's user, if any."""
+        try:
+            _, body = self.context(context)
+        except KubeconfigError:
+            return None
+        return self.entries["users"].get(str(body.get("user") or ""))
+
+
+def read_kubeconfig(paths: list[str], explicit: bool) -> Kubeconfig:
+    """Read and check the files, and merge them. An explicit --kubeconfig
+    must exist; in $KUBECONFIG a missing file is skipped, as kubectl does."""
+    merged: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {s: {} for s in _SECTIONS}
+    current, read = "", []
+    for path in paths:
+        doc = _kubeconfig_file(path, explicit)
+        if doc is None:
+            continue
+        read.append(path)
+        current = current or str(doc.get("current-context") or "")
+        for section, key in _SECTIONS.items():
+            for name, body in _entries(path, doc, section, key):
+                merged[section].setdefault(name, (path, body))
+    return Kubeconfig(tuple(read), current, merged)
+
+
+def _kubeconfig_file(path: str, explicit: bool) -> dict[str, Any] | None:
+    try:
+        with open(path, "rb") as f:
+            text = f.read(16 << 20)
+    except FileNotFoundError:
+        if explicit:
+            raise KubeconfigError(f"kubeconfig {path}: no such file or directory") from None
+        return None
+    except OSError as exc:
+        raise KubeconfigError(f"kubeconfig {path}: {exc.strerror or exc}") from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise KubeconfigError(f"kubeconfig {path}: not YAML{where}: {problem}") from None
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise KubeconfigError(
+            f"kubeconfig {path}: not a kubeconfig: it holds {_kind(doc)}, not a mapping "
+            "with clusters, contexts and users"
+        )
+    return doc
+
+
+def _entries(
+    path: str, doc: dict[str, Any], section: str, key: str
+) -> list[tuple[str, dict[str, Any]]]:
+    items = doc.get(section)
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        raise KubeconfigError(f'kubeconfig {path}: "{section}" must be a list, not {_kind(items)}')
+    out = []
+    for i, item in enumerate(items):
+        where = f"kubeconfig {path}: {section}[{i}]"
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not item["name"]:
+            raise KubeconfigError(f"{where} has no name")
+        body = item.get(key)
+        if body is not None and not isinstance(body, dict):
+            raise KubeconfigError(f'{where} ("{item["name"]}"): "{key}" must be a mapping')
+        out.append((item["name"], body or {}))
+    return out
+
+
+def _kind(value: object) -> str:
+    names = {str: "a string", list: "a list", int: "a number", float: "a number", bool: "a boolean"}
+    return names.get(type(value), type(value).__name__)
+
+
+def kubeconfig_paths(kubeconfig: str | None) -> list[str]:
+    """--kubeconfig, else $KUBECONFIG (a list), else ~/.kube/config."""
+    if kubeconfig:
+        return [os.path.expanduser(kubeconfig)]
+    listed = os.environ.get("KUBECONFIG", "")
+    paths = [os.path.expanduser(p) for p in listed.split(os.pathsep) if p]
+    return paths or [os.path.expanduser("~/.kube/config")]
 
 
 def load_configuration(
@@ -50,23 +196,27 @@ def load_configuration(
     ):
         try:
             k8s_config.load_incluster_config(client_configuration=configuration)
-            log.info("kubernetes: using in-cluster config, API at %s", configuration.host)
+            # The client fills proxy from the environment with urllib's rules;
+            # proxy() applies client-go's instead.
+            configuration.proxy = None
+            log.info("using the in-cluster config", extra=fields(api=configuration.host))
             return configuration
         except k8s_config.ConfigException as exc:
             if in_cluster:
-                raise SourceError(f"in-cluster Kubernetes config not usable: {exc}") from exc
+                raise KubeconfigError(f"in-cluster Kubernetes config not usable: {exc}") from exc
             tried.append(f"in-cluster ({exc})")
-    path = kubeconfig or os.path.expanduser(k8s_config.KUBE_CONFIG_DEFAULT_LOCATION)
-    # $KUBECONFIG may list several files; the client merges them itself.
-    if kubeconfig is None and not any(
-        os.path.exists(os.path.expanduser(p)) for p in path.split(os.pathsep) if p
-    ):
+    paths = kubeconfig_paths(kubeconfig)
+    path = os.pathsep.join(paths)
+    merged = read_kubeconfig(paths, explicit=kubeconfig is not None)
+    if not merged.paths:
         tried.append(f"kubeconfig {path} (not found)")
-        raise SourceError(
+        raise KubeconfigError(
             "no Kubernetes configuration found; tried: "
             + "; ".join(tried)
             + ". Pass --kubeconfig, set $KUBECONFIG, or run in a pod with a service account."
         )
+    merged.context(context)  # an unknown or unset context, as kubectl says it
+    path = os.pathsep.join(merged.paths)
     try:
         k8s_config.load_kube_config(
             config_file=path,
@@ -81,8 +231,11 @@ def load_configuration(
         detail = untrusted.printable(str(exc), 300)
         raise SourceError(f"kubeconfig {path} (context {context or 'current'}): {detail}") from None
     if not configuration.host:
-        raise SourceError(f"kubeconfig {path}: context has no server URL")
-    log.info("kubernetes: using kubeconfig %s, API at %s", path, configuration.host)
+        raise KubeconfigError(f"kubeconfig {path}: context has no server URL")
+    # Only the cluster's own proxy-url here (the client also takes one from
+    # the environment, with urllib's rules): proxy() applies client-go's.
+    configuration.proxy = merged.proxy_url(context)
+    log.info("using a kubeconfig", extra=fields(kubeconfig=path, api=configuration.host))
     return configuration
 
 
@@ -111,31 +264,24 @@ def credential_files(
     paths = [
         p for p in (configuration.ssl_ca_cert, configuration.cert_file, configuration.key_file) if p
     ]
-    if kubeconfig is None and not os.environ.get(_SERVICE_HOST_ENV):
-        kubeconfig = os.environ.get("KUBECONFIG") or os.path.expanduser(
-            k8s_config.KUBE_CONFIG_DEFAULT_LOCATION
-        )
-    if kubeconfig:
-        files = [os.path.expanduser(p) for p in kubeconfig.split(os.pathsep) if p]
+    if kubeconfig is not None or not os.environ.get(_SERVICE_HOST_ENV):
+        files = kubeconfig_paths(kubeconfig)
         paths.extend(files)
         paths.extend(_token_files(files, context))
     return tuple(dict.fromkeys(paths))
 
 
 def _token_files(files: list[str], context: str | None) -> list[str]:
+    """The context's user's tokenFile, relative to the file that defines the
+    user, as the client resolves it."""
     try:
-        # The loader only reads and merges the files here: no exec plugin
-        # runs until credentials are asked for.
-        loader = k8s_config.kube_config._get_kube_config_loader(
-            filename=os.pathsep.join(files), active_context=context, persist_config=False
-        )
-        user = loader._user
-        token_file = user.safe_get("tokenFile") if user is not None else None
-    except Exception:
+        user = read_kubeconfig(files, explicit=False).user(context)
+    except KubeconfigError:
         return []
-    if not token_file:
+    token_file = user[1].get("tokenFile") if user is not None else None
+    if not token_file or not isinstance(token_file, str) or user is None:
         return []
-    base = os.path.dirname(os.path.abspath(user.path)) if getattr(user, "path", None) else ""
+    base = os.path.dirname(os.path.abspath(user[0]))
     return [os.path.join(base, os.path.expanduser(token_file))]
 
 
@@ -240,13 +386,15 @@ class KubeAuth:
             configuration = await asyncio.to_thread(self.reload)
             connection = _connection(configuration)
         except (SourceError, OSError, ValueError) as exc:
-            log.warning("kubernetes: %s, but reloading them failed: %s", why, exc)
+            log.warning(
+                "credentials to reload, but reloading them failed", extra=fields(why=why, err=exc)
+            )
             return
         self.configuration = configuration
         for name, value in connection.items():
             setattr(self, name, value)
         self.reloads_total += 1
-        log.info("kubernetes: %s: credentials reloaded", why)
+        log.info("credentials reloaded", extra=fields(why=why))
 
 
 class _Connection(TypedDict):
@@ -261,5 +409,23 @@ def _connection(configuration: Configuration) -> _Connection:
         "host": configuration.host.rstrip("/"),
         "ssl": ssl_context(configuration),
         "server_hostname": getattr(configuration, "tls_server_name", None) or None,
-        "proxy": configuration.proxy or None,
+        "proxy": proxy(configuration),
     }
+
+
+def proxy(configuration: Configuration) -> str | None:
+    """The cluster's proxy-url, else the environment's as client-go reads it.
+    SourceError for a proxy aiohttp cannot speak (socks5), rather than a
+    connection that hangs or goes around it."""
+    url = configuration.proxy or proxy_env.proxy_for(configuration.host)
+    if url is None:
+        return None
+    scheme = urlsplit(url).scheme
+    if scheme not in ("http", "https"):
+        where = "the kubeconfig's proxy-url" if configuration.proxy else "HTTPS_PROXY/HTTP_PROXY"
+        raise SourceError(
+            f"{where} is {untrusted.printable(url)}: only http:// and https:// proxies are "
+            "supported for the Kubernetes API; use an HTTP proxy, or name the API server in "
+            "NO_PROXY"
+        )
+    return url

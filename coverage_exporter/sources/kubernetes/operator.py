@@ -23,12 +23,15 @@ import aiohttp
 import msgspec
 
 from coverage_exporter import defaults
+from coverage_exporter.flagtypes import parse_seconds
+from coverage_exporter.logs import fields
 from coverage_exporter.model.readiness import (
     LabelSelector,
     PrometheusCR,
     ServiceMonitor,
 )
 from coverage_exporter.model.scope import LabelRequirement
+from coverage_exporter.sources import httpclient
 from coverage_exporter.sources.errors import SourceError
 from coverage_exporter.sources.kubernetes.api import ApiClient, ApiError
 
@@ -172,7 +175,9 @@ class OperatorSource:
     source's API client."""
 
     def __init__(
-        self, api: ApiClient, refresh_seconds: float = defaults.OPERATOR_REFRESH_SECONDS
+        self,
+        api: ApiClient,
+        refresh_seconds: float = parse_seconds(defaults.OPERATOR_REFRESH_INTERVAL),
     ) -> None:
         self._api = api
         self._refresh = refresh_seconds
@@ -181,10 +186,10 @@ class OperatorSource:
         self._state = ""
         """What was last logged about the feature being on or off."""
 
-    def _say(self, state: str, message: str, *args: object) -> None:
-        if state != self._state:
-            self._state = state
-            log.info(message, *args)
+    def _changed(self, state: str) -> bool:
+        """True once per change of state: what is worth a log line."""
+        changed, self._state = state != self._state, state
+        return changed
 
     async def collect(self) -> OperatorObjects | None:
         """None while the feature is off (CRDs absent or unreadable);
@@ -201,7 +206,8 @@ class OperatorSource:
             self._read_at = now
             return self._cached
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise SourceError(f"prometheus operator objects: {type(exc).__name__}: {exc}") from None
+            detail = httpclient.describe(exc)
+            raise SourceError(f"prometheus operator objects: {detail}") from None
         except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
             raise SourceError(f"prometheus operator objects: undecodable: {exc}") from None
 
@@ -211,14 +217,15 @@ class OperatorSource:
         except ApiError as exc:
             if exc.code in (401, 403, 404):
                 why = "not installed" if exc.code == 404 else "not readable"
-                self._say(
-                    why,
-                    "migration readiness off: monitoring.coreos.com Prometheus objects are %s",
-                    why,
-                )
+                if self._changed(why):
+                    log.info(
+                        "migration readiness off: the Prometheus Operator's objects cannot be read",
+                        extra=fields(objects="prometheuses.monitoring.coreos.com", why=why),
+                    )
                 return None
             raise SourceError(f"prometheus operator objects: {exc}") from None
-        self._say("on", "migration readiness on: reading Prometheus Operator objects")
+        if self._changed("on"):
+            log.info("migration readiness on: reading Prometheus Operator objects")
         try:
             crs += parse_crs(await self._api.get(PROMETHEUS_AGENTS, {}), "PrometheusAgent")
         except ApiError as exc:

@@ -24,7 +24,10 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 import aiohttp
 
 from coverage_exporter import defaults, untrusted
+from coverage_exporter.flagtypes import parse_seconds
 from coverage_exporter.health import SourceHealth
+from coverage_exporter.logs import fields
+from coverage_exporter.sources import httpclient
 from coverage_exporter.sources.errors import SourceError
 from coverage_exporter.sources.kubernetes.api import ApiClient, ApiError, GoneError
 from coverage_exporter.sources.kubernetes.parse import (
@@ -66,10 +69,8 @@ MAX_WATCH_ERRORS = 3
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return "connection lost mid-response"
-    if isinstance(exc, TimeoutError):
-        return "timed out"
+    if isinstance(exc, (aiohttp.ClientError, TimeoutError)):
+        return httpclient.describe(exc)
     return untrusted.printable(str(exc)) or type(exc).__name__
 
 
@@ -113,7 +114,7 @@ class Reflector(Generic[K, T]):
         watch_timeout_seconds: int = 300,
         backoff: Backoff | None = None,
         on_state_change: Callable[[], None] | None = None,
-        watch_idle_seconds: float = defaults.KUBERNETES_WATCH_IDLE_SECONDS,
+        watch_idle_seconds: float = parse_seconds(defaults.KUBERNETES_WATCH_IDLE_TIMEOUT),
         page_decoder: NodePageDecoder | None = None,
     ) -> None:
         """page_decoder: LIST pages go to it (a worker process) while the
@@ -149,6 +150,8 @@ class Reflector(Generic[K, T]):
         """Bumped on every cache change: lets readers reuse derived views."""
         self.lists_total = 0
         self.last_list_pages = 0
+        self.listing_objects = 0
+        """Objects of the LIST under way (audit's progress on a terminal)."""
         self._failing_since = 0.0
 
     # --- public --------------------------------------------------------------
@@ -222,7 +225,7 @@ class Reflector(Generic[K, T]):
                     # 410 on a fresh LIST: relisting at once would spin.
                     await self._failed(str(exc))
                 else:
-                    log.info("%s: %s; relisting", self.name, exc)
+                    log.info("relisting", extra=fields(resource=self.name, err=exc))
                     self.resource_version = None
             except asyncio.CancelledError:
                 raise
@@ -237,9 +240,8 @@ class Reflector(Generic[K, T]):
                     # (etcd's 500 "PrevKv=nil" after a compaction) would
                     # otherwise never recover.
                     log.info(
-                        "%s: watch failed %d times in a row; relisting",
-                        self.name,
-                        self._watch_errors,
+                        "watch failed repeatedly; relisting",
+                        extra=fields(resource=self.name, failures=self._watch_errors),
                     )
                     self.resource_version = None
                     self._watch_errors = 0
@@ -247,7 +249,7 @@ class Reflector(Generic[K, T]):
                 await self._failed(_describe(exc))
             except Exception as exc:
                 # Never let one reflector die silently: log, back off, retry.
-                log.exception("%s: unexpected error", self.name)
+                log.exception("unexpected error", extra=fields(resource=self.name))
                 await self._failed(f"{type(exc).__name__}: {exc}")
 
     def _fall_back(self, why: str) -> bool:
@@ -259,10 +261,10 @@ class Reflector(Generic[K, T]):
         if fallback is None:
             return False
         log.warning(
-            "%s: %s; falling back from %s to full objects",
-            self.name,
-            why,
-            self.parser.accept or "application/json",
+            "the server refuses this form; falling back to full objects",
+            extra=fields(
+                resource=self.name, form=self.parser.accept or "application/json", err=why
+            ),
         )
         self.parser = fallback
         # Relist: the watch resumes from a LIST made in the new form.
@@ -276,7 +278,8 @@ class Reflector(Generic[K, T]):
         self._empty_watches += 1
         if self._empty_watches < MAX_EMPTY_WATCHES:
             log.info(
-                "%s: %s; resuming from resourceVersion %s", self.name, why, self.resource_version
+                "watch ended; resuming",
+                extra=fields(resource=self.name, why=why, resource_version=self.resource_version),
             )
             return
         await self._failed(f"{why}, {MAX_EMPTY_WATCHES} times in a row or more")
@@ -288,11 +291,10 @@ class Reflector(Generic[K, T]):
         level = logging.DEBUG if message == self.last_error else logging.WARNING
         log.log(
             level,
-            "%s: %s; keeping %d cached objects, retry in %.1fs",
-            self.name,
-            message,
-            len(self._cache),
-            delay,
+            "cannot list or watch; keeping the cached objects",
+            extra=fields(
+                resource=self.name, err=message, cached=len(self._cache), retry_in=f"{delay:.1f}s"
+            ),
         )
         self._health.record_error(f"{self.name}: {message}")
         if not self.last_error:
@@ -307,9 +309,11 @@ class Reflector(Generic[K, T]):
             self.healthy = healthy
             if healthy and self.last_error:
                 log.info(
-                    "%s: recovered after %.1fs of errors",
-                    self.name,
-                    time.monotonic() - self._failing_since,
+                    "recovered",
+                    extra=fields(
+                        resource=self.name,
+                        failing_for=f"{time.monotonic() - self._failing_since:.1f}s",
+                    ),
                 )
             if healthy:
                 self.last_error = ""
@@ -327,7 +331,8 @@ class Reflector(Generic[K, T]):
                     break
                 except _ContinueExpired as exc:
                     log.warning(
-                        "%s: continue token expired mid-list (%s); restarting list", self.name, exc
+                        "continue token expired mid-list; restarting the list",
+                        extra=fields(resource=self.name, err=exc),
                     )
             else:
                 raise ApiError(
@@ -344,15 +349,17 @@ class Reflector(Generic[K, T]):
         self.lists_total += 1
         self.last_list_pages = pages
         log.info(
-            "%s: listed %d objects in %d pages (%d skipped) in %.2fs, resourceVersion %s%s",
-            self.name,
-            len(items),
-            pages,
-            bad,
-            time.monotonic() - started,
-            resource_version,
-            # Which form served it: the fallback from Table must be visible.
-            " (Table form)" if self.parser.accept == TABLE_ACCEPT else "",
+            "listed",
+            extra=fields(
+                resource=self.name,
+                objects=len(items),
+                pages=pages,
+                skipped=bad,
+                duration=f"{time.monotonic() - started:.2f}s",
+                resource_version=resource_version,
+                # Which form served it: the fallback from Table must be visible.
+                form="table" if self.parser.accept == TABLE_ACCEPT else "full",
+            ),
         )
         first = not self.synced
         self._synced.set()
@@ -382,9 +389,12 @@ class Reflector(Generic[K, T]):
             for error in page.errors:
                 bad += 1
                 if bad <= _MAX_LOGGED_BAD_OBJECTS:
-                    log.warning("%s: skipping bad object: %s", self.name, error)
+                    log.warning(
+                        "skipping a bad object", extra=fields(resource=self.name, err=error)
+                    )
             for parsed in page.items:
                 items[parsed.key] = parsed.obj
+            self.listing_objects = len(items)
             meta = page.metadata
             # Every page of one paginated LIST carries the same snapshot RV.
             resource_version = (meta.resource_version if meta else None) or resource_version
@@ -447,7 +457,9 @@ class Reflector(Generic[K, T]):
         async with self.api.stream_lines(
             self.path, params, self._watch_idle, self.parser.accept
         ) as lines:
-            log.debug("%s: watching from resourceVersion %s", self.name, self.resource_version)
+            log.debug(
+                "watching", extra=fields(resource=self.name, resource_version=self.resource_version)
+            )
             # A watch that only opens proves little (a proxy that cuts it
             # at once also answers 200): after a run of empty watches only
             # a delivered event or bookmark brings the reflector back.
@@ -493,7 +505,9 @@ class Reflector(Generic[K, T]):
             except ParseError as exc:
                 # Its previous state is no longer true: drop it, keep going.
                 key, rv = self.parser.identify(data)
-                log.warning("%s: skipping bad object in %s event: %s", self.name, kind, exc)
+                log.warning(
+                    "skipping a bad object", extra=fields(resource=self.name, event=kind, err=exc)
+                )
                 if key is not None and self._cache.pop(key, None) is not None:
                     self.generation += 1
             else:
@@ -505,7 +519,10 @@ class Reflector(Generic[K, T]):
                     self._cache[key] = parsed.obj
                     self.generation += 1
         else:
-            log.warning("%s: ignoring watch event of unknown type %r", self.name, kind)
+            log.warning(
+                "ignoring a watch event of unknown type",
+                extra=fields(resource=self.name, event=untrusted.printable(str(kind))),
+            )
             return
         if rv:
             self.resource_version = rv

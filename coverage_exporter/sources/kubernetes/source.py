@@ -20,7 +20,9 @@ from typing import Any, cast
 from kubernetes.client import Configuration
 
 from coverage_exporter import defaults
+from coverage_exporter.flagtypes import parse_seconds
 from coverage_exporter.health import SOURCE_KUBERNETES, SourceHealth
+from coverage_exporter.logs import fields
 from coverage_exporter.model.objects import (
     ClusterSnapshot,
     DaemonSet,
@@ -82,7 +84,7 @@ class KubernetesSource:
         page_size: int = 500,
         watch_timeout_seconds: int = 300,
         request_timeout_seconds: float = 60.0,
-        watch_idle_seconds: float = defaults.KUBERNETES_WATCH_IDLE_SECONDS,
+        watch_idle_seconds: float = parse_seconds(defaults.KUBERNETES_WATCH_IDLE_TIMEOUT),
         namespaces: Iterable[str] = (),
         max_pod_watches: int = defaults.KUBERNETES_MAX_POD_WATCHES,
         limits: Limits = DEFAULT_LIMITS,
@@ -155,7 +157,7 @@ class KubernetesSource:
         try:
             auth = KubeAuth.from_configuration(self._configuration, reload=reload, files=files)
         except (OSError, ValueError, SourceError) as exc:
-            raise SourceError(f"kubernetes TLS settings not usable: {exc}") from exc
+            raise SourceError(f"kubernetes connection settings not usable: {exc}") from exc
         self._api = ApiClient(
             auth, self.health, request_timeout_seconds=self._request_timeout, limits=self._limits
         )
@@ -171,7 +173,8 @@ class KubernetesSource:
         self.daemonsets = self._namespaced("daemonsets", k8s_parse.DAEMONSETS)
         for reflector in self._cluster_reflectors():
             reflector.start()
-        log.info("kubernetes: watching %s", ", ".join(r.name for r in self._cluster_reflectors()))
+        watching = ",".join(r.name for r in self._cluster_reflectors())
+        log.info("watching the cluster", extra=fields(resources=watching))
 
     def _namespaced(self, resource: str, parser: Any) -> Any:
         """One cluster-wide reflector, or one per --namespace merged into
@@ -257,7 +260,7 @@ class KubernetesSource:
         try:
             await self._wait(self.reflectors(), timeout)
         except SourceError as exc:
-            log.warning("kubernetes: %s", exc)
+            log.warning("not every resource is listed yet", extra=fields(err=exc))
             self.health.last_error = str(exc)
             return False
         return True
@@ -321,7 +324,7 @@ class KubernetesSource:
         for key in set(self._pod_reflectors) - wanted:
             reflector = self._pod_reflectors.pop(key)
             self._memo.pop(f"pods {key}", None)
-            log.info("kubernetes: %s left scope", reflector.name)
+            log.info("pod scope left", extra=fields(resource=reflector.name))
             # Stopping only cancels a task; no need to make the caller await.
             task = asyncio.get_running_loop().create_task(reflector.stop())
             self._stopping.add(task)
@@ -352,7 +355,7 @@ class KubernetesSource:
         pods in the snapshot, so they are withheld, never compared as empty."""
         if len(wanted) <= self.max_pod_watches:
             if self.pod_scopes_unwatched:
-                log.info("kubernetes: every pod scope is watched again")
+                log.info("every pod scope is watched again")
             self.pod_scopes_unwatched = 0
             return wanted
         kept = sorted(wanted & self._pod_reflectors.keys())[: self.max_pod_watches]
@@ -361,11 +364,9 @@ class KubernetesSource:
         unwatched = len(wanted) - len(kept)
         if unwatched != self.pod_scopes_unwatched:
             log.warning(
-                "kubernetes: %d pod scopes (namespace, selector) wanted, watching %d "
-                "(--kubernetes-max-pod-watches); the Services of the other %d are not compared",
-                len(wanted),
-                len(kept),
-                unwatched,
+                "more pod scopes (namespace, selector) than --kubernetes-max-pod-watches; "
+                "the Services of the others are not compared",
+                extra=fields(wanted=len(wanted), watching=len(kept), unwatched=unwatched),
             )
         self.pod_scopes_unwatched = unwatched
         return set(kept)

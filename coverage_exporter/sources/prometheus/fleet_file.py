@@ -39,6 +39,7 @@ from typing import Any
 import yaml
 
 from coverage_exporter import defaults
+from coverage_exporter.flagtypes import parse_seconds
 from coverage_exporter.model.discovery import PROMETHEUS, PROMETHEUS_AGENT, SELECTED
 from coverage_exporter.model.topology import Declared
 from coverage_exporter.sources.prometheus.server_kind import parse_kind
@@ -87,13 +88,15 @@ class Fleet:
 
 
 def load_fleet_file(
-    path: str, default_timeout: float = defaults.PROMETHEUS_TIMEOUT_SECONDS
+    path: str, default_timeout: float = parse_seconds(defaults.PROMETHEUS_TIMEOUT)
 ) -> list[PrometheusEndpoint]:
     """The servers only (see load_fleet)."""
     return load_fleet(path, default_timeout).servers
 
 
-def load_fleet(path: str, default_timeout: float = defaults.PROMETHEUS_TIMEOUT_SECONDS) -> Fleet:
+def load_fleet(
+    path: str, default_timeout: float = parse_seconds(defaults.PROMETHEUS_TIMEOUT)
+) -> Fleet:
     """Raises ValueError with a message naming the file and the entry."""
     try:
         doc = yaml.safe_load(Path(path).read_text())

@@ -31,7 +31,9 @@ import aiohttp
 import msgspec
 
 from coverage_exporter import defaults, untrusted
+from coverage_exporter.flagtypes import parse_seconds
 from coverage_exporter.health import SOURCE_PROMETHEUS, SourceHealth
+from coverage_exporter.logs import fields
 from coverage_exporter.model.answerers import process_token
 from coverage_exporter.model.objects import (
     KIND_THANOS_QUERY,
@@ -104,7 +106,7 @@ class PrometheusEndpoint:
     server_name: str | None = None
     """The name its TLS certificate is checked against, when it is not the
     URL's host (a pod read at its IP whose certificate names its Service)."""
-    timeout_seconds: float = defaults.PROMETHEUS_TIMEOUT_SECONDS
+    timeout_seconds: float = parse_seconds(defaults.PROMETHEUS_TIMEOUT)
     """Per request, body included."""
     declared: Declared = field(default_factory=Declared)
     """Where the server stands in its fleet, as the user declared it (or
@@ -228,16 +230,18 @@ def parse_pool_target_counts(text: str) -> dict[str, int] | None:
             continue
         start = line.find("{") + 1
         labels_end = line.rfind("}")
-        fields = line[labels_end + 1 :].split()
+        values = line[labels_end + 1 :].split()
         labels = dict(_LABEL_RE.findall(line, start, labels_end))
         job = labels.get("scrape_job")
-        if job is None or not fields:
+        if job is None or not values:
             continue
-        count = _target_count(fields[0])
+        count = _target_count(values[0])
         if count is None:
             # Not a count (NaN, Inf, negative, fractional): this pool counts
             # as changed and is read in full, never taken as a size.
-            log.warning("ignoring pool target count %s", untrusted.printable(line))
+            log.warning(
+                "ignoring a pool target count", extra=fields(line=untrusted.printable(line))
+            )
             continue
         if counts is None:
             counts = {}
@@ -472,11 +476,9 @@ class PrometheusSource:
         if status in (401, 403) or status in server_kind.NOT_SERVED:
             if not self._config_read:
                 log.info(
-                    "%s: %s answers HTTP %d: the pools meant to scrape each Service and the "
+                    "no loaded configuration: the pools meant to scrape each Service and the "
                     "server's place among shards and replicas are taken from its targets only",
-                    self.endpoint.name,
-                    CONFIG_PATH,
-                    status,
+                    extra=fields(server=self.endpoint.name, path=CONFIG_PATH, status=status),
                 )
             self._config_read, self._config = True, None
             return None
@@ -537,10 +539,13 @@ class PrometheusSource:
                 self._probed = True
                 kind = await self._probe(headers)
         except SourceError as exc:
-            log.debug("%s: kind not recognised this cycle: %s", self.endpoint.name, exc)
+            log.debug(
+                "server kind not recognised this cycle",
+                extra=fields(server=self.endpoint.name, err=exc),
+            )
             return
         if kind is not None and kind != self._kind:
-            log.info("%s: recognised as %s", self.endpoint.name, kind)
+            log.info("server kind recognised", extra=fields(server=self.endpoint.name, kind=kind))
             self._kind = kind
 
     async def _probe(self, headers: Mapping[str, str]) -> str | None:
@@ -578,7 +583,9 @@ class PrometheusSource:
         await self._stream_into(stream, {"state": "active"}, headers)
         if stream.warnings:
             warned = "; ".join(stream.warnings)
-            log.warning("%s: partial answer: %s", name, warned[:300])
+            log.warning(
+                "partial answer from Thanos Query", extra=fields(server=name, warnings=warned[:300])
+            )
             self.health.record_error(f"prometheus {name}: partial answer: {warned}")
         identity = identify(name, {}, (), self.endpoint.declared, KIND_THANOS_QUERY)
         if stores is None:
@@ -625,7 +632,7 @@ class PrometheusSource:
             if status != 200:
                 self._fail(f"GET {METRICS_PATH}: HTTP {status}: {_error_detail(body)}")
         except SourceError as exc:
-            log.warning("%s", exc)
+            log.warning("cannot read the pool target counts", extra=fields(err=exc))
             return None
         return parse_pool_target_counts(body.decode("utf-8", "replace"))
 
@@ -666,18 +673,19 @@ class PrometheusSource:
         if status in server_kind.NOT_SERVED:
             if not self._fallback:
                 log.info(
-                    "%s: %s answers HTTP %d (vmagent, Thanos Query or Prometheus < 2.42): "
+                    "no scrape pools API (vmagent, Thanos Query or Prometheus < 2.42): "
                     "reading the unfiltered active target list instead",
-                    self.endpoint.name,
-                    SCRAPE_POOLS_PATH,
-                    status,
+                    extra=fields(server=self.endpoint.name, path=SCRAPE_POOLS_PATH, status=status),
                 )
             self._fallback = True
             return None
         if status != 200:
             self._fail(f"GET {SCRAPE_POOLS_PATH}: HTTP {status}: {_error_detail(body)}")
         if self._fallback:
-            log.info("%s: %s is available again", self.endpoint.name, SCRAPE_POOLS_PATH)
+            log.info(
+                "the scrape pools API is available again",
+                extra=fields(server=self.endpoint.name, path=SCRAPE_POOLS_PATH),
+            )
             self._fallback = False
         try:
             return list(dict.fromkeys(parse_scrape_pools(body)))
@@ -804,11 +812,11 @@ class PrometheusSource:
         """Targets matched by their final labels alone: said once."""
         if count and not self._final_labels_only:
             log.warning(
-                "%s: targets come without discoveredLabels (vmagent with "
+                "targets come without discoveredLabels (vmagent with "
                 "-promscrape.dropOriginalLabels?): matched by their namespace, service, node and "
                 "pod labels and instance, their discovery role taken from the loaded configuration "
                 "(unknown without it); a pool whose targets name no Service cannot be judged",
-                self.endpoint.name,
+                extra=fields(server=self.endpoint.name),
             )
         self._final_labels_only = self._final_labels_only or bool(count)
 
@@ -883,7 +891,7 @@ class PrometheusSource:
             self._fail(f"{_describe(path, params)}: timed out after {limit:g}s")
         except aiohttp.ClientError as exc:
             self.health.record_request(received)
-            self._fail(f"{_describe(path, params)}: {type(exc).__name__}: {exc}")
+            self._fail(f"{_describe(path, params)}: {httpclient.describe(exc)}")
         self.health.record_request(received)
         return resp.status, body
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import msgspec
 
 from coverage_exporter import untrusted
+from coverage_exporter.logs import fields
 from coverage_exporter.model.objects import (
     ROLE_ENDPOINTS,
     ROLE_ENDPOINTSLICE,
@@ -426,11 +427,12 @@ def _report_skipped(total: int, malformed: int, foreign: int, pool: str | None) 
     if malformed and malformed == total:
         raise SourceError(f"all {total} active targets malformed (no discoveredLabels/__address__)")
     if malformed:
-        log.warning("skipped %d of %d malformed active targets (pool %s)", malformed, total, pool)
+        log.warning(
+            "skipped malformed active targets",
+            extra=fields(skipped=malformed, targets=total, scrape_pool=pool),
+        )
     if foreign:
         log.warning(
-            "skipped %d targets of other pools in the answer for pool %s: "
-            "the server seems to ignore the scrapePool parameter",
-            foreign,
-            pool,
+            "skipped targets of other pools: the server seems to ignore the scrapePool parameter",
+            extra=fields(skipped=foreign, scrape_pool=pool),
         )

@@ -38,6 +38,8 @@ from dataclasses import dataclass
 import msgspec
 
 from coverage_exporter import untrusted
+from coverage_exporter.flagtypes import format_seconds
+from coverage_exporter.logs import fields
 from coverage_exporter.model.objects import KIND_THANOS_QUERY, PrometheusSnapshot, Target
 from coverage_exporter.model.topology import identify
 from coverage_exporter.sources.errors import DEFAULT_LIMITS, SourceError
@@ -194,7 +196,14 @@ class StoreMembers:
             self._seen[labels] = now
         for labels, seen in list(self._seen.items()):
             if labels not in listed and now - seen > self._forget_after:
-                log.info("%s: forgetting store %s, gone since", self._query, _render(labels))
+                log.info(
+                    "forgetting a store gone from Query's list",
+                    extra=fields(
+                        server=self._query,
+                        store=_render(labels),
+                        gone_for=format_seconds(now - seen),
+                    ),
+                )
                 del self._seen[labels]
                 self._last.pop(labels, None)
         healthy = [labels for labels, s in listed.items() if not s.error]
@@ -213,9 +222,8 @@ class StoreMembers:
                     held[owner].setdefault(pool, []).extend(targets)
         if unmatched:
             log.warning(
-                "%s: %d targets carry the external labels of no store Query lists; left out",
-                self._query,
-                unmatched,
+                "targets carry the external labels of no store Query lists; left out",
+                extra=fields(server=self._query, targets=unmatched),
             )
         out = []
         for labels, pools in held.items():
