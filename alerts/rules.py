@@ -511,6 +511,7 @@ def exporter_alerts(t: Tuning = PLACEHOLDERS) -> list[dict]:
         ),
         # Nothing judged is not green: with no server no other alert can fire.
         _alert(
+            t,
             "ScrapeCoverageNoPrometheus",
             "scrape_coverage_servers == 0",
             t.source_down_for,
