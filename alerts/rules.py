@@ -516,7 +516,7 @@ def exporter_alerts(t: Tuning = PLACEHOLDERS) -> list[dict]:
             "scrape_coverage_servers == 0",
             t.source_down_for,
             "warning",
-            "coverage-exporter has no Prometheus server to judge.",
+            "No Prometheus server is found or given to coverage-exporter.",
             "coverage-exporter {{ $labels.instance }} found no Prometheus server (no Prometheus "
             "Operator object with servers, no pod matching --prometheus-pod-selector) and was "
             "given none: scrape coverage is not being checked, and no ScrapeCoverageTargetsMissing "

@@ -371,10 +371,10 @@ class Exporter:
         timeout = min(self._settings.kubernetes_sync_timeout, DISCOVERY_SYNC_SECONDS)
         if not await self.discovery.wait_synced(timeout):
             log.warning(
-                "discovery: not every watch listed within %gs (%s); servers are found as "
-                "soon as it does",
-                timeout,
-                self.discovery.health.last_error or "no answer",
+                "discovery has not listed everything yet; servers are found as soon as it does",
+                extra=logs.fields(
+                    waited_seconds=timeout, err=self.discovery.health.last_error or "no answer"
+                ),
             )
 
     def _found_source(self, server: FoundServer) -> PrometheusSource:

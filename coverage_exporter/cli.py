@@ -30,13 +30,16 @@ ENV_PREFIX = "COVERAGE_EXPORTER_"
 AUDIT_EPILOG = f"""\
 {exit_codes.HELP}
 examples:
-  # One Prometheus, the current kubeconfig context:
-  coverage-exporter audit --prometheus-url http://prometheus.example:9090
+  # Every Prometheus of the Prometheus Operator, each shard and replica found
+  # and read at its pod IP, the current kubeconfig context:
+  coverage-exporter audit
 
-  # Two HA replicas judged on their own, another cluster, JSON for CI:
+  # Another cluster, JSON for CI, and a Thanos Query named besides:
   coverage-exporter audit --kubeconfig ~/.kube/prod --context prod \\
-      --prometheus-url prom-0=http://prometheus-0:9090 \\
-      --prometheus-url prom-1=http://prometheus-1:9090 --output json
+      --prometheus-url thanos=http://thanos-query:10902 --output json
+
+  # A Prometheus the Operator does not run, found by its pods' labels:
+  coverage-exporter audit --prometheus-pod-selector app.kubernetes.io/name=prometheus
 
   # Every missing node on one page:
   coverage-exporter audit --prometheus-fleet-file fleet.yaml --output html > report.html
@@ -48,8 +51,8 @@ Durations: 90s, 1m, 1h30m, 2d (or seconds); sizes: 512KiB, 256MiB, 1GiB (or byte
 
 SERVE_EPILOG = f"""\
 examples:
-  coverage-exporter serve --prometheus-url prom-0=http://prometheus-0:9090 \\
-      --prometheus-url prom-1=http://prometheus-1:9090 --interval 1m
+  coverage-exporter serve --interval 1m    # the Prometheus servers are found
+  coverage-exporter serve --prometheus-url thanos=http://thanos-query:10902
 
 Every flag can also be set as {ENV_PREFIX}<FLAG>; a flag on the command line wins.
 Durations: 90s, 1m, 1h30m, 2d (or seconds); sizes: 512KiB, 256MiB, 1GiB (or bytes).

@@ -53,11 +53,12 @@ from coverage_exporter.sources.prometheus.config import LoadedConfig
 
 log = logging.getLogger("coverage_exporter.collector")
 
-NO_SERVER = (
-    "no Prometheus server was found or given: nothing was judged. Discovery finds the "
-    "Prometheus Operator's servers and pods matching --prometheus-pod-selector; "
-    "--prometheus-url and the fleet file name others (docs/discovery.md)"
+NO_SERVER_HINT = (
+    "discovery finds the Prometheus Operator's servers and pods matching "
+    "--prometheus-pod-selector; --prometheus-url and the fleet file name others "
+    "(docs/discovery.md)"
 )
+NO_SERVER = f"no Prometheus server was found or given: nothing was judged. {NO_SERVER_HINT}"
 
 
 _POOL = attrgetter("scrape_pool", "role")
@@ -333,7 +334,10 @@ class CycleRunner:
     def _say_lag(self, server: str, lag: str) -> None:
         """Once per server while its configuration lags its object."""
         if lag and server not in self._lagging:
-            log.info("%s: %s; its replica's coverage is unknown meanwhile", server, lag)
+            log.info(
+                "server found is not judged yet: its replica's coverage is unknown meanwhile",
+                extra=fields(server=server, why=lag),
+            )
         if lag:
             self._lagging.add(server)
         else:
@@ -365,7 +369,7 @@ class CycleRunner:
                 snapshot = await poller.poll()
         except SeveralServers as err:
             # Never compared as one server: its last answers mixed servers too.
-            log.warning("%s", err)
+            log.warning("cannot read a Prometheus", extra=fields(server=health.prometheus, err=err))
             health.record_error(str(err))
             health.mark(False, time.monotonic() - started, str(err))
             self._forget(health.prometheus)
@@ -760,7 +764,10 @@ class CycleRunner:
         if not none:
             self._no_server_said = -1
         elif self._no_server_said < 0 or self.cycles_total - self._no_server_said >= 60:
-            log.warning("%s", NO_SERVER)
+            log.warning(
+                "no Prometheus server was found or given: nothing was judged",
+                extra=fields(hint=NO_SERVER_HINT),
+            )
             self._no_server_said = self.cycles_total
 
 

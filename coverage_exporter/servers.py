@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 from coverage_exporter.health import SourceHealth
+from coverage_exporter.logs import fields
 from coverage_exporter.model.answerers import AnswererCheck, labels_token
 from coverage_exporter.model.discovery import (
     Discovery,
@@ -107,31 +108,28 @@ class Followed(Generic[S]):
         self._say_findings(result)
         servers, given = without_explicit(result.servers, self._given_urls)
         for server in given:
-            self._once(
-                f"given:{server.name}",
-                logging.INFO,
-                "%s (%s) is also given explicitly at %s: read once, as given",
-                server.name,
-                server.found_by,
-                server.url,
-            )
+            if self._first(f"given:{server.name}"):
+                log.info(
+                    "server found is also given explicitly: read once, as given",
+                    extra=fields(server=server.name, discovery=server.found_by, url=server.url),
+                )
         clash = [s for s in servers if s.name in self._given_names]
         for server in clash:
-            self._once(
-                f"clash:{server.name}",
-                logging.WARNING,
-                "discovery found %s (%s) at %s, but a server given explicitly has that name; "
-                "not read twice under one name: rename the given one",
-                server.name,
-                server.found_by,
-                server.url or "no address",
-            )
+            if self._first(f"clash:{server.name}"):
+                log.warning(
+                    "server found has the name of a server given explicitly: not read twice "
+                    "under one name; rename the given one",
+                    extra=fields(server=server.name, discovery=server.found_by, url=server.url),
+                )
         servers = [s for s in servers if s.name not in self._given_names]
         changes = fleet_changes(self.found, servers)
         close: list[S] = []
         forget: set[str] = set()
         for server in changes.removed:
-            log.info("%s (%s) is gone: no longer judged", server.name, server.found_by)
+            log.info(
+                "server gone: no longer judged",
+                extra=fields(server=server.name, discovery=server.found_by),
+            )
             self._drop(server.name, close, forget)
         for old, new in (*changes.replaced, *changes.updated):
             if _key(old) != _key(new):
@@ -145,13 +143,12 @@ class Followed(Generic[S]):
             self._say_state(server, added=True)
         self.found = {s.name: s for s in servers}
         for name in result.leaving:
-            self._once(
-                f"leaving:{name}",
-                logging.INFO,
-                "pod %s belongs to a shard or replica its object no longer asks for "
-                "(or to a deleted object): not judged while it goes",
-                name,
-            )
+            if self._first(f"leaving:{name}"):
+                log.info(
+                    "pod of a shard or replica its object no longer asks for (or of a deleted "
+                    "object): not judged while it goes",
+                    extra=fields(pod=name),
+                )
         return close, forget
 
     def _add(self, server: FoundServer) -> None:
@@ -166,30 +163,43 @@ class Followed(Generic[S]):
 
     def _say_state(self, server: FoundServer, added: bool = False, replaced: bool = False) -> None:
         ident = server.identity
-        place = f", shard {ident.shard} of {ident.shards}, replica {ident.replica}" if ident else ""
-        if server.readable:
-            what = "found" if added else ("replaced, now read" if replaced else "now read")
-            log.info("%s (%s%s) %s at %s", server.name, server.found_by, place, what, server.url)
-        else:
+        place = (
+            {"shard": ident.shard, "shards": ident.shards, "replica": ident.replica}
+            if ident
+            else {}
+        )
+        about = {"server": server.name, "discovery": server.found_by, **place}
+        if not server.readable:
             log.warning(
-                "%s (%s%s) cannot be read: %s; its replica's coverage is unknown",
-                server.name,
-                server.found_by,
-                place,
-                server.unreadable,
+                "server found cannot be read: its replica's coverage is unknown",
+                extra=fields(**about, why=server.unreadable),
             )
+        elif added:
+            log.info("server found", extra=fields(**about, url=server.url))
+        elif replaced:
+            log.info("server's pod replaced: read anew", extra=fields(**about, url=server.url))
+        else:
+            log.info("server found is read again", extra=fields(**about, url=server.url))
 
     def _say_findings(self, result: Discovery) -> None:
         now = {f"finding:{f.subject}:{f.reason}": f for f in result.findings}
         for key, finding in now.items():
-            self._once(key, logging.WARNING, "discovery: %s", finding.message)
+            if self._first(key):
+                log.warning(
+                    "discovery cannot use an object",
+                    extra=fields(
+                        subject=finding.subject, reason=finding.reason, detail=finding.message
+                    ),
+                )
         # A finding that went away may be said again when it returns.
         self._said -= {k for k in self._said if k.startswith("finding:") and k not in now}
 
-    def _once(self, key: str, level: int, message: str, *args: object) -> None:
-        if key not in self._said:
-            self._said.add(key)
-            log.log(level, message, *args)
+    def _first(self, key: str) -> bool:
+        """True the first time `key` is said (until it is forgotten)."""
+        if key in self._said:
+            return False
+        self._said.add(key)
+        return True
 
     def findings(self) -> tuple[DiscoveryFinding, ...]:
         return self._discovery.discovery().findings if self._discovery.synced() else ()

@@ -181,7 +181,7 @@ local text(v) = if std.isString(v) then v else std.manifestJson(v);
               "severity": "warning",
             },
             "annotations": {
-              "summary": "coverage-exporter has no Prometheus server to judge.",
+              "summary": "No Prometheus server is found or given to coverage-exporter.",
               "description": "coverage-exporter {{ $labels.instance }} found no Prometheus server (no Prometheus Operator object with servers, no pod matching --prometheus-pod-selector) and was given none: scrape coverage is not being checked, and no ScrapeCoverageTargetsMissing alert can fire.",
               "runbook_url": (text($._config.runbookBaseUrl) + "ScrapeCoverageNoPrometheus.md"),
             },

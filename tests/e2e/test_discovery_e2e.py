@@ -388,12 +388,10 @@ def test_a_pod_not_ready_makes_its_replica_unknown_and_a_replaced_pod_is_read_an
     eventually(
         lambda: (
             state(replica) == 1.0
-            and f"{pod.namespace}/{pod.name}"
-            in [
-                line.split('msg="')[1].split(" ")[0]
+            and any(
+                "replaced: read anew" in line and f"server={pod.namespace}/{pod.name} " in line
                 for line in serve.log.read_text().splitlines()
-                if "replaced, now read" in line
-            ]
+            )
         ),
         "the new pod read",
         60,

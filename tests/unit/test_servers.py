@@ -34,6 +34,14 @@ class Source:
     server: d.FoundServer
 
 
+def said(caplog: pytest.LogCaptureFixture) -> str:
+    """Every record's message with its fields (the exporter logs key=value)."""
+    return "\n".join(
+        r.getMessage() + "".join(f" {k}={v}" for k, v in getattr(r, "_log_fields", {}).items())
+        for r in caplog.records
+    )
+
+
 def follower(
     fake: FakeDiscovery, given: tuple[str, ...] = (), names: tuple[str, ...] = ()
 ) -> Followed[Source]:
@@ -63,7 +71,8 @@ def test_the_fleet_follows_shards_added_then_removed(caplog: pytest.LogCaptureFi
         "monitoring/prometheus-k8s-shard-2-0",
         "monitoring/prometheus-k8s-shard-2-1",
     ]
-    assert "cannot be read: no pod yet" in caplog.text
+    assert "cannot be read: its replica's coverage is unknown" in said(caplog)
+    assert "why=no pod yet" in said(caplog)
 
     # Its pods run: read from this cycle, with their shard and replica.
     new = [
@@ -94,8 +103,8 @@ def test_the_fleet_follows_shards_added_then_removed(caplog: pytest.LogCaptureFi
         "monitoring/prometheus-k8s-shard-2-1",
     }
     assert "monitoring/prometheus-k8s-shard-2-0" not in f.found
-    assert "is gone: no longer judged" in caplog.text
-    assert "not judged while it goes" in caplog.text  # its pods still exist
+    assert "server gone: no longer judged" in said(caplog)
+    assert "not judged while it goes" in said(caplog)  # its pods still exist
 
 
 def test_a_pod_not_ready_is_unknown_and_a_replaced_one_read_anew(
@@ -130,7 +139,8 @@ def test_a_pod_not_ready_is_unknown_and_a_replaced_one_read_anew(
     close, forget = f.follow()
     assert [s.server.pod_uid for s in close] == ["new"] and forget == {name}
     assert f.sources[name].server.pod_uid == "newer"
-    assert caplog.text.count("replaced, now read at http://127.206.53.77:9090") == 2
+    replaced = [line for line in said(caplog).splitlines() if "replaced: read anew" in line]
+    assert len(replaced) == 2 and all("url=http://127.206.53.77:9090" in r for r in replaced)
 
 
 def test_a_server_given_explicitly_is_read_once_as_given(caplog: pytest.LogCaptureFixture) -> None:
@@ -142,7 +152,7 @@ def test_a_server_given_explicitly_is_read_once_as_given(caplog: pytest.LogCaptu
     assert first.name not in f.found
     assert "monitoring/prometheus-k8s-1" not in f.found  # that name is taken
     assert len(f.sources) == 2
-    assert "also given explicitly" in caplog.text and "rename the given one" in caplog.text
+    assert "also given explicitly" in said(caplog) and "rename the given one" in said(caplog)
 
 
 def test_findings_are_said_once_while_they_hold(caplog: pytest.LogCaptureFixture) -> None:
@@ -150,9 +160,9 @@ def test_findings_are_said_once_while_they_hold(caplog: pytest.LogCaptureFixture
     f = follower(fake)
     f.follow()
     f.follow()
-    assert caplog.text.count("listenLocal: true") == 1
+    assert said(caplog).count("reason=listen_local") == 1
     fake.objects = []
     f.follow()
     fake.objects = [cr("local")]
     f.follow()
-    assert caplog.text.count("listenLocal: true") == 2
+    assert said(caplog).count("reason=listen_local") == 2

@@ -173,7 +173,7 @@ groups:
     labels:
       severity: warning
     annotations:
-      summary: coverage-exporter has no Prometheus server to judge.
+      summary: No Prometheus server is found or given to coverage-exporter.
       description: 'coverage-exporter {{ "{" }}{ $labels.instance }} found no Prometheus server (no Prometheus Operator object with servers, no pod matching --prometheus-pod-selector) and was given none: scrape coverage is not being checked, and no ScrapeCoverageTargetsMissing alert can fire.'
       runbook_url: '{{ default "https://github.com/coverage-exporter/coverage-exporter/blob/main/docs/runbooks" .Values.runbookBaseUrl | trimSuffix "/" }}/ScrapeCoverageNoPrometheus.md'
   - alert: ScrapeCoverageExporterStale

@@ -30,6 +30,7 @@ import msgspec
 from coverage_exporter import defaults, untrusted
 from coverage_exporter.flagtypes import parse_seconds
 from coverage_exporter.health import SourceHealth
+from coverage_exporter.logs import fields
 from coverage_exporter.model.discovery import (
     DEFAULT_PORT_NAME,
     PROMETHEUS,
@@ -341,7 +342,10 @@ class DiscoverySource:
             )
             message = f"discovery: cannot tell whether the {GROUP} CRDs are installed: {why}"
             if self._check_ok:
-                log.warning("%s", message)
+                log.warning(
+                    "discovery cannot tell whether the Operator's CRDs are installed",
+                    extra=fields(group=GROUP, err=why),
+                )
             self.health.record_error(message)
             self._check_ok = False
             return None
@@ -353,20 +357,23 @@ class DiscoverySource:
         self._present[resource] = installed
         if installed and resource not in self._reflectors:
             self._start(resource, f"/apis/{GROUP}/{version}", resource, scraper_parser(kind))
+            crd = f"{resource}.{GROUP}"
             if was is not None:
-                log.info("discovery: %s.%s appeared; following its objects", resource, GROUP)
+                log.info("discovery: a CRD appeared; following its objects", extra=fields(crd=crd))
             else:
-                log.info("discovery: following %s.%s objects", resource, GROUP)
+                log.info("discovery: following a CRD's objects", extra=fields(crd=crd))
         elif not installed and resource in self._reflectors:
             await self._stop(resource)
             log.warning(
-                "discovery: %s.%s is no longer served (CRD removed); the servers its objects "
-                "ran are no longer judged",
-                resource,
-                GROUP,
+                "discovery: a CRD is no longer served (removed); the servers its objects ran "
+                "are no longer judged",
+                extra=fields(crd=f"{resource}.{GROUP}"),
             )
         elif not installed and was is None:
-            log.info("discovery: %s.%s not installed; nothing to follow there", resource, GROUP)
+            log.info(
+                "discovery: a CRD is not installed; nothing to follow there",
+                extra=fields(crd=f"{resource}.{GROUP}"),
+            )
 
     def _start(
         self, name: str, api: str, resource: str, parser: ObjectParser[Any, Any], selector: str = ""
