@@ -5,7 +5,12 @@
 # as UID 65532 on a read-only tree with only /tmp writable.
 
 # Pinned by version; both stages use the same base, so the venv's
-# interpreter path is valid in the runtime stage.
+# interpreter path is valid in the runtime stage. Not pinned by digest: the
+# project's build machine has no access to a container registry, so the
+# real digest of this tag could not be read, and a digest not read from the
+# registry would be an invented one. Where a registry is reachable, pin it:
+#   docker buildx imagetools inspect python:3.11.11-slim-bookworm
+# then ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm@sha256:<that digest>.
 ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
@@ -13,12 +18,18 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
+# The dependencies from the lock file only, each checked against its hash
+# (`make lock` writes it from pyproject.toml with pip-tools), then the
+# package alone, built with the locked setuptools (no build isolation,
+# which would fetch an unpinned one): nothing is resolved at build time.
+COPY requirements/image.txt ./requirements/image.txt
 COPY pyproject.toml README.md LICENSE ./
 COPY coverage_exporter ./coverage_exporter
 ARG REVISION=unknown
 RUN python -m venv /opt/coverage-exporter \
     && printf '%s\n' "${REVISION}" > coverage_exporter/REVISION \
-    && /opt/coverage-exporter/bin/pip install --no-cache-dir /src
+    && /opt/coverage-exporter/bin/pip install --no-cache-dir --require-hashes --no-deps -r requirements/image.txt \
+    && /opt/coverage-exporter/bin/pip install --no-cache-dir --no-deps --no-build-isolation /src
 
 FROM ${PYTHON_IMAGE}
 ARG VERSION=0.1.0

@@ -1,5 +1,5 @@
 # The two commands a newcomer runs (see README.md), and their helpers.
-.PHONY: demo test down setup unit lint golden rules dashboards generated bench
+.PHONY: demo test down setup unit lint golden rules dashboards generated bench lock
 
 PYTHON := .venv/bin/python
 
@@ -43,3 +43,9 @@ generated: rules dashboards  ## every generated file, deploy/kubernetes.yaml inc
 bench:  ## the benchmark at every size: bench/RESULTS.md and results.png (~8 min, 100k needs ~20 GB free)
 	.venv/bin/pip install --quiet -r bench/requirements.txt
 	$(PYTHON) bench/report.py
+
+lock:  ## re-resolve the image's lock file, requirements/image.txt, from pyproject.toml (Python 3.11, hashes)
+	.venv/bin/pip install --quiet "pip-tools>=7.4"
+	CUSTOM_COMPILE_COMMAND="make lock" .venv/bin/pip-compile --quiet --generate-hashes \
+		--strip-extras --all-build-deps --allow-unsafe --no-emit-index-url --no-emit-find-links --output-file requirements/image.txt pyproject.toml
+	$(PYTHON) -m tools.lock --check

@@ -240,6 +240,11 @@ POOL_TARGETS = "namespace_service_server_scrape_pool:scrape_coverage_prometheus_
 ENDPOINTS_ADDRESSES = "namespace_service:scrape_coverage_endpoints_addresses:sum"
 ENDPOINTS_TRUNCATED = "namespace_service:scrape_coverage_endpoints_truncated:max"
 SLICE_ENDPOINTS = "namespace_service:scrape_coverage_endpointslice_endpoints:sum"
+MISSING_BY_REASON = (
+    "namespace_service_stage_scrape_pool_replica_reason:scrape_coverage_missing_target:count"
+)
+"""Named missing targets per cause (the `reason` label, a closed set):
+bounded by the stages times the causes, not by the nodes."""
 
 
 def labels(t: Tuning, *names: str) -> str:
@@ -253,6 +258,9 @@ def recording_rules(t: Tuning = PLACEHOLDERS) -> list[dict]:
     gap += ", scraper_replica"
     unknown = labels(t, "namespace", "service", "scrape_pool", "role", "scraper", "scraper_replica")
     pool = labels(t, "namespace", "service", "server", "scrape_pool", "role")
+    stage_pool = labels(
+        t, "namespace", "service", "stage", "scrape_pool", "scraper", "scraper_replica"
+    )
     return [
         _record(EXPECTED, f"max by ({svc}) (scrape_coverage_expected_targets)"),
         _record(
@@ -280,6 +288,12 @@ def recording_rules(t: Tuning = PLACEHOLDERS) -> list[dict]:
         _record(
             ENDPOINTS_TRUNCATED,
             f"max by ({svc}) (scrape_coverage_endpoints_truncated)",
+        ),
+        # max over the exporter replicas first, so two never double a count.
+        _record(
+            MISSING_BY_REASON,
+            f"count by ({stage_pool}, reason) (\n"
+            f"  max by ({stage_pool}, node, pod, reason) (scrape_coverage_missing_target)\n)",
         ),
         _record(
             SLICE_ENDPOINTS,
@@ -309,6 +323,21 @@ def coverage_alerts(t: Tuning = PLACEHOLDERS) -> list[dict]:
         "scraper_replica=%q}"
     )
     svc_fmt = EXPECTED + f"{{{c}=%q,namespace=%q,service=%q}}"
+    # The cause most of the pool's named missing targets share (at most one
+    # series: topk over a closed set of reasons).
+    reason_args = (
+        f"$labels.{c} $labels.namespace $labels.service $labels.stage $labels.scrape_pool "
+        "$labels.scraper $labels.scraper_replica"
+    )
+    reason_fmt = (
+        f"topk(1, {MISSING_BY_REASON}{{{c}=%q,namespace=%q,service=%q,stage=%q,"
+        "scrape_pool=%q,scraper=%q,scraper_replica=%q})"
+    )
+    top_reason = (
+        f'{{{{ with printf "{reason_fmt}" {reason_args} | query }}}}'
+        '; most named ones are missing for reason {{ . | first | label "reason" }} '
+        "({{ . | first | value }}, docs/runbooks/causes.md){{ end }}"
+    )
     horizon = t.forecast_horizon_days
     return [
         _alert(
@@ -336,7 +365,9 @@ def coverage_alerts(t: Tuning = PLACEHOLDERS) -> list[dict]:
             "{{ $value }} expected targets"
             + _with_query(svc_fmt, svc_args, " (of VALUE)")
             + f" of Service {svc} are not discovered by {pool}, so that replica does not "
-            "scrape them and its alerts cannot see them.",
+            "scrape them and its alerts cannot see them"
+            + top_reason
+            + ".",
         ),
         _alert(
             t,
@@ -349,7 +380,9 @@ def coverage_alerts(t: Tuning = PLACEHOLDERS) -> list[dict]:
             + svc
             + _with_query(gap_fmt, gap_args, " (VALUE")
             + _with_query(svc_fmt, svc_args, " of VALUE)")
-            + f" are not discovered by {pool}, so that replica does not scrape them.",
+            + f" are not discovered by {pool}, so that replica does not scrape them"
+            + top_reason
+            + ".",
         ),
         _alert(
             t,

@@ -27,5 +27,7 @@ def set_base_url(url: str | None) -> None:
 
 
 def runbook_url(page: str) -> str:
-    """The URL of a runbook page, e.g. runbook_url("ScrapeCoverageTargetsMissing")."""
-    return f"{_base_url}{page.removesuffix('.md')}.md"
+    """The URL of a runbook page, e.g. runbook_url("ScrapeCoverageTargetsMissing"),
+    or of a section of one ("causes.md#unmaintained")."""
+    page, hash_, anchor = page.partition("#")
+    return f"{_base_url}{page.removesuffix('.md')}.md{hash_}{anchor}"

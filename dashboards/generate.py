@@ -148,6 +148,10 @@ def _rows() -> list[tuple[str, list]]:
                 [Query(q.POOL_GAP,
                        "{{namespace}}/{{service}} {{scrape_pool}} ({{role}}) "
                        "{{scraper_replica}}")]),
+            _ts("Missing targets by reason",
+                "Named missing targets per cause (the reason label; what to do for each: "
+                "docs/runbooks/causes.md), over every stage, pool and replica.",
+                [Query(q.MISSING_BY_REASON_SUM, "{{reason}}")]),
             _ts("Targets missing per Kubernetes stage",
                 "Expected targets absent from the Endpoints object or the EndpointSlices.",
                 [Query(f"{q.STAGE_MISSING}{{{q.SEL}}}", "{{namespace}}/{{service}} {{stage}}")]),

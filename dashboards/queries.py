@@ -17,6 +17,7 @@ from alerts.rules import (
     EXPECTED,
     GAP,
     GAP_RATIO,
+    MISSING_BY_REASON,
     PLACEHOLDERS,
     POOL_TARGETS,
     POOL_UNKNOWN,
@@ -97,3 +98,7 @@ LOWEST_COVERAGE = f'min(1 - {GAP_RATIO}{{{SEL}, stage="prometheus"}})'
 UNKNOWN_TOTAL = f"sum({POOL_UNKNOWN}{{{SEL}}}) or vector(0)"
 CAPACITY = f"vector({ENDPOINTS_CAPACITY})"
 __all__ = ["ENDPOINTS_ADDRESSES", "ENDPOINTS_CAPACITY", "SLICE_ENDPOINTS", "STAGE_MISSING"]
+
+
+MISSING_BY_REASON_SUM = f"sum by (reason) ({MISSING_BY_REASON}{{{SEL}}})"
+"""Named missing targets per cause, over every stage, pool and replica."""

@@ -640,7 +640,7 @@ local text(v) = if std.isString(v) then v else std.manifestJson(v);
             "type": "prometheus",
             "uid": "${datasource}",
           },
-          "description": "Expected targets absent from the Endpoints object or the EndpointSlices.",
+          "description": "Named missing targets per cause (the reason label; what to do for each: docs/runbooks/causes.md), over every stage, pool and replica.",
           "fieldConfig": {
             "defaults": {
               "min": 0,
@@ -655,6 +655,60 @@ local text(v) = if std.isString(v) then v else std.manifestJson(v);
             "y": 27,
           },
           "id": 13,
+          "options": {
+            "legend": {
+              "calcs": [
+                "lastNotNull",
+                "max",
+              ],
+              "displayMode": "table",
+              "placement": "bottom",
+              "showLegend": true,
+            },
+            "tooltip": {
+              "mode": "single",
+              "sort": "asc",
+            },
+          },
+          "repeatDirection": "h",
+          "targets": [
+            {
+              "datasource": {
+                "type": "prometheus",
+                "uid": "${datasource}",
+              },
+              "expr": ("sum by (reason) (namespace_service_stage_scrape_pool_replica_reason:scrape_coverage_missing_target:count{" + text($._config.clusterLabel) + "=\"$cluster\", namespace=~\"$namespace\", service=~\"$service\"})"),
+              "instant": false,
+              "legendFormat": "{{reason}}",
+              "range": true,
+              "refId": "A",
+            },
+          ],
+          "title": "Missing targets by reason",
+          "transformations": [],
+          "transparent": false,
+          "type": "timeseries",
+        },
+        {
+          "datasource": {
+            "type": "prometheus",
+            "uid": "${datasource}",
+          },
+          "description": "Expected targets absent from the Endpoints object or the EndpointSlices.",
+          "fieldConfig": {
+            "defaults": {
+              "min": 0,
+              "unit": "short",
+            },
+            "overrides": [],
+          },
+          "gridPos": {
+            "h": 8,
+            "w": 12,
+            "x": 12,
+            "y": 27,
+          },
+          "id": 14,
           "options": {
             "legend": {
               "calcs": [
@@ -704,10 +758,10 @@ local text(v) = if std.isString(v) then v else std.manifestJson(v);
           "gridPos": {
             "h": 9,
             "w": 12,
-            "x": 12,
-            "y": 27,
+            "x": 0,
+            "y": 35,
           },
-          "id": 14,
+          "id": 15,
           "options": {
             "cellHeight": "sm",
             "footer": {
@@ -760,9 +814,9 @@ local text(v) = if std.isString(v) then v else std.manifestJson(v);
             "h": 1,
             "w": 24,
             "x": 0,
-            "y": 36,
+            "y": 44,
           },
-          "id": 15,
+          "id": 16,
           "panels": [],
           "title": "Endpoints at scale",
           "type": "row",
@@ -783,9 +837,9 @@ local text(v) = if std.isString(v) then v else std.manifestJson(v);
             "h": 9,
             "w": 12,
             "x": 0,
-            "y": 37,
+            "y": 45,
           },
-          "id": 16,
+          "id": 17,
           "options": {
             "cellHeight": "sm",
             "footer": {
@@ -872,9 +926,9 @@ local text(v) = if std.isString(v) then v else std.manifestJson(v);
             "h": 9,
             "w": 12,
             "x": 12,
-            "y": 37,
+            "y": 45,
           },
-          "id": 17,
+          "id": 18,
           "options": {
             "cellHeight": "sm",
             "footer": {
@@ -950,9 +1004,9 @@ local text(v) = if std.isString(v) then v else std.manifestJson(v);
             "h": 8,
             "w": 12,
             "x": 0,
-            "y": 46,
+            "y": 54,
           },
-          "id": 18,
+          "id": 19,
           "options": {
             "legend": {
               "calcs": [
@@ -1014,9 +1068,9 @@ local text(v) = if std.isString(v) then v else std.manifestJson(v);
             "h": 9,
             "w": 12,
             "x": 12,
-            "y": 46,
+            "y": 54,
           },
-          "id": 19,
+          "id": 20,
           "options": {
             "cellHeight": "sm",
             "footer": {
@@ -1105,9 +1159,9 @@ local text(v) = if std.isString(v) then v else std.manifestJson(v);
             "h": 1,
             "w": 24,
             "x": 0,
-            "y": 55,
+            "y": 63,
           },
-          "id": 20,
+          "id": 21,
           "panels": [],
           "title": "Per Prometheus",
           "type": "row",
@@ -1129,9 +1183,9 @@ local text(v) = if std.isString(v) then v else std.manifestJson(v);
             "h": 8,
             "w": 12,
             "x": 0,
-            "y": 56,
+            "y": 64,
           },
-          "id": 21,
+          "id": 22,
           "options": {
             "legend": {
               "calcs": [
@@ -1183,9 +1237,9 @@ local text(v) = if std.isString(v) then v else std.manifestJson(v);
             "h": 8,
             "w": 12,
             "x": 12,
-            "y": 56,
+            "y": 64,
           },
-          "id": 22,
+          "id": 23,
           "options": {
             "legend": {
               "calcs": [
@@ -1249,9 +1303,9 @@ local text(v) = if std.isString(v) then v else std.manifestJson(v);
             "h": 9,
             "w": 24,
             "x": 0,
-            "y": 64,
+            "y": 72,
           },
-          "id": 23,
+          "id": 24,
           "options": {
             "cellHeight": "sm",
             "footer": {
@@ -1316,9 +1370,9 @@ local text(v) = if std.isString(v) then v else std.manifestJson(v);
             "h": 1,
             "w": 24,
             "x": 0,
-            "y": 73,
+            "y": 81,
           },
-          "id": 24,
+          "id": 25,
           "panels": [],
           "title": "Prometheus Operator migration",
           "type": "row",
@@ -1339,9 +1393,9 @@ local text(v) = if std.isString(v) then v else std.manifestJson(v);
             "h": 9,
             "w": 24,
             "x": 0,
-            "y": 74,
+            "y": 82,
           },
-          "id": 25,
+          "id": 26,
           "options": {
             "cellHeight": "sm",
             "footer": {
@@ -1430,9 +1484,9 @@ local text(v) = if std.isString(v) then v else std.manifestJson(v);
             "h": 1,
             "w": 24,
             "x": 0,
-            "y": 83,
+            "y": 91,
           },
-          "id": 26,
+          "id": 27,
           "panels": [],
           "title": "Exporter health",
           "type": "row",
@@ -1454,9 +1508,9 @@ local text(v) = if std.isString(v) then v else std.manifestJson(v);
             "h": 8,
             "w": 8,
             "x": 0,
-            "y": 84,
+            "y": 92,
           },
-          "id": 27,
+          "id": 28,
           "options": {
             "legend": {
               "calcs": [
@@ -1508,9 +1562,9 @@ local text(v) = if std.isString(v) then v else std.manifestJson(v);
             "h": 8,
             "w": 8,
             "x": 8,
-            "y": 84,
+            "y": 92,
           },
-          "id": 28,
+          "id": 29,
           "options": {
             "legend": {
               "calcs": [
@@ -1573,9 +1627,9 @@ local text(v) = if std.isString(v) then v else std.manifestJson(v);
             "h": 8,
             "w": 8,
             "x": 16,
-            "y": 84,
+            "y": 92,
           },
-          "id": 29,
+          "id": 30,
           "options": {
             "legend": {
               "calcs": [
@@ -1638,9 +1692,9 @@ local text(v) = if std.isString(v) then v else std.manifestJson(v);
             "h": 8,
             "w": 8,
             "x": 0,
-            "y": 92,
+            "y": 100,
           },
-          "id": 30,
+          "id": 31,
           "options": {
             "legend": {
               "calcs": [
@@ -1703,9 +1757,9 @@ local text(v) = if std.isString(v) then v else std.manifestJson(v);
             "h": 8,
             "w": 8,
             "x": 8,
-            "y": 92,
+            "y": 100,
           },
-          "id": 31,
+          "id": 32,
           "options": {
             "legend": {
               "calcs": [
@@ -1754,9 +1808,9 @@ local text(v) = if std.isString(v) then v else std.manifestJson(v);
             "h": 8,
             "w": 8,
             "x": 16,
-            "y": 92,
+            "y": 100,
           },
-          "id": 32,
+          "id": 33,
           "options": {
             "displayMode": "gradient",
             "minVizHeight": 10,

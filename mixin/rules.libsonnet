@@ -40,6 +40,10 @@ local text(v) = if std.isString(v) then v else std.manifestJson(v);
             "expr": ("max by (" + text($._config.clusterLabel) + ", namespace, service) (scrape_coverage_endpoints_truncated)"),
           },
           {
+            "record": "namespace_service_stage_scrape_pool_replica_reason:scrape_coverage_missing_target:count",
+            "expr": ("count by (" + text($._config.clusterLabel) + ", namespace, service, stage, scrape_pool, scraper, scraper_replica, reason) (\n  max by (" + text($._config.clusterLabel) + ", namespace, service, stage, scrape_pool, scraper, scraper_replica, node, pod, reason) (scrape_coverage_missing_target)\n)"),
+          },
+          {
             "record": "namespace_service:scrape_coverage_endpointslice_endpoints:sum",
             "expr": ("sum by (" + text($._config.clusterLabel) + ", namespace, service) (\n  max by (" + text($._config.clusterLabel) + ", namespace, service, managed_by, ready) (scrape_coverage_endpointslice_endpoints)\n)"),
           },

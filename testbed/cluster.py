@@ -108,6 +108,23 @@ def find_binaries(
     return b
 
 
+KCM_CONTROLLERS = (
+    "endpoints-controller",
+    "endpointslice-controller",
+    "endpointslice-mirroring-controller",
+    "namespace-controller",
+)
+"""What the testbed's kube-controller-manager runs (a cluster needs no
+other for the scenarios)."""
+
+
+def _checked_controllers(names: Sequence[str]) -> list[str]:
+    unknown = set(names) - set(KCM_CONTROLLERS)
+    if unknown:
+        raise ValueError(f"unknown controllers {sorted(unknown)}: not in {KCM_CONTROLLERS}")
+    return sorted(names)
+
+
 class Cluster:
     """One testbed. ``up()`` starts everything; ``start``/``stop`` act on one
     component by name (see CONTROL_PLANE and MONITORING)."""
@@ -123,9 +140,13 @@ class Cluster:
         target_interval: str = "15s",
         operator: bool = False,
         scrapers: Sequence[str] = (),
+        without_controllers: Sequence[str] = (),
     ) -> None:
         """scrapers: kinds of testbed.scrapers (vmagent, agent, thanos) to
-        run beside the Prometheus servers."""
+        run beside the Prometheus servers. without_controllers: names of
+        KCM_CONTROLLERS the kube-controller-manager does not run (KEP-4974's
+        cluster runs without endpoints-controller and
+        endpointslice-mirroring-controller)."""
         self.state_dir = Path(state_dir) if state_dir else state_dir_default()
         self.state_dir = self.state_dir.resolve()
         self._state: dict[str, Any] = {
@@ -138,6 +159,7 @@ class Cluster:
             # (--kubelet-endpoints, --kubelet-endpointslice) of the operator.
             "kubelet_flags": list(op.KUBELET_FLAGS["start"]),
             "scrapers": scr.components(list(scrapers)),
+            "without_controllers": _checked_controllers(without_controllers),
             "ports": {},
             "pids": {},
         }
@@ -473,6 +495,18 @@ class Cluster:
             # Its Prometheus servers, should it have died without stopping them.
             oppods.stop_leftovers(self.state_dir)
 
+    def set_without_controllers(self, names: Sequence[str]) -> None:
+        """Restarts the kube-controller-manager without these controllers
+        (none: all of KCM_CONTROLLERS). Objects stay as they were written."""
+        self._state["without_controllers"] = _checked_controllers(names)
+        self._save()
+        self.restart("kube-controller-manager")
+
+    @property
+    def kcm_controllers(self) -> list[str]:
+        off = set(self._state.get("without_controllers", ()))
+        return [c for c in KCM_CONTROLLERS if c not in off]
+
     def set_kubelet_flags(self, endpoints: bool, endpointslice: bool) -> None:
         """Restarts the operator with these kubelet flags: it reloads none."""
         self._state["kubelet_flags"] = [endpoints, endpointslice]
@@ -545,19 +579,19 @@ class Cluster:
                 "--v=1",
             ]
         if name == "kube-controller-manager":
-            controllers = ("endpoints-controller,endpointslice-controller,"
-                           "endpointslice-mirroring-controller,namespace-controller")
+            controllers = list(self.kcm_controllers)
             if self.operator:
                 # The Operator's StatefulSets get their pods; shards removed
                 # go (the Operator deletes them with foreground propagation,
                 # which only the garbage collector completes), and so do
-                # the objects of a deleted CR.
-                controllers += ",statefulset-controller,garbage-collector-controller"
+                # the objects of a deleted CR. Not in KCM_CONTROLLERS: the
+                # scenarios never turn them off.
+                controllers += ["statefulset-controller", "garbage-collector-controller"]
             return [
                 str(b.kube_controller_manager),
                 f"--kubeconfig={self.kubeconfig}",
                 "--leader-elect=false",
-                f"--controllers={controllers}",
+                f"--controllers={','.join(controllers)}",
                 "--bind-address=127.0.0.1", f"--secure-port={port('kube-controller-manager')}",
                 f"--cert-dir={s / 'kcm-certs'}",
                 # Defaults stated on purpose: they are what the scenario tests.

@@ -18,6 +18,7 @@ from coverage_exporter.model.findings import RUNBOOK_MIGRATION, Finding, Finding
 from coverage_exporter.model.findings import service_findings as model_findings
 from coverage_exporter.model.gaps import STAGE_PROMETHEUS
 from coverage_exporter.model.intent import RuleRef
+from coverage_exporter.model.objects import ROLE_ENDPOINTS
 from coverage_exporter.model.readiness import Readiness
 from coverage_exporter.model.report import CoverageReport
 from coverage_exporter.model.stages import Stage, service_gaps, service_stages
@@ -41,6 +42,7 @@ CAUSE_WORDS: dict[Cause, str] = {
     Cause.SHARE_UNKNOWN: "a shard's share is unknown",
     Cause.STILL_DISCOVERING: "the server is still discovering",
     Cause.UNEXPLAINED: "unexplained",
+    Cause.UNMAINTAINED: "read from an object no controller maintains",
 }
 """Each cause in words (model.causes.Cause); the runbook section is the value."""
 
@@ -143,6 +145,21 @@ def finding_words(s: ServiceCoverage, f: Finding) -> str:
             f"({_names(st.missing or (), s.unnamed)}): it is stale (its owner no longer "
             f"writes it, e.g. --kubelet-endpoints=false) and {state}"
         )
+    if kind is FindingKind.ENDPOINTS_UNMAINTAINED:
+        state = "absent" if s.endpoints is None else "frozen: it disagrees with the slices"
+        return (
+            f"no Endpoints controller maintains its Endpoints object ({state}; a Service "
+            "with slices and no Endpoints object shows the controller does not run); "
+            "no truncation is claimed from it; "
+            f"{f.count} expected targets are not in it"
+        )
+    if kind is FindingKind.SLICES_UNMIRRORED:
+        return (
+            "no EndpointSlice mirroring controller mirrors its selector-less Endpoints "
+            "(Endpoints to mirror with no mirrored slice show it does not run); no mirroring "
+            f"cap is claimed; {f.count} expected targets are not in the slices. Let the owner "
+            "write its own slices (Prometheus Operator: --kubelet-endpointslice=true)"
+        )
     if kind is FindingKind.MIRRORING_CAPPED:
         lost = (
             "a scrape pool reads the slices with role endpointslice and misses them"
@@ -166,6 +183,17 @@ def finding_words(s: ServiceCoverage, f: Finding) -> str:
         return (
             f"{misses}. Role endpoints reads the truncated Endpoints object: migrate this "
             "job to role endpointslice"
+        )
+    if kind is FindingKind.POOL_READS_UNMAINTAINED:
+        what = (
+            "the Endpoints object, which no controller updates"
+            if st.role == ROLE_ENDPOINTS
+            else "slices mirrored by no controller"
+        )
+        return (
+            f"{pool} reads {what}; it misses {f.count} of {s.expected}"
+            f"{': ' + _names(st.missing or (), s.unnamed) if f.count else ''}. Migrate "
+            "this job to role endpointslice (with slices that a controller writes)"
         )
     if kind is FindingKind.POOL_DISCOVERS_NOTHING:
         return (
@@ -324,6 +352,8 @@ def service_json(s: ServiceCoverage) -> dict[str, object]:
         "expected": s.expected,
         "expected_unnamed": s.unnamed,
         "endpoints": endpoints,
+        "endpoints_unmaintained": s.endpoints_unmaintained,
+        "slices_unmirrored": s.slices_unmirrored,
         "endpointslices": {
             "endpoints": [
                 {"managed_by": m, "ready": r, "count": c}
@@ -370,6 +400,18 @@ def service_json(s: ServiceCoverage) -> dict[str, object]:
             for st in service_gaps(s)
         ],
         "findings": findings(s),
+    }
+
+
+def controllers_json(report: CoverageReport) -> dict[str, object]:
+    """What the read objects say of the Endpoints and mirroring controllers
+    (model.controllers): the Services that show each one not running."""
+    c = report.controllers
+    return {
+        "endpoints_down": c.endpoints_down,
+        "endpoints_witnesses": [f"{ns}/{name}" for ns, name in c.endpoints_witnesses],
+        "mirroring_down": c.mirroring_down,
+        "mirroring_witnesses": [f"{ns}/{name}" for ns, name in c.mirroring_witnesses],
     }
 
 
@@ -446,6 +488,7 @@ def render_json(
             "not_ready": report.nodes_not_ready,
         },
         "services": [] if report is None else [service_json(s) for s in report.services],
+        "controllers": None if report is None else controllers_json(report),
         "migration": [readiness_json(r) for r in readiness],
         "discovery": {
             "findings": [

@@ -41,6 +41,7 @@ from coverage_exporter.model.findings import (
     RUNBOOK_MIRRORING_CAPPED,
     RUNBOOK_TARGETS_MISSING,
     RUNBOOK_UNKNOWN,
+    RUNBOOK_UNMAINTAINED,
     Finding,
     FindingKind,
     service_findings,
@@ -452,8 +453,17 @@ def _next_steps(views: Sequence[ServiceView]) -> list[str]:
             "<code>--kubelet-endpointslice=true</code>) before any job reads them: "
             + _runbook_link(RUNBOOK_MIRRORING_CAPPED, RUNBOOK_MIRRORING_CAPPED)
         )
+    if kinds & {FindingKind.ENDPOINTS_UNMAINTAINED, FindingKind.SLICES_UNMIRRORED}:
+        steps.append(
+            "The Endpoints or the EndpointSlice mirroring controller does not run "
+            "(KEP-4974): Endpoints objects and mirrored slices are absent or frozen, "
+            "so no truncation or cap is claimed from them; scrape with role "
+            "<code>endpointslice</code> from slices a controller writes: "
+            + _runbook_link(RUNBOOK_UNMAINTAINED, "causes: unmaintained")
+        )
     if kinds & {
         FindingKind.POOL_MISSES,
+        FindingKind.POOL_READS_UNMAINTAINED,
         FindingKind.POOL_READS_TRUNCATED,
         FindingKind.POOL_DISCOVERS_NOTHING,
     }:

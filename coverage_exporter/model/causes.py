@@ -96,6 +96,10 @@ class Cause(StrEnum):
     not delivered yet (every pool of a fresh replica is empty)."""
     UNEXPLAINED = "unexplained"
     """Missing for no cause the model knows."""
+    UNMAINTAINED = "unmaintained"
+    """Read from an object no controller maintains: the Endpoints controller
+    or the mirroring controller does not run (model.controllers), and the
+    Endpoints object or the mirrored slices are absent or frozen."""
 
 
 _TARGET_STATE = (
@@ -273,10 +277,15 @@ def service_causes(
     pools: Sequence[PoolCoverage],
     fleet: Fleet,
     jobs: Mapping[str, Mapping[str, ScrapeJob]],
+    unmaintained: tuple[bool, bool] = (False, False),
 ) -> tuple[StageCauses, ...]:
     """The causes of each stage, in model.stages.service_stages' order:
     the Endpoints object, the slices, then each replica's pools. `jobs`:
-    server -> scrape pool -> its job, from the loaded configurations."""
+    server -> scrape pool -> its job, from the loaded configurations.
+    `unmaintained`: (no controller maintains the Endpoints object, none
+    mirrors it), from model.controllers: the stage's own cause is then
+    UNMAINTAINED, never truncation nor the cap."""
+    ep_unmaintained, unmirrored = unmaintained
     unnamed = expected.unnamed
     any_missing = (
         endpoints is None
@@ -296,15 +305,20 @@ def service_causes(
         # address for under their own cause.
         by_state = {c: len(ts) for c, ts in state.items()}
         absent = max(0, expected.count - sum(by_state.values()) - unnamed)
-        extra = {**by_state, **count_only, Cause.ENDPOINTS_ABSENT: absent}
+        why_absent = Cause.UNMAINTAINED if ep_unmaintained else Cause.ENDPOINTS_ABSENT
+        extra = {**by_state, **count_only, why_absent: absent}
         ep = StageCauses({}, _counted({}, extra))
     else:
         own = Cause.ENDPOINTS_TRUNCATED if endpoints.truncated else Cause.UNEXPLAINED
+        if ep_unmaintained:
+            own = Cause.UNMAINTAINED
         named = _partition(endpoints.missing, first, own)
         ep = StageCauses(named, _counted(named, count_only))
 
     mirrored = slices.mirroring_skipped is not None
     own = Cause.MIRRORING_CAPPED if slices.mirroring_skipped else Cause.UNEXPLAINED
+    if unmirrored:
+        own = Cause.UNMAINTAINED
     up = _upstream_claims(ep) if mirrored else []
     if mirrored and endpoints is None:
         up = [(Cause.ENDPOINTS_ABSENT, _ids(slices.missing))]
@@ -318,9 +332,11 @@ def service_causes(
         if role in roles
     }
     out = [ep, sl]
-    absent = endpoints is None
+    no_endpoints: Cause | None = None
+    if endpoints is None:
+        no_endpoints = Cause.UNMAINTAINED if ep_unmaintained else Cause.ENDPOINTS_ABSENT
     for p in pools:
-        out.append(_pool_causes(service, p, first, upstream, absent, fleet, jobs, count_only))
+        out.append(_pool_causes(service, p, first, upstream, no_endpoints, fleet, jobs, count_only))
     return tuple(out)
 
 
@@ -329,7 +345,7 @@ def _pool_causes(
     p: PoolCoverage,
     first: _Claims,
     upstream: Mapping[str, _Claims],
-    no_endpoints: bool,
+    no_endpoints: Cause | None,
     fleet: Fleet,
     jobs: Mapping[str, Mapping[str, ScrapeJob]],
     count_only: Mapping[Cause, int],
@@ -351,8 +367,8 @@ def _pool_causes(
         if rule is not None:
             own = Cause.NO_SHARD_KEEPS
     up = upstream.get(p.role, [])
-    if p.role == ROLE_ENDPOINTS and no_endpoints:
-        up = [(Cause.ENDPOINTS_ABSENT, _ids(p.missing))]
+    if p.role == ROLE_ENDPOINTS and no_endpoints is not None:
+        up = [(no_endpoints, _ids(p.missing))]
     named = _partition(p.missing, first + up, own)
     return StageCauses(named, _counted(named, count_only), rule)
 

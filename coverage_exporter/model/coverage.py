@@ -17,6 +17,12 @@ from operator import attrgetter
 import msgspec
 
 from coverage_exporter.model.causes import StageCauses, service_causes
+from coverage_exporter.model.controllers import (
+    RUNNING,
+    Controllers,
+    endpoints_unmaintained,
+    slices_unmirrored,
+)
 from coverage_exporter.model.fleet import Fleet
 from coverage_exporter.model.objects import (
     MANAGED_BY_MIRRORING,
@@ -134,6 +140,12 @@ class ServiceCoverage:
     causes: Sequence[StageCauses] = ()
     """Why each stage misses what it misses (model.causes), in
     model.stages.service_stages' order: Endpoints, slices, then pools."""
+    endpoints_unmaintained: bool = False
+    """No controller maintains the Endpoints object (model.controllers):
+    it is absent or frozen, and its truncation marker is not believed."""
+    slices_unmirrored: bool = False
+    """No controller mirrors the selector-less Endpoints (model.controllers):
+    the mirrored slices are absent or frozen, and no cap is claimed."""
 
     @property
     def key(self) -> ServiceKey:
@@ -367,8 +379,14 @@ def _missing(expected: Expected, present: Iterable[str | None]) -> tuple[Missing
 
 
 def endpoints_stage(
-    service: Service, endpoints: Endpoints | None, expected: Expected, resolver: Resolver
+    service: Service,
+    endpoints: Endpoints | None,
+    expected: Expected,
+    resolver: Resolver,
+    unmaintained: bool = False,
 ) -> EndpointsStage | None:
+    """`unmaintained`: no controller updates the object, so its
+    over-capacity marker says nothing of today (model.controllers)."""
     if endpoints is None:
         return None
     present = (
@@ -377,7 +395,7 @@ def endpoints_stage(
     return EndpointsStage(
         ready=len(endpoints.ready),
         not_ready=len(endpoints.not_ready),
-        truncated=endpoints.over_capacity is not None,
+        truncated=endpoints.over_capacity is not None and not unmaintained,
         skip_mirror=endpoints.skip_mirror if service.selector is None else None,
         missing=_missing(expected, present),
     )
@@ -399,7 +417,10 @@ def slices_stage(
     endpoints: Endpoints | None,
     expected: Expected,
     resolver: Resolver,
+    unmirrored: bool = False,
 ) -> SlicesStage:
+    """`unmirrored`: no controller mirrors the Endpoints, so what the
+    slices lack is not the mirroring cap (model.controllers)."""
     # A dual-stack Service has one set of slices per family, each holding
     # every endpoint: count within the family that holds the most.
     by_family: dict[str, list[EndpointSlice]] = defaultdict(list)
@@ -424,7 +445,7 @@ def slices_stage(
     return SlicesStage(
         endpoints={k: len(v) for k, v in counted.items()},
         terminating={k: len(v) for k, v in terminating.items()},
-        mirroring_skipped=_mirroring_skipped(service, endpoints, primary),
+        mirroring_skipped=None if unmirrored else _mirroring_skipped(service, endpoints, primary),
         missing=_missing(expected, present),
     )
 
@@ -609,9 +630,11 @@ def service_coverage(
     meant: Mapping[str, Mapping[str, str]] | None = None,
     unjudged: Mapping[str, Mapping[str, str]] | None = None,
     jobs: Mapping[str, Mapping[str, ScrapeJob]] | None = None,
+    found: Controllers = RUNNING,
 ) -> ServiceCoverage | None:
     """`jobs`: server -> scrape pool -> its job (the loaded configurations),
-    for the causes that name a relabel rule."""
+    for the causes that name a relabel rule. `found`: what the cluster's
+    objects say of the controllers (model.controllers), once per cycle."""
     endpoints = snapshot.endpoints.get(service.key)
     expected = expected_targets(service, snapshot, endpoints)
     if expected is None:
@@ -620,9 +643,16 @@ def service_coverage(
     resolver = Resolver(node_by_ip, pods, ip_fallback=expected.source == SOURCE_LISTED)
     fleet = fleet or Fleet.of_names({n for n, _ in targets})
     counts, pools = prometheus_stage(targets, expected, resolver, fleet, meant, unjudged)
-    endpoints_seen = endpoints_stage(service, endpoints, expected, resolver)
+    unmaintained = endpoints_unmaintained(service, snapshot, found)
+    unmirrored = slices_unmirrored(service, snapshot, found)
+    endpoints_seen = endpoints_stage(service, endpoints, expected, resolver, unmaintained)
     slices = slices_stage(
-        service, snapshot.endpointslices.get(service.key, ()), endpoints, expected, resolver
+        service,
+        snapshot.endpointslices.get(service.key, ()),
+        endpoints,
+        expected,
+        resolver,
+        unmirrored,
     )
     return ServiceCoverage(
         namespace=service.namespace,
@@ -635,6 +665,16 @@ def service_coverage(
         pools=pools,
         unnamed=expected.unnamed,
         causes=service_causes(
-            service, snapshot, expected, endpoints_seen, slices, pools, fleet, jobs or {}
+            service,
+            snapshot,
+            expected,
+            endpoints_seen,
+            slices,
+            pools,
+            fleet,
+            jobs or {},
+            (unmaintained, unmirrored),
         ),
+        endpoints_unmaintained=unmaintained,
+        slices_unmirrored=unmirrored,
     )

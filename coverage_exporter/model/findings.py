@@ -12,7 +12,7 @@ from enum import StrEnum
 
 from coverage_exporter.model.coverage import ServiceCoverage
 from coverage_exporter.model.gaps import STAGE_ENDPOINTS, STAGE_ENDPOINTSLICES, STAGE_PROMETHEUS
-from coverage_exporter.model.objects import ROLE_ENDPOINTS
+from coverage_exporter.model.objects import ROLE_ENDPOINTS, ROLE_ENDPOINTSLICE
 from coverage_exporter.model.stages import Stage, service_stages
 
 # Runbook pages (docs/runbooks/<page>.md), named after the alerts they serve.
@@ -25,6 +25,8 @@ RUNBOOK_MIGRATION = "migrate-to-endpointslice"
 RUNBOOK_INDEX = "README"
 RUNBOOK_CAUSES = "causes"
 """One section per model.causes.Cause, anchored by its value."""
+RUNBOOK_UNMAINTAINED = "causes.md#unmaintained"
+"""The section on objects no controller maintains."""
 
 
 class FindingKind(StrEnum):
@@ -45,6 +47,15 @@ class FindingKind(StrEnum):
     """A pool meant to scrape the Service discovers none of its targets."""
     POOL_MISSES = "pool_misses"
     """A pool misses expected targets."""
+    ENDPOINTS_UNMAINTAINED = "endpoints_unmaintained"
+    """No Endpoints controller maintains the Service's Endpoints object: it
+    is absent or frozen (model.controllers); no truncation is claimed."""
+    SLICES_UNMIRRORED = "slices_unmirrored"
+    """No mirroring controller mirrors the selector-less Endpoints: the
+    mirrored slices are absent or frozen; no mirroring cap is claimed."""
+    POOL_READS_UNMAINTAINED = "pool_reads_unmaintained"
+    """A pool reads an object no controller updates: role endpoints an
+    unmaintained Endpoints object, role endpointslice unmirrored slices."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,13 +89,17 @@ def service_findings(s: ServiceCoverage) -> list[Finding]:
         out.append(Finding(kind, s.namespace, s.service, stage, count, runbook))
 
     endpoints_count = endpoints.count or 0
-    if s.endpoints is None:
+    if s.endpoints_unmaintained:
+        add(FindingKind.ENDPOINTS_UNMAINTAINED, endpoints, endpoints_count, RUNBOOK_UNMAINTAINED)
+    elif s.endpoints is None:
         if endpoints.read:
             add(FindingKind.ENDPOINTS_ABSENT, endpoints, s.expected)
     elif s.endpoints.truncated:
         add(FindingKind.ENDPOINTS_TRUNCATED, endpoints, endpoints_count)
     elif endpoints_count and s.endpoints.skip_mirror is not None:
         add(FindingKind.ENDPOINTS_STALE, endpoints, endpoints_count)
+    if s.slices_unmirrored:
+        add(FindingKind.SLICES_UNMIRRORED, slices, slices.count or 0, RUNBOOK_UNMAINTAINED)
     if s.slices.mirroring_skipped:
         add(
             FindingKind.MIRRORING_CAPPED,
@@ -98,6 +113,10 @@ def service_findings(s: ServiceCoverage) -> list[Finding]:
             continue
         if st.count is None:
             add(FindingKind.COVERAGE_UNKNOWN, st, st.unknown, RUNBOOK_UNKNOWN)
+        elif _reads_unmaintained(s, st):
+            # Said even when it misses nothing yet: what it reads will not
+            # follow the next change.
+            add(FindingKind.POOL_READS_UNMAINTAINED, st, st.count, RUNBOOK_UNMAINTAINED)
         elif not st.count:
             continue
         elif st.role == ROLE_ENDPOINTS and truncated:
@@ -107,3 +126,9 @@ def service_findings(s: ServiceCoverage) -> list[Finding]:
         else:
             add(FindingKind.POOL_MISSES, st, st.count)
     return out
+
+
+def _reads_unmaintained(s: ServiceCoverage, st: Stage) -> bool:
+    if st.role == ROLE_ENDPOINTS:
+        return s.endpoints_unmaintained
+    return st.role == ROLE_ENDPOINTSLICE and s.slices_unmirrored

@@ -64,6 +64,8 @@ SKIP_MIRROR_LABEL = "endpointslice.kubernetes.io/skip-mirror"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"
 MANAGED_BY_MIRRORING = "endpointslicemirroring-controller.k8s.io"
+MANAGED_BY_CONTROLLER = "endpointslice-controller.k8s.io"
+"""The EndpointSlice controller's slices of selector-backed Services."""
 MANAGED_BY_OPERATOR = "prometheus-operator"
 APP_MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 

@@ -7,6 +7,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from coverage_exporter.model.controllers import RUNNING, Controllers, controllers
 from coverage_exporter.model.coverage import (
     ServiceCoverage,
     ServiceTargets,
@@ -48,6 +49,9 @@ class CoverageReport:
     fleet: Fleet = field(default_factory=Fleet)
     unresolved: Sequence[Unresolved] = field(default_factory=list)
     """In-scope Services whose expected targets could not be determined."""
+    controllers: Controllers = RUNNING
+    """What the cluster's objects say of the Endpoints and mirroring
+    controllers (model.controllers)."""
 
     @property
     def gaps(self) -> list[Stage]:
@@ -187,6 +191,7 @@ def build_report(
     services: list[ServiceCoverage] = []
     unresolved: list[Unresolved] = []
     discovered = services_scraped(cluster, prometheus, grouped, remembered, memo)
+    found = controllers(cluster)
     for service in services_in_scope(scope, cluster, discovered):
         coverage = service_coverage(
             service,
@@ -197,6 +202,7 @@ def build_report(
             meant_pools(service, prometheus, remembered, memo),
             unjudged,
             jobs,
+            found,
         )
         if coverage is None:
             reason = (
@@ -216,4 +222,5 @@ def build_report(
         nodes_not_ready=len(cluster.nodes) - ready,
         fleet=fleet,
         unresolved=unresolved,
+        controllers=found,
     )

@@ -21,6 +21,9 @@ and users rotate without a restart; TLS on or off is fixed at start, since
 the listening socket is. A file that stops parsing fails closed: handshakes
 and requests are refused until it is fixed, never served without auth.
 
+One departure from the toolkit: /-/healthy and /-/ready need no basic auth
+(PROBE_PATHS says why).
+
 Not supported (refused at start, rather than silently ignored):
 cipher_suites, curve_preferences, client_allowed_sans, RequestClientCert
 and RequireAnyClientCert (Python's ssl cannot ask for a certificate without
@@ -293,13 +296,17 @@ class WebConfigFile:
             self._passwords[key] = bcrypt.checkpw(password.encode(), hashed)
         return known and self._passwords[key]
 
-    def deny(self, headers: Mapping[str, str]) -> tuple[int, bytes, dict[str, str]] | None:
+    def deny(
+        self, headers: Mapping[str, str], path: str
+    ) -> tuple[int, bytes, dict[str, str]] | None:
         """None when the request may go on; else (status, body, headers).
-        Basic auth on every path when users are configured, as the toolkit
-        does (probes need credentials too); `headers` by lower-case name."""
+        Basic auth on every path but the probes' when users are configured;
+        `headers` by lower-case name, `path` without its query."""
         self.refresh()
         if self._error is not None:
             return 500, b"web config is invalid; see the exporter's log\n", {}
+        if path in PROBE_PATHS:
+            return None
         if self.config.users and not _authorized(self, headers.get("authorization", "")):
             challenge = {"WWW-Authenticate": 'Basic realm="coverage-exporter"'}
             return 401, b"Unauthorized\n", challenge
@@ -309,6 +316,15 @@ class WebConfigFile:
         """http_server_config.headers, added to every answer."""
         return dict(self.config.headers)
 
+
+# Answered without credentials. The toolkit asks for them on every path, but
+# a kubelet probe cannot read a Secret: the password would sit in clear in
+# the pod spec, readable by whoever may read Deployments (Prometheus's own
+# request for this: prometheus/prometheus#9166, exporter-toolkit#106, open).
+# kube-apiserver grants /livez and /readyz to system:unauthenticated the same
+# way. These two answer one bit and a fixed phrase (web/server.py, route);
+# TLS, when on, still applies. Exact paths: no prefix or variant matches.
+PROBE_PATHS = frozenset({"/-/healthy", "/-/ready"})
 
 _DUMMY: list[bytes] = []
 

@@ -318,7 +318,7 @@ class MetricsServer:
         keep_alive = _keep_alive(version, headers)
         if method not in ("GET", "HEAD"):
             response = Response(405, b"only GET and HEAD\n")
-        elif self.web_config and (denied := self.web_config.deny(headers)):
+        elif self.web_config and (denied := self.web_config.deny(headers, path.partition("?")[0])):
             response = Response(denied[0], denied[1], headers=denied[2])
         else:
             response = await route(self.view, path.partition("?")[0], headers)

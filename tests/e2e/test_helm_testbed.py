@@ -50,7 +50,6 @@ DEFAULT_VALUES = chart.CHART / "ci" / "default-values.yaml"
 RULE_LABELS = {"release": "kube-prometheus-stack"}  # ci/default-values.yaml
 
 
-
 def helm(testbed: Cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "KUBECONFIG": str(testbed.kubeconfig), "HELM_CACHE_HOME": "/tmp/helm"}
     done = subprocess.run(
@@ -559,3 +558,155 @@ def test_operator_puts_the_chart_rule_into_prometheus_rule_files(
     by_name = {r["name"]: r for r in rules if r["type"] == "alerting"}
     # The scenario truncates node-exporter's Endpoints: the rule sees it.
     assert by_name["ScrapeCoverageEndpointsTruncated"]["state"] in ("pending", "firing")
+
+
+# --- TLS, basic auth and a namespace scope: the probes as the kubelet runs them ----
+
+SECURE = "coverage-exporter-secure"  # release and namespace
+SCOPED = "monitoring"  # scope.namespaces
+
+
+def probe_as_kubelet(probe: dict[str, Any], ports: dict[str, int], address: str) -> int:
+    """One httpGet probe as the kubelet makes it (pkg/probe/http): the
+    rendered scheme, path, port and headers, and for HTTPS no certificate
+    verification. The container port is mapped to where the exporter runs."""
+    get = probe["httpGet"]
+    port = ports[get["port"]] if isinstance(get["port"], str) else get["port"]
+    assert port, get
+    scheme = get.get("scheme", "HTTP").lower()
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    headers = {h["name"]: h["value"] for h in get.get("httpHeaders", [])}
+    req = urllib.request.Request(f"{scheme}://{address}{get['path']}", headers=headers)
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=probe.get("timeoutSeconds", 1) + 5):
+            return 200
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def test_tls_basic_auth_and_namespace_scope_keep_probes_and_rbac_working(
+    testbed: Cluster, kube: Kube, crds: list[str], tmp_path: Path
+) -> None:
+    import bcrypt
+
+    kube.create("/api/v1/namespaces", {"metadata": {"name": SECURE}})
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-days", "1", "-subj", f"/CN={SECURE}", "-keyout", str(tmp_path / "tls.key"),
+         "-out", str(tmp_path / "tls.crt")],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    # Relative paths: relative to web-config.yml, wherever the Secret is mounted.
+    web_config = {
+        "tls_server_config": {"cert_file": "tls.crt", "key_file": "tls.key"},
+        "basic_auth_users": {"prometheus": bcrypt.hashpw(b"s3cret", bcrypt.gensalt(4)).decode()},
+    }
+    files = {
+        "web-config.yml": yaml.safe_dump(web_config),
+        "tls.crt": (tmp_path / "tls.crt").read_text(),
+        "tls.key": (tmp_path / "tls.key").read_text(),
+    }
+    kube.create(
+        f"/api/v1/namespaces/{SECURE}/secrets",
+        {"metadata": {"name": "web"}, "stringData": files},
+    )
+    helm(
+        testbed, "install", SECURE, str(chart.CHART), "--namespace", SECURE, *values_args(testbed),
+        "--set", "webConfig.secretName=web", "--set", "webConfig.tls=true",
+        "--set-json", f'scope.namespaces=["{SCOPED}"]',
+        "--set", "serviceMonitor.enabled=false", "--set", "prometheusRule.enabled=false",
+        "--set", "dashboard.enabled=false",
+    )  # fmt: skip
+    try:
+        deployment = kube.get(f"/apis/apps/v1/namespaces/{SECURE}/deployments/{SECURE}")
+        pod = deployment["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        # The kubelet's part: project the Secret volume's files.
+        (mount,) = [m for m in container["volumeMounts"] if m["name"] == "web-config"]
+        (volume,) = [v for v in pod["volumes"] if v["name"] == "web-config"]
+        secret = kube.get(f"/api/v1/namespaces/{SECURE}/secrets/{volume['secret']['secretName']}")
+        web_dir = tmp_path / "web"
+        web_dir.mkdir()
+        for name, data in secret["data"].items():
+            (web_dir / name).write_bytes(base64.b64decode(data))
+        # The ServiceAccount's token: bound to the Roles of the scope only.
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}}
+        sa = pod["serviceAccountName"]
+        token = kube.request(
+            "POST", f"/api/v1/namespaces/{SECURE}/serviceaccounts/{sa}/token", body
+        )["status"]["token"]
+        client = TokenClient(testbed, token)
+        assert client.status("GET", f"/api/v1/namespaces/{SCOPED}/pods?limit=1") == 200
+        assert client.status("GET", f"/api/v1/namespaces/{SCOPED}/services?limit=1") == 200
+        assert client.status("GET", "/api/v1/nodes?limit=1") == 200
+        for path in ("/api/v1/pods", "/api/v1/services", "/api/v1/endpoints",
+                     "/apis/discovery.k8s.io/v1/endpointslices", "/apis/apps/v1/daemonsets",
+                     "/api/v1/namespaces/kube-system/pods"):  # fmt: skip
+            assert client.status("GET", path + "?limit=1") == 403, path
+        kubeconfig = tmp_path / "kubeconfig"
+        ca = base64.b64encode(Path(testbed.ca_file).read_bytes()).decode()
+        kubeconfig.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [
+                        {"name": "t", "cluster": {"server": testbed.api_url,
+                                                  "certificate-authority-data": ca}}
+                    ],
+                    "users": [{"name": "sa", "user": {"token": token}}],
+                    "contexts": [{"name": "sa", "context": {"cluster": "t", "user": "sa"}}],
+                    "current-context": "sa",
+                }
+            )
+        )  # fmt: skip
+        # The module's exporter holds the testbed's exporter address.
+        address = f"127.0.0.1:{free_ports(1)[0]}"
+        args = []
+        for a in container["args"]:
+            if a.startswith("--web.listen-address="):
+                a = f"--web.listen-address={address}"
+            args.append(a.replace(mount["mountPath"], str(web_dir)))
+        assert f"--web.config.file={web_dir}/web-config.yml" in args
+        log = tmp_path / "exporter.log"
+        binary = Path(sys.executable).parent / "coverage-exporter"
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [str(binary), *args, f"--kubeconfig={kubeconfig}"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+            probes = {p: container[p] for p in ("startupProbe", "readinessProbe", "livenessProbe")}
+            assert {p["httpGet"]["scheme"] for p in probes.values()} == {"HTTPS"}
+            for name, probe in probes.items():
+                eventually(
+                    lambda probe=probe: probe_as_kubelet(probe, ports, address) == 200,
+                    f"the {name} to succeed: " + log.read_text()[-2000:],
+                    180,
+                )
+            # TLS and basic auth are really on: everything else needs both.
+            insecure = ssl.create_default_context()
+            insecure.check_hostname, insecure.verify_mode = False, ssl.CERT_NONE
+            with pytest.raises(urllib.error.HTTPError) as denied:
+                urllib.request.urlopen(f"https://{address}/metrics", context=insecure, timeout=10)
+            assert denied.value.code == 401
+            auth = base64.b64encode(b"prometheus:s3cret").decode()
+            req = urllib.request.Request(
+                f"https://{address}/metrics", headers={"Authorization": f"Basic {auth}"}
+            )
+            with urllib.request.urlopen(req, context=insecure, timeout=10) as r:
+                up = re.search(
+                    rb'scrape_coverage_source_up\{[^}]*source="kubernetes"[^}]*\} (\S+)', r.read()
+                )
+            assert up and float(up.group(1)) == 1
+            with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
+                urllib.request.urlopen(f"http://{address}/-/healthy", timeout=10)
+            assert "forbidden" not in log.read_text().lower()
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+    finally:
+        helm(testbed, "uninstall", SECURE, "-n", SECURE, check=False)

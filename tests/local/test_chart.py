@@ -27,7 +27,8 @@ def render(*values: Path, release: str = RELEASE, extra: tuple[str, ...] = ()) -
 
 
 def by_kind(docs: list[dict]) -> dict[str, dict]:
-    kinds = [d["kind"] for d in docs]
+    # A Role and RoleBinding per scoped namespace (test_chart_fail_closed.py).
+    kinds = [d["kind"] for d in docs if d["kind"] not in ("Role", "RoleBinding")]
     assert len(kinds) == len(set(kinds)), kinds
     return {d["kind"]: d for d in docs}
 
@@ -258,6 +259,24 @@ def test_discovery_is_on_by_default_with_no_server_named() -> None:
     assert not [d for d in docs if d["kind"] in ("Role", "RoleBinding")]
 
 
+def test_cluster_wide_discovery_keeps_its_pods_when_the_scope_is_narrowed() -> None:
+    """scope.namespaces moves Services, Endpoints and pods to Roles there; the
+    servers' pods live elsewhere (monitoring), so discovery's grant stays in
+    the ClusterRole."""
+    docs = render(extra=("--set", "scope.namespaces={team-a}"))
+    (role,) = [d for d in docs if d["kind"] == "ClusterRole"]
+    granted: dict[tuple[str, str], set[str]] = {}
+    for rule in role["rules"]:
+        for g in rule["apiGroups"]:
+            for r in rule["resources"]:
+                granted.setdefault((g, r), set()).update(rule["verbs"])
+    assert granted[("", "pods")] == {"list", "watch"}
+    assert granted[("monitoring.coreos.com", "prometheuses")] >= {"list", "watch"}
+    assert granted[("monitoring.coreos.com", "prometheusagents")] >= {"list", "watch"}
+    assert ("", "services") not in granted
+    assert {d["metadata"]["namespace"] for d in docs if d["kind"] == "Role"} == {"team-a"}
+
+
 def test_discovery_scoped_to_namespaces_gets_roles_there_only() -> None:
     docs = render(chart.CHART / "ci" / "full-values.yaml")
     args = _args(by_kind(docs))
@@ -266,12 +285,16 @@ def test_discovery_scoped_to_namespaces_gets_roles_there_only() -> None:
     (role,) = [d for d in docs if d["kind"] == "ClusterRole"]
     assert not [r for r in role["rules"] if r["apiGroups"] == ["monitoring.coreos.com"]
                 and "watch" in r["verbs"]]
-    roles = [d for d in docs if d["kind"] == "Role"]
+    assert not [r for r in role["rules"] if "pods" in r["resources"]]  # scope.namespaces too
+    roles = [d for d in docs
+             if d["kind"] == "Role" and d["metadata"]["name"].endswith("-discovery")]
     assert [(r["metadata"]["namespace"], r["rules"]) for r in roles] == [
         ("monitoring", [{"apiGroups": ["monitoring.coreos.com"],
                          "resources": ["prometheuses", "prometheusagents"],
-                         "verbs": ["list", "watch"]}])]
-    (binding,) = [d for d in docs if d["kind"] == "RoleBinding"]
+                         "verbs": ["list", "watch"]},
+                        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]}])]
+    (binding,) = [d for d in docs if d["kind"] == "RoleBinding"
+                  and d["metadata"]["name"].endswith("-discovery")]
     assert binding["roleRef"]["name"] == roles[0]["metadata"]["name"]
 
 

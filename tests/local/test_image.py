@@ -137,6 +137,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
                     ignore = shutil.ignore_patterns("__pycache__", "REVISION")
                     shutil.copytree(path, src / name, ignore=ignore)
                 else:
+                    (src / name).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy(path, src / name)
     (run,) = [rest for word, rest in build if word == "RUN"]
     venv = root / "opt" / "coverage-exporter"

@@ -177,8 +177,12 @@ def test_every_runbook_a_finding_names_ships() -> None:
 
     pages = {v for k, v in vars(findings).items() if k.startswith("RUNBOOK_")}
     assert len(pages) >= 6
-    for page in pages:
-        assert (RUNBOOKS / f"{page}.md").is_file(), page
+    for entry in pages:
+        page, _, anchor = entry.partition("#")
+        path = RUNBOOKS / f"{page.removesuffix('.md')}.md"
+        assert path.is_file(), entry
+        # A section link ("causes.md#unmaintained") must name a heading.
+        assert not anchor or f"\n## {anchor}\n" in path.read_text(), entry
     try:
         runbooks.set_base_url("https://runbooks.example.com/ce")
         assert runbooks.runbook_url("ScrapeCoverageUnknown") == (

@@ -222,16 +222,35 @@ def test_basic_auth_with_bcrypt_hashes(pki: Path, exporter) -> None:
         {"tls_server_config": tls(pki), "basic_auth_users": {"prometheus": hashed("s3cret")}}
     )
     ctx = client_context(pki)
-    assert get(e.port, ctx=ctx)[0] == 401
-    assert get(e.port, ctx=ctx, auth=("prometheus", "wrong"))[0] == 401
-    assert get(e.port, ctx=ctx, auth=("nobody", "s3cret"))[0] == 401
+    for path in ("/metrics", "/", "/report"):
+        assert get(e.port, path, ctx=ctx)[0] == 401, path
+        assert get(e.port, path, ctx=ctx, auth=("prometheus", "wrong"))[0] == 401, path
+        assert get(e.port, path, ctx=ctx, auth=("nobody", "s3cret"))[0] == 401, path
     assert get(e.port, "/metrics", ctx=ctx, auth=("prometheus", "s3cret"))[0] == 200
+
+
+def test_probe_paths_answer_without_credentials(pki: Path, exporter) -> None:
+    """A kubelet probe cannot read a Secret: credentials would have to sit in
+    the pod spec in clear. /-/healthy and /-/ready answer without them (as
+    kube-apiserver's /livez and /readyz do for system:unauthenticated);
+    their bodies are fixed phrases. Everything else still needs them."""
+    e = exporter(
+        {"tls_server_config": tls(pki), "basic_auth_users": {"prometheus": hashed("s3cret")}}
+    )
+    ctx = client_context(pki)
+    status, body = get(e.port, "/-/healthy", ctx=ctx)
+    assert (status, body) == (200, "coverage-exporter is healthy.\n")
+    status, body = get(e.port, "/-/ready", ctx=ctx, auth=("prometheus", "wrong"))
+    assert status in (200, 503) and body.startswith("coverage-exporter is "), body
+    # Exact paths only: no prefix, suffix or case variant slips through.
+    for path in ("/-/healthy/", "/-/healthyx", "/-/HEALTHY", "/-/healthy/../metrics"):
+        assert get(e.port, path, ctx=ctx)[0] == 401, path
 
 
 def test_users_and_certificates_are_re_read_when_the_file_changes(pki: Path, exporter) -> None:
     e = exporter({"tls_server_config": tls(pki), "basic_auth_users": {"old": hashed("a")}})
     ctx = client_context(pki)
-    assert get(e.port, ctx=ctx, auth=("old", "a"))[0] == 200
+    assert get(e.port, "/metrics", ctx=ctx, auth=("old", "a"))[0] == 200
     e.write(
         {
             "tls_server_config": {
@@ -246,8 +265,8 @@ def test_users_and_certificates_are_re_read_when_the_file_changes(pki: Path, exp
     with pytest.raises(ssl.SSLCertVerificationError):
         get(e.port, ctx=ctx)
     new_ctx = client_context(pki, ca="new-ca")
-    assert get(e.port, ctx=new_ctx, auth=("old", "a"))[0] == 401
-    assert get(e.port, ctx=new_ctx, auth=("new", "b"))[0] == 200
+    assert get(e.port, "/metrics", ctx=new_ctx, auth=("old", "a"))[0] == 401
+    assert get(e.port, "/metrics", ctx=new_ctx, auth=("new", "b"))[0] == 200
     assert "re-read" in e.log.read_text()
 
 

@@ -52,6 +52,7 @@ def test_json_without_kubernetes_says_nothing_was_compared() -> None:
         "gaps": None,
         "nodes": None,
         "services": [],
+        "controllers": None,
         "unresolved": [],
     }
 

@@ -305,6 +305,10 @@ def test_no_endpoints_object_is_the_cause_for_the_stage_and_its_pools() -> None:
     cluster.endpoints = {}
     targets = clusters.slice_targets(cluster, "ne-endpoints", *NE)[:5]
     targets = [msgspec.structs.replace(t, role="endpoints") for t in targets]
+    # No slices either: with the EndpointSlice controller's slices and no
+    # Endpoints object, the Endpoints controller is the one missing
+    # (tests/unit/test_controllers.py).
+    cluster.endpointslices = {}
     st = stages_of(build_report(Scope(), cluster, [PrometheusSnapshot("prom", targets)]), NE)
     assert st[("endpoints", "", "")].causes.counts == {Cause.ENDPOINTS_ABSENT: 20}
     assert st[("prometheus", "ne-endpoints", "prom")].causes.counts == {Cause.ENDPOINTS_ABSENT: 15}

@@ -78,9 +78,12 @@ def test_variables_for_datasource_cluster_namespace_service(board: dict) -> None
     cluster = variables["cluster"]
     assert cluster["hide"] == 2 and not cluster.get("multi") and not cluster.get("includeAll")
     assert cluster["query"] == "label_values(scrape_coverage_build_info, cluster)"
-    assert json.loads(generate.render(replace(NORMAL, show_multi_cluster=True)))["templating"][
-        "list"
-    ][1]["hide"] == 0
+    assert (
+        json.loads(generate.render(replace(NORMAL, show_multi_cluster=True)))["templating"]["list"][
+            1
+        ]["hide"]
+        == 0
+    )
     for name in ("namespace", "service"):
         assert 'cluster="$cluster"' in variables[name]["query"]
     for name in ("namespace", "service"):

@@ -203,7 +203,9 @@ def _runbook_links(page: str) -> list[str]:
     return [h for h in hrefs if runbook.search(h)]
 
 
-@pytest.mark.parametrize("base", ["https://runbooks.example.com/coverage/", "file:///srv/runbooks/"])
+@pytest.mark.parametrize(
+    "base", ["https://runbooks.example.com/coverage/", "file:///srv/runbooks/"]
+)
 def test_every_runbook_link_follows_the_runbook_base_url(base: str) -> None:
     """--runbook-base-url reaches every link of the report: the findings',
     the next steps', the migration table's and the footer's."""

@@ -254,7 +254,9 @@ def test_https_proxy_reaches_the_api_server_connection(
     monkeypatch.setenv("HTTPS_PROXY", "proxy.corp:3128")
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
-    assert _auth(tmp_path, {"server": "https://kube.example:6443"}).proxy == "http://proxy.corp:3128"
+    assert (
+        _auth(tmp_path, {"server": "https://kube.example:6443"}).proxy == "http://proxy.corp:3128"
+    )
     monkeypatch.setenv("NO_PROXY", ".example")
     assert _auth(tmp_path, {"server": "https://kube.example:6443"}).proxy is None
     # The cluster's proxy-url wins over the environment.

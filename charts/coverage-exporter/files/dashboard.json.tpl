@@ -636,7 +636,7 @@
         "type": "prometheus",
         "uid": "${datasource}"
       },
-      "description": "Expected targets absent from the Endpoints object or the EndpointSlices.",
+      "description": "Named missing targets per cause (the reason label; what to do for each: docs/runbooks/causes.md), over every stage, pool and replica.",
       "fieldConfig": {
         "defaults": {
           "min": 0,
@@ -651,6 +651,60 @@
         "y": 27
       },
       "id": 13,
+      "options": {
+        "legend": {
+          "calcs": [
+            "lastNotNull",
+            "max"
+          ],
+          "displayMode": "table",
+          "placement": "bottom",
+          "showLegend": true
+        },
+        "tooltip": {
+          "mode": "single",
+          "sort": "asc"
+        }
+      },
+      "repeatDirection": "h",
+      "targets": [
+        {
+          "datasource": {
+            "type": "prometheus",
+            "uid": "${datasource}"
+          },
+          "expr": "sum by (reason) (namespace_service_stage_scrape_pool_replica_reason:scrape_coverage_missing_target:count{{ "{" }}{{ .Values.clusterLabel }}=\"$cluster\", namespace=~\"$namespace\", service=~\"$service\"})",
+          "instant": false,
+          "legendFormat": "{{ "{" }}{reason}}",
+          "range": true,
+          "refId": "A"
+        }
+      ],
+      "title": "Missing targets by reason",
+      "transformations": [],
+      "transparent": false,
+      "type": "timeseries"
+    },
+    {
+      "datasource": {
+        "type": "prometheus",
+        "uid": "${datasource}"
+      },
+      "description": "Expected targets absent from the Endpoints object or the EndpointSlices.",
+      "fieldConfig": {
+        "defaults": {
+          "min": 0,
+          "unit": "short"
+        },
+        "overrides": []
+      },
+      "gridPos": {
+        "h": 8,
+        "w": 12,
+        "x": 12,
+        "y": 27
+      },
+      "id": 14,
       "options": {
         "legend": {
           "calcs": [
@@ -700,10 +754,10 @@
       "gridPos": {
         "h": 9,
         "w": 12,
-        "x": 12,
-        "y": 27
+        "x": 0,
+        "y": 35
       },
-      "id": 14,
+      "id": 15,
       "options": {
         "cellHeight": "sm",
         "footer": {
@@ -756,9 +810,9 @@
         "h": 1,
         "w": 24,
         "x": 0,
-        "y": 36
+        "y": 44
       },
-      "id": 15,
+      "id": 16,
       "panels": [],
       "title": "Endpoints at scale",
       "type": "row"
@@ -779,9 +833,9 @@
         "h": 9,
         "w": 12,
         "x": 0,
-        "y": 37
+        "y": 45
       },
-      "id": 16,
+      "id": 17,
       "options": {
         "cellHeight": "sm",
         "footer": {
@@ -868,9 +922,9 @@
         "h": 9,
         "w": 12,
         "x": 12,
-        "y": 37
+        "y": 45
       },
-      "id": 17,
+      "id": 18,
       "options": {
         "cellHeight": "sm",
         "footer": {
@@ -946,9 +1000,9 @@
         "h": 8,
         "w": 12,
         "x": 0,
-        "y": 46
+        "y": 54
       },
-      "id": 18,
+      "id": 19,
       "options": {
         "legend": {
           "calcs": [
@@ -1010,9 +1064,9 @@
         "h": 9,
         "w": 12,
         "x": 12,
-        "y": 46
+        "y": 54
       },
-      "id": 19,
+      "id": 20,
       "options": {
         "cellHeight": "sm",
         "footer": {
@@ -1101,9 +1155,9 @@
         "h": 1,
         "w": 24,
         "x": 0,
-        "y": 55
+        "y": 63
       },
-      "id": 20,
+      "id": 21,
       "panels": [],
       "title": "Per Prometheus",
       "type": "row"
@@ -1125,9 +1179,9 @@
         "h": 8,
         "w": 12,
         "x": 0,
-        "y": 56
+        "y": 64
       },
-      "id": 21,
+      "id": 22,
       "options": {
         "legend": {
           "calcs": [
@@ -1179,9 +1233,9 @@
         "h": 8,
         "w": 12,
         "x": 12,
-        "y": 56
+        "y": 64
       },
-      "id": 22,
+      "id": 23,
       "options": {
         "legend": {
           "calcs": [
@@ -1245,9 +1299,9 @@
         "h": 9,
         "w": 24,
         "x": 0,
-        "y": 64
+        "y": 72
       },
-      "id": 23,
+      "id": 24,
       "options": {
         "cellHeight": "sm",
         "footer": {
@@ -1312,9 +1366,9 @@
         "h": 1,
         "w": 24,
         "x": 0,
-        "y": 73
+        "y": 81
       },
-      "id": 24,
+      "id": 25,
       "panels": [],
       "title": "Prometheus Operator migration",
       "type": "row"
@@ -1335,9 +1389,9 @@
         "h": 9,
         "w": 24,
         "x": 0,
-        "y": 74
+        "y": 82
       },
-      "id": 25,
+      "id": 26,
       "options": {
         "cellHeight": "sm",
         "footer": {
@@ -1426,9 +1480,9 @@
         "h": 1,
         "w": 24,
         "x": 0,
-        "y": 83
+        "y": 91
       },
-      "id": 26,
+      "id": 27,
       "panels": [],
       "title": "Exporter health",
       "type": "row"
@@ -1450,9 +1504,9 @@
         "h": 8,
         "w": 8,
         "x": 0,
-        "y": 84
+        "y": 92
       },
-      "id": 27,
+      "id": 28,
       "options": {
         "legend": {
           "calcs": [
@@ -1504,9 +1558,9 @@
         "h": 8,
         "w": 8,
         "x": 8,
-        "y": 84
+        "y": 92
       },
-      "id": 28,
+      "id": 29,
       "options": {
         "legend": {
           "calcs": [
@@ -1569,9 +1623,9 @@
         "h": 8,
         "w": 8,
         "x": 16,
-        "y": 84
+        "y": 92
       },
-      "id": 29,
+      "id": 30,
       "options": {
         "legend": {
           "calcs": [
@@ -1634,9 +1688,9 @@
         "h": 8,
         "w": 8,
         "x": 0,
-        "y": 92
+        "y": 100
       },
-      "id": 30,
+      "id": 31,
       "options": {
         "legend": {
           "calcs": [
@@ -1699,9 +1753,9 @@
         "h": 8,
         "w": 8,
         "x": 8,
-        "y": 92
+        "y": 100
       },
-      "id": 31,
+      "id": 32,
       "options": {
         "legend": {
           "calcs": [
@@ -1750,9 +1804,9 @@
         "h": 8,
         "w": 8,
         "x": 16,
-        "y": 92
+        "y": 100
       },
-      "id": 32,
+      "id": 33,
       "options": {
         "displayMode": "gradient",
         "minVizHeight": 10,

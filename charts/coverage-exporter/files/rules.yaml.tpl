@@ -27,6 +27,11 @@ groups:
       )
   - record: namespace_service:scrape_coverage_endpoints_truncated:max
     expr: max by ({{ .Values.clusterLabel }}, namespace, service) (scrape_coverage_endpoints_truncated)
+  - record: namespace_service_stage_scrape_pool_replica_reason:scrape_coverage_missing_target:count
+    expr: |-
+      count by ({{ .Values.clusterLabel }}, namespace, service, stage, scrape_pool, scraper, scraper_replica, reason) (
+        max by ({{ .Values.clusterLabel }}, namespace, service, stage, scrape_pool, scraper, scraper_replica, node, pod, reason) (scrape_coverage_missing_target)
+      )
   - record: namespace_service:scrape_coverage_endpointslice_endpoints:sum
     expr: |-
       sum by ({{ .Values.clusterLabel }}, namespace, service) (
@@ -50,7 +55,8 @@ groups:
       severity: warning
     annotations:
       summary: A Prometheus replica does not discover every expected target of a Service.
-      description: '{{ "{" }}{ $value }} expected targets{{ "{" }}{ with printf "namespace_service:scrape_coverage_expected_targets:max{{ "{" }}{{ .Values.clusterLabel }}=%q,namespace=%q,service=%q}" $labels.{{ .Values.clusterLabel }} $labels.namespace $labels.service | query }} (of {{ "{" }}{ . | first | value }}){{ "{" }}{ end }} of Service {{ "{" }}{ $labels.namespace }}/{{ "{" }}{ $labels.service }} are not discovered by scrape pool {{ "{" }}{ $labels.scrape_pool }} (role {{ "{" }}{ $labels.role }}) of {{ "{" }}{ $labels.scraper }} replica {{ "{" }}{ $labels.scraper_replica }}, so that replica does not scrape them and its alerts cannot see them.'
+      description: '{{ "{" }}{ $value }} expected targets{{ "{" }}{ with printf "namespace_service:scrape_coverage_expected_targets:max{{ "{" }}{{ .Values.clusterLabel }}=%q,namespace=%q,service=%q}" $labels.{{ .Values.clusterLabel }} $labels.namespace $labels.service | query }} (of {{ "{" }}{ . | first | value }}){{ "{" }}{ end }} of Service {{ "{" }}{ $labels.namespace }}/{{ "{" }}{ $labels.service }} are not discovered by scrape pool {{ "{" }}{ $labels.scrape_pool }} (role {{ "{" }}{ $labels.role }}) of {{ "{" }}{ $labels.scraper }} replica {{ "{" }}{ $labels.scraper_replica }}, so that replica does not scrape them and its alerts cannot see them{{ "{" }}{ with printf "topk(1, namespace_service_stage_scrape_pool_replica_reason:scrape_coverage_missing_target:count{{ "{" }}{{ .Values.clusterLabel }}=%q,namespace=%q,service=%q,stage=%q,scrape_pool=%q,scraper=%q,scraper_replica=%q})" $labels.{{ .Values.clusterLabel }} $labels.namespace $labels.service $labels.stage $labels.scrape_pool $labels.scraper $labels.scraper_replica | query }}; most named ones are missing for reason {{ "{" }}{ . | first | label "reason" }} ({{ "{" }}{ . | first | value
+        }}, docs/runbooks/causes.md){{ "{" }}{ end }}.'
       runbook_url: '{{ default "https://github.com/coverage-exporter/coverage-exporter/blob/main/docs/runbooks" .Values.runbookBaseUrl | trimSuffix "/" }}/ScrapeCoverageTargetsMissing.md'
   - alert: ScrapeCoverageTargetsMissing
     expr: namespace_service_stage_scrape_pool_replica:scrape_coverage_gap_targets:ratio{stage="prometheus"} > {{ .Values.prometheusRule.thresholds.criticalMissingShare }}
@@ -59,7 +65,8 @@ groups:
       severity: critical
     annotations:
       summary: A Prometheus replica misses a large share of a Service's expected targets.
-      description: '{{ "{" }}{ $value | humanizePercentage }} of the expected targets of Service {{ "{" }}{ $labels.namespace }}/{{ "{" }}{ $labels.service }}{{ "{" }}{ with printf "namespace_service_stage_scrape_pool_replica:scrape_coverage_gap_targets:max{{ "{" }}{{ .Values.clusterLabel }}=%q,namespace=%q,service=%q,stage=%q,scrape_pool=%q,role=%q,scraper=%q,scraper_replica=%q}" $labels.{{ .Values.clusterLabel }} $labels.namespace $labels.service $labels.stage $labels.scrape_pool $labels.role $labels.scraper $labels.scraper_replica | query }} ({{ "{" }}{ . | first | value }}{{ "{" }}{ end }}{{ "{" }}{ with printf "namespace_service:scrape_coverage_expected_targets:max{{ "{" }}{{ .Values.clusterLabel }}=%q,namespace=%q,service=%q}" $labels.{{ .Values.clusterLabel }} $labels.namespace $labels.service | query }} of {{ "{" }}{ . | first | value }}){{ "{" }}{ end }} are not discovered by scrape pool {{ "{" }}{ $labels.scrape_pool }} (role {{ "{" }}{ $labels.role }}) of {{ "{" }}{ $labels.scraper }} replica {{ "{" }}{ $labels.scraper_replica }}, so that replica does not scrape them.'
+      description: '{{ "{" }}{ $value | humanizePercentage }} of the expected targets of Service {{ "{" }}{ $labels.namespace }}/{{ "{" }}{ $labels.service }}{{ "{" }}{ with printf "namespace_service_stage_scrape_pool_replica:scrape_coverage_gap_targets:max{{ "{" }}{{ .Values.clusterLabel }}=%q,namespace=%q,service=%q,stage=%q,scrape_pool=%q,role=%q,scraper=%q,scraper_replica=%q}" $labels.{{ .Values.clusterLabel }} $labels.namespace $labels.service $labels.stage $labels.scrape_pool $labels.role $labels.scraper $labels.scraper_replica | query }} ({{ "{" }}{ . | first | value }}{{ "{" }}{ end }}{{ "{" }}{ with printf "namespace_service:scrape_coverage_expected_targets:max{{ "{" }}{{ .Values.clusterLabel }}=%q,namespace=%q,service=%q}" $labels.{{ .Values.clusterLabel }} $labels.namespace $labels.service | query }} of {{ "{" }}{ . | first | value }}){{ "{" }}{ end }} are not discovered by scrape pool {{ "{" }}{ $labels.scrape_pool }} (role {{ "{" }}{ $labels.role }}) of {{ "{" }}{ $labels.scraper }} replica {{ "{" }}{ $labels.scraper_replica }}, so that replica does not scrape them{{ "{" }}{ with printf "topk(1, namespace_service_stage_scrape_pool_replica_reason:scrape_coverage_missing_target:count{{ "{" }}{{ .Values.clusterLabel }}=%q,namespace=%q,service=%q,stage=%q,scrape_pool=%q,scraper=%q,scraper_replica=%q})"
+        $labels.{{ .Values.clusterLabel }} $labels.namespace $labels.service $labels.stage $labels.scrape_pool $labels.scraper $labels.scraper_replica | query }}; most named ones are missing for reason {{ "{" }}{ . | first | label "reason" }} ({{ "{" }}{ . | first | value }}, docs/runbooks/causes.md){{ "{" }}{ end }}.'
       runbook_url: '{{ default "https://github.com/coverage-exporter/coverage-exporter/blob/main/docs/runbooks" .Values.runbookBaseUrl | trimSuffix "/" }}/ScrapeCoverageTargetsMissing.md'
   - alert: ScrapeCoverageEndpointSliceMirroringCapped
     expr: |-

@@ -79,3 +79,49 @@ is missing, rather than shipping an empty rule group or dashboard.
 {{- end }}
 {{- $content }}
 {{- end }}
+
+{{/*
+A probe from values, with scheme HTTPS on its httpGet when webConfig.tls is
+on (a scheme the probe sets itself wins). Called with (list $ probe).
+*/}}
+{{- define "coverage-exporter.probe" -}}
+{{- $root := index . 0 -}}
+{{- $probe := deepCopy (index . 1) -}}
+{{- if and $probe.httpGet $root.Values.webConfig.tls (not $probe.httpGet.scheme) -}}
+{{- $_ := set $probe.httpGet "scheme" "HTTPS" -}}
+{{- end -}}
+{{- toYaml $probe -}}
+{{- end -}}
+
+{{/*
+The namespaced resources the exporter lists and watches: in the ClusterRole
+when it reads the whole cluster, in a Role per namespace of scope.namespaces.
+*/}}
+{{- define "coverage-exporter.namespacedRules" -}}
+- apiGroups: [""]
+  resources: [services, endpoints, pods]
+  verbs: [list, watch]
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [list, watch]
+- apiGroups: [apps]
+  resources: [daemonsets]
+  verbs: [list, watch]
+{{- end -}}
+
+{{/*
+What discovery (coverage_exporter/sources/kubernetes/discovery.py) lists and
+watches: the Operator's Prometheus and PrometheusAgent objects, and the pods
+that run them (operator.prometheus.io/name, or prometheus.discovery.podSelector).
+In the ClusterRole when it looks cluster-wide, in a Role per namespace of
+prometheus.discovery.namespaces otherwise; never tied to scope.namespaces,
+since the servers seldom live in the namespaces whose Services are judged.
+*/}}
+{{- define "coverage-exporter.discoveryRules" -}}
+- apiGroups: [monitoring.coreos.com]
+  resources: [prometheuses, prometheusagents]
+  verbs: [list, watch]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list, watch]
+{{- end -}}
