@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -166,9 +167,11 @@ def okube(operator_testbed: Cluster) -> Iterator[Kube]:
 
 @pytest.fixture(scope="module")
 def serve(operator_testbed: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
+    started = time.monotonic()
     s = Serve(operator_testbed, tmp_path_factory.mktemp("discovery-serve") / "exporter.log")
     try:
         eventually(lambda: len(s.server_info()) == 4, "the exporter to find four servers", 180)
+        print(f"\nserve: four servers found {time.monotonic() - started:.1f} s after start")
         yield s
     finally:
         s.process.terminate()
@@ -182,8 +185,17 @@ def test_no_server_flag_finds_the_four_pods_and_audits_as_the_explicit_run(
     mg.settle(c, okube)
     pods = {f"{p.namespace}/{p.name}": p for p in c.operator_pods()}
     assert len(pods) == 4
+    started = time.monotonic()
     rc_explicit, explicit, _ = run_audit(c, *explicit_flags(c))
+    explicit_s = time.monotonic() - started
+    started = time.monotonic()
     rc_found, found, _ = run_audit(c)
+    found_s = time.monotonic() - started
+    # Figures for the issue (printed, never asserted: a loaded machine).
+    print(
+        f"\nservers found: {len(servers(found))}; audit by discovery: rc={rc_found} "
+        f"{found_s:.1f} s, with the four URLs: rc={rc_explicit} {explicit_s:.1f} s"
+    )
     assert rc_explicit == rc_found == exit_codes.GAPS  # node-exporter's Endpoints is truncated
     assert judged(found) == judged(explicit)
     assert found["complete"] and explicit["complete"]

@@ -198,3 +198,20 @@ def test_synced_pools_are_read_from_prometheus_own_metrics() -> None:
     assert parse_synced_pools(build) == set()
     # Not a Prometheus (Thanos Query): cannot tell.
     assert parse_synced_pools('thanos_build_info{version="0.39.2"} 1\n') is None
+
+
+async def test_listen_local_is_one_finding_and_its_replica_unknown() -> None:
+    """A CR with listenLocal: true runs servers nobody outside the pod can
+    read: named once, its replica's coverage unknown (never covered, never
+    missing), and the cycle not complete."""
+    fake = FakeDiscovery([cr("local")], pods("local"))
+    c = collector(fake)
+    for _ in range(2):  # the same on every cycle, not only the first
+        result = await c.run_cycle()
+        assert not result.complete
+        assert [(f.reason, f.subject) for f in result.findings] == [
+            ("listen_local", "Prometheus monitoring/local")
+        ]
+        assert [s.name for s in result.unread] == ["monitoring/prometheus-local-0"]
+        assert set(known(result.exposition).values()) == {0.0}
+        assert samples(result.exposition, "scrape_coverage_prometheus_missing_targets") == {}
