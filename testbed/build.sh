@@ -3,7 +3,7 @@
 # version, into a cache outside the repository:
 #   ${COVERAGE_EXPORTER_CACHE:-~/.cache/coverage-exporter}/<what>/<version>/
 # A finished build leaves a ".done" stamp; a second call is a no-op.
-# Usage: testbed/build.sh [all|kubernetes|etcd|kwok|prometheus3|prometheus2|operator|helm|promtool|kubeconform|vmagent|thanos|jsonnet|actionlint|oracle]
+# Usage: testbed/build.sh [all|kubernetes|etcd|kwok|prometheus3|prometheus2|operator|helm|promtool|kubeconform|vmagent|thanos|jsonnet|actionlint|oracle|operator_crds]
 set -euo pipefail
 
 . "$(dirname "$0")/versions.env"
@@ -125,6 +125,29 @@ build_operator() {
     "" github.com/prometheus-operator/prometheus-operator/cmd/operator
 }
 
+build_operator_crds() {
+  # The CRDs of a newer Operator than the binary: controller-gen run as the
+  # upstream Makefile's generate-crds does (crd:crdVersions=v1, the v1 and
+  # v1alpha1 packages), on the pkg/apis/monitoring module at that tag.
+  local v=$OPERATOR_CRDS_VERSION
+  local out="$CACHE/prometheus-operator-crds/$v"
+  if [[ -f "$out/.done" ]]; then
+    log "operator CRDs $v cached in $out"
+    return
+  fi
+  go_install controller-gen "$CONTROLLER_TOOLS_VERSION" \
+    sigs.k8s.io/controller-tools/cmd/controller-gen ""
+  local dir
+  dir=$(cd / && go mod download -json \
+    "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring@$v" |
+    sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  rm -rf "$out" && mkdir -p "$out"
+  log "operator CRDs $v: generating from $dir"
+  (cd "$dir" && "$CACHE/controller-gen/$CONTROLLER_TOOLS_VERSION/controller-gen" \
+    crd:crdVersions=v1 paths=./v1/. paths=./v1alpha1/. "output:crd:dir=$out")
+  touch "$out/.done"
+}
+
 # go_install WHAT VERSION PKG LDFLAGS: for modules without replace
 # directives, where `go install pkg@version` builds exactly the release.
 go_install() {
@@ -236,10 +259,10 @@ main() {
   case $target in
     all)
       build_etcd; build_kwok; build_prometheus3; build_promtool; build_prometheus2; build_kubernetes
-      build_operator; build_helm; build_kubeconform; build_vmagent; build_thanos
+      build_operator; build_operator_crds; build_helm; build_kubeconform; build_vmagent; build_thanos
       build_jsonnet; build_actionlint; build_oracle ;;
-    kubernetes|etcd|kwok|prometheus3|prometheus2|operator|helm|promtool|kubeconform|vmagent|thanos|jsonnet|actionlint|oracle) "build_$target" ;;
-    *) echo "usage: $0 [all|kubernetes|etcd|kwok|prometheus3|prometheus2|operator|helm|promtool|kubeconform|vmagent|thanos|jsonnet|actionlint|oracle]" >&2; exit 2 ;;
+    kubernetes|etcd|kwok|prometheus3|prometheus2|operator|helm|promtool|kubeconform|vmagent|thanos|jsonnet|actionlint|oracle|operator_crds) "build_$target" ;;
+    *) echo "usage: $0 [all|kubernetes|etcd|kwok|prometheus3|prometheus2|operator|helm|promtool|kubeconform|vmagent|thanos|jsonnet|actionlint|oracle|operator_crds]" >&2; exit 2 ;;
   esac
 }
 

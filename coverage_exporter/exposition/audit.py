@@ -267,6 +267,11 @@ def migration_lines(readiness: Sequence[Readiness]) -> list[str]:
             f"{r.kubelet_state}; ServiceAccount {r.cr.service_account} {rbac} list "
             f"EndpointSlices; Services over 1000 addresses: {over}"
             + (f"; soon: {soon}" if soon else "")
+            + "".join(
+                f"; ServiceMonitor {m.namespace}/{m.name} sets role {m.role}"
+                for m in r.monitors
+                if m.own
+            )
             + f". Next step: {r.next_step}"
             + (" (UNSAFE now)" if not r.safe_now else "")
             + f": {r.advice}"
@@ -426,6 +431,10 @@ def readiness_json(r: Readiness) -> dict[str, object]:
         "kubelet_state": r.kubelet_state,
         "services_over_capacity": [f"{ns}/{n}" for ns, n in r.over_capacity],
         "services_soon_over_capacity": [f"{ns}/{n}" for ns, n in r.soon_over_capacity],
+        "service_monitors": [
+            {"namespace": m.namespace, "name": m.name, "role": m.role, "own_role": m.own}
+            for m in r.monitors
+        ],
         "next_step": r.next_step,
         "safe_now": r.safe_now,
         "advice": r.advice,

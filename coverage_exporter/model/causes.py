@@ -46,7 +46,15 @@ from coverage_exporter.model.objects import (
     Service,
 )
 from coverage_exporter.model.scheduling import KEPT_OFF_BY_TAINT, kept_off
-from coverage_exporter.model.topology import job_shard
+from coverage_exporter.model.topology import (
+    ZONE_FROM_NODE,
+    ZONE_FROM_POD,
+    ZONE_FROM_SLICE,
+    ZONE_NODE_LABEL,
+    ZoneShare,
+    job_shard,
+    job_zone,
+)
 
 if TYPE_CHECKING:
     from coverage_exporter.model.coverage import (
@@ -88,7 +96,9 @@ class Cause(StrEnum):
     fails, or its rules keep nothing for a reason not evaluated here)."""
     NO_SHARD_KEEPS = "no_shard_keeps"
     """The shards' hashmod rule has a share that no shard of the replica
-    keeps (StageCauses.rule names the hashmod rule)."""
+    keeps (StageCauses.rule names the hashmod rule); or, with topology
+    sharding (Operator v0.92+), the target has no zone or a zone no shard
+    keeps (StageCauses.rule names the zone `keep` rule)."""
     SHARE_UNKNOWN = "share_unknown"
     """Coverage unknown: a shard is down, expired or cannot be judged."""
     STILL_DISCOVERING = "still_discovering"
@@ -336,12 +346,17 @@ def service_causes(
     if endpoints is None:
         no_endpoints = Cause.UNMAINTAINED if ep_unmaintained else Cause.ENDPOINTS_ABSENT
     for p in pools:
-        out.append(_pool_causes(service, p, first, upstream, no_endpoints, fleet, jobs, count_only))
+        out.append(
+            _pool_causes(
+                service, snapshot, p, first, upstream, no_endpoints, fleet, jobs, count_only
+            )
+        )
     return tuple(out)
 
 
 def _pool_causes(
     service: Service,
+    snapshot: ClusterSnapshot,
     p: PoolCoverage,
     first: _Claims,
     upstream: Mapping[str, _Claims],
@@ -359,18 +374,73 @@ def _pool_causes(
     servers = [s.name for s in replica.servers if s.known] if replica else []
     own_jobs = [jobs[s][p.scrape_pool] for s in servers if p.scrape_pool in jobs.get(s, {})]
     own, rule = Cause.UNEXPLAINED, None
+    zones = _zone_shares(own_jobs)
     if p.discovered == 0:
         rule = next((r for j in own_jobs if (r := dropping_rule(j, service))), None)
         own = Cause.POOL_DISCOVERS_NOTHING if rule is None else Cause.RELABEL_DROPPED
+        if rule is not None:
+            zones = None  # a rule before the zone's drops the whole Service
     else:
-        rule = _unkept_share(own_jobs)
+        rule = _unkept_share(own_jobs) if zones is None else _unkept_zone_share(own_jobs)
         if rule is not None:
             own = Cause.NO_SHARD_KEEPS
     up = upstream.get(p.role, [])
     if p.role == ROLE_ENDPOINTS and no_endpoints is not None:
         up = [(no_endpoints, _ids(p.missing))]
-    named = _partition(p.missing, first + up, own)
+    zone_claims: _Claims = []
+    if zones is not None:
+        dropped = _ids(t for t in p.missing if not _zone_kept(t, zones, p.role, snapshot))
+        if dropped:
+            rule = (zones[0].rule, "keep")
+            if own is not Cause.NO_SHARD_KEEPS:  # else the rest has that cause too
+                zone_claims = [(Cause.NO_SHARD_KEEPS, dropped)]
+    named = _partition(p.missing, first + up + zone_claims, own)
     return StageCauses(named, _counted(named, count_only), rule)
+
+
+def _zone_shares(jobs: Sequence[ScrapeJob]) -> list[ZoneShare] | None:
+    """The zone each shard keeps, when every known shard of the replica is
+    topology-sharded; None otherwise (a mix is not judged by zone)."""
+    shares = [job_zone(j.relabel) for j in jobs]
+    if not shares or any(z is None for z in shares):
+        return None
+    return [z for z in shares if z is not None]
+
+
+def _zone_kept(
+    t: MissingTarget, zones: Sequence[ZoneShare], role: str, snapshot: ClusterSnapshot
+) -> bool:
+    """False when the shards' zone rules drop the target in every shard:
+    it has no zone, or one that no shard keeps. Its zone is its node's
+    `topology.kubernetes.io/zone`, as each way the rules read it carries
+    it: the node's label (attach_metadata node), the pod's (copied from
+    its node by PodTopologyLabelsAdmission), the EndpointSlice's endpoint
+    zone (set by the EndpointSlice controller from the pod's node; the
+    Operator's kubelet slices and mirrored slices set none). True when the
+    node is not known: no proof."""
+    node = snapshot.nodes.get(t.node)
+    if node is None:
+        return True
+    zone = node.labels.get(ZONE_NODE_LABEL)
+    sources = frozenset().union(*(z.sources for z in zones))
+    from_pod = ZONE_FROM_POD in sources or (
+        ZONE_FROM_SLICE in sources and role == ROLE_ENDPOINTSLICE
+    )
+    readable = ZONE_FROM_NODE in sources or (bool(t.pod) and from_pod)
+    if not zone or not readable:
+        return False
+    return zone in {z.zone for z in zones}
+
+
+def _unkept_zone_share(jobs: Sequence[ScrapeJob]) -> RuleRef | None:
+    """_unkept_share zone by zone: each zone's shards split its targets by
+    the in-zone hashmod."""
+    by_zone: dict[str, list[ScrapeJob]] = {}
+    for job in jobs:
+        z = job_zone(job.relabel)
+        if z is not None:
+            by_zone.setdefault(z.zone, []).append(job)
+    return next((r for js in by_zone.values() if (r := _unkept_share(js))), None)
 
 
 def _unkept_share(jobs: Sequence[ScrapeJob]) -> RuleRef | None:

@@ -12,6 +12,15 @@ The safe path (docs/runbooks/migrate-to-endpointslice.md):
 4. endpoints-off: `--kubelet-endpoints=false` (optional; the Endpoints
    object is then left frozen).
 
+Since Operator v0.86 a ServiceMonitor may set its own
+`spec.serviceDiscoveryRole` (prometheus-operator #7982): its jobs then use
+it whatever the CR says (pkg/prometheus/promcfg.go: the ServiceMonitor's
+role where set, else the CR's). So the role is judged per ServiceMonitor
+(`effective_role`): a Service over capacity loses targets only through the
+ServiceMonitors that still read Endpoints, and a CR switched to
+EndpointSlice is not migrated while one of its ServiceMonitors pins
+Endpoints.
+
 Pure functions on plain data: no I/O, no clock.
 """
 
@@ -76,6 +85,8 @@ class ServiceMonitor:
     any_namespace: bool = False
     namespaces: tuple[str, ...] = ()
     """namespaceSelector.matchNames; empty with any_namespace False: its own."""
+    service_discovery_role: str | None = None
+    """Its own spec.serviceDiscoveryRole (Operator v0.86+); None: the CR's."""
 
     def selects(self, service: Service) -> bool:
         if self.any_namespace:
@@ -103,6 +114,23 @@ class PrometheusCR:
     """None: only the CR's own namespace."""
 
 
+def effective_role(sm: ServiceMonitor, cr: PrometheusCR) -> str:
+    """The role the Operator writes into the ServiceMonitor's jobs: its own
+    where set, else the CR's (Endpoints when neither is)."""
+    return sm.service_discovery_role or cr.service_discovery_role or ROLE_ENDPOINTS_CR
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorRole:
+    """One ServiceMonitor the CR selects, and the role of its jobs."""
+
+    namespace: str
+    name: str
+    role: str
+    own: bool
+    """True: the ServiceMonitor sets the role; False: the CR's."""
+
+
 @dataclass(frozen=True, slots=True)
 class ServiceGrowth:
     addresses: int
@@ -128,6 +156,8 @@ class Readiness:
     advice: str
     action: str
     """The exact patch or flag of the next step."""
+    monitors: tuple[MonitorRole, ...] = ()
+    """Each selected ServiceMonitor's effective role."""
 
 
 def kubelet_state(cluster: ClusterSnapshot) -> tuple[str, ServiceKey | None]:
@@ -166,6 +196,16 @@ def selected_services(
     services: Mapping[ServiceKey, Service],
 ) -> list[ServiceKey]:
     """Services the CR scrapes through its ServiceMonitors."""
+    chosen = selected_monitors(cr, monitors, namespace_labels)
+    return sorted({k for k, s in services.items() for sm in chosen if sm.selects(s)})
+
+
+def selected_monitors(
+    cr: PrometheusCR,
+    monitors: Sequence[ServiceMonitor],
+    namespace_labels: Mapping[str, Mapping[str, str]],
+) -> list[ServiceMonitor]:
+    """The ServiceMonitors the CR selects."""
     if cr.service_monitor_selector is None:
         return []
     chosen = []
@@ -179,7 +219,7 @@ def selected_services(
             continue
         if cr.service_monitor_selector.matches(sm.labels):
             chosen.append(sm)
-    return sorted({k for k, s in services.items() for sm in chosen if sm.selects(s)})
+    return chosen
 
 
 def assess(
@@ -190,7 +230,18 @@ def assess(
     growth: Mapping[ServiceKey, ServiceGrowth],
     endpointslice_rbac: bool | None,
 ) -> Readiness:
-    services = selected_services(cr, monitors, namespace_labels, cluster.services)
+    chosen = selected_monitors(cr, monitors, namespace_labels)
+    roles = tuple(
+        MonitorRole(sm.namespace, sm.name, effective_role(sm, cr), bool(sm.service_discovery_role))
+        for sm in chosen
+    )
+    # Only the ServiceMonitors that read Endpoints lose what it cuts.
+    on_endpoints = [
+        sm for sm, r in zip(chosen, roles, strict=True) if r.role != ROLE_ENDPOINTSLICE_CR
+    ]
+    services = sorted(
+        {k for k, s in cluster.services.items() for sm in on_endpoints if sm.selects(s)}
+    )
     over = tuple(k for k in services if k in growth and growth[k].addresses >= ENDPOINTS_CAPACITY)
     soon = tuple(
         k
@@ -219,9 +270,23 @@ def assess(
 
     def decide(step: str, safe: bool, advice: str, action: str) -> Readiness:
         return Readiness(
-            cr, role, over, soon, endpointslice_rbac, state, step, safe, advice, action
+            cr, role, over, soon, endpointslice_rbac, state, step, safe, advice, action, roles
         )
 
+    pinned = [r for r in roles if r.own and r.role != ROLE_ENDPOINTSLICE_CR]
+    if role == ROLE_ENDPOINTSLICE_CR and pinned:
+        # The CR switched, but ServiceMonitors of its own keep Endpoints.
+        names = ", ".join(f"{r.namespace}/{r.name}" for r in pinned)
+        first = pinned[0]
+        return decide(
+            STEP_SWITCH_ROLE,
+            not over,
+            f"role EndpointSlice, but ServiceMonitor {names} sets serviceDiscoveryRole "
+            "Endpoints: its jobs still read the Endpoints object"
+            + (", which cuts Services over 1000 addresses." if over else "."),
+            f"kubectl -n {first.namespace} patch servicemonitor {first.name} --type json "
+            '-p \'[{"op":"remove","path":"/spec/serviceDiscoveryRole"}]\'',
+        )
     if role == ROLE_ENDPOINTSLICE_CR:
         if state == KUBELET_MIRRORED_CAPPED:
             return decide(
@@ -254,6 +319,31 @@ def assess(
             "migrated: role EndpointSlice, kubelet slices written by the Operator.",
             "",
         )
+    # Still on role Endpoints; ServiceMonitors that set EndpointSlice
+    # already read slices, and lose targets as a switched CR would.
+    early = [(sm, r) for sm, r in zip(chosen, roles, strict=True) if r.own and r.role != role]
+    if early:
+        names = ", ".join(f"{r.namespace}/{r.name}" for _, r in early)
+        reads_kubelet = kubelet is not None and any(
+            sm.selects(cluster.services[kubelet]) for sm, _ in early
+        )
+        if state == KUBELET_MIRRORED_CAPPED and reads_kubelet:
+            return decide(
+                STEP_DUAL_WRITE,
+                False,
+                f"ServiceMonitor {names} sets serviceDiscoveryRole EndpointSlice: it reads "
+                f"{kubelet_name}'s mirrored slices, capped at 1000 addresses, and misses what "
+                "the mirroring controller left out. Let the Operator write its own slices.",
+                dual,
+            )
+        if not rbac_ok:
+            return decide(
+                STEP_GRANT_RBAC,
+                False,
+                f"ServiceMonitor {names} sets serviceDiscoveryRole EndpointSlice, and the "
+                "ServiceAccount may not list EndpointSlices: its jobs discover nothing.",
+                rbac_action,
+            )
     # Still on role Endpoints.
     losing = bool(over)
     if not over and not soon and state not in (KUBELET_MIRRORED_CAPPED,):

@@ -17,6 +17,18 @@ Recognised, in this order (the first that applies wins, field by field):
 4. the hashmod `keep` rule in the loaded configuration (shard and shard
    count; the Operator writes it into every job);
 5. otherwise the server is judged on its own.
+
+Topology-aware sharding (Operator v0.92+, `shardingStrategy.mode:
+Topology`): each shard keeps one zone (a `keep` of the zone the rules
+copied from the target's meta labels, `<zone>;|.+;.+` once the reloader
+has filled in $(TOPOLOGY_ZONE)), then its in-zone share of the hashmod
+($(INZONE_SHARD), modulus shards/zones). Shard i keeps zone i mod Z and
+in-zone share i div Z (pkg/prometheus/promcfg.go, TopologyZoneForShard and
+InzoneShardForShard). The hashmod rule then gives the in-zone share, not
+the shard: the shard comes from the Operator's pod name, and the shard
+count from the highest shard seen (or the fleet file). Topology shards
+without the Operator's external labels are not told apart (the Operator
+always writes those labels).
 """
 
 from __future__ import annotations
@@ -73,6 +85,62 @@ def job_shard(rules: tuple[RelabelRule, ...]) -> tuple[int, int] | None:
     return None
 
 
+ZONE_NODE_LABEL = "topology.kubernetes.io/zone"
+
+ZONE_FROM_SLICE = "endpointslice"
+ZONE_FROM_NODE = "node"
+ZONE_FROM_POD = "pod"
+_ZONE_META = {
+    "__meta_kubernetes_endpointslice_endpoint_zone": ZONE_FROM_SLICE,
+    "__meta_kubernetes_node_label_topology_kubernetes_io_zone": ZONE_FROM_NODE,
+    "__meta_kubernetes_pod_label_topology_kubernetes_io_zone": ZONE_FROM_POD,
+}
+# `<zone>;` alone, or the Operator's `<zone>;|.+;.+` (the second branch
+# lets through the targets whose __tmp_disable_sharding is set). A regex
+# with the unexpanded $(TOPOLOGY_ZONE) is not a zone: the parentheses are
+# refused.
+_ZONE_KEEP = re.compile(r"\(?([^;|()\\]+)\)?;(?:\|.*)?")
+
+
+@dataclass(frozen=True, slots=True)
+class ZoneShare:
+    """What a topology-sharded job keeps: one zone."""
+
+    zone: str
+    rule: int
+    """The index of the zone `keep` rule in relabel_configs."""
+    sources: frozenset[str]
+    """Where the rules read a target's zone from (ZONE_FROM_*); a target
+    none of them gives a zone to has none, and no shard keeps it."""
+
+
+def job_zone(rules: tuple[RelabelRule, ...]) -> ZoneShare | None:
+    """The zone this job keeps: a `keep` whose first source label the
+    rules before it wrote from the zone meta labels (the Operator's
+    __tmp_topology), with a regex naming one zone. None otherwise."""
+    written: dict[str, set[str]] = {}
+    for index, rule in enumerate(rules):
+        action = rule.action.lower()
+        if action == "replace" and rule.target_label:
+            found = {_ZONE_META[s] for s in rule.source_labels if s in _ZONE_META}
+            if found:
+                written.setdefault(rule.target_label, set()).update(found)
+        elif action == "keep" and rule.source_labels and rule.source_labels[0] in written:
+            m = _ZONE_KEEP.fullmatch(rule.regex)
+            if m:
+                return ZoneShare(m.group(1), index, frozenset(written[rule.source_labels[0]]))
+    return None
+
+
+def zone_share(jobs: list[ScrapeJob] | tuple[ScrapeJob, ...]) -> ZoneShare | None:
+    """The zone of the first job that keeps one."""
+    for job in jobs:
+        found = job_zone(job.relabel)
+        if found is not None:
+            return found
+    return None
+
+
 def identify(
     name: str,
     external_labels: Mapping[str, str],
@@ -88,6 +156,8 @@ def identify(
     shard, shards = shard_info if shard_info else (0, 1)
     if shard_info:
         how = "hashmod"
+    # Topology shards: the hashmod share is the in-zone share, not the shard.
+    zoned = shard_info is not None and zone_share(jobs) is not None
     operator = external_labels.get(OPERATOR_NAME_LABEL)
     pod = external_labels.get(OPERATOR_REPLICA_LABEL)
     thanos = next((external_labels[k] for k in REPLICA_LABELS if k in external_labels), None)
@@ -97,8 +167,10 @@ def identify(
         m = re.fullmatch(rf"prometheus-{re.escape(cr_name)}(?:-shard-(\d+))?-(\d+)", pod)
         if m:
             replica = f"prometheus-{cr_name}-{m.group(2)}"
-            if not shard_info:
+            if not shard_info or zoned:
                 shard = int(m.group(1) or 0)
+            if zoned:
+                shards = max(shards, shard + 1)
         else:
             replica = pod
     elif thanos is not None:

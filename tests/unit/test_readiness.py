@@ -182,3 +182,96 @@ async def test_operator_objects_are_read_at_most_every_refresh_interval() -> Non
     assert await source.collect() is None
     assert await source.collect() is None
     assert Api.calls == 1
+
+
+# ---- per-ServiceMonitor roles (Operator v0.86+, prometheus-operator #7982) ----
+
+
+def monitors_with_role(name: str, role: str) -> list[r.ServiceMonitor]:
+    """The ServiceMonitors of SMS, `name` setting spec.serviceDiscoveryRole
+    as the v0.86+ CRD carries it."""
+    doc = json.loads(SMS)
+    for item in doc["items"]:
+        if item["metadata"]["name"] == name:
+            item["spec"]["serviceDiscoveryRole"] = role
+    return parse_service_monitors(json.dumps(doc).encode())
+
+
+def switched_cr() -> r.PrometheusCR:
+    cr = parse_crs(CRS, "Prometheus")[0]
+    return r.PrometheusCR(
+        **{**{f: getattr(cr, f) for f in cr.__slots__}, "service_discovery_role": "EndpointSlice"}
+    )
+
+
+def test_a_servicemonitor_role_is_parsed_and_wins_over_the_crs() -> None:
+    ne, kubelet = monitors_with_role("node-exporter", "EndpointSlice")
+    assert (ne.service_discovery_role, kubelet.service_discovery_role) == ("EndpointSlice", None)
+    cr = parse_crs(CRS, "Prometheus")[0]
+    assert (r.effective_role(ne, cr), r.effective_role(kubelet, cr)) == (
+        "EndpointSlice",
+        "Endpoints",
+    )
+    assert r.effective_role(kubelet, switched_cr()) == "EndpointSlice"
+
+
+def test_a_service_read_through_endpointslice_by_its_own_monitor_is_not_over_capacity() -> None:
+    c = cluster(1200, "operator")
+    got = r.assess(
+        parse_crs(CRS, "Prometheus")[0],
+        monitors_with_role("node-exporter", "EndpointSlice"),
+        {},
+        c,
+        growth(c),
+        True,
+    )
+    assert got.role == "Endpoints"
+    assert [(m.name, m.role, m.own) for m in got.monitors] == [
+        ("node-exporter", "EndpointSlice", True),
+        ("kubelet", "Endpoints", False),
+    ]
+    # Only the kubelet Service is still read through its truncated Endpoints.
+    assert got.over_capacity == (KUBELET,)
+    assert (got.next_step, got.safe_now) == (r.STEP_SWITCH_ROLE, False)
+
+
+def test_a_switched_cr_with_a_monitor_pinning_endpoints_is_not_migrated() -> None:
+    c = cluster(1200, "frozen")
+    got = r.assess(
+        switched_cr(), monitors_with_role("node-exporter", "Endpoints"), {}, c, growth(c), True
+    )
+    assert got.over_capacity == (NE,)
+    assert (got.next_step, got.safe_now) == (r.STEP_SWITCH_ROLE, False)
+    assert "monitoring/node-exporter" in got.advice
+    assert got.action == (
+        "kubectl -n monitoring patch servicemonitor node-exporter --type json "
+        '-p \'[{"op":"remove","path":"/spec/serviceDiscoveryRole"}]\''
+    )
+    # Without it the same CR is done.
+    plain = r.assess(switched_cr(), parse_service_monitors(SMS), {}, c, growth(c), True)
+    assert (plain.next_step, plain.over_capacity) == (r.STEP_DONE, ())
+
+
+def test_a_monitor_switched_alone_onto_capped_mirrored_slices_is_unsafe() -> None:
+    c = cluster(1200, "mirrored")
+    got = r.assess(
+        parse_crs(CRS, "Prometheus")[0],
+        monitors_with_role("kubelet", "EndpointSlice"),
+        {},
+        c,
+        growth(c),
+        True,
+    )
+    assert (got.next_step, got.safe_now) == (r.STEP_DUAL_WRITE, False)
+    assert "monitoring/kubelet" in got.advice and "mirrored slices" in got.advice
+    # Its RBAC missing: its jobs discover nothing.
+    ok = cluster(1200, "operator")
+    got = r.assess(
+        parse_crs(CRS, "Prometheus")[0],
+        monitors_with_role("kubelet", "EndpointSlice"),
+        {},
+        ok,
+        growth(ok),
+        False,
+    )
+    assert (got.next_step, got.safe_now) == (r.STEP_GRANT_RBAC, False)

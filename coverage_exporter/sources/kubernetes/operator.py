@@ -82,6 +82,8 @@ class _NamespaceSelector(msgspec.Struct, rename="camel"):
 class _SMSpec(msgspec.Struct, rename="camel"):
     selector: _Selector = msgspec.field(default_factory=_Selector)
     namespace_selector: _NamespaceSelector | None = None
+    service_discovery_role: str | None = None
+    """Operator v0.86+; absent from older CRDs."""
 
 
 class _SM(msgspec.Struct):
@@ -149,6 +151,7 @@ def parse_service_monitors(body: bytes) -> list[ServiceMonitor]:
                 labels=sm.metadata.labels or {},
                 any_namespace=ns.any,
                 namespaces=tuple(ns.match_names or ()),
+                service_discovery_role=sm.spec.service_discovery_role or None,
             )
         )
     return out
