@@ -30,6 +30,7 @@ from coverage_exporter.progress import Progress
 from coverage_exporter.servers import CheckedSource, Followed
 from coverage_exporter.sources.errors import DEFAULT_LIMITS, Limits, SourceError
 from coverage_exporter.sources.kubernetes.discovery import DiscoverySource
+from coverage_exporter.sources.kubernetes.events import EventSource
 from coverage_exporter.sources.kubernetes.kubeconfig import KubeconfigError
 from coverage_exporter.sources.kubernetes.node_decoder import NodePageDecoder
 from coverage_exporter.sources.kubernetes.operator import OperatorSource
@@ -233,6 +234,7 @@ def page_info(
         prometheus_urls=result.urls,
         complete=result.complete,
         readiness=result.readiness,
+        evidence=result.evidence,
     )
 
 
@@ -351,6 +353,13 @@ class Exporter:
             self.cycle.set_operator(
                 OperatorSource(api, refresh_seconds=self._settings.operator_refresh_seconds)
             )
+            self.cycle.set_events(
+                EventSource(
+                    api,
+                    sorted(self._settings.scope.namespaces),
+                    refresh_seconds=self._settings.operator_refresh_seconds,
+                )
+            )
         if api is not None and self.discovery is not None:
             await self.discovery.start(api)
             self.cycle.set_discovery(
@@ -462,7 +471,15 @@ async def _audit(settings: Settings, output: str, guards: Guards | None = None) 
     found, unread = result.findings, result.unread
     if output == "json":
         sys.stdout.write(
-            render_json(result.report, health, result.complete, result.readiness, found, unread)
+            render_json(
+                result.report,
+                health,
+                result.complete,
+                result.readiness,
+                result.evidence,
+                found,
+                unread,
+            )
         )
     elif output == "prometheus":
         sys.stdout.buffer.write(result.exposition)
@@ -471,7 +488,15 @@ async def _audit(settings: Settings, output: str, guards: Guards | None = None) 
         sys.stdout.buffer.write(render_page(result.report, info))
     else:
         sys.stdout.write(
-            render_table(result.report, health, result.complete, result.readiness, found, unread)
+            render_table(
+                result.report,
+                health,
+                result.complete,
+                result.readiness,
+                result.evidence,
+                found,
+                unread,
+            )
         )
     sys.stdout.flush()
     return exit_code(result.report, result.complete)

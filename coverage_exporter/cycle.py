@@ -27,6 +27,7 @@ from coverage_exporter.model.discovery import (
     FoundServer,
     configuration_lags,
 )
+from coverage_exporter.model.evidence import NO_EVIDENCE, Evidence
 from coverage_exporter.model.fleet import ServerState
 from coverage_exporter.model.growth import GrowthTracker
 from coverage_exporter.model.objects import (
@@ -48,6 +49,7 @@ from coverage_exporter.model.scope import Scope, services_in_scope
 from coverage_exporter.model.topology import Declared, hashmod_shard, identify
 from coverage_exporter.servers import Followed, SeveralServers
 from coverage_exporter.sources.errors import SourceError
+from coverage_exporter.sources.kubernetes.events import EventSource
 from coverage_exporter.sources.kubernetes.operator import OperatorSource
 from coverage_exporter.sources.prometheus.config import LoadedConfig
 
@@ -236,6 +238,8 @@ class CycleResult:
     """Servers found that cannot be read now, each with why."""
     urls: Mapping[str, str] = field(default_factory=dict)
     """Each server's URL, given or found."""
+    evidence: Evidence = NO_EVIDENCE
+    """Kubernetes' events that confirm findings (model.evidence)."""
 
 
 class CycleRunner:
@@ -280,6 +284,7 @@ class CycleRunner:
         self._remembered_version: dict[str, int] = {}
         self._unresolved: set[tuple[str, str, str]] = set()
         self._operator: OperatorSource | None = None
+        self._events: EventSource | None = None
         self._growth = GrowthTracker()
         self._selection = SelectionMemo()
         self._readiness: list[Readiness] = []
@@ -511,6 +516,15 @@ class CycleRunner:
         """Turn on migration readiness (sources.operator)."""
         self._operator = source
 
+    def set_events(self, source: EventSource | None) -> None:
+        """Read Kubernetes' events as evidence (sources.kubernetes.events)."""
+        self._events = source
+
+    async def _evidence(self) -> Evidence:
+        # EventSource.collect says how the read went and never raises for
+        # what the server answers: evidence never fails a cycle.
+        return NO_EVIDENCE if self._events is None else await self._events.collect()
+
     async def _assess_migration(self, cluster: ClusterSnapshot | None) -> list[Readiness]:
         if self._operator is None or cluster is None:
             return []
@@ -703,6 +717,7 @@ class CycleRunner:
         cluster = await self._cluster_snapshot(grouped, prometheus)
         report, coverage = await self._compare(cluster, prometheus, grouped, servers)
         readiness = await self._assess_migration(cluster)
+        evidence = await self._evidence() if report is not None else NO_EVIDENCE
         self.cycles_total += 1
         discovery = [self._discovery_health] if self._discovery_health else []
         state = ExporterState(
@@ -734,6 +749,7 @@ class CycleRunner:
             followed.findings() if followed else (),
             followed.placeholders if followed else (),
             self._urls(),
+            evidence,
         )
 
     def health(self) -> list[SourceHealth]:

@@ -552,10 +552,13 @@ class FakeApiServer:
         end = len(snapshot) if not limit else min(len(snapshot), offset + limit)
         page = snapshot[offset:end]
         more = encode_continue(rv, page[-1].key) if end < len(snapshot) and page else None
-        key = (*selection, rv, offset, end, table, partial)
+        # includeObject=Metadata: each row carries its PartialObjectMetadata
+        # (the exporter reads owners so, model/owners.py).
+        metadata = table and params.get("includeObject") == "Metadata"
+        key = (*selection, rv, offset, end, table, partial, metadata)
         return await self._sender.send(
             request,
-            self._page(resource, page, rv, more, len(snapshot) - end, table, partial),
+            self._page(resource, page, rv, more, len(snapshot) - end, table, partial, metadata),
             key,
             headers=headers,
         )
@@ -569,9 +572,13 @@ class FakeApiServer:
         remaining: int,
         table: bool,
         partial: bool,
+        metadata: bool = False,
     ) -> list[bytes]:
         if table:
-            rows = [self._row(e) for e in page]
+            if metadata:
+                rows = [self._row_with_metadata(resource, e) for e in page]
+            else:
+                rows = [self._row(e) for e in page]
             # The real server: no remainingItemCount on a Table.
             return [pod_table.head(str(rv), more), b",".join(rows), b"]}"]
         kind = KINDS[resource]
@@ -596,6 +603,11 @@ class FakeApiServer:
         if row is None:
             row = self._rows[key] = pod_table.row_bytes(entry.body)
         return row
+
+    def _row_with_metadata(self, resource: str, entry: Entry) -> bytes:
+        row = self._row(entry)
+        assert row.endswith(b'"object":null}')
+        return row[: -len(b"null}")] + self._partial_item(resource, entry) + b"}"
 
     def _partial_item(self, resource: str, entry: Entry) -> bytes:
         key = (resource, entry.key, entry.rv)

@@ -11,6 +11,7 @@ import msgspec
 
 from coverage_exporter import runbooks
 from coverage_exporter.health import SourceHealth
+from coverage_exporter.model import evidence as kube_evidence
 from coverage_exporter.model.causes import Cause, StageCauses
 from coverage_exporter.model.coverage import MissingTarget, ServiceCoverage
 from coverage_exporter.model.discovery import DiscoveryFinding, FoundServer
@@ -203,11 +204,36 @@ def finding_words(s: ServiceCoverage, f: Finding) -> str:
     return misses
 
 
-def finding_line(s: ServiceCoverage, f: Finding) -> str:
-    """The finding as the audit prints it, its runbook as a URL."""
+def finding_line(
+    s: ServiceCoverage, f: Finding, evidence: kube_evidence.Evidence = kube_evidence.NO_EVIDENCE
+) -> str:
+    """The finding as the audit prints it, its runbook as a URL, then what
+    Kubernetes itself says of it (model.evidence)."""
     runbook = f" ({runbooks.runbook_url(f.runbook)})" if f.runbook else ""
     why = _finding_causes(f)
-    return f"{s.namespace}/{s.service}: {finding_words(s, f)}{why}{runbook}."
+    said = evidence_words(f, evidence)
+    return f"{s.namespace}/{s.service}: {finding_words(s, f)}{why}{runbook}.{said}"
+
+
+def event_words(e: kube_evidence.ControllerEvent) -> str:
+    """One event as Kubernetes wrote it (escaped and cut at reading)."""
+    seen = f", last {e.last_seen}" if e.last_seen else ""
+    times = f" x{e.count}" if e.count > 1 else ""
+    who = f" from {e.component}" if e.component else ""
+    return f'Warning {e.reason}{who}{times}{seen}: "{e.message}"'
+
+
+def evidence_words(f: Finding, evidence: kube_evidence.Evidence) -> str:
+    """' Kubernetes says so: ...' for a finding its events confirm; a note
+    when they could not be read; nothing otherwise (a finding without an
+    event is still a finding: the controller records none while nothing
+    changes, and events expire)."""
+    events = kube_evidence.finding_evidence(f, evidence)
+    if events:
+        return " Kubernetes says so: " + "; ".join(event_words(e) for e in events) + "."
+    if kube_evidence.evidence_unread(f, evidence):
+        return f" (Kubernetes events not read: {evidence.detail})"
+    return ""
 
 
 def _finding_causes(f: Finding) -> str:
@@ -219,11 +245,13 @@ def _finding_causes(f: Finding) -> str:
     return f"; {words}" if words else ""
 
 
-def findings(s: ServiceCoverage) -> list[str]:
+def findings(
+    s: ServiceCoverage, evidence: kube_evidence.Evidence = kube_evidence.NO_EVIDENCE
+) -> list[str]:
     """What is wrong with one Service, in words, with what to do. Lines
     that describe a gap say so; the rest are findings that lose nothing
     today (no pool reads the stage)."""
-    return [finding_line(s, f) for f in model_findings(s)]
+    return [finding_line(s, f, evidence) for f in model_findings(s)]
 
 
 def _source_line(h: SourceHealth) -> str:
@@ -287,10 +315,13 @@ def render_table(
     sources: Sequence[SourceHealth],
     complete: bool = True,
     readiness: Sequence[Readiness] = (),
+    evidence: kube_evidence.Evidence = kube_evidence.NO_EVIDENCE,
     found: Sequence[DiscoveryFinding] = (),
     unread: Sequence[FoundServer] = (),
 ) -> str:
     lines = [_source_line(h) for h in sources]
+    if evidence.state in (kube_evidence.EventsRead.FORBIDDEN, kube_evidence.EventsRead.FAILED):
+        lines.append(f"Kubernetes events: not read ({evidence.detail})")
     lines += [
         f"server {s.name} ({s.found_by}): not read, {s.unreadable}; its replica's coverage "
         "is unknown"
@@ -302,7 +333,7 @@ def render_table(
     rows = _rows(report)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     table = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    words = [f for s in report.services for f in findings(s)]
+    words = [f for s in report.services for f in findings(s, evidence)]
     words += [
         f"{u.namespace}/{u.service}: cannot tell what it should hold ({u.reason})"
         for u in report.unresolved
@@ -335,7 +366,27 @@ def _causes_json(causes: StageCauses) -> dict[str, object]:
     }
 
 
-def service_json(s: ServiceCoverage) -> dict[str, object]:
+def evidence_json(s: ServiceCoverage, evidence: kube_evidence.Evidence) -> list[dict[str, object]]:
+    """The events that confirm the Service's findings, each with the kind
+    of the finding it confirms."""
+    return [
+        {
+            "finding": f.kind.value,
+            "reason": e.reason,
+            "component": e.component,
+            "message": e.message,
+            "count": e.count,
+            "last_seen": e.last_seen,
+            "skipped": e.skipped,
+        }
+        for f in model_findings(s)
+        for e in kube_evidence.finding_evidence(f, evidence)
+    ]
+
+
+def service_json(
+    s: ServiceCoverage, evidence: kube_evidence.Evidence = kube_evidence.NO_EVIDENCE
+) -> dict[str, object]:
     stages = service_stages(s)
     ep_causes, sl_causes = stages[0].causes, stages[1].causes
     pool_causes = [st.causes for st in stages[2:]]
@@ -404,7 +455,8 @@ def service_json(s: ServiceCoverage) -> dict[str, object]:
             }
             for st in service_gaps(s)
         ],
-        "findings": findings(s),
+        "findings": findings(s, evidence),
+        "evidence": evidence_json(s, evidence),
     }
 
 
@@ -450,6 +502,7 @@ def render_json(
     sources: Sequence[SourceHealth],
     complete: bool = True,
     readiness: Sequence[Readiness] = (),
+    evidence: kube_evidence.Evidence = kube_evidence.NO_EVIDENCE,
     found: Sequence[DiscoveryFinding] = (),
     unread: Sequence[FoundServer] = (),
 ) -> str:
@@ -496,7 +549,10 @@ def render_json(
             "ready": report.nodes_ready,
             "not_ready": report.nodes_not_ready,
         },
-        "services": [] if report is None else [service_json(s) for s in report.services],
+        "services": [] if report is None else [service_json(s, evidence) for s in report.services],
+        "events": None
+        if report is None
+        else {"read": evidence.state.value, "detail": evidence.detail or None},
         "controllers": None if report is None else controllers_json(report),
         "migration": [readiness_json(r) for r in readiness],
         "discovery": {

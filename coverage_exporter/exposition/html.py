@@ -27,12 +27,14 @@ from coverage_exporter import __version__, runbooks
 from coverage_exporter.exposition.audit import (
     CAUSE_WORDS,
     VERDICT_WORDS,
+    evidence_words,
     finding_words,
     replica_name,
 )
 from coverage_exporter.health import SOURCE_KUBERNETES, SourceHealth
 from coverage_exporter.model.causes import Cause
 from coverage_exporter.model.coverage import MissingTarget, ServiceCoverage
+from coverage_exporter.model.evidence import NO_EVIDENCE, Evidence
 from coverage_exporter.model.findings import (
     RUNBOOK_CAUSES,
     RUNBOOK_ENDPOINTS_TRUNCATED,
@@ -201,13 +203,16 @@ def _pool_views(s: ServiceCoverage, stages: Sequence[Stage], fleet: Fleet) -> li
     return out
 
 
-def _finding_html(s: ServiceCoverage, f: Finding) -> str:
-    """A finding in words, escaped, with a link to its runbook."""
+def _finding_html(s: ServiceCoverage, f: Finding, evidence: Evidence = NO_EVIDENCE) -> str:
+    """A finding in words, escaped, with a link to its runbook, then what
+    Kubernetes' own events say of it (model.evidence)."""
     link = f" ({_runbook_link(f.runbook, f.runbook)})" if f.runbook else ""
-    return f"{_e(finding_words(s, f))}{link}."
+    said = evidence_words(f, evidence)
+    said_html = f' <span class="evidence">{_e(said.strip())}</span>' if said else ""
+    return f"{_e(finding_words(s, f))}{link}.{said_html}"
 
 
-def service_view(s: ServiceCoverage, fleet: Fleet) -> ServiceView:
+def service_view(s: ServiceCoverage, fleet: Fleet, evidence: Evidence = NO_EVIDENCE) -> ServiceView:
     endpoints, slices, *pools = service_stages(s)
     found = tuple(service_findings(s))
     return ServiceView(
@@ -221,14 +226,14 @@ def service_view(s: ServiceCoverage, fleet: Fleet) -> ServiceView:
             *_pool_views(s, pools, fleet),
         ),
         findings=found,
-        findings_html=tuple(_finding_html(s, f) for f in found),
+        findings_html=tuple(_finding_html(s, f, evidence) for f in found),
         verdict=service_verdict(s),
         node_wide=s.source != SOURCE_PODS,
     )
 
 
-def report_views(report: CoverageReport) -> list[ServiceView]:
-    return [service_view(s, report.fleet) for s in report.services]
+def report_views(report: CoverageReport, evidence: Evidence = NO_EVIDENCE) -> list[ServiceView]:
+    return [service_view(s, report.fleet, evidence) for s in report.services]
 
 
 def server_views(report: CoverageReport | None) -> dict[str, ServerView]:
@@ -328,6 +333,8 @@ class PageInfo:
     """Every source answered in this cycle."""
     readiness: Sequence[Readiness] = ()
     """Migration readiness of each Prometheus Operator CR; empty without the Operator."""
+    evidence: Evidence = NO_EVIDENCE
+    """Kubernetes' events read as evidence for the findings (model.evidence)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -626,9 +633,9 @@ def _verdict_tag(v: ServiceView) -> str:
     return _VERDICT_TAGS[v.verdict]
 
 
-def render_services(report: CoverageReport) -> ServicesPart:
+def render_services(report: CoverageReport, evidence: Evidence = NO_EVIDENCE) -> ServicesPart:
     """The per-report part: summary, findings, funnels, every missing target."""
-    views = report_views(report)
+    views = report_views(report, evidence)
     summary: list[str] = []
     sections: list[str] = []
     tables: list[str] = []
@@ -877,7 +884,7 @@ def render_page(
     """The whole page. `part` is render_services(report), for a caller that
     keeps it across cycles."""
     if report is not None and part is None:
-        part = render_services(report)
+        part = render_services(report, info.evidence)
     servers = server_views(report)
     css, headline = _headline(report, part, info)
     warnings = _source_warnings(info, servers)

@@ -88,3 +88,79 @@ def infer_daemonset_owners(
                 pod = replace(pod, owner_kind="DaemonSet", owner_name=daemonset.name)
         out.append(pod)
     return tuple(out)
+
+
+# --- owners confirmed from metadata (issue #19 item 8) ------------------------------
+#
+# A DaemonSet owns pods whose names its controller did not make: pods it
+# adopted (created by hand or by another tool with its labels: the
+# controller takes any orphan its selector matches, ControllerRef), pods
+# renamed, pods of another DaemonSet controller (OpenKruise's Advanced
+# DaemonSet, kind DaemonSet of apps.kruise.io). The name says nothing then,
+# and a scope of such pods alone would fall back to "the selected pods",
+# where a node without a pod goes unseen. Their ownerReferences say it: the
+# source reads them for those pods only (sources/kubernetes/source.py,
+# `confirm_owners`), in the Table form with includeObject=Metadata, and
+# keeps them here as OwnerFacts.
+
+PodKey = tuple[str, str]
+"""(namespace, pod name)."""
+Owner = tuple[str | None, str | None]
+"""(kind, name) of the pod's controller ownerReference; (None, None): none."""
+OwnerFacts = Mapping[PodKey, Owner]
+
+CONFIRM_PROBE = 1
+"""Pods confirmed first in a scope where no pod has a known owner and
+nothing says a DaemonSet is behind it (a Deployment's pods look so too):
+one, and the rest only if it is a DaemonSet's."""
+
+
+def owners_to_confirm(
+    pods: Iterable[Pod],
+    namespace: str,
+    selector: Mapping[str, str],
+    prefixes: DaemonSetPrefixes,
+    facts: OwnerFacts,
+) -> list[str]:
+    """The names of the scope's pods whose owner must be read from their
+    metadata (pods as infer_daemonset_owners left them, facts applied):
+    those without an owner and without a fact, when a DaemonSet of the
+    namespace selects them (their names do not show it), or when a pod of
+    the scope was confirmed a DaemonSet's; else, in a scope where no pod
+    has an owner at all, CONFIRM_PROBE of them. Sorted by name."""
+    pods = list(pods)
+    unknown = sorted(
+        p.name for p in pods if p.owner_kind is None and (namespace, p.name) not in facts
+    )
+    if not unknown:
+        return []
+    if _candidates(namespace, selector, prefixes):
+        return unknown
+    confirmed = [facts[(namespace, p.name)] for p in pods if (namespace, p.name) in facts]
+    if any(kind == "DaemonSet" for kind, _ in confirmed):
+        return unknown
+    if confirmed or any(p.owner_kind is not None for p in pods):
+        return []
+    return unknown[:CONFIRM_PROBE]
+
+
+def apply_owner_facts(pods: Iterable[Pod], namespace: str, facts: OwnerFacts) -> tuple[Pod, ...]:
+    """The pods with the owner their metadata gave, where it was read (it
+    wins over a name's inference: it is the controller's own word)."""
+    if not facts:
+        return tuple(pods)
+    out: list[Pod] = []
+    for pod in pods:
+        fact = facts.get((namespace, pod.name))
+        if fact is not None and (pod.owner_kind, pod.owner_name) != fact:
+            pod = replace(pod, owner_kind=fact[0], owner_name=fact[1])
+        out.append(pod)
+    return tuple(out)
+
+
+def _candidates(namespace: str, selector: Mapping[str, str], prefixes: DaemonSetPrefixes) -> bool:
+    """Some DaemonSet of the namespace makes pods this selector takes."""
+    return any(
+        d is not None and _selects(selector, d.template_labels)
+        for d in prefixes.get(namespace, {}).values()
+    )

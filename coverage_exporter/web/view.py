@@ -24,6 +24,7 @@ from coverage_exporter.exposition.html import (
     render_page,
     render_services,
 )
+from coverage_exporter.model.evidence import Evidence
 from coverage_exporter.model.report import CoverageReport
 from coverage_exporter.web.server import Response, ServingState
 
@@ -64,7 +65,7 @@ class ReportPage:
 
     def __init__(self) -> None:
         self._lock = asyncio.Lock()
-        self._part: tuple[CoverageReport, ServicesPart] | None = None
+        self._part: tuple[CoverageReport, Evidence, ServicesPart] | None = None
         self._page: tuple[CoverageReport | None, PageInfo, bytes, str] | None = None
         self._gzipped: tuple[str, bytes] | None = None
         self.services_renders = 0
@@ -76,10 +77,14 @@ class ReportPage:
                 return self._page[2], self._page[3]
             part = None
             if report is not None:
-                if self._part is None or self._part[0] is not report:
-                    self._part = (report, await asyncio.to_thread(render_services, report))
+                # By identity: the same objects while nothing changed (a
+                # report compared by value would walk every missing target).
+                kept = self._part
+                if kept is None or kept[0] is not report or kept[1] is not info.evidence:
+                    rendered = await asyncio.to_thread(render_services, report, info.evidence)
+                    kept = self._part = (report, info.evidence, rendered)
                     self.services_renders += 1
-                part = self._part[1]
+                part = kept[2]
             body = await asyncio.to_thread(render_page, report, info, part)
             etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
             self._page = (report, info, body, etag)

@@ -20,6 +20,8 @@ NAMESPACED = {
     ("", "pods"),
     ("discovery.k8s.io", "endpointslices"),
     ("apps", "daemonsets"),
+    # Kubernetes' events as evidence (rbac.events, default on): list only.
+    ("", "events"),
 }
 
 

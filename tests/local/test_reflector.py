@@ -487,6 +487,11 @@ async def source(server: FakeApiServer) -> AsyncIterator[KubernetesSource]:
     await src.stop()
 
 
+def watched_pod_lists(server: FakeApiServer) -> list[Any]:
+    """The pod reflectors' LISTs (not the owner reads of model.owners)."""
+    return [r for r in server.lists("pods") if "fieldSelector" not in r.params]
+
+
 async def test_source_snapshot(server: FakeApiServer, source: KubernetesSource) -> None:
     ne = {"app": "node-exporter"}
     server.put("nodes", node("n1", "10.0.0.1"))
@@ -533,8 +538,14 @@ async def test_source_snapshot(server: FakeApiServer, source: KubernetesSource) 
     services = snap.services.values()
     source.set_pod_scope(services)
     await source.ensure_pods_synced(5)
-    pod_lists = server.lists("pods")
+    pod_lists = watched_pod_lists(server)
     assert len(pod_lists) == 1  # the selector-less kubelet Service has no pods
+    # No pod of the scope has an owner its name shows (ne-abc is not
+    # "ne-" + 5 characters): one pod's owner is read from its metadata
+    # (issue #19 item 8), once; it has none, so nothing more is read.
+    (probe,) = [r for r in server.lists("pods") if r not in pod_lists]
+    assert probe.params["fieldSelector"] == "metadata.name=ne-abc"
+    assert probe.params["includeObject"] == "Metadata"
     assert pod_lists[0].namespace == "mon"
     assert pod_lists[0].params["labelSelector"] == "app=node-exporter"
     snap = source.snapshot()
@@ -545,7 +556,8 @@ async def test_source_snapshot(server: FakeApiServer, source: KubernetesSource) 
     twin = Service("mon", "ne-twin", ne)
     source.set_pod_scope([*services, twin])
     await source.ensure_pods_synced(5)
-    assert len(server.lists("pods")) == 1
+    assert len(watched_pod_lists(server)) == 1
+    assert len(server.lists("pods")) == 2  # the probe is not repeated
     assert source.snapshot().pods[("mon", "ne-twin")][0].name == "ne-abc"
 
     # Pods change through the watch.
@@ -557,7 +569,8 @@ async def test_source_snapshot(server: FakeApiServer, source: KubernetesSource) 
     source.set_pod_scope([])
     await until(lambda: server.open_watches == 5)
     assert source.snapshot().pods == {}
-    assert len(server.lists()) == 6  # still one LIST per reflector ever
+    # Still one LIST per reflector ever, and the one owner probe.
+    assert len(server.lists()) == 6 + 1
 
 
 async def test_source_health_follows_reflectors(

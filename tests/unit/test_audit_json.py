@@ -11,9 +11,15 @@ from typing import Any
 from coverage_exporter.exposition.audit import JSON_VERSION, render_json
 from coverage_exporter.health import SourceHealth
 from coverage_exporter.model.discovery import DiscoveryFinding, FoundServer
+from coverage_exporter.model.evidence import EventsRead, Evidence, gather
 from coverage_exporter.model.readiness import PrometheusCR, Readiness
 from coverage_exporter.model.report import Unresolved
 from tests.unit.test_audit_output import UP, truncated_report
+from tests.unit.test_evidence import capped, kubelet_report
+
+
+def capped_evidence() -> Evidence:
+    return gather(EventsRead.READ, [capped()])
 
 DOC = Path(__file__).resolve().parent.parent.parent / "docs" / "audit-json.md"
 
@@ -53,6 +59,8 @@ def objects(doc: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
         "discovery": [doc["discovery"]],
         "finding": doc["discovery"]["findings"],
         "not read": doc["discovery"]["not_read"],
+        "events": [doc["events"]],
+        "evidence": [e for s in services for e in s["evidence"]],
     }
 
 
@@ -78,6 +86,9 @@ def test_every_field_is_documented_and_every_documented_field_is_written() -> No
                     unreadable="listenLocal: serves 127.0.0.1 only")
     ]  # fmt: skip
     doc = json.loads(render_json(report, UP, readiness=[readiness()], found=found, unread=unread))
+    # And a Service whose finding an event confirms (model.evidence).
+    capped = json.loads(render_json(kubelet_report(), UP, evidence=capped_evidence()))
+    doc["services"] += capped["services"]
     listed = documented()
     for name, found in objects(doc).items():
         assert found, f"the test renders no {name}"

@@ -47,6 +47,7 @@ def test_json_without_kubernetes_says_nothing_was_compared() -> None:
         "replicas": [],
         "verdict": "no coverage: Kubernetes could not be read",
         "migration": [],
+        "events": None,
         "discovery": {"findings": [], "not_read": []},
         "complete": False,
         "gaps": None,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from coverage_exporter.sources.kubernetes import discovery, operator
+from coverage_exporter.sources.kubernetes import discovery, events, operator
 from coverage_exporter.sources.kubernetes import source as kubernetes
 
 DEPLOY = Path(__file__).parent.parent.parent / "deploy" / "kubernetes.yaml"
@@ -36,9 +36,12 @@ def test_cluster_role_grants_list_and_watch_on_every_watched_resource() -> None:
     }
     listed[("", "namespaces")] = {"list"}
     asked = {resource_of(operator.SAR): {"create"}}
+    # Kubernetes' events as evidence (sources/kubernetes/events.py).
+    listed[resource_of(events.EVENTS)] = {"list"}
     # Discovery (on by default) lists and watches the Operator's servers'
-    # objects (sources/discovery.py); the pods it reads are watched already.
+    # objects and their pods (sources/discovery.py).
     found = {(discovery.GROUP, r): {"list", "watch"} for r in discovery.RESOURCES}
+    found[("", "pods")] = {"list", "watch"}
     assert granted == watched | listed | asked | found
 
 

@@ -107,6 +107,14 @@ when it reads the whole cluster, in a Role per namespace of scope.namespaces.
 - apiGroups: [apps]
   resources: [daemonsets]
   verbs: [list, watch]
+{{- if .Values.rbac.events }}
+# Kubernetes' Warning events on Endpoints objects, read as evidence beside
+# the findings (coverage_exporter/sources/kubernetes/events.py); without it
+# the findings stand alone and the audit says the events were not read.
+- apiGroups: [""]
+  resources: [events]
+  verbs: [list]
+{{- end }}
 {{- end -}}
 
 {{/*

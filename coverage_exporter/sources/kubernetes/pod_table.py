@@ -264,3 +264,66 @@ def _decode_row(raw: msgspec.Raw) -> _TableRow:
         return _row_decoder.decode(raw)
     except msgspec.DecodeError as exc:
         raise ParseError(f"bad Table row: {exc}") from exc
+
+
+# --- owners from metadata (issue #19 item 8; model/owners.py) ---------------------
+#
+# For the few pods whose name does not show their DaemonSet: one LIST each,
+# `fieldSelector=metadata.name=<pod>`, in the Table form with
+# includeObject=Metadata, which carries each row's PartialObjectMetadata
+# (ownerReferences included). A LIST, not a GET: the exporter's role grants
+# list and watch on pods, never get. A server that ignores as=Table answers
+# a PodList, whose items carry the same metadata: read either.
+
+OWNER_PARAMS: Mapping[str, str] = {"includeObject": "Metadata"}
+
+
+class _OwnerReference(msgspec.Struct):
+    kind: str | None = None
+    name: str | None = None
+    controller: bool | None = None
+
+
+class _OwnerMeta(msgspec.Struct, rename="camel"):
+    name: str | None = None
+    owner_references: list[_OwnerReference] | None = None
+
+
+class _WithMeta(msgspec.Struct):
+    metadata: _OwnerMeta | None = None
+
+
+class _OwnerRow(msgspec.Struct):
+    object: _WithMeta | None = None
+
+
+class _OwnerAnswer(msgspec.Struct):
+    kind: str | None = None
+    rows: list[_OwnerRow] | None = None
+    items: list[_WithMeta] | None = None
+
+
+_owner_decoder = untrusted.Decoder(_OwnerAnswer)
+
+
+def owner_of(data: Buffer, pod: str) -> tuple[str | None, str | None] | None:
+    """The controller owner (kind, name) of the pod named `pod` in the
+    answer to its one-name LIST; (None, None) when it has none; None when
+    the answer does not hold that pod (gone). ParseError if undecodable."""
+    try:
+        answer = _owner_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise ParseError(f"pod metadata: {exc}") from exc
+    found = [r.object for r in answer.rows or ()] + list(answer.items or ())
+    for obj in found:
+        meta = obj.metadata if obj else None
+        if meta is None or meta.name != pod:
+            continue
+        for ref in meta.owner_references or ():
+            if ref.controller and ref.kind and ref.name:
+                return (
+                    sys.intern(untrusted.printable(ref.kind, 63)),
+                    sys.intern(untrusted.printable(ref.name, 253)),
+                )
+        return (None, None)
+    return None

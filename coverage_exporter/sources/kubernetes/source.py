@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from typing import Any, cast
 
+import aiohttp
 from kubernetes.client import Configuration
 
 from coverage_exporter import defaults
@@ -33,11 +34,19 @@ from coverage_exporter.model.objects import (
     Service,
     ServiceKey,
 )
-from coverage_exporter.model.owners import daemonset_prefixes, infer_daemonset_owners
+from coverage_exporter.model.owners import (
+    Owner,
+    PodKey,
+    apply_owner_facts,
+    daemonset_prefixes,
+    infer_daemonset_owners,
+    owners_to_confirm,
+)
+from coverage_exporter.sources import httpclient
 from coverage_exporter.sources.errors import DEFAULT_LIMITS, Limits, SourceError
 from coverage_exporter.sources.kubernetes import parse as k8s_parse
 from coverage_exporter.sources.kubernetes import pod_table
-from coverage_exporter.sources.kubernetes.api import ApiClient
+from coverage_exporter.sources.kubernetes.api import ApiClient, ApiError
 from coverage_exporter.sources.kubernetes.kubeconfig import (
     KubeAuth,
     credential_files,
@@ -59,6 +68,12 @@ API = {
 """Every resource listed and watched, by the API path it is served under:
 what the shipped ClusterRole must grant (tests/unit/test_deploy.py)."""
 
+
+OWNER_LOOKUPS_PER_CYCLE = 200
+"""Pods whose owner is read from their metadata in one cycle (one small
+LIST each, 8 at a time): a DaemonSet of 100k renamed pods is confirmed
+over cycles, and the rest are said to be unconfirmed meanwhile."""
+OWNER_LOOKUP_CONCURRENCY = 8
 
 POD_FORMS = defaults.KUBERNETES_POD_FORMS
 POD_FORM_TABLE, POD_FORM_FULL = POD_FORMS
@@ -133,6 +148,12 @@ class KubernetesSource:
         self._pod_selectors: dict[PodScopeKey, Mapping[str, str]] = {}
         # Derived views reused while the reflector's generation is unchanged.
         self._memo: dict[str, tuple[Any, Any]] = {}
+        self._owner_facts: dict[PodKey, Owner] = {}
+        """Owners read from pods' metadata (model.owners, issue #19 item 8)."""
+        self._owner_facts_version = 0
+        self._confirm_memo: dict[PodScopeKey, tuple[tuple[Any, ...], list[str]]] = {}
+        self.owners_unconfirmed = 0
+        """Pods whose owner should be read from metadata and is not yet."""
         self._stopping: set[asyncio.Task[None]] = set()
 
     @property
@@ -280,8 +301,83 @@ class KubernetesSource:
             for r, done in zip(pending, settled, strict=True)
             if not (done and r.synced)
         ]
+        await self.confirm_owners()
         if laggards:
             raise SourceError(f"pods not listed: {', '.join(laggards)}")
+
+    async def confirm_owners(self) -> None:
+        """Read the owner of the pods whose name does not show it from their
+        metadata (model.owners.owners_to_confirm), at most
+        OWNER_LOOKUPS_PER_CYCLE a cycle; Table-form scopes only (full
+        objects carry their owner). What cannot be read stays as the name
+        says, and the count is logged: never a silent fallback."""
+        prefixes = self._view("daemonset prefixes", self.daemonsets, daemonset_prefixes)
+        live: set[PodKey] = set()
+        wanted: list[PodKey] = []
+        for scope_key, reflector in self._pod_reflectors.items():
+            namespace, _ = scope_key
+            live.update(reflector.cache.keys())
+            if not reflector.synced or reflector.parser.accept != pod_table.TABLE_ACCEPT:
+                continue
+            view = self._pod_view(scope_key, reflector, prefixes)
+            # The same view (memoised) and facts give the same answer: a
+            # steady cycle does not walk 100k pods again.
+            stamp = (id(reflector), reflector.generation, id(prefixes), self._owner_facts_version)
+            memo = self._confirm_memo.get(scope_key)
+            if memo is not None and memo[0] == stamp:
+                names = memo[1]
+            else:
+                selector = self._pod_selectors.get(scope_key, {})
+                names = owners_to_confirm(view, namespace, selector, prefixes, self._owner_facts)
+                self._confirm_memo[scope_key] = (stamp, names)
+            wanted += [(namespace, n) for n in names]
+        for scope_key in self._confirm_memo.keys() - self._pod_reflectors.keys():
+            del self._confirm_memo[scope_key]
+        gone = [k for k in self._owner_facts if k not in live]
+        for key in gone:
+            del self._owner_facts[key]
+        wanted = list(dict.fromkeys(wanted))
+        batch, later = wanted[:OWNER_LOOKUPS_PER_CYCLE], len(wanted) - OWNER_LOOKUPS_PER_CYCLE
+        gate = asyncio.Semaphore(OWNER_LOOKUP_CONCURRENCY)
+        errors: list[str] = []
+
+        async def look(key: PodKey) -> tuple[PodKey, Owner | None]:
+            async with gate:
+                try:
+                    return key, await self._owner_of(*key)
+                except (ApiError, SourceError, k8s_parse.ParseError) as exc:
+                    errors.append(str(exc))
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    errors.append(httpclient.describe(exc))
+                return key, None
+
+        found = await asyncio.gather(*(look(k) for k in batch))
+        learned = {k: o for k, o in found if o is not None}
+        if learned or gone:
+            self._owner_facts.update(learned)
+            self._owner_facts_version += 1
+        unconfirmed = max(0, later) + len(batch) - len(learned)
+        if unconfirmed != self.owners_unconfirmed or errors:
+            if unconfirmed:
+                log.warning(
+                    "pod owners not confirmed from metadata: their names do not show their "
+                    "DaemonSet, so their Services may be judged on the selected pods alone",
+                    extra=fields(pods=unconfirmed, err=errors[0] if errors else "later cycles"),
+                )
+            elif self.owners_unconfirmed:
+                log.info("every pod owner that names do not show is confirmed")
+        if learned:
+            log.info("pod owners read from metadata", extra=fields(pods=len(learned)))
+        self.owners_unconfirmed = unconfirmed
+
+    async def _owner_of(self, namespace: str, name: str) -> Owner | None:
+        assert self._api is not None
+        body = await self._api.get(
+            f"{API['pods']}/namespaces/{namespace}/pods",
+            {**pod_table.OWNER_PARAMS, "fieldSelector": f"metadata.name={name}"},
+            accept=pod_table.TABLE_ACCEPT,
+        )
+        return pod_table.owner_of(body, name)
 
     async def _wait(self, reflectors: Sequence[Reflector[Any, Any]], seconds: float) -> None:
         results = await asyncio.gather(*(r.wait_synced(seconds) for r in reflectors))
@@ -403,17 +499,20 @@ class KubernetesSource:
         prefixes: Any,
     ) -> tuple[Pod, ...]:
         """The scope's pods, owners inferred where the form had none (Table
-        rows; model.owners): here, because only the snapshot knows both the
-        pods and the DaemonSets. Rebuilt when either changed."""
+        rows; model.owners), then those read from metadata (confirm_owners):
+        here, because only the snapshot knows both the pods and the
+        DaemonSets. Rebuilt when either changed."""
         name = f"pods {scope_key}"
         memo = self._memo.get(name)
-        stamp = (id(reflector), reflector.generation, id(prefixes))
+        stamp = (id(reflector), reflector.generation, id(prefixes), self._owner_facts_version)
         if memo is not None and memo[0] == stamp:
             return memo[1]
         namespace, _ = scope_key
         view = infer_daemonset_owners(
             reflector.cache.values(), namespace, self._pod_selectors.get(scope_key, {}), prefixes
         )
+        # Metadata read for the pods the names do not explain wins.
+        view = apply_owner_facts(view, namespace, self._owner_facts)
         self._memo[name] = (stamp, view)
         return view
 
