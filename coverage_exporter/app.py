@@ -9,8 +9,10 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Coroutine, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
@@ -245,7 +247,8 @@ class Guards:
     cluster."""
 
     source_deadline: float = parse_seconds(defaults.SOURCE_DEADLINE)
-    """Seconds one source may take per cycle."""
+    """Seconds one source may take per cycle (`serve`: 3/4 of --interval
+    unless given, see _source_deadline)."""
     limits: Limits = DEFAULT_LIMITS
     max_pod_watches: int = defaults.KUBERNETES_MAX_POD_WATCHES
     watch_idle_seconds: float = parse_seconds(defaults.KUBERNETES_WATCH_IDLE_TIMEOUT)
@@ -253,13 +256,14 @@ class Guards:
     """--kubernetes-pod-form: not a bound, but a cost knob like the others."""
     server: ServerLimits = field(default_factory=ServerLimits)
     shutdown_seconds: float = 5.0
-    """After SIGTERM: how long the running cycle and the sources get to
-    stop before the process exits regardless (Kubernetes waits 30s)."""
+    """After SIGTERM: how long the sources get to close before the process
+    goes on exiting regardless (then THREADS_GRACE_SECONDS for the
+    executor's threads; README, "Under faults"; Kubernetes waits 30s)."""
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Guards:
         """Raises ValueError with a message fit for the user."""
-        deadline = float(args.source_deadline)
+        deadline = _source_deadline(args)
         if not deadline > 0:
             raise ValueError("--source-deadline must be positive")
         if int(args.max_response_bytes) <= 0:
@@ -287,6 +291,19 @@ class Guards:
             pod_form=pod_form,
             server=server,
         )
+
+
+def _source_deadline(args: argparse.Namespace) -> float:
+    """--source-deadline as given; else, for serve, a share of --interval
+    (defaults.py says why), and audit's fixed default."""
+    given = getattr(args, "source_deadline", None)
+    if given is not None:
+        return float(given)
+    interval = getattr(args, "interval", None)
+    if interval is None:
+        return parse_seconds(defaults.SOURCE_DEADLINE)
+    share = defaults.SOURCE_DEADLINE_SHARE_OF_INTERVAL * float(interval)
+    return max(share, parse_seconds(defaults.MIN_SOURCE_DEADLINE))
 
 
 class Exporter:
@@ -568,26 +585,32 @@ async def _serve(
     cycle_budget = 2 * guards.source_deadline + 60.0
     first: asyncio.Future[CycleResult] | None = None
     try:
-        await exporter.start()
-        # The first cycle waits for the cluster's first lists too. It starts
-        # now, not once the front listens: the Prometheus reads are in it,
-        # and at 100k nodes the front's start-up (~0.3 s) held them back.
-        first = asyncio.ensure_future(
-            exporter.cycle.run_cycle(
-                exporter.kubernetes.wait_synced(settings.kubernetes_sync_timeout)
+        # Stopped like a cycle: loading the kubeconfig runs an exec plugin,
+        # which may hang for its 30 s (kubeconfig.EXEC_TIMEOUT_SECONDS).
+        _, start_error = await _until_stopped(exporter.start(), stop)
+        if isinstance(start_error, BaseException):
+            raise start_error
+        if not stop.is_set():
+            # The first cycle waits for the cluster's first lists too. It
+            # starts now, not once the front listens: the Prometheus reads
+            # are in it, and at 100k nodes the front's start-up (~0.3 s)
+            # held them back.
+            first = asyncio.ensure_future(
+                exporter.cycle.run_cycle(
+                    exporter.kubernetes.wait_synced(settings.kubernetes_sync_timeout)
+                )
             )
-        )
-        await listening
-        view.on_change = server.publish
-        log.info(
-            "serving",
-            extra=logs.fields(
-                address=listen_address, tls=tls, interval=flagtypes.format_seconds(interval)
-            ),
-        )
-        view.status = "waiting for the first list of the cluster"
-        view.changed()
-        view.expect_progress(settings.kubernetes_sync_timeout + cycle_budget, "the first list")
+            await listening
+            view.on_change = server.publish
+            log.info(
+                "serving",
+                extra=logs.fields(
+                    address=listen_address, tls=tls, interval=flagtypes.format_seconds(interval)
+                ),
+            )
+            view.status = "waiting for the first list of the cluster"
+            view.changed()
+            view.expect_progress(settings.kubernetes_sync_timeout + cycle_budget, "the first list")
         while not stop.is_set():
             started = time.monotonic()
             if first is None:
@@ -673,6 +696,72 @@ async def _until_stopped(
     return True, exc if exc is not None else work.result()
 
 
+THREADS_GRACE_SECONDS = 2.0
+"""After `serve` has stopped: how long the executor's threads get to end
+their work before the process exits without them."""
+
+
+def _run_and_exit(main: Coroutine[object, object, int]) -> int:
+    """asyncio.run(main), except that the executor's threads are waited for
+    THREADS_GRACE_SECONDS at most. A thread cannot be cancelled, and one may
+    be stuck for an hour in what it runs: an exec plugin that hangs, a read
+    in the client library. asyncio.run, then the interpreter's exit, would
+    wait for it without a bound and Kubernetes would SIGKILL the pod after
+    its grace period. The process exits instead, saying which threads it
+    left; their work was for the stopped process only."""
+    executor = ThreadPoolExecutor(thread_name_prefix="coverage-exporter")
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    loop.set_default_executor(executor)
+    try:
+        code = loop.run_until_complete(main)
+    finally:
+        try:
+            _cancel_remaining(loop)
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            executor.shutdown(wait=False, cancel_futures=True)
+            asyncio.set_event_loop(None)
+            loop.close()
+    busy = _threads_still_busy(THREADS_GRACE_SECONDS)
+    if not busy:
+        return code
+    log.warning(
+        "exiting with threads still busy",
+        extra=logs.fields(
+            threads=",".join(t.name for t in busy),
+            grace=flagtypes.format_seconds(THREADS_GRACE_SECONDS),
+        ),
+    )
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _cancel_remaining(loop: asyncio.AbstractEventLoop) -> None:
+    """What asyncio.run does with the tasks left when `main` ends."""
+    tasks = asyncio.all_tasks(loop)
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+
+
+def _threads_still_busy(grace: float) -> list[threading.Thread]:
+    """The threads the interpreter's exit would wait for, after `grace`
+    seconds in all to end."""
+    deadline = time.monotonic() + grace
+    busy = []
+    for thread in threading.enumerate():
+        if thread is threading.main_thread() or thread.daemon:
+            continue
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            busy.append(thread)
+    return busy
+
+
 def serve(
     settings: Settings,
     listen_address: str,
@@ -681,13 +770,19 @@ def serve(
     guards: Guards | None = None,
     web_config_file: str | None = None,
 ) -> int:
-    try:
-        return asyncio.run(
-            _serve(settings, listen_address, interval, full_refresh, guards, web_config_file)
-        )
-    except ValueError as err:
-        print(f"coverage-exporter: {err}", file=sys.stderr)
-        return 2
-    except ListenError as err:
-        print(f"coverage-exporter: {err}", file=sys.stderr)
-        return 1
+
+    async def main() -> int:
+        # The errors become exit codes inside the loop, so that a thread left
+        # busy (see _run_and_exit) cannot hold these exits either.
+        try:
+            return await _serve(
+                settings, listen_address, interval, full_refresh, guards, web_config_file
+            )
+        except ValueError as err:
+            print(f"coverage-exporter: {err}", file=sys.stderr)
+            return 2
+        except ListenError as err:
+            print(f"coverage-exporter: {err}", file=sys.stderr)
+            return 1
+
+    return _run_and_exit(main())

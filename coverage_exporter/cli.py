@@ -380,7 +380,10 @@ def _limits(p: _EnvParser) -> None:
         "--source-deadline",
         "how long one source (a Prometheus, the pod lists) may take per cycle; "
         "a slower one is marked down and the cycle goes on",
-        default=defaults.SOURCE_DEADLINE,
+        # argparse formats help with %: a percent sign is written %%.
+        shown=f"serve: {defaults.SOURCE_DEADLINE_SHARE_OF_INTERVAL * 100:.0f}%% of --interval "
+        f"and at least {defaults.MIN_SOURCE_DEADLINE}, so that a cycle ends within it; "
+        f"audit: {defaults.SOURCE_DEADLINE}",
         type=positive_seconds,
         metavar="DURATION",
     )

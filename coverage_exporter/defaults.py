@@ -39,6 +39,20 @@ OPERATOR_REFRESH_INTERVAL = "5m"
 
 # --- every source, every cycle ----------------------------------------------------
 SOURCE_DEADLINE = "2m"
+"""audit's (it collects once and has no interval): what one request to a
+Prometheus gets by default (PROMETHEUS_TIMEOUT)."""
+SOURCE_DEADLINE_SHARE_OF_INTERVAL = 0.75
+"""serve's default --source-deadline, as a share of --interval: a source
+that trickles (a Prometheus at 1 byte/s, within its 2m request timeout)
+is cut off in time for the cycle to end within its interval; the last
+quarter is left for the comparison (~1 s at 100k nodes, bench/analysis.md)
+and for the sources read after the Prometheus ones (the pod lists). Like
+Prometheus's scrape_timeout, which may not exceed scrape_interval."""
+MIN_SOURCE_DEADLINE = "5s"
+"""...but never below this: with the short intervals of tests and benches
+(2-5 s) on a loaded machine, a healthy read would be cut off and flap to
+down. Below an interval of 6.7 s a slow source may make a cycle overrun by
+the difference."""
 MAX_RESPONSE_SIZE = "256MiB"
 """One body held whole: a LIST page, one watch event, scrape_pools,
 /metrics, an error answer. A page of 500 Endpoints objects of 1000

@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from functools import lru_cache
 
 from coverage_exporter.model.objects import RelabelRule, ScrapeJob, Service
+from coverage_exporter.model.relabel_regex import RelabelRegex, compile_relabel_regex
 from coverage_exporter.model.scope import parse_label_selector
 
 _META = "__meta_kubernetes_"
@@ -94,31 +94,6 @@ def _service_level(label: str) -> bool:
         or label in _IDENTITY
         or label.startswith(_SERVICE_LEVEL_PREFIXES)
     )
-
-
-@lru_cache(maxsize=4096)
-def _compiled(regex: str) -> re.Pattern[str] | None:
-    # Prometheus anchors every relabel regex. RE2 and Python's re agree on
-    # the syntax used in practice; a pattern Python cannot compile makes the
-    # rule unknown rather than failing the comparison.
-    try:
-        return re.compile(f"^(?:{regex})$")
-    except re.error:
-        return None
-
-
-def _expand(replacement: str, match: re.Match[str]) -> str:
-    """`$1`, `${1}` and `${name}` as Go's regexp.Expand fills them; an
-    unknown group is empty."""
-
-    def group(m: re.Match[str]) -> str:
-        ref = m.group(1) or m.group(2)
-        try:
-            return match.group(int(ref) if ref.isdigit() else ref) or ""
-        except (IndexError, KeyError):
-            return ""
-
-    return re.sub(r"\$\{(\w+)\}|\$(\w+)", group, replacement)
 
 
 class _Overlay:
@@ -202,12 +177,12 @@ def dropping_rule(job: ScrapeJob, service: Service) -> RuleRef | None:
     return _port_rule_dropping_all(ev.port_rules, service.port_names)
 
 
-_PortRule = tuple[bool, re.Pattern[str], RuleRef]
+_PortRule = tuple[bool, RelabelRegex, RuleRef]
 """(keep?, regex, the rule) of a keep/drop rule on the port name."""
 
 
 def _passes(rule: _PortRule, port: str) -> bool:
-    return (rule[1].match(port) is not None) == rule[0]
+    return rule[1].matches(port) == rule[0]
 
 
 def _port_rule_dropping_all(rules: list[_PortRule], ports: tuple[str, ...]) -> RuleRef | None:
@@ -273,7 +248,7 @@ def _apply(rule: RelabelRule, ev: _Evaluation, index: int) -> bool | None:
             ev.unknown.add(rule.target_label)
             ev.known.pop(rule.target_label, None)
         return None
-    pattern = _compiled(rule.regex)
+    pattern = compile_relabel_regex(rule.regex)
     if action in ("keep", "drop"):
         if len(rule.source_labels) == 1 and rule.source_labels[0] in _PORT_LABELS:
             if pattern is not None:
@@ -284,7 +259,7 @@ def _apply(rule: RelabelRule, ev: _Evaluation, index: int) -> bool | None:
             return None
         if any(s != _META + "namespace" for s in rule.source_labels):
             ev.decided_by_service = True
-        matched = pattern.match(value) is not None
+        matched = pattern.matches(value)
         return False if matched != (action == "keep") else None
     if action in ("keepequal", "dropequal"):
         value = ev.value(rule.source_labels, rule.separator)
@@ -300,15 +275,13 @@ def _apply(rule: RelabelRule, ev: _Evaluation, index: int) -> bool | None:
         ev.known.pop(rule.target_label, None)
     elif action == "labelmap" and pattern is not None:
         for name, value in ev.known.items():
-            m = pattern.match(name)
-            if m:
-                ev.known[_expand(rule.replacement, m)] = value
+            mapped = pattern.expand(rule.replacement, name)
+            if mapped is not None:
+                ev.known[mapped] = value
     return None
 
 
-def _write(
-    rule: RelabelRule, ev: _Evaluation, pattern: re.Pattern[str] | None, action: str
-) -> None:
+def _write(rule: RelabelRule, ev: _Evaluation, pattern: RelabelRegex | None, action: str) -> None:
     target = rule.target_label
     value = ev.value(rule.source_labels, rule.separator)
     if "$" in target:
@@ -324,8 +297,8 @@ def _write(
     if action == "uppercase":
         ev.known[target] = value.upper()
         return
-    m = pattern.match(value)
-    if m is None:
+    replaced = pattern.expand(rule.replacement, value)
+    if replaced is None:
         return
-    ev.known[target] = _expand(rule.replacement, m)
+    ev.known[target] = replaced
     ev.unknown.discard(target)

@@ -6,16 +6,21 @@ mirrored here, by the `Mirror` of its kind. Shared by the target decoder
 (`kubernetes/node_decoder.py`), which run one worker process each.
 
 A worker that dies (OOM-killed, crashed) fails the requests it holds as
-source errors; the next request starts a new worker.
+source errors; the next request starts a new worker. So does a worker that
+hangs: one that has not answered its oldest request within its deadline
+is killed (`answer`, `WorkerSlot.get`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import queue
 import socket
+import struct
 import subprocess
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
@@ -28,6 +33,16 @@ from coverage_exporter.sources.errors import BodyTooLarge, SourceError
 from coverage_exporter.sources.worker_child import Failed
 
 ENDED = "decoding worker process ended; retried next cycle"
+DEADLINE_SECONDS = 60.0
+"""Longest a worker may take over one request before it is taken for hung,
+killed and replaced. The largest request is a target list (one pool, 1.8 GB
+in all at 100k nodes, decoded in seconds) or a Node page of at most
+--max-response-bytes (~1 s): 60 s leaves a margin of tens on a loaded
+machine. Counted from when the request reached the head of the queue."""
+MAX_BODY = link.MAX_FRAME - (1 << 20)
+"""Largest body a request may carry: the frame's limit, less room for the
+request's other fields. A body of 4 GiB or more does not even fit the
+frame's length field."""
 
 
 _REQUESTS = msgspec.msgpack.Encoder()
@@ -71,6 +86,9 @@ class WorkerProcess:
         self.alive = True
         self._lock = threading.Lock()
         self._pending: deque[Future[Any]] = deque()
+        self._progress = time.monotonic()
+        """When the worker last answered, or took up a request while idle:
+        the oldest pending request has been in its hands since then."""
         self._outbox: queue.SimpleQueue[msgspec.Struct | None] = queue.SimpleQueue()
         """Encoded one at a time by the writer: the bodies waiting for the
         worker are held once, by their requests."""
@@ -80,19 +98,42 @@ class WorkerProcess:
     def submit(self, request: msgspec.Struct) -> Future[Any]:
         """The answer, or a SourceError (BodyTooLarge) for a Failed one."""
         future: Future[Any] = Future()
+        size = len(getattr(request, "body", b""))  # every request kind carries a body
+        if size > MAX_BODY:
+            # Refused here, in order: the writer thread could only fail
+            # every request with it (msgspec or struct refuse the length).
+            future.set_exception(
+                SourceError(
+                    f"a body of {size} bytes is too large for the decoding "
+                    f"worker (at most {MAX_BODY})"
+                )
+            )
+            return future
         with self._lock:
             if not self.alive:
                 future.set_exception(SourceError(ENDED))
                 return future
+            if not self._pending:
+                self._progress = time.monotonic()
             self._pending.append(future)
             self._outbox.put(request)
         return future
+
+    def overdue_in(self, deadline: float) -> float:
+        """Seconds until the oldest pending request is past `deadline`
+        (0 or less: the worker is hung); infinite while nothing is pending."""
+        with self._lock:
+            if not self._pending or not self.alive:
+                return float("inf")
+            return self._progress + deadline - time.monotonic()
 
     def _write(self) -> None:
         while (request := self._outbox.get()) is not None:
             try:
                 link.send_frame(self._sock, _REQUESTS.encode(request))
-            except OSError:
+            except (OSError, ValueError, OverflowError, msgspec.EncodeError, struct.error):
+                # Never a dead writer under a live slot: every request held
+                # fails as a source error and the next starts a new worker.
                 self._end()
                 return
             del request
@@ -103,6 +144,7 @@ class WorkerProcess:
                 answer = self._answers.decode(payload)
                 with self._lock:
                     future = self._pending.popleft()
+                    self._progress = time.monotonic()
                 # Always, in the worker's order, even for a request that was
                 # cancelled meanwhile (a deadline): a lost answer would leave
                 # a hole in the tables and wrong strings after it.
@@ -139,6 +181,28 @@ class WorkerProcess:
         self._sock.close()
 
 
+async def answer(worker: WorkerProcess, request: msgspec.Struct, deadline: float, what: str) -> Any:
+    """The worker's answer to `request`; a worker that holds its oldest
+    request past `deadline` is killed (every request it held fails) and
+    this one fails as a source error: the source is down for the cycle."""
+    waiting = asyncio.wrap_future(worker.submit(request))
+    try:
+        while True:
+            wait = min(deadline, max(0.01, worker.overdue_in(deadline)))
+            done, _ = await asyncio.wait({waiting}, timeout=wait)
+            if done:
+                return waiting.result()
+            if worker.overdue_in(deadline) <= 0:
+                worker.stop()
+                raise SourceError(
+                    f"{what} did not answer within {deadline:g}s; killed, a new one "
+                    "starts with the next request"
+                )
+    except BaseException:
+        waiting.cancel()  # the worker's answer to it is then only mirrored
+        raise
+
+
 def _error(failed: Failed) -> SourceError:
     if failed.too_large_limit is not None:
         return BodyTooLarge(failed.too_large_limit)
@@ -147,18 +211,24 @@ def _error(failed: Failed) -> SourceError:
 
 class WorkerSlot:
     """At most one worker process: started on first use, and again after
-    it ended."""
+    it ended or hung."""
 
-    def __init__(self, start: Callable[[], WorkerProcess]) -> None:
+    def __init__(
+        self, start: Callable[[], WorkerProcess], deadline: float = DEADLINE_SECONDS
+    ) -> None:
         self._start = start
         self._worker: WorkerProcess | None = None
         self._lock = threading.Lock()
+        self.deadline = deadline
 
     def get(self) -> tuple[WorkerProcess, bool]:
-        """The worker, and whether it is a new one (with empty tables)."""
+        """The worker, and whether it is a new one (with empty tables). A
+        worker past its deadline is replaced even when no one waited for it
+        (the source deadline cancelled the read): a new request must not
+        queue behind a hung one."""
         with self._lock:
             worker = self._worker
-            if worker is not None and worker.alive:
+            if worker is not None and worker.alive and worker.overdue_in(self.deadline) > 0:
                 return worker, False
             if worker is not None:
                 worker.stop()

@@ -17,9 +17,20 @@ prometheus/exporter-toolkit read (docs/web-configuration.md there):
 Relative paths are relative to the file. Like the toolkit, the file is
 re-read when it changes (checked per TLS handshake and per request, by
 mtime and size of the file and of every file it names), so certificates
-and users rotate without a restart; TLS on or off is fixed at start, since
-the listening socket is. A file that stops parsing fails closed: handshakes
-and requests are refused until it is fixed, never served without auth.
+and users rotate without a restart; every field of the new file applies
+from the next handshake on (each handshake gets the context of the file as
+it is then). TLS on or off is fixed at start: a file that switches it is
+refused and the old one kept, with a log line saying so. A file that stops
+parsing fails closed: handshakes and requests are refused until it is
+fixed, never served without auth.
+
+As in the toolkit: `http_server_config.headers` may set only
+Strict-Transport-Security, X-Content-Type-Options (nosniff),
+X-Frame-Options (deny, sameorigin), X-XSS-Protection and
+Content-Security-Policy, and here their values must be printable ASCII
+(a CR or LF would inject headers); bcrypt checks run one at a time, off
+the event loop, and their results are cached (100 entries); a password
+over 72 bytes is checked on its first 72, as Go's bcrypt does.
 
 One departure from the toolkit: /-/healthy and /-/ready need no basic auth
 (PROBE_PATHS says why).
@@ -32,6 +43,7 @@ verifying it), http2.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import logging
@@ -41,7 +53,6 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 
 from coverage_exporter.logs import fields
 
@@ -59,6 +70,24 @@ _TLS_KEYS = {
 }
 _UNSUPPORTED_TLS = {"cipher_suites", "curve_preferences", "client_allowed_sans", "cert", "key"}
 _HTTP_KEYS = {"headers"}
+# The exporter-toolkit's extraHTTPHeaders: the only headers it lets a
+# config set, and the values it allows where it lists them.
+_HEADERS: dict[str, tuple[str, ...]] = {
+    "Strict-Transport-Security": (),
+    "X-Content-Type-Options": ("nosniff",),
+    "X-Frame-Options": ("deny", "sameorigin"),
+    "X-XSS-Protection": (),
+    "Content-Security-Policy": (),
+}
+BCRYPT_MAX_BYTES = 72
+"""Go's bcrypt (the toolkit's) keys Blowfish with the first 72 bytes;
+pyca/bcrypt 5 raises on longer passwords instead."""
+PASSWORD_CACHE_SIZE = 100
+"""The toolkit's cache size."""
+PASSWORD_CHECKS_WAITING = 16
+"""bcrypt checks queued behind the running one; past that a request is
+answered 503 at once rather than queued (each check costs ~50-100 ms of
+CPU at cost 10)."""
 _VERSIONS = {
     "TLS10": ssl.TLSVersion.TLSv1,
     "TLS11": ssl.TLSVersion.TLSv1_1,
@@ -189,12 +218,34 @@ def parse(text: str, base: Path) -> WebConfig:
         if not isinstance(hashed, str) or not hashed.startswith(("$2a$", "$2b$", "$2y$")):
             raise WebConfigError(f"basic_auth_users: {user!r} needs a bcrypt hash")
         users[str(user)] = hashed.encode()
-    headers = {str(k): str(v) for k, v in _mapping(http.get("headers"), "headers").items()}
+    headers = _headers(_mapping(http.get("headers"), "headers"))
     return WebConfig(
         tls=_tls(_mapping(doc.get("tls_server_config"), "tls_server_config"), base),
         users=users,
         headers=headers,
     )
+
+
+def _headers(section: dict) -> dict[str, str]:
+    headers = {}
+    for name, value in section.items():
+        allowed = _HEADERS.get(name)
+        if allowed is None:
+            raise WebConfigError(
+                f"http_server_config.headers: {name!r} can not be configured "
+                f"(allowed: {', '.join(sorted(_HEADERS))})"
+            )
+        if not isinstance(value, str) or not value.isascii() or not value.isprintable():
+            raise WebConfigError(
+                f"http_server_config.headers: {name} must be printable ASCII, got {value!r}"
+            )
+        if allowed and value not in allowed:
+            raise WebConfigError(
+                f"http_server_config.headers: invalid value for {name}: expected one of "
+                f"{list(allowed)}, got {value!r}"
+            )
+        headers[name] = value
+    return headers
 
 
 def _stamp(paths: list[Path]) -> tuple[tuple[object, ...], ...]:
@@ -216,6 +267,11 @@ class WebConfigFile:
         self._lock = threading.Lock()
         self._error: str | None = None
         self._passwords: dict[tuple[str, bytes, bytes], bool] = {}
+        """Results of bcrypt checks; good ones kept apart from wrong ones,
+        so that a flood of guesses never evicts the scraper's entry."""
+        self._good: dict[tuple[str, bytes, bytes], bool] = {}
+        self._checking: asyncio.Lock | None = None
+        self._waiting = 0
         self.config, self._context = self._load()
         self._stamp = self._current_stamp(self.config)
         self.tls_enabled = self.config.tls is not None
@@ -254,6 +310,7 @@ class WebConfigFile:
                 return
             self.config, self._context, self._error = config, context, None
             self._passwords.clear()
+            self._good.clear()
             self._stamp = self._current_stamp(config)
             log.info("web config re-read", extra=fields(file=self.path))
 
@@ -261,42 +318,48 @@ class WebConfigFile:
     def error(self) -> str | None:
         return self._error
 
-    def ssl_context(self) -> ssl.SSLContext | None:
-        """The listening context. Each handshake swaps in the current one, so
-        a rotated certificate or CA applies to the next connection."""
-        tls = self.config.tls
-        if self._context is None or tls is None:
-            return None
-        listening = tls.context()
+    def handshake_context(self) -> ssl.SSLContext | None:
+        """The context for the next TLS handshake: the file as it is now,
+        every field of it (certificates, CA, client_auth_type, versions);
+        None while the file is broken (fail closed)."""
+        self.refresh()
+        return None if self._error is not None else self._context
 
-        def on_hello(
-            sock: ssl.SSLObject | ssl.SSLSocket, _name: str | None, _ctx: object
-        ) -> int | None:
-            self.refresh()
-            if self._error is not None or self._context is None:
-                return ssl.ALERT_DESCRIPTION_INTERNAL_ERROR
-            sock.context = self._context
-            return None
-
-        listening.sni_callback = on_hello
-        return listening
-
-    def password_ok(self, user: str, password: str) -> bool:
+    async def password_ok(self, user: str, password: str) -> bool | None:
+        """True or False; None when too many checks are already waiting."""
         import bcrypt  # only needed with basic_auth_users
 
         hashed = self.config.users.get(user)
         known = hashed is not None
         if hashed is None:
-            # A check of the same cost, so that timing does not tell which users exist.
-            hashed = _dummy_hash(bcrypt)
+            hashed = _UNKNOWN_USER_HASH
+        secret = password.encode()[:BCRYPT_MAX_BYTES]
         # bcrypt costs ~50-100 ms a check; Prometheus scrapes with the same
         # credentials every interval, so remember results (as the toolkit does).
-        key = (user, hashlib.sha256(password.encode()).digest(), hashed)
-        if key not in self._passwords:
-            self._passwords[key] = bcrypt.checkpw(password.encode(), hashed)
-        return known and self._passwords[key]
+        key = (user, hashlib.sha256(secret).digest(), hashed)
+        cached = self._good.get(key, self._passwords.get(key))
+        if cached is not None:
+            return known and cached
+        if self._waiting >= PASSWORD_CHECKS_WAITING:
+            return None
+        if self._checking is None:
+            self._checking = asyncio.Lock()
+        self._waiting += 1
+        try:
+            # One at a time, as the toolkit does, and in a thread: bcrypt
+            # releases the GIL, so the event loop serves meanwhile.
+            async with self._checking:
+                ok = await asyncio.to_thread(bcrypt.checkpw, secret, hashed)
+        finally:
+            self._waiting -= 1
+        ok = known and ok
+        cache = self._good if ok else self._passwords
+        if len(cache) >= PASSWORD_CACHE_SIZE:
+            del cache[next(iter(cache))]  # the oldest
+        cache[key] = ok
+        return ok
 
-    def deny(
+    async def deny(
         self, headers: Mapping[str, str], path: str
     ) -> tuple[int, bytes, dict[str, str]] | None:
         """None when the request may go on; else (status, body, headers).
@@ -305,9 +368,12 @@ class WebConfigFile:
         self.refresh()
         if self._error is not None:
             return 500, b"web config is invalid; see the exporter's log\n", {}
-        if path in PROBE_PATHS:
+        if path in PROBE_PATHS or not self.config.users:
             return None
-        if self.config.users and not _authorized(self, headers.get("authorization", "")):
+        verdict = await _authorized(self, headers.get("authorization", ""))
+        if verdict is None:
+            return 503, b"too many password checks in flight; retry\n", {"Retry-After": "1"}
+        if not verdict:
             challenge = {"WWW-Authenticate": 'Basic realm="coverage-exporter"'}
             return 401, b"Unauthorized\n", challenge
         return None
@@ -316,6 +382,11 @@ class WebConfigFile:
         """http_server_config.headers, added to every answer."""
         return dict(self.config.headers)
 
+
+_UNKNOWN_USER_HASH = b"$2b$10$CfqDHIS01uDs/XdLzEQRPOyOQqdM0ZXXfGwHtNfaYb31OA9T5b1hK"
+"""Checked for a user that does not exist, so that timing does not tell
+which users do (cost 10, as htpasswd -B makes them; made once with
+bcrypt.hashpw, for no password anyone uses)."""
 
 # Answered without credentials. The toolkit asks for them on every path, but
 # a kubelet probe cannot read a Secret: the password would sit in clear in
@@ -326,16 +397,8 @@ class WebConfigFile:
 # TLS, when on, still applies. Exact paths: no prefix or variant matches.
 PROBE_PATHS = frozenset({"/-/healthy", "/-/ready"})
 
-_DUMMY: list[bytes] = []
 
-
-def _dummy_hash(bcrypt: ModuleType) -> bytes:
-    if not _DUMMY:
-        _DUMMY.append(bcrypt.hashpw(b"not a password", bcrypt.gensalt(10)))
-    return _DUMMY[0]
-
-
-def _authorized(config: WebConfigFile, header: str) -> bool:
+async def _authorized(config: WebConfigFile, header: str) -> bool | None:
     scheme, _, encoded = header.partition(" ")
     if scheme.lower() != "basic":
         return False
@@ -345,4 +408,4 @@ def _authorized(config: WebConfigFile, header: str) -> bool:
         return False
     if not sep:
         return False
-    return config.password_ok(user, password)
+    return await config.password_ok(user, password)

@@ -23,6 +23,7 @@ dies; the collector ends `serve` with an error when the front dies.
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import contextlib
 import itertools
 import logging
@@ -35,7 +36,14 @@ import msgspec
 
 from coverage_exporter import link
 from coverage_exporter.logs import fields
-from coverage_exporter.web.server import MetricsServer, Response, ServerLimits, ServingState, route
+from coverage_exporter.web.server import (
+    TLS_READ_BUFFER_BYTES,
+    MetricsServer,
+    Response,
+    ServerLimits,
+    ServingState,
+    route,
+)
 
 log = logging.getLogger("coverage_exporter.front")
 
@@ -46,6 +54,10 @@ metrics (CPU, memory) are then at most this old."""
 ASK_TIMEOUT_SECONDS = 60.0
 """How long a forwarded request (a /report page at 100k nodes is rendered
 in seconds) may take before the front answers 503."""
+
+MAX_ASKS = 4
+"""Forwarded requests waiting for the collector at once; more are answered
+503 at once. The collector renders a page once per cycle anyway."""
 
 _MAX_UNREAD = 64 << 20
 
@@ -136,26 +148,57 @@ class _Published(ServingState):
 
 
 class _Asking:
-    """Requests forwarded to the collector, by id."""
+    """Requests forwarded to the collector, by id, and the last answer of
+    each page kept once here: a page with an ETag is asked for again with
+    If-None-Match, so while it is unchanged the collector answers 304
+    (nothing copied there or across the link) and every client is served
+    the one copy this process holds."""
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self._writer = writer
         self._ids = itertools.count(1)
         self.pending: dict[int, asyncio.Future[Answer]] = {}
+        self._pages: dict[tuple[str, bool], Answer] = {}
 
     async def ask(self, path: str, headers: Mapping[str, str]) -> Response:
+        if len(self.pending) >= MAX_ASKS:
+            return Response(503, b"busy; retry\n", headers={"Retry-After": "5"})
+        variant = (path, "gzip" in headers.get("accept-encoding", ""))
+        kept = self._pages.get(variant)
+        asking = {k: v for k, v in headers.items() if k != "if-none-match"}
+        if kept is not None:
+            asking["if-none-match"] = kept.headers["ETag"]
+        answer = await self._ask(path, asking)
+        if answer is None:
+            return Response(503, b"the collector did not answer in time\n")
+        if answer.status == 304 and kept is not None:
+            answer = kept
+        elif answer.status == 200 and "ETag" in answer.headers:
+            self._pages[variant] = answer
+        else:
+            self._pages.pop(variant, None)
+        etag = answer.headers.get("ETag")
+        if answer.status == 200 and etag and _etag_listed(headers.get("if-none-match", ""), etag):
+            return Response(304, b"", "", answer.headers)
+        return Response(answer.status, answer.body, answer.content_type, answer.headers)
+
+    async def _ask(self, path: str, headers: Mapping[str, str]) -> Answer | None:
         ask_id = next(self._ids)
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self.pending[ask_id] = future
         try:
             self._writer.write(_frame(Ask(ask_id, path, dict(headers))))
             async with asyncio.timeout(ASK_TIMEOUT_SECONDS):
-                answer = await future
+                return await future
         except TimeoutError:
-            return Response(503, b"the collector did not answer in time\n")
+            return None
         finally:
             self.pending.pop(ask_id, None)
-        return Response(answer.status, answer.body, answer.content_type, answer.headers)
+
+
+def _etag_listed(header: str, etag: str) -> bool:
+    tags = {t.strip().removeprefix("W/") for t in header.split(",")}
+    return "*" in tags or etag in tags
 
 
 async def _run_front(sock: socket.socket) -> int:
@@ -167,6 +210,9 @@ async def _run_front(sock: socket.socket) -> int:
     from coverage_exporter.web.config import WebConfigFile
 
     logs.configure(start.log_level, start.log_format)
+    # This process serves nothing but HTTP: asyncio's 256 KiB read buffer
+    # per TLS connection is cut to what a request head needs.
+    asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BUFFER_BYTES
     asking = _Asking(writer)
     published = _Published(start.state, asking)
     try:

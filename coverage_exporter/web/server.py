@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import html
 import logging
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -117,6 +118,10 @@ class ServerLimits:
     max_connections: int = defaults.WEB_MAX_CONNECTIONS
     max_header_bytes: int = 16 << 10
     max_body_bytes: int = 64 << 10
+    max_large_answers: int = 8
+    """Answers over LARGE_ANSWER_BYTES (a /report page) being written at
+    once; more are shed with 503. Each is written in pieces, so one costs
+    a piece and the socket's buffer, not a copy of the page."""
 
     def __post_init__(self) -> None:
         if min(self.header_timeout, self.body_timeout, self.write_timeout) <= 0:
@@ -143,6 +148,7 @@ _REASONS = {
     411: "Length Required",
     413: "Content Too Large",
     431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
     503: "Service Unavailable",
 }
 
@@ -184,9 +190,32 @@ class _BadRequest(Exception):
 @dataclass(eq=False)
 class _Connection:
     writer: asyncio.StreamWriter
+    socket_transport: asyncio.WriteTransport | None = None
+    """The TCP transport under TLS: what is aborted when the TLS one is
+    gone (a handshake cut short)."""
     waiting_since: float = field(default_factory=time.monotonic)
-    busy: bool = False
-    """Between a complete request head and the end of its answer."""
+    answering: bool = False
+    """Between a complete, authorized request and the end of its answer:
+    the last to be evicted. A connection still in its TLS handshake, its
+    head, its body or its authentication holds nothing anyone waits for."""
+
+    def abort(self) -> None:
+        for transport in (self.writer.transport, self.socket_transport):
+            if transport is not None:
+                transport.abort()
+
+
+LARGE_ANSWER_BYTES = 1 << 20
+WRITE_PIECE_BYTES = 256 << 10
+CLOSE_GRACE_SECONDS = 1.0
+"""After the answer, how long a closing connection may take to finish
+(the last bytes, the peer's TLS close_notify) before it is aborted:
+asyncio would otherwise keep a TLS connection for its 30 s shutdown
+timeout. A closing connection is the first evicted at the cap."""
+TLS_READ_BUFFER_BYTES = 16 << 10
+"""asyncio allocates 256 KiB per TLS connection to read into; a request
+head is at most 16 KiB, and 600 silent handshakes cost 180 MiB that way.
+Set for the front process only (front.py), which serves nothing else."""
 
 
 class MetricsServer:
@@ -202,21 +231,24 @@ class MetricsServer:
         self.web_config = web_config
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
+        self._large_answers = 0
         self.evicted_total = 0
+        self.shed_total = 0
 
     @property
     def connections(self) -> int:
         return len(self._connections)
 
     async def start(self, host: str | None, port: int) -> int:
-        """Listen; returns the port (useful with port 0)."""
+        """Listen; returns the port (useful with port 0). TLS is not done by
+        the listener but per connection (_handshake), so that a connection
+        counts and its deadline runs from accept."""
         self._server = await asyncio.start_server(
             self._serve_connection,
             host,
             port,
             limit=self.limits.max_header_bytes,
             backlog=1024,
-            ssl=self.web_config.ssl_context() if self.web_config else None,
         )
         return int(self._server.sockets[0].getsockname()[1])
 
@@ -226,35 +258,56 @@ class MetricsServer:
         if self._server is not None:
             self._server.close()
         for conn in list(self._connections):
-            conn.writer.transport.abort()
+            conn.abort()
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
             self._server = None
 
-    def _admit(self, conn: _Connection) -> bool:
+    def _admit(self, conn: _Connection) -> None:
+        """Count the connection from its accept. At the cap the connection
+        that waited longest is dropped for it, one being answered only when
+        every other is: a scrape always gets in."""
         if len(self._connections) >= self.limits.max_connections:
-            idle = [c for c in self._connections if not c.busy]
-            if not idle:
-                return False
-            oldest = min(idle, key=lambda c: c.waiting_since)
-            oldest.writer.transport.abort()
+            oldest = min(self._connections, key=lambda c: (c.answering, c.waiting_since))
+            oldest.abort()
             self._connections.discard(oldest)
             self.evicted_total += 1
         self._connections.add(conn)
+
+    async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        """TLS within the header timeout, with the web config as it is now:
+        every field of a re-read file applies to the next handshake."""
+        assert self.web_config is not None
+        context = self.web_config.handshake_context()
+        if context is None:  # the file is broken: fail closed
+            return False
+        timeout = self.limits.header_timeout
+        transport = writer.transport
+        try:
+            async with asyncio.timeout(timeout):
+                await writer.start_tls(context, ssl_handshake_timeout=timeout)
+        except (TimeoutError, ssl.SSLError, OSError, AttributeError):
+            # AttributeError: asyncio's start_tls on a connection closed
+            # mid-handshake (evicted, or EOF) returns no transport and
+            # leaves the writer without one, which its __del__ trips on.
+            if writer.transport is None:
+                writer._transport = transport
+            return False
         return True
 
     async def _serve_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        conn = _Connection(writer)
-        if not self._admit(conn):
-            writer.transport.abort()
-            return
+        conn = _Connection(writer, writer.transport)
+        self._admit(conn)
         try:
+            tls = self.web_config is not None and self.web_config.tls_enabled
+            if tls and not await self._handshake(reader, writer):
+                return
             first = True
             while True:
-                conn.busy = False
+                conn.answering = False
                 conn.waiting_since = time.monotonic()
                 # The first request must come quickly; a kept-alive
                 # connection may rest until idle_timeout, but once a byte of
@@ -273,14 +326,28 @@ class MetricsServer:
                 if not keep_alive:
                     return
                 first = False
-        except (ConnectionError, asyncio.IncompleteReadError):
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
             return
         finally:
-            self._connections.discard(conn)
-            # close() flushes what is buffered; a peer that stopped reading
-            # gets aborted once the write timeout has passed.
+            conn.answering = False
+            await self._close(conn)
+
+    async def _close(self, conn: _Connection) -> None:
+        """Flush and close, then let go at once: counted until gone, and
+        aborted past CLOSE_GRACE_SECONDS (a peer that never reads, a TLS
+        close_notify never answered)."""
+        writer = conn.writer
+        try:
+            if writer.transport is None:
+                return
             writer.close()
-            asyncio.get_running_loop().call_later(self.limits.write_timeout, writer.transport.abort)
+            async with asyncio.timeout(CLOSE_GRACE_SECONDS):
+                await writer.wait_closed()
+        except (Exception, asyncio.CancelledError):
+            pass
+        finally:
+            conn.abort()
+            self._connections.discard(conn)
 
     async def _one_request(
         self,
@@ -305,27 +372,49 @@ class MetricsServer:
                 raise _BadRequest(431, "request head too large") from None
         if len(head) > limits.max_header_bytes:
             raise _BadRequest(431, "request head too large")
-        conn.busy = True
         method, path, version, headers = _parse_head(head)
         if "transfer-encoding" in headers:
             raise _BadRequest(411, "chunked request bodies are not accepted")
         length = _content_length(headers)
         if length > limits.max_body_bytes:
             raise _BadRequest(413, "request body too large")
+        path = path.partition("?")[0]
+        response: Response | None = None
+        if method not in ("GET", "HEAD"):
+            response = Response(405, b"only GET and HEAD\n")
+        elif self.web_config and (denied := await self.web_config.deny(headers, path)):
+            response = Response(denied[0], denied[1], headers=denied[2])
+        if response is not None:
+            # Refused before its body is read: an unauthorized client holds
+            # no slot while it trickles one in.
+            await self._write(writer, self._with_config_headers(response), keep_alive=False)
+            return False
         if length:
             async with asyncio.timeout(limits.body_timeout):
                 await reader.readexactly(length)
         keep_alive = _keep_alive(version, headers)
-        if method not in ("GET", "HEAD"):
-            response = Response(405, b"only GET and HEAD\n")
-        elif self.web_config and (denied := self.web_config.deny(headers, path.partition("?")[0])):
-            response = Response(denied[0], denied[1], headers=denied[2])
-        else:
-            response = await route(self.view, path.partition("?")[0], headers)
+        conn.answering = True
+        response = await route(self.view, path, headers)
+        large = len(response.body) > LARGE_ANSWER_BYTES and method == "GET"
+        if large and self._large_answers >= limits.max_large_answers:
+            self.shed_total += 1
+            response = Response(
+                503, b"too many large answers in flight; retry\n", headers={"Retry-After": "5"}
+            )
+            large = False
+        self._large_answers += large
+        try:
+            await self._write(
+                writer, self._with_config_headers(response), keep_alive, head_only=method == "HEAD"
+            )
+        finally:
+            self._large_answers -= large
+        return keep_alive
+
+    def _with_config_headers(self, response: Response) -> Response:
         if self.web_config:
             response.headers.update(self.web_config.response_headers())
-        await self._write(writer, response, keep_alive, head_only=method == "HEAD")
-        return keep_alive
+        return response
 
     async def _write(
         self,
@@ -341,12 +430,19 @@ class MetricsServer:
         lines.append(f"Content-Length: {len(response.body)}")
         lines.append(f"Connection: {'keep-alive' if keep_alive else 'close'}")
         head = "\r\n".join(lines) + "\r\n\r\n"
-        writer.write(head.encode("ascii"))
-        if not head_only:
-            writer.write(response.body)
         # A client that does not read its answer is dropped, not waited for.
         async with asyncio.timeout(self.limits.write_timeout):
-            await writer.drain()
+            writer.write(head.encode("ascii"))
+            if head_only:
+                await writer.drain()
+                return
+            # In pieces: what the socket does not take at once is copied
+            # into the transport's buffer, so a body written whole is one
+            # copy per client that does not read (a 16 MB page, 12 times).
+            with memoryview(response.body) as body:
+                for start in range(0, max(len(body), 1), WRITE_PIECE_BYTES):
+                    writer.write(body[start : start + WRITE_PIECE_BYTES])
+                    await writer.drain()
 
 
 def _parse_head(head: bytes) -> tuple[str, str, str, dict[str, str]]:
@@ -369,7 +465,9 @@ def _parse_head(head: bytes) -> tuple[str, str, str, dict[str, str]]:
 
 def _content_length(headers: dict[str, str]) -> int:
     raw = headers.get("content-length", "0")
-    if not raw.isdigit():
+    # ASCII digits only (str.isdigit takes '²'), and few of them: int()
+    # refuses over 4,300 digits, and a body over 64 KiB is refused anyway.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise _BadRequest(400, "bad Content-Length")
     return int(raw)
 

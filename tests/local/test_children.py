@@ -30,7 +30,7 @@ NODES = b'{"kind":"NodeList","apiVersion":"v1","metadata":{"resourceVersion":"7"
 def test_the_target_worker_starts_and_answers() -> None:
     worker = target_decoder._start_worker()
     try:
-        request = Request(gzip.compress(TARGETS), "gzip", None, 1 << 20, 1 << 20)
+        request = Request(gzip.compress(TARGETS), "gzip", None, 1 << 20, 1 << 20, 1 << 20)
         answer = worker.submit(request).result(timeout=60)
         assert isinstance(answer, Decoded) and answer.pools == []
     finally:

@@ -5,7 +5,11 @@ restart. (The real apiserver version is in tests/e2e/test_faults.py.)"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
 import shutil
+import signal
 import ssl
 import subprocess
 import sys
@@ -112,6 +116,41 @@ async def test_a_refused_exec_token_runs_the_plugin_again(
         assert refused == 1
         assert apiserver.requests[-1].authorization == "Bearer exec-2"
     finally:
+        await source.stop()
+
+
+async def test_a_hung_exec_plugin_fails_within_its_timeout(
+    tmp_path: Path, apiserver: FakeApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: the plugin ran with no timeout (holding the auth lock on a
+    refresh): the source waited on it for as long as it hung."""
+    from coverage_exporter.sources.kubernetes import kubeconfig
+
+    monkeypatch.setattr(kubeconfig, "EXEC_TIMEOUT_SECONDS", 1.0)
+    pid_file = tmp_path / "pid"
+    script = tmp_path / "plugin.py"
+    script.write_text(
+        "import os, pathlib, time\n"
+        f"pathlib.Path({str(pid_file)!r}).write_text(str(os.getpid()))\n"
+        "time.sleep(60)\n"
+    )
+    user = {
+        "exec": {
+            "apiVersion": "client.authentication.k8s.io/v1",
+            "command": sys.executable,
+            "args": [str(script)],
+            "interactiveMode": "Never",
+        }
+    }
+    kubeconfig_path = write_kubeconfig(tmp_path / "kc", user, {"server": apiserver.url})
+    source = KubernetesSource(kubeconfig=str(kubeconfig_path))
+    try:
+        with pytest.raises(SourceError, match="did not finish within 1s"):
+            await asyncio.wait_for(source.start(), 30)
+    finally:
+        if pid_file.exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
         await source.stop()
 
 

@@ -336,6 +336,20 @@ async def test_aiohttp_client_with_mtls_and_basic_auth(pki: Path, exporter) -> N
         ({"basic_auth_users": {"u": "plain"}}, "bcrypt"),
         ({"basic_auth_user": {}}, "unknown"),
         ({"tls_server_config": {"cert_file": "a", "key_file": "b", "min_version": "1.2"}}, "TLS1"),
+        # Header values: a CR or LF injects headers, a non-ASCII value broke
+        # every answer; names and enumerated values as the exporter-toolkit.
+        (
+            {"http_server_config": {"headers": {"Content-Security-Policy": "a\r\nX-Evil: 1"}}},
+            "printable ASCII",
+        ),
+        (
+            {"http_server_config": {"headers": {"Strict-Transport-Security": "max-age=1\n"}}},
+            "printable ASCII",
+        ),
+        ({"http_server_config": {"headers": {"X-XSS-Protection": "bl\u00e5"}}}, "printable ASCII"),
+        ({"http_server_config": {"headers": {"X-Frame-Options": "allow"}}}, "one of"),
+        ({"http_server_config": {"headers": {"Set-Cookie": "a=b"}}}, "can not be configured"),
+        ({"http_server_config": {"headers": {"X-Content-Type-Options": 1}}}, "printable"),
     ],
 )
 def test_invalid_configs_are_refused_with_the_field(config: dict, message: str) -> None:
@@ -362,3 +376,39 @@ def test_serve_refuses_a_bad_file_at_start(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 2
     assert "cannot load certificates" in done.stderr
+
+
+def test_allowed_headers_are_kept() -> None:
+    config = parse(
+        yaml.safe_dump(
+            {
+                "http_server_config": {
+                    "headers": {
+                        "X-Frame-Options": "deny",
+                        "Content-Security-Policy": "default-src 'none'",
+                    }
+                }
+            }
+        ),
+        Path("/etc/web"),
+    )
+    assert config.headers == {
+        "X-Frame-Options": "deny",
+        "Content-Security-Policy": "default-src 'none'",
+    }
+
+
+async def test_wrong_passwords_never_grow_the_cache_past_its_size(tmp_path: Path) -> None:
+    """Before: one cache entry per wrong password, for ever."""
+    from coverage_exporter.web.config import PASSWORD_CACHE_SIZE, WebConfigFile
+
+    path = tmp_path / "web.yml"
+    path.write_text(yaml.safe_dump({"basic_auth_users": {"prometheus": hashed("right")}}))
+    config = WebConfigFile(path)
+    assert await config.password_ok("prometheus", "right")
+    for i in range(300):
+        assert await config.password_ok("prometheus", f"wrong-{i}") is False
+    assert len(config._passwords) <= PASSWORD_CACHE_SIZE
+    # The scraper's good entry is kept apart: guesses never evict it.
+    assert len(config._good) == 1
+    assert await config.password_ok("prometheus", "right")

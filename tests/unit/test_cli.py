@@ -4,10 +4,13 @@ exit codes `audit` gives them. What needs a process or a socket (--version,
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from coverage_exporter import cli, exit_codes
+from coverage_exporter import cli, defaults, exit_codes
 from coverage_exporter.app import Settings
+from coverage_exporter.flagtypes import parse_seconds
 
 
 def main(argv: list[str]) -> int:
@@ -144,7 +147,13 @@ def test_each_default_is_the_flags_and_the_codes_alike(tmp_path) -> None:
         return inspect.signature(fn).parameters[name].default  # type: ignore[arg-type]
 
     args = cli.build_parser().parse_args(["serve"])
-    assert Guards.from_args(args) == Guards()
+    # --source-deadline alone differs: audit's is fixed, serve's follows
+    # --interval (tests/local/test_slow_source.py).
+    audit = cli.build_parser().parse_args(["audit"])
+    assert Guards.from_args(audit) == Guards()
+    assert Guards.from_args(args) == dataclasses.replace(
+        Guards(), source_deadline=defaults.SOURCE_DEADLINE_SHARE_OF_INTERVAL * args.interval
+    )
     settings = Settings.from_args(args)
     assert (
         settings.stale_after_seconds == Settings.__dataclass_fields__["stale_after_seconds"].default
@@ -156,7 +165,8 @@ def test_each_default_is_the_flags_and_the_codes_alike(tmp_path) -> None:
     assert load_fleet_file(str(fleet))[0].timeout_seconds == args.prometheus_timeout
     assert default(CycleRunner, "missing_info_limit") == args.missing_target_series_limit
     assert default(CycleRunner, "stale_after_seconds") == args.prometheus_stale_after
-    assert default(CycleRunner, "source_deadline") == args.source_deadline
+    assert args.source_deadline is None
+    assert default(CycleRunner, "source_deadline") == parse_seconds(defaults.SOURCE_DEADLINE)
     assert default(CycleRunner, "pod_sync_timeout") == args.kubernetes_sync_timeout
     assert default(KubernetesSource, "max_pod_watches") == args.kubernetes_max_pod_watches
     assert default(KubernetesSource, "watch_idle_seconds") == args.kubernetes_watch_idle_timeout
@@ -167,6 +177,10 @@ def test_each_default_is_the_flags_and_the_codes_alike(tmp_path) -> None:
         help_text.split()
     )
     assert args.prometheus_timeout == 120.0
+    assert (
+        "(default: serve: 75% of --interval and at least 5s, so that a cycle ends within "
+        "it; audit: 2m)" in " ".join(help_text.split())
+    )
     assert Guards().limits.max_body_bytes == args.max_response_bytes == 256 << 20
 
 

@@ -184,6 +184,34 @@ async def test_operator_objects_are_read_at_most_every_refresh_interval() -> Non
     assert Api.calls == 1
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"[]",
+        b'"allowed"',
+        b"[" * 20_000 + b"]" * 20_000,
+        b'{"status": []}',
+        b'{"status": {"allowed": "yes"}}',
+        b"{",
+    ],
+    ids=["array", "string", "deep", "status-array", "allowed-string", "truncated"],
+)
+async def test_a_hostile_subjectaccessreview_answer_is_a_source_error(answer: bytes) -> None:
+    """Before: an answer that is not an object escaped as AttributeError, a
+    deep one as RecursionError (every cycle failed whole), and
+    allowed: "yes" counted as allowed."""
+    from coverage_exporter.sources.errors import SourceError
+    from coverage_exporter.sources.kubernetes.operator import OperatorSource
+
+    class Api:
+        async def post(self, path: str, body: bytes) -> bytes:
+            return answer
+
+    source = OperatorSource(Api())  # type: ignore[arg-type]
+    with pytest.raises(SourceError, match="subjectaccessreview: undecodable"):
+        await source._may_watch_endpointslices("monitoring", "prometheus-k8s")
+
+
 # ---- per-ServiceMonitor roles (Operator v0.86+, prometheus-operator #7982) ----
 
 

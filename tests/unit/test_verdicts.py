@@ -500,6 +500,37 @@ def test_fleet_file_gives_each_server_its_credentials_and_place(tmp_path: Path) 
         ("servers: [{url: 'http://x:1', shard: -1}]", "non-negative integer"),
         ("nope", "'servers' list"),
         ("servers: [{url: 'http://x:1', timeout: 0}]", "positive number of seconds"),
+        # Issue 21: nothing dropped in silence. "false" as a string turned
+        # verification off; inline secrets were dropped (an empty password sent).
+        (
+            "servers: [{url: 'https://x:1', tls_config: {insecure_skip_verify: 'false'}}]",
+            "tls_config.insecure_skip_verify must be true or false, not str 'false'",
+        ),
+        (
+            "servers: [{url: 'https://x:1', tls_config: {insecure_skip_verify: 0}}]",
+            "must be true or false",
+        ),
+        (
+            "servers: [{url: 'http://x:1', basic_auth: {username: u, password: hunter2}}]",
+            "basic_auth.password inline is not read",
+        ),
+        (
+            "servers: [{url: 'http://x:1', authorization: {credentials: tok}}]",
+            "authorization.credentials inline is not read",
+        ),
+        (
+            "servers: [{url: 'http://x:1', tls_config: {ca: /ca.crt}}]",
+            "unknown keys tls_config.ca",
+        ),
+        (
+            "servers: [{url: 'http://x:1', basic_auth: {user: u, password_file: /p}}]",
+            "unknown keys basic_auth.user",
+        ),
+        (
+            "servers: [{url: 'http://x:1', authorization: {type: Basic, credentials_file: /t}}]",
+            "authorization.type must be Bearer",
+        ),
+        ("servers: [{url: 'http://x:1', timeout: '60s'}]", "'timeout' must be a number"),
     ],
 )
 def test_bad_fleet_files_are_refused_with_the_entry_named(text, message, tmp_path, capsys) -> None:

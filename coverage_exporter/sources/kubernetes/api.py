@@ -210,7 +210,7 @@ class ApiClient:
             server_hostname=self._auth.server_hostname or None,
             proxy=self._auth.proxy or None,
         ) as response:
-            data = await response.read()
+            data = await self._read_body(response)
             self._health.response_bytes_total += len(data)
             if response.status not in (200, 201):
                 raise api_error(response.status, data)

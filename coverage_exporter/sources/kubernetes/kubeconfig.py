@@ -297,6 +297,14 @@ def _fingerprint(paths: tuple[str, ...]) -> tuple[object, ...]:
     return tuple(stamps)
 
 
+EXEC_TIMEOUT_SECONDS = 30.0
+"""How long loading the kubeconfig may take at start: an exec plugin (aws,
+gcloud, kubelogin) runs there, with no timeout of its own in the client
+library. Past it `serve` and `audit` fail with a message instead of
+waiting for as long as the plugin hangs. (The refresh of an expired exec
+token during requests is not bounded yet: issue 21, item 11.)"""
+
+
 @dataclass
 class KubeAuth:
     """What every request needs: base URL, TLS, and the current credentials.

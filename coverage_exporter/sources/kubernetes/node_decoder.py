@@ -20,7 +20,6 @@ which the reflector retries.
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -33,7 +32,13 @@ from coverage_exporter.sources.kubernetes import node_worker
 from coverage_exporter.sources.kubernetes.node_worker import NodePage, NodePageRequest
 from coverage_exporter.sources.kubernetes.parse import NODES, ListMeta, ObjectParser, Page, Parsed
 from coverage_exporter.sources.worker_child import Failed
-from coverage_exporter.sources.worker_process import Mirror, WorkerProcess, WorkerSlot
+from coverage_exporter.sources.worker_process import (
+    DEADLINE_SECONDS,
+    Mirror,
+    WorkerProcess,
+    WorkerSlot,
+)
+from coverage_exporter.sources.worker_process import answer as worker_answer
 
 
 class NodeMirror(Mirror):
@@ -79,8 +84,8 @@ class NodePageDecoder:
     parser: ObjectParser[str, Node] = NODES
     """What the pages are parsed with (the reflector's parser must be it)."""
 
-    def __init__(self) -> None:
-        self._slot = WorkerSlot(_start_worker)
+    def __init__(self, deadline_seconds: float = DEADLINE_SECONDS) -> None:
+        self._slot = WorkerSlot(_start_worker, deadline_seconds)
 
     async def decode(
         self, body: bytes | bytearray, encoding: str, limit: int
@@ -91,10 +96,9 @@ class NodePageDecoder:
         mirror = worker.mirror
         assert isinstance(mirror, NodeMirror)
         # A bytearray is encoded as bytes, as is: no copy while it waits.
-        answer = await asyncio.wrap_future(
-            # msgspec encodes a bytearray as bytes, but types the field as bytes.
-            worker.submit(NodePageRequest(body, encoding, limit))  # type: ignore[arg-type]
-        )
+        # msgspec encodes a bytearray as bytes, but types the field as bytes.
+        request = NodePageRequest(body, encoding, limit)  # type: ignore[arg-type]
+        answer = await worker_answer(worker, request, self._slot.deadline, "node decoding worker")
         if not isinstance(answer, NodePage) or mirror.broken:
             self._slot.stop()
             raise SourceError("node decoding worker out of step; restarted")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import aiohttp
 import msgspec
 
-from coverage_exporter import defaults
+from coverage_exporter import defaults, untrusted
 from coverage_exporter.flagtypes import parse_seconds
 from coverage_exporter.logs import fields
 from coverage_exporter.model.readiness import (
@@ -43,6 +43,19 @@ PROMETHEUS_AGENTS = "/apis/monitoring.coreos.com/v1alpha1/prometheusagents"
 SERVICE_MONITORS = "/apis/monitoring.coreos.com/v1/servicemonitors"
 NAMESPACES = "/api/v1/namespaces"
 SAR = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
+
+
+class _SarStatus(msgspec.Struct):
+    allowed: bool = False
+
+
+class _SarAnswer(msgspec.Struct):
+    status: _SarStatus | None = None
+
+
+_SAR_DECODER = untrusted.Decoder(_SarAnswer)
+"""An answer is untrusted like every other: not an object, nested 10 KB
+deep or `allowed: "yes"` is a source error, never a crash or a yes."""
 
 
 class _Requirement(msgspec.Struct, rename="camel"):
@@ -281,6 +294,9 @@ class OperatorSource:
                 if exc.code in (401, 403, 404):
                     return None
                 raise SourceError(f"subjectaccessreview: {exc}") from None
-            status = msgspec.json.decode(answer).get("status") or {}
-            allowed = allowed and bool(status.get("allowed"))
+            try:
+                review_status = _SAR_DECODER.decode(answer).status
+            except msgspec.DecodeError as exc:
+                raise SourceError(f"subjectaccessreview: undecodable answer: {exc}") from None
+            allowed = allowed and review_status is not None and review_status.allowed
         return allowed

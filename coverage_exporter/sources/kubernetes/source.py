@@ -44,8 +44,8 @@ from coverage_exporter.model.owners import (
 )
 from coverage_exporter.sources import httpclient
 from coverage_exporter.sources.errors import DEFAULT_LIMITS, Limits, SourceError
+from coverage_exporter.sources.kubernetes import kubeconfig, pod_table
 from coverage_exporter.sources.kubernetes import parse as k8s_parse
-from coverage_exporter.sources.kubernetes import pod_table
 from coverage_exporter.sources.kubernetes.api import ApiClient, ApiError
 from coverage_exporter.sources.kubernetes.kubeconfig import (
     KubeAuth,
@@ -172,7 +172,17 @@ class KubernetesSource:
         files: tuple[str, ...] = ()
         if self._configuration is None:
             # May run an exec credential plugin: keep it off the event loop.
-            self._configuration = await asyncio.to_thread(load_configuration, *self._config_args)
+            try:
+                # An exec plugin runs here too; see kubeconfig.EXEC_TIMEOUT_SECONDS.
+                self._configuration = await asyncio.wait_for(
+                    asyncio.to_thread(load_configuration, *self._config_args),
+                    kubeconfig.EXEC_TIMEOUT_SECONDS,
+                )
+            except TimeoutError:
+                raise SourceError(
+                    f"loading the kubeconfig did not finish within "
+                    f"{kubeconfig.EXEC_TIMEOUT_SECONDS:g}s (an exec plugin that hangs?)"
+                ) from None
             reload = functools.partial(load_configuration, *self._config_args)
             files = credential_files(self._configuration, *self._config_args[:2])
         try:

@@ -28,6 +28,11 @@ The keys follow Prometheus's own configuration (`authorization`,
 Servers found by discovery are read without credentials unless an entry of
 `discovered` names their object (or `pod_selector: true` for the pods the
 selector finds).
+The file is read strictly, because a key dropped in silence fails open: an
+unknown key at any level is refused by name, `insecure_skip_verify` must
+be a real boolean (the string "false" was true), and secrets are read from
+files only (an inline `credentials` or `password` was dropped, and the
+server was asked with an empty password).
 """
 
 from __future__ import annotations
@@ -58,6 +63,12 @@ _SERVER_KEYS = {
     "shards",
     "kind",
 }
+_SECTION_KEYS = {
+    "authorization": {"type", "credentials_file"},
+    "basic_auth": {"username", "password_file"},
+    "tls_config": {"ca_file", "cert_file", "key_file", "insecure_skip_verify", "server_name"},
+}
+_INLINE_SECRETS = {"authorization": "credentials", "basic_auth": "password"}
 
 
 SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
@@ -156,18 +167,32 @@ def _discovered(path: str, index: int, raw: Any) -> tuple[str, Credentials]:
         if not isinstance(ref, str) or ref.count("/") != 1 or "" in ref.split("/"):
             raise ValueError(f"{where}: {named[0]} must be NAMESPACE/NAME")
         key = f"{PROMETHEUS if named == ['prometheus'] else PROMETHEUS_AGENT} {ref}"
-    auth = _mapping(where, raw, "authorization")
+    auth = _mapping(where, raw, "authorization", frozenset({"service_account_token"}))
     basic = _mapping(where, raw, "basic_auth")
     tls = _mapping(where, raw, "tls_config")
+    kind = auth.get("type", "Bearer")
+    if not isinstance(kind, str) or kind.lower() != "bearer":
+        raise ValueError(f"{where}: authorization.type must be Bearer, got {kind!r}")
+    skip_verify = tls.get("insecure_skip_verify", False)
+    if not isinstance(skip_verify, bool):
+        raise ValueError(
+            f"{where}: tls_config.insecure_skip_verify must be true or false, "
+            f"not {type(skip_verify).__name__} {skip_verify!r}"
+        )
+    sa_token = auth.get("service_account_token", False)
+    if not isinstance(sa_token, bool):
+        raise ValueError(f"{where}: authorization.service_account_token must be true or false")
     token = _opt_str(auth.get("credentials_file"))
-    if auth.get("service_account_token") is True:
+    if sa_token:
         if token:
             raise ValueError(f"{where}: credentials_file or service_account_token, not both")
         token = SERVICE_ACCOUNT_TOKEN
     if token and basic:
         raise ValueError(f"{where}: authorization and basic_auth are mutually exclusive")
     timeout = raw.get("timeout")
-    if timeout is not None and (not isinstance(timeout, (int, float)) or not timeout > 0):
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0
+    ):
         raise ValueError(f"{where}: timeout must be a positive number of seconds")
     return key, Credentials(
         bearer_token_file=token,
@@ -176,7 +201,7 @@ def _discovered(path: str, index: int, raw: Any) -> tuple[str, Credentials]:
         ca_file=_opt_str(tls.get("ca_file")),
         cert_file=_opt_str(tls.get("cert_file")),
         key_file=_opt_str(tls.get("key_file")),
-        insecure_skip_verify=bool(tls.get("insecure_skip_verify", False)),
+        insecure_skip_verify=skip_verify,
         server_name=_opt_str(tls.get("server_name")),
         timeout_seconds=None if timeout is None else float(timeout),
     )
@@ -195,6 +220,18 @@ def _server(path: str, index: int, raw: Any, default_timeout: float) -> Promethe
     auth = _mapping(where, raw, "authorization")
     basic = _mapping(where, raw, "basic_auth")
     tls = _mapping(where, raw, "tls_config")
+    kind = auth.get("type", "Bearer")
+    if not isinstance(kind, str) or kind.lower() != "bearer":
+        raise ValueError(f"{where}: authorization.type must be Bearer, got {kind!r}")
+    skip_verify = tls.get("insecure_skip_verify", False)
+    if not isinstance(skip_verify, bool):
+        raise ValueError(
+            f"{where}: tls_config.insecure_skip_verify must be true or false, "
+            f"not {type(skip_verify).__name__} {skip_verify!r}"
+        )
+    timeout = raw.get("timeout", default_timeout)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise ValueError(f"{where}: 'timeout' must be a number of seconds, got {timeout!r}")
     try:
         return PrometheusEndpoint(
             url=url,
@@ -205,9 +242,9 @@ def _server(path: str, index: int, raw: Any, default_timeout: float) -> Promethe
             ca_file=_opt_str(tls.get("ca_file")),
             cert_file=_opt_str(tls.get("cert_file")),
             key_file=_opt_str(tls.get("key_file")),
-            insecure_skip_verify=bool(tls.get("insecure_skip_verify", False)),
+            insecure_skip_verify=skip_verify,
             server_name=_opt_str(tls.get("server_name")),
-            timeout_seconds=float(raw.get("timeout", default_timeout)),
+            timeout_seconds=float(timeout),
             found_by="fleet file",
             declared=Declared(
                 scraper=_opt_str(raw.get("scraper")),
@@ -221,10 +258,23 @@ def _server(path: str, index: int, raw: Any, default_timeout: float) -> Promethe
         raise ValueError(f"{where}: {exc}") from None
 
 
-def _mapping(where: str, raw: dict[str, Any], key: str) -> dict[str, Any]:
+def _mapping(
+    where: str, raw: dict[str, Any], key: str, extra: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """raw[key], refused when it holds a key this file does not read; extra:
+    keys only this kind of entry reads (service_account_token, `discovered`)."""
     value = raw.get(key) or {}
     if not isinstance(value, dict):
         raise ValueError(f"{where}: '{key}' must be a mapping")
+    inline = _INLINE_SECRETS.get(key)
+    if inline is not None and inline in value:
+        raise ValueError(
+            f"{where}: {key}.{inline} inline is not read; put the secret in a file "
+            f"and name it with {key}.{inline.removesuffix('s')}_file"
+        )
+    unknown = sorted(set(map(str, value)) - _SECTION_KEYS[key] - extra)
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {', '.join(f'{key}.{k}' for k in unknown)}")
     return value
 
 

@@ -792,6 +792,7 @@ class PrometheusSource:
                 self._limits.max_stream_bytes,
                 STREAM_PIECE_BYTES,
                 previous,
+                max_held=self._limits.max_body_bytes,
             )
         except SourceError as exc:
             self.health.record_request(0)

@@ -34,11 +34,17 @@ from typing import Any, cast
 import msgspec
 
 from coverage_exporter.model.objects import Target
-from coverage_exporter.sources.errors import SourceError
+from coverage_exporter.sources.errors import DEFAULT_LIMITS, SourceError
 from coverage_exporter.sources.prometheus import target_worker
 from coverage_exporter.sources.prometheus.target_worker import FIELDS, Decoded, EncodedPool, Request
 from coverage_exporter.sources.worker_child import Failed
-from coverage_exporter.sources.worker_process import Mirror, WorkerProcess, WorkerSlot
+from coverage_exporter.sources.worker_process import (
+    DEADLINE_SECONDS,
+    Mirror,
+    WorkerProcess,
+    WorkerSlot,
+    answer,
+)
 
 REBUILD_CHUNK = 10_000
 """Targets rebuilt per step (~4 ms): one C-level call holds the GIL for
@@ -140,8 +146,8 @@ class TargetDecoder:
     shared by every Prometheus source of the process (they take turns: one core is what
     the decoding needs, and the collector keeps the other)."""
 
-    def __init__(self) -> None:
-        self._slot = WorkerSlot(_start_worker)
+    def __init__(self, deadline_seconds: float = DEADLINE_SECONDS) -> None:
+        self._slot = WorkerSlot(_start_worker, deadline_seconds)
         self._turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
             weakref.WeakKeyDictionary()
         )
@@ -180,6 +186,7 @@ class TargetDecoder:
         limit: int,
         piece_bytes: int,
         previous: Mapping[str, Sequence[Target]] | None = None,
+        max_held: int = DEFAULT_LIMITS.max_body_bytes,
     ) -> tuple[Decoded, dict[str, SharedTargets]]:
         """The answer and each pool's rebuilt Targets; `previous`: each
         pool's targets as last read, reused where unchanged (see rebuild)."""
@@ -188,8 +195,8 @@ class TargetDecoder:
         assert isinstance(mirror, TargetMirror)
         # The bytearray itself (msgspec encodes it as bytes, as is): no copy
         # while it waits.
-        request = Request(body, encoding, only_pool, limit, piece_bytes)  # type: ignore[arg-type]  # a bytearray crosses as bytes
-        decoded = await asyncio.wrap_future(worker.submit(request))
+        request = Request(body, encoding, only_pool, limit, piece_bytes, max_held)  # type: ignore[arg-type]  # a bytearray crosses as bytes
+        decoded = await answer(worker, request, self._slot.deadline, "target decoding worker")
         if not isinstance(decoded, Decoded) or mirror.broken:
             worker.stop()
             raise SourceError("target decoding worker out of step; restarted")

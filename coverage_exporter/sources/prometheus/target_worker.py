@@ -33,7 +33,13 @@ class Request(msgspec.Struct, frozen=True, tag=True):
     encoding: str
     only_pool: str | None
     limit: int
+    """The whole list once inflated (Limits.max_stream_bytes)."""
     piece_bytes: int
+    max_held: int
+    """What may be held whole once inflated (Limits.max_body_bytes, the
+    --max-response-bytes flag): a list that does not split between
+    targets is buffered whole, and this bounds it in the worker as in the
+    collector process."""
 
 
 class EncodedPool(msgspec.Struct, frozen=True):
@@ -107,12 +113,17 @@ def _canonical(indices: bytes) -> bytes:
 
 
 def decode_in_worker(
-    body: bytes | bytearray, encoding: str, only_pool: str | None, limit: int, piece_bytes: int
+    body: bytes | bytearray,
+    encoding: str,
+    only_pool: str | None,
+    limit: int,
+    piece_bytes: int,
+    max_held: int,
 ) -> Decoded:
     """Inflate, decode, encode for the trip back."""
     if len(_TABLE) > _TABLE_MAX:
         os._exit(0)  # this read fails in the collector; the next one starts afresh
-    stream = TargetStream(only_pool, piece_bytes=piece_bytes, max_buffered=limit)
+    stream = TargetStream(only_pool, piece_bytes=piece_bytes, max_buffered=max_held)
     total = 0
     pending = bytearray()
     for piece in worker_child.inflated(body, encoding, limit):
@@ -141,7 +152,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _decode(request: Request) -> Decoded:
     return decode_in_worker(
-        request.body, request.encoding, request.only_pool, request.limit, request.piece_bytes
+        request.body,
+        request.encoding,
+        request.only_pool,
+        request.limit,
+        request.piece_bytes,
+        request.max_held,
     )
 
 
