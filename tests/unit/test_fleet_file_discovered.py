@@ -75,6 +75,23 @@ def test_servers_alone_still_load(tmp_path: Path) -> None:
         ("discovered: [{prometheus: a/b}, {prometheus: a/b}]", "Prometheus a/b twice"),
         ("discovered: [{prometheus: a/b, colour: red}]", "unknown keys colour"),
         ("servers: []\nextra: 1", "unknown keys extra"),
+        # main's strictness (#21) holds for discovered entries too.
+        ("discovered: [{prometheus: a/b, tls_config: {ca: /c}}]", "unknown keys tls_config.ca"),
+        (
+            "discovered: [{prometheus: a/b, tls_config: {insecure_skip_verify: 'false'}}]",
+            "must be true or false",
+        ),
+        (
+            "discovered: [{prometheus: a/b, authorization: {service_account_token: 'true'}}]",
+            "service_account_token must be true or false",
+        ),
+        ("discovered: [{prometheus: a/b, authorization: {credentials: x}}]", "inline is not read"),
+        ("discovered: [{prometheus: a/b, basic_auth: {username: u, password: p}}]", "inline"),
+        # service_account_token is read for found servers only, never dropped elsewhere.
+        (
+            "servers: [{url: 'http://a:9090', authorization: {service_account_token: true}}]",
+            "unknown keys authorization.service_account_token",
+        ),
     ],
 )
 def test_bad_entries_are_refused_naming_them(tmp_path: Path, text: str, message: str) -> None:
