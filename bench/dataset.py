@@ -2101,16 +2101,27 @@ def _job(sm: dict, idx: int, role: str, shards: int, shard: int, extra_relabel: 
     return "\n".join(lines)
 
 
+def operator_jobs(
+    role: str, shards: int, shard: int, node_exporter_sm: dict = NODE_EXPORTER_SM
+) -> list[str]:
+    """The scrape jobs (YAML, one string each) the Operator generates for
+    the kube-prometheus kubelet and node-exporter ServiceMonitors, for one
+    shard. node_exporter_sm: another node-exporter ServiceMonitor (the
+    testbed's Service has other labels and port name; bench/server_cost.py)."""
+    jobs = []
+    metrics_path = _rule("replace", ["__metrics_path__"], target="metrics_path")
+    instance = _rule("replace", ["__meta_kubernetes_pod_node_name"], target="instance")
+    for sm, extra in ((KUBELET_SM, [metrics_path]), (node_exporter_sm, [instance])):
+        for idx in range(len(sm["endpoints"])):
+            jobs.append(_job(sm, idx, role, shards, shard, extra))
+    return jobs
+
+
 def prometheus_config(data: Dataset, server: PromServer) -> str:
     """The loaded configuration of one server: the external labels the
     Operator gives every pod, then one job per ServiceMonitor endpoint
     (jobs sorted by ServiceMonitor namespace/name, then endpoint index)."""
-    jobs = []
-    metrics_path = _rule("replace", ["__metrics_path__"], target="metrics_path")
-    instance = _rule("replace", ["__meta_kubernetes_pod_node_name"], target="instance")
-    for sm, extra in ((KUBELET_SM, [metrics_path]), (NODE_EXPORTER_SM, [instance])):
-        for idx in range(len(sm["endpoints"])):
-            jobs.append(_job(sm, idx, data.role, data.shards, server.shard, extra))
+    jobs = operator_jobs(data.role, data.shards, server.shard)
     head = [
         "global:",
         "  scrape_interval: 30s",

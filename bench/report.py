@@ -206,9 +206,7 @@ def goals(rows: dict[int, dict], full: dict[int, dict]) -> list[str]:
         )
         busy = r.get("metrics_during_cycles_ms_max")
         fr_busy = full.get(100000, {}).get("metrics_during_cycles_ms_max")
-        worst_ms = max(
-            x for x in (r["metrics_response_ms_max"], busy, fr_busy) if x is not None
-        )
+        worst_ms = max(x for x in (r["metrics_response_ms_max"], busy, fr_busy) if x is not None)
         out.append(
             f"| 100k: /metrics never over 50 ms | between cycles: max {r['metrics_response_ms_max']:.1f} ms; "
             f"while cycles run: p50 {fmt(r.get('metrics_during_cycles_ms_p50'), 1)} ms, p99 {fmt(r.get('metrics_during_cycles_ms_p99'), 0)} ms, max {fmt(busy, 0)} ms; "
@@ -371,6 +369,11 @@ def render(rows: dict[int, dict]) -> str:
                 f"| {r.get('k8s_lists_after_startup')} |"
             )
         lines.append("")
+    cost = [json.loads(f.read_text()) for f in sorted((RESULTS / "server_cost").glob("*.json"))]
+    if cost:
+        from bench import server_cost_goals
+
+        lines += server_cost_goals.render_section(cost)
     analysis = HERE / "analysis.md"
     if analysis.exists():
         lines += [analysis.read_text().rstrip(), ""]

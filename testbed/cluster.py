@@ -108,6 +108,23 @@ def find_binaries(
     return b
 
 
+AUDIT_POLICY: dict[str, Any] = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [
+        # Leases renew every 15 min per node (kwok): noise for a harness
+        # that asks who read what.
+        {"level": "None", "resources": [{"group": "coordination.k8s.io"}]},
+        {"level": "Metadata", "verbs": ["get", "list", "watch"]},
+        {"level": "None"},
+    ],
+}
+"""Reads only, at Metadata level (user agent, verb, URI, status, times):
+a LIST names its resourceVersion, limit and sendInitialEvents in its URI;
+a WATCH is logged when its response starts and when it ends."""
+
+
 KCM_CONTROLLERS = (
     "endpoints-controller",
     "endpointslice-controller",
@@ -141,8 +158,15 @@ class Cluster:
         operator: bool = False,
         scrapers: Sequence[str] = (),
         without_controllers: Sequence[str] = (),
+        monitoring: bool = True,
+        audit_log: bool = False,
     ) -> None:
-        """scrapers: kinds of testbed.scrapers (vmagent, agent, thanos) to
+        """monitoring False: the control plane only (etcd, kube-apiserver,
+        kube-controller-manager, kwok), for a harness that starts its own
+        Prometheus (bench/server_cost.py). audit_log: kube-apiserver writes
+        an audit log of reads (AUDIT_POLICY) to ``audit_log_path``, the
+        only record of which client (user agent) sent which request.
+        scrapers: kinds of testbed.scrapers (vmagent, agent, thanos) to
         run beside the Prometheus servers. without_controllers: names of
         KCM_CONTROLLERS the kube-controller-manager does not run (KEP-4974's
         cluster runs without endpoints-controller and
@@ -160,10 +184,14 @@ class Cluster:
             "kubelet_flags": list(op.KUBELET_FLAGS["start"]),
             "scrapers": scr.components(list(scrapers)),
             "without_controllers": _checked_controllers(without_controllers),
+            "monitoring": monitoring,
+            "audit_log": audit_log,
             "ports": {},
             "pids": {},
         }
-        if not self._state["prometheus"]:
+        if not monitoring and (operator or scrapers):
+            raise ValueError("the operator and the scrapers need the monitoring components")
+        if monitoring and not self._state["prometheus"]:
             raise ValueError(f"prometheus must name some of {PROMETHEUS_VERSIONS}")
         if operator and "3" not in self._state["prometheus"]:
             raise ValueError("the operator scenario runs Prometheus 3.x")
@@ -193,7 +221,13 @@ class Cluster:
         return bool(endpoints), bool(endpointslice)
 
     @property
+    def monitoring(self) -> bool:
+        return bool(self._state.get("monitoring", True))
+
+    @property
     def components(self) -> list[str]:
+        if not self.monitoring:
+            return list(CONTROL_PLANE)
         mon = [m for m in MONITORING if not m.startswith("prometheus-")]
         mon += [f"prometheus-{v}" for v in self._state["prometheus"]]
         return [*CONTROL_PLANE, *mon, *(OPERATOR if self.operator else ()), *self.scrapers]
@@ -245,6 +279,8 @@ class Cluster:
     @property
     def prometheus_urls(self) -> dict[str, str]:
         """Component name ("prometheus-3", "prometheus-2") -> base URL."""
+        if not self.monitoring:
+            return {}
         return {
             f"prometheus-{v}": f"http://127.0.0.1:{self._port(f'prometheus-{v}')}"
             for v in self._state["prometheus"]
@@ -292,6 +328,11 @@ class Cluster:
     def scrape_proxy(self) -> str:
         return self._state["scrape_proxy"]
 
+    @property
+    def audit_log_path(self) -> Path | None:
+        """kube-apiserver's audit log (JSON lines), when asked for."""
+        return self.state_dir / "audit.log" if self._state.get("audit_log") else None
+
     def log_file(self, name: str) -> Path:
         return self.state_dir / "logs" / f"{name}.log"
 
@@ -303,12 +344,15 @@ class Cluster:
             "KUBE_API_URL": self.api_url,
             "KUBE_TOKEN_FILE": str(self.token_file),
             "KUBE_CA_FILE": str(self.ca_file),
-            "PROMETHEUS_URLS": ",".join(self.prometheus_urls.values()),
-            "ALERTMANAGER_URL": self.alertmanager_url,
-            "WEBHOOK_LOG": str(self.webhook_log),
-            "EXPORTER_ADDRESS": self.exporter_address,
             "SCRAPE_PROXY": self.scrape_proxy,
         }
+        if self.monitoring:
+            env.update({
+                "PROMETHEUS_URLS": ",".join(self.prometheus_urls.values()),
+                "ALERTMANAGER_URL": self.alertmanager_url,
+                "WEBHOOK_LOG": str(self.webhook_log),
+                "EXPORTER_ADDRESS": self.exporter_address,
+            })
         for name, url in self.prometheus_urls.items():
             env[name.upper().replace("-", "_") + "_URL"] = url
         if not self.operator:
@@ -413,6 +457,10 @@ class Cluster:
         if exporter_address is not None:
             self._state["exporter_address"] = exporter_address
         self._save()
+        if self._state.get("audit_log"):
+            promcfg.write_yaml(self.state_dir / "audit-policy.yaml", AUDIT_POLICY)
+        if not self.monitoring:
+            return
         webhook = f"http://127.0.0.1:{self._port('webhook')}/"
         promcfg.write_yaml(self.state_dir / "alertmanager" / "alertmanager.yml",
                            promcfg.render_alertmanager(webhook))
@@ -577,6 +625,7 @@ class Cluster:
                 "--endpoint-reconciler-type=none",
                 "--profiling=false",
                 "--v=1",
+                *self._audit_flags(),
             ]
         if name == "kube-controller-manager":
             controllers = list(self.kcm_controllers)
@@ -648,6 +697,15 @@ class Cluster:
                 "--storage.tsdb.retention.time=1d",
             ]
         raise KeyError(name)
+
+    def _audit_flags(self) -> list[str]:
+        path = self.audit_log_path
+        if path is None:
+            return []
+        # No rotation within a run: readers keep byte offsets into the file.
+        return [f"--audit-policy-file={self.state_dir / 'audit-policy.yaml'}",
+                f"--audit-log-path={path}", "--audit-log-maxsize=100000",
+                "--audit-log-maxbackup=1", "--audit-log-format=json"]
 
     def _ready(self, name: str) -> bool:
         port = self._port(name)
