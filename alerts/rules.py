@@ -108,6 +108,14 @@ class Tuning:
         "mirroringCappedFor",
         "ScrapeCoverageEndpointSliceMirroringCapped",
     )
+    # A taint is set and lifted by hand or by a node pool's rollout: long
+    # enough that a pool being drained or replaced does not warn.
+    unreached_for: str = _tunable(
+        "30m",
+        "prometheusRule.for.daemonSetUnreachedNodes",
+        "daemonSetUnreachedNodesFor",
+        "ScrapeCoverageDaemonSetUnreachedNodes",
+    )
     near_capacity_for: str = _tunable(
         "1h",
         "prometheusRule.for.nearCapacity",
@@ -161,6 +169,7 @@ FAST = replace(
     missing_warning_for="30s",
     missing_critical_for="15s",
     mirroring_for="15s",
+    unreached_for="15s",
     near_capacity_for="30s",
     forecast_for="30s",
     forecast_window="5m",
@@ -398,6 +407,22 @@ def coverage_alerts(t: Tuning = PLACEHOLDERS) -> list[dict]:
             "EndpointSlice: the mirroring controller copies at most "
             f"{ENDPOINTS_CAPACITY} addresses per subset, and a scrape pool reads the slices "
             "with role endpointslice, so it misses them.",
+        ),
+        # A warning, never a page: those Nodes are a finding, not a gap
+        # (model/unreached.py says why); route or silence it per DaemonSet
+        # and taint_key.
+        _alert(
+            t,
+            "ScrapeCoverageDaemonSetUnreachedNodes",
+            f"max by ({labels(t, 'namespace', 'daemonset', 'taint_key', 'taint_effect')})"
+            " (scrape_coverage_daemonset_unreached_nodes) > 0",
+            t.unreached_for,
+            "warning",
+            "A DaemonSet meant for every node is kept off some nodes by a taint.",
+            "{{ $value }} nodes have no pod of DaemonSet {{ $labels.namespace }}/"
+            "{{ $labels.daemonset }}: it selects no nodes, yet does not tolerate their "
+            "taint {{ $labels.taint_key }}:{{ $labels.taint_effect }}, so nothing there is "
+            "scraped and no ScrapeCoverageTargetsMissing alert can fire for them.",
         ),
         _alert(
             t,

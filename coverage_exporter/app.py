@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
@@ -140,6 +140,7 @@ class Settings:
     missing_info_limit: int
     kubernetes_sync_timeout: float
     stale_after_seconds: float = parse_seconds(defaults.PROMETHEUS_STALE_AFTER)
+    discovery_grace_seconds: float = parse_seconds(defaults.PROMETHEUS_DISCOVERY_GRACE)
     operator_refresh_seconds: float = parse_seconds(defaults.OPERATOR_REFRESH_INTERVAL)
     decode_in_process: bool = False
     """Target lists decoded in this process, not in the worker process of
@@ -196,6 +197,7 @@ class Settings:
             missing_info_limit=args.missing_target_series_limit,
             kubernetes_sync_timeout=args.kubernetes_sync_timeout,
             stale_after_seconds=args.prometheus_stale_after,
+            discovery_grace_seconds=args.prometheus_discovery_grace,
             # serve only: audit reads the Operator's objects once anyway.
             operator_refresh_seconds=getattr(
                 args, "operator_refresh_interval", parse_seconds(defaults.OPERATOR_REFRESH_INTERVAL)
@@ -357,6 +359,7 @@ class Exporter:
             settings.kubernetes_sync_timeout,
             full_refresh_seconds=full_refresh_seconds,
             stale_after_seconds=settings.stale_after_seconds,
+            discovery_grace_seconds=settings.discovery_grace_seconds,
             source_deadline=guards.source_deadline,
         )
 
@@ -462,6 +465,9 @@ async def _audit(settings: Settings, output: str, guards: Guards | None = None) 
         result = await exporter.cycle.run_cycle(
             _wait_for_cluster(exporter, settings.kubernetes_sync_timeout)
         )
+        result = await after_discovery(
+            result, exporter.cycle.run_cycle, settings.discovery_grace_seconds
+        )
         # Copies: closing the sources marks them down.
         health = [replace(h) for h in exporter.health]
     except SourceError as err:
@@ -517,6 +523,49 @@ async def _audit(settings: Settings, output: str, guards: Guards | None = None) 
         )
     sys.stdout.flush()
     return exit_code(result.report, result.complete)
+
+
+AUDIT_DISCOVERY_POLL_SECONDS = 5.0
+"""How often audit re-reads a server that is still discovering: its pool
+counts move at most every 5 s (Prometheus's discovery send and scrape
+reload), and each re-read is one /metrics answer."""
+
+
+async def after_discovery(
+    result: CycleResult,
+    run_cycle: Callable[[], Awaitable[CycleResult]],
+    wait_seconds: float,
+    poll_seconds: float = AUDIT_DISCOVERY_POLL_SECONDS,
+) -> CycleResult:
+    """audit's answer once no server is still discovering. A server that
+    started moments ago (a rollout, a restart) is not judged for the grace
+    period after its start (cycle.CycleRunner), and one cycle would answer
+    "could not judge" (exit 3) for it; a one-shot command, run in CI right
+    after a change, should wait for the real verdict instead: re-read every
+    `poll_seconds` until its discovery settles (sources.prometheus.source.
+    discovery_settled: about 10 s when every pool has targets) or its grace
+    period is over, and never longer than `wait_seconds` (the grace) from
+    now."""
+    deadline = time.monotonic() + wait_seconds
+    while (names := _discovering(result)) and time.monotonic() < deadline:
+        log.info(
+            "waiting for the service discovery of servers that have just started",
+            extra=logs.fields(servers=",".join(names)),
+        )
+        await asyncio.sleep(min(poll_seconds, max(0.0, deadline - time.monotonic())))
+        result = await run_cycle()
+    return result
+
+
+def _discovering(result: CycleResult) -> list[str]:
+    """Every server still discovering, also in a replica that is unknown
+    for another reason too (a shard down): its share is then counted once
+    settled, rather than left out."""
+    if result.report is None:
+        return []
+    return sorted(
+        s.name for r in result.report.fleet.replicas.values() for s in r.servers if s.discovering
+    )
 
 
 EXIT_CODES = {

@@ -317,6 +317,15 @@ def _prometheus(p: _EnvParser) -> None:
         metavar="DURATION",
     )
     p.add(
+        "--prometheus-discovery-grace",
+        "how long after a Prometheus starts (its process_start_time_seconds) its coverage is "
+        "unknown, 'still discovering', rather than judged: a fresh server's pools are empty "
+        "until its service discovery delivers",
+        default=defaults.PROMETHEUS_DISCOVERY_GRACE,
+        type=positive_seconds,
+        metavar="DURATION",
+    )
+    p.add(
         "--prometheus-decode-in-process",
         "decode target lists in this process's threads instead of one worker process "
         "(for a CPU limit of one core, or where no child process may start)",

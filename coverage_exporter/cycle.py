@@ -138,6 +138,12 @@ class TargetSource(Protocol):
 
     async def pool_target_counts(self) -> dict[str, int] | None: ...
 
+    @property
+    def discovery_settled(self) -> bool:
+        """Its discovery has delivered to every pool it runs, as its last
+        pool counts tell (sources.prometheus.source.discovery_settled)."""
+        ...
+
 
 class TargetPoller:
     """Decides how much of one Prometheus to read this cycle.
@@ -258,6 +264,7 @@ class CycleRunner:
         full_refresh_seconds: float = 0.0,
         stale_after_seconds: float = parse_seconds(defaults.PROMETHEUS_STALE_AFTER),
         source_deadline: float = parse_seconds(defaults.SOURCE_DEADLINE),
+        discovery_grace_seconds: float = parse_seconds(defaults.PROMETHEUS_DISCOVERY_GRACE),
     ) -> None:
         self._cluster = cluster
         self._given = [TargetPoller(p, full_refresh_seconds) for p in prometheus]
@@ -271,12 +278,11 @@ class CycleRunner:
         """The cycle that last logged NO_SERVER; -1 while servers exist."""
         self._lagging: set[str] = set()
         """Found servers not judged yet: their configuration lags their
-        object, or their discovery has not delivered since they started."""
-        self._first_success: dict[str, float] = {}
-        self._unsynced: dict[str, list[str]] = {}
-        """Found server -> its configured pools service discovery has not
-        delivered to yet."""
+        object (a fresh server's empty pools are still_discovering instead)."""
         self._stale_after = stale_after_seconds
+        self._discovery_grace = discovery_grace_seconds
+        """How long after a server's start its empty pools are not losses
+        (defaults.PROMETHEUS_DISCOVERY_GRACE says why)."""
         self._last_success: dict[str, float] = {}
         """Monotonic time of each server's last good answer."""
         self._remembered: dict[str, dict[ServiceKey, dict[str, str]]] = {}
@@ -360,8 +366,6 @@ class CycleRunner:
         its URL turned out to front several servers."""
         self._last_good.pop(server, None)
         self._last_success.pop(server, None)
-        self._first_success.pop(server, None)
-        self._unsynced.pop(server, None)
         if self._remembered.pop(server, None) is not None:
             self._remembered_version.pop(server, None)
             self._remembered_inputs = None
@@ -397,33 +401,13 @@ class CycleRunner:
         name = health.prometheus
         self._last_good[name] = snapshot
         self._last_success[name] = time.monotonic()
-        self._first_success.setdefault(name, self._last_success[name])
-        if name in self._found:
-            await self._note_discovering(poller, snapshot)
         return True
-
-    async def _note_discovering(self, poller: TargetPoller, snapshot: PrometheusSnapshot) -> None:
-        """A found server that just started answers before its service
-        discovery has delivered: its pools look empty, a gap that is only a
-        start. Which of its configured pools never received targets."""
-        name = poller.source.health.prometheus
-        synced_pools = getattr(poller.source, "synced_pools", None)
-        if synced_pools is None or snapshot.jobs is None:
-            return
-        try:
-            async with asyncio.timeout(self._source_deadline):
-                synced = await synced_pools()
-        except TimeoutError:
-            synced = None
-        if synced is None:
-            self._unsynced.pop(name, None)
-            return
-        self._unsynced[name] = sorted({j.name for j in snapshot.jobs} - synced)
 
     def _server_states(self) -> tuple[ServerState, ...]:
         """Every configured server, known or not, with its place in the
         fleet as its last good answer told it."""
         now = time.monotonic()
+        wall = time.time()
         out = []
         for poller in self._prometheus:
             name = poller.source.health.prometheus
@@ -436,15 +420,11 @@ class CycleRunner:
             )
             since = self._last_success.get(name)
             known = since is not None and now - since <= self._stale_after
-            discovering = False
             if known and last is not None and last.jobs is not None:
+                # A new shard's configuration may lag its object: unknown
+                # until it matches. A fresh server's empty pools are the
+                # other wait, still_discovering, decided per snapshot below.
                 lag = configuration_lags(identity, hashmod_shard(tuple(last.jobs)))
-                unsynced = self._unsynced.get(name)
-                if not lag and unsynced and now - self._first_success[name] <= self._stale_after:
-                    # Bounded: a pool whose discovery never delivers (no
-                    # object in its namespaces) is judged after stale-after.
-                    lag = f"still discovering: {len(unsynced)} pool(s) not synced yet"
-                    discovering = True
                 self._say_lag(name, lag)
                 known = not lag
             found_by = self._found_by(poller)
@@ -454,6 +434,24 @@ class CycleRunner:
                 why = snap.unknown_reason if snap else ""
                 if snap is not None and snap is not last:
                     name, identity = snap.name, snap.server_identity
+                discovering = False
+                if (
+                    known
+                    and not why
+                    and snap is not None
+                    and snap.started is not None
+                    # Thanos stores (members) tell no start; the counts
+                    # are the polled server's own.
+                    and not (snap is last and poller.source.discovery_settled)
+                ):
+                    uptime = wall - snap.started
+                    if uptime < self._discovery_grace:
+                        discovering = True
+                        why = (
+                            f"still discovering: started {max(0.0, uptime):.0f}s ago, its service "
+                            f"discovery may not have delivered every target within "
+                            f"{self._discovery_grace:g}s"
+                        )
                 out.append(
                     ServerState(
                         name,

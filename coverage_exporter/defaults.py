@@ -24,6 +24,19 @@ PROMETHEUS_DISCOVERY = "on"
 PROMETHEUS_POD_PORT = "web"
 """Container port of the pods --prometheus-pod-selector finds: the
 Operator's name for the web port."""
+PROMETHEUS_DISCOVERY_GRACE = "2m"
+"""How long after a server starts its pools are not judged (coverage
+unknown, cause still_discovering), since a fresh server shows every pool
+empty or partial until its discovery delivers; sooner once its /metrics
+counts every pool it runs above zero, the counts unchanged for 10 s
+(sources.prometheus.source.discovery_settled): a server with a pool that
+discovers nothing waits it out, since Prometheus counts a pool at zero
+before its discovery has listed anything. Prometheus: the Kubernetes informers' first LIST
+(tens of seconds at 100k nodes), then the discovery manager's 5 s update
+throttle and the scrape manager's 5 s reload; vmagent: its first
+Kubernetes SD check (-promscrape.kubernetesSDCheckInterval, 30 s).
+2m covers the slowest of those with room, and stays well under the `for:`
+of ScrapeCoverageUnknown (15m), so that a rolling restart pages no one."""
 
 # --- Kubernetes -----------------------------------------------------------------
 KUBERNETES_SYNC_TIMEOUT = "5m"

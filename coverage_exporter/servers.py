@@ -238,6 +238,10 @@ class CheckedSource:
     def pool_active_counts(self) -> Mapping[str, int]:
         return self.inner.pool_active_counts
 
+    @property
+    def discovery_settled(self) -> bool:
+        return self.inner.discovery_settled
+
     async def read_config(self) -> LoadedConfig | None:
         config = await self.inner.read_config()
         processes = await self.inner.runtime_tokens(self.PROBES)

@@ -60,6 +60,19 @@ local text(v) = if std.isString(v) then v else std.manifestJson(v);
             },
           },
           {
+            "alert": "ScrapeCoverageDaemonSetUnreachedNodes",
+            "expr": ("max by (" + text($._config.clusterLabel) + ", namespace, daemonset, taint_key, taint_effect) (scrape_coverage_daemonset_unreached_nodes) > 0"),
+            "for": $._config.daemonSetUnreachedNodesFor,
+            "labels": {
+              "severity": "warning",
+            },
+            "annotations": {
+              "summary": "A DaemonSet meant for every node is kept off some nodes by a taint.",
+              "description": "{{ $value }} nodes have no pod of DaemonSet {{ $labels.namespace }}/{{ $labels.daemonset }}: it selects no nodes, yet does not tolerate their taint {{ $labels.taint_key }}:{{ $labels.taint_effect }}, so nothing there is scraped and no ScrapeCoverageTargetsMissing alert can fire for them.",
+              "runbook_url": (text($._config.runbookBaseUrl) + "ScrapeCoverageDaemonSetUnreachedNodes.md"),
+            },
+          },
+          {
             "alert": "ScrapeCoverageUnknown",
             "expr": ("max by (" + text($._config.clusterLabel) + ", scraper, scraper_replica) (scrape_coverage_replica_coverage_known) == 0"),
             "for": $._config.sourceDownFor,

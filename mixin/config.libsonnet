@@ -14,6 +14,7 @@
     "targetsMissingWarningFor": "30m",
     "targetsMissingCriticalFor": "15m",
     "mirroringCappedFor": "15m",
+    "daemonSetUnreachedNodesFor": "30m",
     "nearCapacityFor": "1h",
     "capacityForecastFor": "1h",
     "exporterDownFor": "15m",

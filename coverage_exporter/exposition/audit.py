@@ -15,14 +15,20 @@ from coverage_exporter.model import evidence as kube_evidence
 from coverage_exporter.model.causes import Cause, StageCauses
 from coverage_exporter.model.coverage import MissingTarget, ServiceCoverage
 from coverage_exporter.model.discovery import DiscoveryFinding, FoundServer
-from coverage_exporter.model.findings import RUNBOOK_MIGRATION, Finding, FindingKind
+from coverage_exporter.model.findings import (
+    EXTRA_TARGETS,
+    RUNBOOK_MIGRATION,
+    Finding,
+    FindingKind,
+)
 from coverage_exporter.model.findings import service_findings as model_findings
 from coverage_exporter.model.gaps import STAGE_PROMETHEUS
 from coverage_exporter.model.intent import RuleRef
-from coverage_exporter.model.objects import ROLE_ENDPOINTS
+from coverage_exporter.model.objects import ROLE_ENDPOINTS, Taint
 from coverage_exporter.model.readiness import Readiness
 from coverage_exporter.model.report import CoverageReport
 from coverage_exporter.model.stages import Stage, service_gaps, service_stages
+from coverage_exporter.model.unreached import RUNBOOK_UNREACHED, Unreached
 from coverage_exporter.model.verdict import Verdict, decide
 from coverage_exporter.untrusted import printable
 
@@ -37,6 +43,7 @@ CAUSE_WORDS: dict[Cause, str] = {
     Cause.ENDPOINTS_ABSENT: "no Endpoints object",
     Cause.ENDPOINTS_TRUNCATED: "cut from the truncated Endpoints",
     Cause.MIRRORING_CAPPED: "left out by the mirroring cap",
+    Cause.ADDRESS_FAMILY: "only in the slices of the address family Prometheus skips",
     Cause.RELABEL_DROPPED: "dropped by the pool's relabel rule",
     Cause.POOL_DISCOVERS_NOTHING: "the pool discovers nothing",
     Cause.NO_SHARD_KEEPS: "no shard keeps its hashmod share",
@@ -71,6 +78,11 @@ def _names(missing: Sequence[MissingTarget], unnamed: int = 0) -> str:
     if unnamed:
         out += (" and " if out else "") + f"{unnamed} without a name (no pod yet)"
     return out
+
+
+def _plain_names(names: Sequence[str]) -> str:
+    more = len(names) - NAMES_SHOWN
+    return ", ".join(names[:NAMES_SHOWN]) + (f" and {more} more" if more > 0 else "")
 
 
 def _endpoints_cell(s: ServiceCoverage) -> str:
@@ -179,6 +191,18 @@ def finding_words(s: ServiceCoverage, f: Finding) -> str:
             f"{pool}: coverage unknown for {f.count} of {s.expected}: "
             f"{st.why_unknown or 'a shard of the replica has not answered recently'}"
         )
+    if kind is FindingKind.POOL_DUPLICATES:
+        return (
+            f"{pool} discovers {f.count} targets more than once, each scraped as often: "
+            f"{_plain_names(st.duplicated)} (prometheus-operator #8682: both address "
+            "families of each node in the kubelet Endpoints; or two Services for one target)"
+        )
+    if kind is FindingKind.POOL_GHOSTS:
+        return (
+            f"{pool} discovers {f.count} targets of nodes or pods that no longer exist: "
+            f"{_plain_names(st.ghosts)} (a stale EndpointSlice or Endpoints object left "
+            "behind; delete it)"
+        )
     misses = f"{pool} misses {f.count} of {s.expected}: {_names(st.missing or (), s.unnamed)}"
     if kind is FindingKind.POOL_READS_TRUNCATED:
         return (
@@ -195,6 +219,17 @@ def finding_words(s: ServiceCoverage, f: Finding) -> str:
             f"{pool} reads {what}; it misses {f.count} of {s.expected}"
             f"{': ' + _names(st.missing or (), s.unnamed) if f.count else ''}. Migrate "
             "this job to role endpointslice (with slices that a controller writes)"
+        )
+    family = st.causes.counts.get(Cause.ADDRESS_FAMILY, 0)
+    if family:
+        # The usual advice (RBAC, selectors) would send the user the wrong
+        # way: discovery works, and skips these slices on purpose.
+        return (
+            f"{misses}. {'All' if family == f.count else family} of them are only in the "
+            "slices of an address family Prometheus 3.11+ skips: it reads only the primary "
+            "family (spec.ipFamilies[0]) of a dual-stack Service (prometheus #18192). Have "
+            "the slices written in that family too (Prometheus Operator 0.93+ for the "
+            "kubelet), or make the Service single-stack"
         )
     if kind is FindingKind.POOL_DISCOVERS_NOTHING:
         return (
@@ -239,7 +274,7 @@ def evidence_words(f: Finding, evidence: kube_evidence.Evidence) -> str:
 def _finding_causes(f: Finding) -> str:
     """The stage's counts per cause, for the findings about lost or unknown
     targets (not for the mirroring count, which is about addresses)."""
-    if f.kind is FindingKind.MIRRORING_CAPPED:
+    if f.kind in (FindingKind.MIRRORING_CAPPED, *EXTRA_TARGETS):
         return ""
     words = cause_words(f.stage.causes)
     return f"; {words}" if words else ""
@@ -338,11 +373,52 @@ def render_table(
         f"{u.namespace}/{u.service}: cannot tell what it should hold ({u.reason})"
         for u in report.unresolved
     ]
+    words += unreached_lines(report)
     migration = migration_lines(readiness)
     if migration:
         migration = ["Prometheus Operator migration to EndpointSlice discovery:", *migration, ""]
     body = [*lines, "", *table, "", *words, *migration, verdict(report, complete)]
     return "\n".join(body) + "\n"
+
+
+_NAMES_SHOWN = 10
+"""Nodes named per taint in a line; the JSON names them all."""
+
+
+def _taint(taint: Taint) -> str:
+    key, value, effect = taint
+    return printable(f"{key}={value}:{effect}" if value else f"{key}:{effect}")
+
+
+def unreached_lines(report: CoverageReport) -> list[str]:
+    """Nodes a node-level DaemonSet never reaches (model.unreached), one
+    line per DaemonSet and taint, with the nodes' names."""
+    out = []
+    url = runbooks.runbook_url(RUNBOOK_UNREACHED)
+    for u in report.unreached:
+        for taint, nodes in u.by_taint.items():
+            shown = ", ".join(nodes[:_NAMES_SHOWN])
+            more = len(nodes) - _NAMES_SHOWN
+            if more > 0:
+                shown += f" and {more} more"
+            out.append(
+                f"DaemonSet {u.namespace}/{u.daemonset}: {len(nodes)} nodes never get its pod: "
+                f"it selects no nodes, but does not tolerate their taint {_taint(taint)} "
+                f"({shown}); not counted as missing targets ({url})."
+            )
+    return out
+
+
+def unreached_json(u: Unreached) -> dict[str, object]:
+    return {
+        "namespace": u.namespace,
+        "daemonset": u.daemonset,
+        "count": u.count,
+        "taints": [
+            {"key": key, "value": value, "effect": effect, "nodes": list(nodes)}
+            for (key, value, effect), nodes in u.by_taint.items()
+        ],
+    }
 
 
 def _missing_list(missing: Sequence[MissingTarget], causes: StageCauses) -> list[dict[str, str]]:
@@ -417,6 +493,7 @@ def service_json(
             ],
             "terminating": dict(sorted(s.slices.terminating.items())),
             "mirroring_skipped": s.slices.mirroring_skipped,
+            "families": dict(s.slices.families),
             "missing_count": s.slices_missing_count(),
             "missing": _missing_list(s.slices.missing, sl_causes),
             **_causes_json(sl_causes),
@@ -440,6 +517,8 @@ def service_json(
                     "missing_count": p.missing_count,
                     "missing": None if p.missing is None else _missing_list(p.missing, c),
                     **_causes_json(c),
+                    "duplicated": list(p.duplicated),
+                    "ghosts": list(p.ghosts),
                 }
                 for p, c in zip(s.pools, pool_causes, strict=True)
             ],
@@ -569,6 +648,7 @@ def render_json(
             {"namespace": u.namespace, "service": u.service, "reason": u.reason}
             for u in report.unresolved
         ],
+        "unreached": [] if report is None else [unreached_json(u) for u in report.unreached],
     }
     # msgspec, not json.dumps: at 100k nodes the document lists every
     # missing node (~600k entries) and json.dumps(indent=2) takes seconds.

@@ -30,17 +30,20 @@ from coverage_exporter.exposition.audit import (
     evidence_words,
     finding_words,
     replica_name,
+    unreached_lines,
 )
 from coverage_exporter.health import SOURCE_KUBERNETES, SourceHealth
 from coverage_exporter.model.causes import Cause
 from coverage_exporter.model.coverage import MissingTarget, ServiceCoverage
 from coverage_exporter.model.evidence import NO_EVIDENCE, Evidence
 from coverage_exporter.model.findings import (
+    EXTRA_TARGETS,
     RUNBOOK_CAUSES,
     RUNBOOK_ENDPOINTS_TRUNCATED,
     RUNBOOK_INDEX,
     RUNBOOK_MIGRATION,
     RUNBOOK_MIRRORING_CAPPED,
+    RUNBOOK_TARGETS_EXTRA,
     RUNBOOK_TARGETS_MISSING,
     RUNBOOK_UNKNOWN,
     RUNBOOK_UNMAINTAINED,
@@ -478,6 +481,11 @@ def _next_steps(views: Sequence[ServiceView]) -> list[str]:
             "Scrape pools miss expected targets: the tables below show at which stage each "
             "was lost: " + _runbook_link(RUNBOOK_TARGETS_MISSING, RUNBOOK_TARGETS_MISSING)
         )
+    if kinds & EXTRA_TARGETS:
+        steps.append(
+            "Scrape pools discover some targets twice, or targets of nodes and pods that are "
+            "gone: " + _runbook_link(RUNBOOK_TARGETS_EXTRA, RUNBOOK_TARGETS_EXTRA)
+        )
     if FindingKind.COVERAGE_UNKNOWN in kinds:
         steps.append(
             "Some coverage is unknown: a Prometheus shard has not answered, or its answer "
@@ -670,7 +678,7 @@ def render_services(report: CoverageReport, evidence: Evidence = NO_EVIDENCE) ->
         '<th scope="col" class="n">Missing</th><th scope="col">Verdict</th></tr></thead><tbody>'
         + ("".join(summary) or '<tr><td colspan="8">no Service in scope</td></tr>')
         + "</tbody></table>",
-        _findings_html(views, unresolved_lines(report)),
+        _findings_html(views, [*unresolved_lines(report), *unreached_lines(report)]),
     ]
     details = [
         '<h2 id="funnels">Where targets are lost, per Service</h2>',

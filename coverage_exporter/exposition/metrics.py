@@ -151,6 +151,16 @@ def _prometheus_missing(state: ExporterState) -> Iterator[Sample]:
             yield _pool_labels(s, st), st.count
 
 
+def _prometheus_duplicates(state: ExporterState) -> Iterator[Sample]:
+    for s, st in _pools(state):
+        yield _pool_labels(s, st), len(st.duplicated)
+
+
+def _prometheus_ghosts(state: ExporterState) -> Iterator[Sample]:
+    for s, st in _pools(state):
+        yield _pool_labels(s, st), len(st.ghosts)
+
+
 def _prometheus_unknown(state: ExporterState) -> Iterator[Sample]:
     for s, st in _pools(state):
         if not st.known:
@@ -168,6 +178,18 @@ def _unresolved(state: ExporterState) -> Iterator[Sample]:
     if state.report is not None:
         for u in state.report.unresolved:
             yield (u.namespace, u.service, u.reason), 1
+
+
+def _unreached(state: ExporterState) -> Iterator[Sample]:
+    """Per DaemonSet and taint key and effect (the value is left out: a
+    tenant's name in it would multiply the series)."""
+    if state.report is not None:
+        for u in state.report.unreached:
+            counts: dict[tuple[str, str], int] = {}
+            for (key, _, effect), names in u.by_taint.items():
+                counts[(key, effect)] = counts.get((key, effect), 0) + len(names)
+            for (key, effect), n in sorted(counts.items()):
+                yield (u.namespace, u.daemonset, key, effect), n
 
 
 def _replica_known(state: ExporterState) -> Iterator[Sample]:
@@ -358,6 +380,22 @@ COVERAGE_METRICS: tuple[MetricSpec, ...] = (
         _prometheus_unknown,
     ),
     MetricSpec(
+        "prometheus_duplicate_targets",
+        "gauge",
+        "Nodes (or pods) whose target one server of the replica discovers more than once in "
+        "the scrape pool: scraped twice. The audit names them.",
+        POOL,
+        _prometheus_duplicates,
+    ),
+    MetricSpec(
+        "prometheus_ghost_targets",
+        "gauge",
+        "Nodes (or pods) that no longer exist and that the replica's scrape pool still "
+        "discovers targets for (a stale EndpointSlice or Endpoints). The audit names them.",
+        POOL,
+        _prometheus_ghosts,
+    ),
+    MetricSpec(
         "gap_targets",
         "gauge",
         "Expected targets lost where it counts: by a replica's scrape pool, or by the "
@@ -389,6 +427,14 @@ COVERAGE_METRICS: tuple[MetricSpec, ...] = (
         "1 for an in-scope Service whose expected targets cannot be determined.",
         (*SERVICE, "reason"),
         _unresolved,
+    ),
+    MetricSpec(
+        "daemonset_unreached_nodes",
+        "gauge",
+        "Nodes that a DaemonSet behind a compared Service, selecting no Nodes, never "
+        "reaches: kept off by a taint it does not tolerate.",
+        ("namespace", "daemonset", "taint_key", "taint_effect"),
+        _unreached,
     ),
     MetricSpec(
         "replica_coverage_known",

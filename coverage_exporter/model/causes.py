@@ -89,6 +89,11 @@ class Cause(StrEnum):
     MIRRORING_CAPPED = "mirroring_capped"
     """In the Endpoints object, left out of the mirrored slices (the
     mirroring controller copies 1000 addresses per subset)."""
+    ADDRESS_FAMILY = "address_family"
+    """Only the slices of the Service's secondary address family carry it,
+    and Prometheus 3.11+ reads only its primary family's slices of a
+    dual-stack Service (prometheus #18192; the Operator's IPv4-only kubelet
+    slices on IPv6-primary clusters, operator #8681)."""
     RELABEL_DROPPED = "relabel_dropped"
     """The pool's own relabel rules drop it (StageCauses.rule names which)."""
     POOL_DISCOVERS_NOTHING = "pool_discovers_nothing"
@@ -346,11 +351,19 @@ def service_causes(
     if endpoints is None:
         no_endpoints = Cause.UNMAINTAINED if ep_unmaintained else Cause.ENDPOINTS_ABSENT
     for p in pools:
-        out.append(
-            _pool_causes(
-                service, snapshot, p, first, upstream, no_endpoints, fleet, jobs, count_only
-            )
+        pool = _pool_causes(
+            service,
+            snapshot,
+            p,
+            first,
+            upstream,
+            no_endpoints,
+            fleet,
+            jobs,
+            count_only,
+            slices.unread_family,
         )
+        out.append(pool)
     return tuple(out)
 
 
@@ -364,6 +377,7 @@ def _pool_causes(
     fleet: Fleet,
     jobs: Mapping[str, Mapping[str, ScrapeJob]],
     count_only: Mapping[Cause, int],
+    unread_family: frozenset[str] = frozenset(),
 ) -> StageCauses:
     replica = fleet.replicas.get((p.scraper, p.replica))
     if p.missing is None:
@@ -387,6 +401,8 @@ def _pool_causes(
     up = upstream.get(p.role, [])
     if p.role == ROLE_ENDPOINTS and no_endpoints is not None:
         up = [(no_endpoints, _ids(p.missing))]
+    if p.role == ROLE_ENDPOINTSLICE and unread_family:
+        up = up + _family_claims(p.missing, unread_family)
     zone_claims: _Claims = []
     if zones is not None:
         dropped = _ids(t for t in p.missing if not _zone_kept(t, zones, p.role, snapshot))
@@ -396,6 +412,19 @@ def _pool_causes(
                 zone_claims = [(Cause.NO_SHARD_KEEPS, dropped)]
     named = _partition(p.missing, first + up + zone_claims, own)
     return StageCauses(named, _counted(named, count_only), rule)
+
+
+def _family_claims(missing: Sequence[MissingTarget], unread: frozenset[str]) -> _Claims:
+    """ADDRESS_FAMILY for the targets only the skipped family carries, when
+    the pool misses exactly all of them: a server that reads every slice
+    (Prometheus before 3.11) discovers some, and then the family is not
+    why it misses the others."""
+    pod_backed = bool(missing) and bool(missing[0].pod)
+    names = map(operator.attrgetter("pod" if pod_backed else "node"), missing)
+    hit = tuple(compress(missing, map(unread.__contains__, names)))
+    if len(hit) != len(unread):
+        return []
+    return [(Cause.ADDRESS_FAMILY, _ids(hit))]
 
 
 def _zone_shares(jobs: Sequence[ScrapeJob]) -> list[ZoneShare] | None:

@@ -9,7 +9,7 @@ Every number the exporter publishes about a Service is computed here.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, filterfalse, groupby
 from operator import attrgetter
@@ -86,6 +86,11 @@ class SlicesStage:
     mirroring_skipped: int | None
     """Addresses the mirroring controller left out; None where it does not apply."""
     missing: tuple[MissingTarget, ...]
+    families: Mapping[str, int] = field(default_factory=dict)
+    """Expected-or-not targets named by each address family's slices."""
+    unread_family: frozenset[str] = frozenset()
+    """Expected targets (identities) that only slices of a family other
+    than Service.read_family carry: Prometheus 3.11+ discovers none of them."""
 
 
 @dataclass(slots=True)
@@ -113,6 +118,13 @@ class PoolCoverage:
     """While unknown: why (a shard not answering, a Thanos Query answer
     that cannot say which replica a target came from, targets without
     the labels that name their Service)."""
+    duplicated: tuple[str, ...] = ()
+    """Targets (node or pod names) that one server of the replica discovers
+    more than once in this pool: scraped twice (prometheus-operator #8682,
+    both address families of every node in the kubelet Endpoints)."""
+    ghosts: tuple[str, ...] = ()
+    """Nodes or pods that the pool discovers targets for and that no longer
+    exist: a stale slice or Endpoints object left behind (operator #7678)."""
 
     @property
     def known(self) -> bool:
@@ -140,6 +152,9 @@ class ServiceCoverage:
     causes: Sequence[StageCauses] = ()
     """Why each stage misses what it misses (model.causes), in
     model.stages.service_stages' order: Endpoints, slices, then pools."""
+    daemonsets: Sequence[DaemonSet] = ()
+    """The DaemonSets whose pods back it (SOURCE_DAEMONSET), for
+    model.unreached."""
     endpoints_unmaintained: bool = False
     """No controller maintains the Endpoints object (model.controllers):
     it is absent or frozen, and its truncation marker is not believed."""
@@ -437,16 +452,41 @@ def slices_stage(
             if e.terminating:
                 terminating[s.managed_by].add(ident)
 
-    present = (
-        resolver.identity(expected.node_wide, e.node_name, e.target_kind, e.target_name, e.address)
-        for s in slices
-        for e in s.endpoints
-    )
+    node_wide = expected.node_wide
+    identity = resolver.identity
+    present: set[str | None] = set()
+    unread: set[str | None] = set()
+    families: dict[str, int] = {}
+    read = service.read_family
+    for family, family_slices in sorted(by_family.items()):
+        found = {
+            identity(node_wide, e.node_name, e.target_kind, e.target_name, e.address)
+            for s in family_slices
+            for e in s.endpoints
+        }
+        found.discard(None)
+        families[family] = len(found)
+        if present:
+            present |= found
+        else:
+            present = found
+        if read is not None and family != read:
+            unread |= found
+    if unread:
+        # Only in a family Prometheus 3.11+ skips (Service.read_family).
+        unread -= {
+            identity(node_wide, e.node_name, e.target_kind, e.target_name, e.address)
+            for s in by_family.get(read or "", ())
+            for e in s.endpoints
+        }
+        unread &= expected.keys.keys()
     return SlicesStage(
         endpoints={k: len(v) for k, v in counted.items()},
         terminating={k: len(v) for k, v in terminating.items()},
         mirroring_skipped=None if unmirrored else _mirroring_skipped(service, endpoints, primary),
         missing=_missing(expected, present),
+        families=families,
+        unread_family=frozenset(unread),  # type: ignore[arg-type]
     )
 
 
@@ -479,6 +519,7 @@ def prometheus_stage(
     fleet: Fleet,
     meant: Mapping[str, Mapping[str, str]] | None = None,
     unjudged: Mapping[str, Mapping[str, str]] | None = None,
+    exists: Container[str] | None = None,
 ) -> tuple[dict[tuple[str, str, str, str], int], list[PoolCoverage]]:
     """Target counts per server and coverage per (replica, scrape pool).
 
@@ -486,7 +527,9 @@ def prometheus_stage(
     a server to the pools (pool -> role) meant to scrape the Service, with
     or without targets; `unjudged` a server to its pools whose targets
     cannot all be attributed to a Service (pool -> why): such a pool's
-    coverage is unknown, never covered and never missing. The shards of
+    coverage is unknown, never covered and never missing. `exists`: the
+    names of the nodes (node-wide) or pods that exist, for the ghosts;
+    None where a name cannot tell (listed addresses). The shards of
     one replica form a union; each replica is judged on its own, since
     each evaluates the alerts itself."""
     counts: dict[tuple[str, str, str, str], int] = defaultdict(int)
@@ -494,6 +537,8 @@ def prometheus_stage(
     # made into one set per pool only when that pool is judged. Sets per
     # shard held at once were 40 MB at 100k nodes with 2 x 2 servers.
     found: dict[tuple[tuple[str, str], PoolKey], list[list[str | None]]] = defaultdict(list)
+    found_by: dict[tuple[tuple[str, str], PoolKey], list[str]] = defaultdict(list)
+    """The server of each list in `found`."""
     by_replica: dict[tuple[str, str], dict[PoolKey, bool]] = defaultdict(dict)
     # This sees every target of the Service (a million at 100k nodes with
     # HA replicas): per run of one (pool, role) the health counts and the
@@ -537,6 +582,7 @@ def prometheus_stage(
                     for t in run
                 ]
             found[(replica_key, (pool, role))].append(names)
+            found_by[(replica_key, (pool, role))].append(server)
     for server, pools in (meant or {}).items():
         replica = fleet.replica_of(server)
         for pool, role in pools.items():
@@ -551,8 +597,16 @@ def prometheus_stage(
     for replica_key in sorted(by_replica):
         replica = fleet.replicas[replica_key]
         for (pool, role), is_meant in sorted(by_replica[replica_key].items()):
-            present = set(chain.from_iterable(found.pop((replica_key, (pool, role)), ())))
+            lists = found.pop((replica_key, (pool, role)), [])
+            present = set(chain.from_iterable(lists))
             present.discard(None)
+            # One sum per pool; the per-server count only where some name
+            # (or None) came twice.
+            duplicated = (
+                _duplicated(lists, found_by[(replica_key, (pool, role))])
+                if sum(map(len, lists)) > len(present)
+                else ()
+            )
             why = replica.why_unknown
             if not why:
                 missing = _missing(expected, present)
@@ -561,13 +615,24 @@ def prometheus_stage(
                 why = blind[replica_key].get(pool, "") if missing or unnamed else ""
             if not why:
                 discovered = len(expected.keys) - len(missing)
+                ghosts = _ghosts(present, discovered, expected, exists)
                 out.append(
                     PoolCoverage(
-                        pool, role, *replica_key, discovered, missing, 0, unnamed, is_meant
+                        pool,
+                        role,
+                        *replica_key,
+                        discovered,
+                        missing,
+                        0,
+                        unnamed,
+                        is_meant,
+                        duplicated=duplicated,
+                        ghosts=ghosts,
                     )
                 )
                 continue
             discovered = len(present & expected.keys.keys())
+            ghosts = _ghosts(present, discovered, expected, exists)
             out.append(
                 PoolCoverage(
                     pool,
@@ -579,9 +644,35 @@ def prometheus_stage(
                     unnamed,
                     is_meant,
                     why,
+                    duplicated,
+                    ghosts,
                 )
             )
     return dict(counts), out
+
+
+def _duplicated(lists: Sequence[list[str | None]], servers: Sequence[str]) -> tuple[str, ...]:
+    """Names that one server lists more than once. Per server: the same
+    Prometheus seen directly and through Thanos Query lists each target
+    once per route, which is no duplicate."""
+    by_server: dict[str, Counter[str | None]] = defaultdict(Counter)
+    for server, names in zip(servers, lists, strict=True):
+        by_server[server].update(names)
+    twice = {n for c in by_server.values() for n, k in c.items() if k > 1 and n is not None}
+    return tuple(sorted(twice))
+
+
+def _ghosts(
+    present: set[str | None], discovered: int, expected: Expected, exists: Container[str] | None
+) -> tuple[str, ...]:
+    """Discovered names, not expected, of nodes or pods that do not exist.
+    `discovered`: how many of `present` are expected; when that is all of
+    them (nearly always) nothing is walked: the walk was 20 ms per pool of
+    100k targets."""
+    if exists is None or len(present) == discovered:
+        return ()
+    unexpected = filterfalse(expected.keys.__contains__, present)
+    return tuple(sorted(filterfalse(exists.__contains__, unexpected)))  # type: ignore[arg-type]
 
 
 ServiceTargets = list[tuple[str, Sequence[Target]]]
@@ -621,6 +712,19 @@ def node_index(snapshot: ClusterSnapshot) -> dict[str, str]:
     return {ip: n.name for n in snapshot.nodes.values() for ip in n.addresses}
 
 
+def _existing(
+    service: Service, snapshot: ClusterSnapshot, expected: Expected
+) -> Container[str] | None:
+    """What a discovered name must be among to exist: the Nodes, or the
+    Service's pods. None for listed addresses (an IP names nothing) and
+    while no Node is listed (every target would look like a ghost)."""
+    if expected.source == SOURCE_LISTED or not snapshot.nodes:
+        return None
+    if expected.node_wide:
+        return snapshot.nodes
+    return {p.name for p in snapshot.pods.get(service.key, ())}
+
+
 def service_coverage(
     service: Service,
     snapshot: ClusterSnapshot,
@@ -642,7 +746,9 @@ def service_coverage(
     pods = _live(snapshot.pods.get(service.key, ()))
     resolver = Resolver(node_by_ip, pods, ip_fallback=expected.source == SOURCE_LISTED)
     fleet = fleet or Fleet.of_names({n for n, _ in targets})
-    counts, pools = prometheus_stage(targets, expected, resolver, fleet, meant, unjudged)
+    counts, pools = prometheus_stage(
+        targets, expected, resolver, fleet, meant, unjudged, _existing(service, snapshot, expected)
+    )
     unmaintained = endpoints_unmaintained(service, snapshot, found)
     unmirrored = slices_unmirrored(service, snapshot, found)
     endpoints_seen = endpoints_stage(service, endpoints, expected, resolver, unmaintained)
@@ -664,6 +770,7 @@ def service_coverage(
         target_counts=counts,
         pools=pools,
         unnamed=expected.unnamed,
+        daemonsets=expected.daemonsets,
         causes=service_causes(
             service,
             snapshot,

@@ -22,6 +22,9 @@ RUNBOOK_TARGETS_MISSING = "ScrapeCoverageTargetsMissing"
 RUNBOOK_UNKNOWN = "ScrapeCoverageUnknown"
 RUNBOOK_SOURCE_DOWN = "ScrapeCoverageSourceDown"
 RUNBOOK_MIGRATION = "migrate-to-endpointslice"
+RUNBOOK_TARGETS_EXTRA = "extra-targets"
+"""Targets scraped twice, or of nodes and pods gone (no alert of its own
+page: the two findings share it)."""
 RUNBOOK_INDEX = "README"
 RUNBOOK_CAUSES = "causes"
 """One section per model.causes.Cause, anchored by its value."""
@@ -47,6 +50,12 @@ class FindingKind(StrEnum):
     """A pool meant to scrape the Service discovers none of its targets."""
     POOL_MISSES = "pool_misses"
     """A pool misses expected targets."""
+    POOL_DUPLICATES = "pool_duplicates"
+    """A pool discovers some node's (or pod's) target more than once: it is
+    scraped twice (prometheus-operator #8682). Loses nothing."""
+    POOL_GHOSTS = "pool_ghosts"
+    """A pool discovers targets of nodes or pods that no longer exist: a
+    stale slice or Endpoints object (prometheus-operator #7678)."""
     ENDPOINTS_UNMAINTAINED = "endpoints_unmaintained"
     """No Endpoints controller maintains the Service's Endpoints object: it
     is absent or frozen (model.controllers); no truncation is claimed."""
@@ -58,6 +67,11 @@ class FindingKind(StrEnum):
     unmaintained Endpoints object, role endpointslice unmirrored slices."""
 
 
+EXTRA_TARGETS = frozenset({FindingKind.POOL_DUPLICATES, FindingKind.POOL_GHOSTS})
+"""Findings about targets a pool discovers beyond the expected ones: they
+lose nothing, so they are never a gap."""
+
+
 @dataclass(frozen=True, slots=True)
 class Finding:
     kind: FindingKind
@@ -66,15 +80,15 @@ class Finding:
     stage: Stage
     """Where it was seen; its pool, role, scraper and replica for a pool."""
     count: int
-    """How many targets it is about: lost, left out by mirroring, or whose
-    coverage is unknown."""
+    """How many targets it is about: lost, left out by mirroring, whose
+    coverage is unknown, discovered twice, or of nodes or pods gone."""
     runbook: str | None = None
     """The runbook page (runbooks.runbook_url makes the link); None: none."""
 
     @property
     def gap(self) -> bool:
         """It loses expected targets that are read (model.gaps)."""
-        return self.stage.gap
+        return self.kind not in EXTRA_TARGETS and self.stage.gap
 
 
 def service_findings(s: ServiceCoverage) -> list[Finding]:
@@ -125,6 +139,12 @@ def service_findings(s: ServiceCoverage) -> list[Finding]:
             add(FindingKind.POOL_DISCOVERS_NOTHING, st, st.count, RUNBOOK_TARGETS_MISSING)
         else:
             add(FindingKind.POOL_MISSES, st, st.count)
+    # Per pool, after its missing targets: what it discovers too much of.
+    for st in stages:
+        if st.duplicated:
+            add(FindingKind.POOL_DUPLICATES, st, len(st.duplicated), RUNBOOK_TARGETS_EXTRA)
+        if st.ghosts:
+            add(FindingKind.POOL_GHOSTS, st, len(st.ghosts), RUNBOOK_TARGETS_EXTRA)
     return out
 
 

@@ -70,6 +70,9 @@ MANAGED_BY_OPERATOR = "prometheus-operator"
 APP_MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 
 POD_PHASES_DONE = frozenset({"Failed", "Succeeded"})
+DUAL_STACK_POLICIES = frozenset({"PreferDualStack", "RequireDualStack"})
+"""spec.ipFamilyPolicy values under which Prometheus 3.11+ reads only the
+slices of the Service's primary family (Service.read_family)."""
 """Pods in these phases never run again (evicted, completed): never expected."""
 
 
@@ -99,10 +102,26 @@ class Service:
     annotations: Mapping[str, str] = field(default_factory=dict)
     port_names: tuple[str, ...] = ()
     """spec.ports[].name: what the port keep rules of scrape jobs match."""
+    ip_family_policy: str = ""
+    ip_families: tuple[str, ...] = ()
+    """spec.ipFamilyPolicy and spec.ipFamilies (primary first), as the
+    apiserver defaulted them."""
 
     @property
     def key(self) -> ServiceKey:
         return (self.namespace, self.name)
+
+    @property
+    def read_family(self) -> str | None:
+        """The only address family whose EndpointSlices Prometheus 3.11+
+        reads for this Service, or None when it reads every slice. It
+        skips the slices of any other family of a Prefer/RequireDualStack
+        Service (prometheus #18192, discovery/kubernetes/endpointslice.go
+        nonPrimaryIPFamilySlice): on IPv6-primary clusters the Operator's
+        IPv4-only kubelet slices then yield nothing (operator #8681)."""
+        if self.ip_family_policy not in DUAL_STACK_POLICIES or not self.ip_families:
+            return None
+        return self.ip_families[0]
 
     @property
     def operator_managed(self) -> bool:
@@ -335,6 +354,11 @@ class PrometheusSnapshot:
     members: Sequence[PrometheusSnapshot] = ()
     """Thanos Query: one snapshot per store behind it, each a server of the
     fleet in its own right; the Query's own snapshot then holds no target."""
+    started: float | None = None
+    """When the server started, on this exporter's wall clock (its own
+    uptime, from its /metrics `process_start_time_seconds` and the Date of
+    that answer, so that a skewed clock on either side does not count);
+    None when not told (Thanos Query, a /metrics that is not served)."""
 
     @property
     def server_identity(self) -> ServerIdentity:

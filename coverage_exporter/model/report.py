@@ -27,6 +27,7 @@ from coverage_exporter.model.objects import (
 )
 from coverage_exporter.model.scope import Scope, services_in_scope
 from coverage_exporter.model.stages import Stage, service_gaps
+from coverage_exporter.model.unreached import Unreached, unreached_nodes
 
 Remembered = Mapping[str, Mapping[ServiceKey, Mapping[str, str]]]
 """server -> Service -> {scrape pool: role} that discovered targets of the
@@ -49,6 +50,9 @@ class CoverageReport:
     fleet: Fleet = field(default_factory=Fleet)
     unresolved: Sequence[Unresolved] = field(default_factory=list)
     """In-scope Services whose expected targets could not be determined."""
+    unreached: Sequence[Unreached] = ()
+    """Nodes a node-level DaemonSet behind a compared Service never
+    reaches, kept off by a taint (model.unreached): findings, not gaps."""
     controllers: Controllers = RUNNING
     """What the cluster's objects say of the Endpoints and mirroring
     controllers (model.controllers)."""
@@ -222,5 +226,21 @@ def build_report(
         nodes_not_ready=len(cluster.nodes) - ready,
         fleet=fleet,
         unresolved=unresolved,
+        unreached=_unreached(services, cluster),
         controllers=found,
     )
+
+
+def _unreached(services: Sequence[ServiceCoverage], cluster: ClusterSnapshot) -> list[Unreached]:
+    """model.unreached for the DaemonSets behind the compared Services,
+    with the Nodes where their pods are."""
+    daemonsets = [d for s in services for d in s.daemonsets]
+    if not daemonsets:
+        return []
+    running: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for s in services:
+        if s.daemonsets:
+            for p in cluster.pods.get(s.key, ()):
+                if p.owner_kind == "DaemonSet" and p.owner_name and p.node_name:
+                    running[(s.namespace, p.owner_name)].add(p.node_name)
+    return unreached_nodes(daemonsets, cluster.nodes, running)

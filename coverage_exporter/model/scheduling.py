@@ -92,6 +92,26 @@ KEPT_OFF_BY_TAINT = "taint"
 """A NoSchedule or NoExecute taint that the pod template does not tolerate."""
 
 
+def keeping_taint(placement: PodPlacement, node: Node) -> Taint | None:
+    """The first NoSchedule or NoExecute taint of the node that the pod
+    template does not tolerate (nor the controller for every daemon pod)."""
+    for taint in node.taints:
+        key, _, effect = taint
+        if effect not in ("NoSchedule", "NoExecute"):
+            continue
+        if key in _DAEMON_TOLERATED or (placement.host_network and key in _HOST_NETWORK_TOLERATED):
+            continue
+        if not _tolerates(placement.tolerations, taint):
+            return taint
+    return None
+
+
+def selects_nodes(placement: PodPlacement) -> bool:
+    """The template chooses its Nodes (a node selector, or required node
+    affinity, or rules not modelled): not meant for every Node."""
+    return bool(placement.node_selector) or placement.terms != ()
+
+
 def kept_off(placement: PodPlacement, node: Node) -> str | None:
     """Why the DaemonSet controller would place no pod on the node
     (KEPT_OFF_BY_*), or None when it would place one. Placement is asked
@@ -104,15 +124,7 @@ def kept_off(placement: PodPlacement, node: Node) -> str | None:
         all(_requirement_matches(r, labels, node.name) for r in term) for term in terms
     ):
         return KEPT_OFF_BY_PLACEMENT
-    for taint in node.taints:
-        key, _, effect = taint
-        if effect not in ("NoSchedule", "NoExecute"):
-            continue
-        if key in _DAEMON_TOLERATED or (placement.host_network and key in _HOST_NETWORK_TOLERATED):
-            continue
-        if not _tolerates(placement.tolerations, taint):
-            return KEPT_OFF_BY_TAINT
-    return None
+    return KEPT_OFF_BY_TAINT if keeping_taint(placement, node) is not None else None
 
 
 def should_run(placement: PodPlacement, node: Node) -> bool:

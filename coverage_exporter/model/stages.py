@@ -58,6 +58,10 @@ class Stage:
     causes: StageCauses = NO_CAUSES
     """Why each target is missing here, or why the unknown ones cannot be
     told (model.causes)."""
+    duplicated: tuple[str, ...] = ()
+    """A scrape pool: names it discovers more than once (PoolCoverage)."""
+    ghosts: tuple[str, ...] = ()
+    """A scrape pool: nodes or pods it discovers that no longer exist."""
 
     @property
     def known(self) -> bool:
@@ -114,6 +118,8 @@ def service_stages(s: ServiceCoverage) -> tuple[Stage, ...]:
             meant=p.meant,
             why_unknown=p.why_unknown,
             causes=c,
+            duplicated=p.duplicated,
+            ghosts=p.ghosts,
         )
         for p, c in zip(s.pools, causes[2:], strict=True)
     )

@@ -65,6 +65,7 @@ def test_every_tunable_reaches_the_rendered_rules() -> None:
         "prometheusRule.for.targetsMissingWarning": "1h",
         "prometheusRule.for.targetsMissingCritical": "20m",
         "prometheusRule.for.mirroringCapped": "6m",
+        "prometheusRule.for.daemonSetUnreachedNodes": "40m",
         "prometheusRule.for.nearCapacity": "2h",
         "prometheusRule.for.capacityForecast": "3h",
         "prometheusRule.for.exporterDown": "7m",

@@ -93,6 +93,7 @@ def test_config_tunes_every_figure() -> None:
         missing_warning_for="1h",
         missing_critical_for="20m",
         mirroring_for="6m",
+        unreached_for="40m",
         near_capacity_for="2h",
         forecast_for="3h",
         exporter_down_for="7m",

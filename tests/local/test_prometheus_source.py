@@ -12,6 +12,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from coverage_exporter.sources.prometheus.source import (
     default_name,
     parse_pool_target_counts,
     parse_prometheus_url,
+    parse_start_time,
     parse_targets,
 )
 from fakes.prometheus import (
@@ -141,10 +143,12 @@ async def test_collect_asks_scrape_pools_then_each_pool_filtered(fake) -> None:
     async with source_for(url, name="main") as source:
         snapshot = await source.collect()
 
-    assert server.paths[0] == "/api/v1/scrape_pools"
+    # /metrics first: a full read notes when the server started (its
+    # process_start_time_seconds), then the pools.
+    assert server.paths[:2] == ["/metrics", "/api/v1/scrape_pools"]
     assert sorted(q["scrapePool"] for q in server.target_requests()) == sorted(V3_POOL_FILES)
     assert all(q["state"] == "active" for q in server.target_requests())
-    assert len(server.requests) == 1 + len(V3_POOL_FILES)
+    assert len(server.requests) == 2 + len(V3_POOL_FILES)
     assert snapshot.name == "main"
     # The fluent-bit pod-role target has no Service and is left out.
     assert len(snapshot.targets) == 3 + 2 + 1
@@ -235,8 +239,9 @@ async def test_health_counters_after_success(fake) -> None:
     expected_bytes = len(
         json.dumps({"status": "success", "data": {"scrapePools": list(V3_POOL_FILES)}})
     ) + sum(len(fixture_bytes(f)) for f in V3_POOL_FILES.values())
+    expected_bytes += len(fixture_bytes("v3_metrics.txt"))  # its start time, first
     assert (health.source, health.prometheus) == ("prometheus", "main")
-    assert (health.requests_total, health.errors_total) == (6, 0)
+    assert (health.requests_total, health.errors_total) == (7, 0)
     assert health.response_bytes_total == expected_bytes
     assert health.up and health.last_success_timestamp > 0
 
@@ -470,7 +475,7 @@ async def test_timeout(fake) -> None:
 
     server.overrides["/api/v1/scrape_pools"] = hang
     source = await expect_failure(server, url, r"timed out after 0.5s")
-    assert source.health.requests_total == 1
+    assert source.health.requests_total == 2  # /metrics, then the one that hung
 
 
 async def test_connection_refused() -> None:
@@ -672,7 +677,7 @@ async def test_given_session_is_used_and_not_closed(fake) -> None:
         await source.collect()
         await source.close()
         assert not session.closed
-    assert len(server.requests) == 6
+    assert len(server.requests) == 7  # /metrics (the start time), scrape_pools, 5 pools
 
 
 @pytest.fixture(scope="module")
@@ -786,3 +791,81 @@ def test_streamed_body_cut_short_is_a_source_error() -> None:
     body = compact_answer(many_targets(200))
     with pytest.raises(SourceError, match="undecodable"):
         stream_in_chunks(body[: len(body) // 2], chunk=500, piece=1000, pool="p")
+
+
+# --- when the server started (still discovering) -------------------------------------
+
+# As client_golang's process collector writes it (expfmt: strconv 'g'),
+# on the real Prometheus 2.53 and 3.16 alike (tests/e2e/test_discovering_e2e.py
+# checks the name there).
+_START_HELP = (
+    b"# HELP process_start_time_seconds Start time of the process since unix epoch in seconds.\n"
+    b"# TYPE process_start_time_seconds gauge\n"
+)
+
+
+def metrics_with_start(start: float, date: str) -> Handler:
+    body = fixture_bytes("v3_metrics.txt") + _START_HELP
+    body += f"process_start_time_seconds {start / 1e9!r}e+09\n".encode()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=body, content_type="text/plain", headers={"Date": date})
+
+    return handler
+
+
+async def test_a_full_read_carries_the_servers_start_on_this_clock(fake, decoding) -> None:
+    """Its uptime is the Date of its answer minus its start, both on its own
+    clock: a server whose clock is an hour behind, up for 30 s, started 30 s
+    ago here, not an hour and 30 s ago."""
+    server, url = fake
+    server_now = 1_700_000_000.0  # its clock: far from ours
+    server.overrides["/metrics"] = metrics_with_start(
+        server_now - 30, "Tue, 14 Nov 2023 22:13:20 GMT"
+    )
+    async with source_for(url) as source:
+        before = time.time()
+        snapshot = await source.collect()
+        after = time.time()
+        assert snapshot.started is not None
+        assert before - 30 <= snapshot.started <= after - 30
+        # The same start told again: the same value (and, decoded in the
+        # worker, the very same snapshot: the collector compares nothing).
+        again = await source.collect()
+        assert again.started == snapshot.started
+        assert (again is snapshot) == (decoding == "process")
+        # A restart (a new start told): a new value.
+        server.overrides["/metrics"] = metrics_with_start(
+            server_now + 60, "Tue, 14 Nov 2023 22:14:25 GMT"
+        )
+        restarted = await source.collect()
+        assert restarted.started is not None and restarted.started > snapshot.started
+
+
+async def test_a_start_in_the_future_of_its_date_is_now(fake) -> None:
+    server, url = fake
+    server.overrides["/metrics"] = metrics_with_start(
+        1_700_000_100.0, "Tue, 14 Nov 2023 22:13:20 GMT"
+    )
+    async with source_for(url) as source:
+        before = time.time()
+        snapshot = await source.collect()
+    assert snapshot.started is not None and before <= snapshot.started <= time.time()
+
+
+async def test_no_metrics_means_no_start(fake) -> None:
+    server, url = fake
+    server.overrides["/metrics"] = respond(404, b"404 page not found\n", "text/plain")
+    async with source_for(url) as source:
+        assert (await source.collect()).started is None
+
+
+def test_parse_start_time() -> None:
+    assert parse_start_time("up 1\nprocess_start_time_seconds 1.76530918541e+09\n") == (
+        1.76530918541e09
+    )
+    assert parse_start_time("process_start_time_seconds 12\n") == 12.0
+    assert parse_start_time("process_start_time_seconds_x 12\n") is None
+    assert parse_start_time("up 1\n") is None
+    for bad in ("NaN", "+Inf", "-5", "0", "x"):
+        assert parse_start_time(f"process_start_time_seconds {bad}\n") is None, bad

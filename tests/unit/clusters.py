@@ -127,8 +127,19 @@ def endpoints_targets(snapshot: ClusterSnapshot, pool: str, ns: str, name: str) 
     ]
 
 
-def slice_targets(snapshot: ClusterSnapshot, pool: str, ns: str, name: str) -> list[Target]:
-    """What role `endpointslice` discovers: one target per slice endpoint."""
+def slice_targets(
+    snapshot: ClusterSnapshot, pool: str, ns: str, name: str, primary_only: bool = False
+) -> list[Target]:
+    """What role `endpointslice` discovers: one target per slice endpoint.
+    `primary_only`: as Prometheus 3.11+ does, nothing from the slices whose
+    addressType is not spec.ipFamilies[0] of a Prefer/RequireDualStack
+    Service (discovery/kubernetes/endpointslice.go, nonPrimaryIPFamilySlice)."""
+    svc = snapshot.services[(ns, name)]
+    skipped = (
+        primary_only
+        and svc.ip_family_policy in ("PreferDualStack", "RequireDualStack")
+        and bool(svc.ip_families)
+    )
     return [
         Target(
             pool,
@@ -143,5 +154,6 @@ def slice_targets(snapshot: ClusterSnapshot, pool: str, ns: str, name: str) -> l
             e.address,
         )
         for s in snapshot.endpointslices[(ns, name)]
+        if not (skipped and s.address_type != svc.ip_families[0])
         for e in s.endpoints
     ]

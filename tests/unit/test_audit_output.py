@@ -55,6 +55,7 @@ def test_json_without_kubernetes_says_nothing_was_compared() -> None:
         "services": [],
         "controllers": None,
         "unresolved": [],
+        "unreached": [],
     }
 
 

@@ -8,7 +8,7 @@ from collections.abc import Collection, Mapping, Sequence
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from coverage_exporter.cycle import CycleRunner
+from coverage_exporter.cycle import CycleResult, CycleRunner
 from coverage_exporter.health import SourceHealth
 from coverage_exporter.model.causes import Cause
 from coverage_exporter.model.objects import (
@@ -68,6 +68,7 @@ class ScriptedPrometheus:
         self._counts = counts or []
         self.collect_calls: list[Collection[str] | None] = []
         self._active: dict[str, int] = {}
+        self.discovery_settled = False
 
     @property
     def pool_active_counts(self) -> Mapping[str, int]:
@@ -329,3 +330,142 @@ async def test_a_service_only_a_pool_that_discovers_nothing_is_meant_for_is_miss
     (pool_stage,) = [st for st in service_stages(svc) if st.pool]
     assert pool_stage.causes.counts == {Cause.POOL_DISCOVERS_NOTHING: 10}
     assert result.report.has_gaps
+
+
+async def test_a_server_within_its_discovery_grace_is_still_discovering_never_a_gap() -> None:
+    """A fresh replica's pools are empty until its discovery delivers: the
+    same empty pool is `still_discovering` (coverage unknown) within the
+    grace period after the server's start, and a loss once past it."""
+    import time
+
+    cluster = clusters.node_exporter(10)
+    cluster.services = {
+        NE: Service(*NE, {"app": "node-exporter"}, {"app": "node-exporter"}, {}, ("metrics",))
+    }
+    job = ScrapeJob(
+        "serviceMonitor/monitoring/node-exporter/0",
+        "endpointslice",
+        ("monitoring",),
+        (RelabelRule("keep", ("__meta_kubernetes_service_label_app",), regex="node-exporter"),),
+    )
+
+    def fresh(uptime: float) -> PrometheusSnapshot:
+        started = time.time() - uptime
+        return PrometheusSnapshot("p", [], jobs=(job,), pools=(job.name,), started=started)
+
+    prom = ScriptedPrometheus("p", [fresh(5), fresh(130), PrometheusSnapshot("p", [])])
+    collector = CycleRunner(ScopedCluster(cluster), [prom], Scope(), discovery_grace_seconds=120)
+    young = await collector.run_cycle()
+    assert young.report is not None and not young.report.has_gaps and not young.complete
+    (svc,) = young.report.services
+    (pool_stage,) = [st for st in service_stages(svc) if st.pool]
+    assert pool_stage.count is None
+    assert pool_stage.causes.counts == {Cause.STILL_DISCOVERING: 10}
+    (replica,) = young.report.fleet.replicas.values()
+    assert replica.discovering
+    assert "still discovering: started 5s ago" in replica.why_unknown
+    assert prometheus_missing(young.exposition) == []
+
+    past = await collector.run_cycle()
+    assert past.report is not None and past.report.has_gaps
+    (svc,) = past.report.services
+    (pool_stage,) = [st for st in service_stages(svc) if st.pool]
+    assert pool_stage.causes.counts == {Cause.POOL_DISCOVERS_NOTHING: 10}
+
+
+async def test_a_fresh_server_whose_discovery_has_settled_is_judged_within_the_grace() -> None:
+    """The grace period ends early once the server's own counts say its
+    discovery delivered to every pool (sources.prometheus.source.
+    discovery_settled): then an empty pool is a loss, as it would be
+    after the grace."""
+    import time
+
+    cluster = clusters.node_exporter(10)
+    cluster.services = {
+        NE: Service(*NE, {"app": "node-exporter"}, {"app": "node-exporter"}, {}, ("metrics",))
+    }
+    job = ScrapeJob(
+        "serviceMonitor/monitoring/node-exporter/0",
+        "endpointslice",
+        ("monitoring",),
+        (RelabelRule("keep", ("__meta_kubernetes_service_label_app",), regex="node-exporter"),),
+    )
+    fresh = PrometheusSnapshot("p", [], jobs=(job,), pools=(job.name,), started=time.time() - 15)
+    prom = ScriptedPrometheus("p", [fresh, fresh])
+    collector = CycleRunner(ScopedCluster(cluster), [prom], Scope(), discovery_grace_seconds=120)
+    unsettled = await collector.run_cycle()
+    assert unsettled.report is not None and not unsettled.report.has_gaps
+    (replica,) = unsettled.report.fleet.replicas.values()
+    assert replica.discovering
+
+    prom.discovery_settled = True
+    settled = await collector.run_cycle()
+    assert settled.report is not None and settled.report.has_gaps
+    (replica,) = settled.report.fleet.replicas.values()
+    assert not replica.discovering and replica.why_unknown == ""
+    (svc,) = settled.report.services
+    (pool_stage,) = [st for st in service_stages(svc) if st.pool]
+    assert pool_stage.causes.counts == {Cause.POOL_DISCOVERS_NOTHING: 10}
+
+
+async def test_audit_waits_for_a_fresh_servers_discovery_then_judges_it() -> None:
+    """app.after_discovery: one cycle of a one-shot audit would say "could
+    not judge" for a server that has just started; it re-reads until the
+    server's discovery settles, then answers with the verdict."""
+    import time
+
+    from coverage_exporter.app import after_discovery
+
+    cluster = clusters.node_exporter(10)
+    cluster.services = {
+        NE: Service(*NE, {"app": "node-exporter"}, {"app": "node-exporter"}, {}, ("metrics",))
+    }
+    job = ScrapeJob(
+        "serviceMonitor/monitoring/node-exporter/0",
+        "endpointslice",
+        ("monitoring",),
+        (RelabelRule("keep", ("__meta_kubernetes_service_label_app",), regex="node-exporter"),),
+    )
+    fresh = PrometheusSnapshot("p", [], jobs=(job,), pools=(job.name,), started=time.time() - 5)
+    prom = ScriptedPrometheus("p", [fresh] * 6)
+    collector = CycleRunner(ScopedCluster(cluster), [prom], Scope(), discovery_grace_seconds=120)
+    first = await collector.run_cycle()
+    assert first.report is not None and not first.report.has_gaps
+
+    cycles = 0
+
+    async def settles_on_the_second_read() -> CycleResult:
+        nonlocal cycles
+        cycles += 1
+        prom.discovery_settled = cycles >= 2
+        return await collector.run_cycle()
+
+    done = await after_discovery(first, settles_on_the_second_read, 120, poll_seconds=0.01)
+    assert cycles == 2
+    assert done.report is not None and done.report.has_gaps
+    (replica,) = done.report.fleet.replicas.values()
+    assert not replica.discovering
+
+    # Nothing discovering any more: that answer, no further cycle.
+    async def never() -> CycleResult:
+        raise AssertionError("ran a cycle")
+
+    assert await after_discovery(done, never, 120) is done
+
+    # Never settling: bounded by the wait given (the grace), then answered
+    # as it stands, still discovering.
+    prom.discovery_settled = False
+    prom._answers = [fresh] * 50
+    first = await collector.run_cycle()
+    reads = 0
+
+    async def counted() -> CycleResult:
+        nonlocal reads
+        reads += 1
+        return await collector.run_cycle()
+
+    stuck = await after_discovery(first, counted, 0.1, poll_seconds=0.02)
+    assert reads >= 1
+    assert stuck.report is not None and not stuck.report.has_gaps
+    (replica,) = stuck.report.fleet.replicas.values()
+    assert replica.discovering

@@ -6,6 +6,7 @@ unknown, and a cycle with no server is never complete."""
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import replace
 
 import pytest
@@ -16,7 +17,6 @@ from coverage_exporter.model import discovery as d
 from coverage_exporter.model.objects import PrometheusSnapshot, ScrapeJob
 from coverage_exporter.model.scope import Scope
 from coverage_exporter.servers import Followed, SeveralServers
-from coverage_exporter.sources.prometheus.source import parse_synced_pools
 from tests.unit import clusters
 from tests.unit.test_cycle import NE, ScriptedPrometheus, StaticCluster, samples
 from tests.unit.test_discovery_model import cr, pods
@@ -140,27 +140,27 @@ async def test_a_url_that_fronts_several_servers_is_forgotten_at_once() -> None:
     assert servers_up(result.exposition) == {"operated": 0.0}
 
 
-class Starting(ScriptedPrometheus):
-    """A found server whose discovery has delivered to `synced` pools only."""
+async def test_a_found_server_that_just_started_is_judged_once_its_discovery_settled() -> None:
+    """A found shard fresh from its start: its pools look empty until its
+    service discovery delivers, which is still_discovering (unknown), never
+    a gap; judged once its discovery has settled (the same one rule as for a
+    given server: sources.prometheus.source.discovery_settled)."""
+    made: dict[str, ScriptedPrometheus] = {}
 
-    def __init__(self, name: str, answers: list[PrometheusSnapshot | Exception]) -> None:
-        super().__init__(name, answers)
-        self.synced: set[str] | None = set()
-
-    async def synced_pools(self) -> set[str] | None:
-        return self.synced
-
-
-async def test_a_server_that_just_started_is_judged_once_its_discovery_delivered() -> None:
-    made: dict[str, Starting] = {}
-
-    def make(server: d.FoundServer) -> Starting:
+    def make(server: d.FoundServer) -> ScriptedPrometheus:
         ident = server.identity
         assert ident is not None
         job = ScrapeJob("ne", "endpointslice", ("monitoring",))
         targets = ALL if ident.shard == 0 else []
-        snap = PrometheusSnapshot(server.name, targets, identity=ident, jobs=(job,), pools=("ne",))
-        made[server.name] = Starting(server.name, [snap] * 50)
+        snap = PrometheusSnapshot(
+            server.name,
+            targets,
+            identity=ident,
+            jobs=(job,),
+            pools=("ne",),
+            started=time.time() - 5,
+        )
+        made[server.name] = ScriptedPrometheus(server.name, [snap] * 50)
         return made[server.name]
 
     c = CycleRunner(StaticCluster(CLUSTER), [], Scope())
@@ -169,12 +169,10 @@ async def test_a_server_that_just_started_is_judged_once_its_discovery_delivered
         SourceHealth("discovery", up=True),
     )
     first = await c.run_cycle()
-    # Pools that look empty because discovery has not listed yet: unknown,
-    # never a gap.
     assert known(first.exposition) == {"prometheus-k8s-0": 0.0, "prometheus-k8s-1": 0.0}
     assert samples(first.exposition, "scrape_coverage_prometheus_missing_targets") == {}
     for source in made.values():
-        source.synced = {"ne"}
+        source.discovery_settled = True
     second = await c.run_cycle()
     assert known(second.exposition) == {"prometheus-k8s-0": 1.0, "prometheus-k8s-1": 1.0}
     assert set(
@@ -182,22 +180,6 @@ async def test_a_server_that_just_started_is_judged_once_its_discovery_delivered
     ) == {0.0}
 
 
-def test_synced_pools_are_read_from_prometheus_own_metrics() -> None:
-    # As Prometheus 3.16 of the testbed's pod prometheus-k8s-0 writes them.
-    text = (
-        "# HELP prometheus_target_scrape_pool_sync_total Total number of syncs that were "
-        "executed on a scrape pool.\n"
-        "# TYPE prometheus_target_scrape_pool_sync_total counter\n"
-        'prometheus_target_scrape_pool_sync_total{scrape_job="serviceMonitor/monitoring/kubelet/0"}'
-        " 15\n"
-        'prometheus_target_scrape_pool_sync_total{scrape_job="a\\"b"} 1\n'
-    )
-    build = 'prometheus_build_info{branch="",goversion="go1.26.8",version="3.16.0"} 1\n'
-    assert parse_synced_pools(build + text) == {"serviceMonitor/monitoring/kubelet/0", 'a"b'}
-    # Just started: no pool synced yet, and not even the family's HELP line.
-    assert parse_synced_pools(build) == set()
-    # Not a Prometheus (Thanos Query): cannot tell.
-    assert parse_synced_pools('thanos_build_info{version="0.39.2"} 1\n') is None
 
 
 async def test_listen_local_is_one_finding_and_its_replica_unknown() -> None:

@@ -410,3 +410,14 @@ def test_a_head_not_as_the_apiserver_writes_it_is_no_hint() -> None:
         assert k8s_parse.peek_list_meta(body, "") is None
     assert k8s_parse.peek_list_meta(b"\x1f\x8b\x08\x00broken", "gzip") is None
     assert k8s_parse.peek_list_meta(gzip.compress(CAPTURED_LISTS[0].read_bytes()), "br") is None
+
+
+def test_service_keeps_its_ip_families_and_policy() -> None:
+    svc = k8s_parse.SERVICES.parse(raw("service_kubelet.json")).obj
+    assert (svc.ip_family_policy, svc.ip_families) == ("SingleStack", ("IPv4",))
+    assert svc.read_family is None  # a single-stack Service: every slice read
+    data = json.loads(raw("service_kubelet.json"))
+    data["spec"].update(ipFamilyPolicy="RequireDualStack", ipFamilies=["IPv6", "IPv4"])
+    dual = k8s_parse.SERVICES.parse(json.dumps(data).encode()).obj
+    assert dual.ip_families == ("IPv6", "IPv4")
+    assert dual.read_family == "IPv6"

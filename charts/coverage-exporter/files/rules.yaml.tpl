@@ -80,6 +80,15 @@ groups:
       summary: EndpointSlice mirroring left out addresses that a Prometheus reads.
       description: '{{ "{" }}{ $value }} expected targets of the selector-less Service {{ "{" }}{ $labels.namespace }}/{{ "{" }}{ $labels.service }} are in no EndpointSlice: the mirroring controller copies at most 1000 addresses per subset, and a scrape pool reads the slices with role endpointslice, so it misses them.'
       runbook_url: '{{ default "https://github.com/coverage-exporter/coverage-exporter/blob/main/docs/runbooks" .Values.runbookBaseUrl | trimSuffix "/" }}/ScrapeCoverageEndpointSliceMirroringCapped.md'
+  - alert: ScrapeCoverageDaemonSetUnreachedNodes
+    expr: max by ({{ .Values.clusterLabel }}, namespace, daemonset, taint_key, taint_effect) (scrape_coverage_daemonset_unreached_nodes) > 0
+    for: '{{ .Values.prometheusRule.for.daemonSetUnreachedNodes }}'
+    labels:
+      severity: warning
+    annotations:
+      summary: A DaemonSet meant for every node is kept off some nodes by a taint.
+      description: '{{ "{" }}{ $value }} nodes have no pod of DaemonSet {{ "{" }}{ $labels.namespace }}/{{ "{" }}{ $labels.daemonset }}: it selects no nodes, yet does not tolerate their taint {{ "{" }}{ $labels.taint_key }}:{{ "{" }}{ $labels.taint_effect }}, so nothing there is scraped and no ScrapeCoverageTargetsMissing alert can fire for them.'
+      runbook_url: '{{ default "https://github.com/coverage-exporter/coverage-exporter/blob/main/docs/runbooks" .Values.runbookBaseUrl | trimSuffix "/" }}/ScrapeCoverageDaemonSetUnreachedNodes.md'
   - alert: ScrapeCoverageUnknown
     expr: max by ({{ .Values.clusterLabel }}, scraper, scraper_replica) (scrape_coverage_replica_coverage_known) == 0
     for: '{{ .Values.prometheusRule.for.sourceDown }}'

@@ -324,9 +324,11 @@ class _ServicePort(msgspec.Struct):
     name: str | None = None
 
 
-class _ServiceSpec(msgspec.Struct):
+class _ServiceSpec(msgspec.Struct, rename="camel"):
     selector: dict[str, str] | None = None
     ports: list[_ServicePort] | None = None
+    ip_family_policy: str | None = None
+    ip_families: list[str] | None = None
 
 
 class RawService(msgspec.Struct):
@@ -354,6 +356,8 @@ def service_from_raw(raw: RawService) -> Service:
             k: v for k, v in annotations.items() if k.startswith(_KEPT_ANNOTATION_PREFIXES)
         },
         port_names=tuple(p.name for p in spec.ports or () if p.name),
+        ip_family_policy=sys.intern(spec.ip_family_policy or ""),
+        ip_families=tuple(map(sys.intern, spec.ip_families or ())),
     )
 
 

@@ -23,6 +23,7 @@ import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from itertools import chain
 from typing import NoReturn
 from urllib.parse import urlsplit
@@ -250,29 +251,53 @@ def parse_pool_target_counts(text: str) -> dict[str, int] | None:
     return counts
 
 
-_POOL_SYNCS_PREFIX = "prometheus_target_scrape_pool_sync_total{"
+_START_TIME = "process_start_time_seconds "
+_SETTLE_SECONDS = 10.0
+"""How long every pool's count must hold still on a server's /metrics
+before its discovery is taken as delivered: two rounds of Prometheus's
+discovery manager (it sends every 5 s) and scrape manager (it reloads
+every 5 s), so that a delivery cut by a send tick is seen to grow."""
 
 
-def parse_synced_pools(text: str) -> set[str] | None:
-    """The scrape pools that have received targets from service discovery
-    at least once (`prometheus_target_scrape_pool_sync_total`, one series
-    per pool from its first sync on: none at all before, which client_golang
-    writes as no line, not even HELP); None when the text is not a
-    Prometheus's (no `prometheus_build_info`: Thanos Query, vmagent)."""
-    pools: set[str] | None = None
-    for line in text.splitlines():
-        if line.startswith("prometheus_build_info{") and pools is None:
-            pools = set()
-        if not line.startswith(_POOL_SYNCS_PREFIX):
-            continue
-        labels_end = line.rfind("}")
-        labels = dict(_LABEL_RE.findall(line, len(_POOL_SYNCS_PREFIX), labels_end))
-        job = labels.get("scrape_job")
-        if job is not None:
-            if pools is None:
-                pools = set()
-            pools.add(re.sub(r"\\.", lambda m: _UNESCAPE.get(m[0], m[0]), job))
-    return pools
+def discovery_settled(
+    counts: Mapping[str, int] | None, pools: Collection[str], steady_for: float
+) -> bool:
+    """Whether a server's discovery has delivered to every pool it runs, so
+    that its coverage can be judged before the grace period after its start
+    ends (cycle.CycleRunner): every pool counted above zero on its /metrics,
+    the counts unchanged for _SETTLE_SECONDS.
+
+    A count of zero proves nothing: Prometheus counts every pool, at zero,
+    from its first discovery send (about 5 s after its start), before its
+    Kubernetes informers have listed anything (discovery/manager.go sends
+    empty lists for pools without targets; checked on the real 3.16 with
+    an API server that never answers, tests/local/test_prometheus_source.py).
+    So a server with a pool that discovers nothing, or not yet, waits the
+    grace period out; vmagent does not list a pool without targets at all,
+    which counts as zero."""
+    if counts is None or not pools or steady_for < _SETTLE_SECONDS:
+        return False
+    return all(counts.get(pool, 0) > 0 for pool in pools)
+
+
+def parse_start_time(text: str) -> float | None:
+    """`process_start_time_seconds` from a server's own /metrics (the Go
+    client's process collector: Prometheus 2.x and 3.x, Prometheus
+    --agent; vmagent's VictoriaMetrics/metrics library writes the same
+    name); None when absent or not a time."""
+    if text.startswith(_START_TIME):
+        at = 0
+    else:
+        at = text.find("\n" + _START_TIME) + 1
+        if not at:
+            return None
+    end = text.find("\n", at)
+    value = text[at + len(_START_TIME) : end if end >= 0 else len(text)].split(" ", 1)[0]
+    try:
+        started = float(value)
+    except ValueError:
+        return None
+    return started if math.isfinite(started) and started > 0 else None
 
 
 def _target_count(text: str) -> int | None:
@@ -308,6 +333,7 @@ class _Basis:
     fallback: bool
     final_labels_only: bool
     kind: str
+    started: float | None
 
     def same_as(self, other: _Basis) -> bool:
         return (
@@ -316,8 +342,8 @@ class _Basis:
                 a[0] == b[0] and a[1] is b[1] and a[2:] == b[2:]
                 for a, b in zip(self.pools, other.pools, strict=True)
             )
-            and (self.config, self.fallback, self.final_labels_only, self.kind)
-            == (other.config, other.fallback, other.final_labels_only, other.kind)
+            and (self.config, self.fallback, self.final_labels_only, self.kind, self.started)
+            == (other.config, other.fallback, other.final_labels_only, other.kind, other.started)
         )
 
 
@@ -368,6 +394,14 @@ class PrometheusSource:
         self._probed = False
         """Whether /metrics and /api/v1/stores were asked (once, while
         /api/v1/status/flags is not served)."""
+        self._start_told: float | None = None
+        """process_start_time_seconds as the server last said it."""
+        self._started: float | None = None
+        """PrometheusSnapshot.started: set when the told start changes (a
+        restart), then kept, so that snapshots stay equal while it runs."""
+        self._steady: tuple[dict[str, int] | None, float] = (None, 0.0)
+        """The pool counts its /metrics last told, and since when
+        (time.monotonic()) it has told the same (discovery_settled)."""
 
     @property
     def kind(self) -> str:
@@ -411,6 +445,12 @@ class PrometheusSource:
             if self._kind == KIND_THANOS_QUERY:
                 snapshot = await self._collect_thanos()
             else:
+                if pools_to_refresh is None:
+                    # A full read (the first after a restart is one) asks
+                    # /metrics too, for when the server started; a few
+                    # hundred KB next to the target lists. A partial read
+                    # follows pool_target_counts, which has just asked it.
+                    await self.pool_target_counts()
                 pools = await self._collect(pools_to_refresh)
         except SourceError as exc:
             self.health.record_error(str(exc))
@@ -433,6 +473,7 @@ class PrometheusSource:
             self._fallback,
             self._final_labels_only,
             self._kind,
+            self._started,
         )
         if self._snapshot is not None and basis.same_as(self._snapshot[0]):
             # Every pool came back as it was (the decoder hands out the very
@@ -462,6 +503,7 @@ class PrometheusSource:
                 for name, result in pools.items()
                 if result.unattributed
             },
+            started=self._started,
         )
         self._snapshot = (basis, snapshot)
         return snapshot
@@ -624,30 +666,63 @@ class PrometheusSource:
         to notice that a pool changed size. Equal counts do not prove equal
         targets (a node replaced by another), so callers should still do a
         full collection now and then. None when unavailable; only failures
-        other than a 404 count as errors."""
+        other than a 404 count as errors. Also notes when the server started
+        (PrometheusSnapshot.started), from the same answer."""
+        dates: list[str] = []
         try:
-            status, body = await self._request(METRICS_PATH, None, self._auth_headers())
+            status, body = await self._request(
+                METRICS_PATH, None, self._auth_headers(), dates=dates
+            )
             if status == 404:
+                self._note_start(None, "")
                 return None
             if status != 200:
                 self._fail(f"GET {METRICS_PATH}: HTTP {status}: {_error_detail(body)}")
         except SourceError as exc:
             log.warning("cannot read the pool target counts", extra=fields(err=exc))
+            self._steady = (None, 0.0)  # not seen holding still
             return None
-        return parse_pool_target_counts(body.decode("utf-8", "replace"))
+        text = body.decode("utf-8", "replace")
+        self._note_start(parse_start_time(text), dates[0] if dates else "")
+        counts = parse_pool_target_counts(text)
+        if counts != self._steady[0]:
+            self._steady = (counts, time.monotonic())
+        return counts
 
-    async def synced_pools(self) -> set[str] | None:
-        """The pools service discovery has delivered to at least once
-        (parse_synced_pools); None when the server does not say. A server
-        that just started answers before its discovery has listed
-        anything: its pools then look empty."""
+    @property
+    def discovery_settled(self) -> bool:
+        """Its discovery has delivered to every pool it runs (see
+        `discovery_settled`), as of its last /metrics read: cycle.CycleRunner
+        then judges it before the grace period after its start ends. The
+        pools it runs: its configuration's jobs, the pools it listed and the
+        pools it counts (before its first reload it lists and counts none)."""
+        counts, since = self._steady
+        if self._started is None:
+            return False
+        pools = set(counts or ()) | self._pools.keys()
+        if self._config is not None:
+            pools.update(job.name for job in self._config.jobs)
+        return discovery_settled(counts, pools, time.monotonic() - since)
+
+    def _note_start(self, told: float | None, date: str) -> None:
+        """The server's start on this exporter's clock: now minus its own
+        uptime (its Date header minus its start, both on its clock; without
+        a Date, our clock minus its start, never in the future). Computed
+        once per start told, so a steady server gives a steady value."""
+        if told is None:
+            self._start_told = self._started = None
+            self._steady = (None, 0.0)
+            return
+        if told == self._start_told:
+            return
+        self._steady = (None, 0.0)  # a restart: its counts start over
+        now = time.time()
         try:
-            status, body = await self._request(METRICS_PATH, None, self._auth_headers())
-        except SourceError:
-            return None
-        if status != 200:
-            return None
-        return parse_synced_pools(body.decode("utf-8", "replace"))
+            server_now = parsedate_to_datetime(date).timestamp() if date else now
+        except (TypeError, ValueError, IndexError, OverflowError):
+            server_now = now
+        self._start_told = told
+        self._started = now - max(0.0, server_now - told)
 
     async def _collect(self, pools_to_refresh: Collection[str] | None) -> dict[str, PoolTargets]:
         headers = self._auth_headers()
@@ -844,13 +919,15 @@ class PrometheusSource:
         headers: Mapping[str, str],
         sink: Callable[[bytes], Awaitable[None]] | None = None,
         sent_encoding: list[str] | None = None,
+        dates: list[str] | None = None,
     ) -> tuple[int, bytes]:
         """Status and body; transport failures are SourceErrors. With a
         sink, a 200 body goes to it chunk by chunk and b"" is returned.
         sent_encoding: the sink gets a 200 body as sent (gzip asked for),
         its Content-Encoding is appended to this list (one per call, so
         concurrent reads never mix them up), and its bytes are counted by
-        the caller once decompressed."""
+        the caller once decompressed. dates: the answer's Date header is
+        appended to it."""
         compressed = sent_encoding is not None
         received = 0
         if compressed:
@@ -867,6 +944,8 @@ class PrometheusSource:
                 server_hostname=self.endpoint.server_name,
                 timeout=self._timeout,
             ) as resp:
+                if dates is not None:
+                    dates.append(resp.headers.get("Date", ""))
                 if resp.status != 200:
                     # Only the start of an error answer is ever shown.
                     body = await httpclient.read_excerpt(resp)
