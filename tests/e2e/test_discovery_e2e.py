@@ -231,6 +231,14 @@ def test_a_new_shard_is_judged_once_its_discovery_settles_and_leaves_without_a_t
     operator_testbed: Cluster, okube: Kube, serve: Serve
 ) -> None:
     c = operator_testbed
+    # The baseline once every replica is judged: servers of a testbed just
+    # started are still discovering (unknown, no gap series) for a while.
+    eventually(
+        lambda: set(serve.samples()["scrape_coverage_replica_coverage_known"].values()) == {1.0},
+        "every replica judged",
+        GRACE + 60,
+        every=0.5,
+    )
     gaps_before = serve.samples()["scrape_coverage_gap_targets"]
     watch = Watch(serve)
     try:
