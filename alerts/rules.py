@@ -567,6 +567,19 @@ def exporter_alerts(t: Tuning = PLACEHOLDERS) -> list[dict]:
             "computed from that source's last good data for up to --prometheus-stale-after, "
             "then reported as unknown.",
         ),
+        # Nothing judged is not green: with no server no other alert can fire.
+        _alert(
+            t,
+            "ScrapeCoverageNoPrometheus",
+            "scrape_coverage_servers == 0",
+            t.source_down_for,
+            "warning",
+            "No Prometheus server is found or given to coverage-exporter.",
+            "coverage-exporter {{ $labels.instance }} found no Prometheus server (no Prometheus "
+            "Operator object with servers, no pod matching --prometheus-pod-selector) and was "
+            "given none: scrape coverage is not being checked, and no ScrapeCoverageTargetsMissing "
+            "alert can fire.",
+        ),
         _alert(
             t,
             "ScrapeCoverageExporterStale",

@@ -11,23 +11,27 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from coverage_exporter import defaults, exit_codes, flagtypes, logs
-from coverage_exporter.cycle import CycleResult, CycleRunner
+from coverage_exporter.cycle import NO_SERVER, CycleResult, CycleRunner
 from coverage_exporter.exposition.audit import render_json, render_table
 from coverage_exporter.exposition.html import PageInfo, render_page
 from coverage_exporter.exposition.metrics import ExporterState, render
 from coverage_exporter.flagtypes import parse_seconds
 from coverage_exporter.health import SourceHealth
+from coverage_exporter.model.discovery import FoundServer
 from coverage_exporter.model.report import CoverageReport
 from coverage_exporter.model.scope import Scope, parse_label_selector, parse_service_key
+from coverage_exporter.model.topology import Declared
 from coverage_exporter.model.verdict import Verdict, decide
 from coverage_exporter.progress import Progress
+from coverage_exporter.servers import CheckedSource, Followed
 from coverage_exporter.sources.errors import DEFAULT_LIMITS, Limits, SourceError
+from coverage_exporter.sources.kubernetes.discovery import DiscoverySource
 from coverage_exporter.sources.kubernetes.events import EventSource
 from coverage_exporter.sources.kubernetes.kubeconfig import KubeconfigError
 from coverage_exporter.sources.kubernetes.node_decoder import NodePageDecoder
@@ -36,7 +40,7 @@ from coverage_exporter.sources.kubernetes.source import (
     KubernetesSource,
 )
 from coverage_exporter.sources.prometheus import target_decoder
-from coverage_exporter.sources.prometheus.fleet_file import load_fleet_file
+from coverage_exporter.sources.prometheus.fleet_file import Credentials, load_fleet
 from coverage_exporter.sources.prometheus.server_kind import declare_kinds
 from coverage_exporter.sources.prometheus.source import (
     PrometheusEndpoint,
@@ -51,6 +55,80 @@ from coverage_exporter.web.view import ExporterView
 log = logging.getLogger("coverage_exporter")
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoverySettings:
+    """Where to look for Prometheus servers in the cluster (cli.py flags)."""
+
+    operator: bool = True
+    pod_selector: str = ""
+    pod_port: str = defaults.PROMETHEUS_POD_PORT
+    namespaces: tuple[str, ...] = ()
+    credentials: Mapping[str, Credentials] = field(default_factory=dict)
+    """The fleet file's `discovered` entries: how to read what is found."""
+    timeout_seconds: float = flagtypes.parse_seconds(defaults.PROMETHEUS_TIMEOUT)
+
+    @classmethod
+    def from_args(
+        cls, args: argparse.Namespace, credentials: Mapping[str, Credentials] | None = None
+    ) -> DiscoverySettings:
+        """Raises ValueError with a message fit for the user."""
+        selector = (getattr(args, "prometheus_pod_selector", None) or "").strip()
+        if selector:
+            try:
+                parse_label_selector(selector)
+            except ValueError as exc:
+                raise ValueError(f"--prometheus-pod-selector: {exc}") from None
+        port = (getattr(args, "prometheus_pod_port", None) or defaults.PROMETHEUS_POD_PORT).strip()
+        if not port:
+            raise ValueError("--prometheus-pod-port must name a port")
+        operator = getattr(args, "prometheus_discovery", defaults.PROMETHEUS_DISCOVERY)
+        if operator not in ("on", "off"):
+            # An environment default escapes argparse's choices check.
+            raise ValueError("--prometheus-discovery must be on or off")
+        return cls(
+            operator=operator == "on",
+            pod_selector=selector,
+            pod_port=port,
+            namespaces=tuple(getattr(args, "prometheus_discovery_namespace", None) or ()),
+            credentials=credentials or {},
+            timeout_seconds=float(
+                getattr(args, "prometheus_timeout", None)
+                or flagtypes.parse_seconds(defaults.PROMETHEUS_TIMEOUT)
+            ),
+        )
+
+    def endpoint(self, server: FoundServer) -> PrometheusEndpoint:
+        """How to read a server discovery found: at its pod's address, placed
+        by its object, with its object's credentials from the fleet file
+        (none by default)."""
+        creds = self.credentials.get(server.credentials, Credentials())
+        ident = server.identity
+        declared = (
+            Declared(ident.scraper, ident.replica, ident.shard, ident.shards, how=ident.how)
+            if ident is not None
+            else Declared()
+        )
+        return PrometheusEndpoint(
+            url=server.url,
+            name=server.name,
+            bearer_token_file=creds.bearer_token_file,
+            basic_auth_user=creds.basic_auth_user,
+            basic_auth_password_file=creds.basic_auth_password_file,
+            ca_file=creds.ca_file,
+            cert_file=creds.cert_file,
+            key_file=creds.key_file,
+            insecure_skip_verify=creds.insecure_skip_verify,
+            server_name=creds.server_name,
+            timeout_seconds=creds.timeout_seconds or self.timeout_seconds,
+            declared=declared,
+            found_by=server.found_by,
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self.operator or bool(self.pod_selector)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +148,8 @@ class Settings:
     decode_nodes_in_process: bool = False
     """Node LIST pages decoded in this process, not in the worker process
     of sources.node_decoder."""
+    discovery: DiscoverySettings = field(default_factory=DiscoverySettings)
+    """Which servers are found in the cluster (sources.kubernetes.discovery)."""
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
@@ -91,8 +171,11 @@ class Settings:
                     timeout_seconds=args.prometheus_timeout,
                 )
             )
+        credentials = {}
         if args.prometheus_fleet_file:
-            endpoints.extend(load_fleet_file(args.prometheus_fleet_file, args.prometheus_timeout))
+            fleet = load_fleet(args.prometheus_fleet_file, args.prometheus_timeout)
+            endpoints.extend(fleet.servers)
+            credentials = fleet.discovered
         endpoints = declare_kinds(endpoints, getattr(args, "prometheus_kind", None) or ())
         names = [e.name for e in endpoints]
         duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -100,6 +183,7 @@ class Settings:
             raise ValueError(f"Prometheus server names must be unique: {', '.join(duplicates)}")
         if args.missing_target_series_limit < 0:
             raise ValueError("--missing-target-series-limit must be 0 or more")
+        discovery = DiscoverySettings.from_args(args, credentials)
         scope = Scope(
             services=frozenset(parse_service_key(s) for s in args.service or ()),
             namespaces=frozenset(args.namespace or ()),
@@ -118,6 +202,7 @@ class Settings:
             operator_refresh_seconds=getattr(
                 args, "operator_refresh_interval", parse_seconds(defaults.OPERATOR_REFRESH_INTERVAL)
             ),
+            discovery=discovery,
             decode_in_process=bool(getattr(args, "prometheus_decode_in_process", False)),
             decode_nodes_in_process=bool(getattr(args, "kubernetes_decode_in_process", False)),
         )
@@ -150,7 +235,7 @@ def page_info(
         cluster=cluster,
         collected_at=time.time(),
         sources=health,
-        prometheus_urls={e.name: e.url for e in settings.prometheus},
+        prometheus_urls=result.urls,
         complete=result.complete,
         readiness=result.readiness,
         evidence=result.evidence,
@@ -245,13 +330,28 @@ class Exporter:
             list_deadline_seconds=guards.source_deadline,
         )
         decoder = None if settings.decode_in_process else target_decoder.SHARED
-        if decoder is not None and settings.prometheus:
+        found = settings.discovery
+        if decoder is not None and (settings.prometheus or found.enabled):
             # Spawned now, so its start-up overlaps the cluster's first lists.
             decoder.warm()
         self._decoder = decoder
+        self._limits = guards.limits
+        # Every given URL is checked for several servers behind it (servers.py).
         self.prometheus = [
-            PrometheusSource(e, limits=guards.limits, decoder=decoder) for e in settings.prometheus
+            CheckedSource(PrometheusSource(e, limits=guards.limits, decoder=decoder))
+            for e in settings.prometheus
         ]
+        self.discovery = (
+            DiscoverySource(
+                operator=found.operator,
+                pod_selector=found.pod_selector,
+                pod_port=found.pod_port,
+                namespaces=found.namespaces,
+                watch_idle_seconds=guards.watch_idle_seconds,
+            )
+            if found.enabled
+            else None
+        )
         self.cycle = CycleRunner(
             self.kubernetes,
             self.prometheus,
@@ -265,8 +365,9 @@ class Exporter:
         )
 
     async def start(self) -> None:
-        """Start the Kubernetes source, then migration readiness on its API
-        client (off by itself where the Operator's CRDs are absent)."""
+        """Start the Kubernetes source, then migration readiness and
+        discovery on its API client (each off by itself where the Operator's
+        CRDs are absent)."""
         await self.kubernetes.start()
         api = self.kubernetes.api
         if api is not None:
@@ -280,18 +381,53 @@ class Exporter:
                     refresh_seconds=self._settings.operator_refresh_seconds,
                 )
             )
+        if api is not None and self.discovery is not None:
+            await self.discovery.start(api)
+            self.cycle.set_discovery(
+                Followed(
+                    self.discovery,
+                    self._found_source,
+                    [e.url for e in self._settings.prometheus],
+                    [e.name for e in self._settings.prometheus],
+                ),
+                self.discovery.health,
+                self._discovery_listed,
+            )
+
+    async def _discovery_listed(self) -> None:
+        """Discovery's first lists, which the first cycle waits for: it must
+        know which servers to read. Bounded; a list that fails ends it."""
+        assert self.discovery is not None
+        timeout = min(self._settings.kubernetes_sync_timeout, DISCOVERY_SYNC_SECONDS)
+        if not await self.discovery.wait_synced(timeout):
+            log.warning(
+                "discovery has not listed everything yet; servers are found as soon as it does",
+                extra=logs.fields(
+                    waited_seconds=timeout, err=self.discovery.health.last_error or "no answer"
+                ),
+            )
+
+    def _found_source(self, server: FoundServer) -> PrometheusSource:
+        endpoint = self._settings.discovery.endpoint(server)
+        return PrometheusSource(endpoint, limits=self._limits, decoder=self._decoder)
 
     @property
     def health(self) -> list[SourceHealth]:
-        return [self.kubernetes.health, *(p.health for p in self.prometheus)]
+        """Every source of the last cycle (found servers come and go)."""
+        return self.cycle.health()
 
     async def close(self) -> None:
         await self.kubernetes.stop()
-        for p in self.prometheus:
-            await p.close()
+        if self.discovery is not None:
+            await self.discovery.stop()
+        await self.cycle.close_sources()
         if self._decoder is not None:
             self._decoder.shutdown()
 
+
+DISCOVERY_SYNC_SECONDS = 60.0
+"""Longest the first cycle waits for discovery's first lists (a few small
+objects; a list that fails ends the wait at once)."""
 
 # How long `audit` waits on an apiserver that answers every list with an
 # error before giving up: a few retries' worth, not the sync timeout meant
@@ -354,9 +490,20 @@ async def _audit(settings: Settings, output: str, guards: Guards | None = None) 
         if progress is not None:
             progress.stop()
         await exporter.close()
+    if not result.servers and result.report is not None:
+        print(f"coverage-exporter: {NO_SERVER}", file=sys.stderr)
+    found, unread = result.findings, result.unread
     if output == "json":
         sys.stdout.write(
-            render_json(result.report, health, result.complete, result.readiness, result.evidence)
+            render_json(
+                result.report,
+                health,
+                result.complete,
+                result.readiness,
+                result.evidence,
+                found,
+                unread,
+            )
         )
     elif output == "prometheus":
         sys.stdout.buffer.write(result.exposition)
@@ -365,7 +512,15 @@ async def _audit(settings: Settings, output: str, guards: Guards | None = None) 
         sys.stdout.buffer.write(render_page(result.report, info))
     else:
         sys.stdout.write(
-            render_table(result.report, health, result.complete, result.readiness, result.evidence)
+            render_table(
+                result.report,
+                health,
+                result.complete,
+                result.readiness,
+                result.evidence,
+                found,
+                unread,
+            )
         )
     sys.stdout.flush()
     return exit_code(result.report, result.complete)
@@ -419,6 +574,7 @@ EXIT_CODES = {
     Verdict.FULL_COVERAGE: exit_codes.FULL_COVERAGE,
     Verdict.NOT_COLLECTED: exit_codes.CANNOT_JUDGE,
     Verdict.NOTHING_COMPARED: exit_codes.CANNOT_JUDGE,
+    Verdict.NO_SERVER: exit_codes.CANNOT_JUDGE,
     Verdict.UNKNOWN: exit_codes.CANNOT_JUDGE,
 }
 """The audit's exit code for each verdict, the one map from one to the
@@ -452,12 +608,11 @@ async def _serve(
     # start as it always has; the front process loads and reloads its own.
     web_config = WebConfigFile(web_config_file) if web_config_file else None
     exporter = Exporter(settings, full_refresh_seconds=full_refresh, guards=guards)
-    health = exporter.health
     cluster = cluster_name(settings)
     view = ExporterView(
         lambda: render(
             ExporterState(
-                report=None, sources=health, missing_info_limit=settings.missing_info_limit
+                report=None, sources=exporter.health, missing_info_limit=settings.missing_info_limit
             )
         )
     )
@@ -527,7 +682,7 @@ async def _serve(
                 # Copies: the sources update their health in place during the next cycle.
                 view.publish_report(
                     result.report,
-                    page_info(settings, [replace(h) for h in health], cluster, result),
+                    page_info(settings, [replace(h) for h in exporter.health], cluster, result),
                 )
             remaining = interval - (time.monotonic() - started)
             view.expect_progress(max(0.0, remaining) + cycle_budget, "the next collection cycle")

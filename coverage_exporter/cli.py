@@ -30,13 +30,16 @@ ENV_PREFIX = "COVERAGE_EXPORTER_"
 AUDIT_EPILOG = f"""\
 {exit_codes.HELP}
 examples:
-  # One Prometheus, the current kubeconfig context:
-  coverage-exporter audit --prometheus-url http://prometheus.example:9090
+  # Every Prometheus of the Prometheus Operator, each shard and replica found
+  # and read at its pod IP, the current kubeconfig context:
+  coverage-exporter audit
 
-  # Two HA replicas judged on their own, another cluster, JSON for CI:
+  # Another cluster, JSON for CI, and a Thanos Query named besides:
   coverage-exporter audit --kubeconfig ~/.kube/prod --context prod \\
-      --prometheus-url prom-0=http://prometheus-0:9090 \\
-      --prometheus-url prom-1=http://prometheus-1:9090 --output json
+      --prometheus-url thanos=http://thanos-query:10902 --output json
+
+  # A Prometheus the Operator does not run, found by its pods' labels:
+  coverage-exporter audit --prometheus-pod-selector app.kubernetes.io/name=prometheus
 
   # Every missing node on one page:
   coverage-exporter audit --prometheus-fleet-file fleet.yaml --output html > report.html
@@ -48,8 +51,8 @@ Durations: 90s, 1m, 1h30m, 2d (or seconds); sizes: 512KiB, 256MiB, 1GiB (or byte
 
 SERVE_EPILOG = f"""\
 examples:
-  coverage-exporter serve --prometheus-url prom-0=http://prometheus-0:9090 \\
-      --prometheus-url prom-1=http://prometheus-1:9090 --interval 1m
+  coverage-exporter serve --interval 1m    # the Prometheus servers are found
+  coverage-exporter serve --prometheus-url thanos=http://thanos-query:10902
 
 Every flag can also be set as {ENV_PREFIX}<FLAG>; a flag on the command line wins.
 Durations: 90s, 1m, 1h30m, 2d (or seconds); sizes: 512KiB, 256MiB, 1GiB (or bytes).
@@ -247,7 +250,37 @@ def _kubernetes(p: _EnvParser) -> None:
 
 
 def _prometheus(p: _EnvParser) -> None:
-    p.group("Prometheus servers")
+    p.group(
+        "Finding Prometheus servers",
+        "found in the cluster by default, each shard and replica at its pod IP (docs/discovery.md)",
+    )
+    p.add(
+        "--prometheus-discovery",
+        "find every Prometheus and PrometheusAgent of the Prometheus Operator, each shard and "
+        "replica read at its pod IP (adds to --prometheus-url and the fleet file); off: only those",
+        default=defaults.PROMETHEUS_DISCOVERY,
+        choices=["on", "off"],
+    )
+    p.add(
+        "--prometheus-pod-selector",
+        "also judge the pods this label selector matches (Prometheus servers the Operator does "
+        "not run), each at its pod IP and --prometheus-pod-port; as kubectl takes it: a=b,c",
+        metavar="SELECTOR",
+    )
+    p.add(
+        "--prometheus-pod-port",
+        "container port (name or number) of the pods --prometheus-pod-selector finds",
+        default=defaults.PROMETHEUS_POD_PORT,
+        metavar="PORT",
+    )
+    p.add(
+        "--prometheus-discovery-namespace",
+        "look for Prometheus objects and pods only in this namespace (then RBAC is needed only "
+        "there); repeatable; default: the whole cluster",
+        action="append",
+        metavar="NAMESPACE",
+    )
+    p.group("Prometheus servers", "named explicitly: they add to the servers found")
     p.add(
         "--prometheus-url",
         "Prometheus or Thanos Query to compare, as URL or NAME=URL; repeat for shards and replicas",

@@ -11,8 +11,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Protocol
 
@@ -22,12 +22,18 @@ from coverage_exporter.flagtypes import parse_seconds
 from coverage_exporter.health import SourceHealth
 from coverage_exporter.logs import fields
 from coverage_exporter.model.coverage import ServiceTargets, targets_by_service
+from coverage_exporter.model.discovery import (
+    DiscoveryFinding,
+    FoundServer,
+    configuration_lags,
+)
 from coverage_exporter.model.evidence import NO_EVIDENCE, Evidence
 from coverage_exporter.model.fleet import ServerState
 from coverage_exporter.model.growth import GrowthTracker
 from coverage_exporter.model.objects import (
     ClusterSnapshot,
     PrometheusSnapshot,
+    ServerIdentity,
     Service,
     ServiceKey,
     each_server,
@@ -40,13 +46,21 @@ from coverage_exporter.model.report import (
     services_scraped,
 )
 from coverage_exporter.model.scope import Scope, services_in_scope
-from coverage_exporter.model.topology import Declared, identify
+from coverage_exporter.model.topology import Declared, hashmod_shard, identify
+from coverage_exporter.servers import Followed, SeveralServers
 from coverage_exporter.sources.errors import SourceError
 from coverage_exporter.sources.kubernetes.events import EventSource
 from coverage_exporter.sources.kubernetes.operator import OperatorSource
 from coverage_exporter.sources.prometheus.config import LoadedConfig
 
 log = logging.getLogger("coverage_exporter.collector")
+
+NO_SERVER_HINT = (
+    "discovery finds the Prometheus Operator's servers and pods matching "
+    "--prometheus-pod-selector; --prometheus-url and the fleet file name others "
+    "(docs/discovery.md)"
+)
+NO_SERVER = f"no Prometheus server was found or given: nothing was judged. {NO_SERVER_HINT}"
 
 
 _POOL = attrgetter("scrape_pool", "role")
@@ -221,6 +235,15 @@ class CycleResult:
     readiness: Sequence[Readiness] = ()
     """Migration readiness per Prometheus Operator CR; empty where the
     Operator is absent."""
+    servers: int = 0
+    """Prometheus servers given or found (readable or not) in this cycle:
+    0 means nothing was judged, never full coverage."""
+    findings: Sequence[DiscoveryFinding] = ()
+    """What discovery found but cannot use (model.discovery)."""
+    unread: Sequence[FoundServer] = ()
+    """Servers found that cannot be read now, each with why."""
+    urls: Mapping[str, str] = field(default_factory=dict)
+    """Each server's URL, given or found."""
     evidence: Evidence = NO_EVIDENCE
     """Kubernetes' events that confirm findings (model.evidence)."""
 
@@ -244,7 +267,18 @@ class CycleRunner:
         discovery_grace_seconds: float = parse_seconds(defaults.PROMETHEUS_DISCOVERY_GRACE),
     ) -> None:
         self._cluster = cluster
-        self._prometheus = [TargetPoller(p, full_refresh_seconds) for p in prometheus]
+        self._given = [TargetPoller(p, full_refresh_seconds) for p in prometheus]
+        self._full_refresh_seconds = full_refresh_seconds
+        self._followed: Followed[TargetSource] | None = None
+        """The servers discovery finds (servers.Followed); None: off."""
+        self._found: dict[str, TargetPoller] = {}
+        self._discovery_health: SourceHealth | None = None
+        self._discovery_listed: Callable[[], Awaitable[object]] | None = None
+        self._no_server_said = -1
+        """The cycle that last logged NO_SERVER; -1 while servers exist."""
+        self._lagging: set[str] = set()
+        """Found servers not judged yet: their configuration lags their
+        object (a fresh server's empty pools are still_discovering instead)."""
         self._stale_after = stale_after_seconds
         self._discovery_grace = discovery_grace_seconds
         """How long after a server's start its empty pools are not losses
@@ -274,12 +308,81 @@ class CycleRunner:
         ) = None
         self._discovering: Discovering = {}
 
+    @property
+    def _prometheus(self) -> list[TargetPoller]:
+        """Every server read this cycle: given ones, then found ones."""
+        return [*self._given, *self._found.values()]
+
+    def set_discovery(
+        self,
+        followed: Followed[TargetSource],
+        health: SourceHealth,
+        listed: Callable[[], Awaitable[object]] | None = None,
+    ) -> None:
+        """Judge the servers discovery finds too (servers.Followed); the
+        first cycle awaits `listed` (discovery's first lists) before it
+        reads any server."""
+        self._followed = followed
+        self._discovery_health = health
+        self._discovery_listed = listed
+
+    async def _follow(self) -> None:
+        """The found servers in step with the cluster, before any is read."""
+        if self._followed is None:
+            return
+        close, forget = self._followed.follow()
+        for name in forget:
+            self._found.pop(name, None)
+            self._forget(name)
+        for source in close:
+            closer = getattr(source, "close", None)
+            if closer is not None:
+                await closer()
+        for name, source in self._followed.sources.items():
+            if name not in self._found:
+                self._found[name] = TargetPoller(source, self._full_refresh_seconds)
+
+    def _say_lag(self, server: str, lag: str) -> None:
+        """Once per server while its configuration lags its object."""
+        if lag and server not in self._lagging:
+            log.info(
+                "server found is not judged yet: its replica's coverage is unknown meanwhile",
+                extra=fields(server=server, why=lag),
+            )
+        if lag:
+            self._lagging.add(server)
+        else:
+            self._lagging.discard(server)
+
+    def _found_by(self, poller: TargetPoller) -> str:
+        name = poller.source.health.prometheus
+        found = self._followed.found.get(name) if self._followed else None
+        if found is not None and name in self._found:
+            return found.found_by
+        return str(getattr(getattr(poller.source, "endpoint", None), "found_by", ""))
+
+    def _forget(self, server: str) -> None:
+        """Nothing a server said counts any more: it is gone, replaced, or
+        its URL turned out to front several servers."""
+        self._last_good.pop(server, None)
+        self._last_success.pop(server, None)
+        if self._remembered.pop(server, None) is not None:
+            self._remembered_version.pop(server, None)
+            self._remembered_inputs = None
+
     async def _collect_prometheus(self, poller: TargetPoller) -> bool:
         health = poller.source.health
         started = time.monotonic()
         try:
             async with asyncio.timeout(self._source_deadline):
                 snapshot = await poller.poll()
+        except SeveralServers as err:
+            # Never compared as one server: its last answers mixed servers too.
+            log.warning("cannot read a Prometheus", extra=fields(server=health.prometheus, err=err))
+            health.record_error(str(err))
+            health.mark(False, time.monotonic() - started, str(err))
+            self._forget(health.prometheus)
+            return False
         except SourceError as err:
             # Only the last good data is ours. The source marks its own
             # health in collect(), but not every request of a poll goes
@@ -295,8 +398,9 @@ class CycleRunner:
         except Exception as err:
             _mark_down(health, started, f"unexpected {type(err).__name__}: {err}")
             return False
-        self._last_good[health.prometheus] = snapshot
-        self._last_success[health.prometheus] = time.monotonic()
+        name = health.prometheus
+        self._last_good[name] = snapshot
+        self._last_success[name] = time.monotonic()
         return True
 
     def _server_states(self) -> tuple[ServerState, ...]:
@@ -316,6 +420,14 @@ class CycleRunner:
             )
             since = self._last_success.get(name)
             known = since is not None and now - since <= self._stale_after
+            if known and last is not None and last.jobs is not None:
+                # A new shard's configuration may lag its object: unknown
+                # until it matches. A fresh server's empty pools are the
+                # other wait, still_discovering, decided per snapshot below.
+                lag = configuration_lags(identity, hashmod_shard(tuple(last.jobs)))
+                self._say_lag(name, lag)
+                known = not lag
+            found_by = self._found_by(poller)
             # A Thanos Query stands for the stores behind it, each a server
             # whose own answer may be unusable (sources.prometheus.thanos).
             for snap in last.members if last and last.members else (last,):
@@ -340,7 +452,21 @@ class CycleRunner:
                             f"discovery may not have delivered every target within "
                             f"{self._discovery_grace:g}s"
                         )
-                out.append(ServerState(name, identity, known and not why, why, discovering))
+                out.append(
+                    ServerState(
+                        name,
+                        identity,
+                        known and not why,
+                        why,
+                        discovering=discovering,
+                        found_by=found_by,
+                    )
+                )
+        for server in self._followed.placeholders if self._followed else ():
+            # Found, not readable (no pod yet, not Ready, listenLocal...):
+            # a server that never answers, its replica's share unknown.
+            identity = server.identity or ServerIdentity.alone(server.name)
+            out.append(ServerState(server.name, identity, False, found_by=server.found_by))
         return tuple(out)
 
     def _remember(
@@ -558,6 +684,10 @@ class CycleRunner:
         target lists are decoded in another process while this one parses
         the Nodes."""
         start = time.monotonic()
+        if self._discovery_listed is not None:
+            listed, self._discovery_listed = self._discovery_listed, None
+            await listed()
+        await self._follow()
         reads = asyncio.gather(*(self._collect_prometheus(p) for p in self._prometheus))
         if cluster_listed is not None:
             early = asyncio.ensure_future(self._scope_pods_early())
@@ -587,9 +717,10 @@ class CycleRunner:
         readiness = await self._assess_migration(cluster)
         evidence = await self._evidence() if report is not None else NO_EVIDENCE
         self.cycles_total += 1
+        discovery = [self._discovery_health] if self._discovery_health else []
         state = ExporterState(
             report=report,
-            sources=[self._cluster.health, *(p.source.health for p in self._prometheus)],
+            sources=self.health(),
             missing_info_limit=self._missing_info_limit,
             cycles_total=self.cycles_total,
             cycle_duration_seconds=time.monotonic() - start,
@@ -600,10 +731,58 @@ class CycleRunner:
         complete = (
             all(answered)
             and self._cluster.health.up
+            and all(h.up for h in discovery)
             and report is not None
+            and bool(servers)
             and all(s.known for s in servers)
         )
-        return CycleResult(report, exposition, complete, readiness, evidence)
+        self._say_no_server(not servers)
+        followed = self._followed
+        return CycleResult(
+            report,
+            exposition,
+            complete,
+            readiness,
+            len(servers),
+            followed.findings() if followed else (),
+            followed.placeholders if followed else (),
+            self._urls(),
+            evidence,
+        )
+
+    def health(self) -> list[SourceHealth]:
+        """Every source this cycle reads: Kubernetes, discovery, each server."""
+        discovery = [self._discovery_health] if self._discovery_health else []
+        return [self._cluster.health, *discovery, *(p.source.health for p in self._prometheus)]
+
+    def _urls(self) -> dict[str, str]:
+        out = {}
+        for poller in self._prometheus:
+            endpoint = getattr(poller.source, "endpoint", None)
+            if endpoint is not None:
+                out[poller.source.health.prometheus] = endpoint.url
+        for server in self._followed.placeholders if self._followed else ():
+            if server.url:
+                out[server.name] = server.url
+        return out
+
+    async def close_sources(self) -> None:
+        """Close every server's source, given and found."""
+        for poller in self._prometheus:
+            closer = getattr(poller.source, "close", None)
+            if closer is not None:
+                await closer()
+
+    def _say_no_server(self, none: bool) -> None:
+        """Once when it starts, then every 60 cycles while it holds."""
+        if not none:
+            self._no_server_said = -1
+        elif self._no_server_said < 0 or self.cycles_total - self._no_server_said >= 60:
+            log.warning(
+                "no Prometheus server was found or given: nothing was judged",
+                extra=fields(hint=NO_SERVER_HINT),
+            )
+            self._no_server_said = self.cycles_total
 
 
 def _configured_pools(snap: PrometheusSnapshot) -> set[str] | None:

@@ -19,6 +19,11 @@ PROMETHEUS_STALE_AFTER = "5m"
 with its last good answer: long enough for a restart or a reload, short
 enough that a shard down for hours stops "covering" anything."""
 PROMETHEUS_FULL_REFRESH_INTERVAL = "10m"
+PROMETHEUS_DISCOVERY = "on"
+"""Find the Prometheus Operator's servers by themselves (docs/discovery.md)."""
+PROMETHEUS_POD_PORT = "web"
+"""Container port of the pods --prometheus-pod-selector finds: the
+Operator's name for the web port."""
 PROMETHEUS_DISCOVERY_GRACE = "2m"
 """How long after a server starts its pools are not judged (coverage
 unknown, cause still_discovering), since a fresh server shows every pool

@@ -20,6 +20,7 @@ exit codes:
   {USAGE}  usage error: an unknown or malformed flag or environment variable,
      or a file named by a flag (kubeconfig, fleet file) that cannot be used
   {CANNOT_JUDGE}  could not judge: a source failed (the apiserver or a Prometheus
-     down, refusing, too slow), a replica's coverage is unknown, or no
-     Service was compared
+     down, refusing, too slow, or a URL answering from several servers), a
+     replica's coverage is unknown, no Service was compared, or no
+     Prometheus server was found or given
 """

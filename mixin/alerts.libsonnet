@@ -187,6 +187,19 @@ local text(v) = if std.isString(v) then v else std.manifestJson(v);
             },
           },
           {
+            "alert": "ScrapeCoverageNoPrometheus",
+            "expr": "scrape_coverage_servers == 0",
+            "for": $._config.sourceDownFor,
+            "labels": {
+              "severity": "warning",
+            },
+            "annotations": {
+              "summary": "No Prometheus server is found or given to coverage-exporter.",
+              "description": "coverage-exporter {{ $labels.instance }} found no Prometheus server (no Prometheus Operator object with servers, no pod matching --prometheus-pod-selector) and was given none: scrape coverage is not being checked, and no ScrapeCoverageTargetsMissing alert can fire.",
+              "runbook_url": (text($._config.runbookBaseUrl) + "ScrapeCoverageNoPrometheus.md"),
+            },
+          },
+          {
             "alert": "ScrapeCoverageExporterStale",
             "expr": ("time() - scrape_coverage_last_cycle_timestamp_seconds > " + text($._config.staleAfterSeconds)),
             "for": $._config.exporterStaleFor,

@@ -40,12 +40,11 @@ if [[ $OPERATOR == 1 ]]; then
   # loaded its config and discovery equals what the objects imply.
   testbed/testbed up --nodes "$NODES" --operator --rule-file alerts/coverage-exporter.rules.yml
   eval "$(testbed/testbed env)"
-  # PROMETHEUS_URLS holds the four pods as NAME=URL (names = pod names).
-  prometheus_flags=()
+  # No server flag: the exporter finds the CR monitoring/k8s and reads each
+  # of its four pods at its pod IP (PROMETHEUS_URLS lists them, for you).
   IFS=, read -ra pods <<<"$PROMETHEUS_URLS"
-  for p in "${pods[@]}"; do prometheus_flags+=(--prometheus-url "$p"); done
   stop_exporter
-  .venv/bin/coverage-exporter serve --kubeconfig "$KUBECONFIG" "${prometheus_flags[@]}" \
+  .venv/bin/coverage-exporter serve --kubeconfig "$KUBECONFIG" \
     --web.listen-address "$EXPORTER_ADDRESS" --interval 15s >"$STATE/logs/coverage-exporter.log" 2>&1 &
   echo $! >"$PIDFILE"
   for _ in $(seq 120); do
@@ -55,7 +54,7 @@ if [[ $OPERATOR == 1 ]]; then
   echo
   echo "== coverage-exporter audit (exit code 1 = gaps found; each replica judged on its own) =="
   set +e
-  .venv/bin/coverage-exporter audit --kubeconfig "$KUBECONFIG" "${prometheus_flags[@]}" --log.level error
+  .venv/bin/coverage-exporter audit --kubeconfig "$KUBECONFIG" --log.level error
   set -e
   cat <<EOT
 
@@ -73,7 +72,9 @@ Walk the migration (each step returns once settled) and audit again after each:
   testbed/testbed migrate dual-write      # --kubelet-endpointslice=true: Operator-written slices
   testbed/testbed migrate switch-role     # serviceDiscoveryRole: EndpointSlice
   testbed/testbed migrate endpoints-off   # --kubelet-endpoints=false
-  .venv/bin/coverage-exporter audit --kubeconfig "\$KUBECONFIG" ${prometheus_flags[*]}
+  .venv/bin/coverage-exporter audit --kubeconfig "\$KUBECONFIG"
+Or change the fleet and watch the exporter follow it within a cycle:
+  testbed/testbed shards 3                # PATCH the CR: the Operator adds shard 2, two more pods
 Stop everything: make down
 EOT
   exit 0
@@ -82,9 +83,12 @@ fi
 testbed/testbed up --nodes "$NODES" --prometheus both --rule-file alerts/coverage-exporter.rules.yml
 eval "$(testbed/testbed env)"
 
-prometheus_flags=(--prometheus-url "prometheus-3=$PROMETHEUS_3_URL" --prometheus-url "prometheus-2=$PROMETHEUS_2_URL")
+# No server flag: the testbed's two servers run as pods labelled like the
+# prometheus-community chart's (a Prometheus the Operator does not run), and
+# the exporter finds them by that label selector.
+discovery_flags=(--prometheus-pod-selector "$PROMETHEUS_POD_SELECTOR" --prometheus-pod-port web)
 stop_exporter
-.venv/bin/coverage-exporter serve --kubeconfig "$KUBECONFIG" "${prometheus_flags[@]}" \
+.venv/bin/coverage-exporter serve --kubeconfig "$KUBECONFIG" "${discovery_flags[@]}" \
   --web.listen-address "$EXPORTER_ADDRESS" --interval 15s >"$STATE/logs/coverage-exporter.log" 2>&1 &
 echo $! >"$PIDFILE"
 
@@ -125,11 +129,11 @@ PY
 echo
 echo "== coverage-exporter audit (exit code 1 = gaps found; each server judged on its own) =="
 set +e
-.venv/bin/coverage-exporter audit --kubeconfig "$KUBECONFIG" "${prometheus_flags[@]}" --log.level error
+.venv/bin/coverage-exporter audit --kubeconfig "$KUBECONFIG" "${discovery_flags[@]}" --log.level error
 # The same collection as one self-contained page: every missing node, where
 # it was lost, what to do.
 REPORT=$STATE/report.html
-.venv/bin/coverage-exporter audit --kubeconfig "$KUBECONFIG" "${prometheus_flags[@]}" --log.level error \
+.venv/bin/coverage-exporter audit --kubeconfig "$KUBECONFIG" "${discovery_flags[@]}" --log.level error \
   --output html >"$REPORT"
 report_rc=$?
 set -e

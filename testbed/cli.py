@@ -1,4 +1,4 @@
-"""``testbed/testbed up|env|down|status|restart|scale|migrate``: the testbed from a shell."""
+"""``testbed/testbed up|env|down|status|restart|scale|migrate|shards``: the testbed from a shell."""
 
 from __future__ import annotations
 
@@ -39,6 +39,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         kube = scenarios.connect(c.kubeconfig)
         if args.nodes:
             scenarios.apply(kube, args.nodes, operator=args.operator)
+        if not args.operator:
+            scenarios.register_server_pods(kube, c.prometheus_urls)
         if args.operator:
             from testbed import migration
 
@@ -110,6 +112,22 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_shards(args: argparse.Namespace) -> int:
+    from testbed import migration
+
+    c = Cluster.load(args.state_dir)
+    if not c.operator:
+        print("shards needs the operator scenario (testbed/testbed up --operator)",
+              file=sys.stderr)
+        return 2
+    start = time.monotonic()
+    migration.set_shards(c, scenarios.connect(c.kubeconfig), args.shards)
+    for pod in c.operator_pods():
+        print(f"{pod.name}: shard {pod.shard}, replica {pod.replica}, {pod.url}")
+    print(f"{args.shards} shards settled in {time.monotonic() - start:.1f} s")
+    return 0
+
+
 def cmd_down(args: argparse.Namespace) -> int:
     state = Path(args.state_dir or state_dir_default())
     if not (state / "state.json").exists():
@@ -155,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     mg = sub.add_parser("migrate", help="one step of the Operator's kubelet migration")
     mg.add_argument("step", choices=["dual-write", "switch-role", "endpoints-off"])
     mg.set_defaults(fn=cmd_migrate)
+    sh = sub.add_parser("shards", help="PATCH the Operator's CR to N shards (its pods follow)")
+    sh.add_argument("shards", type=int)
+    sh.set_defaults(fn=cmd_shards)
     down = sub.add_parser("down", help="stop every process and remove the state")
     down.add_argument("--keep-state", action="store_true")
     down.set_defaults(fn=cmd_down)

@@ -1,9 +1,11 @@
 """The testbed's processes: etcd, kube-apiserver, kube-controller-manager,
 kwok, Alertmanager with a webhook receiver, and Prometheus 2.53 and/or 3.x.
 With ``operator=True``: the real Prometheus Operator (under a restarting
-supervisor), the config reloader and the four Prometheus 3.x servers of the
-``monitoring/k8s`` CR (2 shards x 2 replicas); the testbed's own
-``prometheus-3`` then only scrapes the exporter and evaluates the rules.
+supervisor), kube-controller-manager's statefulset and garbage collector
+controllers, and testbed/pods.py, which runs one Prometheus 3.x per pod of
+the Operator's StatefulSets at its pod IP (CR ``monitoring/k8s``: 2 shards
+x 2 replicas); the testbed's own ``prometheus-3`` then only scrapes the
+exporter and evaluates the rules.
 
 Everything binds 127.0.0.1 on free ports. Ports, pids and the admin token live
 in ``<state_dir>/state.json`` so a later process (``testbed env``, ``down``, a
@@ -26,8 +28,10 @@ from typing import Any
 
 from testbed import certs, procs
 from testbed import operator as op
+from testbed import pods as oppods
 from testbed import prometheus as promcfg
 from testbed import scrapers as scr
+from testbed.scenarios import SERVER_POD_SELECTOR
 
 REPO = Path(__file__).resolve().parent.parent
 TESTBED = REPO / "testbed"
@@ -40,7 +44,7 @@ PROMETHEUS_VERSIONS = ("3", "2")
 # Start order; stop runs in reverse.
 CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kwok")
 MONITORING = ("webhook", "alertmanager", "prometheus-3", "prometheus-2")
-OPERATOR = ("prometheus-operator", "config-reloader", *op.POD_NAMES)
+OPERATOR = ("prometheus-operator", "prometheus-pods")
 SERVICE_CIDR = "10.96.0.0/16"
 # Pod IPs for non-hostNetwork pods; kwok's default /24 runs out at 254.
 POD_CIDR = "10.128.0.0/10"
@@ -284,10 +288,18 @@ class Cluster:
 
     @property
     def operator_prometheus_urls(self) -> dict[str, str]:
-        """Pod name of each operator-managed Prometheus -> base URL."""
-        if not self.operator:
-            return {}
-        return {p: f"http://127.0.0.1:{self._port(p)}" for p in op.POD_NAMES}
+        """Pod name of each running operator-managed Prometheus -> base URL
+        (its pod IP and web port)."""
+        return {p.name: p.url for p in self.operator_pods()}
+
+    def operator_pods(self) -> list[oppods.PodProcess]:
+        """The Operator's pods whose Prometheus runs now (testbed/pods.py)."""
+        return oppods.load(self.state_dir) if self.operator else []
+
+    @property
+    def pod_cidr(self) -> str:
+        """The loopback /24 of the Operator's pod IPs (testbed/pods.py)."""
+        return str(self._state["pod_cidr"])
 
     @property
     def operator_port(self) -> int:
@@ -343,6 +355,9 @@ class Cluster:
             })
         for name, url in self.prometheus_urls.items():
             env[name.upper().replace("-", "_") + "_URL"] = url
+        if not self.operator:
+            # The servers as pods (scenarios.register_server_pods).
+            env["PROMETHEUS_POD_SELECTOR"] = SERVER_POD_SELECTOR
         if self.scrapers:
             # NAME=URL, as --prometheus-url takes it.
             env["SCRAPER_URLS"] = ",".join(f"{n}={u}" for n, u in scr.urls(self).items())
@@ -421,6 +436,8 @@ class Cluster:
         needed = [n for n in dict.fromkeys(names) if n not in self._state["ports"]]
         for n, port in zip(needed, procs.free_ports(len(needed)), strict=True):
             self._state["ports"][n] = port
+        if self.operator and "pod_cidr" not in self._state:
+            self._state["pod_cidr"] = oppods.choose_cidr()
         certs.ensure_pki(self.pki)
         if not self.token_file.exists():
             self.token_file.write_text(secrets.token_hex(24) + "\n")
@@ -522,6 +539,9 @@ class Cluster:
             procs.terminate(p["pid"], p["exe"], timeout=timeout, force=force)
             self._state["pids"].pop(name, None)
             self._save()
+        if name == "prometheus-pods":
+            # Its Prometheus servers, should it have died without stopping them.
+            oppods.stop_leftovers(self.state_dir)
 
     def set_without_controllers(self, names: Sequence[str]) -> None:
         """Restarts the kube-controller-manager without these controllers
@@ -608,11 +628,19 @@ class Cluster:
                 *self._audit_flags(),
             ]
         if name == "kube-controller-manager":
+            controllers = list(self.kcm_controllers)
+            if self.operator:
+                # The Operator's StatefulSets get their pods; shards removed
+                # go (the Operator deletes them with foreground propagation,
+                # which only the garbage collector completes), and so do
+                # the objects of a deleted CR. Not in KCM_CONTROLLERS: the
+                # scenarios never turn them off.
+                controllers += ["statefulset-controller", "garbage-collector-controller"]
             return [
                 str(b.kube_controller_manager),
                 f"--kubeconfig={self.kubeconfig}",
                 "--leader-elect=false",
-                f"--controllers={','.join(self.kcm_controllers)}",
+                f"--controllers={','.join(controllers)}",
                 "--bind-address=127.0.0.1", f"--secure-port={port('kube-controller-manager')}",
                 f"--cert-dir={s / 'kcm-certs'}",
                 # Defaults stated on purpose: they are what the scenario tests.
@@ -651,23 +679,12 @@ class Cluster:
             return [sys.executable, "-m", "testbed.operator", "supervise", "--",
                     *op.operator_argv(b.operator, port(name), endpoints, endpointslice,
                                       _versions()["OPERATOR_VERSION"])]
-        if name == "config-reloader":
-            ports = {p: port(p) for p in op.POD_NAMES}
-            return [sys.executable, "-m", "testbed.operator", "reload",
+        if name == "prometheus-pods":
+            return [sys.executable, "-m", "testbed.pods", "run",
                     f"--state-dir={s}", f"--kubeconfig={self.kubeconfig}",
-                    f"--ports={json.dumps(ports)}"]
+                    f"--prometheus={b.prometheus['3']}", f"--pod-cidr={self.pod_cidr}"]
         if name in scr.COMPONENTS:
             return scr.argv(self, name, self._state["ports"])
-        if name in op.POD_NAMES:
-            d = s / name
-            return [
-                str(b.prometheus["3"]), f"--config.file={op.config_path(s, name)}",
-                f"--storage.tsdb.path={d / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port(name)}",
-                f"--web.external-url=http://127.0.0.1:{port(name)}",
-                "--web.enable-lifecycle",
-                "--storage.tsdb.retention.time=1d",
-            ]
         if name.startswith("prometheus-"):
             v = name.removeprefix("prometheus-")
             d = s / name
@@ -708,8 +725,8 @@ class Cluster:
             return procs.http_get(f"http://127.0.0.1:{port}/")[0] == 200
         if name == "prometheus-operator":
             return op.operator_ready(port, *self.kubelet_flags)
-        if name == "config-reloader":
-            return all(op.config_path(self.state_dir, p).exists() for p in op.POD_NAMES)
+        if name == "prometheus-pods":
+            return (self.state_dir / oppods.STATE_FILE).exists()
         if name in scr.COMPONENTS:
             return scr.ready(name, port)
         return procs.http_get(f"http://127.0.0.1:{port}/-/ready")[0] == 200

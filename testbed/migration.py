@@ -10,7 +10,8 @@ not list the role's resource discovers nothing.
 
 Each step returns once settled: the operator runs with the step's flags and
 has synced the kubelet objects at least twice since (its first sync after
-enabling slices can fail; it converges on the next), every pod's config
+enabling slices can fail; it converges on the next), the pods the CR asks
+for (shards x replicas) and no others run and are Ready, every pod's config
 file equals the Secret as the reloader expands it and Prometheus loaded it
 after the file was written, and every pod's targets equal what the objects
 imply, twice in a row.
@@ -43,7 +44,7 @@ ROLE_RESOURCE = {"endpoints": ("", "endpoints"), "endpointslice": ("discovery.k8
 Targets = dict[str, dict[str, set[str]]]  # pod -> pool -> {"ip:port"}
 
 
-def shard_of(address: str, shards: int = op.SHARDS) -> int:
+def shard_of(address: str, shards: int) -> int:
     """Prometheus's hashmod: the last 8 bytes of md5, big-endian, modulo."""
     return int.from_bytes(hashlib.md5(address.encode()).digest()[8:], "big") % shards
 
@@ -97,12 +98,20 @@ def expected_targets(kube: Kube, cluster: Cluster) -> Targets:
     """What each pod must discover in each pool, from the objects."""
     cr = op.get_cr(kube)
     role = cr_role(cr)
+    shards = max(1, int(cr["spec"].get("shards") or 1))
     per_pool = {}
     for pool, (ns, svc, port_name, _) in POOL_SERVICES.items():
         allowed = may_list(kube, cluster, cr, role, ns)
         per_pool[pool] = object_addresses(kube, role, ns, svc, port_name) if allowed else set()
-    return {pod.name: {pool: {a for a in addrs if shard_of(a) == pod.shard}
-                       for pool, addrs in per_pool.items()} for pod in op.pods()}
+    return {pod.name: {pool: {a for a in addrs if shard_of(a, shards) == pod.shard}
+                       for pool, addrs in per_pool.items()} for pod in cr_pods(cr)}
+
+
+def cr_pods(cr: dict[str, Any]) -> list[op.Pod]:
+    """The pods the CR asks for, as its StatefulSets name them."""
+    spec = cr["spec"]
+    return op.pods(cr["metadata"]["name"], max(1, int(spec.get("shards") or 1)),
+                   int(spec.get("replicas") if spec.get("replicas") is not None else 1))
 
 
 def active_targets(url: str, pool: str) -> set[str]:
@@ -123,8 +132,10 @@ def discovered(cluster: Cluster) -> Targets:
 def replica_union(targets: Targets, replica: int) -> dict[str, set[str]]:
     """What one replica discovers: the union of its shards."""
     out: dict[str, set[str]] = {pool: set() for pool in op.POOLS}
-    for pod in op.replica_pods(replica):
-        for pool, addrs in targets[pod.name].items():
+    for name, pools in targets.items():
+        if op.place(name)[1] != replica:
+            continue
+        for pool, addrs in pools.items():
             out[pool] |= addrs
     return out
 
@@ -173,12 +184,34 @@ def _prometheus_metric(url: str, name: str) -> float | None:
     return None
 
 
+def _pods_running(kube: Kube, cluster: Cluster) -> str | None:
+    """The pods the CR asks for, and no others, exist, are Ready, and run
+    their Prometheus (the statefulset controller, the garbage collector
+    and testbed/pods.py have caught up with the CR)."""
+    want = {p.name for p in cr_pods(op.get_cr(kube))}
+    objects = kube.list(f"/api/v1/namespaces/{op.MONITORING}/pods",
+                        labelSelector=f"operator.prometheus.io/name={op.NAME}")
+    have = {p["metadata"]["name"] for p in objects}
+    ready = {p["metadata"]["name"] for p in objects if _pod_ready(p)}
+    running = {p.name for p in cluster.operator_pods() if p.ready}
+    if have != want:
+        return f"pods {sorted(have)}, the CR asks for {sorted(want)}"
+    if ready != want or running != want:
+        return f"Ready {sorted(ready)}, Prometheus answering on {sorted(running)}"
+    return None
+
+
+def _pod_ready(pod: dict[str, Any]) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in (pod.get("status") or {}).get("conditions") or [])
+
+
 def _configs_loaded(kube: Kube, cluster: Cluster) -> str | None:
     raw = op.secret_config(kube)
     if raw is None:
         return "no config Secret"
     role = cr_role(op.get_cr(kube))
-    for pod in op.pods():
+    for pod in cr_pods(op.get_cr(kube)):
         path = op.config_path(cluster.state_dir, pod.name)
         want = op.pod_config(raw, pod)
         roles = set(re.findall(r"^\s*-?\s*role: (\w+)\s*$", want, re.MULTILINE))
@@ -186,7 +219,9 @@ def _configs_loaded(kube: Kube, cluster: Cluster) -> str | None:
             return f"Secret has roles {roles}, not yet regenerated for {role}"
         if not path.exists() or path.read_text() != want:
             return f"{pod.name}: config file not yet rewritten"
-        url = cluster.operator_prometheus_urls[pod.name]
+        url = cluster.operator_prometheus_urls.get(pod.name)
+        if url is None:
+            return f"{pod.name}: its Prometheus is not running"
         ok = _prometheus_metric(url, "prometheus_config_last_reload_successful")
         at = _prometheus_metric(url, "prometheus_config_last_reload_success_timestamp_seconds")
         if ok != 1 or at is None or at < int(path.stat().st_mtime):
@@ -196,13 +231,17 @@ def _configs_loaded(kube: Kube, cluster: Cluster) -> str | None:
 
 def _discovery(kube: Kube, cluster: Cluster, last: list[Targets]) -> str | None:
     want = expected_targets(kube, cluster)
-    got = discovered(cluster)
+    try:
+        got = discovered(cluster)
+    except RuntimeError as e:  # a server restarting (its pod replaced)
+        last.clear()
+        return str(e)
     for pod, pools in want.items():
         for pool, addrs in pools.items():
-            if got[pod][pool] != addrs:
+            have = got.get(pod, {}).get(pool, set())
+            if have != addrs:
                 last.clear()
-                return (f"{pod} {pool}: {len(got[pod][pool])} targets, "
-                        f"the objects imply {len(addrs)}")
+                return f"{pod} {pool}: {len(have)} targets, the objects imply {len(addrs)}"
     if not last or last[-1] != got:
         last[:] = [got]
         return "discovery matches once; checking it holds"
@@ -217,6 +256,8 @@ def settle(cluster: Cluster, kube: Kube, since: dict[str, float] | None = None,
     sc.poll(lambda: _operator_synced(cluster, since or {}), "operator not synced", timeout,
             interval=0.5)
     sc.poll(lambda: _kubelet_objects(kube, cluster), "kubelet objects not converged", timeout,
+            interval=0.5)
+    sc.poll(lambda: _pods_running(kube, cluster), "Prometheus pods not running", timeout,
             interval=0.5)
     sc.poll(lambda: _configs_loaded(kube, cluster), "configs not loaded", timeout, interval=0.5)
     seen: list[Targets] = []
@@ -237,6 +278,12 @@ def set_kubelet_flags(cluster: Cluster, kube: Kube, endpoints: bool,
 def set_role(cluster: Cluster, kube: Kube, role: str) -> Targets:
     """role: "Endpoints" or "EndpointSlice" (Prometheus-wide in 0.85)."""
     op.patch_cr(kube, {"serviceDiscoveryRole": role})
+    return settle(cluster, kube, since=_syncs(cluster))
+
+
+def set_shards(cluster: Cluster, kube: Kube, shards: int) -> Targets:
+    """PATCH the CR's shards; returns once its pods are the CR's and settled."""
+    op.patch_cr(kube, {"shards": shards})
     return settle(cluster, kube, since=_syncs(cluster))
 
 

@@ -9,14 +9,16 @@ do around it.
   flag), listens on 127.0.0.1, and owns ``kube-system/kubelet``
   (``--kubelet-service``). It can crash (a nil dereference when the Service
   sync fails), so ``supervise`` restarts it.
-- No StatefulSet controller runs here, so no Prometheus pod exists. ``reload``
-  does what ``prometheus-config-reloader`` does in each pod: reads Secret
-  ``prometheus-k8s``, gunzips ``prometheus.yaml.gz``, expands ``$(POD_NAME)``
-  and ``$(SHARD)``, writes one config per pod and POSTs ``/-/reload``.
+- kube-controller-manager's statefulset controller makes the pods of the
+  Operator's StatefulSets; testbed/pods.py binds them, runs one real
+  Prometheus per pod at its (loopback) pod IP and does what
+  ``prometheus-config-reloader`` does in each pod: reads Secret
+  ``prometheus-<name>``, gunzips ``prometheus.yaml.gz``, expands
+  ``$(POD_NAME)`` and ``$(SHARD)`` (``pod_config`` here) and reloads.
 
-``python -m testbed.operator supervise|reload`` are the two long-running
-helpers the Cluster starts; the rest are functions for the Cluster, the CLI
-and the tests.
+``python -m testbed.operator supervise`` is the long-running helper the
+Cluster starts; the rest are functions for the Cluster, the CLI and the
+tests.
 """
 
 from __future__ import annotations
@@ -35,8 +37,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kubernetes.client.exceptions import ApiException
-
 from testbed import procs
 from testbed.kube import Kube
 
@@ -49,7 +49,8 @@ CONFIG_SECRET = f"prometheus-{NAME}"
 CONFIG_KEY = "prometheus.yaml.gz"
 # The minimal set: with the prometheuses CRD present the operator waits for
 # informers on all four others and exits after 10 min if one is missing.
-CRDS = ("prometheuses", "servicemonitors", "podmonitors", "probes", "prometheusrules")
+CRDS = ("prometheuses", "servicemonitors", "podmonitors", "probes", "prometheusrules",
+        "prometheusagents")
 CRD_GROUP = "monitoring.coreos.com"
 API = f"/apis/{CRD_GROUP}/v1/namespaces/{MONITORING}"
 KUBELET_SYNC_PERIOD = "5s"
@@ -99,10 +100,19 @@ def pods(name: str = NAME, shards: int = SHARDS, replicas: int = REPLICAS) -> li
 
 
 POD_NAMES = [p.name for p in pods()]
+"""The pods of the CR as the testbed creates it (2 shards x 2 replicas)."""
 
 
 def replica_pods(replica: int) -> list[Pod]:
     return [p for p in pods() if p.replica == replica]
+
+
+def place(pod: str, name: str = NAME) -> tuple[int, int]:
+    """(shard, replica) of a pod of the CR's StatefulSets, from its name."""
+    m = re.fullmatch(rf"prometheus-{re.escape(name)}(?:-shard-(\d+))?-(\d+)", pod)
+    if not m:
+        raise ValueError(f"not a pod of CR {name}: {pod}")
+    return int(m.group(1) or 0), int(m.group(2))
 
 
 # ---- the module and its CRDs ----------------------------------------------------
@@ -303,11 +313,14 @@ def expand(text: str, env: dict[str, str]) -> str:
     return _ENV_VAR.sub(sub, text)
 
 
+def gunzip(raw: bytes) -> bytes:
+    """The reloader gunzips only what starts with gzip's magic."""
+    return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+
+
 def pod_config(raw: bytes, pod: Pod) -> str:
     """The Secret's bytes as the pod's Prometheus must load them."""
-    if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
-    return expand(raw.decode(), {"POD_NAME": pod.name, "SHARD": str(pod.shard)})
+    return expand(gunzip(raw).decode(), {"POD_NAME": pod.name, "SHARD": str(pod.shard)})
 
 
 def secret_config(kube: Kube) -> bytes | None:
@@ -321,51 +334,6 @@ def secret_config(kube: Kube) -> bytes | None:
 
 def config_path(state_dir: Path, pod: str) -> Path:
     return state_dir / pod / "prometheus.env.yaml"
-
-
-def write_configs(state_dir: Path, raw: bytes) -> list[str]:
-    """Writes each pod's config; returns the pods whose file changed."""
-    changed = []
-    for pod in pods():
-        path = config_path(state_dir, pod.name)
-        text = pod_config(raw, pod)
-        if path.exists() and path.read_text() == text:
-            continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
-        changed.append(pod.name)
-    return changed
-
-
-def reload_loop(state_dir: Path, kubeconfig: Path, ports: dict[str, int]) -> None:
-    """Watches the Secret (polling its bytes each second: the operator updates
-    it on every sync even when unchanged, so resourceVersion says nothing) and
-    reloads each Prometheus whose config changed, retrying until it took."""
-    kube = Kube(kubeconfig, pool=4)
-    pending: set[str] = set()
-    last: bytes | None = None
-    while True:
-        try:
-            raw = secret_config(kube)
-        except (ApiException, OSError) as e:
-            print(f"secret: {e}", flush=True)
-            raw = None
-        if raw is not None and raw != last:
-            changed = write_configs(state_dir, raw)
-            print(f"config changed for {changed or 'no pod'}", flush=True)
-            pending |= set(changed)
-            last = raw
-        for name in sorted(pending):
-            try:
-                status = procs.http_post(f"http://127.0.0.1:{ports[name]}/-/reload")
-            except OSError:
-                status = 0  # not started yet: it loads the file at start
-            if status == 200 or status == 0:
-                pending.discard(name)
-            print(f"reload {name}: {status or 'not running'}", flush=True)
-        time.sleep(1)
 
 
 def config_sha(state_dir: Path, pod: str) -> str:
@@ -465,18 +433,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     sv = sub.add_parser("supervise", help="run the operator, restarting it when it exits")
     sv.add_argument("argv", nargs=argparse.REMAINDER)
-    rl = sub.add_parser("reload", help="the config reloader of every Prometheus pod")
-    rl.add_argument("--state-dir", type=Path, required=True)
-    rl.add_argument("--kubeconfig", type=Path, required=True)
-    rl.add_argument("--ports", required=True, help="JSON: pod name -> port")
     args = p.parse_args(argv)
-    if args.cmd == "supervise":
-        cmd = [a for a in args.argv if a != "--"]
-        return supervise(cmd, dict(os.environ))
-    reload_loop(args.state_dir, args.kubeconfig, {k: int(v) for k, v in
-                                                  json.loads(args.ports).items()})
-    return 0
-
+    cmd = [a for a in args.argv if a != "--"]
+    return supervise(cmd, dict(os.environ))
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -317,6 +317,55 @@ def scale_nodes(kube: Kube, n: int, timeout: float = 300, *, operator: bool = Fa
     log.info("controllers converged for %d nodes (%.1f s)", n, time.monotonic() - t0)
 
 
+# ---- the testbed's own Prometheus servers, as pods ---------------------------------
+
+# What the prometheus-community `prometheus` chart labels its server pods with:
+# a Prometheus the Operator does not run, found by a pod label selector.
+SERVER_POD_LABELS = {"app.kubernetes.io/name": "prometheus",
+                     "app.kubernetes.io/component": "server"}
+SERVER_POD_SELECTOR = ",".join(f"{k}={v}" for k, v in SERVER_POD_LABELS.items())
+SERVER_POD_PORT = "web"
+HOST_NODE = "testbed-host"
+"""The node the servers' pods are bound to: none exists, so kwok leaves them
+alone, and no node count changes."""
+
+
+def register_server_pods(kube: Kube, urls: dict[str, str]) -> None:
+    """The plain testbed's Prometheus servers (name -> http://127.0.0.1:PORT)
+    as pods in `monitoring`: Running and Ready at IP 127.0.0.1 with their
+    port named `web`, the status written here as their kubelet would. So
+    `--prometheus-pod-selector` finds them (a Prometheus the Operator does
+    not run); kube-apiserver takes 127.0.0.1 as a pod IP (testbed/README.md)."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    kube.create("/api/v1/namespaces", {"metadata": {"name": MONITORING}})
+    for name, url in urls.items():
+        port = int(url.rsplit(":", 1)[1])
+        pod = f"{name}-0"
+        path = f"/api/v1/namespaces/{MONITORING}/pods"
+        kube.delete(f"{path}/{pod}", grace=0)  # a previous run's, at another port
+        _wait_gone(kube, f"{path}/{pod}")
+        kube.create(path, {
+            "metadata": {"name": pod, "namespace": MONITORING, "labels": SERVER_POD_LABELS},
+            "spec": {"nodeName": HOST_NODE, "containers": [{
+                "name": "prometheus", "image": "quay.io/prometheus/prometheus",
+                "ports": [{"name": SERVER_POD_PORT, "containerPort": port}]}]},
+        })
+        kube.request("PATCH", f"{path}/{pod}/status", {"status": {
+            "phase": "Running", "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}],
+            "startTime": now,
+            "conditions": [{"type": t, "status": "True", "lastTransitionTime": now}
+                           for t in ("Initialized", "Ready", "ContainersReady", "PodScheduled")],
+        }}, content_type="application/merge-patch+json")
+
+
+def _wait_gone(kube: Kube, path: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while kube.get_or_none(path) is not None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} not deleted")
+        time.sleep(0.2)
+
+
 def write_operator_objects(kube: Kube, node_list: list[dict[str, Any]]) -> None:
     """What the Operator's kubelet controller writes for these nodes: the
     kubelet Endpoints (mirrored), and for kubelet-skip-mirror the labelled

@@ -14,6 +14,7 @@ from coverage_exporter.health import SourceHealth
 from coverage_exporter.model import evidence as kube_evidence
 from coverage_exporter.model.causes import Cause, StageCauses
 from coverage_exporter.model.coverage import MissingTarget, ServiceCoverage
+from coverage_exporter.model.discovery import DiscoveryFinding, FoundServer
 from coverage_exporter.model.findings import (
     EXTRA_TARGETS,
     RUNBOOK_MIGRATION,
@@ -299,6 +300,11 @@ VERDICT_WORDS = {
     Verdict.NOTHING_COMPARED: (
         "no Service compared: nothing to judge (check --service, --namespace, the scope)"
     ),
+    Verdict.NO_SERVER: (
+        "nothing judged: no Prometheus server was found or given (discovery finds the "
+        "Prometheus Operator's servers and --prometheus-pod-selector pods; "
+        "--prometheus-url and the fleet file name others)"
+    ),
     Verdict.UNKNOWN: (
         "coverage unknown: a source did not answer, or its answer cannot be judged "
         "(no gap seen in what could)"
@@ -345,10 +351,18 @@ def render_table(
     complete: bool = True,
     readiness: Sequence[Readiness] = (),
     evidence: kube_evidence.Evidence = kube_evidence.NO_EVIDENCE,
+    found: Sequence[DiscoveryFinding] = (),
+    unread: Sequence[FoundServer] = (),
 ) -> str:
     lines = [_source_line(h) for h in sources]
     if evidence.state in (kube_evidence.EventsRead.FORBIDDEN, kube_evidence.EventsRead.FAILED):
         lines.append(f"Kubernetes events: not read ({evidence.detail})")
+    lines += [
+        f"server {s.name} ({s.found_by}): not read, {s.unreadable}; its replica's coverage "
+        "is unknown"
+        for s in unread
+    ]
+    lines += [f"discovery: {f.message}" for f in found]
     if report is None:
         return "\n".join([*lines, verdict(None, complete)]) + "\n"
     rows = _rows(report)
@@ -568,6 +582,8 @@ def render_json(
     complete: bool = True,
     readiness: Sequence[Readiness] = (),
     evidence: kube_evidence.Evidence = kube_evidence.NO_EVIDENCE,
+    found: Sequence[DiscoveryFinding] = (),
+    unread: Sequence[FoundServer] = (),
 ) -> str:
     fleet = report.fleet if report is not None else None
     complete = complete and report is not None and all(h.up for h in sources)
@@ -594,6 +610,7 @@ def render_json(
                         "kind": sv.identity.kind,
                         "shard": sv.identity.shard,
                         "topology": sv.identity.how,
+                        "discovery": sv.found_by,
                         "known": sv.known,
                         "why_unknown": sv.why_unknown or None,
                     }
@@ -617,6 +634,14 @@ def render_json(
         else {"read": evidence.state.value, "detail": evidence.detail or None},
         "controllers": None if report is None else controllers_json(report),
         "migration": [readiness_json(r) for r in readiness],
+        "discovery": {
+            "findings": [
+                {"subject": f.subject, "reason": f.reason, "message": f.message} for f in found
+            ],
+            "not_read": [
+                {"server": s.name, "discovery": s.found_by, "reason": s.unreadable} for s in unread
+            ],
+        },
         "unresolved": []
         if report is None
         else [

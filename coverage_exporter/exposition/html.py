@@ -266,6 +266,7 @@ VERDICT_CSS = {
     Verdict.FULL_COVERAGE: "ok",
     Verdict.NOT_COLLECTED: "unknown",
     Verdict.NOTHING_COMPARED: "unknown",
+    Verdict.NO_SERVER: "unknown",
     Verdict.UNKNOWN: "unknown",
 }
 """The page's colour for each verdict: nothing or not everything judged is
@@ -770,7 +771,9 @@ def _display_url(url: str) -> str:
 
 
 def _source_name(h: SourceHealth) -> str:
-    return "Kubernetes" if h.source == SOURCE_KUBERNETES else f"Prometheus {h.prometheus}"
+    if h.source == SOURCE_KUBERNETES:
+        return "Kubernetes"
+    return f"Prometheus {h.prometheus}" if h.prometheus else h.source.capitalize()
 
 
 def _sources_table(info: PageInfo, servers: Mapping[str, ServerView]) -> str:

@@ -211,8 +211,14 @@ def _server_info(state: ExporterState) -> Iterator[Sample]:
                     str(replica.shards),
                     ident.how,
                     ident.kind,
+                    server.found_by,
                 )
                 yield labels, 1
+
+
+def _servers(state: ExporterState) -> Iterator[Sample]:
+    if state.report is not None:
+        yield (), sum(len(r.servers) for r in state.report.fleet.replicas.values())
 
 
 def _nodes(state: ExporterState) -> Iterator[Sample]:
@@ -440,9 +446,26 @@ COVERAGE_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec(
         "server_info",
         "gauge",
-        "1 per configured Prometheus server, with where it stands in its fleet and what it is.",
-        ("server", "scraper", "scraper_replica", "shard", "shards", "topology", "kind"),
+        "1 per Prometheus server given or found, with where it stands in its fleet, what it "
+        "is and how the exporter knows of it.",
+        (
+            "server",
+            "scraper",
+            "scraper_replica",
+            "shard",
+            "shards",
+            "topology",
+            "kind",
+            "discovery",
+        ),
         _server_info,
+    ),
+    MetricSpec(
+        "servers",
+        "gauge",
+        "Prometheus servers given or found, readable or not; 0: nothing was judged.",
+        (),
+        _servers,
     ),
     MetricSpec(
         "nodes", "gauge", "Nodes in the cluster by their Ready condition.", ("ready",), _nodes

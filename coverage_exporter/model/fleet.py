@@ -30,6 +30,9 @@ class ServerState:
     """It answered, but started too recently for its service discovery to
     have delivered every target (see PrometheusSnapshot.started): known is
     then False, and its empty pools are not losses."""
+    found_by: str = ""
+    """How the exporter knows of it: the flag, the fleet file, or the
+    object or selector discovery found it by (model.discovery)."""
 
 
 @dataclass(slots=True)

@@ -55,6 +55,9 @@ class Declared:
     kind: str | None = None
     """What answers on the URL (objects.KIND_*), when its answers cannot
     tell (an API proxy that lets only the targets through)."""
+    how: str = "declared"
+    """ServerIdentity.how when scraper or replica is declared: "declared"
+    (the fleet file), "discovered" (placed by its Operator object)."""
 
 
 def hashmod_shard(jobs: list[ScrapeJob] | tuple[ScrapeJob, ...]) -> tuple[int, int] | None:
@@ -179,7 +182,7 @@ def identify(
         scraper = "jobs:" + ",".join(sorted(j.name for j in jobs))
         replica = scraper
     if declared.scraper is not None or declared.replica is not None:
-        how = "declared"
+        how = declared.how
     return ServerIdentity(
         scraper=declared.scraper if declared.scraper is not None else scraper,
         replica=declared.replica if declared.replica is not None else replica,

@@ -20,6 +20,9 @@ class Verdict(StrEnum):
     while another source is down."""
     NOTHING_COMPARED = "nothing_compared"
     """No Service in scope: nothing to judge."""
+    NO_SERVER = "no_server"
+    """No Prometheus server found or given: nothing that scrapes was
+    judged, whatever the Kubernetes stages show (model.discovery)."""
     UNKNOWN = "unknown"
     """No gap in what answered, but something could not be judged: a
     source down in this cycle, or a replica's coverage unknown."""
@@ -35,6 +38,8 @@ def decide(report: CoverageReport | None, complete: bool) -> Verdict:
         return Verdict.GAPS
     if not report.services:
         return Verdict.NOTHING_COMPARED
+    if not report.fleet.replicas:
+        return Verdict.NO_SERVER
     if report.unknown_pools or not complete:
         return Verdict.UNKNOWN
     return Verdict.FULL_COVERAGE

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from testbed import scenarios
+from alerts.generate import render_rules
+from testbed import migration, scenarios
 from testbed.cluster import REPO, Cluster, state_dir_default
 from testbed.kube import Kube
 from testbed.procs import free_ports
@@ -57,6 +58,7 @@ def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         cluster.up()  # starts whatever is not running
         kube = Kube(cluster.kubeconfig)
         scenarios.apply(kube, NODES)
+        scenarios.register_server_pods(kube, cluster.prometheus_urls)
         kube.close()
         yield cluster
         return
@@ -71,6 +73,8 @@ def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         cluster.up()
         kube = Kube(cluster.kubeconfig)
         scenarios.apply(kube, NODES)
+        # The servers as pods, for discovery by pod selector (as testbed up does).
+        scenarios.register_server_pods(kube, cluster.prometheus_urls)
         kube.close()
         yield cluster
     finally:
@@ -89,3 +93,34 @@ def kube(testbed: Cluster) -> Iterator[Kube]:
 def prometheus_urls(testbed: Cluster) -> dict[str, str]:
     """ "prometheus-3" / "prometheus-2" -> base URL."""
     return testbed.prometheus_urls
+
+
+@pytest.fixture(scope="session")
+def operator_testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """The operator scenario at 1200 nodes, settled: shared by the modules
+    that use the real Operator (test_discovery_e2e.py, then
+    test_operator_migration.py), each leaving the CR as it found it."""
+    reuse = os.environ.get("OPERATOR_TESTBED_REUSE", "")
+    if reuse:
+        # A `testbed/testbed up --operator` started by hand (its state dir):
+        # used as it is and left running, for a quick rerun while developing.
+        yield Cluster.load(reuse)
+        return
+    rules = tmp_path_factory.mktemp("operator-rules") / "coverage-exporter-fast.rules.yml"
+    rules.write_text(yaml.safe_dump(render_rules(fast=True), sort_keys=False))
+    cluster = Cluster(
+        tmp_path_factory.mktemp("operator-testbed"),
+        prometheus=("3",),
+        rule_files=[rules],
+        exporter_address=f"127.0.0.1:{free_ports(1)[0]}",
+        operator=True,
+    )
+    try:
+        cluster.up()
+        kube = Kube(cluster.kubeconfig)
+        scenarios.apply(kube, NODES, operator=True)
+        migration.settle(cluster, kube, timeout=300)
+        kube.close()
+        yield cluster
+    finally:
+        cluster.down(remove_state=False)

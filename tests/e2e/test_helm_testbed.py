@@ -615,6 +615,10 @@ def test_tls_basic_auth_and_namespace_scope_keep_probes_and_rbac_working(
         testbed, "install", SECURE, str(chart.CHART), "--namespace", SECURE, *values_args(testbed),
         "--set", "webConfig.secretName=web", "--set", "webConfig.tls=true",
         "--set-json", f'scope.namespaces=["{SCOPED}"]',
+        # Discovery scoped too: cluster-wide (the default) it would grant
+        # pods in the ClusterRole (test_chart.py), which is what the scope
+        # is meant to withhold here.
+        "--set-json", f'prometheus.discovery.namespaces=["{SCOPED}"]',
         "--set", "serviceMonitor.enabled=false", "--set", "prometheusRule.enabled=false",
         "--set", "dashboard.enabled=false",
     )  # fmt: skip
@@ -640,6 +644,11 @@ def test_tls_basic_auth_and_namespace_scope_keep_probes_and_rbac_working(
         assert client.status("GET", f"/api/v1/namespaces/{SCOPED}/pods?limit=1") == 200
         assert client.status("GET", f"/api/v1/namespaces/{SCOPED}/services?limit=1") == 200
         assert client.status("GET", "/api/v1/nodes?limit=1") == 200
+        operator_objects = f"/apis/monitoring.coreos.com/v1/namespaces/{SCOPED}/prometheuses"
+        assert client.status("GET", operator_objects + "?watch=1&timeoutSeconds=1") == 200
+        # Cluster-wide only the list of migration readiness, no watch.
+        everywhere = "/apis/monitoring.coreos.com/v1/prometheuses?watch=1&timeoutSeconds=1"
+        assert client.status("GET", everywhere) == 403
         for path in ("/api/v1/pods", "/api/v1/services", "/api/v1/endpoints",
                      "/apis/discovery.k8s.io/v1/endpointslices", "/apis/apps/v1/daemonsets",
                      "/api/v1/namespaces/kube-system/pods"):  # fmt: skip

@@ -32,16 +32,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from alerts.generate import render_rules
 from testbed import migration as mg
 from testbed import operator as op
 from testbed import scenarios as s
 from testbed.cluster import Cluster
 from testbed.kube import Kube
-from testbed.procs import free_ports
 from testbed.prometheus import active_targets
 from tests.e2e.waiting import eventually
 
@@ -56,29 +53,6 @@ SERVICE_POOLS = {NE: [op.NODE_EXPORTER_POOL], KUBELET: op.KUBELET_POOLS}
 
 
 # ---- fixtures ---------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def operator_testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """The operator scenario at 1200 nodes, settled."""
-    rules = tmp_path_factory.mktemp("operator-rules") / "coverage-exporter-fast.rules.yml"
-    rules.write_text(yaml.safe_dump(render_rules(fast=True), sort_keys=False))
-    cluster = Cluster(
-        tmp_path_factory.mktemp("operator-testbed"),
-        prometheus=("3",),
-        rule_files=[rules],
-        exporter_address=f"127.0.0.1:{free_ports(1)[0]}",
-        operator=True,
-    )
-    try:
-        cluster.up()
-        kube = Kube(cluster.kubeconfig)
-        s.apply(kube, N, operator=True)
-        mg.settle(cluster, kube, timeout=300)
-        kube.close()
-        yield cluster
-    finally:
-        cluster.down(remove_state=False)
 
 
 @pytest.fixture(scope="module")

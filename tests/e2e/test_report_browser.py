@@ -288,6 +288,7 @@ async def test_live_report_shows_the_exporters_numbers_and_every_missing_node(
         assert shown["verdict"].startswith("Gaps found")
         assert {(x["source"], x["server"], x["status"]) for x in shown["sources"]} == {
             ("kubernetes", "", "up"),
+            ("discovery", "", "up"),  # on by default: finds nothing more here
             *(("prometheus", name, "up") for name in SERVERS),
         }
         assert set(shown["services"]) >= {NE, KUBELET, "kube-system/kubelet-skip-mirror"}

@@ -245,3 +245,60 @@ def test_packaged_chart_carries_the_generated_files(tmp_path: Path) -> None:
     docs = by_kind([d for d in yaml.safe_load_all(done.stdout) if d])
     assert docs["PrometheusRule"]["spec"]["groups"]
     assert json.loads(next(iter(docs["ConfigMap"]["data"].values())))["panels"]
+
+
+def test_discovery_is_on_by_default_with_no_server_named() -> None:
+    docs = render()
+    args = _args(by_kind(docs))
+    assert "--prometheus-discovery=on" in args
+    assert not [a for a in args if a.startswith("--prometheus-url")]
+    (role,) = [d for d in docs if d["kind"] == "ClusterRole"]
+    watched = [r for r in role["rules"] if "watch" in r["verbs"]
+               and r["apiGroups"] == ["monitoring.coreos.com"]]
+    assert [r["resources"] for r in watched] == [["prometheuses", "prometheusagents"]]
+    assert not [d for d in docs if d["kind"] in ("Role", "RoleBinding")]
+
+
+def test_cluster_wide_discovery_keeps_its_pods_when_the_scope_is_narrowed() -> None:
+    """scope.namespaces moves Services, Endpoints and pods to Roles there; the
+    servers' pods live elsewhere (monitoring), so discovery's grant stays in
+    the ClusterRole."""
+    docs = render(extra=("--set", "scope.namespaces={team-a}"))
+    (role,) = [d for d in docs if d["kind"] == "ClusterRole"]
+    granted: dict[tuple[str, str], set[str]] = {}
+    for rule in role["rules"]:
+        for g in rule["apiGroups"]:
+            for r in rule["resources"]:
+                granted.setdefault((g, r), set()).update(rule["verbs"])
+    assert granted[("", "pods")] == {"list", "watch"}
+    assert granted[("monitoring.coreos.com", "prometheuses")] >= {"list", "watch"}
+    assert granted[("monitoring.coreos.com", "prometheusagents")] >= {"list", "watch"}
+    assert ("", "services") not in granted
+    assert {d["metadata"]["namespace"] for d in docs if d["kind"] == "Role"} == {"team-a"}
+
+
+def test_discovery_scoped_to_namespaces_gets_roles_there_only() -> None:
+    docs = render(chart.CHART / "ci" / "full-values.yaml")
+    args = _args(by_kind(docs))
+    assert "--prometheus-discovery-namespace=monitoring" in args
+    assert "--prometheus-pod-port=9090" in args
+    (role,) = [d for d in docs if d["kind"] == "ClusterRole"]
+    assert not [r for r in role["rules"] if r["apiGroups"] == ["monitoring.coreos.com"]
+                and "watch" in r["verbs"]]
+    assert not [r for r in role["rules"] if "pods" in r["resources"]]  # scope.namespaces too
+    roles = [d for d in docs
+             if d["kind"] == "Role" and d["metadata"]["name"].endswith("-discovery")]
+    assert [(r["metadata"]["namespace"], r["rules"]) for r in roles] == [
+        ("monitoring", [{"apiGroups": ["monitoring.coreos.com"],
+                         "resources": ["prometheuses", "prometheusagents"],
+                         "verbs": ["list", "watch"]},
+                        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]}])]
+    (binding,) = [d for d in docs if d["kind"] == "RoleBinding"
+                  and d["metadata"]["name"].endswith("-discovery")]
+    assert binding["roleRef"]["name"] == roles[0]["metadata"]["name"]
+
+
+def test_discovery_off_renders_no_discovery_rbac() -> None:
+    docs = by_kind(render(chart.CHART / "ci" / "no-operator-values.yaml"))
+    assert "--prometheus-discovery=off" in _args(docs)
+

@@ -30,9 +30,12 @@ def test_audit_that_cannot_reach_the_cluster_could_not_judge(tmp_path, capsys) -
     assert code == exit_codes.CANNOT_JUDGE == 3
     doc = json.loads(out)
     assert doc["version"] == 1 and doc["services"] == [] and doc["complete"] is False
-    (kubernetes,) = doc["sources"]
-    assert kubernetes["up"] is False
-    assert f"cannot connect to 127.0.0.1:{port}: connection refused" in kubernetes["error"]
+    sources = {s["source"]: s for s in doc["sources"]}
+    # Kubernetes, and discovery (on by default) through the same API.
+    assert sources.keys() == {"kubernetes", "discovery"}
+    for source in sources.values():
+        assert source["up"] is False
+        assert f"cannot connect to 127.0.0.1:{port}: connection refused" in source["error"]
     assert "ssl:" not in err and "SSLContext" not in err
 
 
@@ -59,13 +62,14 @@ def test_audit_help_groups_flags_and_gives_exit_codes_and_examples() -> None:
     assert done.returncode == 0 and text.startswith("usage: coverage-exporter audit [flags]")
     groups = re.findall(r"^([A-Z][A-Za-z ]+):$", text, flags=re.M)
     assert groups == [
-        "Output", "Prometheus servers", "Prometheus credentials and TLS", "Kubernetes", "Scope",
-        "Runbooks", "Limits", "Logging",
+        "Output", "Finding Prometheus servers", "Prometheus servers",
+        "Prometheus credentials and TLS", "Kubernetes", "Scope", "Runbooks", "Limits", "Logging",
     ]  # fmt: skip
     for code in (0, 1, 2, 3):
         assert re.search(rf"^  {code}  \w", text, flags=re.M), code
     assert "usage error" in text and "could not judge" in text
-    assert "examples:" in text and "coverage-exporter audit --prometheus-url" in text
+    assert "examples:" in text and "coverage-exporter audit\n" in text  # discovery: no flag
+    assert "--prometheus-url thanos=" in text
     # Every flag listed has a description, more than its environment variable.
     audit = cli.build_parser()._subparsers._group_actions[0].choices["audit"]  # type: ignore[union-attr]
     listed = [a for a in audit._actions if a.help != "==SUPPRESS=="]

@@ -10,6 +10,7 @@ from typing import Any
 
 from coverage_exporter.exposition.audit import JSON_VERSION, render_json
 from coverage_exporter.health import SourceHealth
+from coverage_exporter.model.discovery import DiscoveryFinding, FoundServer
 from coverage_exporter.model.evidence import EventsRead, Evidence, gather
 from coverage_exporter.model.readiness import PrometheusCR, Readiness
 from coverage_exporter.model.report import Unresolved
@@ -55,6 +56,9 @@ def objects(doc: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
         "gap": [g for s in services for g in s["gaps"]],
         "migration": doc["migration"],
         "unresolved": doc["unresolved"],
+        "discovery": [doc["discovery"]],
+        "finding": doc["discovery"]["findings"],
+        "not read": doc["discovery"]["not_read"],
         "events": [doc["events"]],
         "evidence": [e for s in services for e in s["evidence"]],
     }
@@ -76,7 +80,12 @@ def readiness() -> Readiness:
 def test_every_field_is_documented_and_every_documented_field_is_written() -> None:
     report = truncated_report()
     report.unresolved = [Unresolved("apps", "web", "its pods cannot be listed")]
-    doc = json.loads(render_json(report, UP, readiness=[readiness()]))
+    found = [DiscoveryFinding("Prometheus monitoring/local", "listen_local", "...")]
+    unread = [
+        FoundServer("monitoring/prometheus-local-0", "Prometheus monitoring/local",
+                    unreadable="listenLocal: serves 127.0.0.1 only")
+    ]  # fmt: skip
+    doc = json.loads(render_json(report, UP, readiness=[readiness()], found=found, unread=unread))
     # And a Service whose finding an event confirms (model.evidence).
     capped = json.loads(render_json(kubelet_report(), UP, evidence=capped_evidence()))
     doc["services"] += capped["services"]

@@ -48,6 +48,7 @@ def test_json_without_kubernetes_says_nothing_was_compared() -> None:
         "verdict": "no coverage: Kubernetes could not be read",
         "migration": [],
         "events": None,
+        "discovery": {"findings": [], "not_read": []},
         "complete": False,
         "gaps": None,
         "nodes": None,

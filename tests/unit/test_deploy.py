@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from coverage_exporter.sources.kubernetes import events, operator
+from coverage_exporter.sources.kubernetes import discovery, events, operator
 from coverage_exporter.sources.kubernetes import source as kubernetes
 
 DEPLOY = Path(__file__).parent.parent.parent / "deploy" / "kubernetes.yaml"
@@ -21,12 +21,11 @@ def resource_of(path: str) -> tuple[str, str]:
 def test_cluster_role_grants_list_and_watch_on_every_watched_resource() -> None:
     docs = list(yaml.safe_load_all(DEPLOY.read_text()))
     (role,) = [d for d in docs if d["kind"] == "ClusterRole"]
-    granted = {
-        (group, resource): set(rule["verbs"])
-        for rule in role["rules"]
-        for group in rule["apiGroups"]
-        for resource in rule["resources"]
-    }
+    granted: dict[tuple[str, str], set[str]] = {}
+    for rule in role["rules"]:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                granted.setdefault((group, resource), set()).update(rule["verbs"])
     paths = [f"{api}/{resource}" for resource, api in kubernetes.API.items()]
     watched = {resource_of(p): {"list", "watch"} for p in paths}
     # Migration readiness lists the Operator's objects each cycle and asks
@@ -39,7 +38,11 @@ def test_cluster_role_grants_list_and_watch_on_every_watched_resource() -> None:
     asked = {resource_of(operator.SAR): {"create"}}
     # Kubernetes' events as evidence (sources/kubernetes/events.py).
     listed[resource_of(events.EVENTS)] = {"list"}
-    assert granted == watched | listed | asked
+    # Discovery (on by default) lists and watches the Operator's servers'
+    # objects and their pods (sources/discovery.py).
+    found = {(discovery.GROUP, r): {"list", "watch"} for r in discovery.RESOURCES}
+    found[("", "pods")] = {"list", "watch"}
+    assert granted == watched | listed | asked | found
 
 
 def test_exporter_is_scraped_with_honor_labels_and_probed() -> None:

@@ -183,6 +183,15 @@ groups:
       summary: A source of coverage-exporter cannot be read.
       description: coverage-exporter {{ "{" }}{ $labels.instance }} fails to collect from {{ "{" }}{ $labels.source }}{{ "{" }}{ if $labels.server }} ({{ "{" }}{ $labels.server }}){{ "{" }}{ end }}; its last success was {{ "{" }}{ $value | humanizeDuration }} ago. Coverage is computed from that source's last good data for up to --prometheus-stale-after, then reported as unknown.
       runbook_url: '{{ default "https://github.com/coverage-exporter/coverage-exporter/blob/main/docs/runbooks" .Values.runbookBaseUrl | trimSuffix "/" }}/ScrapeCoverageSourceDown.md'
+  - alert: ScrapeCoverageNoPrometheus
+    expr: scrape_coverage_servers == 0
+    for: '{{ .Values.prometheusRule.for.sourceDown }}'
+    labels:
+      severity: warning
+    annotations:
+      summary: No Prometheus server is found or given to coverage-exporter.
+      description: 'coverage-exporter {{ "{" }}{ $labels.instance }} found no Prometheus server (no Prometheus Operator object with servers, no pod matching --prometheus-pod-selector) and was given none: scrape coverage is not being checked, and no ScrapeCoverageTargetsMissing alert can fire.'
+      runbook_url: '{{ default "https://github.com/coverage-exporter/coverage-exporter/blob/main/docs/runbooks" .Values.runbookBaseUrl | trimSuffix "/" }}/ScrapeCoverageNoPrometheus.md'
   - alert: ScrapeCoverageExporterStale
     expr: time() - scrape_coverage_last_cycle_timestamp_seconds > {{ .Values.prometheusRule.thresholds.staleAfterSeconds }}
     for: '{{ .Values.prometheusRule.for.exporterStale }}'

@@ -116,3 +116,20 @@ when it reads the whole cluster, in a Role per namespace of scope.namespaces.
   verbs: [list]
 {{- end }}
 {{- end -}}
+
+{{/*
+What discovery (coverage_exporter/sources/kubernetes/discovery.py) lists and
+watches: the Operator's Prometheus and PrometheusAgent objects, and the pods
+that run them (operator.prometheus.io/name, or prometheus.discovery.podSelector).
+In the ClusterRole when it looks cluster-wide, in a Role per namespace of
+prometheus.discovery.namespaces otherwise; never tied to scope.namespaces,
+since the servers seldom live in the namespaces whose Services are judged.
+*/}}
+{{- define "coverage-exporter.discoveryRules" -}}
+- apiGroups: [monitoring.coreos.com]
+  resources: [prometheuses, prometheusagents]
+  verbs: [list, watch]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list, watch]
+{{- end -}}

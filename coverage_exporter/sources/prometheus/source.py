@@ -35,6 +35,7 @@ from coverage_exporter import defaults, untrusted
 from coverage_exporter.flagtypes import parse_seconds
 from coverage_exporter.health import SOURCE_PROMETHEUS, SourceHealth
 from coverage_exporter.logs import fields
+from coverage_exporter.model.answerers import process_token
 from coverage_exporter.model.objects import (
     KIND_THANOS_QUERY,
     KIND_UNKNOWN,
@@ -81,6 +82,7 @@ DEFAULT_CONCURRENCY = 4
 
 
 SCRAPE_POOLS_PATH = "/api/v1/scrape_pools"
+RUNTIMEINFO_PATH = "/api/v1/status/runtimeinfo"
 TARGETS_PATH = "/api/v1/targets"
 METRICS_PATH = "/metrics"
 
@@ -102,10 +104,17 @@ class PrometheusEndpoint:
     cert_file: str | None = None
     key_file: str | None = None
     insecure_skip_verify: bool = False
+    server_name: str | None = None
+    """The name its TLS certificate is checked against, when it is not the
+    URL's host (a pod read at its IP whose certificate names its Service)."""
     timeout_seconds: float = parse_seconds(defaults.PROMETHEUS_TIMEOUT)
     """Per request, body included."""
     declared: Declared = field(default_factory=Declared)
-    """Where the server stands in its fleet, as the user declared it."""
+    """Where the server stands in its fleet, as the user declared it (or
+    its Operator object, for a server discovery found)."""
+    found_by: str = "--prometheus-url"
+    """How the exporter knows of it: the flag, "fleet file", or the object
+    or pod selector discovery found it by."""
 
     def __post_init__(self) -> None:
         self.url = _check_url(self.url)
@@ -164,6 +173,20 @@ class _ScrapePoolsResponse(msgspec.Struct):
     data: _ScrapePoolsData | None = None
     error_type: str = msgspec.field(name="errorType", default="")
     error: str = ""
+
+
+class _RuntimeInfo(msgspec.Struct, rename="camel"):
+    start_time: str = ""
+    hostname: str = ""  # Prometheus 3.x
+
+
+class _RuntimeInfoResponse(msgspec.Struct):
+    data: _RuntimeInfo | None = None
+
+
+_RUNTIMEINFO_DECODER: untrusted.Decoder[_RuntimeInfoResponse] = untrusted.Decoder(
+    _RuntimeInfoResponse
+)
 
 
 class _ErrorResponse(msgspec.Struct):
@@ -509,6 +532,34 @@ class PrometheusSource:
             self._fail(f"GET {CONFIG_PATH}: {exc}")
         self._config_read, self._config = True, config
         return config
+
+    async def runtime_tokens(self, probes: int) -> list[str]:
+        """Who answers: `probes` reads of runtimeinfo, each on a connection
+        of its own (`Connection: close`), since a Service balances
+        connections, not requests (model.answerers). Empty where the server
+        does not say (Thanos Query answers 404); never an error: the
+        collection reads the server anyway."""
+        headers = {**self._auth_headers(), "Connection": "close"}
+        tokens: list[str] = []
+        for _ in range(probes):
+            try:
+                status, body = await self._request(RUNTIMEINFO_PATH, None, headers)
+            except SourceError:
+                return tokens
+            if status != 200:
+                return tokens
+            try:
+                info = _RUNTIMEINFO_DECODER.decode(body).data
+            except msgspec.DecodeError:
+                return tokens
+            if info is not None and info.start_time:
+                tokens.append(
+                    process_token(
+                        untrusted.printable(info.start_time, 60),
+                        untrusted.printable(info.hostname, 100),
+                    )
+                )
+        return tokens
 
     async def _recognise(self, headers: Mapping[str, str]) -> None:
         """What answers on the URL, asked every cycle (a server replaced by
@@ -890,6 +941,7 @@ class PrometheusSource:
                 # Plain http needs no context (and building one loads the
                 # system CAs).
                 ssl=self._tls.context() if self.endpoint.url.startswith("https") else True,
+                server_hostname=self.endpoint.server_name,
                 timeout=self._timeout,
             ) as resp:
                 if dates is not None:
