@@ -167,18 +167,7 @@ def _discovered(path: str, index: int, raw: Any) -> tuple[str, Credentials]:
         if not isinstance(ref, str) or ref.count("/") != 1 or "" in ref.split("/"):
             raise ValueError(f"{where}: {named[0]} must be NAMESPACE/NAME")
         key = f"{PROMETHEUS if named == ['prometheus'] else PROMETHEUS_AGENT} {ref}"
-    auth = _mapping(where, raw, "authorization", frozenset({"service_account_token"}))
-    basic = _mapping(where, raw, "basic_auth")
-    tls = _mapping(where, raw, "tls_config")
-    kind = auth.get("type", "Bearer")
-    if not isinstance(kind, str) or kind.lower() != "bearer":
-        raise ValueError(f"{where}: authorization.type must be Bearer, got {kind!r}")
-    skip_verify = tls.get("insecure_skip_verify", False)
-    if not isinstance(skip_verify, bool):
-        raise ValueError(
-            f"{where}: tls_config.insecure_skip_verify must be true or false, "
-            f"not {type(skip_verify).__name__} {skip_verify!r}"
-        )
+    auth, basic, tls, skip_verify = _auth_sections(where, raw, frozenset({"service_account_token"}))
     sa_token = auth.get("service_account_token", False)
     if not isinstance(sa_token, bool):
         raise ValueError(f"{where}: authorization.service_account_token must be true or false")
@@ -217,18 +206,7 @@ def _server(path: str, index: int, raw: Any, default_timeout: float) -> Promethe
     url = raw.get("url")
     if not isinstance(url, str):
         raise ValueError(f"{where}: 'url' is required")
-    auth = _mapping(where, raw, "authorization")
-    basic = _mapping(where, raw, "basic_auth")
-    tls = _mapping(where, raw, "tls_config")
-    kind = auth.get("type", "Bearer")
-    if not isinstance(kind, str) or kind.lower() != "bearer":
-        raise ValueError(f"{where}: authorization.type must be Bearer, got {kind!r}")
-    skip_verify = tls.get("insecure_skip_verify", False)
-    if not isinstance(skip_verify, bool):
-        raise ValueError(
-            f"{where}: tls_config.insecure_skip_verify must be true or false, "
-            f"not {type(skip_verify).__name__} {skip_verify!r}"
-        )
+    auth, basic, tls, skip_verify = _auth_sections(where, raw)
     timeout = raw.get("timeout", default_timeout)
     if isinstance(timeout, bool) or not isinstance(timeout, int | float):
         raise ValueError(f"{where}: 'timeout' must be a number of seconds, got {timeout!r}")
@@ -256,6 +234,27 @@ def _server(path: str, index: int, raw: Any, default_timeout: float) -> Promethe
         )
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{where}: {exc}") from None
+
+
+def _auth_sections(
+    where: str, raw: dict[str, Any], auth_extra: frozenset[str] = frozenset()
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], bool]:
+    """The authorization, basic_auth and tls_config sections of an entry
+    (servers and discovered alike), read strictly, and tls_config's
+    insecure_skip_verify, a real boolean only."""
+    auth = _mapping(where, raw, "authorization", auth_extra)
+    basic = _mapping(where, raw, "basic_auth")
+    tls = _mapping(where, raw, "tls_config")
+    kind = auth.get("type", "Bearer")
+    if not isinstance(kind, str) or kind.lower() != "bearer":
+        raise ValueError(f"{where}: authorization.type must be Bearer, got {kind!r}")
+    skip_verify = tls.get("insecure_skip_verify", False)
+    if not isinstance(skip_verify, bool):
+        raise ValueError(
+            f"{where}: tls_config.insecure_skip_verify must be true or false, "
+            f"not {type(skip_verify).__name__} {skip_verify!r}"
+        )
+    return auth, basic, tls, skip_verify
 
 
 def _mapping(
