@@ -7,43 +7,20 @@ with no server flag, and judged exactly as when their URLs are given.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 from coverage_exporter import exit_codes
 from testbed import scenarios as s
 from testbed.cluster import Cluster
+from tests.e2e.test_discovery_e2e import run_audit
 from tests.e2e.waiting import eventually
 
-EXPORTER = Path(sys.executable).parent / "coverage-exporter"
 SELECTOR = ["--prometheus-pod-selector", s.SERVER_POD_SELECTOR, "--prometheus-pod-port", "web"]
 
 
 def audit(testbed: Cluster, *flags: str) -> tuple[int, dict[str, Any]]:
-    out = subprocess.run(
-        [
-            str(EXPORTER),
-            "audit",
-            "--kubeconfig",
-            str(testbed.kubeconfig),
-            "--log.level",
-            "warning",
-            "--output",
-            "json",
-            *flags,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert out.returncode in (exit_codes.FULL_COVERAGE, exit_codes.GAPS, exit_codes.CANNOT_JUDGE), (
-        out.stderr
-    )
-    return out.returncode, json.loads(out.stdout)
+    rc, doc, _ = run_audit(testbed, *flags)
+    return rc, doc
 
 
 def judged(doc: dict[str, Any]) -> dict[str, Any]:
