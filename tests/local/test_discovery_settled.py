@@ -1,6 +1,6 @@
 """When a fresh server's discovery counts as delivered, from its own
-/metrics (PrometheusSource.discovery_settled): on the real Prometheus 3.16,
-then on the fake (fakes/prometheus.py) for the cases a real server does
+/metrics (PrometheusSource.discovery_settled): on the real Prometheus 3.16
+and 2.53, then on the fake (fakes/prometheus.py) for the cases a real server does
 not show on demand (a restart, counts that move)."""
 
 from __future__ import annotations
