@@ -263,6 +263,20 @@ async def test_a_read_one_pool_at_a_time_never_overlaps_two_pools(fake) -> None:
     assert len(snapshot.targets) > 0
 
 
+async def test_small_api_answers_are_asked_plain_and_target_lists_gzipped(fake) -> None:
+    """Prometheus gzips an API answer with a compressor made for it (~1 MB
+    of its heap, bench/analysis.md): worth it for a target list only."""
+    server, url = fake
+    async with source_for(url) as source:
+        await source.read_config()
+        await source.collect()
+    asked = {r.path: r.accept_encoding for r in server.requests}
+    assert asked["/api/v1/status/config"] == "identity"
+    assert asked["/api/v1/scrape_pools"] == "identity"
+    assert "gzip" in asked["/metrics"]
+    assert "gzip" in asked["/api/v1/targets"]
+
+
 async def test_health_counters_after_success(fake) -> None:
     _, url = fake
     async with source_for(url, name="main") as source:

@@ -941,6 +941,13 @@ class PrometheusSource:
         received = 0
         if compressed:
             headers = {**headers, "Accept-Encoding": "gzip"}
+        elif sink is None and path != METRICS_PATH:
+            # The API's small answers (config, flags, runtimeinfo, the pool
+            # names) are asked plain: Prometheus gzips with a compressor made
+            # anew for each answer (util/httputil/compression.go), ~1 MB of
+            # its heap for answers of a few KB. Its /metrics pools its
+            # compressors, and target lists are worth compressing.
+            headers = {**headers, "Accept-Encoding": "identity"}
         try:
             async with self._session_for_requests().get(
                 self.endpoint.url + path,
