@@ -86,12 +86,15 @@ async def test_an_exec_plugin_that_hangs_on_refresh_times_out_and_counts_as_a_fa
         hang.write_text(str(HANG_SECONDS))
         with caplog.at_level(logging.WARNING):
             server.drop_watches()
-            await until(lambda: "an exec plugin that hangs" in source.health.last_error, 30)
+            # Named by its command, as the kubeconfig gives it.
+            hung = f"exec plugin {tmp_path / 'plugin.sh'} hangs?"
+            await until(lambda: hung in source.health.last_error, 30)
             source.snapshot()
             assert not source.health.up
-            # The lock is not held: a call fails at once, naming the hung refresh.
-            with pytest.raises(SourceError, match="has not ended"):
+            # The lock is not held: a call fails at once, naming the hung plugin.
+            with pytest.raises(SourceError, match="has not ended") as failed:
                 await asyncio.wait_for(auth.authorization(), REFRESH_TIMEOUT)
+            assert hung in str(failed.value)
         lines = [logs.LogfmtFormatter().format(r) for r in caplog.records]
         assert any("credential refresh did not end in time" in line for line in lines), lines
         assert any("refreshing the credentials did not finish within 3s" in x for x in lines)

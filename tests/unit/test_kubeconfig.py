@@ -20,6 +20,7 @@ from coverage_exporter.sources.kubernetes.kubeconfig import (
     KubeAuth,
     KubeconfigError,
     credential_files,
+    exec_plugin,
     load_configuration,
 )
 from coverage_exporter.sources.kubernetes.source import KubernetesSource
@@ -117,6 +118,14 @@ async def test_exec_plugin_token_is_refreshed_when_expired(tmp_path: Path) -> No
     second = await auth.authorization()
     assert first is not None and first.startswith("Bearer tok-")
     assert second != first
+
+
+def test_the_exec_plugin_is_named_by_its_command(tmp_path: Path) -> None:
+    """What a refresh that hangs names (KubeAuth.plugin)."""
+    user = {"exec": {"apiVersion": "client.authentication.k8s.io/v1", "command": "aws\x1b[31m"}}
+    path = write_kubeconfig(tmp_path / "kc", user)
+    assert exec_plugin(str(path)) == "aws\\x1b[31m"
+    assert exec_plugin(str(write_kubeconfig(tmp_path / "kc2", {"token": "abc"}))) is None
 
 
 async def test_refresh_hook_is_called(tmp_path: Path) -> None:

@@ -273,6 +273,23 @@ def credential_files(
     return tuple(dict.fromkeys(paths))
 
 
+def exec_plugin(kubeconfig: str | None = None, context: str | None = None) -> str | None:
+    """The command of the context's user's exec credential plugin, if it
+    has one (as credential_files, only when the kubeconfig is in use): what
+    a refresh that hangs names."""
+    if kubeconfig is None and os.environ.get(_SERVICE_HOST_ENV):
+        return None
+    try:
+        user = read_kubeconfig(kubeconfig_paths(kubeconfig), explicit=False).user(context)
+    except KubeconfigError:
+        return None
+    plugin = user[1].get("exec") if user is not None else None
+    command = plugin.get("command") if isinstance(plugin, dict) else None
+    if not command or not isinstance(command, str):
+        return None
+    return untrusted.printable(command, 200)
+
+
 def _token_files(files: list[str], context: str | None) -> list[str]:
     """The context's user's tokenFile, relative to the file that defines the
     user, as the client resolves it."""
@@ -334,6 +351,9 @@ class KubeAuth:
     proxy: str | None = None
     reload: Callable[[], Configuration] | None = None
     """Loads a fresh Configuration (None: credentials fixed, as in tests)."""
+    plugin: str | None = None
+    """The exec credential plugin's command (exec_plugin), named when a
+    refresh hangs."""
     files: tuple[str, ...] = ()
     check_seconds: float = 10.0
     reloads_total: int = 0
@@ -355,11 +375,13 @@ class KubeAuth:
         *,
         reload: Callable[[], Configuration] | None = None,
         files: tuple[str, ...] = (),
+        plugin: str | None = None,
     ) -> KubeAuth:
         return cls(
             configuration=configuration,
             reload=reload,
             files=files,
+            plugin=plugin,
             **_connection(configuration),
         )
 
@@ -427,13 +449,14 @@ class KubeAuth:
         client library's plugin process reached: until that refresh ends,
         every request fails at once, rather than each starting another
         plugin that may hang too (each a thread of the executor, for good)."""
+        hangs = f"exec plugin {self.plugin} hangs?" if self.plugin else "an exec plugin that hangs?"
         pending = self._refreshing
         if pending is not None and not pending.done():
             # The same words at every retry: the reflectors log a repeat at
             # debug level only.
             raise SourceError(
                 f"{what}: an earlier credential refresh has not ended "
-                f"in {EXEC_TIMEOUT_SECONDS:g}s (an exec plugin that hangs?)"
+                f"in {EXEC_TIMEOUT_SECONDS:g}s ({hangs})"
             )
         work = asyncio.ensure_future(asyncio.to_thread(call))
         work.add_done_callback(_consume)
@@ -451,11 +474,12 @@ class KubeAuth:
             log.warning(
                 "a credential refresh did not end in time (an exec plugin that hangs?); "
                 "Kubernetes API requests fail until it does",
-                extra=fields(what=what, timeout=f"{EXEC_TIMEOUT_SECONDS:g}s"),
+                extra=fields(
+                    what=what, plugin=self.plugin or "unknown", timeout=f"{EXEC_TIMEOUT_SECONDS:g}s"
+                ),
             )
             raise SourceError(
-                f"{what} did not finish within {EXEC_TIMEOUT_SECONDS:g}s "
-                "(an exec plugin that hangs?)"
+                f"{what} did not finish within {EXEC_TIMEOUT_SECONDS:g}s ({hangs})"
             ) from None
 
 
