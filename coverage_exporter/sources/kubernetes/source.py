@@ -187,10 +187,10 @@ class KubernetesSource:
             # May run an exec credential plugin: keep it off the event loop.
             try:
                 # An exec plugin runs here too; see kubeconfig.EXEC_TIMEOUT_SECONDS.
-                self._configuration = await asyncio.wait_for(
-                    asyncio.to_thread(load_configuration, *self._config_args),
-                    kubeconfig.EXEC_TIMEOUT_SECONDS,
-                )
+                async with asyncio.timeout(kubeconfig.EXEC_TIMEOUT_SECONDS):
+                    self._configuration = await asyncio.to_thread(
+                        load_configuration, *self._config_args
+                    )
             except TimeoutError:
                 raise SourceError(
                     f"loading the kubeconfig did not finish within "
