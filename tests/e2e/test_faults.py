@@ -222,6 +222,15 @@ def exporter(
             "the first complete comparison",
             120,
         )
+        # Each Prometheus judged, its pools counted: on a testbed started
+        # moments ago they are still discovering for up to the discovery
+        # grace (2 min) and have no per-pool series yet, and the faults
+        # below compare those series before and after.
+        eventually(
+            lambda: all(per_pool(exp.samples(), name) for name in (PROM_DIRECT, PROM_PROXIED)),
+            "both Prometheus judged",
+            180,
+        )
         yield exp
     finally:
         process.terminate()
