@@ -198,7 +198,8 @@ class Reflector(Generic[K, T]):
 
     async def wait_synced(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109
         try:
-            await asyncio.wait_for(self._synced.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._synced.wait()
         except TimeoutError:
             return False
         return True
@@ -208,7 +209,8 @@ class Reflector(Generic[K, T]):
         timeout. Lets a caller stop waiting for a reflector that cannot
         list (RBAC, a bad selector) instead of waiting out a sync timeout."""
         try:
-            await asyncio.wait_for(self._settled.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._settled.wait()
         except TimeoutError:
             return False
         return True
