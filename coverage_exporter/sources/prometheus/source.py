@@ -988,7 +988,9 @@ class PrometheusSource:
                     body = await httpclient.read_excerpt(resp)
                     received = len(body)
                 elif sink is None:
-                    body = await httpclient.read_body(resp, self._limits.max_body_bytes)
+                    # A copy: these answers are parsed as bytes (target
+                    # lists, the big ones, are streamed, not read here).
+                    body = bytes(await httpclient.read_body(resp, self._limits.max_body_bytes))
                     received = len(body)
                 else:
                     body = b""
