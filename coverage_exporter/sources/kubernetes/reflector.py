@@ -141,7 +141,7 @@ class Reflector(Generic[K, T]):
         self._watch_idle = watch_idle_seconds
         self._page_decoder = page_decoder
         self._list_deadline = list_deadline_seconds
-        self._ahead: tuple[str, asyncio.Task[tuple[bytes, str]]] | None = None
+        self._ahead: tuple[str, asyncio.Task[tuple[bytearray, str]]] | None = None
         """The next LIST page, asked for before this one is parsed, and its
         continue token (see _page)."""
         self._empty_watches = 0
