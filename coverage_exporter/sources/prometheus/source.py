@@ -22,6 +22,7 @@ import math
 import re
 import sys
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -81,6 +82,30 @@ otherwise count, as many as happened to finish before the first failure
 cancelled the others."""
 
 DEFAULT_CONCURRENCY = 4
+
+HELD_WHOLE_AFTER = 8 * STREAM_PIECE_BYTES
+"""Bytes a target list decoded in this process may hold undecoded before
+it counts as held whole (an answer that does not split between targets, or
+a gzip bomb of blanks): a list that splits holds one piece of ~1 MiB."""
+
+_whole_turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _whole_turn() -> asyncio.Lock:
+    """Held by the one target list of the process that is held whole, from
+    HELD_WHOLE_AFTER bytes until it is decoded or cut off. Each such list
+    may reach --max-response-bytes, and the pools of every Prometheus are
+    read at once: a bomb on each of 4 pools took the process to 1 GiB at
+    the 256 MiB default. Another list that stops splitting waits here (its
+    download paused) with at most HELD_WHOLE_AFTER in hand, as the worker
+    path decodes one list at a time. One per event loop (the tests run many)."""
+    loop = asyncio.get_running_loop()
+    turn = _whole_turns.get(loop)
+    if turn is None:
+        turn = _whole_turns[loop] = asyncio.Lock()
+    return turn
 
 
 SCRAPE_POOLS_PATH = "/api/v1/scrape_pools"
@@ -819,26 +844,38 @@ class PrometheusSource:
     async def _stream_into(
         self, stream: TargetStream, params: Mapping[str, str], headers: Mapping[str, str]
     ) -> dict[str, PoolTargets]:
-        """GET /api/v1/targets into `stream`, fed in worker threads."""
+        """GET /api/v1/targets into `stream`, fed in worker threads; held
+        whole (see HELD_WHOLE_AFTER) by one list of the process at a time."""
         pending = bytearray()
+        whole = _whole_turn()
+        holding = False
 
         async def sink(chunk: bytes) -> None:
-            nonlocal pending
+            nonlocal pending, holding
             pending += chunk
             if len(pending) >= STREAM_PIECE_BYTES:
+                if not holding and stream.buffered > HELD_WHOLE_AFTER:
+                    await whole.acquire()
+                    holding = True
                 # Handed over, not copied: the stream adopts the bytearray.
                 piece, pending = pending, bytearray()
                 await asyncio.to_thread(stream.feed, piece)
 
         what = _describe(TARGETS_PATH, params)
-        status, body = await self._request(TARGETS_PATH, params, headers, sink)
-        if status != 200:
-            self._fail(f"{what}: HTTP {status}: {_error_detail(body)}")
         try:
-            await asyncio.to_thread(stream.feed, pending)
-            return await asyncio.to_thread(stream.finish)
-        except SourceError as exc:
-            self._fail(f"{what}: {exc}")
+            status, body = await self._request(TARGETS_PATH, params, headers, sink)
+            if status != 200:
+                self._fail(f"{what}: HTTP {status}: {_error_detail(body)}")
+            try:
+                await asyncio.to_thread(stream.feed, pending)
+                return await asyncio.to_thread(stream.finish)
+            except SourceError as exc:
+                self._fail(f"{what}: {exc}")
+        finally:
+            # The stream let go of what it held (finish, or the limit
+            # passed): the next list may hold its own.
+            if holding:
+                whole.release()
 
     async def _decode_out_of_process(
         self, params: Mapping[str, str], pool: str | None, headers: Mapping[str, str]
@@ -967,7 +1004,9 @@ class PrometheusSource:
                     body = await httpclient.read_excerpt(resp)
                     received = len(body)
                 elif sink is None:
-                    body = await httpclient.read_body(resp, self._limits.max_body_bytes)
+                    # A copy: these answers are parsed as bytes (target
+                    # lists, the big ones, are streamed, not read here).
+                    body = bytes(await httpclient.read_body(resp, self._limits.max_body_bytes))
                     received = len(body)
                 else:
                     body = b""
