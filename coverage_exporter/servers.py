@@ -258,8 +258,10 @@ class CheckedSource:
             raise SeveralServers(f"prometheus {self.inner.endpoint.name}: {reason}")
         return config
 
-    async def collect(self, pools_to_refresh: Collection[str] | None = None) -> PrometheusSnapshot:
-        return await self.inner.collect(pools_to_refresh)
+    async def collect(
+        self, pools_to_refresh: Collection[str] | None = None, *, one_pool_at_a_time: bool = False
+    ) -> PrometheusSnapshot:
+        return await self.inner.collect(pools_to_refresh, one_pool_at_a_time=one_pool_at_a_time)
 
     async def pool_target_counts(self) -> dict[str, int] | None:
         return await self.inner.pool_target_counts()

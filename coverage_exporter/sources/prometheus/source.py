@@ -3,9 +3,11 @@
 Why the requests look the way they do: the full `/api/v1/targets` answer
 reaches hundreds of MB in large clusters (prometheus #6186, #6269), mostly
 dropped targets. So this source asks `/api/v1/scrape_pools` (v2.42+) and
-then `/api/v1/targets?state=active&scrapePool=<pool>` per pool, a few pools
-at a time. Thanos Query and older Prometheus answer 404 to scrape_pools and
-accept only `state`: there the one unfiltered (but active-only) list is read.
+then `/api/v1/targets?state=active&scrapePool=<pool>` per pool: a few pools
+at a time for the first read, one at a time for re-reads (Prometheus
+builds each answer whole in its heap). Thanos Query and older Prometheus
+answer 404 to scrape_pools and accept only `state`: there the one
+unfiltered (but active-only) list is read.
 
 Why the parsing looks the way it does: a 100k-target answer decoded into
 dicts costs >1 GB. msgspec decodes straight into Structs that name only the
@@ -458,12 +460,16 @@ class PrometheusSource:
         """Active targets per pool as of the last successful collection."""
         return {pool: result.active for pool, result in self._pools.items()}
 
-    async def collect(self, pools_to_refresh: Collection[str] | None = None) -> PrometheusSnapshot:
+    async def collect(
+        self, pools_to_refresh: Collection[str] | None = None, *, one_pool_at_a_time: bool = False
+    ) -> PrometheusSnapshot:
         """All active targets, with every pool fetched anew, or only the pools
         in `pools_to_refresh` (plus pools not seen before) while the others
         are taken from the previous collection. Without scrape_pools support
-        every collection is a full one. Raises SourceError; on failure the
-        kept per-pool results are left as they were."""
+        every collection is a full one. one_pool_at_a_time: each pool's read
+        starts when the previous one has ended, else `concurrency` at once.
+        Raises SourceError; on failure the kept per-pool results are left as
+        they were."""
         started = time.monotonic()
         collecting = _IN_COLLECTION.set(True)
         try:
@@ -476,7 +482,8 @@ class PrometheusSource:
                     # hundred KB next to the target lists. A partial read
                     # follows pool_target_counts, which has just asked it.
                     await self.pool_target_counts()
-                pools = await self._collect(pools_to_refresh)
+                at_once = 1 if one_pool_at_a_time else self._concurrency
+                pools = await self._collect(pools_to_refresh, at_once)
         except SourceError as exc:
             self.health.record_error(str(exc))
             self.health.mark(False, time.monotonic() - started, str(exc))
@@ -749,7 +756,9 @@ class PrometheusSource:
         self._start_told = told
         self._started = now - max(0.0, server_now - told)
 
-    async def _collect(self, pools_to_refresh: Collection[str] | None) -> dict[str, PoolTargets]:
+    async def _collect(
+        self, pools_to_refresh: Collection[str] | None, at_once: int
+    ) -> dict[str, PoolTargets]:
         headers = self._auth_headers()
         pools = await self._scrape_pools(headers)
         if pools is None:
@@ -759,7 +768,7 @@ class PrometheusSource:
             for pool in pools
             if pools_to_refresh is None or pool in pools_to_refresh or pool not in self._pools
         ]
-        fetched = await self._fetch_pools(wanted, headers)
+        fetched = await self._fetch_pools(wanted, headers, at_once)
         # Pools gone from scrape_pools are dropped with the old mapping.
         return {pool: fetched[pool] if pool in fetched else self._pools[pool] for pool in pools}
 
@@ -799,9 +808,9 @@ class PrometheusSource:
         return await self._stream_targets(params, None, headers)
 
     async def _fetch_pools(
-        self, pools: list[str], headers: Mapping[str, str]
+        self, pools: list[str], headers: Mapping[str, str], at_once: int
     ) -> dict[str, PoolTargets]:
-        limit = asyncio.Semaphore(self._concurrency)
+        limit = asyncio.Semaphore(at_once)
 
         async def fetch(pool: str) -> PoolTargets:
             async with limit:
@@ -969,6 +978,13 @@ class PrometheusSource:
         received = 0
         if compressed:
             headers = {**headers, "Accept-Encoding": "gzip"}
+        elif sink is None and path != METRICS_PATH:
+            # The API's small answers (config, flags, runtimeinfo, the pool
+            # names) are asked plain: Prometheus gzips with a compressor made
+            # anew for each answer (util/httputil/compression.go), ~1 MB of
+            # its heap for answers of a few KB. Its /metrics pools its
+            # compressors, and target lists are worth compressing.
+            headers = {**headers, "Accept-Encoding": "identity"}
         try:
             async with self._session_for_requests().get(
                 self.endpoint.url + path,
