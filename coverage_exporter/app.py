@@ -688,7 +688,8 @@ async def _serve(
             remaining = interval - (time.monotonic() - started)
             view.expect_progress(max(0.0, remaining) + cycle_budget, "the next collection cycle")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), max(0.0, remaining))
+                async with asyncio.timeout(max(0.0, remaining)):
+                    await stop.wait()
     except SourceError as err:
         log.error("cannot start", extra=logs.fields(err=err))
         return 1
@@ -699,7 +700,8 @@ async def _serve(
         front_gone.cancel()
         await server.close()
         try:
-            await asyncio.wait_for(exporter.close(), guards.shutdown_seconds)
+            async with asyncio.timeout(guards.shutdown_seconds):
+                await exporter.close()
         except TimeoutError:
             log.warning(
                 "sources did not close in time; exiting anyway",

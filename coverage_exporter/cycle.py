@@ -133,8 +133,11 @@ class TargetSource(Protocol):
     async def read_config(self) -> LoadedConfig | None: ...
 
     async def collect(
-        self, pools_to_refresh: Collection[str] | None = None
-    ) -> PrometheusSnapshot: ...
+        self, pools_to_refresh: Collection[str] | None = None, *, one_pool_at_a_time: bool = False
+    ) -> PrometheusSnapshot:
+        """one_pool_at_a_time: read the pools strictly in turn (re-reads,
+        see TargetPoller.poll), else a few at once."""
+        ...
 
     async def pool_target_counts(self) -> dict[str, int] | None: ...
 
@@ -170,8 +173,14 @@ class TargetPoller:
         config = await self.source.read_config()
         reloaded = config != self._config
         self._config = config
+        # A re-read reads the pools in turn: the last snapshot serves
+        # meanwhile, so its time matters little, while each pool read at
+        # the same time is one more answer held whole in the Prometheus's
+        # heap (bench/analysis.md, issue #24). Only the first read, which
+        # readiness waits for, reads a few pools at once.
+        in_turn = self._last is not None
         if self._last is None or reloaded or now - self._last_full >= self._full_refresh_seconds:
-            snapshot = await self.source.collect()
+            snapshot = await self.source.collect(one_pool_at_a_time=in_turn)
             self._last_full = now
         else:
             changed = await self._changed_pools()
@@ -180,7 +189,9 @@ class TargetPoller:
                 # targets are the ones read last time.
                 self.source.health.mark(True, time.monotonic() - now)
                 return self._last
-            snapshot = await self.source.collect(pools_to_refresh=changed)
+            snapshot = await self.source.collect(
+                pools_to_refresh=changed, one_pool_at_a_time=in_turn
+            )
             if changed is None:
                 self._last_full = now
         self._last = snapshot

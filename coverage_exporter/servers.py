@@ -92,6 +92,10 @@ class Followed(Generic[S]):
         """Readable found servers -> their TargetSource."""
         self._said: set[str] = set()
         """Findings and notices already logged (each once while it holds)."""
+        self._read_uid: dict[str, str] = {}
+        """The pod UID each server name was last read at: a replacement seen
+        first Pending, without an IP (the StatefulSet controller creates it
+        before it runs), is still a new pod when it is read."""
 
     @property
     def placeholders(self) -> list[FoundServer]:
@@ -131,13 +135,13 @@ class Followed(Generic[S]):
                 extra=fields(server=server.name, discovery=server.found_by),
             )
             self._drop(server.name, close, forget)
+            self._read_uid.pop(server.name, None)
         for old, new in (*changes.replaced, *changes.updated):
             if _key(old) != _key(new):
                 self._drop(old.name, close, forget)
                 self._add(new)
-            new_pod = bool(old.pod_uid and new.pod_uid and old.pod_uid != new.pod_uid)
-            if new_pod or old.readable != new.readable or old.url != new.url:
-                self._say_state(new, replaced=new_pod)
+            if old.pod_uid != new.pod_uid or old.readable != new.readable or old.url != new.url:
+                self._say_state(new)
         for server in changes.added:
             self._add(server)
             self._say_state(server, added=True)
@@ -161,7 +165,7 @@ class Followed(Generic[S]):
             close.append(source)
         forget.add(name)
 
-    def _say_state(self, server: FoundServer, added: bool = False, replaced: bool = False) -> None:
+    def _say_state(self, server: FoundServer, added: bool = False) -> None:
         ident = server.identity
         place = (
             {"shard": ident.shard, "shards": ident.shards, "replica": ident.replica}
@@ -169,6 +173,10 @@ class Followed(Generic[S]):
             else {}
         )
         about = {"server": server.name, "discovery": server.found_by, **place}
+        last_uid = self._read_uid.get(server.name, "")
+        replaced = bool(last_uid and server.pod_uid and server.pod_uid != last_uid)
+        if server.readable and server.pod_uid:
+            self._read_uid[server.name] = server.pod_uid
         if not server.readable:
             log.warning(
                 "server found cannot be read: its replica's coverage is unknown",
@@ -250,8 +258,10 @@ class CheckedSource:
             raise SeveralServers(f"prometheus {self.inner.endpoint.name}: {reason}")
         return config
 
-    async def collect(self, pools_to_refresh: Collection[str] | None = None) -> PrometheusSnapshot:
-        return await self.inner.collect(pools_to_refresh)
+    async def collect(
+        self, pools_to_refresh: Collection[str] | None = None, *, one_pool_at_a_time: bool = False
+    ) -> PrometheusSnapshot:
+        return await self.inner.collect(pools_to_refresh, one_pool_at_a_time=one_pool_at_a_time)
 
     async def pool_target_counts(self) -> dict[str, int] | None:
         return await self.inner.pool_target_counts()

@@ -302,7 +302,8 @@ class Front:
                 )
             )
         )
-        reply = await asyncio.wait_for(_read(reader), 60.0)
+        async with asyncio.timeout(60.0):
+            reply = await _read(reader)
         if isinstance(reply, Failed):
             await self.close()
             raise ListenError(f"cannot serve on {_address(host, port)}: {reply.error}")
@@ -380,7 +381,8 @@ class Front:
         process = self._process
         if process is not None and process.returncode is None:
             try:
-                await asyncio.wait_for(process.wait(), 5.0)
+                async with asyncio.timeout(5.0):
+                    await process.wait()
             except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()

@@ -261,7 +261,8 @@ class MetricsServer:
             conn.abort()
         if self._server is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await self._server.wait_closed()
             self._server = None
 
     def _admit(self, conn: _Connection) -> None:

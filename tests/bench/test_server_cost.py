@@ -136,6 +136,7 @@ def test_goal_figures() -> None:
             "full_rereads": _window(0.5, 120.0, 15.0),
         },
     }
+    result["windows"]["full_rereads"]["prometheus"]["heap_inuse_mb_max"] = 92.4
     goals = server_cost_goals.per_goal(result)
     sync = goals["initial_sync_vs_prometheus_discovery"]
     assert sync["apiserver_cpu_s"] == [2.0, 3.0]
@@ -148,7 +149,10 @@ def test_goal_figures() -> None:
     full = goals["prometheus_full_reread"]
     # 10 reads of /api/v1/targets over 5 pools: 2 full re-reads of 2 s each
     assert full["full_rereads"] == 2 and full["cpu_s_per_full_reread"] == 2.0
-    assert full["heap_growth_pct"] == 5.0
+    # against the median without the exporter (the goal's reading), and
+    # against that window's own peak (its GC swing, 5% here)
+    assert full["heap_growth_pct"] == 15.5
+    assert full["steady_swing_pct"] == 5.0 and full["growth_over_steady_peak_pct"] == 10.0
     hour = goals["prometheus_default_flags_per_hour"]
     assert hour["cpu_s"] == 60 * 0.5 + 6 * 2.0
     # RESULTS.md's section: one line per goal of the issue, then the windows
@@ -170,7 +174,9 @@ def test_goal_figures() -> None:
     for goal in server_cost_goals.GOALS:
         line = next(x for x in md.splitlines() if x.startswith(f"| {goal} |"))
         assert "not measured" not in line or goal.startswith("apiserver, steady"), line
-    assert "exporter: 2.00 CPU s" in md and "+5.0%" in md
+    assert "exporter: 2.00 CPU s" in md and "+15.5%" in md
+    assert "its own peak was +5.0% over that median (84.0 MB)" in md
+    assert "peak +10.0% over that peak" in md
 
 
 def test_testbed_control_plane_only_with_audit(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+import sys
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -403,3 +404,66 @@ async def test_a_gzip_bomb_is_cut_off_in_the_worker_at_the_default_limit(
         print(f"gzip bomb {len(bomb)} B -> 1 GiB of blanks: worker peak RSS {hwm:.0f} MiB")
         assert hwm < 700
     assert "larger than 268435456 bytes" in str(raised.value)
+
+
+_READ_IN_CHILD = """
+import asyncio, sys
+from pathlib import Path
+from coverage_exporter.sources.errors import SourceError
+from coverage_exporter.sources.prometheus.source import PrometheusEndpoint, PrometheusSource
+
+def peak_mib() -> float:
+    # VmHWM, not ru_maxrss: that one keeps the forking pytest's peak across exec.
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0]) / 1024
+
+async def main() -> None:
+    endpoint = PrometheusEndpoint(url=sys.argv[1], name="bomb", timeout_seconds=600)
+    before = peak_mib()
+    async with PrometheusSource(endpoint, decoder=None) as prom:
+        try:
+            await prom.collect()
+        except SourceError as exc:
+            print(exc)
+    print(f"grew {peak_mib() - before:.0f}")
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("decoding", ["thread"], indirect=True)  # the worker's: the test above
+async def test_a_gzip_bomb_on_every_pool_is_held_once_in_process_at_the_default_limit(
+    fake,
+) -> None:
+    """--prometheus-decode-in-process, the default limits, a Prometheus
+    whose every pool answers the bomb of the test above: the collector
+    process holds one answer whole at a time, as the worker does. Before,
+    each of the 4 pools read at once held up to 256 MiB: the process grew
+    1,049 MiB (308 MiB after). Read in a child process, whose peak RSS is
+    the read's alone."""
+    server, url = fake
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    head = b'{"status":"success","data":{"activeTargets":['
+    bomb = b"".join(
+        [packer.compress(head), *(packer.compress(b" " * MiB) for _ in range(1024)), packer.flush()]
+    )
+
+    async def answer(_: web.Request) -> web.Response:
+        return gzip_response(bomb)
+
+    server.overrides["/api/v1/targets"] = answer
+    assert len(server.answers.pool_files) >= 4  # as many pools read at once as the source reads
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _READ_IN_CHILD,
+        url,
+        cwd=Path(__file__).parents[2],
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await child.communicate()
+    assert child.returncode == 0, out
+    error, grown = out.decode().splitlines()[-2:]
+    print(f"gzip bomb on every pool, in process: peak RSS grew {grown.split()[1]} MiB")
+    assert "larger than 268435456 bytes" in error
+    assert float(grown.split()[1]) < 600

@@ -231,6 +231,52 @@ async def test_pool_requests_are_bounded(fake) -> None:
     assert peak == 2
 
 
+async def test_a_read_one_pool_at_a_time_never_overlaps_two_pools(fake) -> None:
+    """Re-reads (cycle.TargetPoller) read one pool at a time: each pool read
+    at once is one more whole answer in the Prometheus's heap (issue #24)."""
+    server, url = fake
+    in_flight = peak = 0
+    asked: list[str] = []
+
+    async def slow_targets(request: web.Request) -> web.StreamResponse:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        asked.append(request.query["scrapePool"])
+        await asyncio.sleep(0.05)
+        in_flight -= 1
+        return json_response(fixture_bytes(V3_POOL_FILES[request.query["scrapePool"]]))
+
+    server.overrides["/api/v1/targets"] = slow_targets
+    async with source_for(url) as source:
+        await source.collect()
+        assert peak == 4  # the first read: DEFAULT_CONCURRENCY at once
+        peak = 0
+        asked.clear()
+        snapshot = await source.collect(one_pool_at_a_time=True)
+        assert peak == 1
+        assert asked == list(V3_POOL_FILES)  # every pool, in scrape_pools' order
+        peak = 0
+        await source.collect(pools_to_refresh={NE_POOL, KUBELET_POOL}, one_pool_at_a_time=True)
+        assert peak == 1
+    assert {t.scrape_pool for t in snapshot.targets} <= set(V3_POOL_FILES)
+    assert len(snapshot.targets) > 0
+
+
+async def test_small_api_answers_are_asked_plain_and_target_lists_gzipped(fake) -> None:
+    """Prometheus gzips an API answer with a compressor made for it (~1 MB
+    of its heap, bench/analysis.md): worth it for a target list only."""
+    server, url = fake
+    async with source_for(url) as source:
+        await source.read_config()
+        await source.collect()
+    asked = {r.path: r.accept_encoding for r in server.requests}
+    assert asked["/api/v1/status/config"] == "identity"
+    assert asked["/api/v1/scrape_pools"] == "identity"
+    assert "gzip" in asked["/metrics"]
+    assert "gzip" in asked["/api/v1/targets"]
+
+
 async def test_health_counters_after_success(fake) -> None:
     _, url = fake
     async with source_for(url, name="main") as source:

@@ -122,6 +122,30 @@ class _GatedPages(NodePageDecoder):
         return await super().decode(body, encoding, limit)
 
 
+@pytest.mark.parametrize("wait", ["wait_synced", "wait_settled"])
+async def test_a_wait_cancelled_as_the_list_ends_is_cancelled(api: ApiClient, wait: str) -> None:
+    """Cancelled in the loop turns between the first LIST's end and the
+    waiter resuming, a wait is cancelled, not answered: with asyncio.wait_for
+    on Python 3.11 the cancel was lost (CPython gh-86296; see
+    KubeAuth._bounded), and a cycle cancelled at its deadline or at SIGTERM
+    went on as if it had not been."""
+    for turns in range(8):
+        r = node_reflector(api)
+        waiting = asyncio.create_task(getattr(r, wait)(5))
+        await asyncio.sleep(0)
+        r._synced.set()
+        r._settled.set()
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        if waiting.done():
+            break  # past the window: answered before the cancel
+        waiting.cancel()
+        await asyncio.wait([waiting])
+        assert waiting.cancelled(), f"cancel lost {turns} turns after the LIST ended"
+    else:
+        raise AssertionError("the wait never returned: the window was not passed")
+
+
 async def test_the_next_page_is_asked_for_while_this_one_is_parsed(
     server: FakeApiServer, api: ApiClient, reflectors: list[Reflector[Any, Any]], node_decoding
 ) -> None:

@@ -67,6 +67,8 @@ class ScriptedPrometheus:
         self._answers = answers
         self._counts = counts or []
         self.collect_calls: list[Collection[str] | None] = []
+        self.in_turn: list[bool] = []
+        """one_pool_at_a_time, per collect() call."""
         self._active: dict[str, int] = {}
         self.discovery_settled = False
 
@@ -74,8 +76,11 @@ class ScriptedPrometheus:
     def pool_active_counts(self) -> Mapping[str, int]:
         return self._active
 
-    async def collect(self, pools_to_refresh: Collection[str] | None = None) -> PrometheusSnapshot:
+    async def collect(
+        self, pools_to_refresh: Collection[str] | None = None, *, one_pool_at_a_time: bool = False
+    ) -> PrometheusSnapshot:
         self.collect_calls.append(pools_to_refresh)
+        self.in_turn.append(one_pool_at_a_time)
         answer = self._answers.pop(0)
         if isinstance(answer, Exception):
             self.health.mark(False, 0.1, str(answer))
@@ -180,6 +185,48 @@ async def test_unchanged_counts_skip_the_target_lists() -> None:
     assert prom.collect_calls == [None, {"other"}]
 
 
+async def test_only_the_first_read_reads_several_pools_at_once() -> None:
+    """Re-reads, full or partial, read one pool at a time: each pool read at
+    once is one more whole answer in the Prometheus's heap (issue #24); the
+    first read, which readiness waits for, keeps reading a few at once."""
+    cluster = clusters.node_exporter(1200)
+    snapshot = PrometheusSnapshot("p", clusters.endpoints_targets(cluster, "ne", *NE))
+    prom = ScriptedPrometheus(
+        "p",
+        [snapshot, snapshot, snapshot],
+        counts=[{"ne": 1000}, {"ne": 1000, "other": 5}],
+    )
+    collector = CycleRunner(StaticCluster(cluster), [prom], Scope(), full_refresh_seconds=3600)
+    await collector.run_cycle()  # first read: every pool
+    await collector.run_cycle()  # counts unchanged: nothing read
+    await collector.run_cycle()  # a pool's count moved: that pool
+    await collector.run_cycle()  # counts unavailable: every pool again
+    assert prom.collect_calls == [None, {"other"}, None]
+    assert prom.in_turn == [False, True, True]
+
+
+async def test_a_full_reread_reads_one_pool_at_a_time() -> None:
+    cluster = clusters.node_exporter(10)
+    snapshot = PrometheusSnapshot("p", [])
+    prom = ScriptedPrometheus("p", [snapshot, snapshot, snapshot])
+    collector = CycleRunner(StaticCluster(cluster), [prom], Scope(), full_refresh_seconds=0)
+    for _ in range(3):
+        await collector.run_cycle()
+    assert prom.collect_calls == [None, None, None]
+    assert prom.in_turn == [False, True, True]
+
+
+async def test_a_first_read_that_failed_is_retried_several_pools_at_once() -> None:
+    cluster = clusters.node_exporter(10)
+    snapshot = PrometheusSnapshot("p", [])
+    prom = ScriptedPrometheus("p", [SourceError("HTTP 503"), snapshot, snapshot])
+    collector = CycleRunner(StaticCluster(cluster), [prom], Scope(), full_refresh_seconds=0)
+    for _ in range(3):
+        await collector.run_cycle()
+    # The failure is raised by read_config, before any collect().
+    assert prom.in_turn == [False, True]
+
+
 async def test_unavailable_counts_mean_a_full_read_every_cycle() -> None:
     cluster = clusters.node_exporter(10)
     snapshot = PrometheusSnapshot("p", [])
@@ -212,9 +259,9 @@ async def test_pods_of_truncated_services_are_listed_while_prometheus_is_read() 
     seen_during_collect: list[list[tuple[str, str]]] = []
 
     class Watching(ScriptedPrometheus):
-        async def collect(self, pools_to_refresh=None):
+        async def collect(self, pools_to_refresh=None, *, one_pool_at_a_time=False):
             seen_during_collect.append([s.key for s in kube.scope])
-            return await super().collect(pools_to_refresh)
+            return await super().collect(pools_to_refresh, one_pool_at_a_time=one_pool_at_a_time)
 
     prom = Watching("p", [PrometheusSnapshot("p", [])])
     await CycleRunner(kube, [prom], Scope()).run_cycle()

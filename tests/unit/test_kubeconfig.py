@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import asyncio
 import os
 import re
 import ssl
@@ -19,6 +20,7 @@ from coverage_exporter.sources.kubernetes.kubeconfig import (
     KubeAuth,
     KubeconfigError,
     credential_files,
+    exec_plugin,
     load_configuration,
 )
 from coverage_exporter.sources.kubernetes.source import KubernetesSource
@@ -118,6 +120,14 @@ async def test_exec_plugin_token_is_refreshed_when_expired(tmp_path: Path) -> No
     assert second != first
 
 
+def test_the_exec_plugin_is_named_by_its_command(tmp_path: Path) -> None:
+    """What a refresh that hangs names (KubeAuth.plugin)."""
+    user = {"exec": {"apiVersion": "client.authentication.k8s.io/v1", "command": "aws\x1b[31m"}}
+    path = write_kubeconfig(tmp_path / "kc", user)
+    assert exec_plugin(str(path)) == "aws\\x1b[31m"
+    assert exec_plugin(str(write_kubeconfig(tmp_path / "kc2", {"token": "abc"}))) is None
+
+
 async def test_refresh_hook_is_called(tmp_path: Path) -> None:
     path = write_kubeconfig(tmp_path / "kc", {"token": "abc"})
     configuration = load_configuration(kubeconfig=str(path))
@@ -131,6 +141,35 @@ async def test_refresh_hook_is_called(tmp_path: Path) -> None:
     auth = KubeAuth.from_configuration(configuration)
     assert await auth.authorization() == "Bearer rotated-1"
     assert await auth.authorization() == "Bearer rotated-2"
+
+
+async def test_a_request_cancelled_as_its_credential_refresh_ends_is_cancelled(
+    tmp_path: Path,
+) -> None:
+    """A cancel that lands in the few loop turns between the refresh's end
+    (in its thread) and the request resuming must still cancel the request.
+    It did not when the refresh was waited for with asyncio.wait_for: on
+    Python 3.11 (the image's) wait_for returns the result to a task cancelled
+    once its awaitable is done (CPython gh-86296, fixed in 3.12), the cancel
+    is lost, and Reflector.stop waited forever on a reflector that went on to
+    watch (test_pod_watches_are_capped_and_counted hung 3 runs in 6).
+    Every turn from the refresh's end on is tried."""
+    path = write_kubeconfig(tmp_path / "kc", {"token": "abc"})
+    for turns in range(6):
+        auth = KubeAuth.from_configuration(load_configuration(kubeconfig=str(path)))
+        request = asyncio.create_task(auth.authorization())
+        # Loop turns counted on purpose: the window is a few turns wide.
+        while auth._refreshing is None or not auth._refreshing.done():  # noqa: ASYNC110
+            await asyncio.sleep(0)
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        if request.done():
+            break  # past the window: the request returned before the cancel
+        request.cancel()
+        await asyncio.wait([request])
+        assert request.cancelled(), f"cancel lost {turns} turns after the refresh ended"
+    else:
+        raise AssertionError("the request never returned: the window was not passed")
 
 
 def test_tls_settings(tmp_path: Path) -> None:

@@ -143,6 +143,34 @@ def test_a_pod_not_ready_is_unknown_and_a_replaced_one_read_anew(
     assert len(replaced) == 2 and all("url=http://127.206.53.77:9090" in r for r in replaced)
 
 
+def test_a_replacement_seen_first_without_an_ip_is_said_replaced_once_it_is_read(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The StatefulSet's new pod is often listed Pending, without an IP, before
+    it runs (seen on the real controllers under load): the pod that is read
+    next is still a new pod, and said so, not "read again"."""
+    caplog.set_level(logging.INFO, logger="coverage_exporter.servers")
+    fake = FakeDiscovery([cr("k8s")], pods("k8s"))
+    f = follower(fake)
+    f.follow()
+    name = "monitoring/prometheus-k8s-0"
+    fake.pods = [
+        replace(p, uid="new", ip="", ready=False) if p.name == "prometheus-k8s-0" else p
+        for p in pods("k8s")
+    ]
+    f.follow()
+    assert name not in f.sources and [s.name for s in f.placeholders] == [name]
+    fake.pods = [
+        replace(p, uid="new", ip="127.206.53.77") if p.name == "prometheus-k8s-0" else p
+        for p in pods("k8s")
+    ]
+    f.follow()
+    assert f.sources[name].server.pod_uid == "new"
+    lines = [line for line in said(caplog).splitlines() if f"server={name} " in line]
+    assert "replaced: read anew" in lines[-1] and "url=http://127.206.53.77:9090" in lines[-1]
+    assert not any("read again" in line for line in lines)
+
+
 def test_a_server_given_explicitly_is_read_once_as_given(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="coverage_exporter.servers")
     fake = FakeDiscovery([cr("k8s")], pods("k8s"))

@@ -48,7 +48,9 @@ class GoneError(ApiError):
 MAX_RETRY_AFTER_SECONDS = 60.0
 
 
-def api_error(code: int, body: bytes | memoryview, retry_after: str | None = None) -> ApiError:
+def api_error(
+    code: int, body: bytes | bytearray | memoryview, retry_after: str | None = None
+) -> ApiError:
     status = decode_status(body)
     message = (status.message if status else None) or untrusted.printable(body)
     reason = (status.reason if status else None) or ""
@@ -168,7 +170,9 @@ class ApiClient:
                 raise api_error(response.status, body, response.headers.get("Retry-After"))
             yield response
 
-    async def get(self, path: str, params: Mapping[str, str], accept: str | None = None) -> bytes:
+    async def get(
+        self, path: str, params: Mapping[str, str], accept: str | None = None
+    ) -> bytearray:
         """GET and return the body; ApiError/GoneError on error statuses.
         accept: the Accept header of this request (default: the session's
         application/json)."""
@@ -180,7 +184,7 @@ class ApiClient:
 
     async def get_encoded(
         self, path: str, params: Mapping[str, str], accept: str | None = None
-    ) -> tuple[bytes, str]:
+    ) -> tuple[bytearray, str]:
         """GET and return the body as sent and its Content-Encoding ("" for
         none), for a decoding worker to inflate (sources.node_decoder). The
         caller counts its bytes, once inflated, in the source's health."""
@@ -189,7 +193,7 @@ class ApiClient:
             body = await self._read_body(response)
             return body, response.headers.get("Content-Encoding", "").lower()
 
-    async def _read_body(self, response: aiohttp.ClientResponse) -> bytes:
+    async def _read_body(self, response: aiohttp.ClientResponse) -> bytearray:
         """The body up to the limit; one that is larger counts as the limit."""
         try:
             return await httpclient.read_body(response, self._limits.max_body_bytes)
@@ -197,7 +201,7 @@ class ApiClient:
             self._health.response_bytes_total += exc.limit
             raise
 
-    async def post(self, path: str, body: bytes) -> bytes:
+    async def post(self, path: str, body: bytes) -> bytearray:
         """POST a JSON body (a SubjectAccessReview); ApiError on error statuses."""
         self._health.requests_total += 1
         headers = {**(await self._headers()), "Content-Type": "application/json"}

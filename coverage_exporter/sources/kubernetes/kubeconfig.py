@@ -25,7 +25,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypedDict
+from typing import Any, TypedDict, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
@@ -39,6 +39,8 @@ from coverage_exporter.sources.errors import SourceError
 from coverage_exporter.sources.kubernetes import proxy_env
 
 log = logging.getLogger("coverage_exporter.kubernetes")
+
+T = TypeVar("T")
 
 _SERVICE_HOST_ENV = "KUBERNETES_SERVICE_HOST"
 _SECTIONS = {"clusters": "cluster", "contexts": "context", "users": "user"}
@@ -271,6 +273,23 @@ def credential_files(
     return tuple(dict.fromkeys(paths))
 
 
+def exec_plugin(kubeconfig: str | None = None, context: str | None = None) -> str | None:
+    """The command of the context's user's exec credential plugin, if it
+    has one (as credential_files, only when the kubeconfig is in use): what
+    a refresh that hangs names."""
+    if kubeconfig is None and os.environ.get(_SERVICE_HOST_ENV):
+        return None
+    try:
+        user = read_kubeconfig(kubeconfig_paths(kubeconfig), explicit=False).user(context)
+    except KubeconfigError:
+        return None
+    plugin = user[1].get("exec") if user is not None else None
+    command = plugin.get("command") if isinstance(plugin, dict) else None
+    if not command or not isinstance(command, str):
+        return None
+    return untrusted.printable(command, 200)
+
+
 def _token_files(files: list[str], context: str | None) -> list[str]:
     """The context's user's tokenFile, relative to the file that defines the
     user, as the client resolves it."""
@@ -298,11 +317,19 @@ def _fingerprint(paths: tuple[str, ...]) -> tuple[object, ...]:
 
 
 EXEC_TIMEOUT_SECONDS = 30.0
-"""How long loading the kubeconfig may take at start: an exec plugin (aws,
-gcloud, kubelogin) runs there, with no timeout of its own in the client
-library. Past it `serve` and `audit` fail with a message instead of
-waiting for as long as the plugin hangs. (The refresh of an expired exec
-token during requests is not bounded yet: issue 21, item 11.)"""
+"""How long loading the kubeconfig, or refreshing its credentials, may
+take: an exec plugin (aws, gcloud, kubelogin) runs there, with no timeout
+of its own in the client library. Past it, at start, `serve` and `audit`
+fail with a message; during requests (an expired exec token refreshed, a
+reload after a 401), the request fails as a source error (KubeAuth). An
+IdP round trip takes a second or two; a plugin that waits for a human
+(interactive login) never ends here anyway."""
+
+
+def _consume(work: asyncio.Future[Any]) -> None:
+    """A refresh given up on may still end, well or not: no one awaits it."""
+    if not work.cancelled():
+        work.exception()
 
 
 @dataclass
@@ -324,6 +351,9 @@ class KubeAuth:
     proxy: str | None = None
     reload: Callable[[], Configuration] | None = None
     """Loads a fresh Configuration (None: credentials fixed, as in tests)."""
+    plugin: str | None = None
+    """The exec credential plugin's command (exec_plugin), named when a
+    refresh hangs."""
     files: tuple[str, ...] = ()
     check_seconds: float = 10.0
     reloads_total: int = 0
@@ -331,6 +361,8 @@ class KubeAuth:
     _checked: float = 0.0
     _stale: bool = False
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+    _refreshing: asyncio.Future[Any] | None = field(default=None, repr=False)
+    """The last credential refresh run in a thread, until it ends."""
 
     def __post_init__(self) -> None:
         self._stamp = _fingerprint(self.files)
@@ -343,11 +375,13 @@ class KubeAuth:
         *,
         reload: Callable[[], Configuration] | None = None,
         files: tuple[str, ...] = (),
+        plugin: str | None = None,
     ) -> KubeAuth:
         return cls(
             configuration=configuration,
             reload=reload,
             files=files,
+            plugin=plugin,
             **_connection(configuration),
         )
 
@@ -365,13 +399,15 @@ class KubeAuth:
         get_api_key_with_prefix calls refresh_api_key_hook first, which
         re-reads rotated service-account tokens and re-runs exec plugins
         when their token expired. The hook may run a subprocess or read a
-        file, so it runs in a thread; the lock keeps two refreshes from
-        racing on the shared Configuration.
+        file, so it runs in a thread (_bounded); the lock keeps two
+        refreshes from racing on the shared Configuration. SourceError when
+        a refresh hangs (an exec plugin past EXEC_TIMEOUT_SECONDS).
         """
         async with self._lock:
             await self._reload_if_changed()
-            value = await asyncio.to_thread(
-                self.configuration.get_api_key_with_prefix, "BearerToken", "authorization"
+            value = await self._bounded(
+                "refreshing the credentials",
+                lambda: self.configuration.get_api_key_with_prefix("BearerToken", "authorization"),
             )
         # The client keeps a tokenFile's trailing newline, which no HTTP
         # header may carry (client-go trims it too).
@@ -391,7 +427,7 @@ class KubeAuth:
         why = "credential files changed" if changed else "the API refused the credentials"
         self._stale = False
         try:
-            configuration = await asyncio.to_thread(self.reload)
+            configuration = await self._bounded("reloading the credentials", self.reload)
             connection = _connection(configuration)
         except (SourceError, OSError, ValueError) as exc:
             log.warning(
@@ -403,6 +439,48 @@ class KubeAuth:
             setattr(self, name, value)
         self.reloads_total += 1
         log.info("credentials reloaded", extra=fields(why=why))
+
+    async def _bounded(self, what: str, call: Callable[[], T]) -> T:
+        """call() in a thread (it may run an exec plugin), waited for
+        EXEC_TIMEOUT_SECONDS at most: past it, SourceError, so that the
+        request fails (the source down, its reflectors retrying) and the
+        lock is let go, instead of every API call waiting on a hung plugin
+        while source_up stays 1. A thread cannot be stopped, nor the
+        client library's plugin process reached: until that refresh ends,
+        every request fails at once, rather than each starting another
+        plugin that may hang too (each a thread of the executor, for good)."""
+        hangs = f"exec plugin {self.plugin} hangs?" if self.plugin else "an exec plugin that hangs?"
+        pending = self._refreshing
+        if pending is not None and not pending.done():
+            # The same words at every retry: the reflectors log a repeat at
+            # debug level only.
+            raise SourceError(
+                f"{what}: an earlier credential refresh has not ended "
+                f"in {EXEC_TIMEOUT_SECONDS:g}s ({hangs})"
+            )
+        work = asyncio.ensure_future(asyncio.to_thread(call))
+        work.add_done_callback(_consume)
+        self._refreshing = work
+        try:
+            # shield: the thread runs on whatever happens to this wait;
+            # `work` must stay pending as long as it does. asyncio.timeout,
+            # not wait_for: on Python 3.11 wait_for returns the result to a
+            # task cancelled once `work` is done (CPython gh-86296), and a
+            # reflector whose stop() was lost that way watched on while
+            # stop() waited for it forever.
+            async with asyncio.timeout(EXEC_TIMEOUT_SECONDS):
+                return await asyncio.shield(work)
+        except TimeoutError:
+            log.warning(
+                "a credential refresh did not end in time (an exec plugin that hangs?); "
+                "Kubernetes API requests fail until it does",
+                extra=fields(
+                    what=what, plugin=self.plugin or "unknown", timeout=f"{EXEC_TIMEOUT_SECONDS:g}s"
+                ),
+            )
+            raise SourceError(
+                f"{what} did not finish within {EXEC_TIMEOUT_SECONDS:g}s ({hangs})"
+            ) from None
 
 
 class _Connection(TypedDict):

@@ -128,7 +128,7 @@ def selector(raw: _Selector | None) -> LabelSelector | None:
     return LabelSelector(tuple(reqs))
 
 
-def parse_crs(body: bytes, kind: str) -> list[PrometheusCR]:
+def parse_crs(body: bytes | bytearray, kind: str) -> list[PrometheusCR]:
     out = []
     for raw in _items(body):
         cr = msgspec.json.decode(raw, type=_CR)
@@ -151,7 +151,7 @@ def parse_crs(body: bytes, kind: str) -> list[PrometheusCR]:
     return out
 
 
-def parse_service_monitors(body: bytes) -> list[ServiceMonitor]:
+def parse_service_monitors(body: bytes | bytearray) -> list[ServiceMonitor]:
     out = []
     for raw in _items(body):
         sm = msgspec.json.decode(raw, type=_SM)
@@ -170,7 +170,7 @@ def parse_service_monitors(body: bytes) -> list[ServiceMonitor]:
     return out
 
 
-def _items(body: bytes) -> list[msgspec.Raw]:
+def _items(body: bytes | bytearray) -> list[msgspec.Raw]:
     try:
         return msgspec.json.decode(body, type=_List).items or []
     except msgspec.DecodeError as exc:

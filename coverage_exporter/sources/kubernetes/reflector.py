@@ -141,7 +141,7 @@ class Reflector(Generic[K, T]):
         self._watch_idle = watch_idle_seconds
         self._page_decoder = page_decoder
         self._list_deadline = list_deadline_seconds
-        self._ahead: tuple[str, asyncio.Task[tuple[bytes, str]]] | None = None
+        self._ahead: tuple[str, asyncio.Task[tuple[bytearray, str]]] | None = None
         """The next LIST page, asked for before this one is parsed, and its
         continue token (see _page)."""
         self._empty_watches = 0
@@ -198,7 +198,8 @@ class Reflector(Generic[K, T]):
 
     async def wait_synced(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109
         try:
-            await asyncio.wait_for(self._synced.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._synced.wait()
         except TimeoutError:
             return False
         return True
@@ -208,7 +209,8 @@ class Reflector(Generic[K, T]):
         timeout. Lets a caller stop waiting for a reflector that cannot
         list (RBAC, a bad selector) instead of waiting out a sync timeout."""
         try:
-            await asyncio.wait_for(self._settled.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._settled.wait()
         except TimeoutError:
             return False
         return True

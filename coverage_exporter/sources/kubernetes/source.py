@@ -50,6 +50,7 @@ from coverage_exporter.sources.kubernetes.api import ApiClient, ApiError
 from coverage_exporter.sources.kubernetes.kubeconfig import (
     KubeAuth,
     credential_files,
+    exec_plugin,
     load_configuration,
 )
 from coverage_exporter.sources.kubernetes.node_decoder import NodePageDecoder
@@ -181,14 +182,15 @@ class KubernetesSource:
             return
         reload = None
         files: tuple[str, ...] = ()
+        plugin = None
         if self._configuration is None:
             # May run an exec credential plugin: keep it off the event loop.
             try:
                 # An exec plugin runs here too; see kubeconfig.EXEC_TIMEOUT_SECONDS.
-                self._configuration = await asyncio.wait_for(
-                    asyncio.to_thread(load_configuration, *self._config_args),
-                    kubeconfig.EXEC_TIMEOUT_SECONDS,
-                )
+                async with asyncio.timeout(kubeconfig.EXEC_TIMEOUT_SECONDS):
+                    self._configuration = await asyncio.to_thread(
+                        load_configuration, *self._config_args
+                    )
             except TimeoutError:
                 raise SourceError(
                     f"loading the kubeconfig did not finish within "
@@ -196,8 +198,11 @@ class KubernetesSource:
                 ) from None
             reload = functools.partial(load_configuration, *self._config_args)
             files = credential_files(self._configuration, *self._config_args[:2])
+            plugin = exec_plugin(*self._config_args[:2])
         try:
-            auth = KubeAuth.from_configuration(self._configuration, reload=reload, files=files)
+            auth = KubeAuth.from_configuration(
+                self._configuration, reload=reload, files=files, plugin=plugin
+            )
         except (OSError, ValueError, SourceError) as exc:
             raise SourceError(f"kubernetes connection settings not usable: {exc}") from exc
         self._api = ApiClient(

@@ -3,9 +3,11 @@
 Why the requests look the way they do: the full `/api/v1/targets` answer
 reaches hundreds of MB in large clusters (prometheus #6186, #6269), mostly
 dropped targets. So this source asks `/api/v1/scrape_pools` (v2.42+) and
-then `/api/v1/targets?state=active&scrapePool=<pool>` per pool, a few pools
-at a time. Thanos Query and older Prometheus answer 404 to scrape_pools and
-accept only `state`: there the one unfiltered (but active-only) list is read.
+then `/api/v1/targets?state=active&scrapePool=<pool>` per pool: a few pools
+at a time for the first read, one at a time for re-reads (Prometheus
+builds each answer whole in its heap). Thanos Query and older Prometheus
+answer 404 to scrape_pools and accept only `state`: there the one
+unfiltered (but active-only) list is read.
 
 Why the parsing looks the way it does: a 100k-target answer decoded into
 dicts costs >1 GB. msgspec decodes straight into Structs that name only the
@@ -20,6 +22,7 @@ import math
 import re
 import sys
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -79,6 +82,30 @@ otherwise count, as many as happened to finish before the first failure
 cancelled the others."""
 
 DEFAULT_CONCURRENCY = 4
+
+HELD_WHOLE_AFTER = 8 * STREAM_PIECE_BYTES
+"""Bytes a target list decoded in this process may hold undecoded before
+it counts as held whole (an answer that does not split between targets, or
+a gzip bomb of blanks): a list that splits holds one piece of ~1 MiB."""
+
+_whole_turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _whole_turn() -> asyncio.Lock:
+    """Held by the one target list of the process that is held whole, from
+    HELD_WHOLE_AFTER bytes until it is decoded or cut off. Each such list
+    may reach --max-response-bytes, and the pools of every Prometheus are
+    read at once: a bomb on each of 4 pools took the process to 1 GiB at
+    the 256 MiB default. Another list that stops splitting waits here (its
+    download paused) with at most HELD_WHOLE_AFTER in hand, as the worker
+    path decodes one list at a time. One per event loop (the tests run many)."""
+    loop = asyncio.get_running_loop()
+    turn = _whole_turns.get(loop)
+    if turn is None:
+        turn = _whole_turns[loop] = asyncio.Lock()
+    return turn
 
 
 SCRAPE_POOLS_PATH = "/api/v1/scrape_pools"
@@ -472,12 +499,16 @@ class PrometheusSource:
         """Active targets per pool as of the last successful collection."""
         return {pool: result.active for pool, result in self._pools.items()}
 
-    async def collect(self, pools_to_refresh: Collection[str] | None = None) -> PrometheusSnapshot:
+    async def collect(
+        self, pools_to_refresh: Collection[str] | None = None, *, one_pool_at_a_time: bool = False
+    ) -> PrometheusSnapshot:
         """All active targets, with every pool fetched anew, or only the pools
         in `pools_to_refresh` (plus pools not seen before) while the others
         are taken from the previous collection. Without scrape_pools support
-        every collection is a full one. Raises SourceError; on failure the
-        kept per-pool results are left as they were."""
+        every collection is a full one. one_pool_at_a_time: each pool's read
+        starts when the previous one has ended, else `concurrency` at once.
+        Raises SourceError; on failure the kept per-pool results are left as
+        they were."""
         started = time.monotonic()
         collecting = _IN_COLLECTION.set(True)
         try:
@@ -490,7 +521,8 @@ class PrometheusSource:
                     # hundred KB next to the target lists. A partial read
                     # follows pool_target_counts, which has just asked it.
                     await self.pool_target_counts()
-                pools = await self._collect(pools_to_refresh)
+                at_once = 1 if one_pool_at_a_time else self._concurrency
+                pools = await self._collect(pools_to_refresh, at_once)
         except SourceError as exc:
             self.health.record_error(str(exc))
             self.health.mark(False, time.monotonic() - started, str(exc))
@@ -766,7 +798,9 @@ class PrometheusSource:
         self._start_told = told
         self._started = now - max(0.0, server_now - told)
 
-    async def _collect(self, pools_to_refresh: Collection[str] | None) -> dict[str, PoolTargets]:
+    async def _collect(
+        self, pools_to_refresh: Collection[str] | None, at_once: int
+    ) -> dict[str, PoolTargets]:
         headers = self._auth_headers()
         pools = await self._scrape_pools(headers)
         if pools is None:
@@ -776,7 +810,7 @@ class PrometheusSource:
             for pool in pools
             if pools_to_refresh is None or pool in pools_to_refresh or pool not in self._pools
         ]
-        fetched = await self._fetch_pools(wanted, headers)
+        fetched = await self._fetch_pools(wanted, headers, at_once)
         # Pools gone from scrape_pools are dropped with the old mapping.
         return {pool: fetched[pool] if pool in fetched else self._pools[pool] for pool in pools}
 
@@ -816,9 +850,9 @@ class PrometheusSource:
         return await self._stream_targets(params, None, headers)
 
     async def _fetch_pools(
-        self, pools: list[str], headers: Mapping[str, str]
+        self, pools: list[str], headers: Mapping[str, str], at_once: int
     ) -> dict[str, PoolTargets]:
-        limit = asyncio.Semaphore(self._concurrency)
+        limit = asyncio.Semaphore(at_once)
 
         async def fetch(pool: str) -> PoolTargets:
             async with limit:
@@ -852,26 +886,38 @@ class PrometheusSource:
     async def _stream_into(
         self, stream: TargetStream, params: Mapping[str, str], headers: Mapping[str, str]
     ) -> dict[str, PoolTargets]:
-        """GET /api/v1/targets into `stream`, fed in worker threads."""
+        """GET /api/v1/targets into `stream`, fed in worker threads; held
+        whole (see HELD_WHOLE_AFTER) by one list of the process at a time."""
         pending = bytearray()
+        whole = _whole_turn()
+        holding = False
 
         async def sink(chunk: bytes) -> None:
-            nonlocal pending
+            nonlocal pending, holding
             pending += chunk
             if len(pending) >= STREAM_PIECE_BYTES:
+                if not holding and stream.buffered > HELD_WHOLE_AFTER:
+                    await whole.acquire()
+                    holding = True
                 # Handed over, not copied: the stream adopts the bytearray.
                 piece, pending = pending, bytearray()
                 await asyncio.to_thread(stream.feed, piece)
 
         what = _describe(TARGETS_PATH, params)
-        status, body = await self._request(TARGETS_PATH, params, headers, sink)
-        if status != 200:
-            self._fail(f"{what}: HTTP {status}: {_error_detail(body)}")
         try:
-            await asyncio.to_thread(stream.feed, pending)
-            return await asyncio.to_thread(stream.finish)
-        except SourceError as exc:
-            self._fail(f"{what}: {exc}")
+            status, body = await self._request(TARGETS_PATH, params, headers, sink)
+            if status != 200:
+                self._fail(f"{what}: HTTP {status}: {_error_detail(body)}")
+            try:
+                await asyncio.to_thread(stream.feed, pending)
+                return await asyncio.to_thread(stream.finish)
+            except SourceError as exc:
+                self._fail(f"{what}: {exc}")
+        finally:
+            # The stream let go of what it held (finish, or the limit
+            # passed): the next list may hold its own.
+            if holding:
+                whole.release()
 
     async def _decode_out_of_process(
         self, params: Mapping[str, str], pool: str | None, headers: Mapping[str, str]
@@ -974,6 +1020,13 @@ class PrometheusSource:
         received = 0
         if compressed:
             headers = {**headers, "Accept-Encoding": "gzip"}
+        elif sink is None and path != METRICS_PATH:
+            # The API's small answers (config, flags, runtimeinfo, the pool
+            # names) are asked plain: Prometheus gzips with a compressor made
+            # anew for each answer (util/httputil/compression.go), ~1 MB of
+            # its heap for answers of a few KB. Its /metrics pools its
+            # compressors, and target lists are worth compressing.
+            headers = {**headers, "Accept-Encoding": "identity"}
         try:
             async with self._session_for_requests().get(
                 self.endpoint.url + path,
@@ -993,7 +1046,9 @@ class PrometheusSource:
                     body = await httpclient.read_excerpt(resp)
                     received = len(body)
                 elif sink is None:
-                    body = await httpclient.read_body(resp, self._limits.max_body_bytes)
+                    # A copy: these answers are parsed as bytes (target
+                    # lists, the big ones, are streamed, not read here).
+                    body = bytes(await httpclient.read_body(resp, self._limits.max_body_bytes))
                     received = len(body)
                 else:
                     body = b""

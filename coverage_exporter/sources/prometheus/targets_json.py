@@ -294,7 +294,9 @@ class TargetStream:
             self._buffer += data
         if len(self._buffer) > self._max_buffered:
             # Nothing to cut between targets (no array, or an answer that
-            # does not split): it would have to be held whole.
+            # does not split): it would have to be held whole. Let go of it
+            # now, not when the error and its traceback go.
+            self._buffer = bytearray()
             raise BodyTooLarge(self._max_buffered)
         if self._head is None:
             at = self._buffer.find(_ARRAY_START)
@@ -334,11 +336,17 @@ class TargetStream:
 
     def finish(self) -> dict[str, PoolTargets]:
         """The targets by pool; SourceError for a broken or failed answer."""
-        document = self._buffer if self._head is None else self._head + self._buffer
+        document, self._buffer = self._buffer, bytearray()
+        if self._head is not None:
+            # In place, not head + buffer: that held an answer held whole
+            # twice while it was decoded.
+            document[:0] = self._head
         try:
             response = self._envelope_decoder.decode(document)
         except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
             raise SourceError(f"undecodable response: {exc}") from None
+        finally:
+            del document  # the answer goes before its targets are sorted
         self._add(self._envelope(response))
         _report_skipped(self._total, self._malformed, self._foreign, self._only_pool)
         for name, result in self.pools.items():
