@@ -544,7 +544,8 @@ async def after_discovery(
     "could not judge" (exit 3) for it; a one-shot command, run in CI right
     after a change, should wait for the real verdict instead: re-read every
     `poll_seconds` until its discovery settles (sources.prometheus.source.
-    discovery_settled: about 10 s when every pool has targets) or its grace
+    discovery_settled: about 10 s once every pool has delivered, kept or
+    not by its rules) or its grace
     period is over, and never longer than `wait_seconds` (the grace) from
     now."""
     deadline = time.monotonic() + wait_seconds

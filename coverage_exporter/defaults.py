@@ -27,8 +27,9 @@ Operator's name for the web port."""
 PROMETHEUS_DISCOVERY_GRACE = "2m"
 """How long after a server starts its pools are not judged (coverage
 unknown, cause still_discovering), since a fresh server shows every pool
-empty or partial until its discovery delivers; sooner once its /metrics
-counts every pool it runs above zero, the counts unchanged for 10 s
+empty or partial until its discovery delivers; sooner once every pool it
+runs has delivered on its /metrics (counted above zero after relabelling,
+or discovered above zero before it), the counts unchanged for 10 s
 (sources.prometheus.source.discovery_settled): a server with a pool that
 discovers nothing waits it out, since Prometheus counts a pool at zero
 before its discovery has listed anything. Prometheus: the Kubernetes informers' first LIST

@@ -16,10 +16,18 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 import urllib.request
+from pathlib import Path
 
+import pytest
+import yaml
+
+from coverage_exporter.sources.prometheus.source import parse_start_time
+from testbed import prometheus as promcfg
 from testbed.cluster import Cluster
-from tests.e2e.test_cli_e2e import audit_args
+from tests.e2e.test_cli_e2e import BINARY, audit_args
+from tests.fixtures import capture_settle
 
 SERVER = "prometheus-3"
 
@@ -66,3 +74,97 @@ def test_a_restarted_prometheus_is_still_discovering_never_a_gap(testbed: Cluste
     after = _pool_verdicts(report)
     assert after and all(known for known, _, _ in after.values()), after
     assert after == _pool_verdicts(before)
+
+
+# --- a pool its rules keep none of, on the real API server ------------------------------
+
+KEEPS_NONE = "node-exporter-shard-of-none"
+
+
+def _jobs(testbed: Cluster, silent_api: int | None) -> str:
+    """The scenario's six jobs, plus a pool whose rules keep none of what
+    its Kubernetes SD delivers (the node-exporter slices, then a keep on a
+    Service that does not exist: a ServiceMonitor whose keep matches
+    nothing), plus, with `silent_api`, a pool whose API never answers."""
+    k8s = {
+        "api_server": testbed.api_url,
+        "authorization": {"credentials_file": str(testbed.token_file)},
+        "tls_config": {"ca_file": str(testbed.ca_file)},
+    }
+    jobs = promcfg.all_scenario_jobs(k8s, testbed.scrape_proxy, "15s")
+    keeps_none = promcfg.scenario_job(
+        "node-exporter", "endpointslice", k8s, testbed.scrape_proxy, "15s"
+    )
+    keeps_none["job_name"] = KEEPS_NONE
+    keeps_none["relabel_configs"].insert(
+        0, {"source_labels": ["__meta_kubernetes_service_name"], "regex": "none", "action": "keep"}
+    )
+    jobs.append(keeps_none)
+    text = yaml.safe_dump(jobs, sort_keys=False)
+    if silent_api is not None:
+        text += capture_settle.kubernetes_job("waiting", f"http://127.0.0.1:{silent_api}")
+    return text
+
+
+def _audit(url: str, testbed: Cluster, grace: str) -> tuple[dict, str]:
+    args = [
+        str(BINARY), "audit", "--kubeconfig", str(testbed.kubeconfig),
+        "--prometheus-url", f"fresh={url}", "--output", "json",
+        "--prometheus-discovery-grace", grace,
+    ]  # fmt: skip
+    done = subprocess.run(args, capture_output=True, text=True, timeout=400)
+    return json.loads(done.stdout), done.stderr
+
+
+def _start_time(url: str) -> float:
+    with urllib.request.urlopen(url + "/metrics", timeout=30) as r:
+        text = r.read().decode()
+    started = parse_start_time(text)
+    assert started is not None
+    return started
+
+
+@pytest.mark.parametrize("version", ["3", "2"])
+def test_a_pool_its_rules_keep_none_of_is_judged_long_before_the_grace(
+    testbed: Cluster, tmp_path: Path, version: str
+) -> None:
+    """The real Prometheus 3.16 and 2.53, just started, with the scenario's
+    pools and one whose rules keep none of what the real API server
+    delivers: audit, with a grace of 10 minutes, gives its verdict as soon
+    as the server's discovery settled (discovered above zero before
+    relabelling is delivered, sources.prometheus.source.discovery_settled),
+    which only a settled server allows before the grace ends. Before, the
+    pool's zero kept the server on the whole grace."""
+    process, url = capture_settle.start_prometheus(
+        tmp_path / "fresh", version, _jobs(testbed, None)
+    )
+    try:
+        report, _ = _audit(url, testbed, "10m")
+        judged = time.time()
+        started = _start_time(url)
+        verdicts = _pool_verdicts(report)
+        assert verdicts and all(known for known, _, _ in verdicts.values()), verdicts
+        assert judged - started < 600, "judged only once the grace was over"
+        print(f"prometheus {version}: judged {judged - started:.1f} s after its start")
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_a_pool_whose_api_never_answers_waits_the_grace(testbed: Cluster, tmp_path: Path) -> None:
+    """The same server plus a pool whose API server never answers: nothing
+    tells "nothing there" from "not listed yet", so audit waits the grace
+    out (45 s here) before it judges."""
+    with capture_settle.silent_apiserver() as api:
+        process, url = capture_settle.start_prometheus(tmp_path / "fresh", "3", _jobs(testbed, api))
+        try:
+            report, stderr = _audit(url, testbed, "45s")
+            judged = time.time()
+            started = _start_time(url)
+            assert "waiting for the service discovery" in stderr
+            assert judged - started >= 45, "judged before the grace was over"
+            assert _pool_verdicts(report)
+            print(f"prometheus 3, an API never answering: judged {judged - started:.1f} s in")
+        finally:
+            process.terminate()
+            process.wait(timeout=30)

@@ -40,6 +40,7 @@ from coverage_exporter.sources.kubernetes.reflector import Reflector
 from coverage_exporter.sources.prometheus.config import parse_config_response
 from coverage_exporter.sources.prometheus.source import (
     TargetStream,
+    parse_discovered_target_counts,
     parse_pool_target_counts,
     parse_scrape_pools,
     parse_targets,
@@ -187,7 +188,13 @@ def test_configuration_answers_parse_or_fail_as_a_source_error(body: bytes) -> N
 
 
 counts_lines = st.builds(
-    lambda job, value: f'prometheus_target_scrape_pool_targets{{scrape_job="{job}"}} {value}',
+    lambda line, job, value: line.format(job=job) + f" {value}",
+    st.sampled_from(
+        [
+            'prometheus_target_scrape_pool_targets{{scrape_job="{job}"}}',
+            'prometheus_sd_discovered_targets{{config="{job}",name="scrape"}}',
+        ]
+    ),
     st.text(max_size=20),
     st.one_of(
         st.floats(allow_nan=True, allow_infinity=True).map(repr),
@@ -205,9 +212,10 @@ counts_lines = st.builds(
     )
 )
 def test_pool_counts_are_whole_non_negative_numbers_or_absent(text: str) -> None:
-    counts = parse_pool_target_counts(text)
-    if counts is not None:
-        assert all(isinstance(v, int) and v >= 0 for v in counts.values())
+    for parse in (parse_pool_target_counts, parse_discovered_target_counts):
+        counts = parse(text)
+        if counts is not None:
+            assert all(isinstance(v, int) and v >= 0 for v in counts.values())
 
 
 # --- Kubernetes --------------------------------------------------------------------------

@@ -252,16 +252,36 @@ def parse_pool_target_counts(text: str) -> dict[str, int] | None:
     Prometheus's own /metrics text (vmagent's `vm_promscrape_scrape_pool_
     targets`, summed over its statuses); None when the metric is not there
     at all (Thanos Query, or not a Prometheus)."""
+    return _counts_by_label(text, _POOL_TARGETS_PREFIXES, "scrape_job")
+
+
+_DISCOVERED_PREFIX = ("prometheus_sd_discovered_targets{",)
+
+
+def parse_discovered_target_counts(text: str) -> dict[str, int] | None:
+    """`prometheus_sd_discovered_targets{config=<job>,name="scrape"}` per
+    pool from Prometheus's own /metrics text: what its discovery manager
+    last sent the scrape manager, BEFORE relabelling (discovery/manager.go,
+    allGroups; the notifier's manager writes name="notify"). None when the
+    metric is not there (vmagent has no per-job equivalent)."""
+    return _counts_by_label(text, _DISCOVERED_PREFIX, "config", name="scrape")
+
+
+def _counts_by_label(
+    text: str, prefixes: tuple[str, ...], label: str, **only: str
+) -> dict[str, int] | None:
+    """The samples of the families in `prefixes` summed by `label`, of those
+    whose labels include `only`; None when no such sample is there."""
     counts: dict[str, int] | None = None
     for line in text.splitlines():
-        if not line.startswith(_POOL_TARGETS_PREFIXES):
+        if not line.startswith(prefixes):
             continue
         start = line.find("{") + 1
         labels_end = line.rfind("}")
         values = line[labels_end + 1 :].split()
         labels = dict(_LABEL_RE.findall(line, start, labels_end))
-        job = labels.get("scrape_job")
-        if job is None or not values:
+        key = labels.get(label)
+        if key is None or not values or any(labels.get(k) != v for k, v in only.items()):
             continue
         count = _target_count(values[0])
         if count is None:
@@ -273,38 +293,52 @@ def parse_pool_target_counts(text: str) -> dict[str, int] | None:
             continue
         if counts is None:
             counts = {}
-        job = re.sub(r"\\.", lambda m: _UNESCAPE.get(m[0], m[0]), job)
-        counts[job] = counts.get(job, 0) + count
+        key = re.sub(r"\\.", lambda m: _UNESCAPE.get(m[0], m[0]), key)
+        counts[key] = counts.get(key, 0) + count
     return counts
 
 
 _START_TIME = "process_start_time_seconds "
 _SETTLE_SECONDS = 10.0
-"""How long every pool's count must hold still on a server's /metrics
-before its discovery is taken as delivered: two rounds of Prometheus's
-discovery manager (it sends every 5 s) and scrape manager (it reloads
-every 5 s), so that a delivery cut by a send tick is seen to grow."""
+"""How long a server's pool counts (both: after and before relabelling)
+must hold still on its /metrics before its discovery is taken as
+delivered: two rounds of Prometheus's discovery manager (it sends at most
+every 5 s) and scrape manager (it reloads every 5 s,
+--scrape.discovery-reload-interval), so that a delivery cut by a send tick
+is seen to grow, and a count discovered is seen through the relabelling."""
 
 
 def discovery_settled(
-    counts: Mapping[str, int] | None, pools: Collection[str], steady_for: float
+    counts: Mapping[str, int] | None,
+    discovered: Mapping[str, int] | None,
+    pools: Collection[str],
+    steady_for: float,
 ) -> bool:
     """Whether a server's discovery has delivered to every pool it runs, so
     that its coverage can be judged before the grace period after its start
-    ends (cycle.CycleRunner): every pool counted above zero on its /metrics,
-    the counts unchanged for _SETTLE_SECONDS.
+    ends (cycle.CycleRunner): every pool delivered, and `counts` and
+    `discovered` unchanged for _SETTLE_SECONDS (`steady_for`).
 
-    A count of zero proves nothing: Prometheus counts every pool, at zero,
-    from its first discovery send (about 5 s after its start), before its
-    Kubernetes informers have listed anything (discovery/manager.go sends
-    empty lists for pools without targets; checked on the real 3.16 with
-    an API server that never answers, tests/local/test_prometheus_source.py).
-    So a server with a pool that discovers nothing, or not yet, waits the
-    grace period out; vmagent does not list a pool without targets at all,
-    which counts as zero."""
+    A pool has delivered when its count after relabelling (`counts`:
+    prometheus_target_scrape_pool_targets) is above zero, or its count
+    before relabelling (`discovered`: prometheus_sd_discovered_targets,
+    name="scrape") is: then its rules keep none of what was discovered (a
+    hashmod shard that keeps none of a small pool, a keep that matches
+    nothing), the pool's own verdict, not a wait.
+
+    A count of zero proves nothing, before relabelling or after: Prometheus
+    (2.53 and 3.x, discovery/manager.go) sets the discovered count to zero
+    when it applies its configuration, then to the pool's targets at each
+    send; a Kubernetes SD sends nothing until its informers have listed
+    (WaitForCacheSync), and nothing at all for a pool with no object. So a
+    pool that discovers nothing, or not yet, keeps the server on the grace
+    period (checked on the real 3.16 and 2.53 with an API server that
+    never answers, tests/local/test_discovery_settled.py), as does a
+    server that writes no discovered count: vmagent (none per job; it
+    does not list a pool without targets at all, which counts as zero)."""
     if counts is None or not pools or steady_for < _SETTLE_SECONDS:
         return False
-    return all(counts.get(pool, 0) > 0 for pool in pools)
+    return all(counts.get(pool, 0) > 0 or (discovered or {}).get(pool, 0) > 0 for pool in pools)
 
 
 def parse_start_time(text: str) -> float | None:
@@ -426,9 +460,14 @@ class PrometheusSource:
         self._started: float | None = None
         """PrometheusSnapshot.started: set when the told start changes (a
         restart), then kept, so that snapshots stay equal while it runs."""
-        self._steady: tuple[dict[str, int] | None, float] = (None, 0.0)
-        """The pool counts its /metrics last told, and since when
-        (time.monotonic()) it has told the same (discovery_settled)."""
+        self._steady: tuple[dict[str, int] | None, dict[str, int] | None, float] = (
+            None,
+            None,
+            0.0,
+        )
+        """The pool counts its /metrics last told (after relabelling, and
+        discovered before it), and since when (time.monotonic()) it has told
+        the same (discovery_settled)."""
 
     @property
     def kind(self) -> str:
@@ -712,13 +751,14 @@ class PrometheusSource:
                 self._fail(f"GET {METRICS_PATH}: HTTP {status}: {_error_detail(body)}")
         except SourceError as exc:
             log.warning("cannot read the pool target counts", extra=fields(err=exc))
-            self._steady = (None, 0.0)  # not seen holding still
+            self._steady = (None, None, 0.0)  # not seen holding still
             return None
         text = body.decode("utf-8", "replace")
         self._note_start(parse_start_time(text), dates[0] if dates else "")
         counts = parse_pool_target_counts(text)
-        if counts != self._steady[0]:
-            self._steady = (counts, time.monotonic())
+        discovered = parse_discovered_target_counts(text)
+        if (counts, discovered) != self._steady[:2]:
+            self._steady = (counts, discovered, time.monotonic())
         return counts
 
     @property
@@ -726,15 +766,17 @@ class PrometheusSource:
         """Its discovery has delivered to every pool it runs (see
         `discovery_settled`), as of its last /metrics read: cycle.CycleRunner
         then judges it before the grace period after its start ends. The
-        pools it runs: its configuration's jobs, the pools it listed and the
-        pools it counts (before its first reload it lists and counts none)."""
-        counts, since = self._steady
+        pools it runs: its configuration's jobs, the pools it listed, counts,
+        and counts as discovered (before its first reload it lists and counts
+        none; 2.53 never lists nor counts after relabelling a pool whose
+        discovery never sent, but counts it discovered at zero)."""
+        counts, discovered, since = self._steady
         if self._started is None:
             return False
-        pools = set(counts or ()) | self._pools.keys()
+        pools = set(counts or ()) | set(discovered or ()) | self._pools.keys()
         if self._config is not None:
             pools.update(job.name for job in self._config.jobs)
-        return discovery_settled(counts, pools, time.monotonic() - since)
+        return discovery_settled(counts, discovered, pools, time.monotonic() - since)
 
     def _note_start(self, told: float | None, date: str) -> None:
         """The server's start on this exporter's clock: now minus its own
@@ -743,11 +785,11 @@ class PrometheusSource:
         once per start told, so a steady server gives a steady value."""
         if told is None:
             self._start_told = self._started = None
-            self._steady = (None, 0.0)
+            self._steady = (None, None, 0.0)
             return
         if told == self._start_told:
             return
-        self._steady = (None, 0.0)  # a restart: its counts start over
+        self._steady = (None, None, 0.0)  # a restart: its counts start over
         now = time.time()
         try:
             server_now = parsedate_to_datetime(date).timestamp() if date else now
