@@ -31,12 +31,17 @@ def audit_args(testbed: Cluster, kubeconfig: Path | None = None) -> list[str]:
     ]  # fmt: skip
 
 
-def test_progress_on_a_terminal_never_touches_the_output(testbed: Cluster) -> None:
+def test_progress_on_a_terminal_never_touches_the_output(testbed: Cluster, tmp_path: Path) -> None:
     controller, terminal = pty.openpty()
+    # The JSON goes to a file: through a pipe read only after the terminal
+    # closes, the audit blocked on the full pipe (64 KiB) and the loop below
+    # waited its whole 120 s for a terminal that never closed.
+    output = tmp_path / "audit.json"
     try:
-        process = subprocess.Popen(
-            audit_args(testbed), stdout=subprocess.PIPE, stderr=terminal, text=True
-        )
+        with output.open("w") as out_file:
+            process = subprocess.Popen(
+                audit_args(testbed), stdout=out_file, stderr=terminal, text=True
+            )
         os.close(terminal)
         seen = b""
         while True:
@@ -50,7 +55,8 @@ def test_progress_on_a_terminal_never_touches_the_output(testbed: Cluster) -> No
             if not chunk:
                 break
             seen += chunk
-        out, _ = process.communicate(timeout=120)
+        process.wait(timeout=120)
+        out = output.read_text()
     finally:
         os.close(controller)
     text = seen.decode("utf-8", "replace")
@@ -82,9 +88,7 @@ class ConnectProxy:
 
     def _run(self, started: threading.Event) -> None:
         asyncio.set_event_loop(self.loop)
-        server = self.loop.run_until_complete(
-            asyncio.start_server(self._client, "127.0.0.1", 0)
-        )
+        server = self.loop.run_until_complete(asyncio.start_server(self._client, "127.0.0.1", 0))
         self.port = server.sockets[0].getsockname()[1]
         started.set()
         self.loop.run_forever()
