@@ -19,12 +19,13 @@ import aiohttp
 import pytest
 
 from coverage_exporter.sources.prometheus.source import PrometheusEndpoint, PrometheusSource
-from tests.local.test_discovery_settled import STATIC_POOL, start_prometheus
+from tests.fixtures.capture_settle import KEPT as STATIC_POOL
+from tests.fixtures.capture_settle import start_prometheus
 
 
 @pytest.fixture
 def prometheus(tmp_path: Path) -> Iterator[str]:
-    process, url = start_prometheus(tmp_path, "p", "")
+    process, url = start_prometheus(tmp_path / "p", "3", "")
     try:
         deadline = time.monotonic() + 60
         while True:
