@@ -15,7 +15,7 @@ down:  ## stop the demo: exporter and testbed
 setup:
 	bash scripts/setup.sh
 
-unit:  ## the tests that need no testbed: unit, fuzz and local (after setup; ~5 min, against ~13 for make test)
+unit:  ## the tests that need no testbed: unit, fuzz and local (after setup; ~5 min, against ~31 for make test)
 	.venv/bin/ruff check .
 	.venv/bin/pytest -q tests/unit tests/fuzz tests/local
 
