@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import socket
 import statistics
 import subprocess
 import tempfile
@@ -36,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from testbed.cluster import find_binaries
+from testbed.procs import free_ports
 
 POOLS = ("kubelet", "kubelet-cadvisor", "kubelet-probes", "kubelet-resource", "node-exporter")
 MB = 2**20
@@ -207,7 +207,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="read-cost-") as tmp:
         directory = Path(tmp)
         config = write_config(directory, sizes)
-        port = free_port()
+        (port,) = free_ports(1)
         process = subprocess.Popen(
             [
                 str(binary),
@@ -226,12 +226,6 @@ def main() -> None:
         finally:
             process.terminate()
             process.wait(timeout=60)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for_pools(server: Server, sizes: list[int], timeout: float = 180) -> None:

@@ -373,6 +373,16 @@ def _worker_hwm_mib() -> float:
     return int(status.split("VmHWM:")[1].split()[0]) / 1024
 
 
+def target_list_bomb() -> bytes:
+    """A target list whose array never splits between targets: 1 GiB of
+    blanks after its head, ~1 MB of gzip."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    head = b'{"status":"success","data":{"activeTargets":['
+    return b"".join(
+        [packer.compress(head), *(packer.compress(b" " * MiB) for _ in range(1024)), packer.flush()]
+    )
+
+
 async def test_a_gzip_bomb_is_cut_off_in_the_worker_at_the_default_limit(
     fake, decoding: str
 ) -> None:
@@ -382,11 +392,7 @@ async def test_a_gzip_bomb_is_cut_off_in_the_worker_at_the_default_limit(
     (256 MiB) on both paths. Before, the worker path held it up to the
     8 GiB stream limit: a 0.41 MB body took the worker to 913 MiB."""
     server, url = fake
-    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
-    head = b'{"status":"success","data":{"activeTargets":['
-    bomb = b"".join(
-        [packer.compress(head), *(packer.compress(b" " * MiB) for _ in range(1024)), packer.flush()]
-    )
+    bomb = target_list_bomb()
 
     async def answer(_: web.Request) -> web.Response:
         return gzip_response(bomb)
@@ -442,11 +448,7 @@ async def test_a_gzip_bomb_on_every_pool_is_held_once_in_process_at_the_default_
     1,049 MiB (308 MiB after). Read in a child process, whose peak RSS is
     the read's alone."""
     server, url = fake
-    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
-    head = b'{"status":"success","data":{"activeTargets":['
-    bomb = b"".join(
-        [packer.compress(head), *(packer.compress(b" " * MiB) for _ in range(1024)), packer.flush()]
-    )
+    bomb = target_list_bomb()
 
     async def answer(_: web.Request) -> web.Response:
         return gzip_response(bomb)
